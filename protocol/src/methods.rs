@@ -1,0 +1,289 @@
+//! Every method, declared once: a typed marker with its name, description, params and result.
+//!
+//! The registry built from these markers is the source of `system.describe`, `rpc.discover`
+//! and docs/protocol.md (a test ties the three together). The daemon's router dispatches on
+//! the same markers, so a method cannot be served without being described.
+
+use schemars::{JsonSchema, generate::SchemaSettings};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use crate::error::{ErrorCode, RpcError};
+use crate::types::{self, ErrorCodeInfo, MethodInfo, ParamInfo};
+
+/// A method of the protocol: a type-level marker.
+pub trait Method: 'static {
+    const NAME: &'static str;
+    const DESCRIPTION: &'static str;
+    type Params: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
+    type Result: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
+}
+
+macro_rules! methods {
+    ($( #[doc = $doc:literal] $ty:ident = $name:literal, $params:ty => $result:ty; )*) => {
+        $(
+            #[doc = $doc]
+            pub enum $ty {}
+            impl Method for $ty {
+                const NAME: &'static str = $name;
+                const DESCRIPTION: &'static str = $doc;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+        /// Every method's info, in declaration order. `debug.*` only when `include_debug`.
+        pub fn registry(include_debug: bool) -> Vec<MethodInfo> {
+            let mut all = vec![$( method_info::<$ty>(), )*];
+            all.retain(|m| include_debug || m.namespace != "debug");
+            all
+        }
+        /// Every method name, debug ones included.
+        pub const ALL_METHODS: &[&str] = &[$( $name, )*];
+    };
+}
+
+methods! {
+    /// Answer "pong": the cheapest round trip.
+    SystemPing = "system.ping", types::NoParams => String;
+    /// The daemon's version, protocol version and schema version.
+    SystemVersion = "system.version", types::NoParams => types::VersionInfo;
+    /// Per-actor health: state (running, restarting, failed), restarts, last panic, uptime.
+    SystemHealth = "system.health", types::NoParams => types::Health;
+    /// Every method with its params (types, required flags, hints) and every error code.
+    SystemDescribe = "system.describe", types::NoParams => types::Describe;
+    /// The database's tables and columns, with types and hints.
+    SystemDescribeModels = "system.describe_models", types::NoParams => types::DescribeModels;
+    /// Stop the daemon gracefully: stop accepting, finish in-flight requests, flush the writer.
+    SystemShutdown = "system.shutdown", types::NoParams => types::ShutdownResult;
+    /// This API as an OpenRPC 1.x document.
+    RpcDiscover = "rpc.discover", types::NoParams => Value;
+    /// Make the named actor panic inside its own handler (only with CCD_FAULT_INJECTION=1).
+    DebugCrash = "debug.crash", types::CrashParams => Value;
+    /// Register a project: a named working directory that must exist.
+    ProjectCreate = "project.create", types::ProjectCreate => types::Project;
+    /// Change a project's path or name.
+    ProjectUpdate = "project.update", types::ProjectUpdate => types::Project;
+    /// Remove a project; returns what was removed.
+    ProjectDelete = "project.delete", types::ProjectName => types::Project;
+    /// Every project, by name.
+    ProjectGetAll = "project.get_all", types::NoParams => types::ProjectList;
+    /// Set a setting (insert or replace).
+    SettingUpsert = "setting.upsert", types::SettingUpsert => types::Setting;
+    /// One setting by key.
+    SettingGet = "setting.get", types::SettingKey => types::Setting;
+    /// Remove a setting; returns what was removed.
+    SettingDelete = "setting.delete", types::SettingKey => types::Setting;
+    /// Every setting, by key.
+    SettingList = "setting.list", types::NoParams => types::SettingList;
+    /// Copy the database with SQLite's online backup API while the daemon keeps serving.
+    BackupCreate = "backup.create", types::BackupCreate => types::Backup;
+    /// Every recorded backup, newest first.
+    BackupList = "backup.list", types::NoParams => types::BackupList;
+    /// Delete a backup's file and its record; returns what was removed.
+    BackupDelete = "backup.delete", types::BackupId => types::Backup;
+}
+
+fn generator() -> schemars::SchemaGenerator {
+    SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .into_generator()
+}
+
+/// Build the description of one method from its marker.
+pub fn method_info<M: Method>() -> MethodInfo {
+    let params_schema = generator().into_root_schema_for::<M::Params>().to_value();
+    let result_schema = generator().into_root_schema_for::<M::Result>().to_value();
+    let required: Vec<&str> = params_schema
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let params = params_schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|props| {
+            props
+                .iter()
+                .map(|(name, schema)| ParamInfo {
+                    name: name.clone(),
+                    ty: type_name(schema),
+                    required: required.contains(&name.as_str()),
+                    description: schema.get("description").and_then(Value::as_str).map(String::from),
+                    hint: schema.get("x-hint").and_then(Value::as_str).map(String::from),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let namespace = M::NAME.split('.').next().unwrap_or(M::NAME).to_string();
+    MethodInfo {
+        name: M::NAME.to_string(),
+        namespace,
+        description: M::DESCRIPTION.trim().to_string(),
+        params,
+        params_schema,
+        result_schema,
+    }
+}
+
+fn type_name(schema: &Value) -> String {
+    match schema.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|"),
+        _ if schema.get("enum").is_some() => "string".into(),
+        _ => "any".into(),
+    }
+}
+
+/// The table of error codes, for `system.describe`.
+pub fn error_codes() -> Vec<ErrorCodeInfo> {
+    ErrorCode::ALL
+        .into_iter()
+        .map(|c| ErrorCodeInfo {
+            code: c.code(),
+            name: c.name().into(),
+            description: c.description().into(),
+        })
+        .collect()
+}
+
+/// Type a request's params for method `M`: -32602 naming the parameter when they don't fit.
+///
+/// Absent, null and `[]` mean "no params" (an empty object); other arrays are refused, since
+/// ccd's methods take their params by name.
+pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcError> {
+    let params = match params {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(Value::Array(a)) if a.is_empty() => Value::Object(Default::default()),
+        Some(Value::Array(_)) => {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params for {}: params must be an object (by name), not an array",
+                M::NAME
+            )));
+        }
+        Some(v) => v,
+    };
+    serde_path_to_error::deserialize(params).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let msg = if path == "." {
+            format!("invalid params for {}: {inner}", M::NAME)
+        } else {
+            format!("invalid params for {}: `{path}`: {inner}", M::NAME)
+        };
+        RpcError::invalid_params(msg).with_data(json!({ "param": path }))
+    })
+}
+
+/// This API as an OpenRPC 1.3 document.
+pub fn openrpc_document(methods: &[MethodInfo], version: &str) -> Value {
+    let methods: Vec<Value> = methods
+        .iter()
+        .map(|m| {
+            let required: Vec<&str> = m
+                .params_schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let params: Vec<Value> = m
+                .params_schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|props| {
+                    props
+                        .iter()
+                        .map(|(name, schema)| {
+                            let mut d = json!({
+                                "name": name,
+                                "required": required.contains(&name.as_str()),
+                                "schema": schema,
+                            });
+                            if let Some(desc) = schema.get("description") {
+                                d["description"] = desc.clone();
+                            }
+                            d
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "name": m.name,
+                "summary": m.description,
+                "tags": [{ "name": m.namespace }],
+                "paramStructure": "by-name",
+                "params": params,
+                "result": { "name": format!("{}.result", m.name), "schema": m.result_schema },
+            })
+        })
+        .collect();
+    json!({
+        "openrpc": "1.3.2",
+        "info": {
+            "title": "ccd",
+            "version": version,
+            "description": "ccd daemon API: JSON-RPC 2.0, one JSON text per line, over $CCD_HOME/ccd.sock",
+        },
+        "servers": [{ "name": "ccd", "url": "unix:$CCD_HOME/ccd.sock" }],
+        "methods": methods,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_has_a_description_and_a_schema() {
+        let all = registry(true);
+        assert_eq!(all.len(), ALL_METHODS.len());
+        for m in &all {
+            assert!(!m.description.is_empty(), "{}", m.name);
+            assert_eq!(m.params_schema["type"], "object", "{}", m.name);
+        }
+        assert!(registry(false).iter().all(|m| m.namespace != "debug"));
+    }
+
+    #[test]
+    fn params_describe_types_required_and_hints() {
+        let info = method_info::<ProjectCreate>();
+        let path = info.params.iter().find(|p| p.name == "path").unwrap();
+        assert_eq!((path.ty.as_str(), path.required, path.hint.as_deref()), ("string", true, Some("path")));
+        let info = method_info::<BackupCreate>();
+        let path = info.params.iter().find(|p| p.name == "path").unwrap();
+        assert!(!path.required);
+        assert_eq!(path.ty, "string|null");
+    }
+
+    #[test]
+    fn invalid_params_name_the_parameter() {
+        let err = parse_params::<ProjectCreate>(Some(json!({"name": 5, "path": "/"}))).unwrap_err();
+        assert_eq!(err.code, -32602);
+        assert!(err.message.contains("`name`"), "{}", err.message);
+        let err = parse_params::<ProjectCreate>(Some(json!({"name": "a"}))).unwrap_err();
+        assert!(err.message.contains("missing field `path`"), "{}", err.message);
+        let err = parse_params::<SystemPing>(Some(json!({"x": 1}))).unwrap_err();
+        assert!(err.message.contains("unknown field `x`"), "{}", err.message);
+        let err = parse_params::<SettingGet>(Some(json!(["a"]))).unwrap_err();
+        assert!(err.message.contains("by name"), "{}", err.message);
+        assert!(parse_params::<SystemPing>(None).is_ok());
+        assert!(parse_params::<SystemPing>(Some(json!([]))).is_ok());
+    }
+
+    #[test]
+    fn openrpc_document_is_well_formed() {
+        let doc = openrpc_document(&registry(false), "0.0.0");
+        assert!(doc["openrpc"].as_str().unwrap().starts_with("1."));
+        let methods = doc["methods"].as_array().unwrap();
+        let mut names = std::collections::HashSet::new();
+        for m in methods {
+            assert!(names.insert(m["name"].as_str().unwrap().to_string()));
+            assert!(m["result"]["schema"].is_object());
+            for p in m["params"].as_array().unwrap() {
+                assert!(p["name"].is_string() && p["schema"].is_object());
+            }
+        }
+    }
+}
