@@ -1,0 +1,207 @@
+//! The daemon's typed configuration, layered as contract.md says: built-in defaults, then
+//! `$CCD_HOME/config.toml`, then `CCD_<SECTION>_<KEY>` environment variables.
+//!
+//! Unknown keys and wrong types are errors that name the key and where it came from; the daemon
+//! refuses to start on them rather than guessing.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with a `CCD_` prefix that are not config values.
+const NOT_CONFIG: &[&str] = &["HOME", "LOG", "FAULT_INJECTION", "AGENT_CMD", "MASTER_KEY"];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ipc: IpcConfig,
+    pub writer: WriterConfig,
+    pub supervisor: SupervisorConfig,
+    pub daemon: DaemonConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpcConfig {
+    /// Largest accepted message (one line), in bytes.
+    pub max_message_bytes: usize,
+    /// Most connections open at once; past it, idle connections are closed to make room, and
+    /// when none is idle the new one is refused with -32009.
+    pub max_connections: usize,
+    /// Most requests in flight on one connection; past it the daemon stops reading from that
+    /// connection until replies go out (backpressure).
+    pub max_inflight_per_connection: usize,
+    /// A reply that cannot be written for this long closes the connection.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        IpcConfig {
+            max_message_bytes: ccd_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: 1024,
+            max_inflight_per_connection: 64,
+            write_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting for the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// NORMAL (default): an acknowledged write survives a crash of the daemon process;
+    /// FULL: it also survives power loss.
+    pub synchronous: Synchronous,
+    pub busy_timeout_ms: u64,
+    /// Most writes committed in one group transaction.
+    pub max_batch: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { synchronous: Synchronous::Normal, busy_timeout_ms: 5_000, max_batch: 1_024 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// More than this many restarts within `window_ms` marks an actor failed.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// First delay before a failed actor is tried again; doubles on each failure in a row.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: 5,
+            window_ms: 10_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// How long a stop waits for in-flight requests before closing connections.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { shutdown_timeout_ms: 10_000 }
+    }
+}
+
+impl Config {
+    /// Load the effective configuration for `home`: defaults, `config.toml`, environment.
+    pub fn load(home: &Path) -> anyhow::Result<Config> {
+        Self::figment(home)
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
+            .with_context(|| {
+                format!("invalid configuration (from {} and CCD_* variables)", config_path(home).display())
+            })
+            .and_then(|c: Config| c.validate().map(|()| c))
+    }
+
+    /// The layered sources, in precedence order (lowest first).
+    pub fn figment(home: &Path) -> Figment {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(config_path(home)))
+            .merge(
+                Env::prefixed("CCD_")
+                    .filter(|k| !NOT_CONFIG.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+                    .map(|k| k.as_str().to_ascii_lowercase().replacen('_', ".", 1).into()),
+            )
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let checks: [(&str, bool, &str); 6] = [
+            ("ipc.max_message_bytes", self.ipc.max_message_bytes >= 1024, "at least 1024"),
+            ("ipc.max_connections", self.ipc.max_connections >= 1, "at least 1"),
+            ("ipc.max_inflight_per_connection", self.ipc.max_inflight_per_connection >= 1, "at least 1"),
+            ("writer.max_batch", self.writer.max_batch >= 1, "at least 1"),
+            ("supervisor.window_ms", self.supervisor.window_ms >= 1, "at least 1"),
+            (
+                "supervisor.backoff_max_ms",
+                self.supervisor.backoff_max_ms >= self.supervisor.backoff_initial_ms,
+                "at least supervisor.backoff_initial_ms",
+            ),
+        ];
+        for (key, ok, expected) in checks {
+            anyhow::ensure!(ok, "invalid configuration: `{key}` must be {expected}");
+        }
+        Ok(())
+    }
+}
+
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+pub fn config_path(home: &Path) -> PathBuf {
+    home.join("config.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_errors() {
+        figment::Jail::expect_with(|jail| {
+            let home = jail.directory().to_path_buf();
+            assert_eq!(Config::load(&home).unwrap(), Config::default());
+
+            jail.create_file("config.toml", "[ipc]\nmax_connections = 7\n[writer]\nsynchronous = \"full\"\n")?;
+            jail.set_env("CCD_IPC_MAX_CONNECTIONS", "9");
+            jail.set_env("CCD_HOME", "/elsewhere");
+            jail.set_env("CCD_FAULT_INJECTION", "1");
+            let c = Config::load(&home).unwrap();
+            assert_eq!(c.ipc.max_connections, 9, "env beats the file");
+            assert_eq!(c.writer.synchronous, Synchronous::Full);
+
+            jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "many");
+            let err = format!("{:#}", Config::load(&home).unwrap_err()).to_lowercase();
+            assert!(err.contains("max_restarts") && err.contains("ccd_"), "{err}");
+
+            jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "3");
+            jail.create_file("config.toml", "[ipc]\nmax_conections = 7\n")?;
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
+            assert!(err.contains("max_conections"), "{err}");
+            Ok(())
+        });
+    }
+}

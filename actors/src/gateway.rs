@@ -1,0 +1,517 @@
+//! The GatewayActor: turns a JSON-RPC method call into typed actor messages.
+//!
+//! The socket side ([`crate::server`]) frames and parses lines and sends each request here as a
+//! [`Route`]. The gateway looks the method up among the typed markers of
+//! [`ccd_protocol::methods`], validates the params against the method's type (-32602 naming the
+//! parameter), and either answers itself (`system.*`) or forwards a typed message to the actor
+//! that owns the work: writes go to the WriterActor, reads straight to SQLite via [`Reader`].
+//! Anything unregistered is -32601.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use ccd_protocol::methods as m;
+use ccd_protocol::types::{self, ActorState};
+use ccd_protocol::{ErrorCode, Method, RpcError, parse_params};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ActorError;
+use crate::reader::Reader;
+use crate::store::{self, WriteOp};
+use crate::supervise::{Call, Crash, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised};
+use crate::writer::{Write, WriterActor};
+
+/// Facts about the running daemon that the gateway reports and acts on.
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub version: &'static str,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub fault_injection: bool,
+    pub home: PathBuf,
+    /// Cancelled to begin a graceful stop.
+    pub shutdown: CancellationToken,
+}
+
+/// The connection a request came from: lets a method stream notifications back on it and
+/// notice when the client goes away.
+#[derive(Clone, Debug)]
+pub struct ConnCtx {
+    pub id: u64,
+    pub outbound: mpsc::Sender<Bytes>,
+    /// Cancelled when the client disconnects.
+    pub closed: CancellationToken,
+}
+
+/// One JSON-RPC call to route.
+pub struct Route {
+    pub method: String,
+    pub params: Option<Value>,
+    pub conn: ConnCtx,
+}
+
+impl Request for Route {
+    type Output = Value;
+}
+
+pub struct GatewayActor {
+    sup: Supervision,
+    writer: Addr<WriterActor>,
+    reader: Reader,
+    info: Arc<DaemonInfo>,
+    health: Arc<HealthRegistry>,
+    describe: Value,
+    discover: Value,
+}
+
+supervised!(GatewayActor);
+
+impl GatewayActor {
+    pub fn new(sup: Supervision, writer: Addr<WriterActor>, reader: Reader, info: Arc<DaemonInfo>) -> Self {
+        // Built once at start: describe and discover are the same for the daemon's whole life.
+        let methods = ccd_protocol::registry(info.fault_injection);
+        let describe = serde_json::to_value(types::Describe {
+            methods: methods.clone(),
+            error_codes: m::error_codes(),
+        })
+        .unwrap_or(Value::Null);
+        let discover = ccd_protocol::openrpc_document(&methods, info.version);
+        let health = sup.registry().clone();
+        GatewayActor { sup, writer, reader, info, health, describe, discover }
+    }
+
+    fn write<O: WriteOp>(&self, op: O) -> impl Future<Output = Result<O::Output, ActorError>> + 'static {
+        let writer = self.writer.clone();
+        async move {
+            writer.send(Call(Write(op))).await.unwrap_or_else(|_| Err(mailbox_closed("writer")))
+        }
+    }
+
+    fn health(&self) -> types::Health {
+        let actors = self.health.snapshot();
+        let ok = actors.iter().all(|a| a.state == ActorState::Running);
+        types::Health {
+            status: if ok { "ok" } else { "degraded" }.into(),
+            pid: self.info.pid,
+            version: self.info.version.into(),
+            started_at: store::rfc3339(
+                self.info.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            ),
+            uptime_ms: self.info.started.elapsed().as_millis() as u64,
+            fault_injection: self.info.fault_injection,
+            actors,
+        }
+    }
+
+    fn crash(&mut self, actor: &str) -> Reply<Value> {
+        match actor {
+            "gateway" => panic!("debug.crash: injected panic in gateway"),
+            "writer" => {
+                let writer = self.writer.clone();
+                Reply::later(async move {
+                    writer.send(Call(Crash)).await.unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                    Ok(Value::Null)
+                })
+            }
+            other => Reply::err(RpcError::invalid_params(format!(
+                "invalid params for debug.crash: `actor`: unknown actor `{other}` (known: gateway, writer)"
+            ))),
+        }
+    }
+}
+
+impl Supervise for GatewayActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+}
+
+impl Handle<Route> for GatewayActor {
+    fn handle(&mut self, call: Route, _: &mut Context<Self>) -> Reply<Value> {
+        let p = call.params;
+        match call.method.as_str() {
+            m::SystemPing::NAME => now::<m::SystemPing>(p, |_| Ok("pong".to_string())),
+            m::SystemVersion::NAME => now::<m::SystemVersion>(p, |_| {
+                Ok(types::VersionInfo {
+                    version: self.info.version.into(),
+                    protocol_version: ccd_protocol::PROTOCOL_VERSION,
+                    schema_version: store::SCHEMA_VERSION,
+                })
+            }),
+            m::SystemHealth::NAME => now::<m::SystemHealth>(p, |_| Ok(self.health())),
+            m::SystemDescribe::NAME => match parse_params::<m::SystemDescribe>(p) {
+                Ok(_) => Reply::ok(self.describe.clone()),
+                Err(e) => Reply::err(e),
+            },
+            m::RpcDiscover::NAME => match parse_params::<m::RpcDiscover>(p) {
+                Ok(_) => Reply::ok(self.discover.clone()),
+                Err(e) => Reply::err(e),
+            },
+            m::SystemDescribeModels::NAME => {
+                let reader = self.reader.clone();
+                later::<m::SystemDescribeModels, _>(p, move |_| async move {
+                    reader.read("describing the database", store::describe_models).await
+                })
+            }
+            m::SystemShutdown::NAME => now::<m::SystemShutdown>(p, |_| {
+                tracing::info!("shutdown requested over IPC");
+                self.info.shutdown.cancel();
+                Ok(types::ShutdownResult { stopping: true })
+            }),
+            m::DebugCrash::NAME if self.info.fault_injection => {
+                match parse_params::<m::DebugCrash>(p) {
+                    Ok(params) => self.crash(&params.actor),
+                    Err(e) => Reply::err(e),
+                }
+            }
+
+            m::ProjectCreate::NAME => match parse_params::<m::ProjectCreate>(p) {
+                Ok(params) => match (validate::project_name("name", &params.name), validate::dir("path", &params.path)) {
+                    (Ok(()), Ok(path)) => {
+                        let fut = self.write(store::CreateProject { name: params.name, path });
+                        Reply::later(async move { to_value(fut.await?) })
+                    }
+                    (Err(e), _) | (_, Err(e)) => Reply::err(e),
+                },
+                Err(e) => Reply::err(e),
+            },
+            m::ProjectUpdate::NAME => match parse_params::<m::ProjectUpdate>(p) {
+                Ok(params) => {
+                    let checked = (|| {
+                        if params.path.is_none() && params.new_name.is_none() {
+                            return Err(RpcError::invalid_params(
+                                "invalid params for project.update: give `path`, `new_name` or both",
+                            ));
+                        }
+                        if let Some(n) = &params.new_name {
+                            validate::project_name("new_name", n)?;
+                        }
+                        params.path.as_deref().map(|p| validate::dir("path", p)).transpose()
+                    })();
+                    match checked {
+                        Ok(path) => {
+                            let fut = self.write(store::UpdateProject { name: params.name, path, new_name: params.new_name });
+                            Reply::later(async move { to_value(fut.await?) })
+                        }
+                        Err(e) => Reply::err(e),
+                    }
+                }
+                Err(e) => Reply::err(e),
+            },
+            m::ProjectDelete::NAME => {
+                later_write::<m::ProjectDelete, _>(self, p, |p| store::DeleteProject { name: p.name })
+            }
+            m::ProjectGetAll::NAME => {
+                let reader = self.reader.clone();
+                later::<m::ProjectGetAll, _>(p, move |_| async move {
+                    let projects = reader.read("listing projects", store::projects).await?;
+                    Ok(types::ProjectList { projects })
+                })
+            }
+
+            m::SettingUpsert::NAME => match parse_params::<m::SettingUpsert>(p) {
+                Ok(params) => match validate::setting(&params.key, Some(&params.value)) {
+                    Ok(()) => {
+                        let fut = self.write(store::UpsertSetting { key: params.key, value: params.value });
+                        Reply::later(async move { to_value(fut.await?) })
+                    }
+                    Err(e) => Reply::err(e),
+                },
+                Err(e) => Reply::err(e),
+            },
+            m::SettingGet::NAME => {
+                let reader = self.reader.clone();
+                later::<m::SettingGet, _>(p, move |p| async move {
+                    let key = p.key.clone();
+                    reader
+                        .read("reading a setting", move |c| store::setting(c, &p.key))
+                        .await?
+                        .ok_or_else(|| ActorError::NotFound(format!("no setting `{key}`")))
+                })
+            }
+            m::SettingDelete::NAME => {
+                later_write::<m::SettingDelete, _>(self, p, |p| store::DeleteSetting { key: p.key })
+            }
+            m::SettingList::NAME => {
+                let reader = self.reader.clone();
+                later::<m::SettingList, _>(p, move |_| async move {
+                    let settings = reader.read("listing settings", store::settings).await?;
+                    Ok(types::SettingList { settings })
+                })
+            }
+
+            m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p) {
+                Ok(params) => match backup_destination(&self.info.home, params.path.as_deref()) {
+                    Ok(dest) => {
+                        let db = store::db_path(&self.info.home);
+                        let writer = self.writer.clone();
+                        Reply::later(async move {
+                            let dest_for_copy = dest.clone();
+                            let size = tokio::task::spawn_blocking(move || store::backup_to(&db, &dest_for_copy))
+                                .await
+                                .map_err(|e| ActorError::internal("backup task", e))?
+                                .map_err(|e| ActorError::Internal(format!("creating backup {}: {e:#}", dest.display())))?;
+                            let op = store::RecordBackup { path: dest.to_string_lossy().into_owned(), size_bytes: size };
+                            let backup = writer
+                                .send(Call(Write(op)))
+                                .await
+                                .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                            to_value(backup)
+                        })
+                    }
+                    Err(e) => Reply::err(e),
+                },
+                Err(e) => Reply::err(e),
+            },
+            m::BackupList::NAME => {
+                let reader = self.reader.clone();
+                later::<m::BackupList, _>(p, move |_| async move {
+                    let backups = reader.read("listing backups", store::backups).await?;
+                    Ok(types::BackupList { backups })
+                })
+            }
+            m::BackupDelete::NAME => match parse_params::<m::BackupDelete>(p) {
+                Ok(params) => {
+                    let fut = self.write(store::DeleteBackup { id: params.id });
+                    Reply::later(async move {
+                        let backup = fut.await?;
+                        match std::fs::remove_file(&backup.path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => tracing::warn!("removing backup file {}: {e}", backup.path),
+                        }
+                        to_value(backup)
+                    })
+                }
+                Err(e) => Reply::err(e),
+            },
+
+            other => Reply::err(RpcError::new(
+                ErrorCode::MethodNotFound,
+                format!("method not found: `{other}`"),
+            )),
+        }
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ActorError> {
+    serde_json::to_value(v).map_err(|e| ActorError::internal("encoding the result", e))
+}
+
+fn mailbox_closed(actor: &str) -> ActorError {
+    ActorError::Unavailable {
+        actor: actor.into(),
+        state: ActorState::Failed,
+        reason: format!("the {actor}'s mailbox is closed"),
+    }
+}
+
+/// A method answered synchronously by the gateway itself.
+fn now<M: Method>(
+    params: Option<Value>,
+    f: impl FnOnce(M::Params) -> Result<M::Result, ActorError>,
+) -> Reply<Value> {
+    match parse_params::<M>(params) {
+        Ok(p) => Reply::Ready(f(p).and_then(to_value)),
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// A method whose answer comes from elsewhere (another actor, a blocking read).
+fn later<M: Method, Fut>(params: Option<Value>, f: impl FnOnce(M::Params) -> Fut) -> Reply<Value>
+where
+    Fut: Future<Output = Result<M::Result, ActorError>> + 'static,
+{
+    match parse_params::<M>(params) {
+        Ok(p) => {
+            let fut = f(p);
+            Reply::later(async move { to_value(fut.await?) })
+        }
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// A method that is one write whose output is the method's result.
+fn later_write<M: Method, O>(gw: &GatewayActor, params: Option<Value>, op: impl FnOnce(M::Params) -> O) -> Reply<Value>
+where
+    O: WriteOp<Output = M::Result>,
+{
+    match parse_params::<M>(params) {
+        Ok(p) => {
+            let fut = gw.write(op(p));
+            Reply::later(async move { to_value(fut.await?) })
+        }
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// Where `backup.create` writes: the given absolute path, or a new file under
+/// `$CCD_HOME/backups/`.
+fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorError> {
+    let dest = match path {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_absolute() {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params for backup.create: `path`: must be absolute, got `{}`",
+                    p.display()
+                ))
+                .into());
+            }
+            match p.parent() {
+                Some(parent) if parent.is_dir() => {}
+                _ => {
+                    return Err(RpcError::invalid_params(format!(
+                        "invalid params for backup.create: `path`: the directory of {} does not exist",
+                        p.display()
+                    ))
+                    .into());
+                }
+            }
+            p
+        }
+        None => {
+            let dir = home.join("backups");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ActorError::internal(&format!("creating {}", dir.display()), e))?;
+            let stamp: String = store::rfc3339(store::now_ms()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+            let mut candidate = dir.join(format!("ccd-{stamp}.db"));
+            let mut n = 1;
+            while candidate.exists() {
+                candidate = dir.join(format!("ccd-{stamp}-{n}.db"));
+                n += 1;
+            }
+            candidate
+        }
+    };
+    if dest.exists() {
+        return Err(ActorError::Conflict(format!("{} already exists", dest.display())));
+    }
+    Ok(dest)
+}
+
+/// Checks of params beyond their JSON types; errors are -32602 naming the parameter.
+pub mod validate {
+    use ccd_protocol::RpcError;
+
+    pub const MAX_SETTING_VALUE: usize = 1024 * 1024;
+
+    pub fn project_name(param: &str, name: &str) -> Result<(), RpcError> {
+        let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let ok = (1..=64).contains(&name.len()) && ok_chars && !name.starts_with(['.', '-']);
+        if ok {
+            Ok(())
+        } else {
+            Err(RpcError::invalid_params(format!(
+                "invalid params: `{param}`: `{name}` is not a valid project name (1 to 64 of letters, digits, `.`, `_`, `-`; not starting with `.` or `-`)"
+            )))
+        }
+    }
+
+    /// An existing directory, returned canonical.
+    pub fn dir(param: &str, path: &str) -> Result<String, RpcError> {
+        let bad = |why: String| RpcError::invalid_params(format!("invalid params: `{param}`: {why}"));
+        if path.is_empty() {
+            return Err(bad("must not be empty".into()));
+        }
+        let canonical = std::fs::canonicalize(path).map_err(|e| bad(format!("{path}: {e}")))?;
+        if !canonical.is_dir() {
+            return Err(bad(format!("{path} is not a directory")));
+        }
+        canonical
+            .into_os_string()
+            .into_string()
+            .map_err(|_| bad(format!("{path} is not valid UTF-8")))
+    }
+
+    pub fn setting(key: &str, value: Option<&str>) -> Result<(), RpcError> {
+        if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
+            return Err(RpcError::invalid_params(
+                "invalid params: `key`: must be 1 to 256 characters with no control characters",
+            ));
+        }
+        if value.is_some_and(|v| v.len() > MAX_SETTING_VALUE) {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params: `value`: longer than {MAX_SETTING_VALUE} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn project_names() {
+            for ok in ["a", "my-proj_1.x", &"a".repeat(64)] {
+                assert!(project_name("name", ok).is_ok(), "{ok}");
+            }
+            for bad in ["", ".hidden", "-x", "a b", "a/b", &"a".repeat(65), "é"] {
+                let e = project_name("name", bad).unwrap_err();
+                assert!(e.message.contains("`name`"), "{bad}: {}", e.message);
+            }
+        }
+
+        #[test]
+        fn dirs_must_exist() {
+            let d = tempfile::tempdir().unwrap();
+            let got = dir("path", d.path().to_str().unwrap()).unwrap();
+            assert_eq!(got, std::fs::canonicalize(d.path()).unwrap().to_str().unwrap());
+            assert!(dir("path", "/definitely/not/here").unwrap_err().message.contains("`path`"));
+            let f = d.path().join("f");
+            std::fs::write(&f, "x").unwrap();
+            assert!(dir("path", f.to_str().unwrap()).unwrap_err().message.contains("not a directory"));
+        }
+
+        #[test]
+        fn setting_keys_and_values() {
+            assert!(setting("a.b", Some("v")).is_ok());
+            assert!(setting("", None).is_err());
+            assert!(setting("a\nb", None).is_err());
+            assert!(setting("k", Some(&"x".repeat(MAX_SETTING_VALUE + 1))).is_err());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every method of the protocol is routed: with bad params it answers -32602, never -32601.
+    #[actix_rt::test]
+    async fn every_registered_method_is_routed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::db_path(dir.path());
+        let health = HealthRegistry::new(Default::default());
+        let writer = WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
+        let writer = Supervisor::start(move |_| writer);
+        let info = Arc::new(DaemonInfo {
+            pid: 1,
+            version: "test",
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            fault_injection: true,
+            home: dir.path().to_path_buf(),
+            shutdown: CancellationToken::new(),
+        });
+        let gw = GatewayActor::new(health.register("gateway"), writer, Reader::new(db), info);
+        let gw = Supervisor::start(move |_| gw);
+        let (tx, _rx) = mpsc::channel(1);
+        let conn = ConnCtx { id: 0, outbound: tx, closed: CancellationToken::new() };
+        for name in m::ALL_METHODS {
+            let params = Some(serde_json::json!({ "definitely_not_a_param": 1 }));
+            let route = Route { method: name.to_string(), params, conn: conn.clone() };
+            let err = gw.send(Call(route)).await.unwrap().expect_err(name);
+            assert_eq!(RpcError::from(err).code, -32602, "{name}");
+        }
+        let route = Route { method: "nope.nope".into(), params: None, conn };
+        let err = gw.send(Call(route)).await.unwrap().unwrap_err();
+        assert_eq!(RpcError::from(err).code, -32601);
+    }
+}

@@ -1,0 +1,74 @@
+//! Direct reads for the daemon: a small pool of read-only connections, used on tokio's blocking
+//! threads so a slow query never stalls the event loop. Reads see only committed data (WAL).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use rusqlite::Connection;
+
+use crate::error::ActorError;
+use crate::store;
+
+/// Idle connections kept for reuse.
+const POOL_SIZE: usize = 4;
+
+#[derive(Clone)]
+pub struct Reader {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Reader {
+    pub fn new(path: PathBuf) -> Self {
+        Reader { path, pool: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// Open one connection now, so the first request pays no cold-start cost.
+    pub fn warm(&self) -> anyhow::Result<()> {
+        let conn = self.open()?;
+        self.put(conn);
+        Ok(())
+    }
+
+    /// Run `f` on a read-only connection, off the event loop.
+    pub async fn read<T, F>(&self, what: &'static str, f: F) -> Result<T, ActorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let conn = this.take()?;
+            let result = f(&conn);
+            this.put(conn);
+            result
+        })
+        .await;
+        match joined {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ActorError::Internal(format!("{what}: {e:#}"))),
+            Err(e) => Err(ActorError::Internal(format!("{what}: the read task failed: {e}"))),
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<Connection> {
+        store::open_reader(&self.path)?
+            .with_context(|| format!("database {} is not initialised", self.path.display()))
+    }
+
+    fn take(&self) -> anyhow::Result<Connection> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => self.open(),
+        }
+    }
+
+    fn put(&self, conn: Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_SIZE {
+            pool.push(conn);
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The socket side of the IPC gateway: accepts connections on the Unix socket, frames NDJSON,
+//! parses JSON-RPC envelopes and batches, and sends each request to the [`GatewayActor`].
+//!
+//! Connection I/O runs in plain tasks beside the gateway actor, not inside its context, so a
+//! restart of the gateway never drops a connection. Limits, each local to one connection:
+//! - a line over `max_message_bytes` is answered -32600 and the connection is closed;
+//! - at most `max_inflight_per_connection` requests run at once; past it the daemon stops
+//!   reading from that connection (backpressure) until replies go out;
+//! - replies are queued in a bounded channel and written with a timeout: a client that never
+//!   reads is disconnected after `write_timeout_ms` and stalls nobody else;
+//! - at most `max_connections` connections: at the limit the longest-idle connection is closed
+//!   to make room, and only when none is idle is the new one refused with -32009.
+//!
+//! Architecture invariant: only this module reads and writes the socket.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::{Bytes, BytesMut};
+use ccd_protocol::{
+    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, Request as RpcRequest, Response, RpcError, parse_incoming,
+    to_line,
+};
+use futures_util::StreamExt;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::IpcConfig;
+use crate::gateway::{ConnCtx, GatewayActor, Route};
+use crate::supervise::Call;
+
+/// Replies are written in chunks of up to this many bytes when several are queued.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Serve connections until `shutdown` is cancelled, then stop gracefully: stop accepting, let
+/// in-flight requests finish (up to `drain_timeout`), write their replies, close connections.
+pub async fn serve(
+    listener: Listener,
+    gateway: Addr<GatewayActor>,
+    cfg: IpcConfig,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
+    let uid = current_euid();
+    let requests = TaskTracker::new();
+    let connections = TaskTracker::new();
+    let table = Rc::new(RefCell::new(ConnTable::default()));
+    let mut next_id = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving the connections we have.
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        next_id += 1;
+        if let Err(why) = check_peer(&stream, uid) {
+            tracing::warn!(conn = next_id, "refused connection: {why}");
+            continue;
+        }
+        let admitted = table.borrow_mut().admit(next_id, cfg.max_connections);
+        let Some(state) = admitted else {
+            tracing::warn!(conn = next_id, "refused connection: {} connections open, none idle", cfg.max_connections);
+            connections.spawn_local(refuse(stream, cfg.max_connections));
+            continue;
+        };
+        let conn = Connection {
+            id: next_id,
+            gateway: gateway.clone(),
+            cfg: cfg.clone(),
+            state,
+            requests: requests.clone(),
+        };
+        let table = table.clone();
+        connections.spawn_local(async move {
+            let id = conn.id;
+            conn.run(stream).await;
+            table.borrow_mut().conns.remove(&id);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; waiting for in-flight requests");
+    requests.close();
+    if tokio::time::timeout(drain_timeout, requests.wait()).await.is_err() {
+        tracing::warn!("in-flight requests still running after {drain_timeout:?}; closing anyway");
+    }
+    for state in table.borrow().conns.values() {
+        state.closing.cancel();
+    }
+    connections.close();
+    if tokio::time::timeout(Duration::from_secs(2), connections.wait()).await.is_err() {
+        tracing::warn!("some connections did not close in time");
+    }
+}
+
+fn current_euid() -> u32 {
+    // SAFETY: geteuid has no preconditions, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn check_peer(stream: &Stream, uid: u32) -> Result<(), String> {
+    let creds = stream.peer_creds().map_err(|e| format!("could not read peer credentials: {e}"))?;
+    match creds.euid() {
+        Some(peer) if peer == uid => Ok(()),
+        Some(peer) => Err(format!("peer uid {peer} is not the daemon's uid {uid}")),
+        None => Err("the peer's uid is unknown".into()),
+    }
+}
+
+async fn refuse(stream: Stream, max: usize) {
+    let mut send = stream;
+    let err = RpcError::new(ErrorCode::Overloaded, format!("too many connections ({max} open, none idle); try again later"));
+    let line = to_line(&Response::error(Id::Null, err));
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all(&line)).await;
+}
+
+/// Live connections, for the connection limit and for closing them all on stop.
+#[derive(Default)]
+struct ConnTable {
+    conns: HashMap<u64, Rc<ConnState>>,
+}
+
+struct ConnState {
+    /// Cancelled to make the connection stop reading (idle eviction, daemon stop).
+    closing: CancellationToken,
+    /// Cancelled when the client is gone (a write failed): in-flight work for it may stop.
+    closed: CancellationToken,
+    last_active: Cell<Instant>,
+    inflight: Cell<usize>,
+}
+
+impl ConnTable {
+    fn admit(&mut self, id: u64, max: usize) -> Option<Rc<ConnState>> {
+        if self.conns.len() >= max {
+            let idle = self
+                .conns
+                .iter()
+                .filter(|(_, s)| s.inflight.get() == 0 && !s.closing.is_cancelled())
+                .min_by_key(|(_, s)| s.last_active.get())
+                .map(|(id, _)| *id)?;
+            if let Some(evicted) = self.conns.remove(&idle) {
+                tracing::info!(conn = idle, "closing the longest-idle connection to make room for a new one");
+                evicted.closing.cancel();
+            }
+        }
+        let state = Rc::new(ConnState {
+            closing: CancellationToken::new(),
+            closed: CancellationToken::new(),
+            last_active: Cell::new(Instant::now()),
+            inflight: Cell::new(0),
+        });
+        self.conns.insert(id, state.clone());
+        Some(state)
+    }
+}
+
+struct Connection {
+    id: u64,
+    gateway: Addr<GatewayActor>,
+    cfg: IpcConfig,
+    state: Rc<ConnState>,
+    requests: TaskTracker,
+}
+
+impl Connection {
+    async fn run(self, stream: Stream) {
+        let (recv, send) = tokio::io::split(stream);
+        let (out_tx, out_rx) = mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
+        let timeout = Duration::from_millis(self.cfg.write_timeout_ms);
+        let writer = actix_rt::spawn(write_loop(self.id, send, out_rx, timeout, self.state.closed.clone()));
+        self.read_loop(recv, &out_tx).await;
+        // Replies of requests still in flight go out before the connection closes.
+        drop(out_tx);
+        let _ = writer.await;
+        tracing::debug!(conn = self.id, "connection closed");
+    }
+
+    async fn read_loop(&self, recv: ReadHalf<Stream>, out: &mpsc::Sender<Bytes>) {
+        let mut frames = FramedRead::new(recv, NdjsonCodec::new(self.cfg.max_message_bytes));
+        let permits = Arc::new(Semaphore::new(self.cfg.max_inflight_per_connection));
+        let ctx = ConnCtx { id: self.id, outbound: out.clone(), closed: self.state.closed.clone() };
+        loop {
+            let frame = tokio::select! {
+                _ = self.state.closing.cancelled() => return,
+                _ = self.state.closed.cancelled() => return,
+                frame = frames.next() => frame,
+            };
+            let frame = match frame {
+                None => return,
+                Some(Ok(frame)) => frame,
+                Some(Err(FrameError::TooLong { limit })) => {
+                    let err = RpcError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("message over the size limit of {limit} bytes; closing the connection"),
+                    );
+                    let _ = out.send(to_line(&Response::error(Id::Null, err))).await;
+                    return;
+                }
+                Some(Err(FrameError::Io(e))) => {
+                    tracing::debug!(conn = self.id, "read error: {e}");
+                    return;
+                }
+            };
+            self.state.last_active.set(Instant::now());
+            // Backpressure: wait for a free slot before taking on more work.
+            let permit = tokio::select! {
+                _ = self.state.closing.cancelled() => return,
+                _ = self.state.closed.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let work = match parse_incoming(&frame) {
+                Incoming::Invalid(resp) => {
+                    let _ = out.send(to_line(&resp)).await;
+                    continue;
+                }
+                Incoming::Single(item) => Work::Single(item),
+                Incoming::Batch(items) => Work::Batch(items),
+            };
+            let gateway = self.gateway.clone();
+            let out = out.clone();
+            let ctx = ctx.clone();
+            let state = self.state.clone();
+            state.inflight.set(state.inflight.get() + 1);
+            self.requests.spawn_local(async move {
+                let line = match work {
+                    Work::Single(item) => answer(&gateway, item, ctx).await.map(|r| to_line(&r)),
+                    Work::Batch(items) => {
+                        let replies = futures_util::future::join_all(
+                            items.into_iter().map(|item| answer(&gateway, item, ctx.clone())),
+                        )
+                        .await;
+                        let replies: Vec<Response> = replies.into_iter().flatten().collect();
+                        (!replies.is_empty()).then(|| to_line(&replies))
+                    }
+                };
+                if let Some(line) = line {
+                    let _ = out.send(line).await;
+                }
+                state.inflight.set(state.inflight.get() - 1);
+                state.last_active.set(Instant::now());
+                drop(permit);
+            });
+        }
+    }
+}
+
+enum Work {
+    Single(Result<RpcRequest, Response>),
+    Batch(Vec<Result<RpcRequest, Response>>),
+}
+
+/// Route one request through the gateway; `None` for a notification.
+async fn answer(gateway: &Addr<GatewayActor>, item: Result<RpcRequest, Response>, conn: ConnCtx) -> Option<Response> {
+    let req = match item {
+        Ok(req) => req,
+        Err(invalid) => return Some(invalid),
+    };
+    let route = Route { method: req.method, params: req.params, conn };
+    let result = match gateway.send(Call(route)).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(RpcError::from(e)),
+        Err(e) => Err(RpcError::new(ErrorCode::Unavailable, format!("gateway is unavailable: {e}"))
+            .with_data(serde_json::json!({ "actor": "gateway", "state": "failed" }))),
+    };
+    let id = req.id?;
+    Some(match result {
+        Ok(v) => Response::result(id, v),
+        Err(e) => Response::error(id, e),
+    })
+}
+
+async fn write_loop(id: u64, mut send: WriteHalf<Stream>, mut rx: mpsc::Receiver<Bytes>, timeout: Duration, closed: CancellationToken) {
+    let mut chunk = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        chunk.extend_from_slice(&first);
+        // Coalesce replies already queued into one write.
+        while chunk.len() < WRITE_CHUNK {
+            match rx.try_recv() {
+                Ok(more) => chunk.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(timeout, send.write_all(&chunk)).await {
+            Ok(Ok(())) => chunk.clear(),
+            Ok(Err(e)) => {
+                tracing::debug!(conn = id, "client gone: {e}");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(conn = id, "client did not read its replies for {timeout:?}; closing the connection");
+                break;
+            }
+        }
+    }
+    closed.cancel();
+}

@@ -1,0 +1,466 @@
+//! The SQLite store: schema and migrations, connection set-up, the read queries (shared by the
+//! daemon and the CLI's direct reads) and the write operations (run only by the WriterActor).
+//!
+//! Architecture invariant: only the WriterActor opens a connection with write access; every
+//! other connection is opened read-only (`SQLITE_OPEN_READ_ONLY`). Reads see committed data
+//! only (WAL mode), so they need no round trip through the writer.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use ccd_protocol::types::{Backup, ColumnInfo, DescribeModels, Project, Setting, TableInfo};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::config::WriterConfig;
+use crate::error::ActorError;
+
+/// Versioned migrations; `PRAGMA user_version` holds how many have run. Append only.
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE projects (
+        name TEXT PRIMARY KEY NOT NULL,
+        path TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE backups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size_bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;",
+)];
+
+/// The schema version this build migrates to.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+pub fn db_path(home: &Path) -> PathBuf {
+    home.join("ccd.db")
+}
+
+/// Open the write connection: WAL, foreign keys, busy timeout, `synchronous`, then migrate.
+pub fn open_writer(path: &Path, cfg: &WriterConfig) -> anyhow::Result<Connection> {
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("opening database {} for writing", path.display()))?;
+    conn.pragma_update(None, "journal_mode", "WAL").context("enabling WAL")?;
+    conn.pragma_update(None, "foreign_keys", true).context("enabling foreign keys")?;
+    conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())
+        .context("setting synchronous")?;
+    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms)).context("setting busy timeout")?;
+    Migrations::from_slice(MIGRATIONS)
+        .to_latest(&mut conn)
+        .with_context(|| format!("migrating database {} to version {SCHEMA_VERSION}", path.display()))?;
+    Ok(conn)
+}
+
+/// Open a read-only connection. `None` when the database does not exist yet.
+pub fn open_reader(path: &Path) -> anyhow::Result<Option<Connection>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("opening database {} read-only", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5)).context("setting busy timeout")?;
+    let version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .with_context(|| format!("reading the schema version of {}", path.display()))?;
+    anyhow::ensure!(
+        version <= SCHEMA_VERSION,
+        "database {} has schema version {version}, newer than this ccd understands ({SCHEMA_VERSION}); upgrade ccd",
+        path.display()
+    );
+    if version < SCHEMA_VERSION {
+        // Not migrated yet (the daemon migrates at start): nothing to read.
+        return Ok(None);
+    }
+    Ok(Some(conn))
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        name: r.get(0)?,
+        path: r.get(1)?,
+        created_at: rfc3339(r.get(2)?),
+        updated_at: rfc3339(r.get(3)?),
+    })
+}
+
+fn setting_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Setting> {
+    Ok(Setting { key: r.get(0)?, value: r.get(1)?, updated_at: rfc3339(r.get(2)?) })
+}
+
+fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
+    Ok(Backup {
+        id: r.get(0)?,
+        path: r.get(1)?,
+        size_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+        created_at: rfc3339(r.get(3)?),
+    })
+}
+
+pub fn projects(conn: &Connection) -> anyhow::Result<Vec<Project>> {
+    let mut st = conn.prepare_cached(
+        "SELECT name, path, created_at, updated_at FROM projects ORDER BY name",
+    )?;
+    let rows = st.query_map([], project_row)?.collect::<Result<_, _>>();
+    rows.context("listing projects")
+}
+
+pub fn project(conn: &Connection, name: &str) -> anyhow::Result<Option<Project>> {
+    conn.query_row(
+        "SELECT name, path, created_at, updated_at FROM projects WHERE name = ?1",
+        [name],
+        project_row,
+    )
+    .optional()
+    .with_context(|| format!("reading project {name}"))
+}
+
+pub fn settings(conn: &Connection) -> anyhow::Result<Vec<Setting>> {
+    let mut st = conn.prepare_cached("SELECT key, value, updated_at FROM settings ORDER BY key")?;
+    let rows = st.query_map([], setting_row)?.collect::<Result<_, _>>();
+    rows.context("listing settings")
+}
+
+pub fn setting(conn: &Connection, key: &str) -> anyhow::Result<Option<Setting>> {
+    conn.prepare_cached("SELECT key, value, updated_at FROM settings WHERE key = ?1")?
+        .query_row([key], setting_row)
+        .optional()
+        .with_context(|| format!("reading setting {key}"))
+}
+
+pub fn backups(conn: &Connection) -> anyhow::Result<Vec<Backup>> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, path, size_bytes, created_at FROM backups ORDER BY id DESC",
+    )?;
+    let rows = st.query_map([], backup_row)?.collect::<Result<_, _>>();
+    rows.context("listing backups")
+}
+
+/// The schema as `system.describe_models` reports it, read from the database itself.
+/// Hints follow the column naming convention: `*_at` is a datetime (milliseconds since the
+/// epoch), `path` a filesystem path, `value` free text.
+pub fn describe_models(conn: &Connection) -> anyhow::Result<DescribeModels> {
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut st = conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+    )?;
+    let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut tables = Vec::new();
+    for name in names {
+        let mut st = conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
+        let columns = st
+            .query_map([&name], |r| {
+                let col: String = r.get(0)?;
+                let hint = if col.ends_with("_at") {
+                    Some("datetime")
+                } else if col == "path" {
+                    Some("path")
+                } else if col == "value" {
+                    Some("text")
+                } else {
+                    None
+                };
+                Ok(ColumnInfo {
+                    hint: hint.map(String::from),
+                    name: col,
+                    ty: r.get(1)?,
+                    nullable: !r.get::<_, bool>(2)?,
+                    primary_key: r.get::<_, i64>(3)? > 0,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        tables.push(TableInfo { name, columns });
+    }
+    Ok(DescribeModels { schema_version: version, tables })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes: each runs inside the writer's group transaction, in a savepoint of its own.
+
+/// One write. `apply` runs inside a savepoint: an `Err` rolls back this write alone.
+pub trait WriteOp: Send + 'static {
+    type Output: Send + 'static;
+    fn apply(self, conn: &Connection) -> Result<Self::Output, ActorError>;
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
+}
+
+fn db_err(what: &str) -> impl FnOnce(rusqlite::Error) -> ActorError + '_ {
+    move |e| ActorError::Internal(format!("{what}: {e}"))
+}
+
+pub struct CreateProject {
+    pub name: String,
+    pub path: String,
+}
+
+impl WriteOp for CreateProject {
+    type Output = Project;
+    fn apply(self, conn: &Connection) -> Result<Project, ActorError> {
+        let now = now_ms();
+        conn.execute(
+            "INSERT INTO projects (name, path, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+            params![self.name, self.path, now],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                ActorError::Conflict(format!("project `{}` already exists", self.name))
+            } else {
+                ActorError::Internal(format!("creating project {}: {e}", self.name))
+            }
+        })?;
+        Ok(Project { name: self.name, path: self.path, created_at: rfc3339(now), updated_at: rfc3339(now) })
+    }
+}
+
+pub struct UpdateProject {
+    pub name: String,
+    pub path: Option<String>,
+    pub new_name: Option<String>,
+}
+
+impl WriteOp for UpdateProject {
+    type Output = Project;
+    fn apply(self, conn: &Connection) -> Result<Project, ActorError> {
+        let what = format!("updating project {}", self.name);
+        let current = project(conn, &self.name)
+            .map_err(|e| ActorError::Internal(format!("{what}: {e:#}")))?
+            .ok_or_else(|| ActorError::NotFound(format!("no project named `{}`", self.name)))?;
+        let new_name = self.new_name.unwrap_or_else(|| current.name.clone());
+        let path = self.path.unwrap_or(current.path);
+        conn.execute(
+            "UPDATE projects SET name = ?1, path = ?2, updated_at = ?3 WHERE name = ?4",
+            params![new_name, path, now_ms(), self.name],
+        )
+        .map_err(|e| {
+            if is_constraint(&e) {
+                ActorError::Conflict(format!("project `{new_name}` already exists"))
+            } else {
+                ActorError::Internal(format!("{what}: {e}"))
+            }
+        })?;
+        project(conn, &new_name)
+            .map_err(|e| ActorError::Internal(format!("{what}: {e:#}")))?
+            .ok_or_else(|| ActorError::Internal(format!("{what}: the row vanished")))
+    }
+}
+
+pub struct DeleteProject {
+    pub name: String,
+}
+
+impl WriteOp for DeleteProject {
+    type Output = Project;
+    fn apply(self, conn: &Connection) -> Result<Project, ActorError> {
+        let found = project(conn, &self.name)
+            .map_err(|e| ActorError::Internal(format!("deleting project {}: {e:#}", self.name)))?
+            .ok_or_else(|| ActorError::NotFound(format!("no project named `{}`", self.name)))?;
+        conn.execute("DELETE FROM projects WHERE name = ?1", [&self.name])
+            .map_err(db_err("deleting project"))?;
+        Ok(found)
+    }
+}
+
+pub struct UpsertSetting {
+    pub key: String,
+    pub value: String,
+}
+
+impl WriteOp for UpsertSetting {
+    type Output = Setting;
+    fn apply(self, conn: &Connection) -> Result<Setting, ActorError> {
+        let now = now_ms();
+        conn.prepare_cached(
+            "INSERT INTO settings (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        )
+        .and_then(|mut st| st.execute(params![self.key, self.value, now]))
+        .map_err(db_err("upserting setting"))?;
+        Ok(Setting { key: self.key, value: self.value, updated_at: rfc3339(now) })
+    }
+}
+
+pub struct DeleteSetting {
+    pub key: String,
+}
+
+impl WriteOp for DeleteSetting {
+    type Output = Setting;
+    fn apply(self, conn: &Connection) -> Result<Setting, ActorError> {
+        let found = setting(conn, &self.key)
+            .map_err(|e| ActorError::Internal(format!("deleting setting: {e:#}")))?
+            .ok_or_else(|| ActorError::NotFound(format!("no setting `{}`", self.key)))?;
+        conn.execute("DELETE FROM settings WHERE key = ?1", [&self.key])
+            .map_err(db_err("deleting setting"))?;
+        Ok(found)
+    }
+}
+
+pub struct RecordBackup {
+    pub path: String,
+    pub size_bytes: u64,
+}
+
+impl WriteOp for RecordBackup {
+    type Output = Backup;
+    fn apply(self, conn: &Connection) -> Result<Backup, ActorError> {
+        let now = now_ms();
+        conn.execute(
+            "INSERT INTO backups (path, size_bytes, created_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(path) DO UPDATE SET size_bytes = excluded.size_bytes, created_at = excluded.created_at",
+            params![self.path, self.size_bytes as i64, now],
+        )
+        .map_err(db_err("recording backup"))?;
+        conn.query_row(
+            "SELECT id, path, size_bytes, created_at FROM backups WHERE path = ?1",
+            [&self.path],
+            backup_row,
+        )
+        .map_err(db_err("reading back the backup record"))
+    }
+}
+
+pub struct DeleteBackup {
+    pub id: i64,
+}
+
+impl WriteOp for DeleteBackup {
+    type Output = Backup;
+    fn apply(self, conn: &Connection) -> Result<Backup, ActorError> {
+        let found = conn
+            .query_row(
+                "SELECT id, path, size_bytes, created_at FROM backups WHERE id = ?1",
+                [self.id],
+                backup_row,
+            )
+            .optional()
+            .map_err(db_err("reading backup"))?
+            .ok_or_else(|| ActorError::NotFound(format!("no backup with id {}", self.id)))?;
+        conn.execute("DELETE FROM backups WHERE id = ?1", [self.id])
+            .map_err(db_err("deleting backup record"))?;
+        Ok(found)
+    }
+}
+
+/// Copy the database at `src` to a new file `dest` with SQLite's online backup API, in one
+/// step from a read-only connection: a consistent snapshot while the writer keeps committing
+/// (WAL readers never block the writer). Written to a temporary name and renamed into place.
+pub fn backup_to(src: &Path, dest: &Path) -> anyhow::Result<u64> {
+    anyhow::ensure!(!dest.exists(), "{} already exists", dest.display());
+    let from = open_reader(src)?.context("the database does not exist yet")?;
+    let tmp = dest.with_extension("db.partial");
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut to = Connection::open(&tmp)
+            .with_context(|| format!("creating backup file {}", tmp.display()))?;
+        {
+            let backup = rusqlite::backup::Backup::new(&from, &mut to).context("starting backup")?;
+            backup.step(-1).context("copying pages")?;
+        }
+        to.close().map_err(|(_, e)| e).context("closing backup file")?;
+        std::fs::rename(&tmp, dest)
+            .with_context(|| format!("moving backup into place at {}", dest.display()))?;
+        Ok(std::fs::metadata(dest)?.len())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &Path) -> Connection {
+        open_writer(&db_path(dir), &WriterConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn migrates_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        CreateProject { name: "a".into(), path: "/tmp".into() }.apply(&conn).unwrap();
+        let err = CreateProject { name: "a".into(), path: "/".into() }.apply(&conn).unwrap_err();
+        assert!(matches!(err, ActorError::Conflict(_)), "{err:?}");
+        UpsertSetting { key: "k".into(), value: "v1".into() }.apply(&conn).unwrap();
+        UpsertSetting { key: "k".into(), value: "v2".into() }.apply(&conn).unwrap();
+
+        let reader = open_reader(&db_path(dir.path())).unwrap().unwrap();
+        assert_eq!(projects(&reader).unwrap().len(), 1);
+        assert_eq!(setting(&reader, "k").unwrap().unwrap().value, "v2");
+        let models = describe_models(&reader).unwrap();
+        assert_eq!(models.schema_version, SCHEMA_VERSION);
+        let names: Vec<_> = models.tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["backups", "projects", "settings"]);
+        let proj = models.tables.iter().find(|t| t.name == "projects").unwrap();
+        let created = proj.columns.iter().find(|c| c.name == "created_at").unwrap();
+        assert_eq!(created.hint.as_deref(), Some("datetime"));
+        assert!(reader.execute("DELETE FROM settings", []).is_err(), "reader must be read-only");
+    }
+
+    #[test]
+    fn missing_database_reads_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(open_reader(&db_path(dir.path())).unwrap().is_none());
+    }
+
+    #[test]
+    fn update_and_delete_report_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        let err = DeleteProject { name: "nope".into() }.apply(&conn).unwrap_err();
+        assert!(matches!(err, ActorError::NotFound(_)));
+        let err = UpdateProject { name: "nope".into(), path: None, new_name: None }.apply(&conn).unwrap_err();
+        assert!(matches!(err, ActorError::NotFound(_)));
+        CreateProject { name: "a".into(), path: "/tmp".into() }.apply(&conn).unwrap();
+        CreateProject { name: "b".into(), path: "/tmp".into() }.apply(&conn).unwrap();
+        let err = UpdateProject { name: "a".into(), path: None, new_name: Some("b".into()) }
+            .apply(&conn)
+            .unwrap_err();
+        assert!(matches!(err, ActorError::Conflict(_)));
+        let p = UpdateProject { name: "a".into(), path: Some("/".into()), new_name: Some("c".into()) }
+            .apply(&conn)
+            .unwrap();
+        assert_eq!((p.name.as_str(), p.path.as_str()), ("c", "/"));
+    }
+
+    #[test]
+    fn backup_copies_a_consistent_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        UpsertSetting { key: "k".into(), value: "v".into() }.apply(&conn).unwrap();
+        let dest = dir.path().join("b.db");
+        let size = backup_to(&db_path(dir.path()), &dest).unwrap();
+        assert!(size > 0);
+        let copy = Connection::open(&dest).unwrap();
+        let v: String = copy.query_row("SELECT value FROM settings WHERE key='k'", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, "v");
+        assert!(backup_to(&db_path(dir.path()), &dest).is_err(), "must not overwrite");
+    }
+}

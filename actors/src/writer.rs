@@ -1,0 +1,194 @@
+//! The WriterActor: the single owner of the SQLite write connection, with group commit.
+//!
+//! It runs on an Arbiter (thread) of its own. Writes arrive as `Call<Write<Op>>`; each handler
+//! only queues the write and, if none is scheduled, schedules a flush. actix drains the whole
+//! mailbox before it runs scheduled items, so every write that queued up while the previous
+//! transaction ran is committed in the next single transaction: one `BEGIN`, one savepoint per
+//! write (a failing write rolls back alone and never fails the others), one `COMMIT`. Each write
+//! is acknowledged only after that commit.
+//!
+//! After a panic, `reset` reopens the connection (an open transaction rolls back when the old
+//! connection drops); writes of the group being committed are answered -32001 and were not
+//! committed; writes still queued are committed by the restarted actor.
+
+use std::path::PathBuf;
+
+use actix::prelude::*;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use crate::config::WriterConfig;
+use crate::error::ActorError;
+use crate::store::{self, WriteOp};
+use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
+
+/// A write to commit: any [`WriteOp`].
+pub struct Write<O>(pub O);
+
+impl<O: WriteOp> Request for Write<O> {
+    type Output = O::Output;
+}
+
+/// Commit everything queued before this message, then answer (used by a graceful stop).
+pub struct Drain;
+
+impl Request for Drain {
+    type Output = ();
+}
+
+struct Flush;
+
+impl Request for Flush {
+    type Output = ();
+}
+
+/// A queued write, type-erased: runs its op and returns whether to keep its changes, with the
+/// answer to send once the group's commit has succeeded (`None`) or failed (`Some`).
+type Job = Box<dyn FnOnce(&Connection) -> Applied + Send>;
+
+struct Applied {
+    ok: bool,
+    reply: Box<dyn FnOnce(Option<&ActorError>) + Send>,
+}
+
+pub struct WriterActor {
+    sup: Supervision,
+    path: PathBuf,
+    cfg: WriterConfig,
+    conn: Option<Connection>,
+    pending: Vec<Job>,
+    flush_scheduled: bool,
+}
+
+supervised!(WriterActor);
+
+impl WriterActor {
+    /// Open the database (migrating it) before the actor starts, so that a bad database is a
+    /// start-up error rather than a failed actor.
+    pub fn new(sup: Supervision, path: PathBuf, cfg: WriterConfig) -> anyhow::Result<Self> {
+        let conn = store::open_writer(&path, &cfg)?;
+        Ok(WriterActor { sup, path, cfg, conn: Some(conn), pending: Vec::new(), flush_scheduled: false })
+    }
+
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        while !self.pending.is_empty() {
+            let take = self.pending.len().min(self.cfg.max_batch);
+            let jobs: Vec<Job> = self.pending.drain(..take).collect();
+            self.commit_group(jobs);
+        }
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        let Some(conn) = self.conn.as_mut() else {
+            // Only possible while a reset is failing, when requests are refused before they
+            // get here; answer rather than leave the callers waiting.
+            let err = ActorError::Internal("the writer has no database connection".into());
+            for job in jobs {
+                drop(job);
+            }
+            tracing::error!("{err}");
+            return;
+        };
+        let mut replies = Vec::with_capacity(jobs.len());
+        let outcome = (|| -> Result<(), rusqlite::Error> {
+            let mut tx = conn.transaction()?;
+            for job in jobs {
+                let mut sp = tx.savepoint()?;
+                let applied = job(&sp);
+                if !applied.ok {
+                    sp.rollback()?;
+                }
+                sp.commit()?;
+                replies.push(applied.reply);
+            }
+            tx.commit()
+        })();
+        match outcome {
+            Ok(()) => replies.into_iter().for_each(|r| r(None)),
+            Err(e) => {
+                let err = ActorError::Internal(format!("committing a group of writes: {e}"));
+                tracing::error!("{err}");
+                replies.into_iter().for_each(|r| r(Some(&err)));
+            }
+        }
+    }
+}
+
+impl Supervise for WriterActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+
+    fn reset(&mut self, _: &mut Context<Self>) -> anyhow::Result<()> {
+        // Drop the old connection first: any transaction it had open rolls back.
+        self.conn = None;
+        self.flush_scheduled = false;
+        self.conn = Some(store::open_writer(&self.path, &self.cfg)?);
+        Ok(())
+    }
+
+    fn on_started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.cfg.max_batch);
+        if !self.pending.is_empty() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(crate::supervise::Call(Flush));
+        }
+    }
+}
+
+impl<O: WriteOp> Handle<Write<O>> for WriterActor {
+    fn handle(&mut self, msg: Write<O>, ctx: &mut Context<Self>) -> Reply<O::Output> {
+        let (tx, rx) = oneshot::channel();
+        let op = msg.0;
+        self.pending.push(Box::new(move |conn: &Connection| {
+            let result = op.apply(conn);
+            Applied {
+                ok: result.is_ok(),
+                reply: Box::new(move |commit_err: Option<&ActorError>| {
+                    let answer = match (result, commit_err) {
+                        (Ok(_), Some(e)) => Err(e.clone()),
+                        (r, _) => r,
+                    };
+                    let _ = tx.send(answer);
+                }),
+            }
+        }));
+        if self.pending.len() >= self.cfg.max_batch {
+            self.flush();
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(crate::supervise::Call(Flush));
+        }
+        let actor = self.sup.name().to_string();
+        Reply::later(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(ActorError::Unavailable {
+                    actor,
+                    state: ccd_protocol::types::ActorState::Restarting,
+                    reason: "the writer restarted while this write was being committed; it was not committed"
+                        .into(),
+                })
+            })
+        })
+    }
+}
+
+impl Handle<Flush> for WriterActor {
+    fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Reply<()> {
+        self.flush();
+        Reply::ok(())
+    }
+}
+
+impl Handle<Drain> for WriterActor {
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Reply<()> {
+        self.flush();
+        if let Some(conn) = &self.conn
+            && let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE")
+        {
+            tracing::warn!("checkpointing the WAL on drain: {e}");
+        }
+        Reply::ok(())
+    }
+}
