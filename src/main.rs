@@ -1,1 +1,83 @@
-fn main(){}
+//! `ccd`: a local supervisor daemon for coding-agent CLIs, and the CLI that talks to it.
+//!
+//! The CLI parses arguments (clap), then either runs the daemon (`daemon run`), manages it
+//! (`daemon start|stop|status|restart|logs`), sends a JSON-RPC call over the Unix socket (every
+//! write, auto-starting the daemon), or reads SQLite directly (listings: they work while the
+//! daemon is stopped). Exit codes follow contract.md.
+
+mod cli;
+mod client;
+mod daemon;
+mod home;
+mod logging;
+mod table;
+
+use std::process::ExitCode;
+
+use ccd_protocol::ErrorCode;
+use clap::Parser;
+
+use crate::client::CallError;
+
+/// Exit codes (contract.md).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_RUNNING: u8 = 3;
+    pub const REFUSED: u8 = 4;
+    pub const AGENT_FAILED: u8 = 5;
+}
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = exit_code(&e);
+            if is_broken_pipe(&e) {
+                return ExitCode::from(exit::OK);
+            }
+            eprintln!("ccd: {}", render(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The exit code an error maps to.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(call) = cause.downcast_ref::<CallError>() {
+            return match call {
+                CallError::NotRunning(_) => exit::NOT_RUNNING,
+                CallError::Rpc(rpc) => rpc_exit_code(rpc),
+                CallError::Other(_) => exit::ERROR,
+            };
+        }
+        if cause.downcast_ref::<cli::UsageError>().is_some() {
+            return exit::USAGE;
+        }
+    }
+    exit::ERROR
+}
+
+/// The exit code for an error answered by the daemon.
+pub fn rpc_exit_code(e: &ccd_protocol::RpcError) -> u8 {
+    match e.kind() {
+        Some(ErrorCode::RateLimited | ErrorCode::CircuitOpen) => exit::REFUSED,
+        Some(ErrorCode::AgentFailed) => exit::AGENT_FAILED,
+        _ => exit::ERROR,
+    }
+}
+
+/// "what we were doing: why", the whole chain on one line.
+fn render(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -85,7 +85,11 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { synchronous: Synchronous::Normal, busy_timeout_ms: 5_000, max_batch: 1_024 }
+        WriterConfig {
+            synchronous: Synchronous::Normal,
+            busy_timeout_ms: 5_000,
+            max_batch: 1_024,
+        }
     }
 }
 
@@ -120,7 +124,9 @@ pub struct DaemonConfig {
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { shutdown_timeout_ms: 10_000 }
+        DaemonConfig {
+            shutdown_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -131,7 +137,10 @@ impl Config {
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .with_context(|| {
-                format!("invalid configuration (from {} and CCD_* variables)", config_path(home).display())
+                format!(
+                    "invalid configuration (from {} and CCD_* variables)",
+                    config_path(home).display()
+                )
             })
             .and_then(|c: Config| c.validate().map(|()| c))
     }
@@ -142,18 +151,38 @@ impl Config {
             .merge(Toml::file(config_path(home)))
             .merge(
                 Env::prefixed("CCD_")
-                    .filter(|k| !NOT_CONFIG.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+                    .filter(|k| {
+                        !NOT_CONFIG
+                            .iter()
+                            .any(|n| k.as_str().eq_ignore_ascii_case(n))
+                    })
                     .map(|k| k.as_str().to_ascii_lowercase().replacen('_', ".", 1).into()),
             )
     }
 
     fn validate(&self) -> anyhow::Result<()> {
         let checks: [(&str, bool, &str); 6] = [
-            ("ipc.max_message_bytes", self.ipc.max_message_bytes >= 1024, "at least 1024"),
-            ("ipc.max_connections", self.ipc.max_connections >= 1, "at least 1"),
-            ("ipc.max_inflight_per_connection", self.ipc.max_inflight_per_connection >= 1, "at least 1"),
+            (
+                "ipc.max_message_bytes",
+                self.ipc.max_message_bytes >= 1024,
+                "at least 1024",
+            ),
+            (
+                "ipc.max_connections",
+                self.ipc.max_connections >= 1,
+                "at least 1",
+            ),
+            (
+                "ipc.max_inflight_per_connection",
+                self.ipc.max_inflight_per_connection >= 1,
+                "at least 1",
+            ),
             ("writer.max_batch", self.writer.max_batch >= 1, "at least 1"),
-            ("supervisor.window_ms", self.supervisor.window_ms >= 1, "at least 1"),
+            (
+                "supervisor.window_ms",
+                self.supervisor.window_ms >= 1,
+                "at least 1",
+            ),
             (
                 "supervisor.backoff_max_ms",
                 self.supervisor.backoff_max_ms >= self.supervisor.backoff_initial_ms,
@@ -168,7 +197,10 @@ impl Config {
 }
 
 fn describe_figment_error(e: figment::Error) -> String {
-    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 pub fn config_path(home: &Path) -> PathBuf {
@@ -185,7 +217,10 @@ mod tests {
             let home = jail.directory().to_path_buf();
             assert_eq!(Config::load(&home).unwrap(), Config::default());
 
-            jail.create_file("config.toml", "[ipc]\nmax_connections = 7\n[writer]\nsynchronous = \"full\"\n")?;
+            jail.create_file(
+                "config.toml",
+                "[ipc]\nmax_connections = 7\n[writer]\nsynchronous = \"full\"\n",
+            )?;
             jail.set_env("CCD_IPC_MAX_CONNECTIONS", "9");
             jail.set_env("CCD_HOME", "/elsewhere");
             jail.set_env("CCD_FAULT_INJECTION", "1");
@@ -195,7 +230,10 @@ mod tests {
 
             jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "many");
             let err = format!("{:#}", Config::load(&home).unwrap_err()).to_lowercase();
-            assert!(err.contains("max_restarts") && err.contains("ccd_"), "{err}");
+            assert!(
+                err.contains("max_restarts") && err.contains("ccd_"),
+                "{err}"
+            );
 
             jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "3");
             jail.create_file("config.toml", "[ipc]\nmax_conections = 7\n")?;

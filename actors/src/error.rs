@@ -8,7 +8,11 @@ use serde_json::json;
 pub enum ActorError {
     /// The actor panicked on this message, is restarting, or is failed.
     #[error("{actor} is {}: {reason}", state.as_str())]
-    Unavailable { actor: String, state: ActorState, reason: String },
+    Unavailable {
+        actor: String,
+        state: ActorState,
+        reason: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -31,10 +35,12 @@ impl ActorError {
 impl From<ActorError> for RpcError {
     fn from(e: ActorError) -> RpcError {
         match e {
-            ActorError::Unavailable { ref actor, state, ref reason } => {
-                RpcError::new(ErrorCode::Unavailable, e.to_string())
-                    .with_data(json!({ "actor": actor, "state": state, "reason": reason }))
-            }
+            ActorError::Unavailable {
+                ref actor,
+                state,
+                ref reason,
+            } => RpcError::new(ErrorCode::Unavailable, e.to_string())
+                .with_data(json!({ "actor": actor, "state": state, "reason": reason })),
             ActorError::NotFound(m) => RpcError::new(ErrorCode::NotFound, m),
             ActorError::Conflict(m) => RpcError::new(ErrorCode::Conflict, m),
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ActorError;
 use crate::reader::Reader;
 use crate::store::{self, WriteOp};
-use crate::supervise::{Call, Crash, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised};
+use crate::supervise::{
+    Call, Crash, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
+};
 use crate::writer::{Write, WriterActor};
 
 /// Facts about the running daemon that the gateway reports and acts on.
@@ -72,7 +74,12 @@ pub struct GatewayActor {
 supervised!(GatewayActor);
 
 impl GatewayActor {
-    pub fn new(sup: Supervision, writer: Addr<WriterActor>, reader: Reader, info: Arc<DaemonInfo>) -> Self {
+    pub fn new(
+        sup: Supervision,
+        writer: Addr<WriterActor>,
+        reader: Reader,
+        info: Arc<DaemonInfo>,
+    ) -> Self {
         // Built once at start: describe and discover are the same for the daemon's whole life.
         let methods = ccd_protocol::registry(info.fault_injection);
         let describe = serde_json::to_value(types::Describe {
@@ -82,13 +89,27 @@ impl GatewayActor {
         .unwrap_or(Value::Null);
         let discover = ccd_protocol::openrpc_document(&methods, info.version);
         let health = sup.registry().clone();
-        GatewayActor { sup, writer, reader, info, health, describe, discover }
+        GatewayActor {
+            sup,
+            writer,
+            reader,
+            info,
+            health,
+            describe,
+            discover,
+        }
     }
 
-    fn write<O: WriteOp>(&self, op: O) -> impl Future<Output = Result<O::Output, ActorError>> + 'static {
+    fn write<O: WriteOp>(
+        &self,
+        op: O,
+    ) -> impl Future<Output = Result<O::Output, ActorError>> + 'static {
         let writer = self.writer.clone();
         async move {
-            writer.send(Call(Write(op))).await.unwrap_or_else(|_| Err(mailbox_closed("writer")))
+            writer
+                .send(Call(Write(op)))
+                .await
+                .unwrap_or_else(|_| Err(mailbox_closed("writer")))
         }
     }
 
@@ -100,7 +121,11 @@ impl GatewayActor {
             pid: self.info.pid,
             version: self.info.version.into(),
             started_at: store::rfc3339(
-                self.info.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                self.info
+                    .started_at
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
             ),
             uptime_ms: self.info.started.elapsed().as_millis() as u64,
             fault_injection: self.info.fault_injection,
@@ -114,7 +139,10 @@ impl GatewayActor {
             "writer" => {
                 let writer = self.writer.clone();
                 Reply::later(async move {
-                    writer.send(Call(Crash)).await.unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                    writer
+                        .send(Call(Crash))
+                        .await
+                        .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
                     Ok(Value::Null)
                 })
             }
@@ -155,7 +183,9 @@ impl Handle<Route> for GatewayActor {
             m::SystemDescribeModels::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SystemDescribeModels, _>(p, move |_| async move {
-                    reader.read("describing the database", store::describe_models).await
+                    reader
+                        .read("describing the database", store::describe_models)
+                        .await
                 })
             }
             m::SystemShutdown::NAME => now::<m::SystemShutdown>(p, |_| {
@@ -171,9 +201,15 @@ impl Handle<Route> for GatewayActor {
             }
 
             m::ProjectCreate::NAME => match parse_params::<m::ProjectCreate>(p) {
-                Ok(params) => match (validate::project_name("name", &params.name), validate::dir("path", &params.path)) {
+                Ok(params) => match (
+                    validate::project_name("name", &params.name),
+                    validate::dir("path", &params.path),
+                ) {
                     (Ok(()), Ok(path)) => {
-                        let fut = self.write(store::CreateProject { name: params.name, path });
+                        let fut = self.write(store::CreateProject {
+                            name: params.name,
+                            path,
+                        });
                         Reply::later(async move { to_value(fut.await?) })
                     }
                     (Err(e), _) | (_, Err(e)) => Reply::err(e),
@@ -191,11 +227,19 @@ impl Handle<Route> for GatewayActor {
                         if let Some(n) = &params.new_name {
                             validate::project_name("new_name", n)?;
                         }
-                        params.path.as_deref().map(|p| validate::dir("path", p)).transpose()
+                        params
+                            .path
+                            .as_deref()
+                            .map(|p| validate::dir("path", p))
+                            .transpose()
                     })();
                     match checked {
                         Ok(path) => {
-                            let fut = self.write(store::UpdateProject { name: params.name, path, new_name: params.new_name });
+                            let fut = self.write(store::UpdateProject {
+                                name: params.name,
+                                path,
+                                new_name: params.new_name,
+                            });
                             Reply::later(async move { to_value(fut.await?) })
                         }
                         Err(e) => Reply::err(e),
@@ -203,9 +247,9 @@ impl Handle<Route> for GatewayActor {
                 }
                 Err(e) => Reply::err(e),
             },
-            m::ProjectDelete::NAME => {
-                later_write::<m::ProjectDelete, _>(self, p, |p| store::DeleteProject { name: p.name })
-            }
+            m::ProjectDelete::NAME => later_write::<m::ProjectDelete, _>(self, p, |p| {
+                store::DeleteProject { name: p.name }
+            }),
             m::ProjectGetAll::NAME => {
                 let reader = self.reader.clone();
                 later::<m::ProjectGetAll, _>(p, move |_| async move {
@@ -217,7 +261,10 @@ impl Handle<Route> for GatewayActor {
             m::SettingUpsert::NAME => match parse_params::<m::SettingUpsert>(p) {
                 Ok(params) => match validate::setting(&params.key, Some(&params.value)) {
                     Ok(()) => {
-                        let fut = self.write(store::UpsertSetting { key: params.key, value: params.value });
+                        let fut = self.write(store::UpsertSetting {
+                            key: params.key,
+                            value: params.value,
+                        });
                         Reply::later(async move { to_value(fut.await?) })
                     }
                     Err(e) => Reply::err(e),
@@ -252,11 +299,21 @@ impl Handle<Route> for GatewayActor {
                         let writer = self.writer.clone();
                         Reply::later(async move {
                             let dest_for_copy = dest.clone();
-                            let size = tokio::task::spawn_blocking(move || store::backup_to(&db, &dest_for_copy))
-                                .await
-                                .map_err(|e| ActorError::internal("backup task", e))?
-                                .map_err(|e| ActorError::Internal(format!("creating backup {}: {e:#}", dest.display())))?;
-                            let op = store::RecordBackup { path: dest.to_string_lossy().into_owned(), size_bytes: size };
+                            let size = tokio::task::spawn_blocking(move || {
+                                store::backup_to(&db, &dest_for_copy)
+                            })
+                            .await
+                            .map_err(|e| ActorError::internal("backup task", e))?
+                            .map_err(|e| {
+                                ActorError::Internal(format!(
+                                    "creating backup {}: {e:#}",
+                                    dest.display()
+                                ))
+                            })?;
+                            let op = store::RecordBackup {
+                                path: dest.to_string_lossy().into_owned(),
+                                size_bytes: size,
+                            };
                             let backup = writer
                                 .send(Call(Write(op)))
                                 .await
@@ -337,7 +394,11 @@ where
 }
 
 /// A method that is one write whose output is the method's result.
-fn later_write<M: Method, O>(gw: &GatewayActor, params: Option<Value>, op: impl FnOnce(M::Params) -> O) -> Reply<Value>
+fn later_write<M: Method, O>(
+    gw: &GatewayActor,
+    params: Option<Value>,
+    op: impl FnOnce(M::Params) -> O,
+) -> Reply<Value>
 where
     O: WriteOp<Output = M::Result>,
 {
@@ -379,7 +440,10 @@ fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorE
             let dir = home.join("backups");
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ActorError::internal(&format!("creating {}", dir.display()), e))?;
-            let stamp: String = store::rfc3339(store::now_ms()).chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+            let stamp: String = store::rfc3339(store::now_ms())
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect();
             let mut candidate = dir.join(format!("ccd-{stamp}.db"));
             let mut n = 1;
             while candidate.exists() {
@@ -390,7 +454,10 @@ fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorE
         }
     };
     if dest.exists() {
-        return Err(ActorError::Conflict(format!("{} already exists", dest.display())));
+        return Err(ActorError::Conflict(format!(
+            "{} already exists",
+            dest.display()
+        )));
     }
     Ok(dest)
 }
@@ -402,7 +469,9 @@ pub mod validate {
     pub const MAX_SETTING_VALUE: usize = 1024 * 1024;
 
     pub fn project_name(param: &str, name: &str) -> Result<(), RpcError> {
-        let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let ok_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         let ok = (1..=64).contains(&name.len()) && ok_chars && !name.starts_with(['.', '-']);
         if ok {
             Ok(())
@@ -415,7 +484,8 @@ pub mod validate {
 
     /// An existing directory, returned canonical.
     pub fn dir(param: &str, path: &str) -> Result<String, RpcError> {
-        let bad = |why: String| RpcError::invalid_params(format!("invalid params: `{param}`: {why}"));
+        let bad =
+            |why: String| RpcError::invalid_params(format!("invalid params: `{param}`: {why}"));
         if path.is_empty() {
             return Err(bad("must not be empty".into()));
         }
@@ -462,11 +532,24 @@ pub mod validate {
         fn dirs_must_exist() {
             let d = tempfile::tempdir().unwrap();
             let got = dir("path", d.path().to_str().unwrap()).unwrap();
-            assert_eq!(got, std::fs::canonicalize(d.path()).unwrap().to_str().unwrap());
-            assert!(dir("path", "/definitely/not/here").unwrap_err().message.contains("`path`"));
+            assert_eq!(
+                got,
+                std::fs::canonicalize(d.path()).unwrap().to_str().unwrap()
+            );
+            assert!(
+                dir("path", "/definitely/not/here")
+                    .unwrap_err()
+                    .message
+                    .contains("`path`")
+            );
             let f = d.path().join("f");
             std::fs::write(&f, "x").unwrap();
-            assert!(dir("path", f.to_str().unwrap()).unwrap_err().message.contains("not a directory"));
+            assert!(
+                dir("path", f.to_str().unwrap())
+                    .unwrap_err()
+                    .message
+                    .contains("not a directory")
+            );
         }
 
         #[test]
@@ -489,7 +572,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = store::db_path(dir.path());
         let health = HealthRegistry::new(Default::default());
-        let writer = WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
+        let writer =
+            WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
         let writer = Supervisor::start(move |_| writer);
         let info = Arc::new(DaemonInfo {
             pid: 1,
@@ -503,14 +587,26 @@ mod tests {
         let gw = GatewayActor::new(health.register("gateway"), writer, Reader::new(db), info);
         let gw = Supervisor::start(move |_| gw);
         let (tx, _rx) = mpsc::channel(1);
-        let conn = ConnCtx { id: 0, outbound: tx, closed: CancellationToken::new() };
+        let conn = ConnCtx {
+            id: 0,
+            outbound: tx,
+            closed: CancellationToken::new(),
+        };
         for name in m::ALL_METHODS {
             let params = Some(serde_json::json!({ "definitely_not_a_param": 1 }));
-            let route = Route { method: name.to_string(), params, conn: conn.clone() };
+            let route = Route {
+                method: name.to_string(),
+                params,
+                conn: conn.clone(),
+            };
             let err = gw.send(Call(route)).await.unwrap().expect_err(name);
             assert_eq!(RpcError::from(err).code, -32602, "{name}");
         }
-        let route = Route { method: "nope.nope".into(), params: None, conn };
+        let route = Route {
+            method: "nope.nope".into(),
+            params: None,
+            conn,
+        };
         let err = gw.send(Call(route)).await.unwrap().unwrap_err();
         assert_eq!(RpcError::from(err).code, -32601);
     }

@@ -21,7 +21,10 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(path: PathBuf) -> Self {
-        Reader { path, pool: Arc::new(Mutex::new(Vec::new())) }
+        Reader {
+            path,
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     /// Open one connection now, so the first request pays no cold-start cost.
@@ -48,7 +51,9 @@ impl Reader {
         match joined {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(ActorError::Internal(format!("{what}: {e:#}"))),
-            Err(e) => Err(ActorError::Internal(format!("{what}: the read task failed: {e}"))),
+            Err(e) => Err(ActorError::Internal(format!(
+                "{what}: the read task failed: {e}"
+            ))),
         }
     }
 

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use ccd_protocol::{
-    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, Request as RpcRequest, Response, RpcError, parse_incoming,
-    to_line,
+    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, Request as RpcRequest, Response, RpcError,
+    parse_incoming, to_line,
 };
 use futures_util::StreamExt;
 use interprocess::local_socket::tokio::{Listener, Stream};
@@ -77,7 +77,11 @@ pub async fn serve(
         }
         let admitted = table.borrow_mut().admit(next_id, cfg.max_connections);
         let Some(state) = admitted else {
-            tracing::warn!(conn = next_id, "refused connection: {} connections open, none idle", cfg.max_connections);
+            tracing::warn!(
+                conn = next_id,
+                "refused connection: {} connections open, none idle",
+                cfg.max_connections
+            );
             connections.spawn_local(refuse(stream, cfg.max_connections));
             continue;
         };
@@ -98,14 +102,20 @@ pub async fn serve(
     drop(listener);
     tracing::info!("stopped accepting; waiting for in-flight requests");
     requests.close();
-    if tokio::time::timeout(drain_timeout, requests.wait()).await.is_err() {
+    if tokio::time::timeout(drain_timeout, requests.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests still running after {drain_timeout:?}; closing anyway");
     }
     for state in table.borrow().conns.values() {
         state.closing.cancel();
     }
     connections.close();
-    if tokio::time::timeout(Duration::from_secs(2), connections.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), connections.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not close in time");
     }
 }
@@ -116,7 +126,9 @@ fn current_euid() -> u32 {
 }
 
 fn check_peer(stream: &Stream, uid: u32) -> Result<(), String> {
-    let creds = stream.peer_creds().map_err(|e| format!("could not read peer credentials: {e}"))?;
+    let creds = stream
+        .peer_creds()
+        .map_err(|e| format!("could not read peer credentials: {e}"))?;
     match creds.euid() {
         Some(peer) if peer == uid => Ok(()),
         Some(peer) => Err(format!("peer uid {peer} is not the daemon's uid {uid}")),
@@ -126,7 +138,10 @@ fn check_peer(stream: &Stream, uid: u32) -> Result<(), String> {
 
 async fn refuse(stream: Stream, max: usize) {
     let mut send = stream;
-    let err = RpcError::new(ErrorCode::Overloaded, format!("too many connections ({max} open, none idle); try again later"));
+    let err = RpcError::new(
+        ErrorCode::Overloaded,
+        format!("too many connections ({max} open, none idle); try again later"),
+    );
     let line = to_line(&Response::error(Id::Null, err));
     let _ = tokio::time::timeout(Duration::from_secs(1), send.write_all(&line)).await;
 }
@@ -156,7 +171,10 @@ impl ConnTable {
                 .min_by_key(|(_, s)| s.last_active.get())
                 .map(|(id, _)| *id)?;
             if let Some(evicted) = self.conns.remove(&idle) {
-                tracing::info!(conn = idle, "closing the longest-idle connection to make room for a new one");
+                tracing::info!(
+                    conn = idle,
+                    "closing the longest-idle connection to make room for a new one"
+                );
                 evicted.closing.cancel();
             }
         }
@@ -182,9 +200,16 @@ struct Connection {
 impl Connection {
     async fn run(self, stream: Stream) {
         let (recv, send) = tokio::io::split(stream);
-        let (out_tx, out_rx) = mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
+        let (out_tx, out_rx) =
+            mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms);
-        let writer = actix_rt::spawn(write_loop(self.id, send, out_rx, timeout, self.state.closed.clone()));
+        let writer = actix_rt::spawn(write_loop(
+            self.id,
+            send,
+            out_rx,
+            timeout,
+            self.state.closed.clone(),
+        ));
         self.read_loop(recv, &out_tx).await;
         // Replies of requests still in flight go out before the connection closes.
         drop(out_tx);
@@ -195,7 +220,11 @@ impl Connection {
     async fn read_loop(&self, recv: ReadHalf<Stream>, out: &mpsc::Sender<Bytes>) {
         let mut frames = FramedRead::new(recv, NdjsonCodec::new(self.cfg.max_message_bytes));
         let permits = Arc::new(Semaphore::new(self.cfg.max_inflight_per_connection));
-        let ctx = ConnCtx { id: self.id, outbound: out.clone(), closed: self.state.closed.clone() };
+        let ctx = ConnCtx {
+            id: self.id,
+            outbound: out.clone(),
+            closed: self.state.closed.clone(),
+        };
         loop {
             let frame = tokio::select! {
                 _ = self.state.closing.cancelled() => return,
@@ -208,7 +237,9 @@ impl Connection {
                 Some(Err(FrameError::TooLong { limit })) => {
                     let err = RpcError::new(
                         ErrorCode::InvalidRequest,
-                        format!("message over the size limit of {limit} bytes; closing the connection"),
+                        format!(
+                            "message over the size limit of {limit} bytes; closing the connection"
+                        ),
                     );
                     let _ = out.send(to_line(&Response::error(Id::Null, err))).await;
                     return;
@@ -243,7 +274,9 @@ impl Connection {
                     Work::Single(item) => answer(&gateway, item, ctx).await.map(|r| to_line(&r)),
                     Work::Batch(items) => {
                         let replies = futures_util::future::join_all(
-                            items.into_iter().map(|item| answer(&gateway, item, ctx.clone())),
+                            items
+                                .into_iter()
+                                .map(|item| answer(&gateway, item, ctx.clone())),
                         )
                         .await;
                         let replies: Vec<Response> = replies.into_iter().flatten().collect();
@@ -267,17 +300,28 @@ enum Work {
 }
 
 /// Route one request through the gateway; `None` for a notification.
-async fn answer(gateway: &Addr<GatewayActor>, item: Result<RpcRequest, Response>, conn: ConnCtx) -> Option<Response> {
+async fn answer(
+    gateway: &Addr<GatewayActor>,
+    item: Result<RpcRequest, Response>,
+    conn: ConnCtx,
+) -> Option<Response> {
     let req = match item {
         Ok(req) => req,
         Err(invalid) => return Some(invalid),
     };
-    let route = Route { method: req.method, params: req.params, conn };
+    let route = Route {
+        method: req.method,
+        params: req.params,
+        conn,
+    };
     let result = match gateway.send(Call(route)).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(RpcError::from(e)),
-        Err(e) => Err(RpcError::new(ErrorCode::Unavailable, format!("gateway is unavailable: {e}"))
-            .with_data(serde_json::json!({ "actor": "gateway", "state": "failed" }))),
+        Err(e) => Err(RpcError::new(
+            ErrorCode::Unavailable,
+            format!("gateway is unavailable: {e}"),
+        )
+        .with_data(serde_json::json!({ "actor": "gateway", "state": "failed" }))),
     };
     let id = req.id?;
     Some(match result {
@@ -286,7 +330,13 @@ async fn answer(gateway: &Addr<GatewayActor>, item: Result<RpcRequest, Response>
     })
 }
 
-async fn write_loop(id: u64, mut send: WriteHalf<Stream>, mut rx: mpsc::Receiver<Bytes>, timeout: Duration, closed: CancellationToken) {
+async fn write_loop(
+    id: u64,
+    mut send: WriteHalf<Stream>,
+    mut rx: mpsc::Receiver<Bytes>,
+    timeout: Duration,
+    closed: CancellationToken,
+) {
     let mut chunk = BytesMut::new();
     while let Some(first) = rx.recv().await {
         chunk.extend_from_slice(&first);
@@ -304,7 +354,10 @@ async fn write_loop(id: u64, mut send: WriteHalf<Stream>, mut rx: mpsc::Receiver
                 break;
             }
             Err(_) => {
-                tracing::warn!(conn = id, "client did not read its replies for {timeout:?}; closing the connection");
+                tracing::warn!(
+                    conn = id,
+                    "client did not read its replies for {timeout:?}; closing the connection"
+                );
                 break;
             }
         }

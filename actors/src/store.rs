@@ -48,14 +48,22 @@ pub fn db_path(home: &Path) -> PathBuf {
 pub fn open_writer(path: &Path, cfg: &WriterConfig) -> anyhow::Result<Connection> {
     let mut conn = Connection::open(path)
         .with_context(|| format!("opening database {} for writing", path.display()))?;
-    conn.pragma_update(None, "journal_mode", "WAL").context("enabling WAL")?;
-    conn.pragma_update(None, "foreign_keys", true).context("enabling foreign keys")?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .context("enabling WAL")?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .context("enabling foreign keys")?;
     conn.pragma_update(None, "synchronous", cfg.synchronous.pragma())
         .context("setting synchronous")?;
-    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms)).context("setting busy timeout")?;
+    conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))
+        .context("setting busy timeout")?;
     Migrations::from_slice(MIGRATIONS)
         .to_latest(&mut conn)
-        .with_context(|| format!("migrating database {} to version {SCHEMA_VERSION}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "migrating database {} to version {SCHEMA_VERSION}",
+                path.display()
+            )
+        })?;
     Ok(conn)
 }
 
@@ -69,7 +77,8 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Option<Connection>> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("opening database {} read-only", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(5)).context("setting busy timeout")?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .context("setting busy timeout")?;
     let version: u32 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .with_context(|| format!("reading the schema version of {}", path.display()))?;
@@ -86,7 +95,10 @@ pub fn open_reader(path: &Path) -> anyhow::Result<Option<Connection>> {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Milliseconds since the epoch as RFC 3339 (UTC, millisecond precision).
@@ -108,7 +120,11 @@ fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
 }
 
 fn setting_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Setting> {
-    Ok(Setting { key: r.get(0)?, value: r.get(1)?, updated_at: rfc3339(r.get(2)?) })
+    Ok(Setting {
+        key: r.get(0)?,
+        value: r.get(1)?,
+        updated_at: rfc3339(r.get(2)?),
+    })
 }
 
 fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
@@ -121,9 +137,8 @@ fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
 }
 
 pub fn projects(conn: &Connection) -> anyhow::Result<Vec<Project>> {
-    let mut st = conn.prepare_cached(
-        "SELECT name, path, created_at, updated_at FROM projects ORDER BY name",
-    )?;
+    let mut st = conn
+        .prepare_cached("SELECT name, path, created_at, updated_at FROM projects ORDER BY name")?;
     let rows = st.query_map([], project_row)?.collect::<Result<_, _>>();
     rows.context("listing projects")
 }
@@ -152,9 +167,8 @@ pub fn setting(conn: &Connection, key: &str) -> anyhow::Result<Option<Setting>> 
 }
 
 pub fn backups(conn: &Connection) -> anyhow::Result<Vec<Backup>> {
-    let mut st = conn.prepare_cached(
-        "SELECT id, path, size_bytes, created_at FROM backups ORDER BY id DESC",
-    )?;
+    let mut st = conn
+        .prepare_cached("SELECT id, path, size_bytes, created_at FROM backups ORDER BY id DESC")?;
     let rows = st.query_map([], backup_row)?.collect::<Result<_, _>>();
     rows.context("listing backups")
 }
@@ -170,7 +184,8 @@ pub fn describe_models(conn: &Connection) -> anyhow::Result<DescribeModels> {
     let names: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     let mut tables = Vec::new();
     for name in names {
-        let mut st = conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
+        let mut st =
+            conn.prepare("SELECT name, type, \"notnull\", pk FROM pragma_table_info(?1)")?;
         let columns = st
             .query_map([&name], |r| {
                 let col: String = r.get(0)?;
@@ -194,7 +209,10 @@ pub fn describe_models(conn: &Connection) -> anyhow::Result<DescribeModels> {
             .collect::<Result<_, _>>()?;
         tables.push(TableInfo { name, columns });
     }
-    Ok(DescribeModels { schema_version: version, tables })
+    Ok(DescribeModels {
+        schema_version: version,
+        tables,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,7 +252,12 @@ impl WriteOp for CreateProject {
                 ActorError::Internal(format!("creating project {}: {e}", self.name))
             }
         })?;
-        Ok(Project { name: self.name, path: self.path, created_at: rfc3339(now), updated_at: rfc3339(now) })
+        Ok(Project {
+            name: self.name,
+            path: self.path,
+            created_at: rfc3339(now),
+            updated_at: rfc3339(now),
+        })
     }
 }
 
@@ -301,7 +324,11 @@ impl WriteOp for UpsertSetting {
         )
         .and_then(|mut st| st.execute(params![self.key, self.value, now]))
         .map_err(db_err("upserting setting"))?;
-        Ok(Setting { key: self.key, value: self.value, updated_at: rfc3339(now) })
+        Ok(Setting {
+            key: self.key,
+            value: self.value,
+            updated_at: rfc3339(now),
+        })
     }
 }
 
@@ -379,10 +406,13 @@ pub fn backup_to(src: &Path, dest: &Path) -> anyhow::Result<u64> {
         let mut to = Connection::open(&tmp)
             .with_context(|| format!("creating backup file {}", tmp.display()))?;
         {
-            let backup = rusqlite::backup::Backup::new(&from, &mut to).context("starting backup")?;
+            let backup =
+                rusqlite::backup::Backup::new(&from, &mut to).context("starting backup")?;
             backup.step(-1).context("copying pages")?;
         }
-        to.close().map_err(|(_, e)| e).context("closing backup file")?;
+        to.close()
+            .map_err(|(_, e)| e)
+            .context("closing backup file")?;
         std::fs::rename(&tmp, dest)
             .with_context(|| format!("moving backup into place at {}", dest.display()))?;
         Ok(std::fs::metadata(dest)?.len())
@@ -405,11 +435,31 @@ mod tests {
     fn migrates_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let conn = writer(dir.path());
-        CreateProject { name: "a".into(), path: "/tmp".into() }.apply(&conn).unwrap();
-        let err = CreateProject { name: "a".into(), path: "/".into() }.apply(&conn).unwrap_err();
+        CreateProject {
+            name: "a".into(),
+            path: "/tmp".into(),
+        }
+        .apply(&conn)
+        .unwrap();
+        let err = CreateProject {
+            name: "a".into(),
+            path: "/".into(),
+        }
+        .apply(&conn)
+        .unwrap_err();
         assert!(matches!(err, ActorError::Conflict(_)), "{err:?}");
-        UpsertSetting { key: "k".into(), value: "v1".into() }.apply(&conn).unwrap();
-        UpsertSetting { key: "k".into(), value: "v2".into() }.apply(&conn).unwrap();
+        UpsertSetting {
+            key: "k".into(),
+            value: "v1".into(),
+        }
+        .apply(&conn)
+        .unwrap();
+        UpsertSetting {
+            key: "k".into(),
+            value: "v2".into(),
+        }
+        .apply(&conn)
+        .unwrap();
 
         let reader = open_reader(&db_path(dir.path())).unwrap().unwrap();
         assert_eq!(projects(&reader).unwrap().len(), 1);
@@ -419,9 +469,16 @@ mod tests {
         let names: Vec<_> = models.tables.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["backups", "projects", "settings"]);
         let proj = models.tables.iter().find(|t| t.name == "projects").unwrap();
-        let created = proj.columns.iter().find(|c| c.name == "created_at").unwrap();
+        let created = proj
+            .columns
+            .iter()
+            .find(|c| c.name == "created_at")
+            .unwrap();
         assert_eq!(created.hint.as_deref(), Some("datetime"));
-        assert!(reader.execute("DELETE FROM settings", []).is_err(), "reader must be read-only");
+        assert!(
+            reader.execute("DELETE FROM settings", []).is_err(),
+            "reader must be read-only"
+        );
     }
 
     #[test]
@@ -434,19 +491,47 @@ mod tests {
     fn update_and_delete_report_not_found() {
         let dir = tempfile::tempdir().unwrap();
         let conn = writer(dir.path());
-        let err = DeleteProject { name: "nope".into() }.apply(&conn).unwrap_err();
+        let err = DeleteProject {
+            name: "nope".into(),
+        }
+        .apply(&conn)
+        .unwrap_err();
         assert!(matches!(err, ActorError::NotFound(_)));
-        let err = UpdateProject { name: "nope".into(), path: None, new_name: None }.apply(&conn).unwrap_err();
+        let err = UpdateProject {
+            name: "nope".into(),
+            path: None,
+            new_name: None,
+        }
+        .apply(&conn)
+        .unwrap_err();
         assert!(matches!(err, ActorError::NotFound(_)));
-        CreateProject { name: "a".into(), path: "/tmp".into() }.apply(&conn).unwrap();
-        CreateProject { name: "b".into(), path: "/tmp".into() }.apply(&conn).unwrap();
-        let err = UpdateProject { name: "a".into(), path: None, new_name: Some("b".into()) }
-            .apply(&conn)
-            .unwrap_err();
+        CreateProject {
+            name: "a".into(),
+            path: "/tmp".into(),
+        }
+        .apply(&conn)
+        .unwrap();
+        CreateProject {
+            name: "b".into(),
+            path: "/tmp".into(),
+        }
+        .apply(&conn)
+        .unwrap();
+        let err = UpdateProject {
+            name: "a".into(),
+            path: None,
+            new_name: Some("b".into()),
+        }
+        .apply(&conn)
+        .unwrap_err();
         assert!(matches!(err, ActorError::Conflict(_)));
-        let p = UpdateProject { name: "a".into(), path: Some("/".into()), new_name: Some("c".into()) }
-            .apply(&conn)
-            .unwrap();
+        let p = UpdateProject {
+            name: "a".into(),
+            path: Some("/".into()),
+            new_name: Some("c".into()),
+        }
+        .apply(&conn)
+        .unwrap();
         assert_eq!((p.name.as_str(), p.path.as_str()), ("c", "/"));
     }
 
@@ -454,13 +539,23 @@ mod tests {
     fn backup_copies_a_consistent_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let conn = writer(dir.path());
-        UpsertSetting { key: "k".into(), value: "v".into() }.apply(&conn).unwrap();
+        UpsertSetting {
+            key: "k".into(),
+            value: "v".into(),
+        }
+        .apply(&conn)
+        .unwrap();
         let dest = dir.path().join("b.db");
         let size = backup_to(&db_path(dir.path()), &dest).unwrap();
         assert!(size > 0);
         let copy = Connection::open(&dest).unwrap();
-        let v: String = copy.query_row("SELECT value FROM settings WHERE key='k'", [], |r| r.get(0)).unwrap();
+        let v: String = copy
+            .query_row("SELECT value FROM settings WHERE key='k'", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, "v");
-        assert!(backup_to(&db_path(dir.path()), &dest).is_err(), "must not overwrite");
+        assert!(
+            backup_to(&db_path(dir.path()), &dest).is_err(),
+            "must not overwrite"
+        );
     }
 }

@@ -147,7 +147,10 @@ macro_rules! supervised {
                 _: $crate::supervise::Crash,
                 _: &mut Self::Context,
             ) -> $crate::supervise::Reply<()> {
-                panic!("debug.crash: injected panic in {}", self.supervision().name());
+                panic!(
+                    "debug.crash: injected panic in {}",
+                    self.supervision().name()
+                );
             }
         }
     };
@@ -169,12 +172,19 @@ where
         Err(payload) => {
             let message = panic_message(payload.as_ref());
             let state = sup.record_panic(&message);
-            tracing::error!(actor = sup.name(), state = state.as_str(), "actor panicked: {message}");
+            tracing::error!(
+                actor = sup.name(),
+                state = state.as_str(),
+                "actor panicked: {message}"
+            );
             ctx.stop();
             Reply::Ready(Err(ActorError::Unavailable {
                 actor: sup.name().to_string(),
                 state,
-                reason: format!("{} panicked while handling this request: {message}", sup.name()),
+                reason: format!(
+                    "{} panicked while handling this request: {message}",
+                    sup.name()
+                ),
             }))
         }
     }
@@ -224,7 +234,10 @@ fn try_reset<A: Supervise>(act: &mut A, ctx: &mut Context<A>) -> Result<(), Stri
     match panic::catch_unwind(AssertUnwindSafe(|| act.reset(ctx))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("could not restart: {e:#}")),
-        Err(payload) => Err(format!("panicked while restarting: {}", panic_message(payload.as_ref()))),
+        Err(payload) => Err(format!(
+            "panicked while restarting: {}",
+            panic_message(payload.as_ref())
+        )),
     }
 }
 
@@ -261,7 +274,10 @@ struct Entry {
 
 impl HealthRegistry {
     pub fn new(policy: SupervisorConfig) -> Arc<Self> {
-        Arc::new(HealthRegistry { policy, actors: Mutex::new(BTreeMap::new()) })
+        Arc::new(HealthRegistry {
+            policy,
+            actors: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Register an actor by name and get its supervision handle.
@@ -279,7 +295,10 @@ impl HealthRegistry {
                 failures_in_row: 0,
             },
         );
-        Supervision { name, registry: self.clone() }
+        Supervision {
+            name,
+            registry: self.clone(),
+        }
     }
 
     pub fn snapshot(&self) -> Vec<ActorHealth> {
@@ -321,7 +340,9 @@ impl Supervision {
 
     fn with<R>(&self, f: impl FnOnce(&mut Entry, &SupervisorConfig) -> R) -> R {
         let mut map = self.registry.lock();
-        let entry = map.get_mut(&self.name).expect("a Supervision is only made by register");
+        let entry = map
+            .get_mut(&self.name)
+            .expect("a Supervision is only made by register");
         f(entry, &self.registry.policy)
     }
 
@@ -348,7 +369,11 @@ impl Supervision {
             e.restarts += 1;
             e.last_panic = Some(message.to_string());
             e.recent.push_back(now);
-            while e.recent.front().is_some_and(|t| now.duration_since(*t) > window) {
+            while e
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
                 e.recent.pop_front();
             }
             if e.recent.len() > policy.max_restarts as usize {
@@ -388,7 +413,10 @@ impl Supervision {
         self.with(|e, policy| {
             let exp = e.failures_in_row.min(20);
             e.failures_in_row += 1;
-            let ms = policy.backoff_initial_ms.saturating_mul(1u64 << exp).min(policy.backoff_max_ms);
+            let ms = policy
+                .backoff_initial_ms
+                .saturating_mul(1u64 << exp)
+                .min(policy.backoff_max_ms);
             Duration::from_millis(ms)
         })
     }
@@ -471,7 +499,11 @@ mod tests {
     async fn a_panic_answers_unavailable_and_queued_messages_are_served_after_restart() {
         let reg = registry(5);
         let sup = reg.register("counter");
-        let addr = Supervisor::start(move |_| Counter { sup, n: 0, resets: 0 });
+        let addr = Supervisor::start(move |_| Counter {
+            sup,
+            n: 0,
+            resets: 0,
+        });
         let first = addr.send(Call(Incr));
         let crash = addr.send(Call(Crash));
         let queued = addr.send(Call(Incr));

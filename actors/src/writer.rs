@@ -67,7 +67,14 @@ impl WriterActor {
     /// start-up error rather than a failed actor.
     pub fn new(sup: Supervision, path: PathBuf, cfg: WriterConfig) -> anyhow::Result<Self> {
         let conn = store::open_writer(&path, &cfg)?;
-        Ok(WriterActor { sup, path, cfg, conn: Some(conn), pending: Vec::new(), flush_scheduled: false })
+        Ok(WriterActor {
+            sup,
+            path,
+            cfg,
+            conn: Some(conn),
+            pending: Vec::new(),
+            flush_scheduled: false,
+        })
     }
 
     fn flush(&mut self) {

@@ -44,7 +44,10 @@ impl From<std::io::Error> for FrameError {
 
 impl NdjsonCodec {
     pub fn new(max_len: usize) -> Self {
-        NdjsonCodec { max_len, scanned: 0 }
+        NdjsonCodec {
+            max_len,
+            scanned: 0,
+        }
     }
 }
 
@@ -63,14 +66,18 @@ impl Decoder for NdjsonCodec {
             let Some(pos) = buf[self.scanned..].iter().position(|b| *b == b'\n') else {
                 self.scanned = buf.len();
                 if buf.len() > self.max_len {
-                    return Err(FrameError::TooLong { limit: self.max_len });
+                    return Err(FrameError::TooLong {
+                        limit: self.max_len,
+                    });
                 }
                 return Ok(None);
             };
             let end = self.scanned + pos;
             self.scanned = 0;
             if end > self.max_len {
-                return Err(FrameError::TooLong { limit: self.max_len });
+                return Err(FrameError::TooLong {
+                    limit: self.max_len,
+                });
             }
             let mut line = buf.split_to(end + 1).freeze();
             line.truncate(end);
@@ -146,7 +153,10 @@ mod tests {
     fn splits_lines_and_skips_blank_ones() {
         let mut c = NdjsonCodec::new(100);
         let got = frames(&mut c, b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n{\"c\"");
-        assert_eq!(got, vec![Ok(Bytes::from("{\"a\":1}")), Ok(Bytes::from("{\"b\":2}"))]);
+        assert_eq!(
+            got,
+            vec![Ok(Bytes::from("{\"a\":1}")), Ok(Bytes::from("{\"b\":2}"))]
+        );
     }
 
     #[test]
@@ -162,14 +172,20 @@ mod tests {
     fn over_the_limit_is_an_error_with_or_without_newline() {
         let mut c = NdjsonCodec::new(8);
         let got = frames(&mut c, b"0123456789\n");
-        assert_eq!(got, vec![Err("message over the size limit of 8 bytes".into())]);
+        assert_eq!(
+            got,
+            vec![Err("message over the size limit of 8 bytes".into())]
+        );
         let mut c = NdjsonCodec::new(8);
         let got = frames(&mut c, b"0123456789");
         assert_eq!(got.len(), 1);
         assert!(got[0].is_err());
         // exactly at the limit is fine
         let mut c = NdjsonCodec::new(8);
-        assert_eq!(frames(&mut c, b"01234567\n"), vec![Ok(Bytes::from("01234567"))]);
+        assert_eq!(
+            frames(&mut c, b"01234567\n"),
+            vec![Ok(Bytes::from("01234567"))]
+        );
     }
 
     #[test]
@@ -177,7 +193,10 @@ mod tests {
         let mut c = NdjsonCodec::new(100);
         let mut buf = BytesMut::from(&b"{\"x\":1}"[..]);
         assert!(c.decode(&mut buf).unwrap().is_none());
-        assert_eq!(c.decode_eof(&mut buf).unwrap(), Some(Bytes::from("{\"x\":1}")));
+        assert_eq!(
+            c.decode_eof(&mut buf).unwrap(),
+            Some(Bytes::from("{\"x\":1}"))
+        );
         assert!(c.decode_eof(&mut buf).unwrap().is_none());
     }
 }

@@ -86,14 +86,20 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => {
                 "not a valid JSON-RPC 2.0 request, an empty batch, or a message over the size limit"
             }
-            ErrorCode::MethodNotFound => "no such method (debug.* exists only with CCD_FAULT_INJECTION=1)",
-            ErrorCode::InvalidParams => "params do not match the method; the message names the parameter",
+            ErrorCode::MethodNotFound => {
+                "no such method (debug.* exists only with CCD_FAULT_INJECTION=1)"
+            }
+            ErrorCode::InvalidParams => {
+                "params do not match the method; the message names the parameter"
+            }
             ErrorCode::InternalError => "a bug or an unexpected I/O failure inside the daemon",
             ErrorCode::Unavailable => {
                 "the subsystem is restarting or failed; data: actor, state, reason"
             }
             ErrorCode::RateLimited => "refused by the rate limiter; data: retry_after_ms",
-            ErrorCode::CircuitOpen => "refused by an open circuit breaker; data: retry_after_ms, key",
+            ErrorCode::CircuitOpen => {
+                "refused by an open circuit breaker; data: retry_after_ms, key"
+            }
             ErrorCode::NotFound => "the named object does not exist",
             ErrorCode::Conflict => "the object already exists",
             ErrorCode::Timeout => "the operation did not finish in time",
@@ -121,7 +127,11 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcError { code: code.code(), message: message.into(), data: None }
+        RpcError {
+            code: code.code(),
+            message: message.into(),
+            data: None,
+        }
     }
 
     pub fn with_data(mut self, data: Value) -> Self {

@@ -38,11 +38,21 @@ pub struct Request {
 
 impl Request {
     pub fn new(id: impl Into<Id>, method: impl Into<String>, params: Option<Value>) -> Self {
-        Request { jsonrpc: "2.0", method: method.into(), params, id: Some(id.into()) }
+        Request {
+            jsonrpc: "2.0",
+            method: method.into(),
+            params,
+            id: Some(id.into()),
+        }
     }
 
     pub fn notification(method: impl Into<String>, params: Option<Value>) -> Self {
-        Request { jsonrpc: "2.0", method: method.into(), params, id: None }
+        Request {
+            jsonrpc: "2.0",
+            method: method.into(),
+            params,
+            id: None,
+        }
     }
 
     pub fn is_notification(&self) -> bool {
@@ -69,11 +79,19 @@ pub enum Payload {
 
 impl Response {
     pub fn result(id: Id, result: Value) -> Self {
-        Response { jsonrpc: "2.0".into(), payload: Payload::Result(result), id }
+        Response {
+            jsonrpc: "2.0".into(),
+            payload: Payload::Result(result),
+            id,
+        }
     }
 
     pub fn error(id: Id, error: RpcError) -> Self {
-        Response { jsonrpc: "2.0".into(), payload: Payload::Error(error), id }
+        Response {
+            jsonrpc: "2.0".into(),
+            payload: Payload::Error(error),
+            id,
+        }
     }
 
     pub fn into_result(self) -> Result<Value, RpcError> {
@@ -94,7 +112,11 @@ pub struct Notification {
 
 impl Notification {
     pub fn new(method: impl Into<String>, params: Value) -> Self {
-        Notification { jsonrpc: "2.0".into(), method: method.into(), params }
+        Notification {
+            jsonrpc: "2.0".into(),
+            method: method.into(),
+            params,
+        }
     }
 }
 
@@ -159,13 +181,24 @@ pub fn check_request(value: Value) -> Result<Request, Response> {
         Some(_) => return Err(invalid(reply_id, "`params` must be an object or an array")),
     };
     if let Some(extra) = obj.keys().next() {
-        return Err(invalid(reply_id, &format!("unknown member `{extra}` in request")));
+        return Err(invalid(
+            reply_id,
+            &format!("unknown member `{extra}` in request"),
+        ));
     }
-    Ok(Request { jsonrpc: "2.0", method, params, id })
+    Ok(Request {
+        jsonrpc: "2.0",
+        method,
+        params,
+        id,
+    })
 }
 
 fn invalid(id: Id, why: &str) -> Response {
-    Response::error(id, RpcError::new(ErrorCode::InvalidRequest, format!("invalid request: {why}")))
+    Response::error(
+        id,
+        RpcError::new(ErrorCode::InvalidRequest, format!("invalid request: {why}")),
+    )
 }
 
 #[cfg(test)]
@@ -213,7 +246,9 @@ mod tests {
     #[test]
     fn batch_and_notification() {
         let frame = br#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"b"},5]"#;
-        let Incoming::Batch(items) = parse_incoming(frame) else { panic!("not a batch") };
+        let Incoming::Batch(items) = parse_incoming(frame) else {
+            panic!("not a batch")
+        };
         assert_eq!(items.len(), 3);
         assert!(!items[0].as_ref().unwrap().is_notification());
         assert!(items[1].as_ref().unwrap().is_notification());
@@ -228,7 +263,10 @@ mod tests {
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), ok);
         let err = Response::error(Id::Null, RpcError::new(ErrorCode::MethodNotFound, "no"));
         let text = serde_json::to_string(&err).unwrap();
-        assert_eq!(text, r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"no"},"id":null}"#);
+        assert_eq!(
+            text,
+            r#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"no"},"id":null}"#
+        );
         assert_eq!(serde_json::from_str::<Response>(&text).unwrap(), err);
     }
 }

@@ -111,8 +111,14 @@ pub fn method_info<M: Method>() -> MethodInfo {
                     name: name.clone(),
                     ty: type_name(schema),
                     required: required.contains(&name.as_str()),
-                    description: schema.get("description").and_then(Value::as_str).map(String::from),
-                    hint: schema.get("x-hint").and_then(Value::as_str).map(String::from),
+                    description: schema
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    hint: schema
+                        .get("x-hint")
+                        .and_then(Value::as_str)
+                        .map(String::from),
                 })
                 .collect()
         })
@@ -131,7 +137,11 @@ pub fn method_info<M: Method>() -> MethodInfo {
 fn type_name(schema: &Value) -> String {
     match schema.get("type") {
         Some(Value::String(t)) => t.clone(),
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("|"),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join("|"),
         _ if schema.get("enum").is_some() => "string".into(),
         _ => "any".into(),
     }
@@ -250,7 +260,10 @@ mod tests {
     fn params_describe_types_required_and_hints() {
         let info = method_info::<ProjectCreate>();
         let path = info.params.iter().find(|p| p.name == "path").unwrap();
-        assert_eq!((path.ty.as_str(), path.required, path.hint.as_deref()), ("string", true, Some("path")));
+        assert_eq!(
+            (path.ty.as_str(), path.required, path.hint.as_deref()),
+            ("string", true, Some("path"))
+        );
         let info = method_info::<BackupCreate>();
         let path = info.params.iter().find(|p| p.name == "path").unwrap();
         assert!(!path.required);
@@ -263,7 +276,11 @@ mod tests {
         assert_eq!(err.code, -32602);
         assert!(err.message.contains("`name`"), "{}", err.message);
         let err = parse_params::<ProjectCreate>(Some(json!({"name": "a"}))).unwrap_err();
-        assert!(err.message.contains("missing field `path`"), "{}", err.message);
+        assert!(
+            err.message.contains("missing field `path`"),
+            "{}",
+            err.message
+        );
         let err = parse_params::<SystemPing>(Some(json!({"x": 1}))).unwrap_err();
         assert!(err.message.contains("unknown field `x`"), "{}", err.message);
         let err = parse_params::<SettingGet>(Some(json!(["a"]))).unwrap_err();

@@ -1,0 +1,420 @@
+//! Command-line interface: clap definitions, then one function per command.
+//!
+//! Writes go through the daemon (auto-started unless `--no-autostart`); listings read the
+//! database directly and never start the daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ccd_actors::store;
+use ccd_protocol::methods as m;
+use ccd_protocol::types::{self, NoParams};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::client::{CallError, Client};
+use crate::daemon;
+use crate::exit;
+use crate::home::Home;
+use crate::table::Table;
+
+/// `println!` that returns broken-pipe and other write errors instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ccd",
+    version,
+    about = "A local supervisor daemon for coding-agent CLIs",
+    long_about = "ccd runs a long-lived daemon that supervises coding-agent CLIs (Claude Code) and keeps \
+their projects, settings and history in one SQLite database under $CCD_HOME (default ~/.ccd).\n\n\
+Commands that change something talk to the daemon over $CCD_HOME/ccd.sock and start it when it is not \
+running; listings read the database directly and work while the daemon is stopped.",
+    after_help = "Exit codes: 0 success, 1 error, 2 usage error, 3 daemon not running or unreachable, \
+4 refused (rate limited or circuit open), 5 agent failed."
+)]
+pub struct Cli {
+    /// Do not start the daemon when a command needs it and it is not running (exit 3 instead).
+    #[arg(long, global = true)]
+    no_autostart: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start, stop and inspect the daemon.
+    #[command(subcommand)]
+    Daemon(DaemonCmd),
+    /// Call any JSON-RPC method and print its result as JSON.
+    #[command(
+        after_help = "Examples:\n  ccd api system.health\n  ccd api setting.upsert '{\"key\":\"k\",\"value\":\"v\"}'\n  ccd api system.describe | jq '.methods[].name'"
+    )]
+    Api {
+        /// The method, e.g. system.health (see `ccd api system.describe`).
+        method: String,
+        /// Params as a JSON object.
+        params: Option<String>,
+    },
+    /// Named working directories that agent runs use.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Key/value settings kept by the daemon.
+    #[command(subcommand)]
+    Setting(SettingCmd),
+    /// Online backups of the database.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum DaemonCmd {
+    /// Start the daemon in the background; returns once it answers (prints its pid).
+    Start {
+        /// How long to wait for the daemon to be ready, in seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
+    Run {
+        /// Report READY/ALREADY/ERROR on stdout for a parent `daemon start` (internal).
+        #[arg(long, hide = true)]
+        notify_ready: bool,
+    },
+    /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
+    Stop {
+        /// How long to wait for it to exit, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Show pid, uptime and per-actor health; exit 3 when the daemon is not running.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon if it runs, then start it.
+    Restart {
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
+    Logs {
+        /// Keep printing new lines as they are written.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines to print first.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        lines: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectCmd {
+    /// Register a project: NAME for the directory PATH (which must exist).
+    Add { name: String, path: PathBuf },
+    /// List projects (reads the database directly).
+    List(ListArgs),
+    /// Remove a project.
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SettingCmd {
+    /// Set KEY to VALUE.
+    Set { key: String, value: String },
+    /// Print one setting's value (reads the database directly).
+    Get {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List settings (reads the database directly).
+    List(ListArgs),
+    /// Remove a setting.
+    Rm { key: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCmd {
+    /// Back up the database while the daemon keeps serving (default: $CCD_HOME/backups/).
+    Create { path: Option<PathBuf> },
+    /// List backups (reads the database directly).
+    List(ListArgs),
+    /// Delete a backup file and its record.
+    Rm { id: i64 },
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A usage error found after parsing (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let home = Home::from_env()?;
+    let autostart = !cli.no_autostart;
+    match cli.command {
+        Command::Daemon(cmd) => run_daemon(&home, cmd),
+        Command::Api { method, params } => {
+            let params = match params {
+                None => None,
+                Some(text) => Some(
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| UsageError(format!("JSON_PARAMS is not valid JSON: {e}")))?,
+                ),
+            };
+            let mut client = Client::connect_or_start(&home, autostart)?;
+            match client.call_raw(&method, params) {
+                Ok(result) => {
+                    print_json(&result)?;
+                    Ok(exit::OK)
+                }
+                Err(CallError::Rpc(e)) => {
+                    // The whole error object, for scripts; the exit code says what kind it was.
+                    eprintln!(
+                        "{}",
+                        serde_json::to_string_pretty(&e).unwrap_or_else(|_| e.message.clone())
+                    );
+                    Ok(crate::rpc_exit_code(&e))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Project(cmd) => run_project(&home, autostart, cmd),
+        Command::Setting(cmd) => run_setting(&home, autostart, cmd),
+        Command::Backup(cmd) => run_backup(&home, autostart, cmd),
+    }
+}
+
+fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
+    match cmd {
+        DaemonCmd::Start { timeout } => {
+            daemon::start(home, Duration::from_secs(timeout), false)?;
+            Ok(exit::OK)
+        }
+        DaemonCmd::Run { notify_ready } => {
+            daemon::run(home, notify_ready)?;
+            Ok(exit::OK)
+        }
+        DaemonCmd::Stop { timeout } => {
+            if daemon::stop(home, Duration::from_secs(timeout))? {
+                outln!("ccd daemon stopped");
+            } else {
+                outln!("ccd daemon is not running");
+            }
+            Ok(exit::OK)
+        }
+        DaemonCmd::Restart { timeout } => {
+            daemon::stop(home, Duration::from_secs(timeout))?;
+            daemon::start(home, Duration::from_secs(10), false)?;
+            Ok(exit::OK)
+        }
+        DaemonCmd::Status { json } => {
+            let health = match Client::connect(home)
+                .and_then(|mut c| c.call::<m::SystemHealth>(&NoParams {}))
+            {
+                Ok(h) => h,
+                Err(CallError::NotRunning(_)) => {
+                    let why = match crate::home::PidLock::probe(&home.pid_file()) {
+                        Some(pid) => format!(
+                            "ccd daemon (pid {}) holds the lock but does not answer on {}",
+                            pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                            home.socket().display()
+                        ),
+                        None => "ccd daemon is not running".to_string(),
+                    };
+                    if json {
+                        outln!("{}", serde_json::json!({ "running": false, "reason": why }));
+                    } else {
+                        outln!("{why}");
+                    }
+                    return Ok(exit::NOT_RUNNING);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                print_json(&health)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "ccd daemon is running")?;
+                writeln!(out, "  pid:      {}", health.pid)?;
+                writeln!(out, "  version:  {}", health.version)?;
+                writeln!(out, "  uptime:   {}", format_ms(health.uptime_ms))?;
+                writeln!(out, "  status:   {}", health.status)?;
+                writeln!(out, "  home:     {}", home.root.display())?;
+                writeln!(out)?;
+                let mut t = Table::new(["ACTOR", "STATE", "RESTARTS", "UPTIME", "LAST PANIC"]);
+                for a in &health.actors {
+                    t.row([
+                        a.name.clone(),
+                        a.state.as_str().to_string(),
+                        a.restarts.to_string(),
+                        format_ms(a.uptime_ms),
+                        a.reason
+                            .clone()
+                            .or_else(|| a.last_panic.clone())
+                            .unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                t.print(&mut out)?;
+            }
+            Ok(exit::OK)
+        }
+        DaemonCmd::Logs { follow, lines } => {
+            daemon::logs(home, lines, follow)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<u8> {
+    match cmd {
+        ProjectCmd::Add { name, path } => {
+            let path = std::path::absolute(&path)
+                .with_context(|| format!("resolving {}", path.display()))?;
+            let params = types::ProjectCreate {
+                name,
+                path: path.to_string_lossy().into_owned(),
+            };
+            let p = Client::connect_or_start(home, autostart)?.call::<m::ProjectCreate>(&params)?;
+            outln!("added project {} ({})", p.name, p.path);
+        }
+        ProjectCmd::List(args) => {
+            let projects = read(home, store::projects)?;
+            if args.json {
+                print_json(&projects)?;
+            } else {
+                let mut t = Table::new(["NAME", "PATH", "CREATED"]);
+                for p in projects {
+                    t.row([p.name, p.path, p.created_at]);
+                }
+                t.print_or_empty(&mut std::io::stdout().lock(), "no projects")?;
+            }
+        }
+        ProjectCmd::Rm { name } => {
+            let p = Client::connect_or_start(home, autostart)?
+                .call::<m::ProjectDelete>(&types::ProjectName { name })?;
+            outln!("removed project {}", p.name);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<u8> {
+    match cmd {
+        SettingCmd::Set { key, value } => {
+            let s = Client::connect_or_start(home, autostart)?
+                .call::<m::SettingUpsert>(&types::SettingUpsert { key, value })?;
+            outln!("{} = {}", s.key, s.value);
+        }
+        SettingCmd::Get { key, json } => {
+            let lookup = key.clone();
+            let found = read(home, move |c| store::setting(c, &lookup))?;
+            let Some(s) = found else {
+                anyhow::bail!("no setting `{key}`");
+            };
+            if json {
+                print_json(&s)?;
+            } else {
+                outln!("{}", s.value);
+            }
+        }
+        SettingCmd::List(args) => {
+            let settings = read(home, store::settings)?;
+            if args.json {
+                print_json(&settings)?;
+            } else {
+                let mut t = Table::new(["KEY", "VALUE", "UPDATED"]);
+                for s in settings {
+                    t.row([s.key, s.value, s.updated_at]);
+                }
+                t.print_or_empty(&mut std::io::stdout().lock(), "no settings")?;
+            }
+        }
+        SettingCmd::Rm { key } => {
+            let s = Client::connect_or_start(home, autostart)?
+                .call::<m::SettingDelete>(&types::SettingKey { key })?;
+            outln!("removed setting {}", s.key);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8> {
+    match cmd {
+        BackupCmd::Create { path } => {
+            let path = path
+                .map(|p| {
+                    std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
+                })
+                .transpose()?
+                .map(|p| p.to_string_lossy().into_owned());
+            let b = Client::connect_or_start(home, autostart)?
+                .call::<m::BackupCreate>(&types::BackupCreate { path })?;
+            outln!(
+                "backup {} written to {} ({} bytes)",
+                b.id,
+                b.path,
+                b.size_bytes
+            );
+        }
+        BackupCmd::List(args) => {
+            let backups = read(home, store::backups)?;
+            if args.json {
+                print_json(&backups)?;
+            } else {
+                let mut t = Table::new(["ID", "PATH", "SIZE", "CREATED"]);
+                for b in backups {
+                    t.row([
+                        b.id.to_string(),
+                        b.path,
+                        b.size_bytes.to_string(),
+                        b.created_at,
+                    ]);
+                }
+                t.print_or_empty(&mut std::io::stdout().lock(), "no backups")?;
+            }
+        }
+        BackupCmd::Rm { id } => {
+            let b = Client::connect_or_start(home, autostart)?
+                .call::<m::BackupDelete>(&types::BackupId { id })?;
+            outln!("removed backup {} ({})", b.id, b.path);
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// A direct, read-only query of the database; the default (empty) when there is none yet.
+fn read<T: Default>(
+    home: &Home,
+    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match store::open_reader(&home.db())? {
+        Some(conn) => f(&conn),
+        None => Ok(T::default()),
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn format_ms(ms: u64) -> String {
+    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}

@@ -1,0 +1,123 @@
+//! The CLI's blocking JSON-RPC client over the Unix socket, with auto-start.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ccd_protocol::{Id, Method, Payload, Request, Response, RpcError};
+use interprocess::local_socket::prelude::*;
+use interprocess::local_socket::{GenericFilePath, Stream};
+use serde_json::Value;
+
+use crate::home::Home;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The daemon answered with a JSON-RPC error.
+    #[error("{}", .0.message)]
+    Rpc(RpcError),
+    /// The daemon is not running (or not answering on its socket).
+    #[error("{0}")]
+    NotRunning(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct Client {
+    reader: BufReader<Stream>,
+    next_id: u64,
+}
+
+impl Client {
+    /// Connect to a running daemon; `NotRunning` when nothing answers on the socket.
+    pub fn connect(home: &Home) -> Result<Client, CallError> {
+        let path = home.socket();
+        let name = path
+            .as_path()
+            .to_fs_name::<GenericFilePath>()
+            .with_context(|| format!("socket path {}", path.display()))?;
+        match Stream::connect(name) {
+            Ok(stream) => Ok(Client {
+                reader: BufReader::new(stream),
+                next_id: 1,
+            }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(CallError::NotRunning(format!(
+                    "the ccd daemon is not running (no answer on {}); start it with `ccd daemon start`",
+                    path.display()
+                )))
+            }
+            Err(e) => Err(CallError::Other(
+                anyhow::Error::new(e).context(format!("connecting to {}", path.display())),
+            )),
+        }
+    }
+
+    /// Connect, starting the daemon first when it is not running and `autostart` allows.
+    pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
+        match Client::connect(home) {
+            Err(CallError::NotRunning(why)) if autostart => {
+                crate::daemon::start(home, Duration::from_secs(10), true).map_err(|e| {
+                    CallError::Other(e.context(format!("{why}; auto-starting it failed")))
+                })?;
+                Client::connect(home)
+            }
+            other => other,
+        }
+    }
+
+    /// Call a method by name with raw JSON params.
+    pub fn call_raw(&mut self, method: &str, params: Option<Value>) -> Result<Value, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(&Request::new(id, method, params))
+            .context("encoding the request")?;
+        line.push(b'\n');
+        let stream = self.reader.get_mut();
+        stream
+            .write_all(&line)
+            .context("sending the request to the daemon")?;
+        stream.flush().ok();
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            let n = self
+                .reader
+                .read_line(&mut buf)
+                .context("reading the daemon's reply")?;
+            if n == 0 {
+                return Err(CallError::NotRunning(
+                    "the daemon closed the connection before answering (is it stopping?)".into(),
+                ));
+            }
+            let Ok(resp) = serde_json::from_str::<Response>(&buf) else {
+                // A server-to-client notification, or a line for someone else: not our reply.
+                continue;
+            };
+            if resp.id != Id::from(id) {
+                if resp.id == Id::Null
+                    && let Payload::Error(e) = resp.payload
+                {
+                    return Err(CallError::Rpc(e));
+                }
+                continue;
+            }
+            return resp.into_result().map_err(CallError::Rpc);
+        }
+    }
+
+    /// Call a typed method.
+    pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, CallError> {
+        let params = serde_json::to_value(params).context("encoding params")?;
+        let value = self.call_raw(M::NAME, Some(params))?;
+        serde_json::from_value(value)
+            .with_context(|| format!("decoding the daemon's answer to {}", M::NAME))
+            .map_err(CallError::Other)
+    }
+}

@@ -1,0 +1,368 @@
+//! Daemon lifecycle: run in the foreground, start detached (with a ready handshake), stop,
+//! status, logs; and the wiring of the actors at boot.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use anyhow::{Context as _, bail};
+use ccd_actors::gateway::{DaemonInfo, GatewayActor};
+use ccd_actors::reader::Reader;
+use ccd_actors::supervise::HealthRegistry;
+use ccd_actors::writer::{Drain, WriterActor};
+use ccd_actors::{Call, Config};
+use ccd_protocol::methods as m;
+use ccd_protocol::types::NoParams;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{CallError, Client};
+use crate::home::{Home, Lock, PidLock};
+
+/// What the foreground daemon reports to a `ccd daemon start` waiting on its stdout.
+const READY: &str = "READY";
+const ALREADY: &str = "ALREADY";
+const ERROR: &str = "ERROR";
+
+/// `ccd daemon run`: run in the foreground until SIGTERM/SIGINT or `system.shutdown`.
+/// With `notify`, report READY/ALREADY/ERROR on stdout for a parent `daemon start`.
+pub fn run(home: &Home, notify: bool) -> anyhow::Result<()> {
+    let result = run_inner(home, notify);
+    if let Err(e) = &result
+        && notify
+    {
+        report(&format!("{ERROR} {e:#}"));
+    }
+    result
+}
+
+fn report(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line.replace('\n', " "));
+    let _ = out.flush();
+}
+
+fn run_inner(home: &Home, notify: bool) -> anyhow::Result<()> {
+    // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail and
+    // touches no memory. Everything the daemon creates (database, logs, backups) is owner-only.
+    unsafe { libc::umask(0o077) };
+    home.ensure()?;
+    let lock = match PidLock::acquire(&home.pid_file())? {
+        Lock::Acquired(lock) => lock,
+        Lock::Held(pid) => {
+            let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+            if notify {
+                report(&format!("{ALREADY} {pid}"));
+            } else {
+                eprintln!("ccd daemon is already running (pid {pid})");
+            }
+            return Ok(());
+        }
+    };
+    let config = Config::load(&home.root)?;
+    let _log_guard = crate::logging::init(home, !notify)?;
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let msg = ccd_actors::supervise::panic_message(info.payload());
+        tracing::error!(target: "ccd::panic", "panic at {location}: {msg}");
+    }));
+    let fault_injection = std::env::var("CCD_FAULT_INJECTION").is_ok_and(|v| v == "1");
+    tracing::info!(home = %home.root.display(), pid = std::process::id(), fault_injection, "daemon starting");
+
+    let system = actix_rt::System::new();
+    let outcome = system.block_on(serve(home, config, fault_injection, notify));
+    drop(system);
+    // The socket first: once it is gone, no client can think this daemon still answers.
+    let _ = std::fs::remove_file(home.socket());
+    lock.release();
+    match &outcome {
+        Ok(()) => tracing::info!("daemon stopped"),
+        Err(e) => tracing::error!("daemon failed: {e:#}"),
+    }
+    outcome
+}
+
+async fn serve(
+    home: &Home,
+    config: Config,
+    fault_injection: bool,
+    notify: bool,
+) -> anyhow::Result<()> {
+    let health = HealthRegistry::new(config.supervisor.clone());
+    let db = home.db();
+
+    // The writer owns a thread of its own. Opening (and migrating) happens here, so a bad
+    // database fails the start with a clear error instead of leaving a failed actor behind.
+    let writer_arbiter = Arbiter::new();
+    let writer = WriterActor::new(health.register("writer"), db.clone(), config.writer.clone())
+        .with_context(|| format!("opening the database {}", db.display()))?;
+    let writer = Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| writer);
+
+    let reader = Reader::new(db);
+    reader.warm().context("opening a read connection")?;
+    let shutdown = CancellationToken::new();
+    let info = Arc::new(DaemonInfo {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: SystemTime::now(),
+        started: Instant::now(),
+        fault_injection,
+        home: home.root.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let gateway = GatewayActor::new(health.register("gateway"), writer.clone(), reader, info);
+    let gateway = Supervisor::start(move |_| gateway);
+
+    let listener = bind(home)?;
+    spawn_signal_handlers(shutdown.clone())?;
+    if notify {
+        report(&format!("{READY} {}", std::process::id()));
+    }
+    tracing::info!(socket = %home.socket().display(), "listening");
+
+    let drain = Duration::from_millis(config.daemon.shutdown_timeout_ms);
+    ccd_actors::server::serve(listener, gateway, config.ipc.clone(), shutdown, drain).await;
+
+    tracing::info!("flushing the writer");
+    match tokio::time::timeout(drain, writer.send(Call(Drain))).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!("flushing the writer: {e}"),
+        Ok(Err(e)) => tracing::error!("flushing the writer: {e}"),
+        Err(_) => tracing::error!("flushing the writer took longer than {drain:?}"),
+    }
+    writer_arbiter.stop();
+    let _ = writer_arbiter.join();
+    Ok(())
+}
+
+fn bind(home: &Home) -> anyhow::Result<interprocess::local_socket::tokio::Listener> {
+    let path = home.socket();
+    // We hold the pid lock, so a socket file left here belongs to a dead daemon.
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::warn!("removed a stale socket left by a previous daemon"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+    }
+    let name = path
+        .as_path()
+        .to_fs_name::<GenericFilePath>()
+        .context("socket path")?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .reclaim_name(true)
+        .create_tokio()
+        .with_context(|| format!("listening on {}", path.display()))?;
+    // The home is 0700 already; the socket itself is 0600 as well.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting {} to mode 0600", path.display()))?;
+    Ok(listener)
+}
+
+fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    actix_rt::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}
+
+/// `ccd daemon start`: start a detached daemon and return once its socket answers.
+/// Returns the pid, and whether this call started it.
+pub fn start(home: &Home, timeout: Duration, quiet: bool) -> anyhow::Result<(u32, bool)> {
+    home.ensure()?;
+    let exe = std::env::current_exe().context("finding the ccd executable")?;
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.logs().join("stderr.log"))
+        .context("opening logs/stderr.log")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["daemon", "run", "--notify-ready"])
+        .env("CCD_HOME", &home.root)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
+    // is async-signal-safe and touches no memory of the parent. It detaches the daemon from the
+    // terminal's session so that closing the terminal or Ctrl-C there does not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("spawning the daemon")?;
+    let stdout = child.stdout.take().context("the daemon's stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(timeout) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the daemon did not report ready within {timeout:?}; see {}",
+                home.log_file().display()
+            );
+        }
+    };
+    let line = line.trim();
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        READY => {
+            let pid: u32 = rest.parse().unwrap_or(child.id());
+            if !quiet {
+                println!("ccd daemon started (pid {pid})");
+            }
+            Ok((pid, true))
+        }
+        ALREADY => {
+            let _ = child.wait();
+            let pid: u32 = rest.parse().unwrap_or(0);
+            if !quiet {
+                println!("ccd daemon is already running (pid {pid})");
+            }
+            Ok((pid, false))
+        }
+        ERROR => {
+            let _ = child.wait();
+            bail!("the daemon failed to start: {rest}")
+        }
+        _ => {
+            let status = child.wait().ok();
+            let tail = tail_lines(&home.logs().join("stderr.log"), 5)
+                .unwrap_or_default()
+                .join("\n");
+            bail!(
+                "the daemon exited before it was ready ({}){}{}",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "unknown status".into()),
+                if tail.is_empty() {
+                    ""
+                } else {
+                    "; last lines of logs/stderr.log:\n"
+                },
+                tail
+            )
+        }
+    }
+}
+
+/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited.
+pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
+    let pid = match Client::connect(home) {
+        Ok(mut client) => {
+            let pid = client
+                .call::<m::SystemHealth>(&NoParams {})
+                .ok()
+                .map(|h| h.pid);
+            match client.call::<m::SystemShutdown>(&NoParams {}) {
+                Ok(_) | Err(CallError::NotRunning(_)) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("asking the daemon to stop")),
+            }
+            pid
+        }
+        Err(CallError::NotRunning(_)) => match PidLock::probe(&home.pid_file()) {
+            None => return Ok(false),
+            Some(pid) => {
+                // Holding the lock but not answering: signal it.
+                let pid = pid.context("a daemon holds the lock but its pid file is unreadable")?;
+                // SAFETY: kill(2) with a pid read from our own pid file and SIGTERM; no memory
+                // is shared, and a stale pid fails with ESRCH, which we report.
+                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+                    bail!(
+                        "signalling daemon pid {pid}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                Some(pid)
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let deadline = Instant::now() + timeout;
+    while PidLock::probe(&home.pid_file()).is_some() {
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon (pid {}) did not stop within {timeout:?}",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}
+
+/// Print the last `n` lines of the log, then with `follow` keep printing what is appended
+/// (across rotations) until interrupted.
+pub fn logs(home: &Home, n: usize, follow: bool) -> anyhow::Result<()> {
+    let path = home.log_file();
+    if !path.exists() && !follow {
+        bail!("no log yet at {}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    for line in tail_lines(&path, n).unwrap_or_default() {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(());
+    }
+    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut file) = std::fs::File::open(&path) else {
+            continue;
+        };
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < pos {
+            pos = 0; // rotated: the file is new
+        }
+        if len == pos {
+            continue;
+        }
+        file.seek(SeekFrom::Start(pos))?;
+        buf.clear();
+        file.read_to_end(&mut buf)?;
+        pos += buf.len() as u64;
+        out.write_all(&buf)?;
+        out.flush()?;
+    }
+}
+
+/// The last `n` lines of a file (reads at most the last 4 MiB).
+pub fn tail_lines(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<String>> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(4 * 1024 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut text = String::new();
+    BufReader::new(file).read_to_string(&mut text).ok();
+    let lines: Vec<&str> = text.lines().collect();
+    Ok(lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect())
+}
