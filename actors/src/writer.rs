@@ -48,8 +48,11 @@ type Job = Box<dyn FnOnce(&Connection) -> Applied + Send>;
 
 struct Applied {
     ok: bool,
-    reply: Box<dyn FnOnce(Option<&ActorError>) + Send>,
+    reply: DeferredReply,
 }
+
+/// Sends a write's answer once its group's commit is known: `None` committed, `Some` failed.
+type DeferredReply = Box<dyn FnOnce(Option<&ActorError>) + Send>;
 
 pub struct WriterActor {
     sup: Supervision,

@@ -1,0 +1,2128 @@
+//! `ccd-bench`: a bounded load generator for the `ccd` daemon's local Unix socket. It drives
+//! closed-loop JSON-RPC traffic (`system.ping`, `setting.upsert`) over persistent NDJSON
+//! connections, prints throughput and exact p50/p99/max latency next to in-process baselines
+//! (a bare NDJSON echo server; SQLite with one transaction per write), and times daemon startup
+//! and idle memory. It never talks to anything but local Unix sockets and the `ccd` binary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+/// Upper bound on measured requests in one phase (all connections together).
+const MAX_TOTAL_REQUESTS: u64 = 10_000_000;
+
+/// The value written by every `setting.upsert` request and by the SQLite baseline.
+const UPSERT_VALUE: &str = "ccd-bench-value-0123456789abcdef";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ccd-bench",
+    version,
+    about = "Load generator for the ccd daemon: throughput and p50/p99/max latency over its Unix socket",
+    long_about = "Load generator for the ccd daemon: throughput and p50/p99/max latency over its \
+Unix socket.
+
+Every request mode is a closed loop: each connection (one client thread each) sends one \
+JSON-RPC request, waits for its reply, and only then sends the next. A few unmeasured warm-up \
+requests run on every connection first. Latency percentiles are exact (nearest rank over all \
+samples). Every mode is bounded in request count and in wall-clock time, and only talks to \
+local Unix sockets.
+
+By default `ping` and `upsert` start their own daemon with `ccd daemon start` on a fresh \
+temporary CCD_HOME and stop it afterwards (also on error or Ctrl-C); use --home DIR or \
+--no-start to measure a daemon that is already running instead.
+
+A JSON-RPC error reply counts as a failed request; failed requests are always reported and \
+make ccd-bench exit with status 1.",
+    after_help = "Examples:
+  ccd-bench ping -c 16 -r 5000
+  ccd-bench upsert -c 64 -r 200 --synchronous full
+  ccd-bench startup --runs 10
+  ccd-bench all > bench.md"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// `system.ping` round trips, compared with a bare in-process NDJSON echo server.
+    ///
+    /// Runs the closed loop against the daemon, then starts an in-process Unix-socket echo
+    /// server (one thread per connection that writes every line back) and drives it with the
+    /// identical client loop and request line. Prints both, and the ratios of their p50
+    /// latency and throughput: the cost of the daemon over the bare transport.
+    Ping(PingArgs),
+    /// `setting.upsert` writes, compared with SQLite doing one transaction per write.
+    ///
+    /// Every request writes a distinct key (`bench.n<N>.c<conn>.<i>`). Measures the daemon
+    /// with N connections and, in the same run, with a single connection (so each commit
+    /// carries one write). The baseline opens a temporary SQLite file (WAL, the same
+    /// `synchronous` level) with the daemon's `settings` table and does N×R
+    /// `INSERT … ON CONFLICT(key) DO UPDATE` statements from one thread, each in its own
+    /// transaction. Prints the throughput ratios of the N-connection run to both.
+    Upsert(UpsertArgs),
+    /// Daemon startup time and idle memory, over several fresh homes.
+    ///
+    /// For each run: a fresh temporary CCD_HOME; times `ccd daemon start` (spawn to exit) and
+    /// spawn to the first `system.ping` answered on the socket; reads the daemon's pid from
+    /// `system.health` and its VmRSS from /proc/PID/status after an idle pause; then times
+    /// `ccd daemon stop`. Prints min/median/max.
+    Startup(StartupArgs),
+    /// Everything, with defaults, as a markdown report for docs/benchmarks.md.
+    ///
+    /// Runs ping with 1 and 16 connections (each with its echo baseline), upsert with 64
+    /// connections (which includes the 1-connection run and the SQLite baseline) and startup.
+    /// Progress goes to stderr; the markdown report goes to stdout. With --home/--no-start,
+    /// ping and upsert use the running daemon; startup always uses fresh temporary homes.
+    All(AllArgs),
+    /// Only the bare NDJSON echo baseline (no daemon needed); for testing ccd-bench itself.
+    #[command(hide = true)]
+    Echo(EchoArgs),
+}
+
+/// Where the daemon binary is and how a daemon started by ccd-bench is configured.
+#[derive(Args, Debug, Clone)]
+struct DaemonOpts {
+    /// The `ccd` binary that starts and stops daemons [default: `ccd` next to ccd-bench]
+    #[arg(long, value_name = "PATH")]
+    ccd: Option<PathBuf>,
+    /// SQLite `synchronous` level: given to a daemon that ccd-bench starts (as
+    /// CCD_WRITER_SYNCHRONOUS) and used by the SQLite baseline
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        env = "CCD_WRITER_SYNCHRONOUS",
+        default_value_t = Synchronous::Normal
+    )]
+    synchronous: Synchronous,
+    /// Keep the temporary directories (daemon homes and logs, command output, SQLite files)
+    /// instead of deleting them, and print where they are
+    #[arg(long)]
+    keep_temp: bool,
+}
+
+/// Which daemon ping and upsert talk to.
+#[derive(Args, Debug, Clone)]
+struct Target {
+    #[command(flatten)]
+    daemon: DaemonOpts,
+    /// Measure the daemon already running with this CCD_HOME instead of starting one
+    /// (implies --no-start)
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Don't start a daemon: measure the one already running at --home, else $CCD_HOME,
+    /// else ~/.ccd. Note that upsert then writes `bench.*` keys into its settings
+    #[arg(long)]
+    no_start: bool,
+}
+
+/// Bounds of a request phase.
+#[derive(Args, Debug, Clone)]
+struct Limits {
+    /// Unmeasured warm-up requests per connection, before the measured ones
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    warmup: u32,
+    /// Fail a connection whose connect, write or reply takes longer than this (e.g. 10s, 500ms);
+    /// `ccd daemon start|stop` and the first ping after start get at least 30s
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop a measured phase after this much wall-clock time and report what was measured
+    /// so far
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    max_time: Duration,
+}
+
+#[derive(Args, Debug)]
+struct PingArgs {
+    /// Concurrent connections, each driven by its own client thread
+    #[arg(short, long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Measured requests per connection
+    #[arg(short, long, value_name = "R", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: u32,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+struct UpsertArgs {
+    /// Concurrent connections, each driven by its own client thread
+    #[arg(short, long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Measured requests per connection (the SQLite baseline does N×R writes)
+    #[arg(short, long, value_name = "R", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: u32,
+    /// Requests of the 1-connection comparison run [default: the larger of R and
+    /// min(N×R, 2000)]
+    #[arg(long, value_name = "COUNT",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    single_requests: Option<u32>,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+struct StartupArgs {
+    /// Number of start/measure/stop cycles, each on a fresh temporary CCD_HOME
+    #[arg(short = 'k', long, value_name = "K", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    #[command(flatten)]
+    startup: StartupOpts,
+    #[command(flatten)]
+    daemon: DaemonOpts,
+}
+
+#[derive(Args, Debug, Clone)]
+struct StartupOpts {
+    /// How long the daemon sits idle after the first ping before its RSS is read
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    idle: Duration,
+    /// Give up when `ccd daemon start|stop`, or the first ping after start, takes longer
+    #[arg(long = "start-timeout", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_duration)]
+    start_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+struct AllArgs {
+    /// Measured requests per connection for ping (run with 1 and with --ping-connections)
+    #[arg(long, value_name = "R", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    ping_requests: u32,
+    /// Connections of the concurrent ping run
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    ping_connections: u32,
+    /// Measured requests per connection for upsert
+    #[arg(long, value_name = "R", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    upsert_requests: u32,
+    /// Connections of the concurrent upsert run
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    upsert_connections: u32,
+    /// Startup cycles (0 skips the startup benchmark)
+    #[arg(short = 'k', long, value_name = "K", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    runs: u32,
+    #[command(flatten)]
+    startup: StartupOpts,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+struct EchoArgs {
+    /// Concurrent connections
+    #[arg(short, long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: u32,
+    /// Measured requests per connection
+    #[arg(short, long, value_name = "R", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: u32,
+    /// Keep the temporary socket directory
+    #[arg(long)]
+    keep_temp: bool,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// SQLite `PRAGMA synchronous` levels the daemon accepts in CCD_WRITER_SYNCHRONOUS.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    Off,
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Off => "off",
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry point, Ctrl-C
+// ---------------------------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    install_interrupt_handler();
+    let outcome = match cli.command {
+        Cmd::Ping(a) => cmd_ping(&a),
+        Cmd::Upsert(a) => cmd_upsert(&a),
+        Cmd::Startup(a) => cmd_startup(&a),
+        Cmd::All(a) => cmd_all(&a),
+        Cmd::Echo(a) => cmd_echo(&a),
+    };
+    match outcome {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Failures(n)) => {
+            eprintln!("ccd-bench: {n} request(s) failed (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) if interrupted() => {
+            eprintln!("ccd-bench: interrupted ({e:#})");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("ccd-bench: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// How a command went, when it did not fail outright.
+enum Outcome {
+    Clean,
+    Failures(u64),
+}
+
+impl Outcome {
+    fn from_failures(n: u64) -> Outcome {
+        if n == 0 {
+            Outcome::Clean
+        } else {
+            Outcome::Failures(n)
+        }
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // A second Ctrl-C gives up on cleaning up.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: `_exit` is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+/// Makes SIGINT/SIGTERM stop the measurement early so that a daemon ccd-bench started is
+/// still stopped and its temporary home removed.
+fn install_interrupt_handler() {
+    let handler: extern "C" fn(libc::c_int) = on_interrupt;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic and `_exit`.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted by signal");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subcommands
+// ---------------------------------------------------------------------------------------------
+
+fn cmd_ping(a: &PingArgs) -> Result<Outcome> {
+    check_total(a.connections, a.requests)?;
+    let daemon = Daemon::acquire(&a.target, a.limits.timeout)?;
+    println!("{}", environment_line());
+    println!("{}", daemon.describe());
+    let suite = ping_suite(
+        &daemon,
+        a.connections,
+        a.requests,
+        &a.limits,
+        a.target.daemon.keep_temp,
+        &mut Out::Stdout,
+    )?;
+    drop(daemon);
+    Ok(Outcome::from_failures(suite.failures()))
+}
+
+fn cmd_upsert(a: &UpsertArgs) -> Result<Outcome> {
+    check_total(a.connections, a.requests)?;
+    let daemon = Daemon::acquire(&a.target, a.limits.timeout)?;
+    println!("{}", environment_line());
+    println!("{}", daemon.describe());
+    let suite = upsert_suite(
+        &daemon,
+        a.connections,
+        a.requests,
+        a.single_requests,
+        &a.limits,
+        &a.target.daemon,
+        &mut Out::Stdout,
+    )?;
+    drop(daemon);
+    Ok(Outcome::from_failures(suite.failures()))
+}
+
+fn cmd_startup(a: &StartupArgs) -> Result<Outcome> {
+    println!("{}", environment_line());
+    let samples = startup_suite(a.runs, &a.startup, &a.daemon, &mut Out::Stdout)?;
+    let mut text = String::new();
+    for row in startup_rows(&samples, a.startup.idle) {
+        let _ = writeln!(
+            text,
+            "  {:<34} min {:>10}  median {:>10}  max {:>10}",
+            row.0, row.1, row.2, row.3
+        );
+    }
+    print!("{text}");
+    Ok(Outcome::Clean)
+}
+
+fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
+    check_total(a.connections, a.requests)?;
+    println!("{}", environment_line());
+    let echo = run_echo_phase(a.connections, a.requests, &a.limits, a.keep_temp)?;
+    println!("{}", echo.summary());
+    Ok(Outcome::from_failures(echo.failed()))
+}
+
+fn cmd_all(a: &AllArgs) -> Result<Outcome> {
+    check_total(a.ping_connections, a.ping_requests)?;
+    check_total(a.upsert_connections, a.upsert_requests)?;
+    let mut out = Out::Stderr;
+    let daemon = Daemon::acquire(&a.target, a.limits.timeout)?;
+    out.line(&environment_line());
+    out.line(&daemon.describe());
+    let keep = a.target.daemon.keep_temp;
+    let ping_1 = ping_suite(&daemon, 1, a.ping_requests, &a.limits, keep, &mut out)?;
+    let ping_n = ping_suite(
+        &daemon,
+        a.ping_connections,
+        a.ping_requests,
+        &a.limits,
+        keep,
+        &mut out,
+    )?;
+    let upsert = upsert_suite(
+        &daemon,
+        a.upsert_connections,
+        a.upsert_requests,
+        None,
+        &a.limits,
+        &a.target.daemon,
+        &mut out,
+    )?;
+    let daemon_text = daemon.markdown_description();
+    drop(daemon);
+    let startup = if a.runs > 0 {
+        startup_suite(a.runs, &a.startup, &a.target.daemon, &mut out)?
+    } else {
+        Vec::new()
+    };
+
+    let md = markdown_report(&MarkdownInput {
+        daemon_text: &daemon_text,
+        limits: &a.limits,
+        synchronous: a.target.daemon.synchronous,
+        ping: [&ping_1, &ping_n],
+        upsert: &upsert,
+        startup: &startup,
+        idle: a.startup.idle,
+    });
+    print!("{md}");
+    let failures = ping_1.failures() + ping_n.failures() + upsert.failures();
+    Ok(Outcome::from_failures(failures))
+}
+
+fn check_total(connections: u32, requests: u32) -> Result<()> {
+    let total = u64::from(connections) * u64::from(requests);
+    ensure!(
+        total <= MAX_TOTAL_REQUESTS,
+        "{connections} connections × {requests} requests = {total} is more than the limit of \
+         {MAX_TOTAL_REQUESTS} measured requests per phase"
+    );
+    Ok(())
+}
+
+/// Where progress lines go: stdout for single modes, stderr for `all` (whose stdout is the
+/// markdown report).
+enum Out {
+    Stdout,
+    Stderr,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) {
+        match self {
+            Out::Stdout => println!("{s}"),
+            Out::Stderr => eprintln!("{s}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Suites
+// ---------------------------------------------------------------------------------------------
+
+struct PingSuite {
+    daemon: PhaseResult,
+    echo: PhaseResult,
+}
+
+impl PingSuite {
+    fn failures(&self) -> u64 {
+        self.daemon.failed() + self.echo.failed()
+    }
+    fn p50_ratio(&self) -> Option<f64> {
+        ratio(
+            self.daemon.lat.as_ref()?.p50 as f64,
+            self.echo.lat.as_ref()?.p50 as f64,
+        )
+    }
+    fn throughput_ratio(&self) -> Option<f64> {
+        ratio(self.daemon.throughput(), self.echo.throughput())
+    }
+}
+
+fn ping_suite(
+    daemon: &Daemon,
+    connections: u32,
+    requests: u32,
+    limits: &Limits,
+    keep_temp: bool,
+    out: &mut Out,
+) -> Result<PingSuite> {
+    let d = run_phase(&Phase {
+        label: "system.ping (ccd)".into(),
+        socket: daemon.socket.clone(),
+        op: Op::Ping,
+        expect: Expect::Result(Some("pong")),
+        connections,
+        requests,
+        limits: limits.clone(),
+    })?;
+    out.line(&d.summary());
+    check_interrupted()?;
+    let echo = run_echo_phase(connections, requests, limits, keep_temp)?;
+    out.line(&echo.summary());
+    let suite = PingSuite { daemon: d, echo };
+    out.line(&format!(
+        "  ratio, {connections} conn: ping p50 / bare echo p50 = {}; ping throughput / bare echo throughput = {}",
+        fmt_ratio(suite.p50_ratio()),
+        fmt_ratio(suite.throughput_ratio()),
+    ));
+    check_interrupted()?;
+    Ok(suite)
+}
+
+struct UpsertSuite {
+    multi: PhaseResult,
+    /// `None` when the N-connection run already has a single connection.
+    single: Option<PhaseResult>,
+    baseline: PhaseResult,
+}
+
+impl UpsertSuite {
+    fn single(&self) -> &PhaseResult {
+        self.single.as_ref().unwrap_or(&self.multi)
+    }
+    fn failures(&self) -> u64 {
+        self.multi.failed()
+            + self.single.as_ref().map_or(0, PhaseResult::failed)
+            + self.baseline.failed()
+    }
+    fn vs_baseline(&self) -> Option<f64> {
+        ratio(self.multi.throughput(), self.baseline.throughput())
+    }
+    fn vs_single(&self) -> Option<f64> {
+        ratio(self.multi.throughput(), self.single().throughput())
+    }
+}
+
+fn upsert_suite(
+    daemon: &Daemon,
+    connections: u32,
+    requests: u32,
+    single_requests: Option<u32>,
+    limits: &Limits,
+    opts: &DaemonOpts,
+    out: &mut Out,
+) -> Result<UpsertSuite> {
+    if !daemon.owned {
+        out.line(&format!(
+            "  note: the SQLite baseline uses synchronous={}; make sure that matches the running \
+             daemon's CCD_WRITER_SYNCHRONOUS",
+            opts.synchronous.as_str()
+        ));
+    }
+    let phase = |connections: u32, requests: u32| Phase {
+        label: "setting.upsert (ccd)".into(),
+        socket: daemon.socket.clone(),
+        op: Op::Upsert {
+            prefix: format!("bench.n{connections}"),
+        },
+        expect: Expect::Result(None),
+        connections,
+        requests,
+        limits: limits.clone(),
+    };
+    let multi = run_phase(&phase(connections, requests))?;
+    out.line(&multi.summary());
+    check_interrupted()?;
+    let single = if connections > 1 {
+        let total = connections.saturating_mul(requests);
+        let n = single_requests.unwrap_or_else(|| requests.max(total.min(2000)));
+        let single = run_phase(&phase(1, n))?;
+        out.line(&single.summary());
+        check_interrupted()?;
+        Some(single)
+    } else {
+        None
+    };
+    let baseline = sqlite_baseline(connections, requests, limits, opts)?;
+    out.line(&baseline.summary());
+    let suite = UpsertSuite {
+        multi,
+        single,
+        baseline,
+    };
+    out.line(&format!(
+        "  ratio: ccd {connections} conn throughput / SQLite 1 txn per write = {}; / ccd 1 conn = {}",
+        fmt_ratio(suite.vs_baseline()),
+        fmt_ratio(suite.vs_single()),
+    ));
+    check_interrupted()?;
+    Ok(suite)
+}
+
+/// One startup cycle's measurements.
+struct StartupSample {
+    start_cmd: Duration,
+    first_ping: Duration,
+    rss_kib: u64,
+    threads: Option<u64>,
+    stop_cmd: Duration,
+}
+
+fn startup_suite(
+    runs: u32,
+    s: &StartupOpts,
+    opts: &DaemonOpts,
+    out: &mut Out,
+) -> Result<Vec<StartupSample>> {
+    let mut samples = Vec::with_capacity(runs as usize);
+    for run in 1..=runs {
+        check_interrupted()?;
+        let (mut daemon, timing) =
+            Daemon::start(opts, s.start_timeout).with_context(|| format!("startup run {run}"))?;
+        let pid = daemon.pid.context("the daemon's pid is unknown")?;
+        sleep_interruptible(s.idle);
+        check_interrupted()?;
+        let (rss_kib, threads) = proc_status(pid)
+            .with_context(|| format!("startup run {run}: reading /proc/{pid}/status"))?;
+        let stop_cmd = daemon
+            .stop()
+            .with_context(|| format!("startup run {run}"))?;
+        drop(daemon);
+        let sample = StartupSample {
+            start_cmd: timing.start_cmd,
+            first_ping: timing.first_ping,
+            rss_kib,
+            threads,
+            stop_cmd,
+        };
+        out.line(&format!(
+            "startup run {run}/{runs}: `ccd daemon start` {}, spawn → first ping {}, pid {pid}, idle RSS {}, threads {}, `ccd daemon stop` {}",
+            fmt_duration(sample.start_cmd),
+            fmt_duration(sample.first_ping),
+            fmt_kib(sample.rss_kib),
+            sample.threads.map_or_else(|| "?".to_string(), |t| t.to_string()),
+            fmt_duration(sample.stop_cmd),
+        ));
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+/// (metric, min, median, max) rows over startup samples.
+fn startup_rows(
+    samples: &[StartupSample],
+    idle: Duration,
+) -> Vec<(String, String, String, String)> {
+    fn stats<T: Ord + Copy>(mut v: Vec<T>) -> Option<(T, T, T)> {
+        v.sort_unstable();
+        Some((*v.first()?, nearest_rank(&v, 50)?, *v.last()?))
+    }
+    let mut rows = Vec::new();
+    let mut push_durations = |name: &str, v: Vec<Duration>| {
+        if let Some((lo, mid, hi)) = stats(v) {
+            rows.push((
+                name.to_string(),
+                fmt_duration(lo),
+                fmt_duration(mid),
+                fmt_duration(hi),
+            ));
+        }
+    };
+    push_durations(
+        "`ccd daemon start` (spawn → exit)",
+        samples.iter().map(|s| s.start_cmd).collect(),
+    );
+    push_durations(
+        "spawn → first `system.ping` answered",
+        samples.iter().map(|s| s.first_ping).collect(),
+    );
+    push_durations(
+        "`ccd daemon stop`",
+        samples.iter().map(|s| s.stop_cmd).collect(),
+    );
+    if let Some((lo, mid, hi)) = stats(samples.iter().map(|s| s.rss_kib).collect()) {
+        rows.insert(
+            2,
+            (
+                format!("idle RSS after {}", humantime::format_duration(idle)),
+                fmt_kib(lo),
+                fmt_kib(mid),
+                fmt_kib(hi),
+            ),
+        );
+    }
+    if let Some((lo, mid, hi)) = stats(samples.iter().filter_map(|s| s.threads).collect()) {
+        rows.insert(
+            3,
+            (
+                "idle threads".to_string(),
+                lo.to_string(),
+                mid.to_string(),
+                hi.to_string(),
+            ),
+        );
+    }
+    rows
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markdown report
+// ---------------------------------------------------------------------------------------------
+
+struct MarkdownInput<'a> {
+    daemon_text: &'a str,
+    limits: &'a Limits,
+    synchronous: Synchronous,
+    ping: [&'a PingSuite; 2],
+    upsert: &'a UpsertSuite,
+    startup: &'a [StartupSample],
+    idle: Duration,
+}
+
+fn markdown_report(m: &MarkdownInput<'_>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "## ccd-bench results\n");
+    let _ = writeln!(s, "- Machine: {}", machine_description());
+    let _ = writeln!(s, "- Daemon: {}", m.daemon_text);
+    let _ = writeln!(
+        s,
+        "- Closed loop: each connection (one client thread) sends a request and waits for its reply \
+         before sending the next; {} unmeasured warm-up requests per connection. Percentiles are exact \
+         (nearest rank over all samples).",
+        m.limits.warmup
+    );
+    let _ = writeln!(
+        s,
+        "- Baselines: *bare echo* is an in-process Unix-socket NDJSON echo server (a thread per \
+         connection) driven by the same client loop with the same request line; *SQLite* is one \
+         thread doing one `INSERT … ON CONFLICT DO UPDATE` per transaction on a WAL database with \
+         `synchronous={}`.",
+        m.synchronous.as_str()
+    );
+    if cfg!(debug_assertions) {
+        let _ = writeln!(
+            s,
+            "- **Warning: ccd-bench is a debug build; numbers are not representative.**"
+        );
+    }
+    let _ = writeln!(s, "\n### Requests\n");
+    let _ = writeln!(
+        s,
+        "| Workload | Conns | Requests | Errors | Throughput (req/s) | p50 | p99 | max |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    let mut rows: Vec<&PhaseResult> = Vec::new();
+    for p in m.ping {
+        rows.push(&p.daemon);
+        rows.push(&p.echo);
+    }
+    rows.push(m.upsert.single());
+    if m.upsert.single.is_some() {
+        rows.push(&m.upsert.multi);
+    }
+    rows.push(&m.upsert.baseline);
+    for r in rows {
+        let (p50, p99, max) = r.lat.as_ref().map_or_else(
+            || ("–".to_string(), "–".to_string(), "–".to_string()),
+            |l| (fmt_ns(l.p50), fmt_ns(l.p99), fmt_ns(l.max)),
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {p50} | {p99} | {max} |",
+            r.label,
+            r.connections,
+            r.ok + r.rpc_errors + r.lost,
+            r.failed(),
+            group_thousands(r.throughput()),
+        );
+    }
+    let _ = writeln!(s, "\n### Ratios\n");
+    let _ = writeln!(s, "| Comparison | Ratio |");
+    let _ = writeln!(s, "|---|--:|");
+    for p in m.ping {
+        let n = p.daemon.connections;
+        let _ = writeln!(
+            s,
+            "| ping p50 / bare echo p50, {n} conn | {} |",
+            fmt_ratio(p.p50_ratio())
+        );
+        let _ = writeln!(
+            s,
+            "| ping throughput / bare echo throughput, {n} conn | {} |",
+            fmt_ratio(p.throughput_ratio())
+        );
+    }
+    let n = m.upsert.multi.connections;
+    let _ = writeln!(
+        s,
+        "| upsert throughput, {n} conn / SQLite 1 txn per write | {} |",
+        fmt_ratio(m.upsert.vs_baseline())
+    );
+    let _ = writeln!(
+        s,
+        "| upsert throughput, {n} conn / 1 conn | {} |",
+        fmt_ratio(m.upsert.vs_single())
+    );
+    if !m.startup.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Startup ({} runs, fresh CCD_HOME each)\n",
+            m.startup.len()
+        );
+        let _ = writeln!(s, "| Metric | min | median | max |");
+        let _ = writeln!(s, "|---|--:|--:|--:|");
+        for (name, lo, mid, hi) in startup_rows(m.startup, m.idle) {
+            let _ = writeln!(s, "| {name} | {lo} | {mid} | {hi} |");
+        }
+    }
+    s
+}
+
+fn environment_line() -> String {
+    let build = if cfg!(debug_assertions) {
+        "debug build (numbers not representative)"
+    } else {
+        "release build"
+    };
+    format!(
+        "ccd-bench {}, {build}; {}",
+        env!("CARGO_PKG_VERSION"),
+        machine_description()
+    )
+}
+
+fn machine_description() -> String {
+    let cpus = thread::available_parallelism().map_or(0, usize::from);
+    let model = fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+        info.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    });
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_string());
+    match model {
+        Some(model) => format!("{cpus} CPUs ({model}), Linux {kernel}"),
+        None => format!("{cpus} CPUs, Linux {kernel}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Closed-loop phases
+// ---------------------------------------------------------------------------------------------
+
+/// What a phase sends.
+#[derive(Clone, Debug)]
+enum Op {
+    Ping,
+    /// `setting.upsert` with key `<prefix>.c<conn>.<i>` (warm-up: `bench.warm.c<conn>.<i>`).
+    Upsert {
+        prefix: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stage {
+    Warmup,
+    Measure,
+}
+
+impl Op {
+    /// The NDJSON request line (with its `\n`).
+    fn request_line(&self, conn: u32, stage: Stage, i: u32, id: u64) -> String {
+        match self {
+            Op::Ping => format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"system.ping\",\"params\":{{}}}}\n"
+            ),
+            Op::Upsert { prefix } => {
+                let key = match stage {
+                    Stage::Warmup => format!("bench.warm.c{conn}.{i}"),
+                    Stage::Measure => format!("{prefix}.c{conn}.{i}"),
+                };
+                // Keys and value are plain ASCII without quotes or backslashes: no escaping needed.
+                format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"setting.upsert\",\"params\":{{\"key\":\"{key}\",\"value\":\"{UPSERT_VALUE}\"}}}}\n"
+                )
+            }
+        }
+    }
+}
+
+/// What counts as a successful reply.
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    /// The request line itself, written back by the echo baseline.
+    Echo,
+    /// A JSON-RPC `result` (optionally equal to this string); an `error` is a failed request.
+    Result(Option<&'static str>),
+}
+
+struct Phase {
+    label: String,
+    socket: PathBuf,
+    op: Op,
+    expect: Expect,
+    connections: u32,
+    requests: u32,
+    limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    max: u64,
+}
+
+impl Latency {
+    /// Exact percentiles of the samples (nanoseconds); `None` without samples.
+    fn from_samples(mut ns: Vec<u64>) -> Option<Latency> {
+        ns.sort_unstable();
+        Some(Latency {
+            p50: nearest_rank(&ns, 50)?,
+            p99: nearest_rank(&ns, 99)?,
+            max: *ns.last()?,
+        })
+    }
+}
+
+/// The nearest-rank percentile of sorted samples: the smallest sample with at least `pct`%
+/// of all samples at or below it.
+fn nearest_rank<T: Copy>(sorted: &[T], pct: u64) -> Option<T> {
+    let n = sorted.len() as u64;
+    if n == 0 {
+        return None;
+    }
+    let rank = (n * pct).div_ceil(100).clamp(1, n);
+    sorted.get(usize::try_from(rank - 1).ok()?).copied()
+}
+
+#[derive(Clone, Debug)]
+struct PhaseResult {
+    label: String,
+    connections: u32,
+    /// Requests that got a successful reply.
+    ok: u64,
+    /// Requests answered with a JSON-RPC error (or an unexpected result).
+    rpc_errors: u64,
+    /// Unmeasured warm-up requests answered with a JSON-RPC error (still a failure).
+    warmup_failed: u64,
+    /// Requests lost to a broken connection: connect/warm-up failure, I/O error, timeout,
+    /// protocol violation.
+    lost: u64,
+    /// Requests not sent because the phase hit --max-time or was interrupted.
+    skipped: u64,
+    wall: Duration,
+    lat: Option<Latency>,
+    /// Distinct error messages with how many connections reported them.
+    messages: BTreeMap<String, u32>,
+}
+
+impl PhaseResult {
+    fn failed(&self) -> u64 {
+        self.rpc_errors + self.warmup_failed + self.lost
+    }
+
+    fn throughput(&self) -> f64 {
+        let secs = self.wall.as_secs_f64();
+        if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "{:<34} {:>4} conn: {:>8} ok, {} failed, {:>8.3} s → {:>9} req/s",
+            self.label,
+            self.connections,
+            self.ok,
+            self.failed(),
+            self.wall.as_secs_f64(),
+            group_thousands(self.throughput()),
+        );
+        match &self.lat {
+            Some(l) => {
+                let _ = write!(
+                    s,
+                    "; p50 {}, p99 {}, max {}",
+                    fmt_ns(l.p50),
+                    fmt_ns(l.p99),
+                    fmt_ns(l.max)
+                );
+            }
+            None => s.push_str("; no latency samples"),
+        }
+        if self.failed() > 0 {
+            let _ = write!(
+                s,
+                "\n  FAILED: {} JSON-RPC error replies, {} requests lost to broken connections, \
+                 {} error replies to warm-up requests",
+                self.rpc_errors, self.lost, self.warmup_failed
+            );
+        }
+        if self.skipped > 0 {
+            let why = if interrupted() {
+                "interrupted"
+            } else {
+                "--max-time reached"
+            };
+            let _ = write!(
+                s,
+                "\n  warning: {why}; {} requests were not sent",
+                self.skipped
+            );
+        }
+        for (msg, conns) in self.messages.iter().take(5) {
+            let _ = write!(s, "\n  error (on {conns} connection(s)): {msg}");
+        }
+        if self.messages.len() > 5 {
+            let _ = write!(
+                s,
+                "\n  … and {} other distinct errors",
+                self.messages.len() - 5
+            );
+        }
+        s
+    }
+}
+
+/// What one client thread measured.
+#[derive(Default)]
+struct WorkerOut {
+    lat_ns: Vec<u64>,
+    ok: u64,
+    rpc_errors: u64,
+    warmup_failed: u64,
+    lost: u64,
+    skipped: u64,
+    end: Option<Instant>,
+    messages: Vec<String>,
+}
+
+impl WorkerOut {
+    fn note(&mut self, msg: String) {
+        if self.messages.len() < 3 && !self.messages.contains(&msg) {
+            self.messages.push(msg);
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GateState {
+    Closed,
+    Open,
+    Abort,
+}
+
+/// Holds every client thread until all connections are up and warmed up.
+struct Gate {
+    state: Mutex<GateState>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        Gate {
+            state: Mutex::new(GateState::Closed),
+            cv: Condvar::new(),
+        }
+    }
+    fn set(&self, s: GateState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = s;
+        self.cv.notify_all();
+    }
+    fn wait(&self) -> GateState {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while *s == GateState::Closed {
+            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        *s
+    }
+}
+
+/// Runs one closed-loop phase: N client threads connect and warm up, then are released
+/// together; each sends its R requests one at a time and times every round trip.
+fn run_phase(p: &Phase) -> Result<PhaseResult> {
+    check_interrupted()?;
+    let shared = Arc::new((
+        p.socket.clone(),
+        p.op.clone(),
+        p.expect,
+        p.requests,
+        p.limits.clone(),
+    ));
+    let gate = Arc::new(Gate::new());
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let mut handles: Vec<JoinHandle<WorkerOut>> = Vec::with_capacity(p.connections as usize);
+    for conn in 0..p.connections {
+        let shared = Arc::clone(&shared);
+        let gate_w = Arc::clone(&gate);
+        let ready = ready_tx.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("bench-c{conn}"))
+            .spawn(move || {
+                let (socket, op, expect, requests, limits) = &*shared;
+                worker(
+                    socket, op, *expect, conn, *requests, limits, &ready, &gate_w,
+                )
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                gate.set(GateState::Abort);
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e).context("spawning a client thread");
+            }
+        }
+    }
+    drop(ready_tx);
+
+    // Every worker reports exactly once when it is connected and warmed up (or has failed).
+    let setup_deadline = Instant::now() + p.limits.max_time;
+    let mut ready = 0;
+    while ready < p.connections {
+        let left = setup_deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(()) => ready += 1,
+            Err(_) => break,
+        }
+    }
+    if ready < p.connections {
+        gate.set(GateState::Abort);
+        for h in handles {
+            let _ = h.join();
+        }
+        bail!(
+            "{}: only {ready} of {} connections were connected and warmed up within --max-time {}",
+            p.label,
+            p.connections,
+            humantime::format_duration(p.limits.max_time)
+        );
+    }
+    let start = Instant::now();
+    gate.set(GateState::Open);
+
+    let mut result = PhaseResult {
+        label: p.label.clone(),
+        connections: p.connections,
+        ok: 0,
+        rpc_errors: 0,
+        warmup_failed: 0,
+        lost: 0,
+        skipped: 0,
+        wall: Duration::ZERO,
+        lat: None,
+        messages: BTreeMap::new(),
+    };
+    let mut samples =
+        Vec::with_capacity((u64::from(p.connections) * u64::from(p.requests)) as usize);
+    let mut end = start;
+    for h in handles {
+        let w = h
+            .join()
+            .map_err(|_| anyhow!("{}: a client thread panicked", p.label))?;
+        result.ok += w.ok;
+        result.rpc_errors += w.rpc_errors;
+        result.warmup_failed += w.warmup_failed;
+        result.lost += w.lost;
+        result.skipped += w.skipped;
+        if let Some(e) = w.end {
+            end = end.max(e);
+        }
+        for m in w.messages {
+            *result.messages.entry(m).or_default() += 1;
+        }
+        samples.extend(w.lat_ns);
+    }
+    result.wall = end.duration_since(start);
+    result.lat = Latency::from_samples(samples);
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    socket: &Path,
+    op: &Op,
+    expect: Expect,
+    conn: u32,
+    requests: u32,
+    limits: &Limits,
+    ready: &mpsc::Sender<()>,
+    gate: &Gate,
+) -> WorkerOut {
+    let mut out = WorkerOut {
+        lat_ns: Vec::with_capacity(requests as usize),
+        ..WorkerOut::default()
+    };
+    let mut id: u64 = 0;
+    let mut warmup_failed = 0;
+    let mut warmup_messages = Vec::new();
+    let setup = (|| -> Result<Client> {
+        let mut client = Client::connect(socket, limits.timeout)?;
+        for i in 0..limits.warmup {
+            id += 1;
+            let line = op.request_line(conn, Stage::Warmup, i, id);
+            if let Reply::Failed(msg) = client.exchange(&line, id, expect)? {
+                warmup_failed += 1;
+                warmup_messages.push(format!("warm-up: {msg}"));
+            }
+        }
+        Ok(client)
+    })();
+    out.warmup_failed = warmup_failed;
+    for m in warmup_messages {
+        out.note(m);
+    }
+    // Report in even on failure, so that the phase does not wait for this connection.
+    let _ = ready.send(());
+    let gate_state = gate.wait();
+    let mut client = match setup {
+        Ok(c) => c,
+        Err(e) => {
+            out.lost = u64::from(requests);
+            out.note(format!("{e:#}"));
+            return out;
+        }
+    };
+    if gate_state == GateState::Abort {
+        out.skipped = u64::from(requests);
+        return out;
+    }
+
+    let deadline = Instant::now() + limits.max_time;
+    for i in 0..requests {
+        id += 1;
+        let line = op.request_line(conn, Stage::Measure, i, id);
+        let t0 = Instant::now();
+        if t0 >= deadline || interrupted() {
+            out.skipped = u64::from(requests - i);
+            break;
+        }
+        let reply = client.exchange(&line, id, expect);
+        let dt = t0.elapsed();
+        match reply {
+            Ok(Reply::Ok) => {
+                out.ok += 1;
+                out.lat_ns
+                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
+            }
+            Ok(Reply::Failed(msg)) => {
+                out.rpc_errors += 1;
+                out.note(msg);
+            }
+            Err(e) => {
+                out.lost = u64::from(requests - i);
+                out.note(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out.end = Some(Instant::now());
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON-RPC client
+// ---------------------------------------------------------------------------------------------
+
+/// One persistent NDJSON connection.
+struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    buf: String,
+    next_id: u64,
+}
+
+/// What a reply means for the request it answers.
+enum Reply {
+    Ok,
+    /// A JSON-RPC error reply, or a result other than the expected one.
+    Failed(String),
+}
+
+/// The payload of one reply line.
+enum Body {
+    Result(Value),
+    Error(String),
+    /// Neither `result` nor `error` (for instance an echoed request).
+    Other,
+}
+
+impl Client {
+    fn connect(socket: &Path, timeout: Duration) -> Result<Client> {
+        let stream = UnixStream::connect(socket)
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .context("setting the socket read timeout")?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .context("setting the socket write timeout")?;
+        let writer = stream.try_clone().context("cloning the socket handle")?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+            buf: String::with_capacity(256),
+            next_id: 1_000_000_000,
+        })
+    }
+
+    /// Sends one request line and reads its reply, skipping server notifications. `Err` means
+    /// the connection is unusable (I/O error, timeout, EOF, malformed or mismatched reply).
+    fn exchange(&mut self, line: &str, id: u64, expect: Expect) -> Result<Reply> {
+        let body = self.round_trip(line, id)?;
+        Ok(match (expect, body) {
+            (Expect::Echo, Body::Other) => Reply::Ok,
+            (Expect::Echo, _) => {
+                bail!("the echo server sent something other than the request back")
+            }
+            (Expect::Result(_), Body::Error(msg)) => Reply::Failed(msg),
+            (Expect::Result(None), Body::Result(_)) => Reply::Ok,
+            (Expect::Result(Some(want)), Body::Result(v)) => {
+                if v.as_str() == Some(want) {
+                    Reply::Ok
+                } else {
+                    Reply::Failed(format!(
+                        "unexpected result {} (expected {want:?})",
+                        clip(&v.to_string())
+                    ))
+                }
+            }
+            (Expect::Result(_), Body::Other) => {
+                bail!("reply {id} has neither `result` nor `error`")
+            }
+        })
+    }
+
+    fn round_trip(&mut self, line: &str, id: u64) -> Result<Body> {
+        self.writer
+            .write_all(line.as_bytes())
+            .map_err(io_error)
+            .context("sending a request")?;
+        loop {
+            self.buf.clear();
+            let n = self
+                .reader
+                .read_line(&mut self.buf)
+                .map_err(io_error)
+                .context("reading a reply")?;
+            ensure!(
+                n > 0 && self.buf.ends_with('\n'),
+                "the server closed the connection"
+            );
+            if let Some(body) = parse_reply(&self.buf, id)? {
+                return Ok(body);
+            }
+        }
+    }
+
+    /// A one-off call; a JSON-RPC error becomes `Err`.
+    fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut line =
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        line.push('\n');
+        match self
+            .round_trip(&line, id)
+            .with_context(|| format!("calling {method}"))?
+        {
+            Body::Result(v) => Ok(v),
+            Body::Error(msg) => bail!("{method} failed: {msg}"),
+            Body::Other => bail!("{method}: the reply has neither `result` nor `error`"),
+        }
+    }
+}
+
+/// Makes socket timeouts say so.
+fn io_error(e: io::Error) -> anyhow::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => anyhow!("timed out ({e})"),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+/// Parses one reply line for request `id`; `Ok(None)` for a server notification.
+fn parse_reply(line: &str, id: u64) -> Result<Option<Body>> {
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("the reply is not JSON: {}", clip(line)))?;
+    let obj = v
+        .as_object()
+        .with_context(|| format!("the reply is not a JSON object: {}", clip(line)))?;
+    let got = obj.get("id").filter(|v| !v.is_null());
+    if got.is_none() && obj.contains_key("method") {
+        return Ok(None);
+    }
+    let error = obj.get("error");
+    match got {
+        Some(v) if v.as_u64() == Some(id) => {}
+        // An error that could not be tied to a request (e.g. a parse error) still answers it.
+        None if error.is_some() => {}
+        _ => bail!(
+            "reply for request {id} has id {}: {}",
+            got.map_or_else(|| "null".into(), Value::to_string),
+            clip(line)
+        ),
+    }
+    if let Some(e) = error {
+        let message = e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)");
+        let code = e.get("code").map_or_else(|| "?".into(), Value::to_string);
+        return Ok(Some(Body::Error(format!(
+            "JSON-RPC error {code}: {message}"
+        ))));
+    }
+    Ok(Some(match obj.get("result") {
+        Some(r) => Body::Result(r.clone()),
+        None => Body::Other,
+    }))
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim_end();
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bare echo baseline
+// ---------------------------------------------------------------------------------------------
+
+/// An in-process Unix-socket NDJSON echo server: a thread per connection writes every line
+/// it reads back unchanged.
+struct EchoServer {
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+    // Dropped last: the socket lives in here.
+    _dir: TempDir,
+}
+
+impl EchoServer {
+    fn start(keep_temp: bool) -> Result<EchoServer> {
+        let dir = TempDir::new("echo", keep_temp)?;
+        let socket = dir.path.join("echo.sock");
+        let listener = UnixListener::bind(&socket)
+            .with_context(|| format!("binding the echo socket {}", socket.display()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_a = Arc::clone(&stop);
+        let accept = thread::Builder::new()
+            .name("echo-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop_a.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    // A failed spawn drops the connection; the client then reports the failure.
+                    let _ = thread::Builder::new()
+                        .name("echo-conn".into())
+                        .spawn(move || echo_connection(stream));
+                }
+            })
+            .context("spawning the echo accept thread")?;
+        Ok(EchoServer {
+            socket,
+            stop,
+            accept: Some(accept),
+            _dir: dir,
+        })
+    }
+}
+
+fn echo_connection(stream: UnixStream) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        writer.write_all(&line)?;
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = UnixStream::connect(&self.socket);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn run_echo_phase(
+    connections: u32,
+    requests: u32,
+    limits: &Limits,
+    keep_temp: bool,
+) -> Result<PhaseResult> {
+    let server = EchoServer::start(keep_temp)?;
+    run_phase(&Phase {
+        label: "bare NDJSON echo".into(),
+        socket: server.socket.clone(),
+        op: Op::Ping,
+        expect: Expect::Echo,
+        connections,
+        requests,
+        limits: limits.clone(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQLite baseline
+// ---------------------------------------------------------------------------------------------
+
+/// One thread, one `INSERT … ON CONFLICT DO UPDATE` per transaction, on the same key set as
+/// the daemon run (connections × requests distinct keys, interleaved by connection).
+fn sqlite_baseline(
+    connections: u32,
+    requests: u32,
+    limits: &Limits,
+    opts: &DaemonOpts,
+) -> Result<PhaseResult> {
+    use rusqlite::{Connection, TransactionBehavior, params};
+
+    const UPSERT: &str = "INSERT INTO settings(key, value, updated_at) VALUES (?1, ?2, ?3) \
+                          ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+
+    fn write(db: &mut Connection, key: &str) -> rusqlite::Result<()> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached(UPSERT)?
+            .execute(params![key, UPSERT_VALUE, now_ms])?;
+        tx.commit()
+    }
+
+    check_interrupted()?;
+    let dir = TempDir::new("sqlite", opts.keep_temp)?;
+    let path = dir.path.join("baseline.sqlite3");
+    let mut db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let mode: String = db
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .context("setting journal_mode = WAL")?;
+    ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "SQLite refused WAL mode (journal_mode is {mode})"
+    );
+    db.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at INTEGER NOT NULL);",
+        opts.synchronous.as_str().to_uppercase()
+    ))
+    .context("preparing the baseline database")?;
+
+    for i in 0..limits.warmup {
+        write(&mut db, &format!("bench.warm.{i}")).context("baseline warm-up write")?;
+    }
+
+    let total = u64::from(connections) * u64::from(requests);
+    let mut samples = Vec::with_capacity(total as usize);
+    let mut skipped = 0;
+    let start = Instant::now();
+    let deadline = start + limits.max_time;
+    'outer: for i in 0..requests {
+        for c in 0..connections {
+            let key = format!("bench.c{c}.{i}");
+            let t0 = Instant::now();
+            if t0 >= deadline || interrupted() {
+                skipped = total - samples.len() as u64;
+                break 'outer;
+            }
+            write(&mut db, &key).with_context(|| format!("baseline write of {key}"))?;
+            samples.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+    let wall = start.elapsed();
+    let ok = samples.len() as u64;
+    let rows: i64 = db
+        .query_row(
+            "SELECT count(*) FROM settings WHERE key NOT LIKE 'bench.warm.%'",
+            [],
+            |r| r.get(0),
+        )
+        .context("counting baseline rows")?;
+    ensure!(
+        rows as u64 == ok,
+        "the baseline table has {rows} rows after {ok} writes"
+    );
+    drop(db);
+    Ok(PhaseResult {
+        label: "SQLite, 1 txn per write (1 thread)".into(),
+        connections: 1,
+        ok,
+        rpc_errors: 0,
+        warmup_failed: 0,
+        lost: 0,
+        skipped,
+        wall,
+        lat: Latency::from_samples(samples),
+        messages: BTreeMap::new(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon control
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon ping and upsert talk to: one ccd-bench started (and stops on drop), or one
+/// that was already running.
+struct Daemon {
+    ccd: Option<PathBuf>,
+    home: PathBuf,
+    socket: PathBuf,
+    pid: Option<u32>,
+    /// Started by ccd-bench and not yet stopped.
+    owned: bool,
+    synchronous: Option<Synchronous>,
+    timeout: Duration,
+    /// Holds the temporary CCD_HOME and command output; dropped after `Drop::drop` stopped
+    /// the daemon.
+    scratch: Option<TempDir>,
+}
+
+/// How long a start took, both measured from spawning `ccd daemon start`.
+struct StartTiming {
+    start_cmd: Duration,
+    first_ping: Duration,
+}
+
+impl Daemon {
+    /// Starts a daemon, or attaches to a running one per --home/--no-start.
+    fn acquire(t: &Target, timeout: Duration) -> Result<Daemon> {
+        if t.home.is_none() && !t.no_start {
+            return Ok(Daemon::start(&t.daemon, timeout.max(Duration::from_secs(30)))?.0);
+        }
+        let home = match &t.home {
+            Some(h) => h.clone(),
+            None => default_home()?,
+        };
+        let socket = home.join("ccd.sock");
+        let mut client = Client::connect(&socket, timeout)
+            .and_then(|mut c| {
+                let pong = c.call("system.ping", json!({}))?;
+                ensure!(
+                    pong.as_str() == Some("pong"),
+                    "system.ping answered {pong} instead of \"pong\""
+                );
+                Ok(c)
+            })
+            .with_context(|| {
+                format!(
+                    "no ccd daemon answers at {} (start one with `ccd daemon start`, or drop \
+                     --home/--no-start to let ccd-bench start its own)",
+                    socket.display()
+                )
+            })?;
+        let pid = client
+            .call("system.health", json!({}))
+            .ok()
+            .as_ref()
+            .and_then(health_pid);
+        Ok(Daemon {
+            ccd: None,
+            home,
+            socket,
+            pid,
+            owned: false,
+            synchronous: None,
+            timeout,
+            scratch: None,
+        })
+    }
+
+    /// Starts a daemon on a fresh temporary CCD_HOME with `ccd daemon start`, waits for its
+    /// first `system.ping` reply, and learns its pid from `system.health`.
+    fn start(opts: &DaemonOpts, timeout: Duration) -> Result<(Daemon, StartTiming)> {
+        let ccd = ccd_binary(opts.ccd.as_deref())?;
+        let scratch = TempDir::new("daemon", opts.keep_temp)?;
+        let home = scratch.path.join("home");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&home)
+            .with_context(|| format!("creating {}", home.display()))?;
+        let socket = home.join("ccd.sock");
+        let mut daemon = Daemon {
+            ccd: Some(ccd),
+            home,
+            socket,
+            pid: None,
+            owned: false,
+            synchronous: Some(opts.synchronous),
+            timeout,
+            scratch: Some(scratch),
+        };
+        // From here on, dropping `daemon` runs `ccd daemon stop`, even when start fails halfway.
+        daemon.owned = true;
+        let run = daemon.run_ccd(&["daemon", "start"])?;
+        let deadline = Instant::now() + timeout;
+        let mut client = loop {
+            let attempt = Client::connect(&daemon.socket, timeout).and_then(|mut c| {
+                let pong = c.call("system.ping", json!({}))?;
+                ensure!(
+                    pong.as_str() == Some("pong"),
+                    "system.ping answered {pong} instead of \"pong\""
+                );
+                Ok(c)
+            });
+            match attempt {
+                Ok(c) => break c,
+                Err(e) if Instant::now() >= deadline || interrupted() => {
+                    return Err(e.context(format!(
+                        "`ccd daemon start` returned but no system.ping was answered at {} within {}",
+                        daemon.socket.display(),
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                Err(_) => thread::sleep(Duration::from_millis(1)),
+            }
+        };
+        let first_ping = run.spawned.elapsed();
+        let health = client.call("system.health", json!({}))?;
+        daemon.pid = health_pid(&health).or_else(|| first_number(&run.stdout));
+        ensure!(
+            daemon.pid.is_some(),
+            "found no pid in the system.health result ({}) nor in `ccd daemon start`'s output",
+            clip(&health.to_string())
+        );
+        let timing = StartTiming {
+            start_cmd: run.exited.duration_since(run.spawned),
+            first_ping,
+        };
+        Ok((daemon, timing))
+    }
+
+    /// Runs `ccd daemon stop`, waits for the process to go away, and returns how long the
+    /// command took.
+    /// On failure the daemon stays "owned", so that dropping it tries again and then kills it.
+    fn stop(&mut self) -> Result<Duration> {
+        let run = self.run_ccd(&["daemon", "stop"])?;
+        if let Some(pid) = self.pid {
+            let deadline = Instant::now() + self.timeout;
+            while process_alive(pid) {
+                ensure!(
+                    Instant::now() < deadline,
+                    "daemon pid {pid} still runs {} after `ccd daemon stop` returned",
+                    humantime::format_duration(self.timeout)
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.owned = false;
+        Ok(run.exited.duration_since(run.spawned))
+    }
+
+    /// Runs `ccd <args>` with this daemon's CCD_HOME, bounded by the timeout. Its stdout and
+    /// stderr go to files (not pipes, which the detached daemon could hold open).
+    fn run_ccd(&self, args: &[&str]) -> Result<CcdRun> {
+        let ccd = self
+            .ccd
+            .as_deref()
+            .context("no ccd binary known for this daemon")?;
+        let scratch = self
+            .scratch
+            .as_ref()
+            .context("no scratch directory for this daemon")?;
+        let shown = format!("ccd {}", args.join(" "));
+        let stem = args.join("-");
+        let out_path = scratch.path.join(format!("{stem}.stdout"));
+        let err_path = scratch.path.join(format!("{stem}.stderr"));
+        let out_file = fs::File::create(&out_path)
+            .with_context(|| format!("creating {}", out_path.display()))?;
+        let err_file = fs::File::create(&err_path)
+            .with_context(|| format!("creating {}", err_path.display()))?;
+        let mut cmd = Command::new(ccd);
+        cmd.args(args)
+            .env("CCD_HOME", &self.home)
+            .stdin(Stdio::null())
+            .stdout(out_file)
+            .stderr(err_file);
+        if let Some(s) = self.synchronous {
+            cmd.env("CCD_WRITER_SYNCHRONOUS", s.as_str());
+        }
+        let spawned = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running `{shown}` ({})", ccd.display()))?;
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel::<(io::Result<ExitStatus>, Instant)>();
+        let waiter = thread::Builder::new()
+            .name("ccd-wait".into())
+            .spawn(move || {
+                let status = child.wait();
+                let _ = tx.send((status, Instant::now()));
+            });
+        let waiter = match waiter {
+            Ok(w) => w,
+            Err(e) => {
+                kill(pid, libc::SIGKILL);
+                return Err(e).context("spawning a thread to wait for ccd");
+            }
+        };
+        let (status, exited) = match rx.recv_timeout(self.timeout) {
+            Ok(v) => v,
+            Err(_) => {
+                kill(pid, libc::SIGKILL);
+                let _ = waiter.join();
+                bail!(
+                    "`{shown}` did not finish within {}",
+                    humantime::format_duration(self.timeout)
+                );
+            }
+        };
+        let _ = waiter.join();
+        let status = status.with_context(|| format!("waiting for `{shown}`"))?;
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        if !status.success() {
+            let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+            let said = if stderr.trim().is_empty() {
+                stdout.trim()
+            } else {
+                stderr.trim()
+            };
+            bail!(
+                "`{shown}` failed ({status}) with CCD_HOME={}: {}",
+                self.home.display(),
+                clip(said)
+            );
+        }
+        Ok(CcdRun {
+            spawned,
+            exited,
+            stdout,
+        })
+    }
+
+    fn describe(&self) -> String {
+        let pid = self.pid.map_or_else(|| "?".to_string(), |p| p.to_string());
+        if self.owned {
+            format!(
+                "daemon: started by ccd-bench (pid {pid}), CCD_HOME={}, CCD_WRITER_SYNCHRONOUS={}",
+                self.home.display(),
+                self.synchronous.map_or("?", Synchronous::as_str)
+            )
+        } else {
+            format!(
+                "daemon: already running (pid {pid}), CCD_HOME={}",
+                self.home.display()
+            )
+        }
+    }
+
+    fn markdown_description(&self) -> String {
+        if self.owned {
+            format!(
+                "started by ccd-bench on a fresh temporary `CCD_HOME`, `CCD_WRITER_SYNCHRONOUS={}`",
+                self.synchronous.map_or("?", Synchronous::as_str)
+            )
+        } else {
+            "an already running daemon (settings unknown to ccd-bench)".to_string()
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        if self.pid.is_none() && !self.socket.exists() {
+            // `ccd daemon start` never got a daemon up; try anyway, quietly.
+            let _ = self.stop();
+            return;
+        }
+        if let Err(e) = self.stop() {
+            eprintln!("ccd-bench: warning: stopping the daemon: {e:#}");
+            if let Some(pid) = self.pid.filter(|p| process_alive(*p)) {
+                eprintln!("ccd-bench: warning: sending SIGTERM, then SIGKILL, to daemon pid {pid}");
+                kill(pid, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while process_alive(pid) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                if process_alive(pid) {
+                    kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+struct CcdRun {
+    spawned: Instant,
+    exited: Instant,
+    stdout: String,
+}
+
+fn health_pid(health: &Value) -> Option<u32> {
+    health
+        .get("pid")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
+}
+
+fn first_number(s: &str) -> Option<u32> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+}
+
+fn ccd_binary(flag: Option<&Path>) -> Result<PathBuf> {
+    let path = match flag {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()
+            .context("locating the ccd-bench executable")?
+            .with_file_name("ccd"),
+    };
+    ensure!(
+        path.is_file(),
+        "the ccd binary is not at {}: build it (e.g. `cargo build --release --bin ccd`, the same \
+         profile as ccd-bench) or pass --ccd PATH",
+        path.display()
+    );
+    Ok(path)
+}
+
+fn default_home() -> Result<PathBuf> {
+    if let Some(h) = std::env::var_os("CCD_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither CCD_HOME nor HOME is set; pass --home DIR")?;
+    Ok(PathBuf::from(home).join(".ccd"))
+}
+
+fn kill(pid: u32, signal: libc::c_int) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// Whether the process exists and is not a zombie.
+fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|s| !matches!(s.trim_start().chars().next(), Some('Z' | 'X'))),
+        Err(_) => false,
+    }
+}
+
+/// VmRSS (KiB) and thread count from /proc/PID/status.
+fn proc_status(pid: u32) -> Result<(u64, Option<u64>)> {
+    let status =
+        fs::read_to_string(format!("/proc/{pid}/status")).context("the daemon is not running")?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let rss = field("VmRSS:").context("no VmRSS line")?;
+    Ok((rss, field("Threads:")))
+}
+
+fn sleep_interruptible(d: Duration) {
+    let end = Instant::now() + d;
+    while !interrupted() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+// ---------------------------------------------------------------------------------------------
+
+/// A private directory under the system temp dir, removed on drop unless kept.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new(tag: &str, keep: bool) -> Result<TempDir> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let base = std::env::temp_dir();
+        for _ in 0..16 {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!(
+                "ccd-bench-{tag}-{}-{n}-{nanos:x}",
+                std::process::id()
+            ));
+            match fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(TempDir { path, keep }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+            }
+        }
+        bail!(
+            "could not create a unique temporary directory under {}",
+            base.display()
+        )
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("ccd-bench: kept {}", self.path.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!(
+                "ccd-bench: warning: could not remove {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------------------------
+
+fn fmt_ns(ns: u64) -> String {
+    let n = ns as f64;
+    if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1} µs", n / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.2} ms", n / 1e6)
+    } else {
+        format!("{:.2} s", n / 1e9)
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    fmt_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.2}×"))
+}
+
+/// `12345.6` → `12,346`.
+fn group_thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}

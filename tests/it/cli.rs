@@ -1,0 +1,104 @@
+//! The CLI as a user runs it: output, `--json`, auto-start, exit codes.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+#[test]
+fn writes_auto_start_the_daemon_unless_told_not_to() {
+    let d = Daemon::builder().prepare();
+    let out = d.ccd(&["--no-autostart", "setting", "set", "k", "v"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"));
+    assert!(!d.socket().exists());
+
+    let out = d.ccd_ok(&["setting", "set", "k", "v"]);
+    assert_eq!(out.trim(), "k = v");
+    assert!(d.socket().exists(), "the write started the daemon");
+    assert_eq!(d.ccd_ok(&["setting", "get", "k"]).trim(), "v");
+}
+
+#[test]
+fn api_prints_results_as_json_and_errors_on_stderr_with_exit_codes() {
+    let d = Daemon::start();
+    let out = d.ccd_ok(&["api", "system.ping"]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "pong");
+    let out = d.ccd_ok(&["api", "setting.upsert", r#"{"key":"a","value":"b"}"#]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["value"], "b");
+
+    let out = d.ccd(&["api", "setting.get", r#"{"key":"missing"}"#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["code"], -32004);
+
+    let out = d.ccd(&["api", "system.ping", "{not json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));
+
+    let out = d.ccd(&["project", "frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn projects_from_the_cli_with_relative_paths() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let out = d
+        .command(&["project", "add", "rel", "sub"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let list: Value = serde_json::from_str(&d.ccd_ok(&["project", "list", "--json"])).unwrap();
+    let canon = std::fs::canonicalize(dir.path().join("sub")).unwrap();
+    assert_eq!(list[0]["path"], canon.to_str().unwrap());
+    let table = d.ccd_ok(&["project", "list"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("rel"),
+        "{table}"
+    );
+
+    let out = d.ccd(&["project", "add", "bad name", "/"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid project name"));
+    let out = d.ccd(&["project", "add", "x", "/no/such/dir"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    d.ccd_ok(&["project", "rm", "rel"]);
+    assert!(d.ccd_ok(&["project", "list"]).contains("no projects"));
+    let out = d.ccd(&["project", "rm", "rel"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no project named"));
+}
+
+#[test]
+fn backups_from_the_cli() {
+    let d = Daemon::start();
+    d.ccd_ok(&["setting", "set", "k", "v"]);
+    let out = d.ccd_ok(&["backup", "create"]);
+    assert!(out.starts_with("backup 1 written to "), "{out}");
+    let list: Value = serde_json::from_str(&d.ccd_ok(&["backup", "list", "--json"])).unwrap();
+    let path = list[0]["path"].as_str().unwrap().to_string();
+    assert!(std::path::Path::new(&path).exists());
+    d.ccd_ok(&["backup", "rm", "1"]);
+    assert!(!std::path::Path::new(&path).exists());
+}
+
+#[test]
+fn help_is_there() {
+    let d = Daemon::builder().prepare();
+    let out = d.ccd_ok(&["--help"]);
+    for cmd in [
+        "daemon",
+        "api",
+        "project",
+        "setting",
+        "backup",
+        "Exit codes",
+    ] {
+        assert!(out.contains(cmd), "--help lacks {cmd}:\n{out}");
+    }
+    assert!(d.ccd_ok(&["daemon", "--help"]).contains("logs"));
+}

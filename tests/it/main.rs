@@ -1,0 +1,22 @@
+//! Integration tests: each starts the real `ccd` binary on a temporary `CCD_HOME` and talks to
+//! it over its Unix socket or through the CLI, as a user's scripts would.
+//!
+//! One test binary (faster to link), one module per area:
+//!
+//! | module        | what it covers                                                        |
+//! |---------------|-----------------------------------------------------------------------|
+//! | `lifecycle`   | start, double start, stale pid/socket, stop, status codes, logs       |
+//! | `protocol`    | every error code, batches, notifications, pipelining, limits, bad input |
+//! | `writes`      | concurrent writers, group commit isolation, backups, direct reads     |
+//! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
+//! | `cli`         | the CLI's commands, output and exit codes                             |
+//! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
+
+mod common;
+
+mod cli;
+mod docs;
+mod lifecycle;
+mod protocol;
+mod supervision;
+mod writes;

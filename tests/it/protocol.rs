@@ -1,0 +1,328 @@
+//! The wire protocol: error codes, batches, notifications, pipelining, limits and bad input.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+#[test]
+fn standard_error_codes() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+
+    c.send_raw(b"{not json\n");
+    let r = c.recv().unwrap();
+    assert_eq!((code(&r["error"]), &r["id"]), (-32700, &Value::Null));
+
+    c.send(&json!({"jsonrpc": "1.0", "id": 7, "method": "system.ping"}));
+    let r = c.recv().unwrap();
+    assert_eq!((code(&r["error"]), &r["id"]), (-32600, &json!(7)));
+
+    c.send(&json!({"jsonrpc": "2.0", "id": 8, "method": "no.such"}));
+    let r = c.recv().unwrap();
+    assert_eq!(code(&r["error"]), -32601);
+    assert!(r["error"]["message"].as_str().unwrap().contains("no.such"));
+
+    let e = c
+        .call("project.create", json!({"name": "x", "path": 5}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    assert!(e["message"].as_str().unwrap().contains("`path`"), "{e}");
+    assert_eq!(e["data"]["param"], "path");
+    let e = c
+        .call(
+            "setting.upsert",
+            json!({"key": "k", "value": "v", "extra": 1}),
+        )
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `extra`"),
+        "{e}"
+    );
+    let e = c.call("setting.get", json!({})).unwrap_err();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `key`"),
+        "{e}"
+    );
+    let e = c.call("setting.get", json!(["k"])).unwrap_err();
+    assert_eq!(code(&e), -32602);
+
+    // Internal error: the backup file cannot be created where asked (/proc takes no new files).
+    let e = c
+        .call("backup.create", json!({"path": "/proc/ccd-backup.db"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32603, "{e}");
+
+    // Application codes of the foundation.
+    let e = c.call("setting.get", json!({"key": "absent"})).unwrap_err();
+    assert_eq!(code(&e), -32004);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    c.call("project.create", json!({"name": "p", "path": path}))
+        .unwrap();
+    let e = c
+        .call("project.create", json!({"name": "p", "path": path}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32005);
+
+    // The connection survived every error.
+    assert_eq!(c.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+#[test]
+fn debug_methods_exist_only_with_fault_injection() {
+    let d = Daemon::start();
+    let e = d
+        .call("debug.crash", json!({"actor": "writer"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32601);
+    let e = Daemon::builder()
+        .fault_injection()
+        .start()
+        .call("debug.crash", json!({"actor": "nobody"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    assert!(e["message"].as_str().unwrap().contains("nobody"));
+}
+
+#[test]
+fn batches_and_notifications() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+
+    c.send(&json!([
+        {"jsonrpc": "2.0", "id": "a", "method": "system.ping"},
+        {"jsonrpc": "2.0", "method": "setting.upsert", "params": {"key": "n", "value": "1"}},
+        {"jsonrpc": "2.0", "id": "b", "method": "no.such"},
+        42,
+        {"jsonrpc": "2.0", "id": "c", "method": "system.version"},
+    ]));
+    let replies = c.recv().unwrap();
+    let replies = replies.as_array().expect("a batch gets an array");
+    assert_eq!(
+        replies.len(),
+        4,
+        "the notification gets no reply: {replies:?}"
+    );
+    let by_id = |id: Value| replies.iter().find(|r| r["id"] == id).cloned().unwrap();
+    assert_eq!(by_id(json!("a"))["result"], "pong");
+    assert_eq!(code(&by_id(json!("b"))["error"]), -32601);
+    assert_eq!(code(&by_id(Value::Null)["error"]), -32600);
+    assert!(by_id(json!("c"))["result"]["version"].is_string());
+
+    // Notifications only: nothing comes back, not even for an unknown method.
+    c.send(&json!([{"jsonrpc": "2.0", "method": "system.ping"}, {"jsonrpc": "2.0", "method": "no.such"}]));
+    c.send(&json!({"jsonrpc": "2.0", "method": "no.such"}));
+    c.send(&json!([]));
+    let r = c.recv().unwrap();
+    assert_eq!(
+        code(&r["error"]),
+        -32600,
+        "the empty batch is the next reply: {r}"
+    );
+    assert_eq!(r["id"], Value::Null);
+
+    // The notification in the first batch was carried out.
+    assert_eq!(
+        c.call("setting.get", json!({"key": "n"})).unwrap()["value"],
+        "1"
+    );
+}
+
+#[test]
+fn many_requests_in_flight_on_one_connection() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    let n = 300;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let (method, params) = match i % 3 {
+            0 => ("system.ping", json!({})),
+            1 => (
+                "setting.upsert",
+                json!({"key": format!("k{i}"), "value": "v"}),
+            ),
+            _ => ("setting.list", json!({})),
+        };
+        batch.extend(
+            serde_json::to_vec(
+                &json!({"jsonrpc": "2.0", "id": i, "method": method, "params": params}),
+            )
+            .unwrap(),
+        );
+        batch.push(b'\n');
+    }
+    c.send_raw(&batch);
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        let r = c.recv().unwrap();
+        assert!(r.get("result").is_some(), "{r}");
+        assert!(seen.insert(r["id"].as_u64().unwrap()));
+    }
+    assert_eq!(seen.len(), n);
+}
+
+#[test]
+fn a_message_over_the_limit_is_refused_and_the_connection_closed() {
+    let d = Daemon::builder()
+        .config("[ipc]\nmax_message_bytes = 65536\n")
+        .start();
+    let mut other = d.connect();
+    let mut c = d.connect();
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"setting.upsert","params":{{"key":"k","value":"{}"}}}}"#,
+        "x".repeat(70_000)
+    );
+    c.send_raw(big.as_bytes());
+    c.send_raw(b"\n");
+    let r = c.recv().unwrap();
+    assert_eq!(code(&r["error"]), -32600);
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("size limit"),
+        "{r}"
+    );
+    assert!(c.is_closed());
+    // Nothing was written, and other clients are unaffected.
+    assert_eq!(
+        code(&other.call("setting.get", json!({"key": "k"})).unwrap_err()),
+        -32004
+    );
+    assert_eq!(other.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+#[test]
+fn bad_input_never_hurts_the_daemon() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let inputs: Vec<Vec<u8>> = vec![
+        b"\xff\xfe\x00garbage".to_vec(),
+        nested.into_bytes(),
+        b"\"just a string\"".to_vec(),
+        b"null".to_vec(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"system.ping","params":"str"}"#.to_vec(),
+        br#"{"jsonrpc":"2.0","id":[1],"method":"system.ping"}"#.to_vec(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"../../etc","path":"/"}}"#.to_vec(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"project.create","params":{"name":"ok","path":"/no/such/dir"}}"#.to_vec(),
+    ];
+    for input in &inputs {
+        c.send_raw(input);
+        c.send_raw(b"\n");
+        let r = c.recv().unwrap();
+        let e = &r["error"];
+        assert!(
+            [-32700, -32600, -32602].contains(&code(e)),
+            "{} -> {r}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // Nothing was stored by any of it.
+    assert_eq!(
+        c.call("project.get_all", json!({})).unwrap()["projects"],
+        json!([])
+    );
+
+    // A client that connects and sends nothing, and one that leaves mid-request.
+    let _silent = d.connect();
+    {
+        let mut half = d.connect();
+        half.send_raw(br#"{"jsonrpc":"2.0","id":1,"method":"setting.ups"#);
+    }
+    assert_eq!(c.call("system.ping", json!({})).unwrap(), "pong");
+    assert_eq!(d.call("system.health", json!({})).unwrap()["status"], "ok");
+}
+
+/// A burst of requests whose (large) replies are never read: far more than socket buffers hold.
+fn hog(d: &Daemon) -> Conn {
+    let mut c = d.connect();
+    let line = br#"{"jsonrpc":"2.0","id":1,"method":"system.describe"}"#;
+    let mut burst = Vec::new();
+    for _ in 0..2000 {
+        burst.extend_from_slice(line);
+        burst.push(b'\n');
+    }
+    c.stream()
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = c.stream().write_all(&burst); // may block once the daemon stops reading: fine
+    // One reply proves the daemon took the burst on; the rest stay in flight, unread.
+    assert!(c.recv().unwrap()["result"]["methods"].is_array());
+    c
+}
+
+#[test]
+fn a_client_that_never_reads_stalls_nobody() {
+    let d = Daemon::builder()
+        .config("[ipc]\nwrite_timeout_ms = 1000\n")
+        .start();
+    let mut hog = hog(&d);
+    for _ in 0..20 {
+        assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    }
+    d.call(
+        "setting.upsert",
+        json!({"key": "still", "value": "writing"}),
+    )
+    .unwrap();
+    // Once its replies have waited longer than the write timeout, the hog is disconnected.
+    let log = d.path().join("logs/ccd.log");
+    wait_until(
+        "the daemon to drop the client that never reads",
+        Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("did not read its replies")
+        },
+    );
+    let mut got = 1;
+    while hog.recv().is_some() {
+        got += 1;
+    }
+    assert!(
+        got < 2000,
+        "the hog should have been cut off, yet got all {got} replies"
+    );
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+#[test]
+fn at_the_connection_limit_an_idle_connection_makes_room() {
+    let d = Daemon::builder()
+        .config("[ipc]\nmax_connections = 1\n")
+        .start();
+    let mut idle = d.connect();
+    assert_eq!(idle.call("system.ping", json!({})).unwrap(), "pong");
+    let mut fresh = d.connect();
+    assert_eq!(fresh.call("system.ping", json!({})).unwrap(), "pong");
+    idle.set_read_timeout(Duration::from_secs(10));
+    assert!(
+        idle.is_closed(),
+        "the idle connection should have been closed"
+    );
+}
+
+#[test]
+fn at_the_connection_limit_with_none_idle_a_new_one_is_refused() {
+    let d = Daemon::builder()
+        .config("[ipc]\nmax_connections = 1\nwrite_timeout_ms = 60000\n")
+        .start();
+    let _busy = hog(&d);
+    let mut refused = d.connect();
+    let r = refused.recv().expect("an error line before the close");
+    assert_eq!(code(&r["error"]), -32009, "{r}");
+    assert!(refused.is_closed());
+}
