@@ -118,7 +118,13 @@ enum DaemonCmd {
 #[derive(Debug, Subcommand)]
 enum ProjectCmd {
     /// Register a project: NAME for the directory PATH (which must exist).
-    Add { name: String, path: PathBuf },
+    Add {
+        name: String,
+        path: PathBuf,
+        /// An environment variable for agent runs in this project (repeatable).
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
     /// List projects (reads the database directly).
     List(ListArgs),
     /// Remove a project.
@@ -156,6 +162,13 @@ struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
 }
 
 /// A usage error found after parsing (exit 2).
@@ -282,12 +295,13 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
 
 fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<u8> {
     match cmd {
-        ProjectCmd::Add { name, path } => {
+        ProjectCmd::Add { name, path, env } => {
             let path = std::path::absolute(&path)
                 .with_context(|| format!("resolving {}", path.display()))?;
             let params = types::ProjectCreate {
                 name,
                 path: path.to_string_lossy().into_owned(),
+                env: (!env.is_empty()).then(|| env.into_iter().collect()),
             };
             let p = Client::connect_or_start(home, autostart)?.call::<m::ProjectCreate>(&params)?;
             outln!("added project {} ({})", p.name, p.path);

@@ -4,16 +4,21 @@
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use anyhow::{Context as _, bail};
+use ccd_actors::config::SessionConfig;
+use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
+use ccd_actors::query::QueryService;
 use ccd_actors::reader::Reader;
+use ccd_actors::store::ExpireSessions;
 use ccd_actors::supervise::HealthRegistry;
-use ccd_actors::writer::{Drain, WriterActor};
+use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
 use ccd_actors::{Call, Config};
 use ccd_protocol::methods as m;
 use ccd_protocol::types::NoParams;
@@ -114,7 +119,37 @@ async fn serve(
         home: home.root.clone(),
         shutdown: shutdown.clone(),
     });
-    let gateway = GatewayActor::new(health.register("gateway"), writer.clone(), reader, info);
+    let pool = ExecutorPool::new(
+        &health,
+        config.executor.pool_size,
+        config.executor.queue_size,
+        Duration::from_millis(config.executor.kill_grace_ms),
+    );
+    let pool = Supervisor::start(move |_| pool);
+    // Queries without a project or cwd run in the user's home directory.
+    let default_cwd = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| home.root.clone());
+    let query = QueryService::new(
+        writer.clone(),
+        reader.clone(),
+        pool,
+        config.executor.clone(),
+        default_cwd,
+    );
+    let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
+        command: config.executor.command.clone(),
+        version: None,
+    }));
+    let gateway = GatewayActor::new(
+        health.register("gateway"),
+        writer.clone(),
+        reader,
+        query,
+        agent.clone(),
+        info,
+    );
     let gateway = Supervisor::start(move |_| gateway);
 
     let listener = bind(home)?;
@@ -123,6 +158,9 @@ async fn serve(
         report(&format!("{READY} {}", std::process::id()));
     }
     tracing::info!(socket = %home.socket().display(), "listening");
+    // After ready: nothing here may delay the first answered request.
+    actix_rt::spawn(probe_agent(agent));
+    actix_rt::spawn(expire_sessions(writer.clone(), config.session.clone()));
 
     let drain = Duration::from_millis(config.daemon.shutdown_timeout_ms);
     ccd_actors::server::serve(listener, gateway, config.ipc.clone(), shutdown, drain).await;
@@ -137,6 +175,27 @@ async fn serve(
     writer_arbiter.stop();
     let _ = writer_arbiter.join();
     Ok(())
+}
+
+/// The session TTL sweep: open sessions unused for `ttl_s` expire.
+async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.sweep_interval_s));
+    loop {
+        tick.tick().await;
+        let cutoff = ccd_actors::store::now_ms()
+            .saturating_sub((cfg.ttl_s.min(i64::MAX as u64 / 1000) * 1000) as i64);
+        match writer
+            .send(Call(DbWrite(ExpireSessions {
+                idle_before_ms: cutoff,
+            })))
+            .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("expired {n} idle sessions"),
+            Ok(Err(e)) => tracing::warn!("expiring idle sessions: {e}"),
+            Err(e) => tracing::warn!("expiring idle sessions: {e}"),
+        }
+    }
 }
 
 fn bind(home: &Home) -> anyhow::Result<interprocess::local_socket::tokio::Listener> {

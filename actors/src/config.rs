@@ -23,6 +23,61 @@ pub struct Config {
     pub writer: WriterConfig,
     pub supervisor: SupervisorConfig,
     pub daemon: DaemonConfig,
+    pub executor: ExecutorConfig,
+    pub session: SessionConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// How many agent processes may run at once (one per ExecutorActor).
+    pub pool_size: usize,
+    /// Queries waiting for a free executor; past it, -32009.
+    pub queue_size: usize,
+    /// The agent CLI: a name looked up on PATH, or a path. `CCD_AGENT_CMD` overrides it.
+    pub command: String,
+    /// Default per-query deadline.
+    pub timeout_ms: u64,
+    /// After SIGTERM to the agent's process group, how long before SIGKILL.
+    pub kill_grace_ms: u64,
+    /// Longest accepted stdout line from the agent; a longer one fails the query.
+    pub max_line_bytes: usize,
+    /// The CLI retries rate limits and overload on its own for minutes; ccd stops it after
+    /// this many `api_retry` messages and fails the query as retryable (ccd's own retry,
+    /// with limiter and breaker, takes over). 0 stops it at the first.
+    pub cli_retry_limit: u32,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            pool_size: 4,
+            queue_size: 256,
+            command: "claude".into(),
+            timeout_ms: 600_000,
+            kill_grace_ms: 3_000,
+            max_line_bytes: 8 * 1024 * 1024,
+            cli_retry_limit: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Open sessions unused for this long expire.
+    pub ttl_s: u64,
+    /// How often the expiry sweep runs.
+    pub sweep_interval_s: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ttl_s: 7 * 24 * 3600,
+            sweep_interval_s: 60,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +188,11 @@ impl Default for DaemonConfig {
 impl Config {
     /// Load the effective configuration for `home`: defaults, `config.toml`, environment.
     pub fn load(home: &Path) -> anyhow::Result<Config> {
-        Self::figment(home)
+        let figment = match std::env::var("CCD_AGENT_CMD") {
+            Ok(cmd) if !cmd.is_empty() => Self::figment(home).merge(("executor.command", cmd)),
+            _ => Self::figment(home),
+        };
+        figment
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .with_context(|| {
@@ -161,7 +220,27 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 6] = [
+        let checks: [(&str, bool, &str); 10] = [
+            (
+                "executor.pool_size",
+                (1..=256).contains(&self.executor.pool_size),
+                "between 1 and 256",
+            ),
+            (
+                "executor.command",
+                !self.executor.command.trim().is_empty(),
+                "a command name or path",
+            ),
+            (
+                "executor.max_line_bytes",
+                self.executor.max_line_bytes >= 1024,
+                "at least 1024",
+            ),
+            (
+                "session.sweep_interval_s",
+                self.session.sweep_interval_s >= 1,
+                "at least 1",
+            ),
             (
                 "ipc.max_message_bytes",
                 self.ipc.max_message_bytes >= 1024,

@@ -21,6 +21,17 @@ pub enum ActorError {
     InvalidParams(String),
     #[error("{0}")]
     Internal(String),
+    /// Too many connections, requests or queued work.
+    #[error("{0}")]
+    Overloaded(String),
+    /// An agent run failed, timed out or was cancelled: -32007, -32006 or -32008, with the
+    /// error class and details in `data`.
+    #[error("{message}")]
+    Agent {
+        code: ErrorCode,
+        message: String,
+        data: serde_json::Value,
+    },
     /// An error already shaped for the wire (method not found, invalid params...).
     #[error("{0}")]
     Rpc(RpcError),
@@ -45,6 +56,12 @@ impl From<ActorError> for RpcError {
             ActorError::Conflict(m) => RpcError::new(ErrorCode::Conflict, m),
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
+            ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),
+            ActorError::Agent {
+                code,
+                message,
+                data,
+            } => RpcError::new(code, message).with_data(data),
             ActorError::Rpc(e) => e,
         }
     }

@@ -21,6 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ActorError;
+use crate::executor::{Member, PoolStatus, SharedProbe};
+use crate::query::QueryService;
 use crate::reader::Reader;
 use crate::store::{self, WriteOp};
 use crate::supervise::{
@@ -65,6 +67,8 @@ pub struct GatewayActor {
     sup: Supervision,
     writer: Addr<WriterActor>,
     reader: Reader,
+    query: QueryService,
+    agent: SharedProbe,
     info: Arc<DaemonInfo>,
     health: Arc<HealthRegistry>,
     describe: Value,
@@ -78,6 +82,8 @@ impl GatewayActor {
         sup: Supervision,
         writer: Addr<WriterActor>,
         reader: Reader,
+        query: QueryService,
+        agent: SharedProbe,
         info: Arc<DaemonInfo>,
     ) -> Self {
         // Built once at start: describe and discover are the same for the daemon's whole life.
@@ -93,6 +99,8 @@ impl GatewayActor {
             sup,
             writer,
             reader,
+            query,
+            agent,
             info,
             health,
             describe,
@@ -113,56 +121,60 @@ impl GatewayActor {
         }
     }
 
-    fn health(&self) -> types::Health {
+    fn health(&self) -> impl Future<Output = Result<types::Health, ActorError>> + 'static {
         let actors = self.health.snapshot();
-        let ok = actors.iter().all(|a| a.state == ActorState::Running);
-        types::Health {
-            status: if ok { "ok" } else { "degraded" }.into(),
-            pid: self.info.pid,
-            version: self.info.version.into(),
-            started_at: store::rfc3339(
-                self.info
-                    .started_at
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
-            ),
-            uptime_ms: self.info.started.elapsed().as_millis() as u64,
-            fault_injection: self.info.fault_injection,
-            actors,
+        let agent = self.agent.lock().map(|p| p.clone()).unwrap_or_default();
+        let info = self.info.clone();
+        let pool = self.query.pool().clone();
+        async move {
+            let executor = match pool.send(Call(PoolStatus)).await {
+                Ok(Ok(p)) => types::ExecutorHealth {
+                    size: p.size,
+                    busy: p.busy,
+                    queued: p.queued,
+                },
+                _ => types::ExecutorHealth {
+                    size: 0,
+                    busy: 0,
+                    queued: 0,
+                },
+            };
+            let agent = types::AgentHealth {
+                command: agent.command,
+                available: agent.version.as_ref().map(|v| v.is_ok()),
+                version: agent
+                    .version
+                    .as_ref()
+                    .and_then(|v| v.as_ref().ok().cloned()),
+                reason: agent
+                    .version
+                    .as_ref()
+                    .and_then(|v| v.as_ref().err().cloned()),
+            };
+            let ok = actors.iter().all(|a| a.state == ActorState::Running)
+                && agent.available != Some(false);
+            Ok(types::Health {
+                status: if ok { "ok" } else { "degraded" }.into(),
+                pid: info.pid,
+                version: info.version.into(),
+                started_at: store::rfc3339(
+                    info.started_at
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
+                ),
+                uptime_ms: info.started.elapsed().as_millis() as u64,
+                fault_injection: info.fault_injection,
+                actors,
+                agent,
+                executor,
+            })
         }
     }
 
-    fn crash(&mut self, actor: &str) -> Reply<Value> {
-        match actor {
-            "gateway" => panic!("debug.crash: injected panic in gateway"),
-            "writer" => {
-                let writer = self.writer.clone();
-                Reply::later(async move {
-                    writer
-                        .send(Call(Crash))
-                        .await
-                        .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
-                    Ok(Value::Null)
-                })
-            }
-            other => Reply::err(RpcError::invalid_params(format!(
-                "invalid params for debug.crash: `actor`: unknown actor `{other}` (known: gateway, writer)"
-            ))),
-        }
-    }
-}
-
-impl Supervise for GatewayActor {
-    fn supervision(&self) -> &Supervision {
-        &self.sup
-    }
-}
-
-impl Handle<Route> for GatewayActor {
-    fn handle(&mut self, call: Route, _: &mut Context<Self>) -> Reply<Value> {
-        let p = call.params;
-        match call.method.as_str() {
+    /// `system.*` and `rpc.discover`.
+    fn system(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        Some(match method {
             m::SystemPing::NAME => now::<m::SystemPing>(p, |_| Ok("pong".to_string())),
             m::SystemVersion::NAME => now::<m::SystemVersion>(p, |_| {
                 Ok(types::VersionInfo {
@@ -171,15 +183,15 @@ impl Handle<Route> for GatewayActor {
                     schema_version: store::SCHEMA_VERSION,
                 })
             }),
-            m::SystemHealth::NAME => now::<m::SystemHealth>(p, |_| Ok(self.health())),
-            m::SystemDescribe::NAME => match parse_params::<m::SystemDescribe>(p) {
-                Ok(_) => Reply::ok(self.describe.clone()),
-                Err(e) => Reply::err(e),
-            },
-            m::RpcDiscover::NAME => match parse_params::<m::RpcDiscover>(p) {
-                Ok(_) => Reply::ok(self.discover.clone()),
-                Err(e) => Reply::err(e),
-            },
+            m::SystemHealth::NAME => {
+                let fut = self.health();
+                later::<m::SystemHealth, _>(p, move |_| fut)
+            }
+            m::SystemDescribe::NAME => now::<m::SystemDescribe>(p, |_| {
+                serde_json::from_value(self.describe.clone())
+                    .map_err(|e| ActorError::internal("describe", e))
+            }),
+            m::RpcDiscover::NAME => now::<m::RpcDiscover>(p, |_| Ok(self.discover.clone())),
             m::SystemDescribeModels::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SystemDescribeModels, _>(p, move |_| async move {
@@ -193,63 +205,96 @@ impl Handle<Route> for GatewayActor {
                 self.info.shutdown.cancel();
                 Ok(types::ShutdownResult { stopping: true })
             }),
-            m::DebugCrash::NAME if self.info.fault_injection => {
-                match parse_params::<m::DebugCrash>(p) {
-                    Ok(params) => self.crash(&params.actor),
-                    Err(e) => Reply::err(e),
+            _ => return None,
+        })
+    }
+
+    /// `debug.*` (only with fault injection).
+    fn debug(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        if method != m::DebugCrash::NAME || !self.info.fault_injection {
+            return None;
+        }
+        Some(match parse_params::<m::DebugCrash>(p) {
+            Ok(params) => self.crash(&params.actor),
+            Err(e) => Reply::err(e),
+        })
+    }
+
+    fn crash(&mut self, actor: &str) -> Reply<Value> {
+        async fn crash<A>(addr: Addr<A>, name: String) -> Result<Value, ActorError>
+        where
+            A: Handle<Crash> + actix::Handler<Call<Crash>>,
+            A::Context: actix::dev::ToEnvelope<A, Call<Crash>>,
+        {
+            addr.send(Call(Crash))
+                .await
+                .unwrap_or_else(|_| Err(mailbox_closed(&name)))?;
+            Ok(Value::Null)
+        }
+        match actor {
+            "gateway" => panic!("debug.crash: injected panic in gateway"),
+            "writer" => Reply::later(crash(self.writer.clone(), actor.into())),
+            "executor" => Reply::later(crash(self.query.pool().clone(), actor.into())),
+            other => {
+                let member = other
+                    .strip_prefix("executor-")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| *n >= 1);
+                match member {
+                    Some(n) => {
+                        let pool = self.query.pool().clone();
+                        let name = other.to_string();
+                        Reply::later(async move {
+                            let addr = pool
+                                .send(Call(Member(n - 1)))
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .flatten();
+                            let addr = addr.ok_or_else(|| unknown_actor(&name))?;
+                            crash(addr, name).await
+                        })
+                    }
+                    None => Reply::err(unknown_actor(other)),
                 }
             }
+        }
+    }
 
-            m::ProjectCreate::NAME => match parse_params::<m::ProjectCreate>(p) {
-                Ok(params) => match (
-                    validate::project_name("name", &params.name),
-                    validate::dir("path", &params.path),
-                ) {
-                    (Ok(()), Ok(path)) => {
-                        let fut = self.write(store::CreateProject {
-                            name: params.name,
-                            path,
-                        });
-                        Reply::later(async move { to_value(fut.await?) })
-                    }
-                    (Err(e), _) | (_, Err(e)) => Reply::err(e),
-                },
+    fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        Some(match method {
+            m::ProjectCreate::NAME => match parse_params::<m::ProjectCreate>(p).and_then(|params| {
+                validate::project_name("name", &params.name)?;
+                let path = validate::dir("path", &params.path)?;
+                let env = params.env.unwrap_or_default();
+                validate::env("env", &env)?;
+                Ok(store::CreateProject { name: params.name, path, env })
+            }) {
+                Ok(op) => self.write_reply(op),
                 Err(e) => Reply::err(e),
             },
-            m::ProjectUpdate::NAME => match parse_params::<m::ProjectUpdate>(p) {
-                Ok(params) => {
-                    let checked = (|| {
-                        if params.path.is_none() && params.new_name.is_none() {
-                            return Err(RpcError::invalid_params(
-                                "invalid params for project.update: give `path`, `new_name` or both",
-                            ));
-                        }
-                        if let Some(n) = &params.new_name {
-                            validate::project_name("new_name", n)?;
-                        }
-                        params
-                            .path
-                            .as_deref()
-                            .map(|p| validate::dir("path", p))
-                            .transpose()
-                    })();
-                    match checked {
-                        Ok(path) => {
-                            let fut = self.write(store::UpdateProject {
-                                name: params.name,
-                                path,
-                                new_name: params.new_name,
-                            });
-                            Reply::later(async move { to_value(fut.await?) })
-                        }
-                        Err(e) => Reply::err(e),
-                    }
+            m::ProjectUpdate::NAME => match parse_params::<m::ProjectUpdate>(p).and_then(|params| {
+                if params.path.is_none() && params.new_name.is_none() && params.env.is_none() {
+                    return Err(RpcError::invalid_params(
+                        "invalid params for project.update: give at least one of `path`, `new_name`, `env`",
+                    ));
                 }
+                if let Some(n) = &params.new_name {
+                    validate::project_name("new_name", n)?;
+                }
+                if let Some(env) = &params.env {
+                    validate::env("env", env)?;
+                }
+                let path = params.path.as_deref().map(|p| validate::dir("path", p)).transpose()?;
+                Ok(store::UpdateProject { name: params.name, path, new_name: params.new_name, env: params.env })
+            }) {
+                Ok(op) => self.write_reply(op),
                 Err(e) => Reply::err(e),
             },
-            m::ProjectDelete::NAME => later_write::<m::ProjectDelete, _>(self, p, |p| {
-                store::DeleteProject { name: p.name }
-            }),
+            m::ProjectDelete::NAME => match parse_params::<m::ProjectDelete>(p) {
+                Ok(params) => self.write_reply(store::DeleteProject { name: params.name }),
+                Err(e) => Reply::err(e),
+            },
             m::ProjectGetAll::NAME => {
                 let reader = self.reader.clone();
                 later::<m::ProjectGetAll, _>(p, move |_| async move {
@@ -257,18 +302,20 @@ impl Handle<Route> for GatewayActor {
                     Ok(types::ProjectList { projects })
                 })
             }
+            _ => return None,
+        })
+    }
 
-            m::SettingUpsert::NAME => match parse_params::<m::SettingUpsert>(p) {
-                Ok(params) => match validate::setting(&params.key, Some(&params.value)) {
-                    Ok(()) => {
-                        let fut = self.write(store::UpsertSetting {
-                            key: params.key,
-                            value: params.value,
-                        });
-                        Reply::later(async move { to_value(fut.await?) })
-                    }
-                    Err(e) => Reply::err(e),
-                },
+    fn setting(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        Some(match method {
+            m::SettingUpsert::NAME => match parse_params::<m::SettingUpsert>(p).and_then(|params| {
+                validate::setting(&params.key, Some(&params.value))?;
+                Ok(store::UpsertSetting {
+                    key: params.key,
+                    value: params.value,
+                })
+            }) {
+                Ok(op) => self.write_reply(op),
                 Err(e) => Reply::err(e),
             },
             m::SettingGet::NAME => {
@@ -281,9 +328,10 @@ impl Handle<Route> for GatewayActor {
                         .ok_or_else(|| ActorError::NotFound(format!("no setting `{key}`")))
                 })
             }
-            m::SettingDelete::NAME => {
-                later_write::<m::SettingDelete, _>(self, p, |p| store::DeleteSetting { key: p.key })
-            }
+            m::SettingDelete::NAME => match parse_params::<m::SettingDelete>(p) {
+                Ok(params) => self.write_reply(store::DeleteSetting { key: params.key }),
+                Err(e) => Reply::err(e),
+            },
             m::SettingList::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SettingList, _>(p, move |_| async move {
@@ -291,16 +339,21 @@ impl Handle<Route> for GatewayActor {
                     Ok(types::SettingList { settings })
                 })
             }
+            _ => return None,
+        })
+    }
 
+    fn backup(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        Some(match method {
             m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p) {
                 Ok(params) => match backup_destination(&self.info.home, params.path.as_deref()) {
                     Ok(dest) => {
                         let db = store::db_path(&self.info.home);
-                        let writer = self.writer.clone();
+                        let record = self.writer.clone();
                         Reply::later(async move {
-                            let dest_for_copy = dest.clone();
+                            let copy_to = dest.clone();
                             let size = tokio::task::spawn_blocking(move || {
-                                store::backup_to(&db, &dest_for_copy)
+                                store::backup_to(&db, &copy_to)
                             })
                             .await
                             .map_err(|e| ActorError::internal("backup task", e))?
@@ -314,7 +367,7 @@ impl Handle<Route> for GatewayActor {
                                 path: dest.to_string_lossy().into_owned(),
                                 size_bytes: size,
                             };
-                            let backup = writer
+                            let backup = record
                                 .send(Call(Write(op)))
                                 .await
                                 .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
@@ -347,13 +400,74 @@ impl Handle<Route> for GatewayActor {
                 }
                 Err(e) => Reply::err(e),
             },
-
-            other => Reply::err(RpcError::new(
-                ErrorCode::MethodNotFound,
-                format!("method not found: `{other}`"),
-            )),
-        }
+            _ => return None,
+        })
     }
+
+    /// `query.*` and `session.*`.
+    fn query(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
+        let q = self.query.clone();
+        Some(match method {
+            m::QueryRun::NAME => later::<m::QueryRun, _>(p, move |p| q.run(p, conn)),
+            m::QueryCancel::NAME => now::<m::QueryCancel>(p, |p| Ok(q.cancel(&p.query_id))),
+            m::SessionCreate::NAME => later::<m::SessionCreate, _>(p, move |p| q.create_session(p)),
+            m::SessionGet::NAME => later::<m::SessionGet, _>(p, move |p| q.get_session(p.id)),
+            m::SessionList::NAME => later::<m::SessionList, _>(p, move |p| q.list_sessions(p)),
+            m::SessionClose::NAME => later::<m::SessionClose, _>(p, move |p| q.close_session(p.id)),
+            m::SessionCleanup::NAME => {
+                later::<m::SessionCleanup, _>(p, move |p| q.cleanup_sessions(p.older_than_s))
+            }
+            _ => return None,
+        })
+    }
+
+    /// A write whose output is the method's result.
+    fn write_reply<O: WriteOp>(&self, op: O) -> Reply<Value>
+    where
+        O::Output: serde::Serialize,
+    {
+        let fut = self.write(op);
+        Reply::later(async move { to_value(fut.await?) })
+    }
+}
+
+impl Supervise for GatewayActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+}
+
+impl Handle<Route> for GatewayActor {
+    fn handle(&mut self, call: Route, _: &mut Context<Self>) -> Reply<Value> {
+        let Route {
+            method,
+            params,
+            conn,
+        } = call;
+        let namespace = method.split('.').next().unwrap_or("");
+        let reply = match namespace {
+            "system" | "rpc" => self.system(&method, params),
+            "debug" => self.debug(&method, params),
+            "project" => self.project(&method, params),
+            "setting" => self.setting(&method, params),
+            "backup" => self.backup(&method, params),
+            "query" | "session" => self.query(&method, params, conn),
+            _ => None,
+        };
+        reply.unwrap_or_else(|| {
+            Reply::err(RpcError::new(
+                ErrorCode::MethodNotFound,
+                format!("method not found: `{method}`"),
+            ))
+        })
+    }
+}
+
+fn unknown_actor(name: &str) -> ActorError {
+    RpcError::invalid_params(format!(
+        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N)"
+    ))
+    .into()
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ActorError> {
@@ -387,24 +501,6 @@ where
     match parse_params::<M>(params) {
         Ok(p) => {
             let fut = f(p);
-            Reply::later(async move { to_value(fut.await?) })
-        }
-        Err(e) => Reply::err(e),
-    }
-}
-
-/// A method that is one write whose output is the method's result.
-fn later_write<M: Method, O>(
-    gw: &GatewayActor,
-    params: Option<Value>,
-    op: impl FnOnce(M::Params) -> O,
-) -> Reply<Value>
-where
-    O: WriteOp<Output = M::Result>,
-{
-    match parse_params::<M>(params) {
-        Ok(p) => {
-            let fut = gw.write(op(p));
             Reply::later(async move { to_value(fut.await?) })
         }
         Err(e) => Reply::err(e),
@@ -499,6 +595,22 @@ pub mod validate {
             .map_err(|_| bad(format!("{path} is not valid UTF-8")))
     }
 
+    /// Environment variable names and values the OS can take.
+    pub fn env(
+        param: &str,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), RpcError> {
+        for (k, v) in env {
+            let name_ok = !k.is_empty() && !k.contains('=') && !k.contains('\0');
+            if !name_ok || v.contains('\0') {
+                return Err(RpcError::invalid_params(format!(
+                    "invalid params: `{param}`: `{k}` is not a valid environment variable (no `=` or NUL in names, no NUL in values)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn setting(key: &str, value: Option<&str>) -> Result<(), RpcError> {
         if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
             return Err(RpcError::invalid_params(
@@ -584,7 +696,26 @@ mod tests {
             home: dir.path().to_path_buf(),
             shutdown: CancellationToken::new(),
         });
-        let gw = GatewayActor::new(health.register("gateway"), writer, Reader::new(db), info);
+        let pool =
+            crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));
+        let pool = Supervisor::start(move |_| pool);
+        let reader = Reader::new(db);
+        let query = QueryService::new(
+            writer.clone(),
+            reader.clone(),
+            pool,
+            Default::default(),
+            dir.path().into(),
+        );
+        let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
+        let gw = GatewayActor::new(
+            health.register("gateway"),
+            writer,
+            reader,
+            query,
+            probe,
+            info,
+        );
         let gw = Supervisor::start(move |_| gw);
         let (tx, _rx) = mpsc::channel(1);
         let conn = ConnCtx {

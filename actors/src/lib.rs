@@ -15,7 +15,9 @@
 
 pub mod config;
 pub mod error;
+pub mod executor;
 pub mod gateway;
+pub mod query;
 pub mod reader;
 pub mod server;
 pub mod store;

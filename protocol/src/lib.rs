@@ -8,7 +8,8 @@
 //! - [`error`]: the one table of error codes;
 //! - [`methods`]: every method as a typed marker ([`Method`]) plus the registry that
 //!   `system.describe` and `rpc.discover` publish;
-//! - [`types`]: the params and results of those methods.
+//! - [`types`]: the params and results of those methods;
+//! - [`agent`]: the agent CLI's stream-json messages, parsed defensively.
 //!
 //! Architecture invariant: this crate knows nothing about actix, SQLite or sockets. Its types
 //! are the API boundary; the daemon's internal messages are plain Rust types converted at
@@ -20,6 +21,7 @@
 //! assert!(parse_params::<SystemPing>(None).is_ok());
 //! ```
 
+pub mod agent;
 pub mod codec;
 pub mod error;
 pub mod jsonrpc;

@@ -81,6 +81,20 @@ methods! {
     BackupList = "backup.list", types::NoParams => types::BackupList;
     /// Delete a backup's file and its record; returns what was removed.
     BackupDelete = "backup.delete", types::BackupId => types::Backup;
+    /// Run a prompt with the agent CLI through the executor pool; with `stream`, every agent message arrives as a `query.event` notification first.
+    QueryRun = "query.run", types::QueryRun => types::QueryResult;
+    /// Cancel a running or queued query: its agent process group is terminated.
+    QueryCancel = "query.cancel", types::QueryCancel => types::QueryCancelled;
+    /// Create an empty session; queries continue it with `session`.
+    SessionCreate = "session.create", types::SessionCreate => types::Session;
+    /// One session with its turns.
+    SessionGet = "session.get", types::SessionId => types::SessionDetail;
+    /// Sessions, newest first, optionally filtered by status, tag or project.
+    SessionList = "session.list", types::SessionListParams => types::SessionList;
+    /// Close a session: it takes no more queries.
+    SessionClose = "session.close", types::SessionId => types::Session;
+    /// Delete closed and expired sessions older than the given age.
+    SessionCleanup = "session.cleanup", types::SessionCleanup => types::SessionCleanupResult;
 }
 
 fn generator() -> schemars::SchemaGenerator {

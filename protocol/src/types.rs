@@ -73,6 +73,27 @@ pub struct Health {
     /// Whether `debug.crash` is enabled (CCD_FAULT_INJECTION=1).
     pub fault_injection: bool,
     pub actors: Vec<ActorHealth>,
+    pub agent: AgentHealth,
+    pub executor: ExecutorHealth,
+}
+
+/// The agent CLI, as checked with `--version` at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentHealth {
+    pub command: String,
+    /// Null while the check runs.
+    pub available: Option<bool>,
+    pub version: Option<String>,
+    /// Why it is unavailable.
+    pub reason: Option<String>,
+}
+
+/// The executor pool's occupancy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecutorHealth {
+    pub size: usize,
+    pub busy: usize,
+    pub queued: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -147,7 +168,7 @@ pub struct ShutdownResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CrashParams {
-    /// The actor to panic: gateway, writer.
+    /// The actor to panic: gateway, writer, executor, executor-N.
     pub actor: String,
 }
 
@@ -160,6 +181,8 @@ pub struct Project {
     /// Absolute, canonical path of the working directory.
     #[schemars(extend("x-hint" = "path"))]
     pub path: String,
+    /// Environment overrides for agent runs in this project.
+    pub env: std::collections::BTreeMap<String, String>,
     #[schemars(extend("x-hint" = "datetime"))]
     pub created_at: String,
     #[schemars(extend("x-hint" = "datetime"))]
@@ -174,6 +197,9 @@ pub struct ProjectCreate {
     /// An existing directory; stored canonical (absolute, symlinks resolved).
     #[schemars(extend("x-hint" = "path"))]
     pub path: String,
+    /// Environment variables set for agent runs in this project.
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -188,6 +214,9 @@ pub struct ProjectUpdate {
     /// A new name.
     #[serde(default)]
     pub new_name: Option<String>,
+    /// Replace the environment overrides.
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -265,4 +294,217 @@ pub struct BackupId {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BackupList {
     pub backups: Vec<Backup>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// query
+
+pub use crate::agent::Usage;
+
+/// Claude Code's permission modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PermissionMode {
+    #[serde(rename = "default")]
+    Default,
+    #[serde(rename = "acceptEdits")]
+    AcceptEdits,
+    #[serde(rename = "plan")]
+    Plan,
+    #[serde(rename = "bypassPermissions")]
+    BypassPermissions,
+}
+
+impl PermissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionMode::Default => "default",
+            PermissionMode::AcceptEdits => "acceptEdits",
+            PermissionMode::Plan => "plan",
+            PermissionMode::BypassPermissions => "bypassPermissions",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRun {
+    /// The prompt, sent to the agent on stdin.
+    #[schemars(extend("x-hint" = "text"))]
+    pub prompt: String,
+    /// Run in this project's directory, with its environment overrides.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Run in this directory (when no project is given); default: the daemon's home.
+    #[serde(default)]
+    #[schemars(extend("x-hint" = "path"))]
+    pub cwd: Option<String>,
+    /// Continue this ccd session (its agent session is resumed).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Start a new session even if `session` is given elsewhere (default when no session).
+    #[serde(default)]
+    pub new_session: bool,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    #[serde(default)]
+    #[schemars(extend("x-hint" = "text"))]
+    pub append_system_prompt: Option<String>,
+    #[serde(default)]
+    pub permission_mode: Option<PermissionMode>,
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub disallowed_tools: Option<Vec<String>>,
+    /// MCP configuration: a JSON string or a path.
+    #[serde(default)]
+    pub mcp_config: Option<String>,
+    #[serde(default)]
+    pub add_dirs: Option<Vec<String>>,
+    /// Per-query deadline in milliseconds (default `executor.timeout_ms`, 10 minutes).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Stream every agent message as a `query.event` notification on this connection.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueryResult {
+    pub query_id: String,
+    /// The ccd session this turn belongs to.
+    pub session_id: String,
+    /// The agent's own session id (what `--resume=` takes).
+    pub agent_session_id: Option<String>,
+    /// The final answer text.
+    #[schemars(extend("x-hint" = "text"))]
+    pub result: Option<String>,
+    pub is_error: bool,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub num_turns: u32,
+    /// How many times the agent was run for this query.
+    pub attempts: u32,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryCancel {
+    pub query_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueryCancelled {
+    pub query_id: String,
+    /// False when the query had already finished (or never existed).
+    pub cancelled: bool,
+}
+
+/// Params of the `query.event` server-to-client notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueryEvent {
+    pub query_id: String,
+    /// One stream-json message of the agent, as the CLI printed it.
+    pub event: serde_json::Value,
+}
+
+// ---------------------------------------------------------------------------------------------
+// session
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCreate {
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Default model for the session's queries.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Session {
+    /// UUID v4.
+    pub id: String,
+    pub project: Option<String>,
+    pub tags: Vec<String>,
+    pub model: Option<String>,
+    pub agent_session_id: Option<String>,
+    /// open, closed or expired.
+    pub status: String,
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub created_at: String,
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub last_used_at: String,
+    pub turns: u64,
+    pub usage: Usage,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Turn {
+    pub id: i64,
+    pub query_id: String,
+    #[schemars(extend("x-hint" = "text"))]
+    pub prompt: String,
+    #[schemars(extend("x-hint" = "text"))]
+    pub result: Option<String>,
+    /// ok, error, timeout or cancelled.
+    pub status: String,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub num_turns: u32,
+    pub attempts: u32,
+    pub model: Option<String>,
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionDetail {
+    pub session: Session,
+    pub turns: Vec<Turn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionId {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionListParams {
+    /// open, closed or expired.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionCleanup {
+    /// Delete closed and expired sessions (with their turns) last used more than this many
+    /// seconds ago.
+    pub older_than_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionCleanupResult {
+    pub removed: u64,
 }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use std::collections::BTreeMap;
+
 use ccd_protocol::types::{Backup, ColumnInfo, DescribeModels, Project, Setting, TableInfo};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -16,9 +18,13 @@ use rusqlite_migration::{M, Migrations};
 use crate::config::WriterConfig;
 use crate::error::ActorError;
 
+mod sessions;
+pub use sessions::*;
+
 /// Versioned migrations; `PRAGMA user_version` holds how many have run. Append only.
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE projects (
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE projects (
         name TEXT PRIMARY KEY NOT NULL,
         path TEXT NOT NULL,
         created_at INTEGER NOT NULL,
@@ -35,7 +41,49 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         size_bytes INTEGER NOT NULL,
         created_at INTEGER NOT NULL
     ) STRICT;",
-)];
+    ),
+    M::up(
+        "ALTER TABLE projects ADD COLUMN env TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        project TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        model TEXT,
+        agent_session_id TEXT,
+        status TEXT NOT NULL DEFAULT 'open',
+        created_at INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        turns INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE INDEX sessions_by_last_use ON sessions (status, last_used_at);
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+        query_id TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        result TEXT,
+        status TEXT NOT NULL,
+        error_class TEXT,
+        error TEXT,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        num_turns INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        model TEXT,
+        started_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX turns_by_session ON turns (session_id, id);",
+    ),
+];
 
 /// The schema version this build migrates to.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -110,10 +158,14 @@ pub fn rfc3339(ms: i64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Reads
 
+const PROJECT_COLUMNS: &str = "name, path, created_at, updated_at, env";
+
 fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    let env: String = r.get(4)?;
     Ok(Project {
         name: r.get(0)?,
         path: r.get(1)?,
+        env: serde_json::from_str(&env).unwrap_or_default(),
         created_at: rfc3339(r.get(2)?),
         updated_at: rfc3339(r.get(3)?),
     })
@@ -137,15 +189,16 @@ fn backup_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Backup> {
 }
 
 pub fn projects(conn: &Connection) -> anyhow::Result<Vec<Project>> {
-    let mut st = conn
-        .prepare_cached("SELECT name, path, created_at, updated_at FROM projects ORDER BY name")?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name"
+    ))?;
     let rows = st.query_map([], project_row)?.collect::<Result<_, _>>();
     rows.context("listing projects")
 }
 
 pub fn project(conn: &Connection, name: &str) -> anyhow::Result<Option<Project>> {
     conn.query_row(
-        "SELECT name, path, created_at, updated_at FROM projects WHERE name = ?1",
+        &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?1"),
         [name],
         project_row,
     )
@@ -224,17 +277,22 @@ pub trait WriteOp: Send + 'static {
     fn apply(self, conn: &Connection) -> Result<Self::Output, ActorError>;
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
 
-fn db_err(what: &str) -> impl FnOnce(rusqlite::Error) -> ActorError + '_ {
+pub(crate) fn db_err(what: &str) -> impl FnOnce(rusqlite::Error) -> ActorError + '_ {
     move |e| ActorError::Internal(format!("{what}: {e}"))
 }
 
 pub struct CreateProject {
     pub name: String,
     pub path: String,
+    pub env: BTreeMap<String, String>,
+}
+
+fn env_json(env: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(env).unwrap_or_else(|_| "{}".into())
 }
 
 impl WriteOp for CreateProject {
@@ -242,8 +300,8 @@ impl WriteOp for CreateProject {
     fn apply(self, conn: &Connection) -> Result<Project, ActorError> {
         let now = now_ms();
         conn.execute(
-            "INSERT INTO projects (name, path, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-            params![self.name, self.path, now],
+            "INSERT INTO projects (name, path, created_at, updated_at, env) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![self.name, self.path, now, env_json(&self.env)],
         )
         .map_err(|e| {
             if is_constraint(&e) {
@@ -255,6 +313,7 @@ impl WriteOp for CreateProject {
         Ok(Project {
             name: self.name,
             path: self.path,
+            env: self.env,
             created_at: rfc3339(now),
             updated_at: rfc3339(now),
         })
@@ -265,6 +324,7 @@ pub struct UpdateProject {
     pub name: String,
     pub path: Option<String>,
     pub new_name: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
 }
 
 impl WriteOp for UpdateProject {
@@ -276,9 +336,10 @@ impl WriteOp for UpdateProject {
             .ok_or_else(|| ActorError::NotFound(format!("no project named `{}`", self.name)))?;
         let new_name = self.new_name.unwrap_or_else(|| current.name.clone());
         let path = self.path.unwrap_or(current.path);
+        let env = self.env.unwrap_or(current.env);
         conn.execute(
-            "UPDATE projects SET name = ?1, path = ?2, updated_at = ?3 WHERE name = ?4",
-            params![new_name, path, now_ms(), self.name],
+            "UPDATE projects SET name = ?1, path = ?2, updated_at = ?3, env = ?4 WHERE name = ?5",
+            params![new_name, path, now_ms(), env_json(&env), self.name],
         )
         .map_err(|e| {
             if is_constraint(&e) {
@@ -438,12 +499,14 @@ mod tests {
         CreateProject {
             name: "a".into(),
             path: "/tmp".into(),
+            env: Default::default(),
         }
         .apply(&conn)
         .unwrap();
         let err = CreateProject {
             name: "a".into(),
             path: "/".into(),
+            env: Default::default(),
         }
         .apply(&conn)
         .unwrap_err();
@@ -467,7 +530,10 @@ mod tests {
         let models = describe_models(&reader).unwrap();
         assert_eq!(models.schema_version, SCHEMA_VERSION);
         let names: Vec<_> = models.tables.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["backups", "projects", "settings"]);
+        assert_eq!(
+            names,
+            ["backups", "projects", "sessions", "settings", "turns"]
+        );
         let proj = models.tables.iter().find(|t| t.name == "projects").unwrap();
         let created = proj
             .columns
@@ -501,6 +567,7 @@ mod tests {
             name: "nope".into(),
             path: None,
             new_name: None,
+            env: None,
         }
         .apply(&conn)
         .unwrap_err();
@@ -508,12 +575,14 @@ mod tests {
         CreateProject {
             name: "a".into(),
             path: "/tmp".into(),
+            env: Default::default(),
         }
         .apply(&conn)
         .unwrap();
         CreateProject {
             name: "b".into(),
             path: "/tmp".into(),
+            env: Default::default(),
         }
         .apply(&conn)
         .unwrap();
@@ -521,6 +590,7 @@ mod tests {
             name: "a".into(),
             path: None,
             new_name: Some("b".into()),
+            env: None,
         }
         .apply(&conn)
         .unwrap_err();
@@ -529,6 +599,7 @@ mod tests {
             name: "a".into(),
             path: Some("/".into()),
             new_name: Some("c".into()),
+            env: None,
         }
         .apply(&conn)
         .unwrap();

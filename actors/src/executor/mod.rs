@@ -1,0 +1,370 @@
+//! The executor pool: supervised ExecutorActors that each run at most one agent process at a
+//! time, behind a dispatcher with a bounded queue.
+//!
+//! `ExecutorPool` (actor `executor`) takes [`Submit`]s: it hands each to an idle member
+//! (`executor-N`) or queues it (a full queue is -32009). A member runs the process outside its
+//! own context (the future is spawned beside it), so it stays responsive; it keeps the pid of
+//! its running agent so that, if it panics, its restart kills the whole process group: an agent
+//! is never orphaned. The run then ends as "killed by a signal" (retryable).
+
+pub mod process;
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ccd_protocol::agent::Parsed;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+pub use process::{
+    AgentFailure, AgentOptions, AgentSpec, ErrorClass, FailureKind, RunResult, Transcript,
+    agent_args,
+};
+
+use crate::error::ActorError;
+use crate::supervise::{
+    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
+};
+
+/// One agent run to perform.
+pub struct Run {
+    pub spec: AgentSpec,
+    pub cancel: CancellationToken,
+    /// Sees every parsed message as it is read (used to stream `query.event`s).
+    pub on_message: Box<dyn FnMut(&Parsed) + Send>,
+}
+
+impl Request for Run {
+    type Output = RunResult;
+}
+
+/// Run through the pool: dispatched to an idle executor, or queued.
+pub struct Submit(pub Run);
+
+impl Request for Submit {
+    type Output = RunResult;
+}
+
+/// The pool's occupancy, for `system.health`.
+pub struct PoolStatus;
+
+impl Request for PoolStatus {
+    type Output = PoolInfo;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PoolInfo {
+    pub size: usize,
+    pub busy: usize,
+    pub queued: usize,
+}
+
+struct Finished(usize);
+
+impl Request for Finished {
+    type Output = ();
+}
+
+fn failure(kind: FailureKind, class: ErrorClass, detail: String) -> Box<AgentFailure> {
+    Box::new(AgentFailure {
+        kind,
+        class,
+        detail,
+        transcript: Transcript::default(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Members
+
+pub struct ExecutorActor {
+    sup: Supervision,
+    /// Pid (and process-group id) of the agent running now; 0 when idle.
+    running: Rc<Cell<u32>>,
+}
+
+supervised!(ExecutorActor);
+
+impl ExecutorActor {
+    pub fn new(sup: Supervision) -> Self {
+        ExecutorActor {
+            sup,
+            running: Rc::new(Cell::new(0)),
+        }
+    }
+}
+
+impl Drop for ExecutorActor {
+    fn drop(&mut self) {
+        // The daemon is going away: its agents go with it.
+        let pid = self.running.replace(0);
+        if pid != 0 {
+            process::signal_group(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Supervise for ExecutorActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+
+    fn reset(&mut self, _: &mut Context<Self>) -> anyhow::Result<()> {
+        let pid = self.running.replace(0);
+        if pid != 0 {
+            tracing::warn!(
+                actor = self.sup.name(),
+                pid,
+                "killing the agent of a restarting executor"
+            );
+            process::signal_group(pid, libc::SIGKILL);
+        }
+        Ok(())
+    }
+}
+
+impl Handle<Run> for ExecutorActor {
+    fn handle(&mut self, run: Run, _: &mut Context<Self>) -> Reply<RunResult> {
+        let running = self.running.clone();
+        let name = self.sup.name().to_string();
+        Reply::later(async move {
+            let Run {
+                spec,
+                cancel,
+                on_message,
+            } = run;
+            let started = {
+                let running = running.clone();
+                move |pid: u32| {
+                    tracing::debug!(actor = %name, pid, "agent started");
+                    running.set(pid);
+                }
+            };
+            let result = process::run_agent(spec, cancel, on_message, started).await;
+            running.set(0);
+            Ok(result)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool
+
+struct Pending {
+    run: Run,
+    tx: oneshot::Sender<RunResult>,
+}
+
+pub struct ExecutorPool {
+    sup: Supervision,
+    members: Vec<Addr<ExecutorActor>>,
+    idle: Vec<usize>,
+    queue: VecDeque<Pending>,
+    queue_size: usize,
+    kill_grace: Duration,
+}
+
+supervised!(ExecutorPool);
+
+impl ExecutorPool {
+    /// Start `size` members (`executor-1` ...) on the current arbiter; the pool is `executor`.
+    pub fn new(
+        health: &Arc<HealthRegistry>,
+        size: usize,
+        queue_size: usize,
+        kill_grace: Duration,
+    ) -> Self {
+        let members: Vec<_> = (1..=size)
+            .map(|i| {
+                let member = ExecutorActor::new(health.register(&format!("executor-{i}")));
+                Supervisor::start(move |_| member)
+            })
+            .collect();
+        ExecutorPool {
+            sup: health.register("executor"),
+            idle: (0..members.len()).rev().collect(),
+            members,
+            queue: VecDeque::new(),
+            queue_size,
+            kill_grace,
+        }
+    }
+
+    /// The member actors, for `debug.crash`.
+    pub fn member(&self, index: usize) -> Option<Addr<ExecutorActor>> {
+        self.members.get(index).cloned()
+    }
+
+    fn dispatch(&mut self, idx: usize, pending: Pending, ctx: &mut Context<Self>) {
+        let member = self.members[idx].clone();
+        let pool = ctx.address();
+        let Pending { run, tx } = pending;
+        actix_rt::spawn(async move {
+            let result = match member.send(Call(run)).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => Err(failure(
+                    FailureKind::Agent,
+                    ErrorClass::Retryable,
+                    e.to_string(),
+                )),
+                Err(e) => Err(failure(
+                    FailureKind::Agent,
+                    ErrorClass::Retryable,
+                    format!("executor-{}: {e}", idx + 1),
+                )),
+            };
+            let _ = tx.send(result);
+            pool.do_send(Call(Finished(idx)));
+        });
+    }
+
+    /// Hand queued work to idle members, skipping work whose caller gave up.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while !self.idle.is_empty() {
+            let Some(pending) = self.queue.pop_front() else {
+                return;
+            };
+            if pending.tx.is_closed() {
+                continue;
+            }
+            if pending.run.cancel.is_cancelled() {
+                let _ = pending.tx.send(Err(failure(
+                    FailureKind::Cancelled,
+                    ErrorClass::NonRetryable,
+                    "cancelled while queued".into(),
+                )));
+                continue;
+            }
+            if let Some(idx) = self.idle.pop() {
+                self.dispatch(idx, pending, ctx);
+            }
+        }
+    }
+}
+
+impl Supervise for ExecutorPool {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+}
+
+impl Handle<Submit> for ExecutorPool {
+    fn handle(&mut self, Submit(run): Submit, ctx: &mut Context<Self>) -> Reply<RunResult> {
+        let cancel = run.cancel.clone();
+        let (tx, mut rx) = oneshot::channel();
+        if let Some(idx) = self.idle.pop() {
+            self.dispatch(idx, Pending { run, tx }, ctx);
+        } else if self.queue.len() < self.queue_size {
+            self.queue.push_back(Pending { run, tx });
+        } else {
+            return Reply::err(ActorError::Overloaded(format!(
+                "the executor queue is full ({} queries waiting for {} executors); try again later",
+                self.queue.len(),
+                self.members.len()
+            )));
+        }
+        let grace = self.kill_grace + Duration::from_secs(1);
+        Reply::later(async move {
+            let restarted = || {
+                Err(failure(
+                    FailureKind::Agent,
+                    ErrorClass::Retryable,
+                    "the executor pool restarted".into(),
+                ))
+            };
+            tokio::select! {
+                r = &mut rx => Ok(r.unwrap_or_else(|_| restarted())),
+                _ = cancel.cancelled() => {
+                    // A running agent reports its own cancellation (with what it said so far);
+                    // a queued one never started.
+                    match tokio::time::timeout(grace, rx).await {
+                        Ok(r) => Ok(r.unwrap_or_else(|_| restarted())),
+                        Err(_) => Ok(Err(failure(FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled while queued".into()))),
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Handle<Finished> for ExecutorPool {
+    fn handle(&mut self, Finished(idx): Finished, ctx: &mut Context<Self>) -> Reply<()> {
+        if !self.idle.contains(&idx) {
+            self.idle.push(idx);
+        }
+        self.pump(ctx);
+        Reply::ok(())
+    }
+}
+
+impl Handle<PoolStatus> for ExecutorPool {
+    fn handle(&mut self, _: PoolStatus, _: &mut Context<Self>) -> Reply<PoolInfo> {
+        Reply::ok(PoolInfo {
+            size: self.members.len(),
+            busy: self.members.len() - self.idle.len(),
+            queued: self.queue.iter().filter(|p| !p.tx.is_closed()).count(),
+        })
+    }
+}
+
+/// A member, for `debug.crash executor-N`.
+pub struct Member(pub usize);
+
+impl Request for Member {
+    type Output = Option<Addr<ExecutorActor>>;
+}
+
+impl Handle<Member> for ExecutorPool {
+    fn handle(
+        &mut self,
+        Member(i): Member,
+        _: &mut Context<Self>,
+    ) -> Reply<Option<Addr<ExecutorActor>>> {
+        Reply::ok(self.member(i))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent CLI's availability
+
+/// What `<command> --version` said at start, shared with `system.health`.
+#[derive(Debug, Clone, Default)]
+pub struct AgentProbe {
+    pub command: String,
+    /// `None` while the check runs.
+    pub version: Option<Result<String, String>>,
+}
+
+pub type SharedProbe = Arc<Mutex<AgentProbe>>;
+
+/// Run `<command> --version` (bounded) and record the outcome.
+pub async fn probe_agent(probe: SharedProbe) {
+    let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
+    let outcome = async {
+        let out = tokio::process::Command::new(&command)
+            .arg("--version")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(30), out).await {
+            Err(_) => Err(format!("`{command} --version` did not answer within 30 s")),
+            Ok(Err(e)) => Err(format!(
+                "cannot run the agent command `{command}`: {e}; install Claude Code or set executor.command / CCD_AGENT_CMD"
+            )),
+            Ok(Ok(o)) if !o.status.success() => Err(format!("`{command} --version` failed with {}", o.status)),
+            Ok(Ok(o)) => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+        }
+    }
+    .await;
+    match &outcome {
+        Ok(v) => tracing::info!("agent CLI `{command}`: {v}"),
+        Err(e) => tracing::warn!("agent CLI unavailable: {e}"),
+    }
+    if let Ok(mut p) = probe.lock() {
+        p.version = Some(outcome);
+    }
+}

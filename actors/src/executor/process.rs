@@ -1,0 +1,550 @@
+//! Running one agent CLI process: command line, stdin prompt, stream-json stdout, stderr tail,
+//! deadline, cancellation, and the kill of its whole process group.
+//!
+//! The child runs in a process group of its own, so everything it starts (a tool's `bash`, its
+//! subprocesses) is signalled together: SIGTERM, then SIGKILL after a grace period. The child is
+//! always waited for, so no zombie is left, and its pipes are dropped with it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ccd_protocol::agent::{self, AgentMessage, ContentBlock, Init, Parsed, ResultMessage};
+use ccd_protocol::types::{PermissionMode, Usage};
+use ccd_protocol::{FrameError, NdjsonCodec};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+/// How many stderr lines are kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+/// The per-query options that become CLI flags.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    pub resume: Option<String>,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub append_system_prompt: Option<String>,
+    pub permission_mode: Option<PermissionMode>,
+    pub allowed_tools: Vec<String>,
+    pub disallowed_tools: Vec<String>,
+    pub mcp_config: Option<String>,
+    pub add_dirs: Vec<String>,
+}
+
+/// The argument list, never a shell string. Each option only when set.
+pub fn agent_args(o: &AgentOptions) -> Vec<String> {
+    let mut args: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
+        .map(String::from)
+        .into();
+    if let Some(id) = &o.resume {
+        // The `=` form, so an id can never be read as a flag.
+        args.push(format!("--resume={id}"));
+    }
+    let mut opt = |flag: &str, value: Option<String>| {
+        if let Some(v) = value {
+            args.push(flag.into());
+            args.push(v);
+        }
+    };
+    opt("--model", o.model.clone());
+    opt("--max-turns", o.max_turns.map(|n| n.to_string()));
+    opt("--append-system-prompt", o.append_system_prompt.clone());
+    opt(
+        "--permission-mode",
+        o.permission_mode.map(|m| m.as_str().to_string()),
+    );
+    opt(
+        "--allowedTools",
+        (!o.allowed_tools.is_empty()).then(|| o.allowed_tools.join(",")),
+    );
+    opt(
+        "--disallowedTools",
+        (!o.disallowed_tools.is_empty()).then(|| o.disallowed_tools.join(",")),
+    );
+    opt("--mcp-config", o.mcp_config.clone());
+    for dir in &o.add_dirs {
+        args.push("--add-dir".into());
+        args.push(dir.clone());
+    }
+    args
+}
+
+/// Everything needed to run the agent once.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Added to the daemon's own environment.
+    pub env: BTreeMap<String, String>,
+    pub prompt: String,
+    pub deadline: Instant,
+    pub kill_grace: Duration,
+    pub max_line_bytes: usize,
+    pub cli_retry_limit: u32,
+}
+
+/// The error classes of contract.md, used by retries and the breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    Retryable,
+    NonRetryable,
+    Unavailable,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::NonRetryable => "non_retryable",
+            ErrorClass::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why a run did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Agent,
+    Timeout,
+    Cancelled,
+}
+
+/// What the agent said, complete or partial.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub init: Option<Init>,
+    pub result: Option<ResultMessage>,
+    /// Usage summed over assistant messages; replaced by the result's when there is one.
+    pub usage: Usage,
+    /// Assistant text, concatenated.
+    pub text: String,
+    pub model: Option<String>,
+    pub messages: u64,
+    pub stderr_tail: Vec<String>,
+}
+
+impl Transcript {
+    pub fn agent_session_id(&self) -> Option<String> {
+        self.result
+            .as_ref()
+            .and_then(|r| r.session_id.clone())
+            .or_else(|| self.init.as_ref().map(|i| i.session_id.clone()))
+            .filter(|s| !s.is_empty())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentFailure {
+    pub kind: FailureKind,
+    pub class: ErrorClass,
+    pub detail: String,
+    pub transcript: Transcript,
+}
+
+pub type RunResult = Result<Transcript, Box<AgentFailure>>;
+
+/// Run the agent once. `on_message` sees every parsed stdout message as it is read.
+/// `started` receives the child's pid (its process-group id) as soon as it runs.
+pub async fn run_agent(
+    spec: AgentSpec,
+    cancel: CancellationToken,
+    mut on_message: impl FnMut(&Parsed),
+    started: impl FnOnce(u32),
+) -> RunResult {
+    let mut transcript = Transcript::default();
+    let fail = |kind, class, detail: String, t: Transcript| {
+        Err(Box::new(AgentFailure {
+            kind,
+            class,
+            detail,
+            transcript: t,
+        }))
+    };
+
+    let mut cmd = Command::new(&spec.command);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let class = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                    ErrorClass::Unavailable
+                }
+                _ if !spec.cwd.is_dir() => ErrorClass::NonRetryable,
+                _ => ErrorClass::Unavailable,
+            };
+            let detail = if class == ErrorClass::Unavailable {
+                format!(
+                    "cannot run the agent command `{}`: {e}; install Claude Code (npm install -g @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD",
+                    spec.command
+                )
+            } else {
+                format!(
+                    "cannot run `{}` in {}: {e}",
+                    spec.command,
+                    spec.cwd.display()
+                )
+            };
+            return fail(FailureKind::Agent, class, detail, transcript);
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    started(pid);
+
+    // The prompt on stdin, then EOF. A child that exits without reading it is not an error here.
+    if let Some(mut stdin) = child.stdin.take() {
+        let prompt = spec.prompt.clone();
+        actix_rt::spawn(async move {
+            let _ = stdin.write_all(prompt.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        });
+    }
+    let stderr_tail = std::rc::Rc::new(std::cell::RefCell::new(VecDeque::new()));
+    let stderr_task = child.stderr.take().map(|stderr| {
+        let tail = stderr_tail.clone();
+        actix_rt::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut tail = tail.borrow_mut();
+                if tail.len() == STDERR_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        })
+    });
+    let Some(stdout) = child.stdout.take() else {
+        terminate(&mut child, pid, spec.kill_grace).await;
+        return fail(
+            FailureKind::Agent,
+            ErrorClass::Retryable,
+            "the agent's stdout was not captured".into(),
+            transcript,
+        );
+    };
+    let mut lines = FramedRead::new(stdout, NdjsonCodec::new(spec.max_line_bytes));
+    let mut api_retries = 0u32;
+
+    // Read until EOF, or stop early for a reason; `stop` says why.
+    let stop: Option<(FailureKind, ErrorClass, String)> = loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled".into())),
+            _ = tokio::time::sleep_until(spec.deadline) => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
+            next = lines.next() => next,
+        };
+        let line = match next {
+            None => break None,
+            Some(Ok(line)) => line,
+            Some(Err(FrameError::TooLong { limit })) => {
+                break Some((
+                    FailureKind::Agent,
+                    ErrorClass::NonRetryable,
+                    format!(
+                        "the agent printed a line over the {limit}-byte limit (executor.max_line_bytes)"
+                    ),
+                ));
+            }
+            Some(Err(FrameError::Io(e))) => {
+                break Some((
+                    FailureKind::Agent,
+                    ErrorClass::Retryable,
+                    format!("reading the agent's output: {e}"),
+                ));
+            }
+        };
+        let parsed = match agent::parse_line(&line) {
+            Ok(p) => p,
+            Err(e) => {
+                let shown: String = String::from_utf8_lossy(&line).chars().take(200).collect();
+                tracing::warn!(
+                    pid,
+                    "skipping a non-JSON line from the agent ({e}): {shown}"
+                );
+                continue;
+            }
+        };
+        transcript.messages += 1;
+        on_message(&parsed);
+        match parsed.message {
+            AgentMessage::Init(init) => transcript.init = Some(init),
+            AgentMessage::Assistant(a) => {
+                if let Some(u) = &a.message.usage {
+                    transcript.usage.add(u);
+                }
+                if transcript.model.is_none() {
+                    transcript.model = a.message.model.clone().filter(|m| m != "<synthetic>");
+                }
+                for block in &a.message.content {
+                    if let ContentBlock::Text { text } = block {
+                        transcript.text.push_str(text);
+                    }
+                }
+            }
+            AgentMessage::ApiRetry(retry) => {
+                api_retries += 1;
+                let status = retry
+                    .error_status
+                    .map(|s| format!(" (HTTP {s})"))
+                    .unwrap_or_default();
+                match retry.error.as_deref() {
+                    Some("authentication_failed") => {
+                        break Some((
+                            FailureKind::Agent,
+                            ErrorClass::NonRetryable,
+                            format!(
+                                "authentication failed{status}: the agent CLI is not logged in or its API key is invalid"
+                            ),
+                        ));
+                    }
+                    Some(error) if api_retries > spec.cli_retry_limit => {
+                        break Some((
+                            FailureKind::Agent,
+                            ErrorClass::Retryable,
+                            format!(
+                                "the API keeps failing with {error}{status}; stopped the agent after {api_retries} of its retries"
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            AgentMessage::Result(r) => {
+                transcript.usage = r.usage;
+                transcript.result = Some(r);
+            }
+            _ => {}
+        }
+    };
+
+    let status = match &stop {
+        Some(_) => terminate(&mut child, pid, spec.kill_grace).await,
+        None => match tokio::time::timeout_at(spec.deadline, child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            Ok(Err(e)) => {
+                tracing::warn!(pid, "waiting for the agent: {e}");
+                terminate(&mut child, pid, spec.kill_grace).await
+            }
+            Err(_) => {
+                terminate(&mut child, pid, spec.kill_grace).await;
+                return fail(
+                    FailureKind::Timeout,
+                    ErrorClass::Retryable,
+                    "the query timed out".into(),
+                    transcript,
+                );
+            }
+        },
+    };
+    if let Some(task) = stderr_task {
+        // The pipe closes with the process group; don't wait on a grandchild holding it.
+        let _ = tokio::time::timeout(Duration::from_millis(500), task).await;
+    }
+    transcript.stderr_tail = stderr_tail.borrow().iter().cloned().collect();
+
+    if let Some((kind, class, detail)) = stop {
+        return fail(kind, class, detail, transcript);
+    }
+    judge(status, transcript)
+}
+
+/// Decide success or the error class from the result message and the exit status.
+fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> RunResult {
+    use std::os::unix::process::ExitStatusExt;
+    let fail = |class, detail: String, t: Transcript| {
+        Err(Box::new(AgentFailure {
+            kind: FailureKind::Agent,
+            class,
+            detail,
+            transcript: t,
+        }))
+    };
+    if let Some(r) = &transcript.result {
+        if !r.is_error {
+            return Ok(transcript);
+        }
+        let text = r.result.clone().unwrap_or_default();
+        let class = match (r.api_error_status, r.subtype.as_str()) {
+            (Some(429 | 500..=599), _) => ErrorClass::Retryable,
+            (Some(_), _) => ErrorClass::NonRetryable,
+            (None, "error_max_turns" | "error_max_budget_usd") => ErrorClass::NonRetryable,
+            (None, _) => ErrorClass::NonRetryable,
+        };
+        let detail = match r.api_error_status {
+            Some(s) => format!("the API answered {s}: {text}"),
+            None => format!("the agent reported an error ({}): {text}", r.subtype),
+        };
+        return fail(class, detail, transcript);
+    }
+    let tail = transcript
+        .stderr_tail
+        .iter()
+        .rev()
+        .take(5)
+        .rev()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {tail}")
+    };
+    match status {
+        Some(s) if s.signal().is_some() => {
+            let sig = s.signal().unwrap_or(0);
+            fail(
+                ErrorClass::Retryable,
+                format!("the agent was killed by signal {sig} before it finished{tail}"),
+                transcript,
+            )
+        }
+        Some(s) => fail(
+            ErrorClass::NonRetryable,
+            format!(
+                "the agent exited with {} without a result{tail}",
+                s.code()
+                    .map(|c| format!("code {c}"))
+                    .unwrap_or_else(|| "no code".into())
+            ),
+            transcript,
+        ),
+        None => fail(
+            ErrorClass::Retryable,
+            format!("the agent's exit status is unknown{tail}"),
+            transcript,
+        ),
+    }
+}
+
+/// SIGTERM the process group, SIGKILL after the grace period, and reap the child.
+async fn terminate(
+    child: &mut Child,
+    pid: u32,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    signal_group(pid, libc::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(Ok(status)) => {
+            // The leader is gone; make sure nothing it started outlives it.
+            signal_group(pid, libc::SIGKILL);
+            Some(status)
+        }
+        _ => {
+            signal_group(pid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// Send `signal` to the process group led by `pid` (the agent was started as its leader).
+pub fn signal_group(pid: u32, signal: libc::c_int) {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and shares no memory with us. The negative pid
+    // names the process group that our child leads (spawned with process_group(0)); ESRCH when
+    // it is already gone is harmless and ignored.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_only_for_set_options() {
+        assert_eq!(
+            agent_args(&AgentOptions::default()),
+            ["-p", "--output-format", "stream-json", "--verbose"]
+        );
+        let o = AgentOptions {
+            resume: Some("-abc".into()),
+            model: Some("m".into()),
+            max_turns: Some(3),
+            permission_mode: Some(PermissionMode::AcceptEdits),
+            allowed_tools: vec!["Bash".into(), "Read".into()],
+            add_dirs: vec!["/a".into(), "/b".into()],
+            ..Default::default()
+        };
+        let args = agent_args(&o);
+        assert!(args.contains(&"--resume=-abc".to_string()));
+        let joined = args.join(" ");
+        assert!(joined.contains(
+            "--model m --max-turns 3 --permission-mode acceptEdits --allowedTools Bash,Read"
+        ));
+        assert!(joined.ends_with("--add-dir /a --add-dir /b"));
+        assert!(!joined.contains("--disallowedTools"));
+    }
+
+    fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {
+        Transcript {
+            result: Some(ResultMessage {
+                is_error,
+                api_error_status: status,
+                subtype: subtype.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn error_classes() {
+        use std::os::unix::process::ExitStatusExt;
+        let ok = std::process::ExitStatus::from_raw(0);
+        assert!(judge(Some(ok), result(false, None, "success")).is_ok());
+        let class = |t| judge(Some(ok), t).unwrap_err().class;
+        assert_eq!(
+            class(result(true, Some(400), "success")),
+            ErrorClass::NonRetryable
+        );
+        assert_eq!(
+            class(result(true, Some(401), "success")),
+            ErrorClass::NonRetryable
+        );
+        assert_eq!(
+            class(result(true, Some(429), "success")),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            class(result(true, Some(529), "success")),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            class(result(true, Some(503), "success")),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            class(result(true, None, "error_max_turns")),
+            ErrorClass::NonRetryable
+        );
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert_eq!(
+            judge(Some(killed), Transcript::default())
+                .unwrap_err()
+                .class,
+            ErrorClass::Retryable
+        );
+        let exit1 = std::process::ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            judge(Some(exit1), Transcript::default()).unwrap_err().class,
+            ErrorClass::NonRetryable
+        );
+    }
+}

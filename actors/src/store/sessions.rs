@@ -1,0 +1,371 @@
+//! Sessions and their turns: reads, and the writes the query path and the TTL sweep make.
+
+use ccd_protocol::types::{Session, Turn, Usage};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{WriteOp, db_err, now_ms, rfc3339};
+use crate::error::ActorError;
+
+const SESSION_COLUMNS: &str = "id, project, tags, model, agent_session_id, status, created_at, last_used_at, turns, \
+     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd";
+
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    let tags: String = r.get(2)?;
+    Ok(Session {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        model: r.get(3)?,
+        agent_session_id: r.get(4)?,
+        status: r.get(5)?,
+        created_at: rfc3339(r.get(6)?),
+        last_used_at: rfc3339(r.get(7)?),
+        turns: r.get::<_, i64>(8)?.max(0) as u64,
+        usage: Usage {
+            input_tokens: r.get::<_, i64>(9)?.max(0) as u64,
+            output_tokens: r.get::<_, i64>(10)?.max(0) as u64,
+            cache_creation_input_tokens: r.get::<_, i64>(11)?.max(0) as u64,
+            cache_read_input_tokens: r.get::<_, i64>(12)?.max(0) as u64,
+        },
+        cost_usd: r.get(13)?,
+    })
+}
+
+const TURN_COLUMNS: &str = "id, query_id, prompt, result, status, error_class, error, input_tokens, output_tokens, \
+     cache_creation_input_tokens, cache_read_input_tokens, cost_usd, duration_ms, num_turns, attempts, model, started_at";
+
+fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Turn> {
+    Ok(Turn {
+        id: r.get(0)?,
+        query_id: r.get(1)?,
+        prompt: r.get(2)?,
+        result: r.get(3)?,
+        status: r.get(4)?,
+        error_class: r.get(5)?,
+        error: r.get(6)?,
+        usage: Usage {
+            input_tokens: r.get::<_, i64>(7)?.max(0) as u64,
+            output_tokens: r.get::<_, i64>(8)?.max(0) as u64,
+            cache_creation_input_tokens: r.get::<_, i64>(9)?.max(0) as u64,
+            cache_read_input_tokens: r.get::<_, i64>(10)?.max(0) as u64,
+        },
+        cost_usd: r.get(11)?,
+        duration_ms: r.get::<_, i64>(12)?.max(0) as u64,
+        num_turns: r.get::<_, i64>(13)?.clamp(0, u32::MAX as i64) as u32,
+        attempts: r.get::<_, i64>(14)?.clamp(0, u32::MAX as i64) as u32,
+        model: r.get(15)?,
+        started_at: rfc3339(r.get(16)?),
+    })
+}
+
+pub fn session(conn: &Connection, id: &str) -> anyhow::Result<Option<Session>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
+        ))?
+        .query_row([id], session_row)
+        .optional()?)
+}
+
+/// Sessions, newest use first, filtered by any of status, tag and project.
+pub fn sessions(
+    conn: &Connection,
+    status: Option<&str>,
+    tag: Option<&str>,
+    project: Option<&str>,
+) -> anyhow::Result<Vec<Session>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions
+         WHERE (?1 IS NULL OR status = ?1)
+           AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE value = ?2))
+           AND (?3 IS NULL OR project = ?3)
+         ORDER BY last_used_at DESC, created_at DESC"
+    ))?;
+    let rows = st
+        .query_map(params![status, tag, project], session_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+pub fn turns(conn: &Connection, session_id: &str) -> anyhow::Result<Vec<Turn>> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {TURN_COLUMNS} FROM turns WHERE session_id = ?1 ORDER BY id"
+    ))?;
+    let rows = st
+        .query_map([session_id], turn_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+fn read_session(conn: &Connection, id: &str) -> Result<Session, ActorError> {
+    session(conn, id)
+        .map_err(|e| ActorError::Internal(format!("reading session {id}: {e:#}")))?
+        .ok_or_else(|| ActorError::NotFound(format!("no session `{id}`")))
+}
+
+pub struct CreateSession {
+    pub id: String,
+    pub project: Option<String>,
+    pub tags: Vec<String>,
+    pub model: Option<String>,
+}
+
+impl WriteOp for CreateSession {
+    type Output = Session;
+    fn apply(self, conn: &Connection) -> Result<Session, ActorError> {
+        let now = now_ms();
+        let tags = serde_json::to_string(&self.tags).unwrap_or_else(|_| "[]".into());
+        conn.execute(
+            "INSERT INTO sessions (id, project, tags, model, status, created_at, last_used_at)
+             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?5)",
+            params![self.id, self.project, tags, self.model, now],
+        )
+        .map_err(db_err("creating session"))?;
+        read_session(conn, &self.id)
+    }
+}
+
+pub struct CloseSession {
+    pub id: String,
+}
+
+impl WriteOp for CloseSession {
+    type Output = Session;
+    fn apply(self, conn: &Connection) -> Result<Session, ActorError> {
+        read_session(conn, &self.id)?;
+        conn.execute(
+            "UPDATE sessions SET status = 'closed' WHERE id = ?1 AND status = 'open'",
+            [&self.id],
+        )
+        .map_err(db_err("closing session"))?;
+        read_session(conn, &self.id)
+    }
+}
+
+/// One finished (or failed) query, recorded as a turn of its session, with the session's
+/// totals and its agent session id updated in the same transaction.
+pub struct RecordTurn {
+    pub session_id: String,
+    pub query_id: String,
+    pub prompt: String,
+    pub result: Option<String>,
+    pub status: &'static str,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub num_turns: u32,
+    pub attempts: u32,
+    pub model: Option<String>,
+    pub started_at_ms: i64,
+    pub agent_session_id: Option<String>,
+}
+
+impl WriteOp for RecordTurn {
+    type Output = Turn;
+    fn apply(self, conn: &Connection) -> Result<Turn, ActorError> {
+        let u = &self.usage;
+        let changed = conn
+            .execute(
+                "UPDATE sessions SET turns = turns + 1,
+                     input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
+                     cache_creation_input_tokens = cache_creation_input_tokens + ?4,
+                     cache_read_input_tokens = cache_read_input_tokens + ?5,
+                     cost_usd = cost_usd + ?6, last_used_at = ?7,
+                     agent_session_id = COALESCE(?8, agent_session_id)
+                 WHERE id = ?1",
+                params![
+                    self.session_id,
+                    u.input_tokens as i64,
+                    u.output_tokens as i64,
+                    u.cache_creation_input_tokens as i64,
+                    u.cache_read_input_tokens as i64,
+                    self.cost_usd,
+                    now_ms(),
+                    self.agent_session_id,
+                ],
+            )
+            .map_err(db_err("updating session totals"))?;
+        if changed == 0 {
+            return Err(ActorError::NotFound(format!(
+                "no session `{}`",
+                self.session_id
+            )));
+        }
+        conn.execute(
+            "INSERT INTO turns (session_id, query_id, prompt, result, status, error_class, error,
+                 input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+                 cost_usd, duration_ms, num_turns, attempts, model, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                self.session_id,
+                self.query_id,
+                self.prompt,
+                self.result,
+                self.status,
+                self.error_class,
+                self.error,
+                u.input_tokens as i64,
+                u.output_tokens as i64,
+                u.cache_creation_input_tokens as i64,
+                u.cache_read_input_tokens as i64,
+                self.cost_usd,
+                self.duration_ms as i64,
+                self.num_turns,
+                self.attempts,
+                self.model,
+                self.started_at_ms,
+            ],
+        )
+        .map_err(db_err("recording a turn"))?;
+        let id = conn.last_insert_rowid();
+        conn.query_row(
+            &format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = ?1"),
+            [id],
+            turn_row,
+        )
+        .map_err(db_err("reading back the turn"))
+    }
+}
+
+/// Mark open sessions unused since before `idle_before_ms` as expired (the TTL sweep).
+pub struct ExpireSessions {
+    pub idle_before_ms: i64,
+}
+
+impl WriteOp for ExpireSessions {
+    type Output = usize;
+    fn apply(self, conn: &Connection) -> Result<usize, ActorError> {
+        conn.execute(
+            "UPDATE sessions SET status = 'expired' WHERE status = 'open' AND last_used_at < ?1",
+            [self.idle_before_ms],
+        )
+        .map_err(db_err("expiring idle sessions"))
+    }
+}
+
+/// Delete closed and expired sessions (their turns cascade) last used before the cutoff.
+pub struct CleanupSessions {
+    pub used_before_ms: i64,
+}
+
+impl WriteOp for CleanupSessions {
+    type Output = usize;
+    fn apply(self, conn: &Connection) -> Result<usize, ActorError> {
+        conn.execute(
+            "DELETE FROM sessions WHERE status IN ('closed', 'expired') AND last_used_at < ?1",
+            [self.used_before_ms],
+        )
+        .map_err(db_err("cleaning up sessions"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WriterConfig;
+    use crate::store::{db_path, open_writer};
+
+    fn turn(session_id: &str, tokens: u64) -> RecordTurn {
+        RecordTurn {
+            session_id: session_id.into(),
+            query_id: "q".into(),
+            prompt: "p".into(),
+            result: Some("r".into()),
+            status: "ok",
+            error_class: None,
+            error: None,
+            usage: Usage {
+                input_tokens: tokens,
+                output_tokens: 1,
+                ..Default::default()
+            },
+            cost_usd: 0.5,
+            duration_ms: 10,
+            num_turns: 1,
+            attempts: 1,
+            model: Some("m".into()),
+            started_at_ms: now_ms(),
+            agent_session_id: Some("agent-1".into()),
+        }
+    }
+
+    #[test]
+    fn turns_accumulate_into_session_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
+        let s = CreateSession {
+            id: "s1".into(),
+            project: None,
+            tags: vec!["a".into()],
+            model: None,
+        }
+        .apply(&conn)
+        .unwrap();
+        assert_eq!((s.status.as_str(), s.turns), ("open", 0));
+        turn("s1", 10).apply(&conn).unwrap();
+        turn("s1", 5).apply(&conn).unwrap();
+        let s = session(&conn, "s1").unwrap().unwrap();
+        assert_eq!(
+            (s.turns, s.usage.input_tokens, s.usage.output_tokens),
+            (2, 15, 2)
+        );
+        assert_eq!(s.cost_usd, 1.0);
+        assert_eq!(s.agent_session_id.as_deref(), Some("agent-1"));
+        assert_eq!(turns(&conn, "s1").unwrap().len(), 2);
+        assert!(matches!(
+            turn("nope", 1).apply(&conn),
+            Err(ActorError::NotFound(_))
+        ));
+
+        assert_eq!(sessions(&conn, None, Some("a"), None).unwrap().len(), 1);
+        assert_eq!(sessions(&conn, None, Some("b"), None).unwrap().len(), 0);
+        assert_eq!(
+            sessions(&conn, Some("closed"), None, None).unwrap().len(),
+            0
+        );
+        CloseSession { id: "s1".into() }.apply(&conn).unwrap();
+        assert_eq!(
+            sessions(&conn, Some("closed"), None, None).unwrap().len(),
+            1
+        );
+
+        assert_eq!(
+            CleanupSessions {
+                used_before_ms: now_ms() + 1
+            }
+            .apply(&conn)
+            .unwrap(),
+            1
+        );
+        assert!(turns(&conn, "s1").unwrap().is_empty(), "turns cascade");
+    }
+
+    #[test]
+    fn expiry_only_touches_idle_open_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
+        for id in ["a", "b"] {
+            CreateSession {
+                id: id.into(),
+                project: None,
+                tags: vec![],
+                model: None,
+            }
+            .apply(&conn)
+            .unwrap();
+        }
+        CloseSession { id: "b".into() }.apply(&conn).unwrap();
+        assert_eq!(
+            ExpireSessions {
+                idle_before_ms: now_ms() + 1
+            }
+            .apply(&conn)
+            .unwrap(),
+            1
+        );
+        assert_eq!(session(&conn, "a").unwrap().unwrap().status, "expired");
+        assert_eq!(session(&conn, "b").unwrap().unwrap().status, "closed");
+    }
+}
