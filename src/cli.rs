@@ -72,6 +72,16 @@ enum Command {
     /// Online backups of the database.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Run a prompt with Claude Code: the answer streams to stdout, a summary to stderr.
+    #[command(
+        after_help = "Examples:\n  ccd query \"explain src/main.rs\" --project web\n  ccd query \"and now add tests\" --session 2f6c...\n  ccd query \"list files\" --allowed-tools Bash --json | jq ."
+    )]
+    Query(crate::agent_cmd::QueryArgs),
+    /// Conversations kept by the daemon: each query is a turn of a session.
+    #[command(subcommand)]
+    Session(crate::agent_cmd::SessionCmd),
+    /// Run many prompts through the executor pool, with progress; results as JSONL.
+    Batch(crate::agent_cmd::BatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -209,6 +219,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Project(cmd) => run_project(&home, autostart, cmd),
         Command::Setting(cmd) => run_setting(&home, autostart, cmd),
         Command::Backup(cmd) => run_backup(&home, autostart, cmd),
+        Command::Query(args) => crate::agent_cmd::query(&home, autostart, args),
+        Command::Session(cmd) => crate::agent_cmd::session(&home, autostart, cmd),
+        Command::Batch(args) => crate::agent_cmd::batch(&home, autostart, args),
     }
 }
 
@@ -412,7 +425,7 @@ fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8
 }
 
 /// A direct, read-only query of the database; the default (empty) when there is none yet.
-fn read<T: Default>(
+pub(crate) fn read<T: Default>(
     home: &Home,
     f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
@@ -422,7 +435,7 @@ fn read<T: Default>(
     }
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
     writeln!(out)?;

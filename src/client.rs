@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ccd_protocol::{Id, Method, Payload, Request, Response, RpcError};
+use ccd_protocol::{Id, Method, Notification, Payload, Request, Response, RpcError};
 use interprocess::local_socket::prelude::*;
 use interprocess::local_socket::{GenericFilePath, Stream};
 use serde_json::Value;
@@ -74,6 +74,17 @@ impl Client {
 
     /// Call a method by name with raw JSON params.
     pub fn call_raw(&mut self, method: &str, params: Option<Value>) -> Result<Value, CallError> {
+        self.call_streaming(method, params, |_| {})
+    }
+
+    /// Call a method, handing every server-to-client notification that arrives before the
+    /// reply to `on_note`.
+    pub fn call_streaming(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        mut on_note: impl FnMut(&Notification),
+    ) -> Result<Value, CallError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = serde_json::to_vec(&Request::new(id, method, params))
@@ -97,7 +108,9 @@ impl Client {
                 ));
             }
             let Ok(resp) = serde_json::from_str::<Response>(&buf) else {
-                // A server-to-client notification, or a line for someone else: not our reply.
+                if let Ok(note) = serde_json::from_str::<Notification>(&buf) {
+                    on_note(&note);
+                }
                 continue;
             };
             if resp.id != Id::from(id) {

@@ -5,6 +5,7 @@
 //! write, auto-starting the daemon), or reads SQLite directly (listings: they work while the
 //! daemon is stopped). Exit codes follow contract.md.
 
+mod agent_cmd;
 mod cli;
 mod client;
 mod daemon;
