@@ -199,6 +199,10 @@ struct Connection {
 
 impl Connection {
     async fn run(self, stream: Stream) {
+        // A duplicate of the socket, to notice a peer that is gone (not just half-closed).
+        let hangup = match &stream {
+            Stream::UdSocket(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned().ok(),
+        };
         let (recv, send) = tokio::io::split(stream);
         let (out_tx, out_rx) =
             mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
@@ -211,6 +215,12 @@ impl Connection {
             self.state.closed.clone(),
         ));
         self.read_loop(recv, &out_tx).await;
+        // EOF may be a half-close from a client still waiting for its replies, or a client that
+        // is gone. Only the latter cancels its work (queries in flight).
+        if let Some(fd) = hangup {
+            let closed = self.state.closed.clone();
+            actix_rt::spawn(watch_hangup(fd, closed));
+        }
         // Replies of requests still in flight go out before the connection closes.
         drop(out_tx);
         let _ = writer.await;
@@ -290,6 +300,32 @@ impl Connection {
                 state.last_active.set(Instant::now());
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Cancel `closed` once the peer has closed its end entirely (POLLHUP), checked every 100 ms
+/// until the connection is done.
+async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    loop {
+        let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+        let hung_up = poll(
+            &mut fds,
+            Some(&rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        )
+        .map(|_| fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR))
+        .unwrap_or(true);
+        if hung_up {
+            closed.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }

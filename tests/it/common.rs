@@ -274,6 +274,14 @@ impl Conn {
     }
 }
 
+/// Whether every actor in a `system.health` result is running. (The overall `status` also
+/// reflects the agent CLI, which most tests do not install on PATH.)
+pub fn all_actors_running(health: &Value) -> bool {
+    health["actors"]
+        .as_array()
+        .is_some_and(|a| a.iter().all(|a| a["state"] == "running"))
+}
+
 /// The error code of an error object.
 pub fn code(err: &Value) -> i64 {
     err["code"]

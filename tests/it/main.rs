@@ -11,9 +11,13 @@
 //! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
+//! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
+//! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 
 mod common;
+mod mock_api;
 
+mod agent;
 mod cli;
 mod docs;
 mod lifecycle;

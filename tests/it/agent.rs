@@ -1,0 +1,727 @@
+//! Agent runs through the daemon with the real Claude Code CLI, pointed at the mock Messages
+//! API (`mock_api`): streaming, tool calls, sessions and resume, error classes, kills,
+//! timeouts, cancellation, disconnects, a missing CLI, and the pool's limits.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::mock_api::{Behaviour, MockApi, claude_bin};
+
+/// A daemon whose agent is the real CLI talking to `mock`. Every process it starts carries a
+/// marker in its environment, so the test can find (and count) its agent processes.
+struct AgentDaemon {
+    d: Daemon,
+    mock: MockApi,
+    marker: String,
+}
+
+impl std::ops::Deref for AgentDaemon {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+fn agent_daemon(behaviour: Behaviour, config: &str) -> AgentDaemon {
+    let mock = MockApi::start(behaviour);
+    let marker = format!(
+        "ccd-test-{}",
+        std::process::id() as u64 * 1_000_000 + rand_suffix()
+    );
+    let claude = claude_bin();
+    let d = Daemon::builder()
+        .fault_injection()
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .env("CCD_AGENT_CMD", claude.to_str().unwrap())
+        .env("CCDTEST_MARKER", &marker)
+        .config(config)
+        .start();
+    AgentDaemon { d, mock, marker }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl AgentDaemon {
+    /// Pids of live processes started for this daemon (its agents and their children).
+    fn agent_processes(&self) -> Vec<u32> {
+        let daemon = std::fs::read_to_string(self.path().join("ccd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        let needle = format!("CCDTEST_MARKER={}", self.marker);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if Some(pid) == daemon {
+                continue;
+            }
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let has_marker = env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            if has_marker || zombie && state.contains(&format!(" {} ", daemon.unwrap_or(0))) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
+    fn wait_no_agent_processes(&self) {
+        wait_until(
+            "the agent processes to be gone",
+            Duration::from_secs(30),
+            || self.agent_processes().is_empty(),
+        );
+        // ...and the pool is idle again.
+        wait_until(
+            "the executor pool to be idle",
+            Duration::from_secs(30),
+            || {
+                let h = self.call("system.health", json!({})).unwrap();
+                h["executor"]["busy"] == 0 && h["executor"]["queued"] == 0
+            },
+        );
+    }
+
+    fn project(&self) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        self.call(
+            "project.create",
+            json!({"name": "proj", "path": dir.path()}),
+        )
+        .unwrap();
+        dir
+    }
+}
+
+/// Run a query on `conn` with streaming; returns the notifications' events and the outcome.
+fn run_streamed(conn: &mut Conn, params: Value) -> (Vec<Value>, Result<Value, Value>) {
+    let mut params = params;
+    params["stream"] = json!(true);
+    let id = conn.request("query.run", params);
+    let mut events = Vec::new();
+    loop {
+        let msg = conn
+            .recv()
+            .expect("the connection closed before the query's reply");
+        if msg["method"] == "query.event" {
+            events.push(msg["params"].clone());
+            continue;
+        }
+        assert_eq!(msg["id"], json!(id), "{msg}");
+        let outcome = match (msg.get("result"), msg.get("error")) {
+            (Some(r), None) => Ok(r.clone()),
+            (None, Some(e)) => Err(e.clone()),
+            _ => panic!("{msg}"),
+        };
+        return (events, outcome);
+    }
+}
+
+fn class(e: &Value) -> &str {
+    e["data"]["class"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no class in {e}"))
+}
+
+#[test]
+fn a_plain_answer_is_streamed_and_recorded() {
+    let d = agent_daemon(Behaviour::Text("The answer is 42.".into()), "");
+    let _dir = d.project();
+    let mut c = d.connect();
+    let (events, outcome) = run_streamed(
+        &mut c,
+        json!({"prompt": "what is the answer?", "project": "proj"}),
+    );
+    let r = outcome.unwrap();
+    assert_eq!(r["result"], "The answer is 42.");
+    assert_eq!(r["is_error"], false);
+    assert!(r["usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert!(r["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    assert!(r["cost_usd"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["num_turns"], 1);
+    assert_eq!(r["attempts"], 1);
+
+    // Every message of the run, in order, tagged with the query id, before the reply.
+    assert!(events.iter().all(|e| e["query_id"] == r["query_id"]));
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["event"]["type"].as_str().unwrap(),
+                e["event"]["subtype"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("system/init"),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "assistant/"), "{kinds:?}");
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("result/success"),
+        "{kinds:?}"
+    );
+    assert_eq!(events[0]["event"]["session_id"], r["agent_session_id"]);
+
+    // The prompt reached the API, and the turn is stored with the session's totals.
+    assert!(
+        d.mock.requests()[0]
+            .last_user_text()
+            .contains("what is the answer?")
+    );
+    let s = d
+        .call("session.get", json!({"id": r["session_id"]}))
+        .unwrap();
+    assert_eq!(s["session"]["turns"], 1);
+    assert_eq!(s["session"]["project"], "proj");
+    assert_eq!(s["session"]["agent_session_id"], r["agent_session_id"]);
+    assert_eq!(s["turns"][0]["status"], "ok");
+    assert_eq!(s["turns"][0]["prompt"], "what is the answer?");
+    assert_eq!(s["turns"][0]["usage"], r["usage"]);
+    d.wait_no_agent_processes();
+}
+
+#[test]
+fn a_tool_call_is_really_run_by_the_cli() {
+    let d = agent_daemon(
+        Behaviour::ToolThenText {
+            command: "echo hi-from-tool".into(),
+            text: "The tool said hi.".into(),
+        },
+        "",
+    );
+    let _dir = d.project();
+    let mut c = d.connect();
+    let (events, outcome) = run_streamed(
+        &mut c,
+        json!({"prompt": "run it", "project": "proj", "allowed_tools": ["Bash"]}),
+    );
+    let r = outcome.unwrap();
+    assert_eq!(r["result"], "The tool said hi.");
+    assert_eq!(r["num_turns"], 2);
+    let requests = d.mock.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].last_has_tool_result());
+    assert!(requests[1].messages.to_string().contains("hi-from-tool"));
+    let tool_use = events
+        .iter()
+        .any(|e| e["event"]["type"] == "assistant" && e["event"].to_string().contains("tool_use"));
+    let tool_result = events
+        .iter()
+        .any(|e| e["event"]["type"] == "user" && e["event"].to_string().contains("hi-from-tool"));
+    assert!(tool_use && tool_result, "{events:?}");
+}
+
+#[test]
+fn two_queries_in_one_session_resume_the_conversation() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    let first = d.call("query.run", json!({"prompt": "first"})).unwrap();
+    let second = d
+        .call(
+            "query.run",
+            json!({"prompt": "second", "session": first["session_id"]}),
+        )
+        .unwrap();
+    assert_eq!(second["session_id"], first["session_id"]);
+    let requests = d.mock.requests();
+    assert_eq!(requests.len(), 2);
+    // The CLI sends 2 messages on a first turn; resumed, the earlier turn comes along: 4.
+    assert_eq!(requests[0].message_count(), 2);
+    assert_eq!(
+        requests[1].message_count(),
+        4,
+        "the second turn carries the first one's history"
+    );
+    assert!(requests[1].messages.to_string().contains("first"));
+    let s = d
+        .call("session.get", json!({"id": first["session_id"]}))
+        .unwrap();
+    assert_eq!(s["session"]["turns"], 2);
+    let total = first["usage"]["input_tokens"].as_u64().unwrap()
+        + second["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(s["session"]["usage"]["input_tokens"], total);
+    // A new session does not carry the history.
+    d.call("query.run", json!({"prompt": "fresh", "new_session": true}))
+        .unwrap();
+    assert_eq!(d.mock.requests()[2].message_count(), 2);
+}
+
+#[test]
+fn http_400_is_non_retryable_at_once() {
+    let d = agent_daemon(
+        Behaviour::Error {
+            status: 400,
+            error_type: "invalid_request_error".into(),
+            message: "bad thing".into(),
+        },
+        "",
+    );
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert_eq!(class(&e), "non_retryable");
+    assert!(e["message"].as_str().unwrap().contains("400"), "{e}");
+    assert_eq!(d.mock.requests().len(), 1, "no retry of a bad request");
+    // The failed turn is recorded.
+    let s = d
+        .call("session.get", json!({"id": e["data"]["session_id"]}))
+        .unwrap();
+    assert_eq!(
+        (
+            s["turns"][0]["status"].as_str(),
+            s["turns"][0]["error_class"].as_str()
+        ),
+        (Some("error"), Some("non_retryable"))
+    );
+}
+
+#[test]
+fn http_401_is_non_retryable_without_waiting_out_the_cli_retries() {
+    let d = agent_daemon(
+        Behaviour::Error {
+            status: 401,
+            error_type: "authentication_error".into(),
+            message: "invalid x-api-key".into(),
+        },
+        "",
+    );
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert_eq!(class(&e), "non_retryable");
+    assert!(
+        e["message"].as_str().unwrap().contains("authentication"),
+        "{e}"
+    );
+    d.wait_no_agent_processes();
+}
+
+#[test]
+fn http_529_and_429_are_retryable() {
+    for (status, kind) in [(529, "overloaded_error"), (429, "rate_limit_error")] {
+        let d = agent_daemon(
+            Behaviour::Error {
+                status,
+                error_type: kind.into(),
+                message: "later".into(),
+            },
+            "[executor]\ncli_retry_limit = 0\n",
+        );
+        let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+        assert_eq!(code(&e), -32007, "{status}: {e}");
+        assert_eq!(class(&e), "retryable", "{status}: {e}");
+        d.wait_no_agent_processes();
+    }
+}
+
+#[test]
+fn an_agent_killed_mid_stream_fails_retryable() {
+    let d = agent_daemon(Behaviour::Hang, "");
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    let agents = d.agent_processes();
+    assert!(!agents.is_empty());
+    for pid in &agents {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let reply = loop {
+        let m = c.recv().unwrap();
+        if m["id"] == json!(id) {
+            break m;
+        }
+    };
+    let e = &reply["error"];
+    assert_eq!(code(e), -32007, "{reply}");
+    assert_eq!(class(e), "retryable");
+    assert!(e["message"].as_str().unwrap().contains("signal"), "{e}");
+    d.wait_no_agent_processes();
+}
+
+#[test]
+fn a_timeout_ends_the_whole_process_group() {
+    let d = agent_daemon(Behaviour::Hang, "[executor]\nkill_grace_ms = 500\n");
+    let e = d
+        .call("query.run", json!({"prompt": "x", "timeout_ms": 1500}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32006, "{e}");
+    assert_eq!(class(&e), "retryable");
+    d.wait_no_agent_processes();
+    let s = d
+        .call("session.get", json!({"id": e["data"]["session_id"]}))
+        .unwrap();
+    assert_eq!(s["turns"][0]["status"], "timeout");
+}
+
+#[test]
+fn cancel_stops_a_running_query() {
+    let d = agent_daemon(Behaviour::Hang, "");
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    let first = c.recv().unwrap();
+    assert_eq!(first["method"], "query.event", "{first}");
+    let query_id = first["params"]["query_id"].clone();
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+
+    let r = d
+        .call("query.cancel", json!({"query_id": query_id}))
+        .unwrap();
+    assert_eq!(r["cancelled"], true);
+    let reply = loop {
+        let m = c.recv().unwrap();
+        if m["id"] == json!(id) {
+            break m;
+        }
+    };
+    assert_eq!(code(&reply["error"]), -32008, "{reply}");
+    d.wait_no_agent_processes();
+    let r = d
+        .call("query.cancel", json!({"query_id": query_id}))
+        .unwrap();
+    assert_eq!(
+        r["cancelled"], false,
+        "a finished query cannot be cancelled again"
+    );
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_query() {
+    let d = agent_daemon(Behaviour::Hang, "");
+    {
+        let mut c = d.connect();
+        c.request("query.run", json!({"prompt": "x", "stream": true}));
+        assert_eq!(c.recv().unwrap()["method"], "query.event");
+        assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+        assert!(!d.agent_processes().is_empty());
+    }
+    d.wait_no_agent_processes();
+    let sessions = d.call("session.list", json!({})).unwrap();
+    let id = sessions["sessions"][0]["id"].clone();
+    let s = d.call("session.get", json!({"id": id})).unwrap();
+    assert_eq!(s["turns"][0]["status"], "cancelled");
+}
+
+#[test]
+fn a_missing_cli_is_unavailable_and_degrades_health() {
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", "/nonexistent/claude")
+        .start();
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert_eq!(class(&e), "unavailable");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("/nonexistent/claude") && msg.contains("CCD_AGENT_CMD"),
+        "{msg}"
+    );
+    wait_until("the agent check to finish", Duration::from_secs(30), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let h = d.call("system.health", json!({})).unwrap();
+    assert_eq!(h["agent"]["available"], false);
+    assert_eq!(h["status"], "degraded");
+    assert!(
+        h["agent"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/claude")
+    );
+    // Everything else keeps working.
+    d.call("setting.upsert", json!({"key": "k", "value": "v"}))
+        .unwrap();
+}
+
+#[test]
+fn health_reports_the_cli_version() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    wait_until("the agent check to finish", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let h = d.call("system.health", json!({})).unwrap();
+    assert_eq!(h["agent"]["available"], true, "{h}");
+    assert!(
+        h["agent"]["version"]
+            .as_str()
+            .unwrap()
+            .contains("Claude Code"),
+        "{h}"
+    );
+}
+
+#[test]
+fn an_executor_panic_kills_its_agent_and_the_pool_keeps_serving() {
+    let d = agent_daemon(Behaviour::Hang, "[executor]\npool_size = 1\n");
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    let e = d
+        .call("debug.crash", json!({"actor": "executor-1"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32001);
+    let reply = loop {
+        let m = c.recv().unwrap();
+        if m["id"] == json!(id) {
+            break m;
+        }
+    };
+    assert_eq!(class(&reply["error"]), "retryable", "{reply}");
+    d.wait_no_agent_processes();
+    d.mock
+        .set_behaviour(Behaviour::Text("after the crash".into()));
+    let r = d.call("query.run", json!({"prompt": "again"})).unwrap();
+    assert_eq!(r["result"], "after the crash");
+    let h = d.call("system.health", json!({})).unwrap();
+    let member = h["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "executor-1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (member["restarts"].as_u64(), member["state"].as_str()),
+        (Some(1), Some("running"))
+    );
+}
+
+#[test]
+fn a_full_queue_is_overloaded() {
+    let d = agent_daemon(
+        Behaviour::Hang,
+        "[executor]\npool_size = 1\nqueue_size = 1\n",
+    );
+    let mut running = d.connect();
+    running.request("query.run", json!({"prompt": "1", "stream": true}));
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    let mut queued = d.connect();
+    queued.request("query.run", json!({"prompt": "2"}));
+    wait_until(
+        "the second query to be queued",
+        Duration::from_secs(30),
+        || d.call("system.health", json!({})).unwrap()["executor"]["queued"] == 1,
+    );
+    let e = d.call("query.run", json!({"prompt": "3"})).unwrap_err();
+    assert_eq!(code(&e), -32009, "{e}");
+    drop(running);
+    drop(queued);
+    d.wait_no_agent_processes();
+}
+
+#[test]
+fn bad_query_params_are_refused_before_anything_runs() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    for (params, needle) in [
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": "x", "project": "nope"}), "nope"),
+        (json!({"prompt": "x", "session": "nope"}), "nope"),
+        (json!({"prompt": "x", "cwd": "/no/such/dir"}), "cwd"),
+        (json!({"prompt": "x", "timeout_ms": 0}), "timeout_ms"),
+        (
+            json!({"prompt": "x", "permission_mode": "yolo"}),
+            "permission_mode",
+        ),
+        (
+            json!({"prompt": "x", "session": "a", "new_session": true}),
+            "new_session",
+        ),
+    ] {
+        let e = d.call("query.run", params.clone()).unwrap_err();
+        assert!([-32602, -32004].contains(&code(&e)), "{params} -> {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{params} -> {e}"
+        );
+    }
+    assert!(d.mock.requests().is_empty());
+    let closed = d.call("session.create", json!({})).unwrap();
+    d.call("session.close", json!({"id": closed["id"]}))
+        .unwrap();
+    let e = d
+        .call("query.run", json!({"prompt": "x", "session": closed["id"]}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32005, "{e}");
+}
+
+#[test]
+fn sessions_list_filter_close_cleanup_and_expire() {
+    let d = agent_daemon(
+        Behaviour::Text("ok".into()),
+        "[session]\nttl_s = 1\nsweep_interval_s = 1\n",
+    );
+    let _dir = d.project();
+    let a = d
+        .call(
+            "session.create",
+            json!({"project": "proj", "tags": ["red"]}),
+        )
+        .unwrap();
+    let b = d.call("session.create", json!({"tags": ["blue"]})).unwrap();
+    assert_eq!(a["id"].as_str().unwrap().len(), 36);
+    let ids = |params: Value| -> HashSet<String> {
+        d.call("session.list", params).unwrap()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids(json!({"tag": "red"})),
+        HashSet::from([a["id"].as_str().unwrap().to_string()])
+    );
+    assert_eq!(ids(json!({"project": "proj"})).len(), 1);
+    assert_eq!(
+        code(
+            &d.call("session.create", json!({"project": "nope"}))
+                .unwrap_err()
+        ),
+        -32004
+    );
+    assert_eq!(
+        code(
+            &d.call("session.list", json!({"status": "weird"}))
+                .unwrap_err()
+        ),
+        -32602
+    );
+
+    d.call("session.close", json!({"id": b["id"]})).unwrap();
+    // The TTL sweep expires the idle open one.
+    wait_until(
+        "the idle session to expire",
+        Duration::from_secs(30),
+        || d.call("session.get", json!({"id": a["id"]})).unwrap()["session"]["status"] == "expired",
+    );
+    let r = d
+        .call("session.cleanup", json!({"older_than_s": 0}))
+        .unwrap();
+    assert_eq!(r["removed"], 2);
+    assert_eq!(
+        code(&d.call("session.get", json!({"id": a["id"]})).unwrap_err()),
+        -32004
+    );
+}
+
+#[test]
+fn the_cli_streams_the_answer_and_follows_the_exit_codes() {
+    let d = agent_daemon(Behaviour::Text("Streamed via the CLI.".into()), "");
+    let dir = d.project();
+    let out = d.ccd(&["query", "hello", "--project", "proj"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Streamed via the CLI."
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("turns 1") && err.contains("session "), "{err}");
+
+    let out = d.ccd(&["query", "hello", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "system");
+    assert_eq!(lines.last().unwrap()["type"], "ccd_result");
+
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 2);
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    let show = d.ccd_ok(&["session", "show", &id]);
+    assert!(
+        show.contains("hello") && show.contains("Streamed via the CLI."),
+        "{show}"
+    );
+
+    d.mock.set_behaviour(Behaviour::Error {
+        status: 400,
+        error_type: "invalid_request_error".into(),
+        message: "no".into(),
+    });
+    let out = d.ccd(&["query", "hello"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    drop(dir);
+}
+
+#[test]
+fn batch_runs_every_prompt_and_writes_jsonl() {
+    let d = agent_daemon(
+        Behaviour::Text("done".into()),
+        "[executor]\npool_size = 2\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(
+        &file,
+        "first\n\n# a comment\n{\"prompt\": \"second\", \"max_turns\": 3}\nthird\nfourth\n",
+    )
+    .unwrap();
+    let out_file = dir.path().join("results.jsonl");
+    let out = d.ccd(&[
+        "batch",
+        file.to_str().unwrap(),
+        "--concurrency",
+        "3",
+        "--output",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let results: Vec<Value> = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 4);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["ok"] == true && r["result"]["result"] == "done"),
+        "{results:?}"
+    );
+    let lines: HashSet<u64> = results
+        .iter()
+        .map(|r| r["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, HashSet::from([1, 4, 5, 6]));
+    assert_eq!(d.mock.requests().len(), 4);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 ok, 0 failed"));
+}
+
+#[test]
+fn runs_leak_no_file_descriptors() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    let pid = d.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let mut c = d.connect();
+    c.call("query.run", json!({"prompt": "warm up"})).unwrap();
+    d.wait_no_agent_processes();
+    let before = fds();
+    for i in 0..5 {
+        c.call("query.run", json!({"prompt": format!("q{i}")}))
+            .unwrap();
+    }
+    d.wait_no_agent_processes();
+    assert_eq!(fds(), before, "file descriptors leaked by agent runs");
+}
