@@ -291,6 +291,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The closure's error type is figment's own (`Jail::expect_with`'s signature).
+    #[allow(clippy::result_large_err)]
     fn layers_and_errors() {
         figment::Jail::expect_with(|jail| {
             let home = jail.directory().to_path_buf();
