@@ -725,3 +725,51 @@ fn runs_leak_no_file_descriptors() {
     d.wait_no_agent_processes();
     assert_eq!(fds(), before, "file descriptors leaked by agent runs");
 }
+
+#[test]
+fn ctrl_c_in_batch_cancels_what_runs_and_keeps_what_finished() {
+    let d = agent_daemon(Behaviour::Text("quick".into()), "");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "one\ntwo\nthree\nfour\n").unwrap();
+    let out_file = dir.path().join("results.jsonl");
+    let mut child = d
+        .command(&[
+            "batch",
+            file.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--output",
+            out_file.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the first result is written, the API starts hanging: the second prompt never ends.
+    wait_until("the first result", Duration::from_secs(60), || {
+        std::fs::read_to_string(&out_file).is_ok_and(|t| t.lines().count() >= 1)
+    });
+    d.mock.set_behaviour(Behaviour::Hang);
+    assert!(d.mock.wait_for_requests(2, Duration::from_secs(60)));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let results: Vec<Value> = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results[0]["ok"], true, "{results:?}");
+    assert_eq!(results[0]["result"]["result"], "quick");
+    assert!(
+        results.len() <= 2,
+        "nothing after the interrupt runs: {results:?}"
+    );
+    if let Some(cancelled) = results.get(1) {
+        assert_eq!(code(&cancelled["error"]), -32008, "{cancelled}");
+    }
+    d.wait_no_agent_processes();
+}
