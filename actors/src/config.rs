@@ -25,6 +25,9 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub executor: ExecutorConfig,
     pub session: SessionConfig,
+    pub limiter: crate::resilience::LimiterConfig,
+    pub breaker: crate::resilience::breaker::BreakerSpec,
+    pub retry: crate::resilience::RetryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +273,13 @@ impl Config {
         ];
         for (key, ok, expected) in checks {
             anyhow::ensure!(ok, "invalid configuration: `{key}` must be {expected}");
+        }
+        for check in [
+            self.limiter.validate(),
+            self.breaker.validate(),
+            self.retry.validate(),
+        ] {
+            check.map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ pub mod executor;
 pub mod gateway;
 pub mod query;
 pub mod reader;
+pub mod resilience;
 pub mod server;
 pub mod store;
 pub mod supervise;

@@ -1,0 +1,551 @@
+//! Rate limiting per key (global, per model, per project) with three algorithms that may be
+//! combined on one key: a token bucket (governor's GCRA), an exact sliding window, and a
+//! concurrency limit whose permits are held for a query's whole life.
+//!
+//! The accounting lives in [`LimiterCore`], shared by `Arc` between the limiter actor and every
+//! [`Permit`]; a permit gives its slot back when dropped, whatever ends the query (finish,
+//! cancel, timeout, executor crash, client disconnect). A restart of the limiter actor keeps the
+//! core, so it can neither leak permits nor hand out extra ones.
+//!
+//! Time comes from tokio's clock (`tokio::time::Instant`), so tests run the algorithms on a
+//! paused clock, deterministically.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// Limits for one key; each algorithm is off at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSpec {
+    /// Token bucket: sustained admissions per second (0: off).
+    pub rate_per_s: f64,
+    /// Token bucket: how many may be admitted at once after a quiet spell (at least 1).
+    pub burst: u32,
+    /// Sliding window: at most this many admissions in any `window_ms` (0: off).
+    pub window_max: u32,
+    pub window_ms: u64,
+    /// At most this many queries at once (0: off).
+    pub concurrency: u32,
+}
+
+impl LimitSpec {
+    pub fn is_off(&self) -> bool {
+        self.rate_per_s <= 0.0 && self.window_max == 0 && self.concurrency == 0
+    }
+
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        if !(self.rate_per_s.is_finite()
+            && self.rate_per_s >= 0.0
+            && self.rate_per_s <= 1_000_000.0)
+        {
+            return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
+        }
+        if self.window_max > 0 && self.window_ms == 0 {
+            return Err(format!(
+                "`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// governor's clock, read from tokio's (which tests can pause and advance).
+#[derive(Debug, Clone, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+struct KeyState {
+    spec: LimitSpec,
+    bucket: Option<Bucket>,
+    window: VecDeque<Instant>,
+    in_flight: u32,
+    waiting: u32,
+    throttled: u64,
+    admitted: u64,
+    last_remaining: Option<u32>,
+}
+
+impl KeyState {
+    fn new(spec: LimitSpec) -> Self {
+        KeyState {
+            bucket: bucket(&spec),
+            spec,
+            window: VecDeque::new(),
+            in_flight: 0,
+            waiting: 0,
+            throttled: 0,
+            admitted: 0,
+            last_remaining: None,
+        }
+    }
+}
+
+fn bucket(spec: &LimitSpec) -> Option<Bucket> {
+    if spec.rate_per_s <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / spec.rate_per_s).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(spec.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)?.allow_burst(burst);
+    Some(
+        RateLimiter::direct_with_clock(quota, TokioClock)
+            .with_middleware::<StateInformationMiddleware>(),
+    )
+}
+
+/// A key's status, for `limiter.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct KeyStatus {
+    pub key: String,
+    pub spec: LimitSpec,
+    /// Tokens left in the bucket after the last admission (null without a bucket).
+    pub available_tokens: Option<u32>,
+    /// Admissions in the current sliding window.
+    pub window_count: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+    pub throttled: u64,
+    pub admitted: u64,
+}
+
+/// Why an acquisition must wait: at the earliest after `retry_after` (a concurrency limit can
+/// also free up sooner, on a release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub retry_after: Duration,
+    pub concurrency: bool,
+}
+
+#[derive(Default)]
+pub struct LimiterCore {
+    keys: Mutex<HashMap<String, KeyState>>,
+    released: tokio::sync::Notify,
+}
+
+impl LimiterCore {
+    pub fn new() -> Arc<Self> {
+        Arc::new(LimiterCore::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, KeyState>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admit one query under every `(key, spec)` at once, or say how long to wait.
+    /// Keys whose spec is off are skipped. A changed spec replaces the key's algorithms.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        keys: &[(String, LimitSpec)],
+    ) -> Result<Permit, Throttled> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
+        for (key, spec) in &active {
+            let state = map
+                .entry(key.clone())
+                .or_insert_with(|| KeyState::new(*spec));
+            if state.spec != *spec {
+                let in_flight = state.in_flight;
+                *state = KeyState {
+                    in_flight,
+                    ..KeyState::new(*spec)
+                };
+            }
+        }
+        // Checks that consume nothing first: concurrency and the sliding window.
+        let mut wait: Option<Throttled> = None;
+        for (key, spec) in &active {
+            let Some(state) = map.get_mut(key) else {
+                continue;
+            };
+            if spec.concurrency > 0 && state.in_flight >= spec.concurrency {
+                wait = Some(longest(
+                    wait,
+                    Throttled {
+                        retry_after: Duration::from_millis(50),
+                        concurrency: true,
+                    },
+                ));
+            }
+            if spec.window_max > 0 {
+                let window = Duration::from_millis(spec.window_ms);
+                while state
+                    .window
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= window)
+                {
+                    state.window.pop_front();
+                }
+                if state.window.len() >= spec.window_max as usize
+                    && let Some(oldest) = state.window.front()
+                {
+                    let retry_after = (*oldest + window)
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(1));
+                    wait = Some(longest(
+                        wait,
+                        Throttled {
+                            retry_after,
+                            concurrency: false,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(w) = wait {
+            for (key, _) in &active {
+                if let Some(s) = map.get_mut(key) {
+                    s.throttled += 1;
+                }
+            }
+            return Err(w);
+        }
+        // Token buckets, in key order. One refusing after another admitted costs the earlier
+        // one a token: the limiter may under-admit then, never over-admit.
+        for (key, _) in &active {
+            let Some(state) = map.get_mut(key) else {
+                continue;
+            };
+            if let Some(b) = &state.bucket {
+                match b.check() {
+                    Ok(snapshot) => {
+                        state.last_remaining = Some(snapshot.remaining_burst_capacity())
+                    }
+                    Err(not_until) => {
+                        state.last_remaining = Some(0);
+                        let retry_after = not_until
+                            .wait_time_from(TokioClock.now())
+                            .max(Duration::from_millis(1));
+                        for (key, _) in &active {
+                            if let Some(s) = map.get_mut(key) {
+                                s.throttled += 1;
+                            }
+                        }
+                        return Err(Throttled {
+                            retry_after,
+                            concurrency: false,
+                        });
+                    }
+                }
+            }
+        }
+        let mut held = Vec::new();
+        for (key, spec) in &active {
+            let Some(state) = map.get_mut(key) else {
+                continue;
+            };
+            state.admitted += 1;
+            if spec.window_max > 0 {
+                state.window.push_back(now);
+            }
+            state.in_flight += 1;
+            held.push(key.clone());
+        }
+        Ok(Permit {
+            core: self.clone(),
+            keys: held,
+        })
+    }
+
+    fn release(&self, keys: &[String]) {
+        let mut map = self.lock();
+        for key in keys {
+            if let Some(state) = map.get_mut(key) {
+                state.in_flight = state.in_flight.saturating_sub(1);
+            }
+        }
+        drop(map);
+        self.released.notify_waiters();
+    }
+
+    /// Wait until a release, or `limit`, whichever is first.
+    pub async fn released_or(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.released.notified()).await;
+    }
+
+    /// Count a caller as waiting on these keys while the guard lives.
+    pub fn waiting(self: &Arc<Self>, keys: &[(String, LimitSpec)]) -> WaitingGuard {
+        let names: Vec<String> = keys
+            .iter()
+            .filter(|(_, s)| !s.is_off())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut map = self.lock();
+        for k in &names {
+            if let Some(s) = map.get_mut(k) {
+                s.waiting += 1;
+            }
+        }
+        WaitingGuard {
+            core: self.clone(),
+            keys: names,
+        }
+    }
+
+    pub fn status(&self) -> Vec<KeyStatus> {
+        let now = Instant::now();
+        let mut out: Vec<KeyStatus> = self
+            .lock()
+            .iter()
+            .map(|(key, s)| {
+                let window = Duration::from_millis(s.spec.window_ms);
+                KeyStatus {
+                    key: key.clone(),
+                    spec: s.spec,
+                    available_tokens: s
+                        .bucket
+                        .as_ref()
+                        .map(|_| s.last_remaining.unwrap_or(s.spec.burst.max(1))),
+                    window_count: s
+                        .window
+                        .iter()
+                        .filter(|t| now.duration_since(**t) < window)
+                        .count() as u32,
+                    in_flight: s.in_flight,
+                    waiting: s.waiting,
+                    throttled: s.throttled,
+                    admitted: s.admitted,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out
+    }
+}
+
+fn longest(a: Option<Throttled>, b: Throttled) -> Throttled {
+    match a {
+        Some(a) if a.retry_after >= b.retry_after => Throttled {
+            concurrency: a.concurrency || b.concurrency,
+            ..a
+        },
+        Some(a) => Throttled {
+            concurrency: a.concurrency || b.concurrency,
+            ..b
+        },
+        None => b,
+    }
+}
+
+/// Admission to run one query. Dropping it releases its concurrency slots.
+#[derive(Debug)]
+pub struct Permit {
+    core: Arc<LimiterCore>,
+    keys: Vec<String>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.core.release(&self.keys);
+    }
+}
+
+impl std::fmt::Debug for LimiterCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterCore").finish_non_exhaustive()
+    }
+}
+
+pub struct WaitingGuard {
+    core: Arc<LimiterCore>,
+    keys: Vec<String>,
+}
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        let mut map = self.core.lock();
+        for k in &self.keys {
+            if let Some(s) = map.get_mut(k) {
+                s.waiting = s.waiting.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn paused<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn bucket_spec(rate: f64, burst: u32) -> LimitSpec {
+        LimitSpec {
+            rate_per_s: rate,
+            burst,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn token_bucket_admits_burst_then_rate() {
+        paused(async {
+            let core = LimiterCore::new();
+            let keys = [("global".to_string(), bucket_spec(10.0, 3))];
+            for _ in 0..3 {
+                drop(core.try_acquire(&keys).unwrap());
+            }
+            let t = core.try_acquire(&keys).unwrap_err();
+            assert!(
+                t.retry_after <= Duration::from_millis(100) && !t.concurrency,
+                "{t:?}"
+            );
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert!(core.try_acquire(&keys).is_ok());
+            assert_eq!(core.status()[0].throttled, 1);
+        });
+    }
+
+    #[test]
+    fn sliding_window_is_exact() {
+        paused(async {
+            let core = LimiterCore::new();
+            let spec = LimitSpec {
+                window_max: 2,
+                window_ms: 1000,
+                ..Default::default()
+            };
+            let keys = [("k".to_string(), spec)];
+            drop(core.try_acquire(&keys).unwrap());
+            tokio::time::advance(Duration::from_millis(400)).await;
+            drop(core.try_acquire(&keys).unwrap());
+            let t = core.try_acquire(&keys).unwrap_err();
+            assert_eq!(t.retry_after, Duration::from_millis(600));
+            tokio::time::advance(Duration::from_millis(599)).await;
+            assert!(core.try_acquire(&keys).is_err());
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(core.try_acquire(&keys).is_ok());
+        });
+    }
+
+    #[test]
+    fn concurrency_permits_are_released_on_drop() {
+        paused(async {
+            let core = LimiterCore::new();
+            let keys = [(
+                "k".to_string(),
+                LimitSpec {
+                    concurrency: 2,
+                    ..Default::default()
+                },
+            )];
+            let a = core.try_acquire(&keys).unwrap();
+            let _b = core.try_acquire(&keys).unwrap();
+            assert!(core.try_acquire(&keys).unwrap_err().concurrency);
+            assert_eq!(core.status()[0].in_flight, 2);
+            drop(a);
+            assert_eq!(core.status()[0].in_flight, 1);
+            assert!(core.try_acquire(&keys).is_ok());
+        });
+    }
+
+    #[test]
+    fn all_keys_must_admit_and_a_refusal_holds_nothing() {
+        paused(async {
+            let core = LimiterCore::new();
+            let keys = [
+                (
+                    "global".to_string(),
+                    LimitSpec {
+                        concurrency: 5,
+                        ..Default::default()
+                    },
+                ),
+                (
+                    "model:m".to_string(),
+                    LimitSpec {
+                        concurrency: 1,
+                        ..Default::default()
+                    },
+                ),
+            ];
+            let _held = core.try_acquire(&keys).unwrap();
+            assert!(core.try_acquire(&keys).is_err());
+            let st = core.status();
+            assert_eq!(
+                st.iter().map(|s| s.in_flight).collect::<Vec<_>>(),
+                [1, 1],
+                "{st:?}"
+            );
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        /// For any arrival pattern, a token bucket admits at most burst + rate × T in any span T.
+        #[test]
+        fn token_bucket_never_admits_more_than_its_rate(
+            rate in 1u32..50, burst in 1u32..5, gaps in proptest::collection::vec(0u64..120, 1..200)
+        ) {
+            let admitted: Vec<Instant> = paused(async {
+                let core = LimiterCore::new();
+                let keys = [("k".to_string(), bucket_spec(rate as f64, burst))];
+                let mut admitted = Vec::new();
+                for gap in gaps {
+                    tokio::time::advance(Duration::from_millis(gap)).await;
+                    if let Ok(p) = core.try_acquire(&keys) {
+                        drop(p);
+                        admitted.push(Instant::now());
+                    }
+                }
+                admitted
+            });
+            for (i, start) in admitted.iter().enumerate() {
+                for (j, end) in admitted.iter().enumerate().skip(i) {
+                    let span = end.duration_since(*start).as_secs_f64();
+                    let allowed = burst as f64 + rate as f64 * span + 1e-6;
+                    prop_assert!((j - i + 1) as f64 <= allowed, "{} admitted in {span}s (rate {rate}, burst {burst})", j - i + 1);
+                }
+            }
+        }
+
+        /// A sliding window admits at most `max` in any window, exactly.
+        #[test]
+        fn sliding_window_never_exceeds_max(
+            max in 1u32..6, window_ms in 10u64..500, gaps in proptest::collection::vec(0u64..100, 1..200)
+        ) {
+            let admitted: Vec<Instant> = paused(async {
+                let core = LimiterCore::new();
+                let keys = [("k".to_string(), LimitSpec { window_max: max, window_ms, ..Default::default() })];
+                let mut admitted = Vec::new();
+                for gap in gaps {
+                    tokio::time::advance(Duration::from_millis(gap)).await;
+                    if let Ok(p) = core.try_acquire(&keys) {
+                        drop(p);
+                        admitted.push(Instant::now());
+                    }
+                }
+                admitted
+            });
+            for (i, start) in admitted.iter().enumerate() {
+                let inside = admitted[i..].iter().take_while(|t| t.duration_since(*start) < Duration::from_millis(window_ms)).count();
+                prop_assert!(inside <= max as usize);
+            }
+        }
+    }
+}

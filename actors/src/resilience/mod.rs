@@ -1,0 +1,418 @@
+//! Resilience in front of every agent run: the RateLimiterActor (`limiter`), the BreakerActor
+//! (`breaker`), and retry with exponential backoff and full jitter.
+//!
+//! A query goes: limiter acquire → breaker check → execute → breaker record → retry when the
+//! error class allows, every attempt passing limiter and breaker again, never past the query's
+//! deadline. The actors' accounting lives in shared cores ([`limiter::LimiterCore`],
+//! [`breaker::BreakerCore`]) that a restart of either actor keeps.
+
+pub mod breaker;
+pub mod limiter;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
+use breaker::{BreakerCore, BreakerSpec, BreakerStatus, Outcome, Transition};
+use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled};
+
+/// `[limiter]`: limits on the global key, each model's key and each project's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimiterConfig {
+    pub global_rate_per_s: f64,
+    pub global_burst: u32,
+    pub global_window_max: u32,
+    pub global_window_ms: u64,
+    pub global_concurrency: u32,
+    pub model_rate_per_s: f64,
+    pub model_burst: u32,
+    pub model_window_max: u32,
+    pub model_window_ms: u64,
+    pub model_concurrency: u32,
+    pub project_rate_per_s: f64,
+    pub project_burst: u32,
+    pub project_window_max: u32,
+    pub project_window_ms: u64,
+    pub project_concurrency: u32,
+}
+
+/// The scopes a limit applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Global,
+    Model,
+    Project,
+}
+
+impl LimiterConfig {
+    pub fn spec(&self, scope: Scope) -> LimitSpec {
+        let s = match scope {
+            Scope::Global => (
+                self.global_rate_per_s,
+                self.global_burst,
+                self.global_window_max,
+                self.global_window_ms,
+                self.global_concurrency,
+            ),
+            Scope::Model => (
+                self.model_rate_per_s,
+                self.model_burst,
+                self.model_window_max,
+                self.model_window_ms,
+                self.model_concurrency,
+            ),
+            Scope::Project => (
+                self.project_rate_per_s,
+                self.project_burst,
+                self.project_window_max,
+                self.project_window_ms,
+                self.project_concurrency,
+            ),
+        };
+        LimitSpec {
+            rate_per_s: s.0,
+            burst: s.1.max(1),
+            window_max: s.2,
+            window_ms: s.3,
+            concurrency: s.4,
+        }
+    }
+
+    pub fn set(&mut self, scope: Scope, spec: LimitSpec) {
+        let slots = match scope {
+            Scope::Global => (
+                &mut self.global_rate_per_s,
+                &mut self.global_burst,
+                &mut self.global_window_max,
+                &mut self.global_window_ms,
+                &mut self.global_concurrency,
+            ),
+            Scope::Model => (
+                &mut self.model_rate_per_s,
+                &mut self.model_burst,
+                &mut self.model_window_max,
+                &mut self.model_window_ms,
+                &mut self.model_concurrency,
+            ),
+            Scope::Project => (
+                &mut self.project_rate_per_s,
+                &mut self.project_burst,
+                &mut self.project_window_max,
+                &mut self.project_window_ms,
+                &mut self.project_concurrency,
+            ),
+        };
+        *slots.0 = spec.rate_per_s;
+        *slots.1 = spec.burst;
+        *slots.2 = spec.window_max;
+        *slots.3 = spec.window_ms;
+        *slots.4 = spec.concurrency;
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, scope) in [
+            ("limiter.global", Scope::Global),
+            ("limiter.model", Scope::Model),
+            ("limiter.project", Scope::Project),
+        ] {
+            self.spec(scope).validate(name)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[retry]`: exponential backoff with full jitter, for `retryable` errors only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (0: no retry).
+    pub max_retries: u32,
+    pub base_delay_ms: u64,
+    pub factor: f64,
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_retries: 2,
+            base_delay_ms: 1_000,
+            factor: 2.0,
+            max_delay_ms: 30_000,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The delay before retry number `retry` (1-based): uniformly random in
+    /// `[0, min(max_delay, base × factor^(retry-1))]` ("full jitter").
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let cap = self.base_delay_ms as f64
+            * self
+                .factor
+                .max(1.0)
+                .powi(retry.saturating_sub(1).min(60) as i32);
+        let cap = cap.min(self.max_delay_ms as f64).max(0.0);
+        Duration::from_millis((fastrand::f64() * cap) as u64)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            return Err("`retry.factor` must be at least 1".into());
+        }
+        if self.max_delay_ms < self.base_delay_ms {
+            return Err("`retry.max_delay_ms` must be at least `retry.base_delay_ms`".into());
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The limiter actor
+
+/// Limits in force, changeable at run time by `limiter.configure`.
+pub type SharedLimits = Arc<Mutex<LimiterConfig>>;
+
+pub struct LimiterActor {
+    sup: Supervision,
+    core: Arc<LimiterCore>,
+    limits: SharedLimits,
+}
+
+supervised!(LimiterActor);
+
+impl LimiterActor {
+    pub fn new(sup: Supervision, core: Arc<LimiterCore>, limits: SharedLimits) -> Self {
+        LimiterActor { sup, core, limits }
+    }
+}
+
+impl Supervise for LimiterActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+}
+
+/// Try to admit a query for a model and a project.
+pub struct TryAcquire {
+    pub model: Option<String>,
+    pub project: Option<String>,
+}
+
+impl Request for TryAcquire {
+    type Output = Result<Permit, Throttled>;
+}
+
+impl TryAcquire {
+    fn keys(&self, limits: &LimiterConfig) -> Vec<(String, LimitSpec)> {
+        let mut keys = vec![("global".to_string(), limits.spec(Scope::Global))];
+        keys.push((
+            format!("model:{}", self.model.as_deref().unwrap_or("default")),
+            limits.spec(Scope::Model),
+        ));
+        if let Some(p) = &self.project {
+            keys.push((format!("project:{p}"), limits.spec(Scope::Project)));
+        }
+        keys
+    }
+}
+
+impl Handle<TryAcquire> for LimiterActor {
+    fn handle(
+        &mut self,
+        msg: TryAcquire,
+        _: &mut Context<Self>,
+    ) -> Reply<Result<Permit, Throttled>> {
+        let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
+        Reply::ok(self.core.try_acquire(&msg.keys(&limits)))
+    }
+}
+
+pub struct LimiterStatus;
+
+impl Request for LimiterStatus {
+    type Output = (LimiterConfig, Vec<KeyStatus>);
+}
+
+impl Handle<LimiterStatus> for LimiterActor {
+    fn handle(
+        &mut self,
+        _: LimiterStatus,
+        _: &mut Context<Self>,
+    ) -> Reply<(LimiterConfig, Vec<KeyStatus>)> {
+        let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
+        Reply::ok((limits, self.core.status()))
+    }
+}
+
+pub struct Configure {
+    pub scope: Scope,
+    pub spec: LimitSpec,
+}
+
+impl Request for Configure {
+    type Output = LimiterConfig;
+}
+
+impl Handle<Configure> for LimiterActor {
+    fn handle(&mut self, msg: Configure, _: &mut Context<Self>) -> Reply<LimiterConfig> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.set(msg.scope, msg.spec);
+        tracing::info!(scope = ?msg.scope, "limits changed: {:?}", msg.spec);
+        Reply::ok(limits.clone())
+    }
+}
+
+impl LimiterActor {
+    pub fn core(&self) -> &Arc<LimiterCore> {
+        &self.core
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The breaker actor
+
+pub struct BreakerActor {
+    sup: Supervision,
+    core: Arc<BreakerCore>,
+    spec: BreakerSpec,
+}
+
+supervised!(BreakerActor);
+
+impl BreakerActor {
+    pub fn new(sup: Supervision, core: Arc<BreakerCore>, spec: BreakerSpec) -> Self {
+        BreakerActor { sup, core, spec }
+    }
+}
+
+impl Supervise for BreakerActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+}
+
+fn log_transition(t: &Transition) {
+    tracing::warn!(key = %t.key, "breaker {:?} → {:?}: {}", t.from, t.to, t.reason);
+}
+
+/// May a call under `key` go through? `Err(retry_after)` when the breaker is open.
+pub struct Allow {
+    pub key: String,
+}
+
+impl Request for Allow {
+    type Output = Result<(), Duration>;
+}
+
+impl Handle<Allow> for BreakerActor {
+    fn handle(&mut self, msg: Allow, _: &mut Context<Self>) -> Reply<Result<(), Duration>> {
+        let (verdict, change) = self.core.allow(&msg.key, self.spec);
+        if let Some(t) = &change {
+            log_transition(t);
+        }
+        Reply::ok(verdict)
+    }
+}
+
+/// How an admitted call ended (`None`: it never got an outcome, e.g. cancelled).
+pub struct RecordOutcome {
+    pub key: String,
+    pub outcome: Option<Outcome>,
+    pub duration: Duration,
+}
+
+impl Request for RecordOutcome {
+    type Output = ();
+}
+
+impl Handle<RecordOutcome> for BreakerActor {
+    fn handle(&mut self, msg: RecordOutcome, _: &mut Context<Self>) -> Reply<()> {
+        if !self.spec.enabled {
+            return Reply::ok(());
+        }
+        match msg.outcome {
+            Some(outcome) => {
+                if let Some(t) = self.core.record(&msg.key, outcome, msg.duration) {
+                    log_transition(&t);
+                }
+            }
+            None => self.core.abandon(&msg.key),
+        }
+        Reply::ok(())
+    }
+}
+
+pub struct BreakerStatuses;
+
+impl Request for BreakerStatuses {
+    type Output = Vec<BreakerStatus>;
+}
+
+impl Handle<BreakerStatuses> for BreakerActor {
+    fn handle(&mut self, _: BreakerStatuses, _: &mut Context<Self>) -> Reply<Vec<BreakerStatus>> {
+        Reply::ok(self.core.status())
+    }
+}
+
+pub struct Reset {
+    pub key: Option<String>,
+}
+
+impl Request for Reset {
+    type Output = usize;
+}
+
+impl Handle<Reset> for BreakerActor {
+    fn handle(&mut self, msg: Reset, _: &mut Context<Self>) -> Reply<usize> {
+        let n = self.core.reset(msg.key.as_deref());
+        tracing::info!(key = ?msg.key, "breaker reset ({n})");
+        Reply::ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_growing_cap() {
+        let r = RetryConfig {
+            max_retries: 5,
+            base_delay_ms: 100,
+            factor: 2.0,
+            max_delay_ms: 350,
+        };
+        for _ in 0..200 {
+            assert!(r.backoff(1) <= Duration::from_millis(100));
+            assert!(r.backoff(2) <= Duration::from_millis(200));
+            assert!(r.backoff(3) <= Duration::from_millis(350));
+            assert!(r.backoff(30) <= Duration::from_millis(350));
+        }
+        let spread: std::collections::HashSet<u128> =
+            (0..50).map(|_| r.backoff(3).as_millis()).collect();
+        assert!(spread.len() > 5, "jitter spreads the delays");
+    }
+
+    #[test]
+    fn keys_cover_global_model_and_project() {
+        let cfg = LimiterConfig {
+            global_concurrency: 1,
+            ..Default::default()
+        };
+        let keys = TryAcquire {
+            model: Some("m".into()),
+            project: Some("p".into()),
+        }
+        .keys(&cfg);
+        let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["global", "model:m", "project:p"]);
+        assert_eq!(keys[0].1.concurrency, 1);
+        assert!(keys[1].1.is_off());
+    }
+}
