@@ -14,7 +14,10 @@ use anyhow::{Context as _, bail};
 use ccd_actors::config::SessionConfig;
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
-use ccd_actors::query::QueryService;
+use ccd_actors::query::{QueryService, Resilience};
+use ccd_actors::resilience::breaker::BreakerCore;
+use ccd_actors::resilience::limiter::LimiterCore;
+use ccd_actors::resilience::{BreakerActor, LimiterActor, SharedLimits};
 use ccd_actors::reader::Reader;
 use ccd_actors::store::ExpireSessions;
 use ccd_actors::supervise::HealthRegistry;
@@ -131,13 +134,16 @@ async fn serve(
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(|| home.root.clone());
-    let query = QueryService::new(
-        writer.clone(),
-        reader.clone(),
-        pool,
-        config.executor.clone(),
-        default_cwd,
-    );
+    // Limiter and breaker keep their accounting in cores that outlive any restart of theirs.
+    let limiter_core = LimiterCore::new();
+    let limits: SharedLimits = Arc::new(Mutex::new(config.limiter.clone()));
+    let limiter = LimiterActor::new(health.register("limiter"), limiter_core.clone(), limits.clone());
+    let limiter = Supervisor::start(move |_| limiter);
+    let breaker = BreakerActor::new(health.register("breaker"), BreakerCore::new(), config.breaker);
+    let breaker = Supervisor::start(move |_| breaker);
+    let resilience = Resilience { limiter, limiter_core, limits, breaker, retry: config.retry.clone() };
+    let query =
+        QueryService::new(writer.clone(), reader.clone(), pool, resilience, config.executor.clone(), default_cwd);
     let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
         command: config.executor.command.clone(),
         version: None,

@@ -21,6 +21,12 @@ pub enum ActorError {
     InvalidParams(String),
     #[error("{0}")]
     Internal(String),
+    /// Refused by the rate limiter.
+    #[error("rate limited: retry in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// Refused by an open circuit breaker.
+    #[error("circuit open for `{key}`: the agent keeps failing; retry in {retry_after_ms} ms")]
+    CircuitOpen { key: String, retry_after_ms: u64 },
     /// Too many connections, requests or queued work.
     #[error("{0}")]
     Overloaded(String),
@@ -57,6 +63,10 @@ impl From<ActorError> for RpcError {
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
             ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),
+            ActorError::RateLimited { retry_after_ms } => RpcError::new(ErrorCode::RateLimited, e.to_string())
+                .with_data(json!({ "retry_after_ms": retry_after_ms })),
+            ActorError::CircuitOpen { ref key, retry_after_ms } => RpcError::new(ErrorCode::CircuitOpen, e.to_string())
+                .with_data(json!({ "retry_after_ms": retry_after_ms, "key": key })),
             ActorError::Agent {
                 code,
                 message,

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ActorError;
 use crate::executor::{Member, PoolStatus, SharedProbe};
 use crate::query::QueryService;
+use crate::resilience::{BreakerStatuses, Configure, LimiterConfig, LimiterStatus as LimiterStatusMsg, Reset, Scope};
 use crate::reader::Reader;
 use crate::store::{self, WriteOp};
 use crate::supervise::{
@@ -235,6 +236,8 @@ impl GatewayActor {
             "gateway" => panic!("debug.crash: injected panic in gateway"),
             "writer" => Reply::later(crash(self.writer.clone(), actor.into())),
             "executor" => Reply::later(crash(self.query.pool().clone(), actor.into())),
+            "limiter" => Reply::later(crash(self.query.limiter().clone(), actor.into())),
+            "breaker" => Reply::later(crash(self.query.breaker().clone(), actor.into())),
             other => {
                 let member = other
                     .strip_prefix("executor-")
@@ -421,6 +424,50 @@ impl GatewayActor {
         })
     }
 
+    /// `limiter.*` and `breaker.*`.
+    fn resilience(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        fn status(limits: LimiterConfig, keys: Vec<types::KeyStatus>) -> types::LimiterStatus {
+            let limits = types::ScopeLimits {
+                global: limits.spec(Scope::Global),
+                model: limits.spec(Scope::Model),
+                project: limits.spec(Scope::Project),
+            };
+            types::LimiterStatus { limits, keys }
+        }
+        let limiter = self.query.limiter().clone();
+        let breaker = self.query.breaker().clone();
+        Some(match method {
+            m::LimiterStatus::NAME => later::<m::LimiterStatus, _>(p, move |_| async move {
+                let (limits, keys) = limiter.send(Call(LimiterStatusMsg)).await.unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                Ok(status(limits, keys))
+            }),
+            m::LimiterConfigure::NAME => match parse_params::<m::LimiterConfigure>(p).and_then(|c| {
+                let name = format!("limits.{}", serde_json::to_value(c.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
+                c.limits.validate(&name).map_err(|e| RpcError::invalid_params(format!("invalid params for limiter.configure: {e}")))?;
+                Ok(c)
+            }) {
+                Ok(c) => Reply::later(async move {
+                    limiter
+                        .send(Call(Configure { scope: c.scope, spec: c.limits }))
+                        .await
+                        .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                    let (limits, keys) = limiter.send(Call(LimiterStatusMsg)).await.unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                    to_value(status(limits, keys))
+                }),
+                Err(e) => Reply::err(e),
+            },
+            m::BreakerStatus::NAME => later::<m::BreakerStatus, _>(p, move |_| async move {
+                let breakers = breaker.send(Call(BreakerStatuses)).await.unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                Ok(types::BreakerList { breakers })
+            }),
+            m::BreakerReset::NAME => later::<m::BreakerReset, _>(p, move |p| async move {
+                let n = breaker.send(Call(Reset { key: p.key })).await.unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                Ok(types::BreakerResetResult { reset: n as u64 })
+            }),
+            _ => return None,
+        })
+    }
+
     /// A write whose output is the method's result.
     fn write_reply<O: WriteOp>(&self, op: O) -> Reply<Value>
     where
@@ -452,6 +499,7 @@ impl Handle<Route> for GatewayActor {
             "setting" => self.setting(&method, params),
             "backup" => self.backup(&method, params),
             "query" | "session" => self.query(&method, params, conn),
+            "limiter" | "breaker" => self.resilience(&method, params),
             _ => None,
         };
         reply.unwrap_or_else(|| {
@@ -465,7 +513,7 @@ impl Handle<Route> for GatewayActor {
 
 fn unknown_actor(name: &str) -> ActorError {
     RpcError::invalid_params(format!(
-        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N)"
+        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N, limiter, breaker)"
     ))
     .into()
 }
@@ -700,13 +748,19 @@ mod tests {
             crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));
         let pool = Supervisor::start(move |_| pool);
         let reader = Reader::new(db);
-        let query = QueryService::new(
-            writer.clone(),
-            reader.clone(),
-            pool,
-            Default::default(),
-            dir.path().into(),
-        );
+        let core = crate::resilience::limiter::LimiterCore::new();
+        let limits: crate::resilience::SharedLimits = Default::default();
+        let limiter = crate::resilience::LimiterActor::new(health.register("limiter"), core.clone(), limits.clone());
+        let breaker_core = crate::resilience::breaker::BreakerCore::new();
+        let breaker = crate::resilience::BreakerActor::new(health.register("breaker"), breaker_core, Default::default());
+        let resilience = crate::query::Resilience {
+            limiter: Supervisor::start(move |_| limiter),
+            limiter_core: core,
+            limits,
+            breaker: Supervisor::start(move |_| breaker),
+            retry: Default::default(),
+        };
+        let query = QueryService::new(writer.clone(), reader.clone(), pool, resilience, Default::default(), dir.path().into());
         let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
         let gw = GatewayActor::new(
             health.register("gateway"),

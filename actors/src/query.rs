@@ -21,8 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutorConfig;
 use crate::error::ActorError;
+use crate::resilience::breaker::Outcome;
+use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
+use crate::resilience::{Allow, BreakerActor, LimiterActor, RecordOutcome, RetryConfig, SharedLimits, TryAcquire};
 use crate::executor::{
-    AgentFailure, AgentOptions, AgentSpec, ExecutorPool, FailureKind, Run, Submit, Transcript,
+    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, Run, RunResult, Submit, Transcript,
     agent_args,
 };
 use crate::gateway::{ConnCtx, validate};
@@ -34,11 +37,27 @@ use crate::writer::{Write, WriterActor};
 /// Longest accepted per-query deadline (24 hours).
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 
+/// What guards every agent run.
+#[derive(Clone)]
+pub struct Resilience {
+    pub limiter: Addr<LimiterActor>,
+    /// The limiter's accounting, to wait for a released permit without polling.
+    pub limiter_core: Arc<LimiterCore>,
+    pub limits: SharedLimits,
+    pub breaker: Addr<BreakerActor>,
+    pub retry: RetryConfig,
+}
+
 #[derive(Clone)]
 pub struct QueryService {
     writer: Addr<WriterActor>,
     reader: Reader,
     pool: Addr<ExecutorPool>,
+    limiter: Addr<LimiterActor>,
+    limiter_core: Arc<LimiterCore>,
+    limits: SharedLimits,
+    breaker: Addr<BreakerActor>,
+    retry: RetryConfig,
     cfg: ExecutorConfig,
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
@@ -50,13 +69,20 @@ impl QueryService {
         writer: Addr<WriterActor>,
         reader: Reader,
         pool: Addr<ExecutorPool>,
+        resilience: Resilience,
         cfg: ExecutorConfig,
         default_cwd: PathBuf,
     ) -> Self {
+        let Resilience { limiter, limiter_core, limits, breaker, retry } = resilience;
         QueryService {
             writer,
             reader,
             pool,
+            limiter,
+            limiter_core,
+            limits,
+            breaker,
+            retry,
             cfg,
             default_cwd,
             running: Default::default(),
@@ -65,6 +91,14 @@ impl QueryService {
 
     pub fn pool(&self) -> &Addr<ExecutorPool> {
         &self.pool
+    }
+
+    pub fn limiter(&self) -> &Addr<LimiterActor> {
+        &self.limiter
+    }
+
+    pub fn breaker(&self) -> &Addr<BreakerActor> {
+        &self.breaker
     }
 
     async fn write<O: WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
@@ -76,45 +110,24 @@ impl QueryService {
 
     /// `query.run`.
     pub async fn run(self, p: QueryRun, conn: ConnCtx) -> Result<QueryResult, ActorError> {
+        const M: &str = "query.run";
         if p.prompt.trim().is_empty() {
-            return Err(invalid("`prompt`: must not be empty"));
+            return Err(invalid(M, "`prompt`: must not be empty"));
         }
         if p.new_session && p.session.is_some() {
-            return Err(invalid("give `session` or `new_session`, not both"));
+            return Err(invalid(M, "give `session` or `new_session`, not both"));
+        }
+        if p.project.is_some() && p.cwd.is_some() {
+            return Err(invalid(M, "give `project` or `cwd`, not both"));
         }
         let timeout_ms = p.timeout_ms.unwrap_or(self.cfg.timeout_ms);
         if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(invalid(&format!(
-                "`timeout_ms`: must be between 1 and {MAX_TIMEOUT_MS}"
-            )));
+            return Err(invalid(M, &format!("`timeout_ms`: must be between 1 and {MAX_TIMEOUT_MS}")));
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
 
-        // Where it runs, and with which environment.
-        let (cwd, env, project) = match (&p.project, &p.cwd) {
-            (Some(_), Some(_)) => return Err(invalid("give `project` or `cwd`, not both")),
-            (Some(name), None) => {
-                let lookup = name.clone();
-                let project = self
-                    .reader
-                    .read("reading the project", move |c| store::project(c, &lookup))
-                    .await?
-                    .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
-                (
-                    PathBuf::from(&project.path),
-                    project.env.clone(),
-                    Some(project.name),
-                )
-            }
-            (None, Some(dir)) => (
-                PathBuf::from(validate::dir("cwd", dir)?),
-                BTreeMap::new(),
-                None,
-            ),
-            (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
-        };
-
-        // The session: continue an open one, or start a new one.
-        let session = match &p.session {
+        // An existing session to continue, if any: its project is the default place to run.
+        let existing = match &p.session {
             Some(id) => {
                 let lookup = id.clone();
                 let s = self
@@ -123,22 +136,37 @@ impl QueryService {
                     .await?
                     .ok_or_else(|| ActorError::NotFound(format!("no session `{id}`")))?;
                 if s.status != "open" {
-                    return Err(ActorError::Conflict(format!(
-                        "session `{id}` is {}; start a new one",
-                        s.status
-                    )));
+                    return Err(ActorError::Conflict(format!("session `{id}` is {}; start a new one", s.status)));
                 }
-                s
+                Some(s)
             }
+            None => None,
+        };
+        let project_name = p.project.clone().or_else(|| {
+            if p.cwd.is_none() { existing.as_ref().and_then(|s| s.project.clone()) } else { None }
+        });
+
+        // Where it runs, and with which environment.
+        let (cwd, env, project) = match (&project_name, &p.cwd) {
+            (Some(name), _) => {
+                let lookup = name.clone();
+                let project = self
+                    .reader
+                    .read("reading the project", move |c| store::project(c, &lookup))
+                    .await?
+                    .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
+                (PathBuf::from(&project.path), project.env.clone(), Some(project.name))
+            }
+            (None, Some(dir)) => (PathBuf::from(validate::dir("cwd", dir)?), BTreeMap::new(), None),
+            (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
+        };
+
+        let session = match existing {
+            Some(s) => s,
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                self.write(store::CreateSession {
-                    id,
-                    project: project.clone(),
-                    tags: vec![],
-                    model: p.model.clone(),
-                })
-                .await?
+                self.write(store::CreateSession { id, project: project.clone(), tags: vec![], model: p.model.clone() })
+                    .await?
             }
         };
 
@@ -161,7 +189,7 @@ impl QueryService {
             cwd,
             env,
             prompt: p.prompt.clone(),
-            deadline: tokio::time::Instant::now() + Duration::from_millis(timeout_ms),
+            deadline,
             kill_grace: Duration::from_millis(self.cfg.kill_grace_ms),
             max_line_bytes: self.cfg.max_line_bytes,
             cli_retry_limit: self.cfg.cli_retry_limit,
@@ -170,60 +198,57 @@ impl QueryService {
         // Cancelled by query.cancel, or when the client goes away.
         let cancel = conn.closed.child_token();
         self.lock_running().insert(query_id.clone(), cancel.clone());
-        let on_message = streamer(p.stream, &query_id, &conn);
         let started_at_ms = store::now_ms();
         let started = std::time::Instant::now();
         tracing::info!(query_id, session = %session.id, "query started");
-
-        let outcome = self
-            .pool
-            .send(Call(Submit(Run {
-                spec,
-                cancel,
-                on_message,
-            })))
-            .await;
-        self.lock_running().remove(&query_id);
-        let run = match outcome {
-            Ok(Ok(run)) => run,
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(ActorError::internal("the executor pool", e)),
+        let guarded = Guarded {
+            model: model.clone(),
+            project: project.clone(),
+            breaker_key: format!("{}|{}", self.cfg.command, model.as_deref().unwrap_or("default")),
+            deadline,
+            no_wait: p.no_wait,
         };
+        let outcome = self.run_attempts(&guarded, spec, &cancel, p.stream, &query_id, &conn).await;
+        self.lock_running().remove(&query_id);
         let duration_ms = started.elapsed().as_millis() as u64;
 
-        let (transcript, failure) = match run {
-            Ok(t) => (t, None),
-            Err(f) => {
-                let f = *f;
-                (f.transcript.clone(), Some(f))
-            }
+        let (transcript, failure, attempts, spent) = match outcome {
+            Attempts::Done { result, attempts, spent } => match result {
+                Ok(t) => (t, None, attempts, spent),
+                Err(f) => {
+                    let f = *f;
+                    (f.transcript.clone(), Some(Failure::Agent(f)), attempts, spent)
+                }
+            },
+            Attempts::Refused { error, attempts, spent } => (Transcript::default(), Some(Failure::Refused(error)), attempts, spent),
         };
         let result = transcript.result.clone();
+        let (status, error_class, error) = match &failure {
+            None => ("ok", None, None),
+            Some(Failure::Agent(f)) => (
+                match f.kind {
+                    FailureKind::Agent => "error",
+                    FailureKind::Timeout => "timeout",
+                    FailureKind::Cancelled => "cancelled",
+                },
+                Some(f.class.as_str().to_string()),
+                Some(f.detail.clone()),
+            ),
+            Some(Failure::Refused(e)) => ("refused", None, Some(e.to_string())),
+        };
         let turn = store::RecordTurn {
             session_id: session.id.clone(),
             query_id: query_id.clone(),
             prompt: p.prompt,
-            result: result
-                .as_ref()
-                .and_then(|r| r.result.clone())
-                .or_else(|| non_empty(&transcript.text)),
-            status: match failure.as_ref().map(|f| f.kind) {
-                None => "ok",
-                Some(FailureKind::Agent) => "error",
-                Some(FailureKind::Timeout) => "timeout",
-                Some(FailureKind::Cancelled) => "cancelled",
-            },
-            error_class: failure.as_ref().map(|f| f.class.as_str().to_string()),
-            error: failure.as_ref().map(|f| f.detail.clone()),
-            usage: transcript.usage,
-            cost_usd: result.as_ref().map(|r| r.total_cost_usd).unwrap_or(0.0),
-            duration_ms: result
-                .as_ref()
-                .map(|r| r.duration_ms)
-                .filter(|d| *d > 0)
-                .unwrap_or(duration_ms),
+            result: result.as_ref().and_then(|r| r.result.clone()).or_else(|| non_empty(&transcript.text)),
+            status,
+            error_class,
+            error,
+            usage: spent.usage,
+            cost_usd: spent.cost_usd,
+            duration_ms,
             num_turns: result.as_ref().map(|r| r.num_turns).unwrap_or(0),
-            attempts: 1,
+            attempts,
             model: transcript.model.clone().or(model),
             started_at_ms,
             agent_session_id: transcript.agent_session_id(),
@@ -235,7 +260,7 @@ impl QueryService {
         match failure {
             None => {
                 let turn = recorded?;
-                tracing::info!(query_id, "query finished");
+                tracing::info!(query_id, attempts, "query finished");
                 Ok(QueryResult {
                     query_id,
                     session_id: session.id,
@@ -250,14 +275,127 @@ impl QueryService {
                     model: turn.model,
                 })
             }
-            Some(f) => {
-                tracing::warn!(
-                    query_id,
-                    class = f.class.as_str(),
-                    "query failed: {}",
-                    f.detail
-                );
-                Err(agent_error(&query_id, &session.id, &f, &transcript))
+            Some(Failure::Agent(f)) => {
+                tracing::warn!(query_id, attempts, class = f.class.as_str(), "query failed: {}", f.detail);
+                Err(agent_error(&query_id, &session.id, &f, &transcript, attempts))
+            }
+            Some(Failure::Refused(e)) => Err(e),
+        }
+    }
+
+    /// Attempts of one query: limiter → breaker → run → record → retry while the error is
+    /// retryable, attempts remain and the deadline allows the backoff.
+    async fn run_attempts(
+        &self,
+        g: &Guarded,
+        spec: AgentSpec,
+        cancel: &CancellationToken,
+        stream: bool,
+        query_id: &str,
+        conn: &ConnCtx,
+    ) -> Attempts {
+        let mut spent = Spent::default();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let permit = match self.acquire(g, cancel).await {
+                Ok(p) => p,
+                Err(error) => return Attempts::Refused { error, attempts: attempt - 1, spent },
+            };
+            match self.breaker.send(Call(Allow { key: g.breaker_key.clone() })).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(retry_after))) => {
+                    let error = ActorError::CircuitOpen { key: g.breaker_key.clone(), retry_after_ms: retry_after.as_millis() as u64 };
+                    return Attempts::Refused { error, attempts: attempt - 1, spent };
+                }
+                Ok(Err(e)) => return Attempts::Refused { error: e, attempts: attempt - 1, spent },
+                Err(e) => return Attempts::Refused { error: ActorError::internal("the breaker", e), attempts: attempt - 1, spent },
+            }
+            let t0 = std::time::Instant::now();
+            let run = Run { spec: spec.clone(), cancel: cancel.clone(), on_message: streamer(stream, query_id, conn) };
+            let result = match self.pool.send(Call(Submit(run))).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.breaker.do_send(Call(RecordOutcome { key: g.breaker_key.clone(), outcome: None, duration: t0.elapsed() }));
+                    return Attempts::Refused { error: e, attempts: attempt - 1, spent };
+                }
+                Err(e) => return Attempts::Refused { error: ActorError::internal("the executor pool", e), attempts: attempt - 1, spent },
+            };
+            drop(permit);
+            let transcript = match &result {
+                Ok(t) => t,
+                Err(f) => &f.transcript,
+            };
+            spent.add(transcript);
+            let outcome = match &result {
+                Ok(_) => Some(Outcome::Success),
+                Err(f) if f.kind == FailureKind::Cancelled => None,
+                Err(f) if f.class == ErrorClass::NonRetryable => Some(Outcome::Ignored),
+                Err(_) => Some(Outcome::Failure),
+            };
+            self.breaker.do_send(Call(RecordOutcome { key: g.breaker_key.clone(), outcome, duration: t0.elapsed() }));
+            let f = match result {
+                Ok(t) => return Attempts::Done { result: Ok(t), attempts: attempt, spent },
+                Err(f) => f,
+            };
+            let retryable = f.class == ErrorClass::Retryable && f.kind == FailureKind::Agent;
+            if !retryable || attempt > self.retry.max_retries {
+                return Attempts::Done { result: Err(f), attempts: attempt, spent };
+            }
+            let delay = self.retry.backoff(attempt);
+            if tokio::time::Instant::now() + delay >= g.deadline {
+                return Attempts::Done { result: Err(f), attempts: attempt, spent };
+            }
+            tracing::info!(query_id, attempt, ?delay, "retrying after a retryable failure: {}", f.detail);
+            notify(stream, query_id, conn, json!({
+                "type": "ccd", "subtype": "retry", "attempt": attempt + 1,
+                "delay_ms": delay.as_millis() as u64, "error": f.detail,
+            }));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => {
+                    let mut f = *f;
+                    f.kind = FailureKind::Cancelled;
+                    f.class = ErrorClass::NonRetryable;
+                    f.detail = "cancelled while waiting to retry".into();
+                    return Attempts::Done { result: Err(Box::new(f)), attempts: attempt, spent };
+                }
+            }
+        }
+    }
+
+    /// Wait for the rate limiter's admission, up to the deadline (or refuse at once with
+    /// `no_wait`).
+    async fn acquire(&self, g: &Guarded, cancel: &CancellationToken) -> Result<Permit, ActorError> {
+        let mut waiting: Option<WaitingGuard> = None;
+        loop {
+            let request = TryAcquire { model: g.model.clone(), project: g.project.clone() };
+            let throttled = match self.limiter.send(Call(request)).await {
+                Ok(Ok(Ok(permit))) => return Ok(permit),
+                Ok(Ok(Err(t))) => t,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(ActorError::internal("the limiter", e)),
+            };
+            let now = tokio::time::Instant::now();
+            let refused = ActorError::RateLimited { retry_after_ms: throttled.retry_after.as_millis().max(1) as u64 };
+            if g.no_wait || (!throttled.concurrency && now + throttled.retry_after > g.deadline) || now >= g.deadline {
+                return Err(refused);
+            }
+            if waiting.is_none() {
+                let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
+                let keys = TryAcquire { model: g.model.clone(), project: g.project.clone() }.keys(&limits);
+                waiting = Some(self.limiter_core.waiting(&keys));
+            }
+            let wait = throttled.retry_after.min(g.deadline.saturating_duration_since(now));
+            tokio::select! {
+                _ = self.limiter_core.released_or(wait) => {}
+                _ = cancel.cancelled() => {
+                    return Err(ActorError::Agent {
+                        code: ErrorCode::Cancelled,
+                        message: "query cancelled while waiting for the rate limiter".into(),
+                        data: json!({ "class": "non_retryable", "detail": "cancelled" }),
+                    });
+                }
             }
         }
     }
@@ -315,7 +453,7 @@ impl QueryService {
         if let Some(s) = &p.status
             && !["open", "closed", "expired"].contains(&s.as_str())
         {
-            return Err(invalid("`status`: must be open, closed or expired"));
+            return Err(invalid("session.list", "`status`: must be open, closed or expired"));
         }
         let sessions = self
             .reader
@@ -352,10 +490,53 @@ impl QueryService {
     }
 }
 
-fn invalid(why: &str) -> ActorError {
-    ActorError::Rpc(RpcError::invalid_params(format!(
-        "invalid params for query.run: {why}"
-    )))
+fn invalid(method: &str, why: &str) -> ActorError {
+    ActorError::Rpc(RpcError::invalid_params(format!("invalid params for {method}: {why}")))
+}
+
+/// The resilience inputs of one query.
+struct Guarded {
+    model: Option<String>,
+    project: Option<String>,
+    breaker_key: String,
+    deadline: tokio::time::Instant,
+    no_wait: bool,
+}
+
+/// Tokens and cost over all attempts of a query.
+#[derive(Default)]
+struct Spent {
+    usage: ccd_protocol::types::Usage,
+    cost_usd: f64,
+}
+
+impl Spent {
+    fn add(&mut self, t: &Transcript) {
+        self.usage.add(&t.usage);
+        self.cost_usd += t.result.as_ref().map(|r| r.total_cost_usd).unwrap_or(0.0);
+    }
+}
+
+enum Attempts {
+    /// The agent ran at least once; the last attempt's outcome.
+    Done { result: RunResult, attempts: u32, spent: Spent },
+    /// An attempt was refused before it ran (limiter, breaker, pool).
+    Refused { error: ActorError, attempts: u32, spent: Spent },
+}
+
+enum Failure {
+    Agent(AgentFailure),
+    Refused(ActorError),
+}
+
+/// Send one `query.event` notification (when streaming), never blocking.
+fn notify(stream: bool, query_id: &str, conn: &ConnCtx, event: serde_json::Value) {
+    if !stream {
+        return;
+    }
+    let params = QueryEvent { query_id: query_id.to_string(), event };
+    let note = Notification::new("query.event", serde_json::to_value(&params).unwrap_or_default());
+    let _ = conn.outbound.try_send(to_line(&note));
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -398,7 +579,7 @@ fn streamer(
     })
 }
 
-fn agent_error(query_id: &str, session_id: &str, f: &AgentFailure, t: &Transcript) -> ActorError {
+fn agent_error(query_id: &str, session_id: &str, f: &AgentFailure, t: &Transcript, attempts: u32) -> ActorError {
     let (code, what) = match f.kind {
         FailureKind::Agent => (ErrorCode::AgentFailed, "agent failed"),
         FailureKind::Timeout => (ErrorCode::Timeout, "query timed out"),
@@ -406,7 +587,11 @@ fn agent_error(query_id: &str, session_id: &str, f: &AgentFailure, t: &Transcrip
     };
     ActorError::Agent {
         code,
-        message: format!("{what}: {}", f.detail),
+        message: if attempts > 1 {
+            format!("{what} after {attempts} attempts: {}", f.detail)
+        } else {
+            format!("{what}: {}", f.detail)
+        },
         data: json!({
             "class": f.class.as_str(),
             "detail": f.detail,
@@ -414,7 +599,7 @@ fn agent_error(query_id: &str, session_id: &str, f: &AgentFailure, t: &Transcrip
             "session_id": session_id,
             "agent_session_id": t.agent_session_id(),
             "stderr": t.stderr_tail,
-            "attempts": 1,
+            "attempts": attempts,
         }),
     }
 }

@@ -95,6 +95,14 @@ methods! {
     SessionClose = "session.close", types::SessionId => types::Session;
     /// Delete closed and expired sessions older than the given age.
     SessionCleanup = "session.cleanup", types::SessionCleanup => types::SessionCleanupResult;
+    /// The rate limits in force and every key's tokens, window, in-flight, waiting and throttled counts.
+    LimiterStatus = "limiter.status", types::NoParams => types::LimiterStatus;
+    /// Change one scope's limits at run time.
+    LimiterConfigure = "limiter.configure", types::LimiterConfigure => types::LimiterStatus;
+    /// Every circuit breaker's state and counts.
+    BreakerStatus = "breaker.status", types::NoParams => types::BreakerList;
+    /// Close a breaker (or all), forgetting its history.
+    BreakerReset = "breaker.reset", types::BreakerReset => types::BreakerResetResult;
 }
 
 fn generator() -> schemars::SchemaGenerator {

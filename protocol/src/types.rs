@@ -334,14 +334,15 @@ pub struct QueryRun {
     /// Run in this project's directory, with its environment overrides.
     #[serde(default)]
     pub project: Option<String>,
-    /// Run in this directory (when no project is given); default: the daemon's home.
+    /// Run in this directory (when no project is given); default: the session's project, else
+    /// the daemon's `$HOME`.
     #[serde(default)]
     #[schemars(extend("x-hint" = "path"))]
     pub cwd: Option<String>,
     /// Continue this ccd session (its agent session is resumed).
     #[serde(default)]
     pub session: Option<String>,
-    /// Start a new session even if `session` is given elsewhere (default when no session).
+    /// Start a new session (the default when `session` is not given; giving both is an error).
     #[serde(default)]
     pub new_session: bool,
     #[serde(default)]
@@ -368,6 +369,9 @@ pub struct QueryRun {
     /// Stream every agent message as a `query.event` notification on this connection.
     #[serde(default)]
     pub stream: bool,
+    /// Refuse at once with -32002 instead of waiting for the rate limiter.
+    #[serde(default)]
+    pub no_wait: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -507,4 +511,132 @@ pub struct SessionCleanup {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionCleanupResult {
     pub removed: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// limiter and breaker
+
+/// Limits for one key; each algorithm is off at 0.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSpec {
+    /// Token bucket: sustained admissions per second (0: off).
+    pub rate_per_s: f64,
+    /// Token bucket: how many may be admitted at once after a quiet spell (at least 1).
+    pub burst: u32,
+    /// Sliding window: at most this many admissions in any `window_ms` (0: off).
+    pub window_max: u32,
+    pub window_ms: u64,
+    /// At most this many queries at once (0: off).
+    pub concurrency: u32,
+}
+
+impl LimitSpec {
+    pub fn is_off(&self) -> bool {
+        self.rate_per_s <= 0.0 && self.window_max == 0 && self.concurrency == 0
+    }
+
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        if !(self.rate_per_s.is_finite() && self.rate_per_s >= 0.0 && self.rate_per_s <= 1_000_000.0) {
+            return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
+        }
+        if self.window_max > 0 && self.window_ms == 0 {
+            return Err(format!("`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"));
+        }
+        Ok(())
+    }
+}
+
+/// The scopes a limit applies to: one global key, a key per model, a key per project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Global,
+    Model,
+    Project,
+}
+
+/// One limiter key's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KeyStatus {
+    /// `global`, `model:<name>` or `project:<name>`.
+    pub key: String,
+    pub spec: LimitSpec,
+    /// Tokens left in the bucket after the last admission (null without a bucket).
+    pub available_tokens: Option<u32>,
+    /// Admissions in the current sliding window.
+    pub window_count: u32,
+    pub in_flight: u32,
+    pub waiting: u32,
+    /// Times a query on this key was made to wait or refused.
+    pub throttled: u64,
+    pub admitted: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScopeLimits {
+    pub global: LimitSpec,
+    pub model: LimitSpec,
+    pub project: LimitSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LimiterStatus {
+    /// The limits in force per scope.
+    pub limits: ScopeLimits,
+    /// Every key seen so far.
+    pub keys: Vec<KeyStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimiterConfigure {
+    pub scope: Scope,
+    /// The new limits for that scope (until the daemon restarts; config.toml holds the lasting ones).
+    pub limits: LimitSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// One breaker's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakerStatus {
+    /// `<agent command>|<model>`.
+    pub key: String,
+    pub state: BreakerState,
+    /// Time left in OPEN.
+    pub retry_after_ms: u64,
+    pub calls_in_window: u32,
+    pub failure_rate: f64,
+    pub slow_call_rate: f64,
+    pub consecutive_failures: u32,
+    pub rejected: u64,
+    /// Errors of class non_retryable seen (not counted as failures).
+    pub non_retryable: u64,
+    pub times_opened: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakerList {
+    pub breakers: Vec<BreakerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerReset {
+    /// The breaker to close; all when absent.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BreakerResetResult {
+    /// How many breakers were reset.
+    pub reset: u64,
 }

@@ -69,13 +69,7 @@ impl BreakerSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum State {
-    Closed,
-    Open,
-    HalfOpen,
-}
+pub use ccd_protocol::types::{BreakerState as State, BreakerStatus};
 
 /// How a call ended, for the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,23 +266,6 @@ impl Breaker {
         }
         (from, to, reason)
     }
-}
-
-/// A breaker's status, for `breaker.status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct BreakerStatus {
-    pub key: String,
-    pub state: State,
-    /// Time left in OPEN.
-    pub retry_after_ms: u64,
-    pub calls_in_window: u32,
-    pub failure_rate: f64,
-    pub slow_call_rate: f64,
-    pub consecutive_failures: u32,
-    pub rejected: u64,
-    /// Errors of class non_retryable seen (not counted as failures).
-    pub non_retryable: u64,
-    pub times_opened: u64,
 }
 
 /// All breakers, shared by `Arc` so that a restart of the breaker actor loses nothing.

@@ -19,44 +19,9 @@ use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// Limits for one key; each algorithm is off at 0.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitSpec {
-    /// Token bucket: sustained admissions per second (0: off).
-    pub rate_per_s: f64,
-    /// Token bucket: how many may be admitted at once after a quiet spell (at least 1).
-    pub burst: u32,
-    /// Sliding window: at most this many admissions in any `window_ms` (0: off).
-    pub window_max: u32,
-    pub window_ms: u64,
-    /// At most this many queries at once (0: off).
-    pub concurrency: u32,
-}
-
-impl LimitSpec {
-    pub fn is_off(&self) -> bool {
-        self.rate_per_s <= 0.0 && self.window_max == 0 && self.concurrency == 0
-    }
-
-    pub fn validate(&self, name: &str) -> Result<(), String> {
-        if !(self.rate_per_s.is_finite()
-            && self.rate_per_s >= 0.0
-            && self.rate_per_s <= 1_000_000.0)
-        {
-            return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
-        }
-        if self.window_max > 0 && self.window_ms == 0 {
-            return Err(format!(
-                "`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"
-            ));
-        }
-        Ok(())
-    }
-}
+pub use ccd_protocol::types::{KeyStatus, LimitSpec};
 
 /// governor's clock, read from tokio's (which tests can pause and advance).
 #[derive(Debug, Clone, Default)]
@@ -108,21 +73,6 @@ fn bucket(spec: &LimitSpec) -> Option<Bucket> {
         RateLimiter::direct_with_clock(quota, TokioClock)
             .with_middleware::<StateInformationMiddleware>(),
     )
-}
-
-/// A key's status, for `limiter.status`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct KeyStatus {
-    pub key: String,
-    pub spec: LimitSpec,
-    /// Tokens left in the bucket after the last admission (null without a bucket).
-    pub available_tokens: Option<u32>,
-    /// Admissions in the current sliding window.
-    pub window_count: u32,
-    pub in_flight: u32,
-    pub waiting: u32,
-    pub throttled: u64,
-    pub admitted: u64,
 }
 
 /// Why an acquisition must wait: at the earliest after `retry_after` (a concurrency limit can

@@ -40,14 +40,7 @@ pub struct LimiterConfig {
     pub project_concurrency: u32,
 }
 
-/// The scopes a limit applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Global,
-    Model,
-    Project,
-}
+pub use ccd_protocol::types::Scope;
 
 impl LimiterConfig {
     pub fn spec(&self, scope: Scope) -> LimitSpec {
@@ -209,7 +202,7 @@ impl Request for TryAcquire {
 }
 
 impl TryAcquire {
-    fn keys(&self, limits: &LimiterConfig) -> Vec<(String, LimitSpec)> {
+    pub fn keys(&self, limits: &LimiterConfig) -> Vec<(String, LimitSpec)> {
         let mut keys = vec![("global".to_string(), limits.spec(Scope::Global))];
         keys.push((
             format!("model:{}", self.model.as_deref().unwrap_or("default")),
