@@ -1,10 +1,12 @@
 //! `ccd-bench`: a bounded load generator for the `ccd` daemon's local Unix socket. It drives
-//! closed-loop JSON-RPC traffic (`system.ping`, `setting.upsert`) over persistent NDJSON
-//! connections, prints throughput and exact p50/p99/max latency next to in-process baselines
-//! (a bare NDJSON echo server; SQLite with one transaction per write), and times daemon startup
-//! and idle memory. It never talks to anything but local Unix sockets and the `ccd` binary.
+//! closed-loop JSON-RPC traffic (`system.ping`, `setting.upsert`, `query.run`) over persistent
+//! NDJSON connections, prints throughput and exact p50/p99/max latency next to baselines (a bare
+//! NDJSON echo server; SQLite with one transaction per write; running the stub agent directly),
+//! and times daemon startup and idle memory. It never talks to anything but local Unix sockets,
+//! the `ccd` binary and a stub agent script it writes itself.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
@@ -55,6 +57,7 @@ make ccd-bench exit with status 1.",
   ccd-bench ping -c 16 -r 5000
   ccd-bench upsert -c 64 -r 200 --synchronous full
   ccd-bench startup --runs 10
+  ccd-bench query -r 200 -q 400 --pool-sizes 1,2,4,8
   ccd-bench all > bench.md"
 )]
 struct Cli {
@@ -87,12 +90,26 @@ enum Cmd {
     /// `system.health` and its VmRSS from /proc/PID/status after an idle pause; then times
     /// `ccd daemon stop`. Prints min/median/max.
     Startup(StartupArgs),
+    /// `query.run` with a stub agent: per-query overhead, and throughput by executor pool size.
+    ///
+    /// Writes a stub agent (a shell script that reads its stdin to EOF and prints a captured
+    /// Claude Code stream-json transcript) and starts daemons on fresh temporary homes with
+    /// CCD_AGENT_CMD pointing at it. Overhead: R runs of the stub by the bench itself (spawn
+    /// it with the daemon's arguments, write the prompt, close stdin, read stdout to EOF, wait)
+    /// and R `query.run` calls on one connection to a daemon with pool size 1, one at a time,
+    /// in alternating blocks (--block; so that both see the same machine load); the difference
+    /// of their p50 (and p99) is what ccd adds per query, against a target of at most 5 ms. Throughput: for each
+    /// pool size P a fresh daemon with CCD_EXECUTOR_POOL_SIZE=P and 2×P connections in a closed
+    /// loop sharing Q queries, compared with 2×P threads running the stub directly.
+    Query(QueryArgs),
     /// Everything, with defaults, as a markdown report for docs/benchmarks.md.
     ///
     /// Runs ping with 1 and 16 connections (each with its echo baseline), upsert with 64
-    /// connections (which includes the 1-connection run and the SQLite baseline) and startup.
-    /// Progress goes to stderr; the markdown report goes to stdout. With --home/--no-start,
-    /// ping and upsert use the running daemon; startup always uses fresh temporary homes.
+    /// connections (which includes the 1-connection run and the SQLite baseline), query (the
+    /// overhead and the throughput at pool sizes 1, 2, 4, 8) and startup. Progress goes to
+    /// stderr; the markdown report goes to stdout. With --home/--no-start, ping and upsert use
+    /// the running daemon; query and startup always start their own daemons on fresh temporary
+    /// homes.
     All(AllArgs),
     /// Only the bare NDJSON echo baseline (no daemon needed); for testing ccd-bench itself.
     #[command(hide = true)]
@@ -214,6 +231,47 @@ struct StartupOpts {
 }
 
 #[derive(Args, Debug)]
+struct QueryArgs {
+    /// Sequential queries of the overhead measurement, for the bare stub and for the daemon
+    /// each
+    #[arg(short, long, value_name = "R", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    requests: u32,
+    /// The overhead measurement alternates blocks of N sequential bare stub runs and N
+    /// sequential `query.run` calls, so that both see the same machine load while consecutive
+    /// queries still pay for any work ccd does after replying; N ≥ R runs all bare stub runs
+    /// first, N = 1 strictly alternates
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    block: u32,
+    /// Queries per pool size in the throughput measurement, shared by all connections (the
+    /// bare-stub comparison runs as many)
+    #[arg(short, long, value_name = "Q", default_value_t = 400,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    queries: u32,
+    /// Executor pool sizes of the throughput measurement (a fresh daemon and 2×size
+    /// connections each)
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,2,4,8",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pool_sizes: Vec<u32>,
+    /// Unmeasured warm-up queries per connection (and per bare-stub thread), before the
+    /// measured ones
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    warmup: u32,
+    /// Fail a connection whose connect, write or reply takes longer than this (e.g. 10s,
+    /// 500ms); `ccd daemon start|stop` and the first ping after start get at least 30s
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop a measured phase after this much wall-clock time and report what was measured
+    /// so far
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    max_time: Duration,
+    #[command(flatten)]
+    daemon: DaemonOpts,
+}
+
+#[derive(Args, Debug)]
 struct AllArgs {
     /// Measured requests per connection for ping (run with 1 and with --ping-connections)
     #[arg(long, value_name = "R", default_value_t = 2000,
@@ -231,6 +289,26 @@ struct AllArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     upsert_connections: u32,
+    /// Sequential queries of the query overhead measurement (bare stub and daemon each)
+    #[arg(long, value_name = "R", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    query_requests: u32,
+    /// Block size of the query overhead measurement (see `ccd-bench query --block`)
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    query_block: u32,
+    /// Queries per pool size in the query throughput measurement
+    #[arg(long, value_name = "Q", default_value_t = 400,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    query_queries: u32,
+    /// Executor pool sizes of the query throughput measurement
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,2,4,8",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    query_pool_sizes: Vec<u32>,
+    /// Unmeasured warm-up queries per connection (and per bare-stub thread) for query
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    query_warmup: u32,
     /// Startup cycles (0 skips the startup benchmark)
     #[arg(short = 'k', long, value_name = "K", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=100))]
@@ -297,6 +375,7 @@ fn main() -> ExitCode {
         Cmd::Ping(a) => cmd_ping(&a),
         Cmd::Upsert(a) => cmd_upsert(&a),
         Cmd::Startup(a) => cmd_startup(&a),
+        Cmd::Query(a) => cmd_query(&a),
         Cmd::All(a) => cmd_all(&a),
         Cmd::Echo(a) => cmd_echo(&a),
     };
@@ -424,6 +503,21 @@ fn cmd_startup(a: &StartupArgs) -> Result<Outcome> {
     Ok(Outcome::Clean)
 }
 
+fn cmd_query(a: &QueryArgs) -> Result<Outcome> {
+    let plan = QueryPlan {
+        requests: a.requests,
+        block: a.block,
+        queries: a.queries,
+        pool_sizes: a.pool_sizes.clone(),
+        warmup: a.warmup,
+        timeout: a.timeout,
+        max_time: a.max_time,
+    };
+    println!("{}", environment_line());
+    let suite = query_suite(&plan, &a.daemon, &mut Out::Stdout)?;
+    Ok(Outcome::from_failures(suite.failures()))
+}
+
 fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
     check_total(a.connections, a.requests)?;
     println!("{}", environment_line());
@@ -460,6 +554,19 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
     )?;
     let daemon_text = daemon.markdown_description();
     drop(daemon);
+    let query = query_suite(
+        &QueryPlan {
+            requests: a.query_requests,
+            block: a.query_block,
+            queries: a.query_queries,
+            pool_sizes: a.query_pool_sizes.clone(),
+            warmup: a.query_warmup,
+            timeout: a.limits.timeout,
+            max_time: a.limits.max_time,
+        },
+        &a.target.daemon,
+        &mut out,
+    )?;
     let startup = if a.runs > 0 {
         startup_suite(a.runs, &a.startup, &a.target.daemon, &mut out)?
     } else {
@@ -472,11 +579,12 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         synchronous: a.target.daemon.synchronous,
         ping: [&ping_1, &ping_n],
         upsert: &upsert,
+        query: &query,
         startup: &startup,
         idle: a.startup.idle,
     });
     print!("{md}");
-    let failures = ping_1.failures() + ping_n.failures() + upsert.failures();
+    let failures = ping_1.failures() + ping_n.failures() + upsert.failures() + query.failures();
     Ok(Outcome::from_failures(failures))
 }
 
@@ -757,6 +865,7 @@ struct MarkdownInput<'a> {
     synchronous: Synchronous,
     ping: [&'a PingSuite; 2],
     upsert: &'a UpsertSuite,
+    query: &'a QuerySuite,
     startup: &'a [StartupSample],
     idle: Duration,
 }
@@ -845,6 +954,7 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
         "| upsert throughput, {n} conn / 1 conn | {} |",
         fmt_ratio(m.upsert.vs_single())
     );
+    s.push_str(&query_markdown(m.query));
     if !m.startup.is_empty() {
         let _ = writeln!(
             s,
@@ -1657,6 +1767,845 @@ fn sqlite_baseline(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Agent queries (stub agent)
+// ---------------------------------------------------------------------------------------------
+
+/// What the stub agent prints: a captured Claude Code `stream-json` run answering one prompt.
+const STUB_TRANSCRIPT: &str = include_str!("../../protocol/fixtures/text.jsonl");
+
+/// The stub agent: reads the prompt to EOF, then prints the transcript next to it.
+const STUB_SCRIPT: &str = "#!/bin/sh
+# ccd-bench stub agent: swallow the prompt, print a captured stream-json transcript.
+# (`--version` answers the daemon's startup probe.)
+if [ \"$1\" = --version ]; then echo 'ccd-bench stub agent'; exit 0; fi
+cat > /dev/null
+exec cat \"$(dirname \"$0\")/transcript.jsonl\"
+";
+
+/// The arguments the daemon gives the agent for a plain query (no resume, model or options).
+const AGENT_ARGS: [&str; 4] = ["-p", "--output-format", "stream-json", "--verbose"];
+
+/// CCD_EXECUTOR_QUEUE_SIZE of the daemons the query benchmark starts: never the limit.
+const QUERY_QUEUE_SIZE: u32 = 100_000;
+
+/// The overhead target: what ccd may add to a query at p50.
+const OVERHEAD_TARGET_MS: f64 = 5.0;
+
+/// What one query measurement runs.
+struct QueryPlan {
+    requests: u32,
+    block: u32,
+    queries: u32,
+    pool_sizes: Vec<u32>,
+    warmup: u32,
+    timeout: Duration,
+    max_time: Duration,
+}
+
+/// The stub agent script and its transcript in a temporary directory, which is also where
+/// every query runs (the `cwd` of `query.run` and of the bare runs).
+struct StubAgent {
+    script: PathBuf,
+    cwd: PathBuf,
+    /// The transcript's `result` text: what every query must answer.
+    expected: String,
+    _dir: TempDir,
+}
+
+impl StubAgent {
+    fn create(keep_temp: bool) -> Result<StubAgent> {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let expected = STUB_TRANSCRIPT
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v.get("type").and_then(Value::as_str) == Some("result"))
+            .and_then(|v| v.get("result").and_then(Value::as_str).map(str::to_string))
+            .context("the embedded stub transcript has no `result` message with a result text")?;
+        let dir = TempDir::new("agent", keep_temp)?;
+        let transcript = dir.path.join("transcript.jsonl");
+        fs::write(&transcript, STUB_TRANSCRIPT)
+            .with_context(|| format!("writing {}", transcript.display()))?;
+        let script = dir.path.join("agent.sh");
+        // Written and closed before any process is spawned from it (no ETXTBSY).
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&script)
+            .and_then(|mut f| f.write_all(STUB_SCRIPT.as_bytes()))
+            .with_context(|| format!("writing the stub agent {}", script.display()))?;
+        let cwd = dir.path.clone();
+        Ok(StubAgent {
+            script,
+            cwd,
+            expected,
+            _dir: dir,
+        })
+    }
+
+    /// Runs the stub once the way the daemon does: spawn with the agent arguments, write the
+    /// prompt to stdin and close it, read stdout to EOF, wait. `Ok(Err)` is a run that went
+    /// wrong (exit status, output); `Err` means the stub could not be run at all.
+    fn run_once(&self, prompt: &str) -> Result<Result<(), String>> {
+        use std::io::Read as _;
+        use std::os::unix::process::CommandExt as _;
+
+        let mut child = Command::new(&self.script)
+            .args(AGENT_ARGS)
+            .current_dir(&self.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("running the stub agent {}", self.script.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            match stdin.write_all(prompt.as_bytes()) {
+                // A child that exits without reading its prompt is not an error (as in ccd).
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e).context("writing the prompt to the stub agent");
+                }
+                _ => {}
+            }
+        }
+        let mut output = Vec::with_capacity(STUB_TRANSCRIPT.len() + 1);
+        let read = match child.stdout.take() {
+            Some(mut stdout) => stdout.read_to_end(&mut output).map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(e) = read {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e).context("reading the stub agent's output");
+        }
+        let status = child.wait().context("waiting for the stub agent")?;
+        Ok(if !status.success() {
+            Err(format!("the stub agent exited with {status}"))
+        } else if output != STUB_TRANSCRIPT.as_bytes() {
+            Err(format!(
+                "the stub agent printed {} bytes instead of its {}-byte transcript",
+                output.len(),
+                STUB_TRANSCRIPT.len()
+            ))
+        } else {
+            Ok(())
+        })
+    }
+
+    fn cwd_str(&self) -> Result<&str> {
+        self.cwd
+            .to_str()
+            .with_context(|| format!("the temporary path {} is not UTF-8", self.cwd.display()))
+    }
+}
+
+/// One `query.run` round trip. `Ok(Err)` is a JSON-RPC error or a wrong result; `Err` means
+/// the connection is unusable.
+fn query_once(
+    client: &mut Client,
+    prompt: &str,
+    cwd: &str,
+    expected: &str,
+) -> Result<Result<(), String>> {
+    client.next_id += 1;
+    let id = client.next_id;
+    let mut line = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "query.run",
+        "params": {"prompt": prompt, "cwd": cwd},
+    })
+    .to_string();
+    line.push('\n');
+    Ok(match client.round_trip(&line, id)? {
+        Body::Result(v) => {
+            let is_error = v.get("is_error").and_then(Value::as_bool);
+            let result = v.get("result").and_then(Value::as_str);
+            if is_error == Some(false) && result == Some(expected) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unexpected query.run result (expected is_error false and result {expected:?}): {}",
+                    clip(&v.to_string())
+                ))
+            }
+        }
+        Body::Error(msg) => Err(msg),
+        Body::Other => bail!("reply {id} has neither `result` nor `error`"),
+    })
+}
+
+/// A closed loop over a shared budget: `threads` threads each build their own request
+/// function with `make`, run `warmup` unmeasured requests, wait until all are ready, then take
+/// requests from the shared budget of `total` one at a time and time each. The request function
+/// returns `Ok(Err)` for a failed request and `Err` for a broken connection (which ends that
+/// thread). Bounded by `max_time` after the start, and by `max_time` for the setup.
+fn shared_budget_loop<F, W>(
+    label: &str,
+    threads: u32,
+    total: u64,
+    warmup: u32,
+    max_time: Duration,
+    make: F,
+) -> Result<PhaseResult>
+where
+    F: Fn(u32) -> Result<W> + Sync,
+    W: FnMut(Stage) -> Result<Result<(), String>>,
+{
+    check_interrupted()?;
+    let gate = Gate::new();
+    let taken = AtomicU64::new(0);
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    thread::scope(|s| -> Result<PhaseResult> {
+        let mut handles = Vec::with_capacity(threads as usize);
+        for t in 0..threads {
+            let ready = ready_tx.clone();
+            let (gate, taken, make) = (&gate, &taken, &make);
+            let spawned = thread::Builder::new()
+                .name(format!("bench-q{t}"))
+                .spawn_scoped(s, move || {
+                    budget_worker(t, total, warmup, max_time, make, &ready, gate, taken)
+                });
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    gate.set(GateState::Abort);
+                    return Err(e).context("spawning a client thread");
+                }
+            }
+        }
+        drop(ready_tx);
+        let setup_deadline = Instant::now() + max_time;
+        let mut ready = 0;
+        while ready < threads {
+            let left = setup_deadline.saturating_duration_since(Instant::now());
+            match ready_rx.recv_timeout(left) {
+                Ok(()) => ready += 1,
+                Err(_) => break,
+            }
+        }
+        if ready < threads {
+            gate.set(GateState::Abort);
+            bail!(
+                "{label}: only {ready} of {threads} connections were set up and warmed up within {}",
+                humantime::format_duration(max_time)
+            );
+        }
+        let start = Instant::now();
+        gate.set(GateState::Open);
+
+        let mut result = PhaseResult {
+            label: label.to_string(),
+            connections: threads,
+            ok: 0,
+            rpc_errors: 0,
+            warmup_failed: 0,
+            lost: 0,
+            skipped: 0,
+            wall: Duration::ZERO,
+            lat: None,
+            messages: BTreeMap::new(),
+        };
+        let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        let mut end = start;
+        for h in handles {
+            let w = h
+                .join()
+                .map_err(|_| anyhow!("{label}: a client thread panicked"))?;
+            result.ok += w.ok;
+            result.rpc_errors += w.rpc_errors;
+            result.warmup_failed += w.warmup_failed;
+            result.lost += w.lost;
+            if let Some(e) = w.end {
+                end = end.max(e);
+            }
+            for m in w.messages {
+                *result.messages.entry(m).or_default() += 1;
+            }
+            samples.extend(w.lat_ns);
+        }
+        result.skipped = total.saturating_sub(taken.load(Ordering::SeqCst));
+        result.wall = end.duration_since(start);
+        result.lat = Latency::from_samples(samples);
+        Ok(result)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn budget_worker<F, W>(
+    t: u32,
+    total: u64,
+    warmup: u32,
+    max_time: Duration,
+    make: &F,
+    ready: &mpsc::Sender<()>,
+    gate: &Gate,
+    taken: &AtomicU64,
+) -> WorkerOut
+where
+    F: Fn(u32) -> Result<W>,
+    W: FnMut(Stage) -> Result<Result<(), String>>,
+{
+    let mut out = WorkerOut::default();
+    let mut warmup_failed = 0;
+    let mut warmup_messages = Vec::new();
+    let setup = (|| -> Result<W> {
+        let mut request = make(t)?;
+        for _ in 0..warmup {
+            if interrupted() {
+                break;
+            }
+            if let Err(msg) = request(Stage::Warmup)? {
+                warmup_failed += 1;
+                warmup_messages.push(format!("warm-up: {msg}"));
+            }
+        }
+        Ok(request)
+    })();
+    out.warmup_failed = warmup_failed;
+    for m in warmup_messages {
+        out.note(m);
+    }
+    // Report in even on failure, so that the phase does not wait for this thread.
+    let _ = ready.send(());
+    let gate_state = gate.wait();
+    let mut request = match setup {
+        Ok(r) => r,
+        Err(e) => {
+            // The connection (not a request of the budget) is lost; the others go on.
+            out.lost = 1;
+            out.note(format!("{e:#}"));
+            return out;
+        }
+    };
+    if gate_state == GateState::Abort {
+        return out;
+    }
+    let deadline = Instant::now() + max_time;
+    loop {
+        if interrupted() || Instant::now() >= deadline {
+            break;
+        }
+        if taken.fetch_add(1, Ordering::SeqCst) >= total {
+            taken.fetch_sub(1, Ordering::SeqCst);
+            break;
+        }
+        let t0 = Instant::now();
+        let reply = request(Stage::Measure);
+        let dt = t0.elapsed();
+        match reply {
+            Ok(Ok(())) => {
+                out.ok += 1;
+                out.lat_ns
+                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
+            }
+            Ok(Err(msg)) => {
+                out.rpc_errors += 1;
+                out.note(msg);
+            }
+            Err(e) => {
+                out.lost += 1;
+                out.note(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    out.end = Some(Instant::now());
+    out
+}
+
+/// `threads` connections to the daemon, sharing `total` `query.run` calls.
+fn daemon_query_phase(
+    label: &str,
+    daemon: &Daemon,
+    stub: &StubAgent,
+    threads: u32,
+    total: u64,
+    plan: &QueryPlan,
+) -> Result<PhaseResult> {
+    let cwd = stub.cwd_str()?;
+    let socket = &daemon.socket;
+    let expected = stub.expected.as_str();
+    shared_budget_loop(label, threads, total, plan.warmup, plan.max_time, |t| {
+        let mut client = Client::connect(socket, plan.timeout)?;
+        let mut i = 0u64;
+        Ok(move |stage: Stage| {
+            i += 1;
+            let prompt = match stage {
+                Stage::Warmup => format!("ccd-bench warm-up c{t} #{i}"),
+                Stage::Measure => format!("ccd-bench query c{t} #{i}"),
+            };
+            query_once(&mut client, &prompt, cwd, expected)
+        })
+    })
+}
+
+/// `threads` threads running the stub directly, sharing `total` runs.
+fn bare_stub_phase(
+    label: &str,
+    stub: &StubAgent,
+    threads: u32,
+    total: u64,
+    plan: &QueryPlan,
+) -> Result<PhaseResult> {
+    shared_budget_loop(label, threads, total, plan.warmup, plan.max_time, |t| {
+        let mut i = 0u64;
+        Ok(move |stage: Stage| {
+            i += 1;
+            let prompt = match stage {
+                Stage::Warmup => format!("ccd-bench warm-up c{t} #{i}"),
+                Stage::Measure => format!("ccd-bench query c{t} #{i}"),
+            };
+            stub.run_once(&prompt)
+        })
+    })
+}
+
+/// Per-query overhead: R bare stub runs and R `query.run` calls on one connection (to a daemon
+/// with pool size 1), alternating bare, query, bare, query, … so that both see the same
+/// conditions on a machine whose load drifts. A path's `wall` is the sum of its own round
+/// trips (so its throughput is 1 / mean latency).
+fn overhead_phase(daemon: &Daemon, stub: &StubAgent, plan: &QueryPlan) -> Result<QueryOverhead> {
+    /// Counts one outcome; `false` when the path is broken (and the loop must stop).
+    fn record(w: &mut WorkerOut, r: Result<Result<(), String>>, dt: Duration) -> bool {
+        match r {
+            Ok(Ok(())) => {
+                w.ok += 1;
+                w.lat_ns
+                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
+                true
+            }
+            Ok(Err(msg)) => {
+                w.rpc_errors += 1;
+                w.note(msg);
+                true
+            }
+            Err(e) => {
+                w.lost += 1;
+                w.note(format!("{e:#}"));
+                false
+            }
+        }
+    }
+    fn finish(label: &str, w: WorkerOut) -> PhaseResult {
+        let wall = Duration::from_nanos(w.lat_ns.iter().sum());
+        PhaseResult {
+            label: label.to_string(),
+            connections: 1,
+            ok: w.ok,
+            rpc_errors: w.rpc_errors,
+            warmup_failed: w.warmup_failed,
+            lost: w.lost,
+            skipped: w.skipped,
+            wall,
+            lat: Latency::from_samples(w.lat_ns),
+            messages: w.messages.into_iter().map(|m| (m, 1)).collect(),
+        }
+    }
+
+    check_interrupted()?;
+    let cwd = stub.cwd_str()?;
+    let expected = stub.expected.as_str();
+    let mut client = Client::connect(&daemon.socket, plan.timeout)?;
+    let n = u64::from(plan.requests);
+    let mut bare = WorkerOut {
+        lat_ns: Vec::with_capacity(plan.requests as usize),
+        ..WorkerOut::default()
+    };
+    let mut via = WorkerOut {
+        lat_ns: Vec::with_capacity(plan.requests as usize),
+        ..WorkerOut::default()
+    };
+    for i in 0..plan.warmup {
+        check_interrupted()?;
+        let prompt = format!("ccd-bench warm-up #{i}");
+        if let Err(msg) = stub.run_once(&prompt).context("warming up the bare stub")? {
+            bare.warmup_failed += 1;
+            bare.note(format!("warm-up: {msg}"));
+        }
+        if let Err(msg) =
+            query_once(&mut client, &prompt, cwd, expected).context("warming up query.run")?
+        {
+            via.warmup_failed += 1;
+            via.note(format!("warm-up: {msg}"));
+        }
+    }
+    let block = u64::from(plan.block).max(1);
+    let deadline = Instant::now() + plan.max_time;
+    // Both paths have finished `done` requests; each block runs `len` bare, then `len` via ccd.
+    let mut done = 0u64;
+    'blocks: while done < n {
+        let len = block.min(n - done);
+        for j in 0..len {
+            if interrupted() || Instant::now() >= deadline {
+                bare.skipped += n - done - j;
+                via.skipped += n - done;
+                break 'blocks;
+            }
+            let prompt = format!("ccd-bench query #{}", done + j);
+            let t0 = Instant::now();
+            let r = stub.run_once(&prompt);
+            if !record(&mut bare, r, t0.elapsed()) {
+                bare.lost += n - done - j - 1;
+                via.skipped += n - done;
+                break 'blocks;
+            }
+        }
+        for j in 0..len {
+            if interrupted() || Instant::now() >= deadline {
+                via.skipped += n - done - j;
+                bare.skipped += n - done - len;
+                break 'blocks;
+            }
+            let prompt = format!("ccd-bench query #{}", done + j);
+            let t0 = Instant::now();
+            let r = query_once(&mut client, &prompt, cwd, expected);
+            if !record(&mut via, r, t0.elapsed()) {
+                via.lost += n - done - j - 1;
+                bare.skipped += n - done - len;
+                break 'blocks;
+            }
+        }
+        done += len;
+    }
+    Ok(QueryOverhead {
+        bare: finish("bare stub (sequential)", bare),
+        daemon: finish("query.run (ccd, pool 1, 1 conn)", via),
+    })
+}
+
+/// Starts a daemon whose agent is the stub, with this pool size.
+fn agent_daemon(
+    opts: &DaemonOpts,
+    stub: &StubAgent,
+    pool_size: u32,
+    timeout: Duration,
+) -> Result<Daemon> {
+    let env = vec![
+        (
+            "CCD_AGENT_CMD".to_string(),
+            stub.script.as_os_str().to_owned(),
+        ),
+        (
+            "CCD_EXECUTOR_POOL_SIZE".to_string(),
+            pool_size.to_string().into(),
+        ),
+        (
+            "CCD_EXECUTOR_QUEUE_SIZE".to_string(),
+            QUERY_QUEUE_SIZE.to_string().into(),
+        ),
+    ];
+    let (daemon, _) = Daemon::start_with_env(opts, timeout.max(Duration::from_secs(30)), env)
+        .with_context(|| format!("starting a daemon with executor pool size {pool_size}"))?;
+    Ok(daemon)
+}
+
+/// Per-query overhead: the bare stub against `query.run` with pool size 1, both sequential.
+struct QueryOverhead {
+    bare: PhaseResult,
+    daemon: PhaseResult,
+}
+
+impl QueryOverhead {
+    /// (daemon − bare) in milliseconds, at p50 and at p99.
+    fn diff_ms(&self) -> Option<(f64, f64)> {
+        let (d, b) = (self.daemon.lat.as_ref()?, self.bare.lat.as_ref()?);
+        let ms = |a: u64, b: u64| (a as f64 - b as f64) / 1e6;
+        Some((ms(d.p50, b.p50), ms(d.p99, b.p99)))
+    }
+
+    fn verdict(&self) -> String {
+        match self.diff_ms() {
+            Some((p50, _)) if p50 <= OVERHEAD_TARGET_MS => {
+                format!("met ({p50:+.2} ms ≤ {OVERHEAD_TARGET_MS} ms at p50)")
+            }
+            Some((p50, _)) => {
+                format!("NOT met ({p50:+.2} ms > {OVERHEAD_TARGET_MS} ms at p50)")
+            }
+            None => "unknown (no latency samples)".to_string(),
+        }
+    }
+}
+
+/// Throughput at one pool size: the daemon, and the bare stub with as many threads.
+struct PoolRun {
+    pool_size: u32,
+    daemon: PhaseResult,
+    bare: PhaseResult,
+}
+
+impl PoolRun {
+    fn vs_bare(&self) -> Option<f64> {
+        ratio(self.daemon.throughput(), self.bare.throughput())
+    }
+}
+
+struct QuerySuite {
+    overhead: QueryOverhead,
+    /// Block size of the overhead measurement.
+    block: u32,
+    pools: Vec<PoolRun>,
+    daemon_text: String,
+}
+
+impl QuerySuite {
+    fn failures(&self) -> u64 {
+        self.overhead.bare.failed()
+            + self.overhead.daemon.failed()
+            + self
+                .pools
+                .iter()
+                .map(|p| p.daemon.failed() + p.bare.failed())
+                .sum::<u64>()
+    }
+}
+
+fn query_suite(plan: &QueryPlan, opts: &DaemonOpts, out: &mut Out) -> Result<QuerySuite> {
+    check_interrupted()?;
+    let stub = StubAgent::create(opts.keep_temp)?;
+    out.line(&format!(
+        "query: stub agent {} (prints a {}-byte stream-json transcript), agent args `{}`",
+        stub.script.display(),
+        STUB_TRANSCRIPT.len(),
+        AGENT_ARGS.join(" ")
+    ));
+
+    // 1. Overhead per query, sequential.
+    let daemon = agent_daemon(opts, &stub, 1, plan.timeout)?;
+    out.line(&daemon.describe());
+    let daemon_text = daemon.markdown_description();
+    let overhead = overhead_phase(&daemon, &stub, plan)?;
+    drop(daemon);
+    out.line(&overhead.bare.summary());
+    out.line(&overhead.daemon.summary());
+    if let Some((p50, p99)) = overhead.diff_ms() {
+        out.line(&format!(
+            "  overhead per query (ccd − bare stub): p50 {p50:+.2} ms, p99 {p99:+.2} ms; target ≤ {OVERHEAD_TARGET_MS} ms at p50: {}",
+            overhead.verdict()
+        ));
+    }
+    check_interrupted()?;
+
+    // 2. Throughput by pool size.
+    let q = u64::from(plan.queries);
+    let mut pools = Vec::with_capacity(plan.pool_sizes.len());
+    for &pool_size in &plan.pool_sizes {
+        let conns = pool_size.saturating_mul(2);
+        let daemon = agent_daemon(opts, &stub, pool_size, plan.timeout)?;
+        out.line(&daemon.describe());
+        let d = daemon_query_phase(
+            &format!("query.run (ccd, pool {pool_size})"),
+            &daemon,
+            &stub,
+            conns,
+            q,
+            plan,
+        )?;
+        out.line(&d.summary());
+        drop(daemon);
+        check_interrupted()?;
+        let b = bare_stub_phase(
+            &format!("bare stub ({conns} threads)"),
+            &stub,
+            conns,
+            q,
+            plan,
+        )?;
+        out.line(&b.summary());
+        let run = PoolRun {
+            pool_size,
+            daemon: d,
+            bare: b,
+        };
+        out.line(&format!(
+            "  ratio, pool {pool_size}, {conns} conn: ccd throughput / bare stub throughput = {}",
+            fmt_ratio(run.vs_bare())
+        ));
+        pools.push(run);
+        check_interrupted()?;
+    }
+
+    let suite = QuerySuite {
+        overhead,
+        block: plan.block.min(plan.requests),
+        pools,
+        daemon_text,
+    };
+    out.line(&query_summary(&suite));
+    Ok(suite)
+}
+
+fn fmt_lat(l: Option<&Latency>) -> (String, String, String) {
+    l.map_or_else(
+        || ("–".to_string(), "–".to_string(), "–".to_string()),
+        |l| (fmt_ns(l.p50), fmt_ns(l.p99), fmt_ns(l.max)),
+    )
+}
+
+/// The plain-text tables printed at the end of a query run.
+fn query_summary(q: &QuerySuite) -> String {
+    let mut s = String::new();
+    let o = &q.overhead;
+    let _ = writeln!(
+        s,
+        "\nquery overhead (sequential, 1 connection, pool size 1; alternating blocks of {}):",
+        q.block
+    );
+    let _ = writeln!(
+        s,
+        "  {:<36} {:>7} {:>6} {:>10} {:>10} {:>10}",
+        "", "queries", "errors", "p50", "p99", "max"
+    );
+    for r in [&o.bare, &o.daemon] {
+        let (p50, p99, max) = fmt_lat(r.lat.as_ref());
+        let _ = writeln!(
+            s,
+            "  {:<36} {:>7} {:>6} {p50:>10} {p99:>10} {max:>10}",
+            r.label,
+            r.ok + r.rpc_errors + r.lost,
+            r.failed()
+        );
+    }
+    if let Some((p50, p99)) = o.diff_ms() {
+        let _ = writeln!(
+            s,
+            "  {:<36} {:>7} {:>6} {:>10} {:>10}",
+            "overhead (ccd − bare)",
+            "",
+            "",
+            format!("{p50:+.2} ms"),
+            format!("{p99:+.2} ms")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  target: ≤ {OVERHEAD_TARGET_MS} ms per query at p50: {}",
+        o.verdict()
+    );
+    let _ = writeln!(
+        s,
+        "\nquery throughput by executor pool size (closed loop, 2 connections per pool slot):"
+    );
+    let _ = writeln!(
+        s,
+        "  {:>4} {:>5} {:>7} {:>6} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10} | {:>9}",
+        "pool",
+        "conns",
+        "queries",
+        "errors",
+        "ccd q/s",
+        "ccd p50",
+        "ccd p99",
+        "bare q/s",
+        "bare p50",
+        "bare p99",
+        "ccd/bare"
+    );
+    for p in &q.pools {
+        let (dp50, dp99, _) = fmt_lat(p.daemon.lat.as_ref());
+        let (bp50, bp99, _) = fmt_lat(p.bare.lat.as_ref());
+        let _ = writeln!(
+            s,
+            "  {:>4} {:>5} {:>7} {:>6} {:>10} {dp50:>10} {dp99:>10} | {:>10} {bp50:>10} {bp99:>10} | {:>9}",
+            p.pool_size,
+            p.daemon.connections,
+            p.daemon.ok + p.daemon.rpc_errors + p.daemon.lost,
+            p.daemon.failed() + p.bare.failed(),
+            group_thousands(p.daemon.throughput()),
+            group_thousands(p.bare.throughput()),
+            fmt_ratio(p.vs_bare()),
+        );
+    }
+    s
+}
+
+/// The `### Agent queries` section of the markdown report.
+fn query_markdown(q: &QuerySuite) -> String {
+    let mut s = String::new();
+    let o = &q.overhead;
+    let _ = writeln!(s, "\n### Agent queries (`query.run`, stub agent)\n");
+    let _ = writeln!(
+        s,
+        "- Agent: a shell script that reads the prompt to EOF and `cat`s a captured {}-byte \
+         Claude Code `stream-json` transcript; run with `{}`.",
+        STUB_TRANSCRIPT.len(),
+        AGENT_ARGS.join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "- Daemon: {}, `CCD_EXECUTOR_QUEUE_SIZE={QUERY_QUEUE_SIZE}`; a fresh daemon per pool size. \
+         Every query creates a session and records a turn.",
+        q.daemon_text
+    );
+    let _ = writeln!(
+        s,
+        "- *Bare stub*: ccd-bench itself spawns the stub with the same arguments and working \
+         directory, writes the prompt, closes stdin, reads stdout to EOF and waits for it."
+    );
+    let _ = writeln!(
+        s,
+        "\n#### Overhead per query (sequential, one connection, pool size 1)\n\n\
+         Sequential blocks of {} bare stub runs and {} `query.run` calls alternate, so that \
+         both see the same machine conditions.\n",
+        q.block, q.block
+    );
+    let _ = writeln!(s, "| Path | Queries | Errors | p50 | p99 | max |");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+    for r in [&o.bare, &o.daemon] {
+        let (p50, p99, max) = fmt_lat(r.lat.as_ref());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {p50} | {p99} | {max} |",
+            r.label,
+            r.ok + r.rpc_errors + r.lost,
+            r.failed()
+        );
+    }
+    if let Some((p50, p99)) = o.diff_ms() {
+        let _ = writeln!(
+            s,
+            "| **overhead (ccd − bare)** | | | **{p50:+.2} ms** | {p99:+.2} ms | |"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nTarget ≤ {OVERHEAD_TARGET_MS} ms per query at p50: {}.",
+        o.verdict()
+    );
+    let _ = writeln!(
+        s,
+        "\n#### Throughput by executor pool size (closed loop, 2 connections per pool slot)\n\n\
+         A row's queries are shared by 2×P connections to a fresh daemon with \
+         `CCD_EXECUTOR_POOL_SIZE=P`; the bare stub does as many runs with 2×P threads. ccd runs at most P agents at once (the \
+         others queue), the bare stub runs 2×P, so at small P the ratio is below 1 by design.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| Pool | Conns | Queries | Errors | ccd (queries/s) | ccd p50 | ccd p99 | bare stub (runs/s) | bare p50 | bare p99 | ccd / bare |"
+    );
+    let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for p in &q.pools {
+        let (dp50, dp99, _) = fmt_lat(p.daemon.lat.as_ref());
+        let (bp50, bp99, _) = fmt_lat(p.bare.lat.as_ref());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {dp50} | {dp99} | {} | {bp50} | {bp99} | {} |",
+            p.pool_size,
+            p.daemon.connections,
+            p.daemon.ok + p.daemon.rpc_errors + p.daemon.lost,
+            p.daemon.failed() + p.bare.failed(),
+            group_thousands(p.daemon.throughput()),
+            group_thousands(p.bare.throughput()),
+            fmt_ratio(p.vs_bare()),
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
 // Daemon control
 // ---------------------------------------------------------------------------------------------
 
@@ -1674,6 +2623,9 @@ struct Daemon {
     /// Holds the temporary CCD_HOME and command output; dropped after `Drop::drop` stopped
     /// the daemon.
     scratch: Option<TempDir>,
+    /// Extra environment for `ccd daemon start|stop` (and so for the daemon), e.g. the agent
+    /// command of the query benchmark.
+    env: Vec<(String, OsString)>,
 }
 
 /// How long a start took, both measured from spawning `ccd daemon start`.
@@ -1723,12 +2675,22 @@ impl Daemon {
             synchronous: None,
             timeout,
             scratch: None,
+            env: Vec::new(),
         })
     }
 
     /// Starts a daemon on a fresh temporary CCD_HOME with `ccd daemon start`, waits for its
     /// first `system.ping` reply, and learns its pid from `system.health`.
     fn start(opts: &DaemonOpts, timeout: Duration) -> Result<(Daemon, StartTiming)> {
+        Daemon::start_with_env(opts, timeout, Vec::new())
+    }
+
+    /// [`Daemon::start`] with extra environment variables for the daemon.
+    fn start_with_env(
+        opts: &DaemonOpts,
+        timeout: Duration,
+        env: Vec<(String, OsString)>,
+    ) -> Result<(Daemon, StartTiming)> {
         let ccd = ccd_binary(opts.ccd.as_deref())?;
         let scratch = TempDir::new("daemon", opts.keep_temp)?;
         let home = scratch.path.join("home");
@@ -1746,6 +2708,7 @@ impl Daemon {
             synchronous: Some(opts.synchronous),
             timeout,
             scratch: Some(scratch),
+            env,
         };
         // From here on, dropping `daemon` runs `ccd daemon stop`, even when start fails halfway.
         daemon.owned = true;
@@ -1835,6 +2798,7 @@ impl Daemon {
         if let Some(s) = self.synchronous {
             cmd.env("CCD_WRITER_SYNCHRONOUS", s.as_str());
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let spawned = Instant::now();
         let mut child = cmd
             .spawn()
@@ -1891,11 +2855,15 @@ impl Daemon {
     fn describe(&self) -> String {
         let pid = self.pid.map_or_else(|| "?".to_string(), |p| p.to_string());
         if self.owned {
-            format!(
+            let mut s = format!(
                 "daemon: started by ccd-bench (pid {pid}), CCD_HOME={}, CCD_WRITER_SYNCHRONOUS={}",
                 self.home.display(),
                 self.synchronous.map_or("?", Synchronous::as_str)
-            )
+            );
+            for (k, v) in &self.env {
+                let _ = write!(s, ", {k}={}", v.to_string_lossy());
+            }
+            s
         } else {
             format!(
                 "daemon: already running (pid {pid}), CCD_HOME={}",
