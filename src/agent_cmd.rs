@@ -65,6 +65,9 @@ pub struct QueryOpts {
     /// Give up after this long (e.g. 90s, 10m); default: the daemon's executor.timeout_ms.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// Fail at once (exit 4) instead of waiting when the rate limiter says wait.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +113,7 @@ impl QueryOpts {
                 .then(|| self.disallowed_tools.clone()),
             timeout_ms: self.timeout.map(|d| d.as_millis().max(1) as u64),
             stream: true,
+            no_wait: self.no_wait,
             ..Default::default()
         })
     }

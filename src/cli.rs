@@ -82,6 +82,48 @@ enum Command {
     Session(crate::agent_cmd::SessionCmd),
     /// Run many prompts through the executor pool, with progress; results as JSONL.
     Batch(crate::agent_cmd::BatchArgs),
+    /// The rate limiter: limits in force and every key's state.
+    #[command(subcommand)]
+    Limiter(LimiterCmd),
+    /// Circuit breakers in front of the agent.
+    #[command(subcommand)]
+    Breaker(BreakerCmd),
+    /// The daemon's configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum LimiterCmd {
+    /// Show the limits per scope and each key's tokens, window, in-flight, waiting, throttled.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BreakerCmd {
+    /// Show every breaker's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a breaker (all when no KEY), forgetting its history.
+    Reset { key: Option<String> },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print every effective value and where it came from (default, config.toml, environment,
+    /// flag); reads the files and environment, the daemon need not run.
+    Show {
+        #[arg(long)]
+        json: bool,
+        /// Show the effect of a flag override too (as `ccd daemon start --set` would apply it).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        set: Vec<(String, String)>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,12 +133,18 @@ enum DaemonCmd {
         /// How long to wait for the daemon to be ready, in seconds.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        set: Vec<(String, String)>,
     },
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
     Run {
         /// Report READY/ALREADY/ERROR on stdout for a parent `daemon start` (internal).
         #[arg(long, hide = true)]
         notify_ready: bool,
+        /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        set: Vec<(String, String)>,
     },
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
     Stop {
@@ -222,17 +270,132 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Query(args) => crate::agent_cmd::query(&home, autostart, args),
         Command::Session(cmd) => crate::agent_cmd::session(&home, autostart, cmd),
         Command::Batch(args) => crate::agent_cmd::batch(&home, autostart, args),
+        Command::Limiter(LimiterCmd::Status { json }) => {
+            let st = Client::connect(&home)?.call::<m::LimiterStatus>(&NoParams {})?;
+            if json {
+                print_json(&st)?;
+                return Ok(exit::OK);
+            }
+            let mut out = std::io::stdout().lock();
+            let spec = |s: &types::LimitSpec| {
+                if s.is_off() {
+                    return "off".to_string();
+                }
+                let mut parts = Vec::new();
+                if s.rate_per_s > 0.0 {
+                    parts.push(format!("{}/s burst {}", s.rate_per_s, s.burst));
+                }
+                if s.window_max > 0 {
+                    parts.push(format!("{} per {} ms", s.window_max, s.window_ms));
+                }
+                if s.concurrency > 0 {
+                    parts.push(format!("{} at once", s.concurrency));
+                }
+                parts.join(", ")
+            };
+            outln!(
+                "limits: global {}; per model {}; per project {}",
+                spec(&st.limits.global),
+                spec(&st.limits.model),
+                spec(&st.limits.project)
+            );
+            outln!();
+            let mut t = Table::new([
+                "KEY",
+                "TOKENS",
+                "WINDOW",
+                "IN FLIGHT",
+                "WAITING",
+                "THROTTLED",
+                "ADMITTED",
+            ]);
+            for k in st.keys {
+                t.row([
+                    k.key,
+                    k.available_tokens
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    if k.spec.window_max > 0 {
+                        format!("{}/{}", k.window_count, k.spec.window_max)
+                    } else {
+                        "-".into()
+                    },
+                    k.in_flight.to_string(),
+                    k.waiting.to_string(),
+                    k.throttled.to_string(),
+                    k.admitted.to_string(),
+                ]);
+            }
+            t.print_or_empty(&mut out, "no queries limited yet")?;
+            Ok(exit::OK)
+        }
+        Command::Breaker(BreakerCmd::Status { json }) => {
+            let st = Client::connect(&home)?.call::<m::BreakerStatus>(&NoParams {})?;
+            if json {
+                print_json(&st)?;
+                return Ok(exit::OK);
+            }
+            let mut t = Table::new([
+                "KEY",
+                "STATE",
+                "RETRY IN",
+                "FAILURE RATE",
+                "IN A ROW",
+                "REJECTED",
+                "OPENED",
+            ]);
+            for b in st.breakers {
+                t.row([
+                    b.key,
+                    format!("{:?}", b.state).to_uppercase(),
+                    if b.retry_after_ms > 0 {
+                        format!("{:.1}s", b.retry_after_ms as f64 / 1000.0)
+                    } else {
+                        "-".into()
+                    },
+                    format!("{:.0}% of {}", b.failure_rate * 100.0, b.calls_in_window),
+                    b.consecutive_failures.to_string(),
+                    b.rejected.to_string(),
+                    b.times_opened.to_string(),
+                ]);
+            }
+            t.print_or_empty(&mut std::io::stdout().lock(), "no breakers yet")?;
+            Ok(exit::OK)
+        }
+        Command::Breaker(BreakerCmd::Reset { key }) => {
+            let r =
+                Client::connect(&home)?.call::<m::BreakerReset>(&types::BreakerReset { key })?;
+            outln!("reset {} breaker(s)", r.reset);
+            Ok(exit::OK)
+        }
+        Command::Config(ConfigCmd::Show { json, set }) => {
+            let rows = ccd_actors::Config::explain(&home.root, &set)?;
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> = rows
+                    .into_iter()
+                    .map(|(k, v, src)| (k, serde_json::json!({ "value": v, "source": src })))
+                    .collect();
+                print_json(&map)?;
+            } else {
+                let mut t = Table::new(["KEY", "VALUE", "SOURCE"]);
+                for (k, v, src) in rows {
+                    t.row([k, v.to_string(), src]);
+                }
+                t.print(&mut std::io::stdout().lock())?;
+            }
+            Ok(exit::OK)
+        }
     }
 }
 
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
-        DaemonCmd::Start { timeout } => {
-            daemon::start(home, Duration::from_secs(timeout), false)?;
+        DaemonCmd::Start { timeout, set } => {
+            daemon::start(home, Duration::from_secs(timeout), false, &set)?;
             Ok(exit::OK)
         }
-        DaemonCmd::Run { notify_ready } => {
-            daemon::run(home, notify_ready)?;
+        DaemonCmd::Run { notify_ready, set } => {
+            daemon::run(home, notify_ready, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Stop { timeout } => {
@@ -245,7 +408,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
         }
         DaemonCmd::Restart { timeout } => {
             daemon::stop(home, Duration::from_secs(timeout))?;
-            daemon::start(home, Duration::from_secs(10), false)?;
+            daemon::start(home, Duration::from_secs(10), false, &[])?;
             Ok(exit::OK)
         }
         DaemonCmd::Status { json } => {

@@ -63,7 +63,7 @@ impl Client {
     pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
         match Client::connect(home) {
             Err(CallError::NotRunning(why)) if autostart => {
-                crate::daemon::start(home, Duration::from_secs(10), true).map_err(|e| {
+                crate::daemon::start(home, Duration::from_secs(10), true, &[]).map_err(|e| {
                     CallError::Other(e.context(format!("{why}; auto-starting it failed")))
                 })?;
                 Client::connect(home)

@@ -15,10 +15,10 @@ use ccd_actors::config::SessionConfig;
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
 use ccd_actors::query::{QueryService, Resilience};
+use ccd_actors::reader::Reader;
 use ccd_actors::resilience::breaker::BreakerCore;
 use ccd_actors::resilience::limiter::LimiterCore;
 use ccd_actors::resilience::{BreakerActor, LimiterActor, SharedLimits};
-use ccd_actors::reader::Reader;
 use ccd_actors::store::ExpireSessions;
 use ccd_actors::supervise::HealthRegistry;
 use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
@@ -38,8 +38,8 @@ const ERROR: &str = "ERROR";
 
 /// `ccd daemon run`: run in the foreground until SIGTERM/SIGINT or `system.shutdown`.
 /// With `notify`, report READY/ALREADY/ERROR on stdout for a parent `daemon start`.
-pub fn run(home: &Home, notify: bool) -> anyhow::Result<()> {
-    let result = run_inner(home, notify);
+pub fn run(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyhow::Result<()> {
+    let result = run_inner(home, notify, overrides);
     if let Err(e) = &result
         && notify
     {
@@ -54,7 +54,7 @@ fn report(line: &str) {
     let _ = out.flush();
 }
 
-fn run_inner(home: &Home, notify: bool) -> anyhow::Result<()> {
+fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyhow::Result<()> {
     // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail and
     // touches no memory. Everything the daemon creates (database, logs, backups) is owner-only.
     unsafe { libc::umask(0o077) };
@@ -71,7 +71,7 @@ fn run_inner(home: &Home, notify: bool) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    let config = Config::load(&home.root)?;
+    let config = Config::load_with(&home.root, overrides)?;
     let _log_guard = crate::logging::init(home, !notify)?;
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
@@ -137,13 +137,33 @@ async fn serve(
     // Limiter and breaker keep their accounting in cores that outlive any restart of theirs.
     let limiter_core = LimiterCore::new();
     let limits: SharedLimits = Arc::new(Mutex::new(config.limiter.clone()));
-    let limiter = LimiterActor::new(health.register("limiter"), limiter_core.clone(), limits.clone());
+    let limiter = LimiterActor::new(
+        health.register("limiter"),
+        limiter_core.clone(),
+        limits.clone(),
+    );
     let limiter = Supervisor::start(move |_| limiter);
-    let breaker = BreakerActor::new(health.register("breaker"), BreakerCore::new(), config.breaker);
+    let breaker = BreakerActor::new(
+        health.register("breaker"),
+        BreakerCore::new(),
+        config.breaker,
+    );
     let breaker = Supervisor::start(move |_| breaker);
-    let resilience = Resilience { limiter, limiter_core, limits, breaker, retry: config.retry.clone() };
-    let query =
-        QueryService::new(writer.clone(), reader.clone(), pool, resilience, config.executor.clone(), default_cwd);
+    let resilience = Resilience {
+        limiter,
+        limiter_core,
+        limits,
+        breaker,
+        retry: config.retry.clone(),
+    };
+    let query = QueryService::new(
+        writer.clone(),
+        reader.clone(),
+        pool,
+        resilience,
+        config.executor.clone(),
+        default_cwd,
+    );
     let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
         command: config.executor.command.clone(),
         version: None,
@@ -245,7 +265,12 @@ fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
 
 /// `ccd daemon start`: start a detached daemon and return once its socket answers.
 /// Returns the pid, and whether this call started it.
-pub fn start(home: &Home, timeout: Duration, quiet: bool) -> anyhow::Result<(u32, bool)> {
+pub fn start(
+    home: &Home,
+    timeout: Duration,
+    quiet: bool,
+    overrides: &[(String, String)],
+) -> anyhow::Result<(u32, bool)> {
     home.ensure()?;
     let exe = std::env::current_exe().context("finding the ccd executable")?;
     let stderr = std::fs::OpenOptions::new()
@@ -254,8 +279,11 @@ pub fn start(home: &Home, timeout: Duration, quiet: bool) -> anyhow::Result<(u32
         .open(home.logs().join("stderr.log"))
         .context("opening logs/stderr.log")?;
     let mut cmd = Command::new(exe);
-    cmd.args(["daemon", "run", "--notify-ready"])
-        .env("CCD_HOME", &home.root)
+    cmd.args(["daemon", "run", "--notify-ready"]);
+    for (k, v) in overrides {
+        cmd.arg("--set").arg(format!("{k}={v}"));
+    }
+    cmd.env("CCD_HOME", &home.root)
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -191,11 +191,12 @@ impl Default for DaemonConfig {
 impl Config {
     /// Load the effective configuration for `home`: defaults, `config.toml`, environment.
     pub fn load(home: &Path) -> anyhow::Result<Config> {
-        let figment = match std::env::var("CCD_AGENT_CMD") {
-            Ok(cmd) if !cmd.is_empty() => Self::figment(home).merge(("executor.command", cmd)),
-            _ => Self::figment(home),
-        };
-        figment
+        Self::load_with(home, &[])
+    }
+
+    /// As [`Config::load`], with `KEY=VALUE` overrides from the command line on top.
+    pub fn load_with(home: &Path, overrides: &[(String, String)]) -> anyhow::Result<Config> {
+        Self::layered(home, overrides)?
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .with_context(|| {
@@ -205,6 +206,69 @@ impl Config {
                 )
             })
             .and_then(|c: Config| c.validate().map(|()| c))
+    }
+
+    /// Every source in precedence order: defaults, file, environment, `CCD_AGENT_CMD`, flags.
+    pub fn layered(home: &Path, overrides: &[(String, String)]) -> anyhow::Result<Figment> {
+        let mut figment = Self::figment(home);
+        if let Ok(cmd) = std::env::var("CCD_AGENT_CMD")
+            && !cmd.is_empty()
+        {
+            figment = figment.merge(
+                Serialized::default("executor.command", cmd).profile(figment::Profile::Default),
+            );
+        }
+        for (key, value) in overrides {
+            let Some((section, name)) = key.split_once('.') else {
+                anyhow::bail!(
+                    "--set {key}=...: the key must be SECTION.KEY, e.g. executor.pool_size"
+                );
+            };
+            // The value as TOML (a number, a boolean, a quoted string), else as a plain string.
+            let as_toml = format!("[{section}]\n{name} = {value}\n");
+            let parsed: Result<figment::value::Dict, _> =
+                Figment::from(Toml::string(&as_toml)).extract();
+            figment = match parsed {
+                Ok(_) => figment.merge(Toml::string(&as_toml)),
+                Err(_) => figment.merge(Serialized::default(key, value.clone())),
+            };
+        }
+        Ok(figment)
+    }
+
+    /// Every effective value with where it came from: (key, value, source).
+    pub fn explain(
+        home: &Path,
+        overrides: &[(String, String)],
+    ) -> anyhow::Result<Vec<(String, serde_json::Value, String)>> {
+        let config = Self::load_with(home, overrides)?;
+        let figment = Self::layered(home, overrides)?;
+        let mut out = Vec::new();
+        let value = serde_json::to_value(&config)?;
+        for (section, fields) in value.as_object().into_iter().flatten() {
+            for (name, v) in fields.as_object().into_iter().flatten() {
+                let key = format!("{section}.{name}");
+                let env_name = format!("CCD_{}_{}", section.to_uppercase(), name.to_uppercase());
+                let source = if overrides.iter().any(|(k, _)| k == &key) {
+                    "flag (--set)".to_string()
+                } else if key == "executor.command"
+                    && std::env::var("CCD_AGENT_CMD").is_ok_and(|c| !c.is_empty())
+                {
+                    "environment (CCD_AGENT_CMD)".to_string()
+                } else if std::env::var_os(&env_name).is_some() {
+                    format!("environment ({env_name})")
+                } else {
+                    match figment.find_metadata(&key) {
+                        Some(m) if m.name.contains("TOML") => {
+                            format!("{}", config_path(home).display())
+                        }
+                        _ => "default".to_string(),
+                    }
+                };
+                out.push((key, v.clone(), source));
+            }
+        }
+        Ok(out)
     }
 
     /// The layered sources, in precedence order (lowest first).
@@ -223,7 +287,17 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 10] = [
+        let checks: [(&str, bool, &str); 12] = [
+            (
+                "executor.timeout_ms",
+                (1..=24 * 3600 * 1000).contains(&self.executor.timeout_ms),
+                "between 1 and 86400000",
+            ),
+            (
+                "executor.queue_size",
+                self.executor.queue_size >= 1,
+                "at least 1",
+            ),
             (
                 "executor.pool_size",
                 (1..=256).contains(&self.executor.pool_size),

@@ -63,9 +63,14 @@ impl From<ActorError> for RpcError {
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
             ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),
-            ActorError::RateLimited { retry_after_ms } => RpcError::new(ErrorCode::RateLimited, e.to_string())
-                .with_data(json!({ "retry_after_ms": retry_after_ms })),
-            ActorError::CircuitOpen { ref key, retry_after_ms } => RpcError::new(ErrorCode::CircuitOpen, e.to_string())
+            ActorError::RateLimited { retry_after_ms } => {
+                RpcError::new(ErrorCode::RateLimited, e.to_string())
+                    .with_data(json!({ "retry_after_ms": retry_after_ms }))
+            }
+            ActorError::CircuitOpen {
+                ref key,
+                retry_after_ms,
+            } => RpcError::new(ErrorCode::CircuitOpen, e.to_string())
                 .with_data(json!({ "retry_after_ms": retry_after_ms, "key": key })),
             ActorError::Agent {
                 code,

@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ActorError;
 use crate::executor::{Member, PoolStatus, SharedProbe};
 use crate::query::QueryService;
-use crate::resilience::{BreakerStatuses, Configure, LimiterConfig, LimiterStatus as LimiterStatusMsg, Reset, Scope};
 use crate::reader::Reader;
+use crate::resilience::{
+    BreakerStatuses, Configure, LimiterConfig, LimiterStatus as LimiterStatusMsg, Reset, Scope,
+};
 use crate::store::{self, WriteOp};
 use crate::supervise::{
     Call, Crash, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
@@ -438,30 +440,57 @@ impl GatewayActor {
         let breaker = self.query.breaker().clone();
         Some(match method {
             m::LimiterStatus::NAME => later::<m::LimiterStatus, _>(p, move |_| async move {
-                let (limits, keys) = limiter.send(Call(LimiterStatusMsg)).await.unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                let (limits, keys) = limiter
+                    .send(Call(LimiterStatusMsg))
+                    .await
+                    .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
                 Ok(status(limits, keys))
             }),
-            m::LimiterConfigure::NAME => match parse_params::<m::LimiterConfigure>(p).and_then(|c| {
-                let name = format!("limits.{}", serde_json::to_value(c.scope).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default());
-                c.limits.validate(&name).map_err(|e| RpcError::invalid_params(format!("invalid params for limiter.configure: {e}")))?;
-                Ok(c)
-            }) {
-                Ok(c) => Reply::later(async move {
-                    limiter
-                        .send(Call(Configure { scope: c.scope, spec: c.limits }))
-                        .await
-                        .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
-                    let (limits, keys) = limiter.send(Call(LimiterStatusMsg)).await.unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
-                    to_value(status(limits, keys))
-                }),
-                Err(e) => Reply::err(e),
-            },
+            m::LimiterConfigure::NAME => {
+                match parse_params::<m::LimiterConfigure>(p).and_then(|c| {
+                    let name = format!(
+                        "limits.{}",
+                        serde_json::to_value(c.scope)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    );
+                    c.limits.validate(&name).map_err(|e| {
+                        RpcError::invalid_params(format!(
+                            "invalid params for limiter.configure: {e}"
+                        ))
+                    })?;
+                    Ok(c)
+                }) {
+                    Ok(c) => Reply::later(async move {
+                        limiter
+                            .send(Call(Configure {
+                                scope: c.scope,
+                                spec: c.limits,
+                            }))
+                            .await
+                            .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                        let (limits, keys) = limiter
+                            .send(Call(LimiterStatusMsg))
+                            .await
+                            .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                        to_value(status(limits, keys))
+                    }),
+                    Err(e) => Reply::err(e),
+                }
+            }
             m::BreakerStatus::NAME => later::<m::BreakerStatus, _>(p, move |_| async move {
-                let breakers = breaker.send(Call(BreakerStatuses)).await.unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                let breakers = breaker
+                    .send(Call(BreakerStatuses))
+                    .await
+                    .unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
                 Ok(types::BreakerList { breakers })
             }),
             m::BreakerReset::NAME => later::<m::BreakerReset, _>(p, move |p| async move {
-                let n = breaker.send(Call(Reset { key: p.key })).await.unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                let n = breaker
+                    .send(Call(Reset { key: p.key }))
+                    .await
+                    .unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
                 Ok(types::BreakerResetResult { reset: n as u64 })
             }),
             _ => return None,
@@ -750,9 +779,17 @@ mod tests {
         let reader = Reader::new(db);
         let core = crate::resilience::limiter::LimiterCore::new();
         let limits: crate::resilience::SharedLimits = Default::default();
-        let limiter = crate::resilience::LimiterActor::new(health.register("limiter"), core.clone(), limits.clone());
+        let limiter = crate::resilience::LimiterActor::new(
+            health.register("limiter"),
+            core.clone(),
+            limits.clone(),
+        );
         let breaker_core = crate::resilience::breaker::BreakerCore::new();
-        let breaker = crate::resilience::BreakerActor::new(health.register("breaker"), breaker_core, Default::default());
+        let breaker = crate::resilience::BreakerActor::new(
+            health.register("breaker"),
+            breaker_core,
+            Default::default(),
+        );
         let resilience = crate::query::Resilience {
             limiter: Supervisor::start(move |_| limiter),
             limiter_core: core,
@@ -760,7 +797,14 @@ mod tests {
             breaker: Supervisor::start(move |_| breaker),
             retry: Default::default(),
         };
-        let query = QueryService::new(writer.clone(), reader.clone(), pool, resilience, Default::default(), dir.path().into());
+        let query = QueryService::new(
+            writer.clone(),
+            reader.clone(),
+            pool,
+            resilience,
+            Default::default(),
+            dir.path().into(),
+        );
         let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
         let gw = GatewayActor::new(
             health.register("gateway"),

@@ -21,15 +21,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutorConfig;
 use crate::error::ActorError;
-use crate::resilience::breaker::Outcome;
-use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
-use crate::resilience::{Allow, BreakerActor, LimiterActor, RecordOutcome, RetryConfig, SharedLimits, TryAcquire};
 use crate::executor::{
-    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, Run, RunResult, Submit, Transcript,
-    agent_args,
+    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, Run, RunResult,
+    Submit, Transcript, agent_args,
 };
 use crate::gateway::{ConnCtx, validate};
 use crate::reader::Reader;
+use crate::resilience::breaker::Outcome;
+use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
+use crate::resilience::{
+    Allow, BreakerActor, LimiterActor, RecordOutcome, RetryConfig, SharedLimits, TryAcquire,
+};
 use crate::store::{self, WriteOp};
 use crate::supervise::Call;
 use crate::writer::{Write, WriterActor};
@@ -73,7 +75,13 @@ impl QueryService {
         cfg: ExecutorConfig,
         default_cwd: PathBuf,
     ) -> Self {
-        let Resilience { limiter, limiter_core, limits, breaker, retry } = resilience;
+        let Resilience {
+            limiter,
+            limiter_core,
+            limits,
+            breaker,
+            retry,
+        } = resilience;
         QueryService {
             writer,
             reader,
@@ -122,7 +130,10 @@ impl QueryService {
         }
         let timeout_ms = p.timeout_ms.unwrap_or(self.cfg.timeout_ms);
         if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-            return Err(invalid(M, &format!("`timeout_ms`: must be between 1 and {MAX_TIMEOUT_MS}")));
+            return Err(invalid(
+                M,
+                &format!("`timeout_ms`: must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
 
@@ -136,14 +147,21 @@ impl QueryService {
                     .await?
                     .ok_or_else(|| ActorError::NotFound(format!("no session `{id}`")))?;
                 if s.status != "open" {
-                    return Err(ActorError::Conflict(format!("session `{id}` is {}; start a new one", s.status)));
+                    return Err(ActorError::Conflict(format!(
+                        "session `{id}` is {}; start a new one",
+                        s.status
+                    )));
                 }
                 Some(s)
             }
             None => None,
         };
         let project_name = p.project.clone().or_else(|| {
-            if p.cwd.is_none() { existing.as_ref().and_then(|s| s.project.clone()) } else { None }
+            if p.cwd.is_none() {
+                existing.as_ref().and_then(|s| s.project.clone())
+            } else {
+                None
+            }
         });
 
         // Where it runs, and with which environment.
@@ -155,9 +173,17 @@ impl QueryService {
                     .read("reading the project", move |c| store::project(c, &lookup))
                     .await?
                     .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
-                (PathBuf::from(&project.path), project.env.clone(), Some(project.name))
+                (
+                    PathBuf::from(&project.path),
+                    project.env.clone(),
+                    Some(project.name),
+                )
             }
-            (None, Some(dir)) => (PathBuf::from(validate::dir("cwd", dir)?), BTreeMap::new(), None),
+            (None, Some(dir)) => (
+                PathBuf::from(validate::dir("cwd", dir)?),
+                BTreeMap::new(),
+                None,
+            ),
             (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
         };
 
@@ -165,8 +191,13 @@ impl QueryService {
             Some(s) => s,
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                self.write(store::CreateSession { id, project: project.clone(), tags: vec![], model: p.model.clone() })
-                    .await?
+                self.write(store::CreateSession {
+                    id,
+                    project: project.clone(),
+                    tags: vec![],
+                    model: p.model.clone(),
+                })
+                .await?
             }
         };
 
@@ -204,23 +235,44 @@ impl QueryService {
         let guarded = Guarded {
             model: model.clone(),
             project: project.clone(),
-            breaker_key: format!("{}|{}", self.cfg.command, model.as_deref().unwrap_or("default")),
+            breaker_key: format!(
+                "{}|{}",
+                self.cfg.command,
+                model.as_deref().unwrap_or("default")
+            ),
             deadline,
             no_wait: p.no_wait,
         };
-        let outcome = self.run_attempts(&guarded, spec, &cancel, p.stream, &query_id, &conn).await;
+        let outcome = self
+            .run_attempts(&guarded, spec, &cancel, p.stream, &query_id, &conn)
+            .await;
         self.lock_running().remove(&query_id);
         let duration_ms = started.elapsed().as_millis() as u64;
 
         let (transcript, failure, attempts, spent) = match outcome {
-            Attempts::Done { result, attempts, spent } => match result {
+            Attempts::Done {
+                result,
+                attempts,
+                spent,
+            } => match *result {
                 Ok(t) => (t, None, attempts, spent),
-                Err(f) => {
-                    let f = *f;
-                    (f.transcript.clone(), Some(Failure::Agent(f)), attempts, spent)
-                }
+                Err(f) => (
+                    f.transcript.clone(),
+                    Some(Failure::Agent(f)),
+                    attempts,
+                    spent,
+                ),
             },
-            Attempts::Refused { error, attempts, spent } => (Transcript::default(), Some(Failure::Refused(error)), attempts, spent),
+            Attempts::Refused {
+                error,
+                attempts,
+                spent,
+            } => (
+                Transcript::default(),
+                Some(Failure::Refused(error)),
+                attempts,
+                spent,
+            ),
         };
         let result = transcript.result.clone();
         let (status, error_class, error) = match &failure {
@@ -240,7 +292,10 @@ impl QueryService {
             session_id: session.id.clone(),
             query_id: query_id.clone(),
             prompt: p.prompt,
-            result: result.as_ref().and_then(|r| r.result.clone()).or_else(|| non_empty(&transcript.text)),
+            result: result
+                .as_ref()
+                .and_then(|r| r.result.clone())
+                .or_else(|| non_empty(&transcript.text)),
             status,
             error_class,
             error,
@@ -276,8 +331,20 @@ impl QueryService {
                 })
             }
             Some(Failure::Agent(f)) => {
-                tracing::warn!(query_id, attempts, class = f.class.as_str(), "query failed: {}", f.detail);
-                Err(agent_error(&query_id, &session.id, &f, &transcript, attempts))
+                tracing::warn!(
+                    query_id,
+                    attempts,
+                    class = f.class.as_str(),
+                    "query failed: {}",
+                    f.detail
+                );
+                Err(agent_error(
+                    &query_id,
+                    &session.id,
+                    &f,
+                    &transcript,
+                    attempts,
+                ))
             }
             Some(Failure::Refused(e)) => Err(e),
         }
@@ -300,26 +367,75 @@ impl QueryService {
             attempt += 1;
             let permit = match self.acquire(g, cancel).await {
                 Ok(p) => p,
-                Err(error) => return Attempts::Refused { error, attempts: attempt - 1, spent },
+                Err(error) => {
+                    return Attempts::Refused {
+                        error,
+                        attempts: attempt - 1,
+                        spent,
+                    };
+                }
             };
-            match self.breaker.send(Call(Allow { key: g.breaker_key.clone() })).await {
+            match self
+                .breaker
+                .send(Call(Allow {
+                    key: g.breaker_key.clone(),
+                }))
+                .await
+            {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(retry_after))) => {
-                    let error = ActorError::CircuitOpen { key: g.breaker_key.clone(), retry_after_ms: retry_after.as_millis() as u64 };
-                    return Attempts::Refused { error, attempts: attempt - 1, spent };
+                    let error = ActorError::CircuitOpen {
+                        key: g.breaker_key.clone(),
+                        retry_after_ms: retry_after.as_millis() as u64,
+                    };
+                    return Attempts::Refused {
+                        error,
+                        attempts: attempt - 1,
+                        spent,
+                    };
                 }
-                Ok(Err(e)) => return Attempts::Refused { error: e, attempts: attempt - 1, spent },
-                Err(e) => return Attempts::Refused { error: ActorError::internal("the breaker", e), attempts: attempt - 1, spent },
+                Ok(Err(e)) => {
+                    return Attempts::Refused {
+                        error: e,
+                        attempts: attempt - 1,
+                        spent,
+                    };
+                }
+                Err(e) => {
+                    return Attempts::Refused {
+                        error: ActorError::internal("the breaker", e),
+                        attempts: attempt - 1,
+                        spent,
+                    };
+                }
             }
             let t0 = std::time::Instant::now();
-            let run = Run { spec: spec.clone(), cancel: cancel.clone(), on_message: streamer(stream, query_id, conn) };
+            let run = Run {
+                spec: spec.clone(),
+                cancel: cancel.clone(),
+                on_message: streamer(stream, query_id, conn),
+            };
             let result = match self.pool.send(Call(Submit(run))).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    self.breaker.do_send(Call(RecordOutcome { key: g.breaker_key.clone(), outcome: None, duration: t0.elapsed() }));
-                    return Attempts::Refused { error: e, attempts: attempt - 1, spent };
+                    self.breaker.do_send(Call(RecordOutcome {
+                        key: g.breaker_key.clone(),
+                        outcome: None,
+                        duration: t0.elapsed(),
+                    }));
+                    return Attempts::Refused {
+                        error: e,
+                        attempts: attempt - 1,
+                        spent,
+                    };
                 }
-                Err(e) => return Attempts::Refused { error: ActorError::internal("the executor pool", e), attempts: attempt - 1, spent },
+                Err(e) => {
+                    return Attempts::Refused {
+                        error: ActorError::internal("the executor pool", e),
+                        attempts: attempt - 1,
+                        spent,
+                    };
+                }
             };
             drop(permit);
             let transcript = match &result {
@@ -333,24 +449,53 @@ impl QueryService {
                 Err(f) if f.class == ErrorClass::NonRetryable => Some(Outcome::Ignored),
                 Err(_) => Some(Outcome::Failure),
             };
-            self.breaker.do_send(Call(RecordOutcome { key: g.breaker_key.clone(), outcome, duration: t0.elapsed() }));
+            self.breaker.do_send(Call(RecordOutcome {
+                key: g.breaker_key.clone(),
+                outcome,
+                duration: t0.elapsed(),
+            }));
             let f = match result {
-                Ok(t) => return Attempts::Done { result: Ok(t), attempts: attempt, spent },
+                Ok(t) => {
+                    return Attempts::Done {
+                        result: Box::new(Ok(t)),
+                        attempts: attempt,
+                        spent,
+                    };
+                }
                 Err(f) => f,
             };
             let retryable = f.class == ErrorClass::Retryable && f.kind == FailureKind::Agent;
             if !retryable || attempt > self.retry.max_retries {
-                return Attempts::Done { result: Err(f), attempts: attempt, spent };
+                return Attempts::Done {
+                    result: Box::new(Err(f)),
+                    attempts: attempt,
+                    spent,
+                };
             }
             let delay = self.retry.backoff(attempt);
             if tokio::time::Instant::now() + delay >= g.deadline {
-                return Attempts::Done { result: Err(f), attempts: attempt, spent };
+                return Attempts::Done {
+                    result: Box::new(Err(f)),
+                    attempts: attempt,
+                    spent,
+                };
             }
-            tracing::info!(query_id, attempt, ?delay, "retrying after a retryable failure: {}", f.detail);
-            notify(stream, query_id, conn, json!({
-                "type": "ccd", "subtype": "retry", "attempt": attempt + 1,
-                "delay_ms": delay.as_millis() as u64, "error": f.detail,
-            }));
+            tracing::info!(
+                query_id,
+                attempt,
+                ?delay,
+                "retrying after a retryable failure: {}",
+                f.detail
+            );
+            notify(
+                stream,
+                query_id,
+                conn,
+                json!({
+                    "type": "ccd", "subtype": "retry", "attempt": attempt + 1,
+                    "delay_ms": delay.as_millis() as u64, "error": f.detail,
+                }),
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => {
@@ -358,7 +503,7 @@ impl QueryService {
                     f.kind = FailureKind::Cancelled;
                     f.class = ErrorClass::NonRetryable;
                     f.detail = "cancelled while waiting to retry".into();
-                    return Attempts::Done { result: Err(Box::new(f)), attempts: attempt, spent };
+                    return Attempts::Done { result: Box::new(Err(Box::new(f))), attempts: attempt, spent };
                 }
             }
         }
@@ -369,7 +514,10 @@ impl QueryService {
     async fn acquire(&self, g: &Guarded, cancel: &CancellationToken) -> Result<Permit, ActorError> {
         let mut waiting: Option<WaitingGuard> = None;
         loop {
-            let request = TryAcquire { model: g.model.clone(), project: g.project.clone() };
+            let request = TryAcquire {
+                model: g.model.clone(),
+                project: g.project.clone(),
+            };
             let throttled = match self.limiter.send(Call(request)).await {
                 Ok(Ok(Ok(permit))) => return Ok(permit),
                 Ok(Ok(Err(t))) => t,
@@ -377,16 +525,27 @@ impl QueryService {
                 Err(e) => return Err(ActorError::internal("the limiter", e)),
             };
             let now = tokio::time::Instant::now();
-            let refused = ActorError::RateLimited { retry_after_ms: throttled.retry_after.as_millis().max(1) as u64 };
-            if g.no_wait || (!throttled.concurrency && now + throttled.retry_after > g.deadline) || now >= g.deadline {
+            let refused = ActorError::RateLimited {
+                retry_after_ms: throttled.retry_after.as_millis().max(1) as u64,
+            };
+            if g.no_wait
+                || (!throttled.concurrency && now + throttled.retry_after > g.deadline)
+                || now >= g.deadline
+            {
                 return Err(refused);
             }
             if waiting.is_none() {
                 let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
-                let keys = TryAcquire { model: g.model.clone(), project: g.project.clone() }.keys(&limits);
+                let keys = TryAcquire {
+                    model: g.model.clone(),
+                    project: g.project.clone(),
+                }
+                .keys(&limits);
                 waiting = Some(self.limiter_core.waiting(&keys));
             }
-            let wait = throttled.retry_after.min(g.deadline.saturating_duration_since(now));
+            let wait = throttled
+                .retry_after
+                .min(g.deadline.saturating_duration_since(now));
             tokio::select! {
                 _ = self.limiter_core.released_or(wait) => {}
                 _ = cancel.cancelled() => {
@@ -453,7 +612,10 @@ impl QueryService {
         if let Some(s) = &p.status
             && !["open", "closed", "expired"].contains(&s.as_str())
         {
-            return Err(invalid("session.list", "`status`: must be open, closed or expired"));
+            return Err(invalid(
+                "session.list",
+                "`status`: must be open, closed or expired",
+            ));
         }
         let sessions = self
             .reader
@@ -491,7 +653,9 @@ impl QueryService {
 }
 
 fn invalid(method: &str, why: &str) -> ActorError {
-    ActorError::Rpc(RpcError::invalid_params(format!("invalid params for {method}: {why}")))
+    ActorError::Rpc(RpcError::invalid_params(format!(
+        "invalid params for {method}: {why}"
+    )))
 }
 
 /// The resilience inputs of one query.
@@ -519,13 +683,21 @@ impl Spent {
 
 enum Attempts {
     /// The agent ran at least once; the last attempt's outcome.
-    Done { result: RunResult, attempts: u32, spent: Spent },
+    Done {
+        result: Box<RunResult>,
+        attempts: u32,
+        spent: Spent,
+    },
     /// An attempt was refused before it ran (limiter, breaker, pool).
-    Refused { error: ActorError, attempts: u32, spent: Spent },
+    Refused {
+        error: ActorError,
+        attempts: u32,
+        spent: Spent,
+    },
 }
 
 enum Failure {
-    Agent(AgentFailure),
+    Agent(Box<AgentFailure>),
     Refused(ActorError),
 }
 
@@ -534,8 +706,14 @@ fn notify(stream: bool, query_id: &str, conn: &ConnCtx, event: serde_json::Value
     if !stream {
         return;
     }
-    let params = QueryEvent { query_id: query_id.to_string(), event };
-    let note = Notification::new("query.event", serde_json::to_value(&params).unwrap_or_default());
+    let params = QueryEvent {
+        query_id: query_id.to_string(),
+        event,
+    };
+    let note = Notification::new(
+        "query.event",
+        serde_json::to_value(&params).unwrap_or_default(),
+    );
     let _ = conn.outbound.try_send(to_line(&note));
 }
 
@@ -579,7 +757,13 @@ fn streamer(
     })
 }
 
-fn agent_error(query_id: &str, session_id: &str, f: &AgentFailure, t: &Transcript, attempts: u32) -> ActorError {
+fn agent_error(
+    query_id: &str,
+    session_id: &str,
+    f: &AgentFailure,
+    t: &Transcript,
+    attempts: u32,
+) -> ActorError {
     let (code, what) = match f.kind {
         FailureKind::Agent => (ErrorCode::AgentFailed, "agent failed"),
         FailureKind::Timeout => (ErrorCode::Timeout, "query timed out"),

@@ -537,11 +537,16 @@ impl LimitSpec {
     }
 
     pub fn validate(&self, name: &str) -> Result<(), String> {
-        if !(self.rate_per_s.is_finite() && self.rate_per_s >= 0.0 && self.rate_per_s <= 1_000_000.0) {
+        if !(self.rate_per_s.is_finite()
+            && self.rate_per_s >= 0.0
+            && self.rate_per_s <= 1_000_000.0)
+        {
             return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
         }
         if self.window_max > 0 && self.window_ms == 0 {
-            return Err(format!("`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"));
+            return Err(format!(
+                "`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"
+            ));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
+//! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 
 mod common;
@@ -22,5 +23,6 @@ mod cli;
 mod docs;
 mod lifecycle;
 mod protocol;
+mod resilience;
 mod supervision;
 mod writes;

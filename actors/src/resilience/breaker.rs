@@ -89,6 +89,9 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// A state change: from, to, and why.
+pub type Change = (State, State, String);
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     failed: bool,
@@ -131,10 +134,7 @@ impl Breaker {
     }
 
     /// May a call go through now? `Err(retry_after)` when open (or HALF_OPEN is full).
-    pub fn allow(
-        &mut self,
-        now: Instant,
-    ) -> (Result<(), Duration>, Option<(State, State, String)>) {
+    pub fn allow(&mut self, now: Instant) -> (Result<(), Duration>, Option<Change>) {
         let mut change = None;
         if self.state == State::Open && now >= self.open_until {
             change = Some(self.to(State::HalfOpen, "the wait duration passed".into(), now));
@@ -165,12 +165,7 @@ impl Breaker {
     }
 
     /// Record how an admitted call ended. Returns the state change it caused, if any.
-    pub fn record(
-        &mut self,
-        outcome: Outcome,
-        duration: Duration,
-        now: Instant,
-    ) -> Option<(State, State, String)> {
+    pub fn record(&mut self, outcome: Outcome, duration: Duration, now: Instant) -> Option<Change> {
         let slow =
             self.spec.slow_call_ms > 0 && duration >= Duration::from_millis(self.spec.slow_call_ms);
         let failed = match outcome {
@@ -248,7 +243,7 @@ impl Breaker {
         (failed / n, slow / n)
     }
 
-    fn to(&mut self, to: State, reason: String, now: Instant) -> (State, State, String) {
+    fn to(&mut self, to: State, reason: String, now: Instant) -> Change {
         let from = self.state;
         self.state = to;
         self.trials_admitted = 0;

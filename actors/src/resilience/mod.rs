@@ -19,8 +19,9 @@ use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervise
 use breaker::{BreakerCore, BreakerSpec, BreakerStatus, Outcome, Transition};
 use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled};
 
-/// `[limiter]`: limits on the global key, each model's key and each project's key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// `[limiter]`: limits on the global key, each model's key and each project's key. Every
+/// algorithm is off by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimiterConfig {
     pub global_rate_per_s: f64,
@@ -41,6 +42,39 @@ pub struct LimiterConfig {
 }
 
 pub use ccd_protocol::types::Scope;
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        let off = LimitSpec {
+            rate_per_s: 0.0,
+            burst: 1,
+            window_max: 0,
+            window_ms: 60_000,
+            concurrency: 0,
+        };
+        let mut c = LimiterConfig {
+            global_rate_per_s: 0.0,
+            global_burst: 0,
+            global_window_max: 0,
+            global_window_ms: 0,
+            global_concurrency: 0,
+            model_rate_per_s: 0.0,
+            model_burst: 0,
+            model_window_max: 0,
+            model_window_ms: 0,
+            model_concurrency: 0,
+            project_rate_per_s: 0.0,
+            project_burst: 0,
+            project_window_max: 0,
+            project_window_ms: 0,
+            project_concurrency: 0,
+        };
+        for scope in [Scope::Global, Scope::Model, Scope::Project] {
+            c.set(scope, off);
+        }
+        c
+    }
+}
 
 impl LimiterConfig {
     pub fn spec(&self, scope: Scope) -> LimitSpec {

@@ -1,0 +1,388 @@
+//! Resilience through the daemon: the breaker opening on a failing agent and recovering, the
+//! real CLI against a 529 retried with backoff until the breaker trips, a batch held to its
+//! rate limit, and permits that survive restarts of the limiter and of executors.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::mock_api::{Behaviour, MockApi, claude_bin};
+
+/// A stub agent: a script that counts its calls in `calls` and, by the word in `mode`, prints a
+/// real CLI transcript (`ok`), dies by SIGKILL (`fail`, a retryable failure) or prints the init
+/// message and sleeps (`hang`).
+struct Stub {
+    dir: tempfile::TempDir,
+}
+
+impl Stub {
+    fn new(mode: &str) -> Stub {
+        let dir = tempfile::tempdir().unwrap();
+        let transcript = include_str!("../../protocol/fixtures/text.jsonl");
+        std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
+        std::fs::write(dir.path().join("calls"), "").unwrap();
+        let script = r#"#!/bin/sh
+here="$(dirname "$0")"
+if [ "$1" = "--version" ]; then echo "0.0.0 (stub agent)"; exit 0; fi
+cat > /dev/null
+echo call >> "$here/calls"
+case "$(cat "$here/mode")" in
+  ok) cat "$here/transcript.jsonl" ;;
+  hang) head -n 1 "$here/transcript.jsonl"; exec sleep 60 ;;
+  *) kill -9 $$ ;;
+esac
+"#;
+        let path = dir.path().join("agent");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let s = Stub { dir };
+        s.set_mode(mode);
+        s
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("agent")
+    }
+
+    fn set_mode(&self, mode: &str) {
+        std::fs::write(self.dir.path().join("mode"), mode).unwrap();
+    }
+
+    fn calls(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("calls"))
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    fn daemon(&self, config: &str) -> Daemon {
+        Daemon::builder()
+            .fault_injection()
+            .env("CCD_AGENT_CMD", self.path().to_str().unwrap())
+            .config(config)
+            .start()
+    }
+}
+
+fn breaker(d: &Daemon) -> Value {
+    let list = d.call("breaker.status", json!({})).unwrap();
+    assert_eq!(list["breakers"].as_array().unwrap().len(), 1, "{list}");
+    list["breakers"][0].clone()
+}
+
+#[test]
+fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
+    let stub = Stub::new("fail");
+    let d = stub
+        .daemon("[retry]\nmax_retries = 0\n[breaker]\nconsecutive_failures = 3\nwait_ms = 1000\n");
+    for _ in 0..3 {
+        let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+        assert_eq!(code(&e), -32007, "{e}");
+        assert_eq!(e["data"]["class"], "retryable");
+    }
+    assert_eq!(stub.calls(), 3);
+    assert_eq!(breaker(&d)["state"], "OPEN");
+
+    // Open: refused at once, without running the agent.
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32003, "{e}");
+    assert!(e["data"]["retry_after_ms"].as_u64().unwrap() > 0);
+    assert!(
+        e["data"]["key"].as_str().unwrap().ends_with("|default"),
+        "{e}"
+    );
+    assert_eq!(stub.calls(), 3);
+    let out = d.ccd(&["query", "x"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let status = d.ccd_ok(&["breaker", "status"]);
+    assert!(status.contains("OPEN"), "{status}");
+
+    // Healed, and the wait is over: the trial call goes through and closes it.
+    stub.set_mode("ok");
+    wait_until(
+        "the open breaker's wait to pass",
+        Duration::from_secs(30),
+        || breaker(&d)["retry_after_ms"] == 0,
+    );
+    let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    assert_eq!(r["result"], "Hello from mock");
+    assert_eq!(breaker(&d)["state"], "CLOSED");
+
+    // A reset forgets it.
+    let r = d.call("breaker.reset", json!({})).unwrap();
+    assert_eq!(r["reset"], 1);
+    assert!(
+        d.call("breaker.status", json!({})).unwrap()["breakers"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn non_retryable_errors_do_not_trip_the_breaker() {
+    let mock = MockApi::start(Behaviour::Error {
+        status: 400,
+        error_type: "invalid_request_error".into(),
+        message: "bad".into(),
+    });
+    let d = Daemon::builder()
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "k")
+        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .config("[breaker]\nconsecutive_failures = 2\n")
+        .start();
+    for _ in 0..3 {
+        let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+        assert_eq!(e["data"]["class"], "non_retryable");
+        assert_eq!(
+            e["data"]["attempts"], 1,
+            "non_retryable errors are not retried"
+        );
+    }
+    let b = breaker(&d);
+    assert_eq!(
+        (b["state"].as_str(), b["non_retryable"].as_u64()),
+        (Some("CLOSED"), Some(3))
+    );
+}
+
+#[test]
+fn the_real_cli_on_529_is_retried_with_backoff_then_trips_the_breaker() {
+    let mock = MockApi::start(Behaviour::Error {
+        status: 529,
+        error_type: "overloaded_error".into(),
+        message: "busy".into(),
+    });
+    let d = Daemon::builder()
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "k")
+        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .config(
+            "[executor]\ncli_retry_limit = 0\n[retry]\nmax_retries = 2\nbase_delay_ms = 50\nmax_delay_ms = 200\n\
+             [breaker]\nconsecutive_failures = 3\nwait_ms = 60000\n",
+        )
+        .start();
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    let mut retries = Vec::new();
+    let reply = loop {
+        let m = c.recv().unwrap();
+        if m["method"] == "query.event" && m["params"]["event"]["subtype"] == "retry" {
+            retries.push(m["params"]["event"]["attempt"].as_u64().unwrap());
+        }
+        if m["id"] == json!(id) {
+            break m;
+        }
+    };
+    let e = &reply["error"];
+    assert_eq!(code(e), -32007, "{reply}");
+    assert_eq!(e["data"]["class"], "retryable");
+    assert_eq!(e["data"]["attempts"], 3);
+    assert!(
+        e["message"].as_str().unwrap().contains("after 3 attempts"),
+        "{e}"
+    );
+    assert_eq!(retries, [2, 3], "each retry is announced on the stream");
+    assert_eq!(mock.requests().len(), 3, "one API call per attempt");
+    let s = d
+        .call("session.get", json!({"id": e["data"]["session_id"]}))
+        .unwrap();
+    assert_eq!(s["turns"][0]["attempts"], 3);
+
+    assert_eq!(breaker(&d)["state"], "OPEN");
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32003, "{e}");
+    assert_eq!(mock.requests().len(), 3);
+}
+
+#[test]
+fn a_batch_under_a_rate_limit_takes_the_time_the_limit_implies() {
+    let stub = Stub::new("ok");
+    let d = stub.daemon(
+        "[limiter]\nglobal_rate_per_s = 10.0\nglobal_burst = 1\n[executor]\npool_size = 4\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(
+        &file,
+        (0..100)
+            .map(|i| format!("prompt {i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let out_file = dir.path().join("out.jsonl");
+    let start = Instant::now();
+    let out = d.ccd(&[
+        "batch",
+        file.to_str().unwrap(),
+        "-c",
+        "8",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    let elapsed = start.elapsed();
+    assert!(out.status.success(), "{}", describe(&out));
+    let results = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(results.lines().count(), 100);
+    assert_eq!(stub.calls(), 100);
+    // 1 at once, then one per 100 ms: 99 intervals. (A lower bound only: never faster.)
+    assert!(
+        elapsed >= Duration::from_millis(9_900),
+        "100 queries at 10/s took only {elapsed:?}"
+    );
+    let st = d.call("limiter.status", json!({})).unwrap();
+    let global = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "global")
+        .unwrap()
+        .clone();
+    assert_eq!(global["admitted"], 100);
+    assert!(global["throttled"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn no_wait_is_refused_at_once_with_retry_after() {
+    let stub = Stub::new("ok");
+    let d = stub.daemon("[limiter]\nglobal_rate_per_s = 0.1\nglobal_burst = 1\n");
+    d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let e = d
+        .call("query.run", json!({"prompt": "x", "no_wait": true}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32002, "{e}");
+    assert!(e["data"]["retry_after_ms"].as_u64().unwrap() > 1000, "{e}");
+    let out = d.ccd(&["query", "x", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    // Waiting past the deadline is refused too, instead of overrunning it.
+    let e = d
+        .call("query.run", json!({"prompt": "x", "timeout_ms": 500}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32002, "{e}");
+    assert_eq!(stub.calls(), 1);
+}
+
+#[test]
+fn configure_changes_limits_and_rejects_bad_ones() {
+    let stub = Stub::new("ok");
+    let d = stub.daemon("");
+    let st = d
+        .call("limiter.configure", json!({"scope": "model", "limits": {"concurrency": 2, "window_max": 5, "window_ms": 1000}}))
+        .unwrap();
+    assert_eq!(st["limits"]["model"]["concurrency"], 2);
+    let e = d
+        .call(
+            "limiter.configure",
+            json!({"scope": "model", "limits": {"rate_per_s": -1.0}}),
+        )
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    let e = d
+        .call(
+            "limiter.configure",
+            json!({"scope": "planet", "limits": {}}),
+        )
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    d.call("query.run", json!({"prompt": "x", "model": "m1"}))
+        .unwrap();
+    let st = d.call("limiter.status", json!({})).unwrap();
+    let key = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "model:m1")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            key["admitted"].as_u64(),
+            key["window_count"].as_u64(),
+            key["in_flight"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    assert!(d.ccd_ok(&["limiter", "status"]).contains("model:m1"));
+}
+
+fn in_flight(d: &Daemon) -> u64 {
+    let st = d.call("limiter.status", json!({})).unwrap();
+    st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "global")
+        .map(|k| k["in_flight"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+#[test]
+fn restarts_of_limiter_and_executors_neither_leak_nor_add_permits() {
+    let stub = Stub::new("hang");
+    let d = stub.daemon(
+        "[limiter]\nglobal_concurrency = 1\n[executor]\npool_size = 2\n[retry]\nmax_retries = 0\n",
+    );
+    let mut a = d.connect();
+    let id = a.request("query.run", json!({"prompt": "a", "stream": true}));
+    wait_until(
+        "the first query to hold its permit",
+        Duration::from_secs(30),
+        || stub.calls() == 1,
+    );
+    assert_eq!(in_flight(&d), 1);
+
+    // The limiter restarts: the permit is still accounted, no extra one is handed out.
+    let e = d
+        .call("debug.crash", json!({"actor": "limiter"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32001);
+    let e = d
+        .call("query.run", json!({"prompt": "b", "no_wait": true}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32002, "{e}");
+    assert_eq!(in_flight(&d), 1);
+
+    // An executor crash ends the run holding it: the permit comes back.
+    let e = d
+        .call("debug.crash", json!({"actor": "executor-1"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32001);
+    let reply = loop {
+        let m = a.recv().unwrap();
+        if m["id"] == json!(id) {
+            break m;
+        }
+    };
+    assert_eq!(code(&reply["error"]), -32007, "{reply}");
+    wait_until("the permit to be released", Duration::from_secs(30), || {
+        in_flight(&d) == 0
+    });
+
+    // Exactly one permit again: one query runs, the next is refused; a cancel frees it.
+    let mut b = d.connect();
+    let id_b = b.request("query.run", json!({"prompt": "b", "stream": true}));
+    let qid = b.recv().unwrap()["params"]["query_id"].clone();
+    let e = d
+        .call("query.run", json!({"prompt": "c", "no_wait": true}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32002);
+    d.call("query.cancel", json!({"query_id": qid})).unwrap();
+    let reply = loop {
+        let m = b.recv().unwrap();
+        if m["id"] == json!(id_b) {
+            break m;
+        }
+    };
+    assert_eq!(code(&reply["error"]), -32008);
+    wait_until("the permit to be released", Duration::from_secs(30), || {
+        in_flight(&d) == 0
+    });
+    stub.set_mode("ok");
+    d.call("query.run", json!({"prompt": "d", "no_wait": true}))
+        .unwrap();
+    assert_eq!(in_flight(&d), 0);
+}
