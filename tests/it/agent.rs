@@ -332,7 +332,7 @@ fn http_529_and_429_are_retryable() {
 
 #[test]
 fn an_agent_killed_mid_stream_fails_retryable() {
-    let d = agent_daemon(Behaviour::Hang, "");
+    let d = agent_daemon(Behaviour::Hang, "[retry]\nmax_retries = 0\n");
     let mut c = d.connect();
     let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
     assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
@@ -468,7 +468,7 @@ fn health_reports_the_cli_version() {
 
 #[test]
 fn an_executor_panic_kills_its_agent_and_the_pool_keeps_serving() {
-    let d = agent_daemon(Behaviour::Hang, "[executor]\npool_size = 1\n");
+    let d = agent_daemon(Behaviour::Hang, "[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n");
     let mut c = d.connect();
     let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
     assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
