@@ -370,26 +370,19 @@ pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
                 .ok()
                 .map(|h| h.pid);
             match client.call::<m::SystemShutdown>(&NoParams {}) {
-                Ok(_) | Err(CallError::NotRunning(_)) => {}
+                Ok(_) | Err(CallError::NotRunning(_)) => pid,
+                // The gateway cannot take the request (failed, restarting): signal instead.
+                Err(CallError::Rpc(e)) => {
+                    tracing::debug!("system.shutdown failed ({e}); sending SIGTERM");
+                    Some(terminate_locked(home)?)
+                }
                 Err(e) => return Err(anyhow::Error::new(e).context("asking the daemon to stop")),
             }
-            pid
         }
         Err(CallError::NotRunning(_)) => match PidLock::probe(&home.pid_file()) {
             None => return Ok(false),
-            Some(pid) => {
-                // Holding the lock but not answering: signal it.
-                let pid = pid.context("a daemon holds the lock but its pid file is unreadable")?;
-                // SAFETY: kill(2) with a pid read from our own pid file and SIGTERM; no memory
-                // is shared, and a stale pid fails with ESRCH, which we report.
-                if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-                    bail!(
-                        "signalling daemon pid {pid}: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-                Some(pid)
-            }
+            // Holding the lock but not answering: signal it.
+            Some(_) => Some(terminate_locked(home)?),
         },
         Err(e) => return Err(e.into()),
     };
@@ -404,6 +397,26 @@ pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(true)
+}
+
+/// SIGTERM the daemon that holds the pid lock; returns its pid.
+fn terminate_locked(home: &Home) -> anyhow::Result<u32> {
+    let pid = PidLock::probe(&home.pid_file())
+        .context("no daemon holds the lock")?
+        .context("a daemon holds the lock but its pid file is unreadable")?;
+    anyhow::ensure!(
+        pid > 1 && pid <= i32::MAX as u32,
+        "the pid file holds an implausible pid {pid}; not signalling it"
+    );
+    // SAFETY: kill(2) takes plain integers and shares no memory with us; the pid is positive
+    // (never a process group) and read from the pid file whose lock a live daemon holds.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        bail!(
+            "signalling daemon pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(pid)
 }
 
 /// Print the last `n` lines of the log, then with `follow` keep printing what is appended

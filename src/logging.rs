@@ -13,9 +13,11 @@ const KEEP_FILES: usize = 5;
 
 /// Install the subscriber; keep the guard alive until exit so buffered lines are written.
 pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
-    let filter = EnvFilter::try_from_env("CCD_LOG")
-        .or_else(|_| EnvFilter::try_new("info"))
-        .map_err(|e| anyhow::anyhow!("invalid CCD_LOG filter: {e}"))?;
+    let filter = match std::env::var("CCD_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec)
+            .map_err(|e| anyhow::anyhow!("invalid CCD_LOG filter `{spec}`: {e}"))?,
+        _ => EnvFilter::new("info"),
+    };
     let file = FileRotate::new(
         home.log_file(),
         AppendCount::new(KEEP_FILES),

@@ -205,7 +205,17 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         } else {
             format!("invalid params for {}: `{path}`: {inner}", M::NAME)
         };
-        RpcError::invalid_params(msg).with_data(json!({ "param": path }))
+        // A missing or unknown field is reported at its parent; name the field itself.
+        let field = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| inner.strip_prefix(p))
+            .and_then(|r| r.split('`').next());
+        let param = match field {
+            Some(f) if path == "." => f.to_string(),
+            Some(f) => format!("{path}.{f}"),
+            None => path,
+        };
+        RpcError::invalid_params(msg).with_data(json!({ "param": param }))
     })
 }
 
@@ -298,6 +308,7 @@ mod tests {
         assert_eq!(err.code, -32602);
         assert!(err.message.contains("`name`"), "{}", err.message);
         let err = parse_params::<ProjectCreate>(Some(json!({"name": "a"}))).unwrap_err();
+        assert_eq!(err.data.as_ref().unwrap()["param"], "path");
         assert!(
             err.message.contains("missing field `path`"),
             "{}",

@@ -162,6 +162,8 @@ struct Pending {
 pub struct ExecutorPool {
     sup: Supervision,
     members: Vec<Addr<ExecutorActor>>,
+    /// Each member's supervision handle: a failed member gets no work until it recovers.
+    member_health: Vec<Supervision>,
     idle: Vec<usize>,
     queue: VecDeque<Pending>,
     queue_size: usize,
@@ -178,14 +180,19 @@ impl ExecutorPool {
         queue_size: usize,
         kill_grace: Duration,
     ) -> Self {
-        let members: Vec<_> = (1..=size)
-            .map(|i| {
-                let member = ExecutorActor::new(health.register(&format!("executor-{i}")));
+        let member_health: Vec<Supervision> = (1..=size)
+            .map(|i| health.register(&format!("executor-{i}")))
+            .collect();
+        let members: Vec<_> = member_health
+            .iter()
+            .map(|sup| {
+                let member = ExecutorActor::new(sup.clone());
                 Supervisor::start(move |_| member)
             })
             .collect();
         ExecutorPool {
             sup: health.register("executor"),
+            member_health,
             idle: (0..members.len()).rev().collect(),
             members,
             queue: VecDeque::new(),
@@ -222,9 +229,21 @@ impl ExecutorPool {
         });
     }
 
+    /// An idle member that is not failed, taken off the idle list.
+    fn take_idle(&mut self) -> Option<usize> {
+        let pos = self.idle.iter().rposition(|i| {
+            self.member_health[*i].state() != ccd_protocol::types::ActorState::Failed
+        })?;
+        Some(self.idle.remove(pos))
+    }
+
     /// Hand queued work to idle members, skipping work whose caller gave up.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while !self.idle.is_empty() {
+        while self
+            .idle
+            .iter()
+            .any(|i| self.member_health[*i].state() != ccd_protocol::types::ActorState::Failed)
+        {
             let Some(pending) = self.queue.pop_front() else {
                 return;
             };
@@ -239,7 +258,7 @@ impl ExecutorPool {
                 )));
                 continue;
             }
-            if let Some(idx) = self.idle.pop() {
+            if let Some(idx) = self.take_idle() {
                 self.dispatch(idx, pending, ctx);
             }
         }
@@ -250,13 +269,18 @@ impl Supervise for ExecutorPool {
     fn supervision(&self) -> &Supervision {
         &self.sup
     }
+
+    fn on_started(&mut self, ctx: &mut Context<Self>) {
+        // Queued work waits for a member that recovers from `failed`: look again every second.
+        ctx.run_interval(Duration::from_secs(1), |pool, ctx| pool.pump(ctx));
+    }
 }
 
 impl Handle<Submit> for ExecutorPool {
     fn handle(&mut self, Submit(run): Submit, ctx: &mut Context<Self>) -> Reply<RunResult> {
         let cancel = run.cancel.clone();
         let (tx, mut rx) = oneshot::channel();
-        if let Some(idx) = self.idle.pop() {
+        if let Some(idx) = self.take_idle() {
             self.dispatch(idx, Pending { run, tx }, ctx);
         } else if self.queue.len() < self.queue_size {
             self.queue.push_back(Pending { run, tx });

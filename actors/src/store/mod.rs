@@ -348,6 +348,14 @@ impl WriteOp for UpdateProject {
                 ActorError::Internal(format!("{what}: {e}"))
             }
         })?;
+        if new_name != self.name {
+            // Sessions keep following the project under its new name.
+            conn.execute(
+                "UPDATE sessions SET project = ?1 WHERE project = ?2",
+                params![new_name, self.name],
+            )
+            .map_err(|e| ActorError::Internal(format!("{what}: renaming it in sessions: {e}")))?;
+        }
         project(conn, &new_name)
             .map_err(|e| ActorError::Internal(format!("{what}: {e:#}")))?
             .ok_or_else(|| ActorError::Internal(format!("{what}: the row vanished")))
