@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ccd_actors::store;
+use ccd_protocol::Method;
 use ccd_protocol::methods as m;
 use ccd_protocol::types::{self, NoParams};
 use clap::{Args, Parser, Subcommand};
@@ -91,6 +92,35 @@ enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Events: the recent log (read directly), or live with --follow.
+    Events {
+        /// Keep printing events as they happen (until Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+        /// Only this event type (repeatable), e.g. --type turn.completed.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        /// Only events newer than this (e.g. 1h, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// How many recent events to print (without --follow).
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queries, errors by class, tokens by kind and cost, by day, project and model (read
+    /// directly from the database).
+    Stats {
+        #[arg(long, short)]
+        project: Option<String>,
+        /// How far back (e.g. 24h, 7d, 30d).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        since: Duration,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,6 +398,126 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             outln!("reset {} breaker(s)", r.reset);
             Ok(exit::OK)
         }
+        Command::Events {
+            follow,
+            types,
+            since,
+            lines,
+            json,
+        } => {
+            if let Some(bad) = types
+                .iter()
+                .find(|t| !types::EVENT_TYPES.contains(&t.as_str()))
+            {
+                return Err(UsageError(format!(
+                    "unknown event type `{bad}`; known: {}",
+                    types::EVENT_TYPES.join(", ")
+                ))
+                .into());
+            }
+            let since_ms = since
+                .map(|d| store::now_ms() - d.as_millis() as i64)
+                .unwrap_or(0);
+            let mut out = std::io::stdout().lock();
+            if !follow {
+                let events = read(&home, |c| store::recent_events(c, since_ms, &types, lines))?;
+                for e in &events {
+                    print_event(&mut out, e, json)?;
+                }
+                return Ok(exit::OK);
+            }
+            let filter = types::EventFilter {
+                types: (!types.is_empty()).then_some(types),
+                ..Default::default()
+            };
+            let mut client = Client::connect(&home)?;
+            let mut failed = None;
+            client.follow(
+                m::EventSubscribe::NAME,
+                Some(serde_json::to_value(&filter)?),
+                |note| {
+                    if note.method != "event" {
+                        return true;
+                    }
+                    match serde_json::from_value::<types::Event>(note.params.clone()) {
+                        Ok(e) => match print_event(&mut out, &e, json) {
+                            Ok(()) => true,
+                            Err(err) => {
+                                failed = Some(err);
+                                false
+                            }
+                        },
+                        Err(_) => true,
+                    }
+                },
+            )?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            Ok(exit::OK)
+        }
+        Command::Stats {
+            project,
+            since,
+            json,
+        } => {
+            let since_ms = store::now_ms() - since.as_millis().min(i64::MAX as u128) as i64;
+            let stats = read(&home, move |c| {
+                store::stats(c, since_ms, project.as_deref()).map(Some)
+            })?
+            .unwrap_or_else(|| types::Stats {
+                since: store::rfc3339(since_ms),
+                rows: vec![],
+                totals: Default::default(),
+            });
+            if json {
+                print_json(&stats)?;
+                return Ok(exit::OK);
+            }
+            let mut out = std::io::stdout().lock();
+            let mut t = Table::new([
+                "DAY",
+                "PROJECT",
+                "MODEL",
+                "QUERIES",
+                "OK",
+                "ERRORS r/n/u",
+                "T/C/R",
+                "TOKENS in/out/cache",
+                "COST",
+            ]);
+            for r in stats.rows.iter().chain(std::iter::once(&stats.totals)) {
+                t.row([
+                    if r.day.is_empty() {
+                        "total".into()
+                    } else {
+                        r.day.clone()
+                    },
+                    r.project.clone(),
+                    r.model.clone(),
+                    r.queries.to_string(),
+                    r.ok.to_string(),
+                    format!(
+                        "{}/{}/{}",
+                        r.errors_retryable, r.errors_non_retryable, r.errors_unavailable
+                    ),
+                    format!("{}/{}/{}", r.timeouts, r.cancelled, r.refused),
+                    format!(
+                        "{}/{}/{}",
+                        r.usage.input_tokens,
+                        r.usage.output_tokens,
+                        r.usage.cache_creation_input_tokens + r.usage.cache_read_input_tokens
+                    ),
+                    format!("${:.4}", r.cost_usd),
+                ]);
+            }
+            outln!("since {}", stats.since);
+            t.print(&mut out)?;
+            outln!(
+                "errors: r retryable, n non_retryable, u unavailable; T timeouts, C cancelled, R refused"
+            );
+            Ok(exit::OK)
+        }
         Command::Config(ConfigCmd::Show { json, set }) => {
             let rows = ccd_actors::Config::explain(&home.root, &set)?;
             if json {
@@ -596,6 +746,37 @@ pub(crate) fn read<T: Default>(
         Some(conn) => f(&conn),
         None => Ok(T::default()),
     }
+}
+
+/// One event: a JSON line, or `time  #seq  type  key=value ...`.
+fn print_event(out: &mut impl Write, e: &types::Event, json: bool) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(e)?)?;
+    } else {
+        let mut fields = String::new();
+        if let serde_json::Value::Object(map) = serde_json::to_value(&e.kind)? {
+            for (k, v) in map.iter().filter(|(k, _)| k.as_str() != "type") {
+                if v.is_null() {
+                    continue;
+                }
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                fields.push_str(&format!(" {k}={v}"));
+            }
+        }
+        writeln!(
+            out,
+            "{}  #{:<6} {:<18}{}",
+            e.ts,
+            e.seq,
+            e.kind.type_name(),
+            fields
+        )?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

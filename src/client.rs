@@ -125,6 +125,36 @@ impl Client {
         }
     }
 
+    /// Call `method`, then keep handing every notification to `on_note` until it returns false
+    /// or the daemon closes the connection.
+    pub fn follow(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        mut on_note: impl FnMut(&Notification) -> bool,
+    ) -> Result<(), CallError> {
+        let mut keep = true;
+        self.call_streaming(method, params, |n| keep = keep && on_note(n))?;
+        let mut buf = String::new();
+        while keep {
+            buf.clear();
+            if self
+                .reader
+                .read_line(&mut buf)
+                .context("reading from the daemon")?
+                == 0
+            {
+                return Err(CallError::NotRunning(
+                    "the daemon closed the connection".into(),
+                ));
+            }
+            if let Ok(note) = serde_json::from_str::<Notification>(&buf) {
+                keep = on_note(&note);
+            }
+        }
+        Ok(())
+    }
+
     /// Call a typed method.
     pub fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, CallError> {
         let params = serde_json::to_value(params).context("encoding params")?;

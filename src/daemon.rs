@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use anyhow::{Context as _, bail};
 use ccd_actors::config::SessionConfig;
+use ccd_actors::eventbus::{Bus, EventBusActor, FlushEvents, supervision_publisher};
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
 use ccd_actors::query::{QueryService, Resilience};
@@ -24,6 +25,7 @@ use ccd_actors::supervise::HealthRegistry;
 use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
 use ccd_actors::{Call, Config};
 use ccd_protocol::methods as m;
+use ccd_protocol::types::EventKind;
 use ccd_protocol::types::NoParams;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio_util::sync::CancellationToken;
@@ -108,10 +110,20 @@ async fn serve(
     let writer_arbiter = Arbiter::new();
     let writer = WriterActor::new(health.register("writer"), db.clone(), config.writer.clone())
         .with_context(|| format!("opening the database {}", db.display()))?;
-    let writer = Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| writer);
 
-    let reader = Reader::new(db);
+    let reader = Reader::new(db.clone());
     reader.warm().context("opening a read connection")?;
+    // The bus numbers events after the log's last one, and hears about every actor from the
+    // start: it is wired before any actor runs.
+    let bus = Bus::new();
+    let last_seq = ccd_actors::store::open_reader(&db)?
+        .map(|c| ccd_actors::store::last_event_seq(&c))
+        .transpose()
+        .context("reading the event log's last sequence number")?
+        .unwrap_or(0);
+    bus.start_after(last_seq);
+    health.publish_to(supervision_publisher(bus.clone()));
+    let writer = Supervisor::start_in_arbiter(&writer_arbiter.handle(), move |_| writer);
     let shutdown = CancellationToken::new();
     let info = Arc::new(DaemonInfo {
         pid: std::process::id(),
@@ -121,6 +133,7 @@ async fn serve(
         fault_injection,
         home: home.root.clone(),
         shutdown: shutdown.clone(),
+        subscriber_queue: config.events.subscriber_queue,
     });
     let pool = ExecutorPool::new(
         &health,
@@ -147,6 +160,7 @@ async fn serve(
         health.register("breaker"),
         BreakerCore::new(),
         config.breaker,
+        bus.clone(),
     );
     let breaker = Supervisor::start(move |_| breaker);
     let resilience = Resilience {
@@ -161,9 +175,17 @@ async fn serve(
         reader.clone(),
         pool,
         resilience,
+        bus.clone(),
         config.executor.clone(),
         default_cwd,
     );
+    let eventbus = EventBusActor::new(
+        health.register("eventbus"),
+        bus.clone(),
+        writer.clone(),
+        config.events.clone(),
+    );
+    let eventbus = Supervisor::start(move |_| eventbus);
     let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
         command: config.executor.command.clone(),
         version: None,
@@ -184,6 +206,10 @@ async fn serve(
         report(&format!("{READY} {}", std::process::id()));
     }
     tracing::info!(socket = %home.socket().display(), "listening");
+    bus.publish(EventKind::DaemonStarted {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    });
     // After ready: nothing here may delay the first answered request.
     actix_rt::spawn(probe_agent(agent));
     actix_rt::spawn(expire_sessions(writer.clone(), config.session.clone()));
@@ -191,6 +217,15 @@ async fn serve(
     let drain = Duration::from_millis(config.daemon.shutdown_timeout_ms);
     ccd_actors::server::serve(listener, gateway, config.ipc.clone(), shutdown, drain).await;
 
+    bus.publish(EventKind::DaemonStopping {
+        pid: std::process::id(),
+    });
+    match tokio::time::timeout(drain, eventbus.send(Call(FlushEvents))).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!("writing the last events: {e}"),
+        Ok(Err(e)) => tracing::error!("writing the last events: {e}"),
+        Err(_) => tracing::error!("writing the last events took longer than {drain:?}"),
+    }
     tracing::info!("flushing the writer");
     match tokio::time::timeout(drain, writer.send(Call(Drain))).await {
         Ok(Ok(Ok(()))) => {}

@@ -10,7 +10,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use ccd_actors::resilience::breaker::{BreakerCore, BreakerSpec, Outcome};
 use ccd_actors::resilience::limiter::LimiterCore;
-use ccd_actors::resilience::{Allow, BreakerActor, LimiterActor, LimiterConfig, RecordOutcome, TryAcquire};
+use ccd_actors::resilience::{
+    Allow, BreakerActor, LimiterActor, LimiterConfig, RecordOutcome, TryAcquire,
+};
 use ccd_actors::supervise::{Call, HealthRegistry};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -29,9 +31,21 @@ fn resilience(c: &mut Criterion) {
             project_concurrency: 1_000,
             ..Default::default()
         };
-        let limiter = LimiterActor::new(health.register("limiter"), LimiterCore::new(), Arc::new(Mutex::new(limits)));
-        let breaker = BreakerActor::new(health.register("breaker"), BreakerCore::new(), BreakerSpec::default());
-        (Supervisor::start(move |_| limiter), Supervisor::start(move |_| breaker))
+        let limiter = LimiterActor::new(
+            health.register("limiter"),
+            LimiterCore::new(),
+            Arc::new(Mutex::new(limits)),
+        );
+        let breaker = BreakerActor::new(
+            health.register("breaker"),
+            BreakerCore::new(),
+            BreakerSpec::default(),
+            Default::default(),
+        );
+        (
+            Supervisor::start(move |_| limiter),
+            Supervisor::start(move |_| breaker),
+        )
     });
 
     let mut group = c.benchmark_group("per query");
@@ -39,7 +53,10 @@ fn resilience(c: &mut Criterion) {
     group.bench_function("limiter acquire + release", |b| {
         b.iter(|| {
             system.block_on(async {
-                let request = TryAcquire { model: Some("m".into()), project: Some("p".into()) };
+                let request = TryAcquire {
+                    model: Some("m".into()),
+                    project: Some("p".into()),
+                };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
                 drop(permit);
             })
@@ -48,8 +65,19 @@ fn resilience(c: &mut Criterion) {
     group.bench_function("breaker check + record", |b| {
         b.iter(|| {
             system.block_on(async {
-                breaker.send(Call(Allow { key: "claude|m".into() })).await.unwrap().unwrap().unwrap();
-                let record = RecordOutcome { key: "claude|m".into(), outcome: Some(Outcome::Success), duration: Duration::from_millis(5) };
+                breaker
+                    .send(Call(Allow {
+                        key: "claude|m".into(),
+                    }))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let record = RecordOutcome {
+                    key: "claude|m".into(),
+                    outcome: Some(Outcome::Success),
+                    duration: Duration::from_millis(5),
+                };
                 breaker.send(Call(record)).await.unwrap().unwrap();
             })
         })
@@ -57,10 +85,24 @@ fn resilience(c: &mut Criterion) {
     group.bench_function("limiter + breaker (both, as a query pays)", |b| {
         b.iter(|| {
             system.block_on(async {
-                let request = TryAcquire { model: Some("m".into()), project: Some("p".into()) };
+                let request = TryAcquire {
+                    model: Some("m".into()),
+                    project: Some("p".into()),
+                };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
-                breaker.send(Call(Allow { key: "claude|m".into() })).await.unwrap().unwrap().unwrap();
-                let record = RecordOutcome { key: "claude|m".into(), outcome: Some(Outcome::Success), duration: Duration::from_millis(5) };
+                breaker
+                    .send(Call(Allow {
+                        key: "claude|m".into(),
+                    }))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                let record = RecordOutcome {
+                    key: "claude|m".into(),
+                    outcome: Some(Outcome::Success),
+                    duration: Duration::from_millis(5),
+                };
                 breaker.send(Call(record)).await.unwrap().unwrap();
                 drop(permit);
             })

@@ -28,6 +28,7 @@ pub struct Config {
     pub limiter: crate::resilience::LimiterConfig,
     pub breaker: crate::resilience::breaker::BreakerSpec,
     pub retry: crate::resilience::RetryConfig,
+    pub events: crate::eventbus::EventsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,7 +288,17 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 12] = [
+        let checks: [(&str, bool, &str); 14] = [
+            (
+                "events.subscriber_queue",
+                self.events.subscriber_queue >= 1,
+                "at least 1",
+            ),
+            (
+                "events.retention_days",
+                self.events.retention_days >= 1,
+                "at least 1",
+            ),
             (
                 "executor.timeout_ms",
                 (1..=24 * 3600 * 1000).contains(&self.executor.timeout_ms),

@@ -43,6 +43,8 @@ pub struct DaemonInfo {
     pub home: PathBuf,
     /// Cancelled to begin a graceful stop.
     pub shutdown: CancellationToken,
+    /// Queue length of each event subscriber (`events.subscriber_queue`).
+    pub subscriber_queue: usize,
 }
 
 /// The connection a request came from: lets a method stream notifications back on it and
@@ -53,6 +55,8 @@ pub struct ConnCtx {
     pub outbound: mpsc::Sender<Bytes>,
     /// Cancelled when the client disconnects.
     pub closed: CancellationToken,
+    /// Live event subscriptions of this connection (a connection with one is never idle).
+    pub subscriptions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One JSON-RPC call to route.
@@ -426,6 +430,69 @@ impl GatewayActor {
         })
     }
 
+    /// `event.*`.
+    fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
+        let bus = self.query.bus().clone();
+        Some(match method {
+            m::EventSubscribe::NAME => match parse_params::<m::EventSubscribe>(p).and_then(|f| {
+                validate::event_types("types", f.types.as_deref().unwrap_or_default())?;
+                Ok(f)
+            }) {
+                Ok(filter) => {
+                    let sub = bus.subscribe(conn.id, filter, self.info.subscriber_queue);
+                    let id = sub.id;
+                    conn.subscriptions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    actix_rt::spawn(deliver(bus, sub, conn));
+                    now::<m::EventSubscribe>(Some(Value::Object(Default::default())), |_| {
+                        Ok(types::Subscribed {
+                            subscription_id: id,
+                        })
+                    })
+                }
+                Err(e) => Reply::err(e),
+            },
+            m::EventUnsubscribe::NAME => now::<m::EventUnsubscribe>(p, |p| {
+                Ok(types::Unsubscribed {
+                    unsubscribed: bus.unsubscribe(conn.id, p.subscription_id),
+                })
+            }),
+            m::EventList::NAME => match parse_params::<m::EventList>(p).and_then(|p| {
+                validate::event_types("types", p.types.as_deref().unwrap_or_default())?;
+                let since_ms = match &p.since {
+                    None => 0,
+                    Some(s) => validate::since("since", s)?,
+                };
+                let limit = p.limit.unwrap_or(1000);
+                if !(1..=100_000).contains(&limit) {
+                    return Err(RpcError::invalid_params(
+                        "invalid params for event.list: `limit`: must be between 1 and 100000",
+                    ));
+                }
+                Ok((
+                    p.after_seq.unwrap_or(0),
+                    since_ms,
+                    p.types.unwrap_or_default(),
+                    limit,
+                ))
+            }) {
+                Ok((after, since, types, limit)) => {
+                    let reader = self.reader.clone();
+                    Reply::later(async move {
+                        let events = reader
+                            .read("listing events", move |c| {
+                                store::events(c, after, since, &types, limit)
+                            })
+                            .await?;
+                        to_value(types::EventList { events })
+                    })
+                }
+                Err(e) => Reply::err(e),
+            },
+            _ => return None,
+        })
+    }
+
     /// `limiter.*` and `breaker.*`.
     fn resilience(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
         fn status(limits: LimiterConfig, keys: Vec<types::KeyStatus>) -> types::LimiterStatus {
@@ -529,6 +596,7 @@ impl Handle<Route> for GatewayActor {
             "backup" => self.backup(&method, params),
             "query" | "session" => self.query(&method, params, conn),
             "limiter" | "breaker" => self.resilience(&method, params),
+            "event" => self.events(&method, params, conn),
             _ => None,
         };
         reply.unwrap_or_else(|| {
@@ -538,6 +606,41 @@ impl Handle<Route> for GatewayActor {
             ))
         })
     }
+}
+
+/// Deliver a subscription's events as `event` notifications until it ends or the client goes.
+/// Waiting on a slow client blocks only this task: the bus drops the subscriber's oldest events
+/// and reports them as `lagged`.
+async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber>, conn: ConnCtx) {
+    'deliver: loop {
+        let (events, missed) = tokio::select! {
+            batch = sub.next_batch() => batch,
+            _ = conn.closed.cancelled() => break,
+            _ = sub.ended.cancelled() => break,
+        };
+        let lagged = (missed > 0).then(|| types::Event {
+            seq: events.first().map(|e| e.seq.saturating_sub(1)).unwrap_or(0),
+            ts: store::rfc3339(store::now_ms()),
+            kind: types::EventKind::Lagged { missed },
+        });
+        for event in lagged.iter().chain(events.iter()) {
+            let note = ccd_protocol::Notification::new(
+                "event",
+                serde_json::to_value(event).unwrap_or_default(),
+            );
+            let sent = tokio::select! {
+                r = conn.outbound.send(ccd_protocol::to_line(&note)) => r.is_ok(),
+                _ = conn.closed.cancelled() => false,
+                _ = sub.ended.cancelled() => false,
+            };
+            if !sent {
+                break 'deliver;
+            }
+        }
+    }
+    bus.remove(sub.id);
+    conn.subscriptions
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn unknown_actor(name: &str) -> ActorError {
@@ -672,6 +775,37 @@ pub mod validate {
             .map_err(|_| bad(format!("{path} is not valid UTF-8")))
     }
 
+    /// Known event types only.
+    pub fn event_types(param: &str, types: &[String]) -> Result<(), RpcError> {
+        match types
+            .iter()
+            .find(|t| !ccd_protocol::types::EVENT_TYPES.contains(&t.as_str()))
+        {
+            Some(t) => Err(RpcError::invalid_params(format!(
+                "invalid params: `{param}`: unknown event type `{t}` (see docs/protocol.md for the list)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// An age (`1h`, `7d`) or an RFC 3339 time, as milliseconds since the epoch.
+    pub fn since(param: &str, s: &str) -> Result<i64, RpcError> {
+        if let Ok(age) = humantime::parse_duration(s) {
+            return Ok(
+                crate::store::now_ms().saturating_sub(age.as_millis().min(i64::MAX as u128) as i64)
+            );
+        }
+        match humantime::parse_rfc3339_weak(s) {
+            Ok(t) => Ok(t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)),
+            Err(_) => Err(RpcError::invalid_params(format!(
+                "invalid params: `{param}`: `{s}` is neither an age (1h, 7d) nor an RFC 3339 time"
+            ))),
+        }
+    }
+
     /// Environment variable names and values the OS can take.
     pub fn env(
         param: &str,
@@ -772,6 +906,7 @@ mod tests {
             fault_injection: true,
             home: dir.path().to_path_buf(),
             shutdown: CancellationToken::new(),
+            subscriber_queue: 16,
         });
         let pool =
             crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));
@@ -785,10 +920,12 @@ mod tests {
             limits.clone(),
         );
         let breaker_core = crate::resilience::breaker::BreakerCore::new();
+        let bus = crate::eventbus::Bus::new();
         let breaker = crate::resilience::BreakerActor::new(
             health.register("breaker"),
             breaker_core,
             Default::default(),
+            bus.clone(),
         );
         let resilience = crate::query::Resilience {
             limiter: Supervisor::start(move |_| limiter),
@@ -802,6 +939,7 @@ mod tests {
             reader.clone(),
             pool,
             resilience,
+            bus,
             Default::default(),
             dir.path().into(),
         );

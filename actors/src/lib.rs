@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod error;
+pub mod eventbus;
 pub mod executor;
 pub mod gateway;
 pub mod query;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ccd_protocol::types::{
-    QueryCancelled, QueryEvent, QueryResult, QueryRun, Session, SessionCleanupResult,
+    EventKind, QueryCancelled, QueryEvent, QueryResult, QueryRun, Session, SessionCleanupResult,
     SessionCreate, SessionDetail, SessionList, SessionListParams,
 };
 use ccd_protocol::{ErrorCode, Notification, RpcError, to_line};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutorConfig;
 use crate::error::ActorError;
+use crate::eventbus::Bus;
 use crate::executor::{
     AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, Run, RunResult,
     Submit, Transcript, agent_args,
@@ -35,6 +36,7 @@ use crate::resilience::{
 use crate::store::{self, WriteOp};
 use crate::supervise::Call;
 use crate::writer::{Write, WriterActor};
+use ccd_protocol::agent::{AgentMessage, ContentBlock};
 
 /// Longest accepted per-query deadline (24 hours).
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
@@ -60,6 +62,7 @@ pub struct QueryService {
     limits: SharedLimits,
     breaker: Addr<BreakerActor>,
     retry: RetryConfig,
+    bus: Bus,
     cfg: ExecutorConfig,
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
@@ -72,6 +75,7 @@ impl QueryService {
         reader: Reader,
         pool: Addr<ExecutorPool>,
         resilience: Resilience,
+        bus: Bus,
         cfg: ExecutorConfig,
         default_cwd: PathBuf,
     ) -> Self {
@@ -91,6 +95,7 @@ impl QueryService {
             limits,
             breaker,
             retry,
+            bus,
             cfg,
             default_cwd,
             running: Default::default(),
@@ -107,6 +112,10 @@ impl QueryService {
 
     pub fn breaker(&self) -> &Addr<BreakerActor> {
         &self.breaker
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     async fn write<O: WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
@@ -191,13 +200,19 @@ impl QueryService {
             Some(s) => s,
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
-                self.write(store::CreateSession {
-                    id,
-                    project: project.clone(),
-                    tags: vec![],
-                    model: p.model.clone(),
-                })
-                .await?
+                let s = self
+                    .write(store::CreateSession {
+                        id,
+                        project: project.clone(),
+                        tags: vec![],
+                        model: p.model.clone(),
+                    })
+                    .await?;
+                self.bus.publish(EventKind::SessionCreated {
+                    session_id: s.id.clone(),
+                    project: s.project.clone(),
+                });
+                s
             }
         };
 
@@ -232,7 +247,15 @@ impl QueryService {
         let started_at_ms = store::now_ms();
         let started = std::time::Instant::now();
         tracing::info!(query_id, session = %session.id, "query started");
+        self.bus.publish(EventKind::TurnStarted {
+            session_id: session.id.clone(),
+            query_id: query_id.clone(),
+            project: project.clone(),
+            model: model.clone(),
+        });
         let guarded = Guarded {
+            query_id: query_id.clone(),
+            session_id: session.id.clone(),
             model: model.clone(),
             project: project.clone(),
             breaker_key: format!(
@@ -308,10 +331,53 @@ impl QueryService {
             started_at_ms,
             agent_session_id: transcript.agent_session_id(),
         };
+        let (status, usage, cost, model_used) =
+            (turn.status, turn.usage, turn.cost_usd, turn.model.clone());
         let recorded = self.write(turn).await;
         if let Err(e) = &recorded {
             tracing::error!(query_id, "recording the turn: {e}");
         }
+        let (sid, qid) = (session.id.clone(), query_id.clone());
+        if usage.total() > 0 {
+            self.bus.publish(EventKind::TokensUsed {
+                session_id: sid.clone(),
+                query_id: qid.clone(),
+                project: project.clone(),
+                model: model_used.clone(),
+                usage,
+            });
+        }
+        if cost > 0.0 {
+            self.bus.publish(EventKind::CostIncurred {
+                session_id: sid.clone(),
+                query_id: qid.clone(),
+                project: project.clone(),
+                model: model_used.clone(),
+                cost_usd: cost,
+            });
+        }
+        if let Some(f) = &failure {
+            let (class, detail) = match f {
+                Failure::Agent(f) => (f.class.as_str().to_string(), f.detail.clone()),
+                Failure::Refused(e) => ("refused".to_string(), e.to_string()),
+            };
+            self.bus.publish(EventKind::SessionError {
+                session_id: sid.clone(),
+                query_id: qid.clone(),
+                project: project.clone(),
+                class,
+                detail,
+            });
+        }
+        self.bus.publish(EventKind::TurnCompleted {
+            session_id: sid,
+            query_id: qid,
+            project: project.clone(),
+            model: model_used,
+            status: status.to_string(),
+            duration_ms,
+            attempts,
+        });
         match failure {
             None => {
                 let turn = recorded?;
@@ -413,7 +479,7 @@ impl QueryService {
             let run = Run {
                 spec: spec.clone(),
                 cancel: cancel.clone(),
-                on_message: streamer(stream, query_id, conn),
+                on_message: streamer(stream, g, conn, self.bus.clone()),
             };
             let result = match self.pool.send(Call(Submit(run))).await {
                 Ok(Ok(r)) => r,
@@ -487,6 +553,14 @@ impl QueryService {
                 "retrying after a retryable failure: {}",
                 f.detail
             );
+            self.bus.publish(EventKind::QueryRetried {
+                session_id: g.session_id.clone(),
+                query_id: g.query_id.clone(),
+                project: g.project.clone(),
+                attempt: attempt + 1,
+                delay_ms: delay.as_millis() as u64,
+                error: f.detail.clone(),
+            });
             notify(
                 stream,
                 query_id,
@@ -535,6 +609,12 @@ impl QueryService {
                 return Err(refused);
             }
             if waiting.is_none() {
+                self.bus.publish(EventKind::LimiterThrottled {
+                    query_id: g.query_id.clone(),
+                    project: g.project.clone(),
+                    model: g.model.clone(),
+                    retry_after_ms: throttled.retry_after.as_millis() as u64,
+                });
                 let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
                 let keys = TryAcquire {
                     model: g.model.clone(),
@@ -584,13 +664,19 @@ impl QueryService {
                 .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
         }
         let id = uuid::Uuid::new_v4().to_string();
-        self.write(store::CreateSession {
-            id,
-            project: p.project,
-            tags: p.tags.unwrap_or_default(),
-            model: p.model,
-        })
-        .await
+        let s = self
+            .write(store::CreateSession {
+                id,
+                project: p.project,
+                tags: p.tags.unwrap_or_default(),
+                model: p.model,
+            })
+            .await?;
+        self.bus.publish(EventKind::SessionCreated {
+            session_id: s.id.clone(),
+            project: s.project.clone(),
+        });
+        Ok(s)
     }
 
     pub async fn get_session(self, id: String) -> Result<SessionDetail, ActorError> {
@@ -632,7 +718,11 @@ impl QueryService {
     }
 
     pub async fn close_session(self, id: String) -> Result<Session, ActorError> {
-        self.write(store::CloseSession { id }).await
+        let s = self.write(store::CloseSession { id }).await?;
+        self.bus.publish(EventKind::SessionClosed {
+            session_id: s.id.clone(),
+        });
+        Ok(s)
     }
 
     pub async fn cleanup_sessions(
@@ -660,6 +750,8 @@ fn invalid(method: &str, why: &str) -> ActorError {
 
 /// The resilience inputs of one query.
 struct Guarded {
+    query_id: String,
+    session_id: String,
     model: Option<String>,
     project: Option<String>,
     breaker_key: String,
@@ -726,16 +818,54 @@ fn non_empty(s: &str) -> Option<String> {
 /// full, the event is dropped (and counted in the log).
 fn streamer(
     stream: bool,
-    query_id: &str,
+    g: &Guarded,
     conn: &ConnCtx,
+    bus: Bus,
 ) -> Box<dyn FnMut(&ccd_protocol::agent::Parsed) + Send> {
-    if !stream {
-        return Box::new(|_| {});
-    }
-    let query_id = query_id.to_string();
+    let query_id = g.query_id.clone();
+    let session_id = g.session_id.clone();
+    let project = g.project.clone();
     let out = conn.outbound.clone();
     let mut dropped = 0u64;
     Box::new(move |parsed| {
+        // Tool calls and their results go to the bus whatever the client asked.
+        match &parsed.message {
+            AgentMessage::Assistant(a) => {
+                for block in &a.message.content {
+                    if let ContentBlock::ToolUse { id, name, .. } = block {
+                        bus.publish(EventKind::ToolCalled {
+                            session_id: session_id.clone(),
+                            query_id: query_id.clone(),
+                            project: project.clone(),
+                            tool: name.clone(),
+                            tool_use_id: id.clone(),
+                        });
+                    }
+                }
+            }
+            AgentMessage::User(u) => {
+                for block in &u.message.content {
+                    if let ContentBlock::ToolResult {
+                        tool_use_id,
+                        is_error,
+                        ..
+                    } = block
+                    {
+                        bus.publish(EventKind::ToolResult {
+                            session_id: session_id.clone(),
+                            query_id: query_id.clone(),
+                            project: project.clone(),
+                            tool_use_id: tool_use_id.clone(),
+                            is_error: is_error.unwrap_or(false),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+        if !stream {
+            return;
+        }
         let params = QueryEvent {
             query_id: query_id.clone(),
             event: parsed.raw.clone(),

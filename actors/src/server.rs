@@ -159,6 +159,8 @@ struct ConnState {
     closed: CancellationToken,
     last_active: Cell<Instant>,
     inflight: Cell<usize>,
+    /// Live event subscriptions: such a connection is never idle.
+    subscriptions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ConnTable {
@@ -167,7 +169,11 @@ impl ConnTable {
             let idle = self
                 .conns
                 .iter()
-                .filter(|(_, s)| s.inflight.get() == 0 && !s.closing.is_cancelled())
+                .filter(|(_, s)| {
+                    s.inflight.get() == 0
+                        && s.subscriptions.load(std::sync::atomic::Ordering::Relaxed) == 0
+                        && !s.closing.is_cancelled()
+                })
                 .min_by_key(|(_, s)| s.last_active.get())
                 .map(|(id, _)| *id)?;
             if let Some(evicted) = self.conns.remove(&idle) {
@@ -183,6 +189,7 @@ impl ConnTable {
             closed: CancellationToken::new(),
             last_active: Cell::new(Instant::now()),
             inflight: Cell::new(0),
+            subscriptions: Default::default(),
         });
         self.conns.insert(id, state.clone());
         Some(state)
@@ -234,6 +241,7 @@ impl Connection {
             id: self.id,
             outbound: out.clone(),
             closed: self.state.closed.clone(),
+            subscriptions: self.state.subscriptions.clone(),
         };
         loop {
             let frame = tokio::select! {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
-use ccd_protocol::types::{ActorHealth, ActorState};
+use ccd_protocol::types::{ActorHealth, ActorState, EventKind};
 
 use crate::config::SupervisorConfig;
 use crate::error::ActorError;
@@ -255,10 +255,21 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 // Health registry
 
 /// Every supervised actor's health, shared by the actors and `system.health`.
-#[derive(Debug)]
+/// Where health changes are published (the event bus), once it exists.
+type Publish = Box<dyn Fn(EventKind) + Send + Sync>;
+
 pub struct HealthRegistry {
     policy: SupervisorConfig,
     actors: Mutex<BTreeMap<Arc<str>, Entry>>,
+    publish: std::sync::OnceLock<Publish>,
+}
+
+impl std::fmt::Debug for HealthRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthRegistry")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -277,7 +288,19 @@ impl HealthRegistry {
         Arc::new(HealthRegistry {
             policy,
             actors: Mutex::new(BTreeMap::new()),
+            publish: Default::default(),
         })
+    }
+
+    /// Publish `actor.started`, `actor.restarted` and `actor.failed` through `publish` from now on.
+    pub fn publish_to(&self, publish: impl Fn(EventKind) + Send + Sync + 'static) {
+        let _ = self.publish.set(Box::new(publish));
+    }
+
+    fn emit(&self, kind: EventKind) {
+        if let Some(p) = self.publish.get() {
+            p(kind);
+        }
     }
 
     /// Register an actor by name and get its supervision handle.
@@ -363,6 +386,22 @@ impl Supervision {
 
     /// Count a panic; returns the state it leaves the actor in (restarting or failed).
     fn record_panic(&self, message: &str) -> ActorState {
+        let state = self.record_panic_inner(message);
+        let actor = self.name.to_string();
+        self.registry.emit(match state {
+            ActorState::Failed => EventKind::ActorFailed {
+                actor,
+                reason: format!("restart intensity exceeded; last panic: {message}"),
+            },
+            _ => EventKind::ActorRestarted {
+                actor,
+                reason: format!("panicked: {message}"),
+            },
+        });
+        state
+    }
+
+    fn record_panic_inner(&self, message: &str) -> ActorState {
         self.with(|e, policy| {
             let now = Instant::now();
             let window = Duration::from_millis(policy.window_ms);
@@ -397,7 +436,10 @@ impl Supervision {
             e.state = ActorState::Running;
             e.reason = None;
             e.since = Instant::now();
-        })
+        });
+        self.registry.emit(EventKind::ActorStarted {
+            actor: self.name.to_string(),
+        });
     }
 
     fn mark_failed(&self, reason: &str) {
@@ -405,7 +447,11 @@ impl Supervision {
         self.with(|e, _| {
             e.state = ActorState::Failed;
             e.reason = Some(reason.to_string());
-        })
+        });
+        self.registry.emit(EventKind::ActorFailed {
+            actor: self.name.to_string(),
+            reason: reason.to_string(),
+        });
     }
 
     /// The next retry delay for a failed actor: doubles with each failure in a row.

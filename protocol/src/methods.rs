@@ -103,6 +103,12 @@ methods! {
     BreakerStatus = "breaker.status", types::NoParams => types::BreakerList;
     /// Close a breaker (or all), forgetting its history.
     BreakerReset = "breaker.reset", types::BreakerReset => types::BreakerResetResult;
+    /// Stream matching events as `event` notifications on this connection until unsubscribed or disconnected.
+    EventSubscribe = "event.subscribe", types::EventFilter => types::Subscribed;
+    /// End a subscription of this connection.
+    EventUnsubscribe = "event.unsubscribe", types::Unsubscribe => types::Unsubscribed;
+    /// Events from the persisted log, oldest first.
+    EventList = "event.list", types::EventListParams => types::EventList;
 }
 
 fn generator() -> schemars::SchemaGenerator {

@@ -645,3 +645,333 @@ pub struct BreakerResetResult {
     /// How many breakers were reset.
     pub reset: u64,
 }
+
+// ---------------------------------------------------------------------------------------------
+// events
+
+/// One event of the bus: a sequence number (increasing, never reused), a timestamp, and what
+/// happened, tagged by `type` (e.g. `turn.completed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub seq: u64,
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub ts: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Each variant carries its subject (session, project, actor or key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum EventKind {
+    #[serde(rename = "session.created")]
+    SessionCreated {
+        session_id: String,
+        project: Option<String>,
+    },
+    #[serde(rename = "session.closed")]
+    SessionClosed { session_id: String },
+    #[serde(rename = "session.error")]
+    SessionError {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        class: String,
+        detail: String,
+    },
+    #[serde(rename = "turn.started")]
+    TurnStarted {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        model: Option<String>,
+    },
+    #[serde(rename = "turn.completed")]
+    TurnCompleted {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        model: Option<String>,
+        /// ok, error, timeout, cancelled or refused.
+        status: String,
+        duration_ms: u64,
+        attempts: u32,
+    },
+    #[serde(rename = "tool.called")]
+    ToolCalled {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        tool: String,
+        tool_use_id: String,
+    },
+    #[serde(rename = "tool.result")]
+    ToolResult {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        tool_use_id: String,
+        is_error: bool,
+    },
+    #[serde(rename = "tokens.used")]
+    TokensUsed {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        model: Option<String>,
+        usage: Usage,
+    },
+    #[serde(rename = "cost.incurred")]
+    CostIncurred {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        model: Option<String>,
+        cost_usd: f64,
+    },
+    #[serde(rename = "query.retried")]
+    QueryRetried {
+        session_id: String,
+        query_id: String,
+        project: Option<String>,
+        attempt: u32,
+        delay_ms: u64,
+        error: String,
+    },
+    #[serde(rename = "actor.started")]
+    ActorStarted { actor: String },
+    #[serde(rename = "actor.restarted")]
+    ActorRestarted { actor: String, reason: String },
+    #[serde(rename = "actor.failed")]
+    ActorFailed { actor: String, reason: String },
+    #[serde(rename = "breaker.opened")]
+    BreakerOpened { key: String, reason: String },
+    #[serde(rename = "breaker.half_opened")]
+    BreakerHalfOpened { key: String, reason: String },
+    #[serde(rename = "breaker.closed")]
+    BreakerClosed { key: String, reason: String },
+    #[serde(rename = "limiter.throttled")]
+    LimiterThrottled {
+        query_id: String,
+        project: Option<String>,
+        model: Option<String>,
+        retry_after_ms: u64,
+    },
+    #[serde(rename = "vfs.mounted")]
+    VfsMounted { mountpoint: String },
+    #[serde(rename = "vfs.unmounted")]
+    VfsUnmounted { mountpoint: String },
+    #[serde(rename = "daemon.started")]
+    DaemonStarted { pid: u32, version: String },
+    #[serde(rename = "daemon.stopping")]
+    DaemonStopping { pid: u32 },
+    /// Sent to one subscriber only: it fell behind and lost its `missed` oldest events.
+    #[serde(rename = "lagged")]
+    Lagged { missed: u64 },
+}
+
+/// Every event type, as `type` spells it.
+pub const EVENT_TYPES: &[&str] = &[
+    "session.created",
+    "session.closed",
+    "session.error",
+    "turn.started",
+    "turn.completed",
+    "tool.called",
+    "tool.result",
+    "tokens.used",
+    "cost.incurred",
+    "query.retried",
+    "actor.started",
+    "actor.restarted",
+    "actor.failed",
+    "breaker.opened",
+    "breaker.half_opened",
+    "breaker.closed",
+    "limiter.throttled",
+    "vfs.mounted",
+    "vfs.unmounted",
+    "daemon.started",
+    "daemon.stopping",
+    "lagged",
+];
+
+impl EventKind {
+    /// The `type` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            EventKind::SessionCreated { .. } => "session.created",
+            EventKind::SessionClosed { .. } => "session.closed",
+            EventKind::SessionError { .. } => "session.error",
+            EventKind::TurnStarted { .. } => "turn.started",
+            EventKind::TurnCompleted { .. } => "turn.completed",
+            EventKind::ToolCalled { .. } => "tool.called",
+            EventKind::ToolResult { .. } => "tool.result",
+            EventKind::TokensUsed { .. } => "tokens.used",
+            EventKind::CostIncurred { .. } => "cost.incurred",
+            EventKind::QueryRetried { .. } => "query.retried",
+            EventKind::ActorStarted { .. } => "actor.started",
+            EventKind::ActorRestarted { .. } => "actor.restarted",
+            EventKind::ActorFailed { .. } => "actor.failed",
+            EventKind::BreakerOpened { .. } => "breaker.opened",
+            EventKind::BreakerHalfOpened { .. } => "breaker.half_opened",
+            EventKind::BreakerClosed { .. } => "breaker.closed",
+            EventKind::LimiterThrottled { .. } => "limiter.throttled",
+            EventKind::VfsMounted { .. } => "vfs.mounted",
+            EventKind::VfsUnmounted { .. } => "vfs.unmounted",
+            EventKind::DaemonStarted { .. } => "daemon.started",
+            EventKind::DaemonStopping { .. } => "daemon.stopping",
+            EventKind::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// The session this event is about, if any.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            EventKind::SessionCreated { session_id, .. }
+            | EventKind::SessionClosed { session_id }
+            | EventKind::SessionError { session_id, .. }
+            | EventKind::TurnStarted { session_id, .. }
+            | EventKind::TurnCompleted { session_id, .. }
+            | EventKind::ToolCalled { session_id, .. }
+            | EventKind::ToolResult { session_id, .. }
+            | EventKind::TokensUsed { session_id, .. }
+            | EventKind::CostIncurred { session_id, .. }
+            | EventKind::QueryRetried { session_id, .. } => Some(session_id),
+            _ => None,
+        }
+    }
+
+    /// The project this event is about, if any.
+    pub fn project(&self) -> Option<&str> {
+        match self {
+            EventKind::SessionCreated { project, .. }
+            | EventKind::SessionError { project, .. }
+            | EventKind::TurnStarted { project, .. }
+            | EventKind::TurnCompleted { project, .. }
+            | EventKind::ToolCalled { project, .. }
+            | EventKind::ToolResult { project, .. }
+            | EventKind::TokensUsed { project, .. }
+            | EventKind::CostIncurred { project, .. }
+            | EventKind::QueryRetried { project, .. }
+            | EventKind::LimiterThrottled { project, .. } => project.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The actor or key this event is about, if any.
+    pub fn subject(&self) -> Option<&str> {
+        match self {
+            EventKind::ActorStarted { actor }
+            | EventKind::ActorRestarted { actor, .. }
+            | EventKind::ActorFailed { actor, .. } => Some(actor),
+            EventKind::BreakerOpened { key, .. }
+            | EventKind::BreakerHalfOpened { key, .. }
+            | EventKind::BreakerClosed { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// Which events a subscription (or a listing) wants; every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// Event types, e.g. `["turn.completed", "breaker.opened"]`; all when absent.
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    #[serde(default)]
+    pub session: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &EventKind) -> bool {
+        if let EventKind::Lagged { .. } = e {
+            return true;
+        }
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == e.type_name()))
+            && self
+                .session
+                .as_deref()
+                .is_none_or(|s| e.session() == Some(s))
+            && self
+                .project
+                .as_deref()
+                .is_none_or(|p| e.project() == Some(p))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Subscribed {
+    pub subscription_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Unsubscribe {
+    pub subscription_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Unsubscribed {
+    /// False when there was no such subscription on this connection.
+    pub unsubscribed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventListParams {
+    /// Only events after this sequence number.
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// Only events newer than this: an age (`1h`, `7d`) or an RFC 3339 time.
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// At most this many, oldest first (default 1000, at most 100000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// stats
+
+/// Query statistics for one day, project and model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatsRow {
+    /// UTC day, YYYY-MM-DD (empty in totals).
+    pub day: String,
+    pub project: String,
+    pub model: String,
+    pub queries: u64,
+    pub ok: u64,
+    /// Failed queries by error class: retryable, non_retryable, unavailable; and timeouts,
+    /// cancellations and refusals (rate limited, circuit open).
+    pub errors_retryable: u64,
+    pub errors_non_retryable: u64,
+    pub errors_unavailable: u64,
+    pub timeouts: u64,
+    pub cancelled: u64,
+    pub refused: u64,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Stats {
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub since: String,
+    pub rows: Vec<StatsRow>,
+    pub totals: StatsRow,
+}

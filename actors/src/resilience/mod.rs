@@ -15,8 +15,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::eventbus::Bus;
 use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
 use breaker::{BreakerCore, BreakerSpec, BreakerStatus, Outcome, Transition};
+use ccd_protocol::types::EventKind;
 use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled};
 
 /// `[limiter]`: limits on the global key, each model's key and each project's key. Every
@@ -308,13 +310,30 @@ pub struct BreakerActor {
     sup: Supervision,
     core: Arc<BreakerCore>,
     spec: BreakerSpec,
+    bus: Bus,
 }
 
 supervised!(BreakerActor);
 
 impl BreakerActor {
-    pub fn new(sup: Supervision, core: Arc<BreakerCore>, spec: BreakerSpec) -> Self {
-        BreakerActor { sup, core, spec }
+    pub fn new(sup: Supervision, core: Arc<BreakerCore>, spec: BreakerSpec, bus: Bus) -> Self {
+        BreakerActor {
+            sup,
+            core,
+            spec,
+            bus,
+        }
+    }
+
+    /// Log a state change and publish it on the bus.
+    fn transition(&self, t: &Transition) {
+        tracing::warn!(key = %t.key, "breaker {:?} → {:?}: {}", t.from, t.to, t.reason);
+        let (key, reason) = (t.key.clone(), t.reason.clone());
+        self.bus.publish(match t.to {
+            breaker::State::Open => EventKind::BreakerOpened { key, reason },
+            breaker::State::HalfOpen => EventKind::BreakerHalfOpened { key, reason },
+            breaker::State::Closed => EventKind::BreakerClosed { key, reason },
+        });
     }
 }
 
@@ -322,10 +341,6 @@ impl Supervise for BreakerActor {
     fn supervision(&self) -> &Supervision {
         &self.sup
     }
-}
-
-fn log_transition(t: &Transition) {
-    tracing::warn!(key = %t.key, "breaker {:?} → {:?}: {}", t.from, t.to, t.reason);
 }
 
 /// May a call under `key` go through? `Err(retry_after)` when the breaker is open.
@@ -341,7 +356,7 @@ impl Handle<Allow> for BreakerActor {
     fn handle(&mut self, msg: Allow, _: &mut Context<Self>) -> Reply<Result<(), Duration>> {
         let (verdict, change) = self.core.allow(&msg.key, self.spec);
         if let Some(t) = &change {
-            log_transition(t);
+            self.transition(t);
         }
         Reply::ok(verdict)
     }
@@ -366,7 +381,7 @@ impl Handle<RecordOutcome> for BreakerActor {
         match msg.outcome {
             Some(outcome) => {
                 if let Some(t) = self.core.record(&msg.key, outcome, msg.duration) {
-                    log_transition(&t);
+                    self.transition(&t);
                 }
             }
             None => self.core.abandon(&msg.key),

@@ -18,7 +18,9 @@ use rusqlite_migration::{M, Migrations};
 use crate::config::WriterConfig;
 use crate::error::ActorError;
 
+mod events;
 mod sessions;
+pub use events::*;
 pub use sessions::*;
 
 /// Versioned migrations; `PRAGMA user_version` holds how many have run. Append only.
@@ -82,6 +84,18 @@ const MIGRATIONS: &[M<'static>] = &[
         started_at INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX turns_by_session ON turns (session_id, id);",
+    ),
+    M::up(
+        "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY NOT NULL,
+        ts INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        session_id TEXT,
+        project TEXT,
+        subject TEXT,
+        data TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX events_by_time ON events (ts);",
     ),
 ];
 
@@ -153,6 +167,15 @@ pub fn now_ms() -> i64 {
 pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// RFC 3339 back to milliseconds since the epoch (0 when unreadable).
+pub fn rfc3339_to_ms(ts: &str) -> i64 {
+    humantime::parse_rfc3339_weak(ts)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------

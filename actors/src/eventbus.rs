@@ -1,0 +1,400 @@
+//! The event bus: every observable thing the daemon does, as typed events, to every subscriber
+//! and to the persisted event log.
+//!
+//! Publishing never blocks and never waits on a subscriber: [`Bus::publish`] takes a short lock,
+//! numbers the event, and appends it to each matching subscriber's bounded queue. A queue that
+//! is full loses its oldest event; the subscriber is then told how many it missed with a
+//! `lagged` event before its next ones. A stalled subscriber therefore costs a publisher nothing
+//! but a queue push.
+//!
+//! The [`EventBusActor`] (`eventbus`) owns the bus's background work: it writes published events
+//! to the database in batches through the writer, and prunes them past the retention. The bus's
+//! state lives in a shared core, so a restart of the actor loses no subscriber and no event.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use ccd_protocol::types::{Event, EventFilter, EventKind};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store;
+use crate::supervise::{Call, Handle, Reply, Supervise, Supervision, supervised};
+use crate::writer::{Write, WriterActor};
+
+/// Most events kept for persistence while the writer is unavailable; older ones are dropped.
+const MAX_PENDING: usize = 100_000;
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this are pruned from the log.
+    pub retention_days: u64,
+    /// How many undelivered events a subscriber may have before it loses the oldest.
+    pub subscriber_queue: usize,
+    /// How often published events are written to the log.
+    pub flush_interval_ms: u64,
+    /// How often the log is pruned.
+    pub prune_interval_s: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            retention_days: 7,
+            subscriber_queue: 4096,
+            flush_interval_ms: 200,
+            prune_interval_s: 3600,
+        }
+    }
+}
+
+/// One subscriber's queue.
+pub struct Subscriber {
+    pub id: u64,
+    /// The connection that subscribed (only it may unsubscribe).
+    pub conn: u64,
+    filter: EventFilter,
+    capacity: usize,
+    queue: Mutex<(VecDeque<Event>, u64)>,
+    ready: Notify,
+    /// Cancelled by `event.unsubscribe`.
+    pub ended: CancellationToken,
+}
+
+impl Subscriber {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Event>, u64)> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, event: &Event) {
+        let mut q = self.lock();
+        if q.0.len() >= self.capacity {
+            q.0.pop_front();
+            q.1 += 1;
+        }
+        q.0.push_back(event.clone());
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Wait for events: those queued, and how many were missed before them.
+    pub async fn next_batch(&self) -> (Vec<Event>, u64) {
+        loop {
+            {
+                let mut q = self.lock();
+                if !q.0.is_empty() || q.1 > 0 {
+                    let missed = std::mem::take(&mut q.1);
+                    return (q.0.drain(..).collect(), missed);
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    next_seq: u64,
+    next_sub: u64,
+    subscribers: HashMap<u64, Arc<Subscriber>>,
+    pending: Vec<Event>,
+}
+
+/// The bus: cheap to clone, shared by every publisher.
+#[derive(Clone, Default)]
+pub struct Bus {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    pub fn new() -> Bus {
+        Bus::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Continue numbering after the log's last event.
+    pub fn start_after(&self, last_seq: u64) {
+        let mut inner = self.lock();
+        inner.next_seq = inner.next_seq.max(last_seq);
+    }
+
+    /// Publish an event: numbered, fanned out to matching subscribers, queued for the log.
+    pub fn publish(&self, kind: EventKind) {
+        let mut inner = self.lock();
+        inner.next_seq += 1;
+        let event = Event {
+            seq: inner.next_seq,
+            ts: store::rfc3339(store::now_ms()),
+            kind,
+        };
+        for sub in inner.subscribers.values() {
+            if sub.filter.matches(&event.kind) {
+                sub.push(&event);
+            }
+        }
+        if inner.pending.len() >= MAX_PENDING {
+            inner.pending.remove(0);
+        }
+        inner.pending.push(event);
+    }
+
+    pub fn subscribe(&self, conn: u64, filter: EventFilter, capacity: usize) -> Arc<Subscriber> {
+        let mut inner = self.lock();
+        inner.next_sub += 1;
+        let sub = Arc::new(Subscriber {
+            id: inner.next_sub,
+            conn,
+            filter,
+            capacity: capacity.max(1),
+            queue: Mutex::new((VecDeque::new(), 0)),
+            ready: Notify::new(),
+            ended: CancellationToken::new(),
+        });
+        inner.subscribers.insert(sub.id, sub.clone());
+        sub
+    }
+
+    /// End subscription `id` of connection `conn`; false when it has no such subscription.
+    pub fn unsubscribe(&self, conn: u64, id: u64) -> bool {
+        let mut inner = self.lock();
+        match inner.subscribers.get(&id) {
+            Some(sub) if sub.conn == conn => {
+                sub.ended.cancel();
+                inner.subscribers.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget a subscriber whose delivery ended (the client went away).
+    pub fn remove(&self, id: u64) {
+        self.lock().subscribers.remove(&id);
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.lock().subscribers.len()
+    }
+
+    fn take_pending(&self) -> Vec<Event> {
+        std::mem::take(&mut self.lock().pending)
+    }
+
+    fn requeue(&self, mut events: Vec<Event>) {
+        let mut inner = self.lock();
+        events.append(&mut inner.pending);
+        let excess = events.len().saturating_sub(MAX_PENDING);
+        events.drain(..excess);
+        inner.pending = events;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct EventBusActor {
+    sup: Supervision,
+    bus: Bus,
+    writer: Addr<WriterActor>,
+    cfg: EventsConfig,
+    flushing: bool,
+}
+
+supervised!(EventBusActor);
+
+impl EventBusActor {
+    pub fn new(sup: Supervision, bus: Bus, writer: Addr<WriterActor>, cfg: EventsConfig) -> Self {
+        EventBusActor {
+            sup,
+            bus,
+            writer,
+            cfg,
+            flushing: false,
+        }
+    }
+
+    /// Write what was published since the last flush, in one write (one transaction).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing {
+            return;
+        }
+        let events = self.bus.take_pending();
+        if events.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let writer = self.writer.clone();
+        let bus = self.bus.clone();
+        let done = async move {
+            let n = events.len();
+            match writer
+                .send(Call(Write(store::InsertEvents {
+                    events: events.clone(),
+                })))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("writing {n} events to the log: {e}; will retry");
+                    bus.requeue(events);
+                }
+                Err(e) => {
+                    tracing::warn!("writing {n} events to the log: {e}; will retry");
+                    bus.requeue(events);
+                }
+            }
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(done).map(|_, act, _| act.flushing = false));
+    }
+
+    fn prune(&mut self) {
+        let cutoff = store::now_ms() - (self.cfg.retention_days.min(100_000) * 86_400_000) as i64;
+        let writer = self.writer.clone();
+        actix_rt::spawn(async move {
+            match writer
+                .send(Call(Write(store::PruneEvents { before_ms: cutoff })))
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!("pruned {n} events past the retention"),
+                Ok(Err(e)) => tracing::warn!("pruning events: {e}"),
+                Err(e) => tracing::warn!("pruning events: {e}"),
+            }
+        });
+    }
+}
+
+impl Supervise for EventBusActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+
+    fn reset(&mut self, _: &mut Context<Self>) -> anyhow::Result<()> {
+        // Events in a flush that was under way went back to the bus on failure, or were written.
+        self.flushing = false;
+        Ok(())
+    }
+
+    fn on_started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(
+            Duration::from_millis(self.cfg.flush_interval_ms.max(10)),
+            |act, ctx| act.flush(ctx),
+        );
+        self.prune();
+        ctx.run_interval(
+            Duration::from_secs(self.cfg.prune_interval_s.max(1)),
+            |act, _| act.prune(),
+        );
+    }
+}
+
+/// Write everything published so far now (used at stop).
+pub struct FlushEvents;
+
+impl crate::supervise::Request for FlushEvents {
+    type Output = ();
+}
+
+impl Handle<FlushEvents> for EventBusActor {
+    fn handle(&mut self, _: FlushEvents, _: &mut Context<Self>) -> Reply<()> {
+        let events = self.bus.take_pending();
+        let writer = self.writer.clone();
+        Reply::later(async move {
+            if !events.is_empty() {
+                writer
+                    .send(Call(Write(store::InsertEvents { events })))
+                    .await
+                    .map_err(|e| crate::ActorError::internal("flushing events", e))??;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Publish through the bus from the supervision layer's health changes.
+pub fn supervision_publisher(bus: Bus) -> impl Fn(EventKind) + Send + Sync + 'static {
+    move |kind| bus.publish(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(q: &str) -> EventKind {
+        EventKind::TurnStarted {
+            session_id: "s".into(),
+            query_id: q.into(),
+            project: Some("p".into()),
+            model: None,
+        }
+    }
+
+    #[test]
+    fn events_are_numbered_and_filtered() {
+        let bus = Bus::new();
+        bus.start_after(41);
+        let all = bus.subscribe(1, EventFilter::default(), 10);
+        let only_breakers = bus.subscribe(
+            1,
+            EventFilter {
+                types: Some(vec!["breaker.opened".into()]),
+                ..Default::default()
+            },
+            10,
+        );
+        let other_project = bus.subscribe(
+            1,
+            EventFilter {
+                project: Some("q".into()),
+                ..Default::default()
+            },
+            10,
+        );
+        bus.publish(turn("a"));
+        bus.publish(EventKind::BreakerOpened {
+            key: "k".into(),
+            reason: "r".into(),
+        });
+        let q = all.lock();
+        assert_eq!(q.0.iter().map(|e| e.seq).collect::<Vec<_>>(), [42, 43]);
+        assert_eq!(only_breakers.lock().0.len(), 1);
+        assert_eq!(other_project.lock().0.len(), 0);
+        assert_eq!(bus.take_pending().len(), 2);
+    }
+
+    #[test]
+    fn a_full_queue_loses_its_oldest_and_counts_them() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let bus = Bus::new();
+        let sub = bus.subscribe(7, EventFilter::default(), 3);
+        for i in 0..10 {
+            bus.publish(turn(&i.to_string()));
+        }
+        let (events, missed) = rt.block_on(sub.next_batch());
+        assert_eq!(missed, 7);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [8, 9, 10]);
+        assert!(
+            !bus.unsubscribe(8, sub.id),
+            "another connection cannot end it"
+        );
+        assert!(bus.unsubscribe(7, sub.id));
+        assert!(sub.ended.is_cancelled());
+        assert_eq!(bus.subscriber_count(), 0);
+    }
+}
