@@ -198,6 +198,7 @@ async fn serve(
         agent.clone(),
         info,
     );
+    let gateway = gateway.with_eventbus(eventbus.clone());
     let gateway = Supervisor::start(move |_| gateway);
 
     let listener = bind(home)?;

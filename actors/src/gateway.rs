@@ -80,6 +80,8 @@ pub struct GatewayActor {
     health: Arc<HealthRegistry>,
     describe: Value,
     discover: Value,
+    /// For `debug.crash eventbus`; set once the bus actor runs.
+    eventbus: Option<Addr<crate::eventbus::EventBusActor>>,
 }
 
 supervised!(GatewayActor);
@@ -112,7 +114,14 @@ impl GatewayActor {
             health,
             describe,
             discover,
+            eventbus: None,
         }
+    }
+
+    /// Let `debug.crash` reach the event bus actor.
+    pub fn with_eventbus(mut self, addr: Addr<crate::eventbus::EventBusActor>) -> Self {
+        self.eventbus = Some(addr);
+        self
     }
 
     fn write<O: WriteOp>(
@@ -244,6 +253,10 @@ impl GatewayActor {
             "executor" => Reply::later(crash(self.query.pool().clone(), actor.into())),
             "limiter" => Reply::later(crash(self.query.limiter().clone(), actor.into())),
             "breaker" => Reply::later(crash(self.query.breaker().clone(), actor.into())),
+            "eventbus" => match &self.eventbus {
+                Some(addr) => Reply::later(crash(addr.clone(), actor.into())),
+                None => Reply::err(unknown_actor(actor)),
+            },
             other => {
                 let member = other
                     .strip_prefix("executor-")
@@ -645,7 +658,7 @@ async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber
 
 fn unknown_actor(name: &str) -> ActorError {
     RpcError::invalid_params(format!(
-        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N, limiter, breaker)"
+        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N, limiter, breaker, eventbus)"
     ))
     .into()
 }

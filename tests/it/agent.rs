@@ -468,7 +468,10 @@ fn health_reports_the_cli_version() {
 
 #[test]
 fn an_executor_panic_kills_its_agent_and_the_pool_keeps_serving() {
-    let d = agent_daemon(Behaviour::Hang, "[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n");
+    let d = agent_daemon(
+        Behaviour::Hang,
+        "[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n",
+    );
     let mut c = d.connect();
     let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
     assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));

@@ -12,6 +12,7 @@
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
+//! | `events`      | the event bus: a query's events, filters, lagged subscribers, retention |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 
@@ -21,6 +22,7 @@ mod mock_api;
 mod agent;
 mod cli;
 mod docs;
+mod events;
 mod lifecycle;
 mod protocol;
 mod resilience;

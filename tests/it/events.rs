@@ -1,0 +1,363 @@
+//! The event bus through the daemon: the events of a full query in order, type filters, a
+//! subscriber that never reads, the persisted log with its retention, and `ccd stats`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+use crate::mock_api::{Behaviour, MockApi, claude_bin};
+
+fn subscribe(d: &Daemon, params: Value) -> Conn {
+    let mut c = d.connect();
+    let id = c.request("event.subscribe", params);
+    loop {
+        let m = c.recv().unwrap();
+        if m["id"] == json!(id) {
+            assert!(m["result"]["subscription_id"].as_u64().is_some(), "{m}");
+            return c;
+        }
+    }
+}
+
+/// Read `event` notifications until `done` says so (bounded by the read timeout).
+fn events_until(c: &mut Conn, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+    let mut got = Vec::new();
+    while !done(&got) {
+        let m = c.recv().expect("subscription closed");
+        if m["method"] == "event" {
+            got.push(m["params"].clone());
+        }
+    }
+    got
+}
+
+#[test]
+fn a_full_query_publishes_its_events_in_order() {
+    let mock = MockApi::start(Behaviour::ToolThenText {
+        command: "echo hi".into(),
+        text: "done".into(),
+    });
+    let d = Daemon::builder()
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "k")
+        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .start();
+    let mut all = subscribe(&d, json!({}));
+    let mut completed = subscribe(&d, json!({"types": ["turn.completed"]}));
+    let r = d
+        .call(
+            "query.run",
+            json!({"prompt": "go", "allowed_tools": ["Bash"]}),
+        )
+        .unwrap();
+
+    let events = events_until(&mut all, |got| {
+        got.iter().any(|e| e["type"] == "turn.completed")
+    });
+    let mine: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["session_id"] == r["session_id"])
+        .collect();
+    let kinds: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "session.created",
+            "turn.started",
+            "tool.called",
+            "tool.result",
+            "tokens.used",
+            "cost.incurred",
+            "turn.completed"
+        ],
+        "{events:?}"
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "sequence numbers without gaps: {seqs:?}"
+    );
+    let tool = mine.iter().find(|e| e["type"] == "tool.called").unwrap();
+    assert_eq!(tool["tool"], "Bash");
+    let done = mine.last().unwrap();
+    assert_eq!(
+        (done["status"].as_str(), done["query_id"].as_str()),
+        (Some("ok"), r["query_id"].as_str())
+    );
+    assert!(done["ts"].as_str().unwrap().ends_with('Z'));
+
+    // The filtered subscription saw only that.
+    let only = events_until(&mut completed, |got| !got.is_empty());
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0]["type"], "turn.completed");
+
+    // The log has them too, with the same numbers.
+    wait_until(
+        "the events to reach the log",
+        Duration::from_secs(30),
+        || {
+            d.call("event.list", json!({"types": ["turn.completed"]}))
+                .unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+        },
+    );
+    let logged = d
+        .call(
+            "event.list",
+            json!({"after_seq": seqs[0] - 1, "limit": 100}),
+        )
+        .unwrap();
+    let logged_seqs: Vec<u64> = logged["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.iter().all(|s| logged_seqs.contains(s)),
+        "{seqs:?} vs {logged_seqs:?}"
+    );
+}
+
+#[test]
+fn a_subscriber_that_never_reads_slows_nobody_and_learns_what_it_missed() {
+    let d = Daemon::builder()
+        .config("[events]\nsubscriber_queue = 8\n")
+        .start();
+    let mut stalled = subscribe(&d, json!({"types": ["session.created"]}));
+    let mut reader = subscribe(&d, json!({"types": ["session.created"]}));
+    let total = 3000usize;
+    // Far more events than the stalled subscriber's queue, channel and socket buffer hold.
+    let reading = std::thread::spawn(move || {
+        let mut seen = 0u64;
+        let mut missed = 0u64;
+        while seen + missed < total as u64 {
+            let m = reader.recv().expect("the reading subscriber was cut off");
+            if m["method"] != "event" {
+                continue;
+            }
+            match m["params"]["type"].as_str() {
+                Some("lagged") => missed += m["params"]["missed"].as_u64().unwrap(),
+                _ => seen += 1,
+            }
+        }
+        (seen, missed)
+    });
+    let mut c = d.connect();
+    for chunk in 0..(total / 500) {
+        let batch: Vec<Value> = (0..500)
+            .map(|i| json!({"jsonrpc": "2.0", "id": chunk * 500 + i, "method": "session.create", "params": {}}))
+            .collect();
+        c.send(&Value::Array(batch));
+        let replies = c.recv().unwrap();
+        assert!(
+            replies
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r.get("result").is_some()),
+            "every write was served"
+        );
+    }
+    let (seen, missed) = reading.join().unwrap();
+    assert_eq!(seen + missed, total as u64);
+    assert!(seen > 0);
+
+    // The stalled one now reads: it lost the oldest, and is told how many.
+    stalled.set_read_timeout(Duration::from_secs(10));
+    let mut got = 0u64;
+    let mut lagged = 0u64;
+    while got + lagged < total as u64 {
+        let m = stalled.recv().unwrap();
+        if m["method"] != "event" {
+            continue;
+        }
+        match m["params"]["type"].as_str() {
+            Some("lagged") => lagged += m["params"]["missed"].as_u64().unwrap(),
+            _ => got += 1,
+        }
+    }
+    assert!(
+        lagged > 0,
+        "a subscriber that never read must be told it lagged"
+    );
+    assert_eq!(got + lagged, total as u64);
+}
+
+#[test]
+fn unsubscribe_and_bad_filters() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    let sub = c
+        .call("event.subscribe", json!({"types": ["session.closed"]}))
+        .unwrap();
+    let id = sub["subscription_id"].as_u64().unwrap();
+    assert_eq!(
+        d.call("event.unsubscribe", json!({"subscription_id": id}))
+            .unwrap()["unsubscribed"],
+        false,
+        "only its own connection may end it"
+    );
+    assert_eq!(
+        c.call("event.unsubscribe", json!({"subscription_id": id}))
+            .unwrap()["unsubscribed"],
+        true
+    );
+    let e = c
+        .call("event.subscribe", json!({"types": ["no.such.event"]}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    assert!(e["message"].as_str().unwrap().contains("no.such.event"));
+    let e = c
+        .call("event.list", json!({"since": "yesterday-ish"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+    let e = c.call("event.list", json!({"limit": 0})).unwrap_err();
+    assert_eq!(code(&e), -32602);
+}
+
+#[test]
+fn old_events_are_pruned_past_the_retention() {
+    let d = Daemon::builder()
+        .config("[events]\nretention_days = 1\nprune_interval_s = 1\n")
+        .start();
+    // An event two days old, as if written back then.
+    {
+        let conn = rusqlite::Connection::open(d.path().join("ccd.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let old = chrono_free_now_ms() - 2 * 86_400_000;
+        let data = json!({"seq": 1_000_000, "ts": "2000-01-01T00:00:00Z", "type": "session.closed", "session_id": "old"}).to_string();
+        conn.execute(
+            "INSERT INTO events (seq, ts, type, session_id, data) VALUES (1000000, ?1, 'session.closed', 'old', ?2)",
+            rusqlite::params![old, data],
+        )
+        .unwrap();
+    }
+    wait_until(
+        "the old event to be pruned",
+        Duration::from_secs(30),
+        || {
+            let conn = rusqlite::Connection::open(d.path().join("ccd.db")).unwrap();
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM events WHERE seq = 1000000", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            n == 0
+        },
+    );
+    // Recent ones stay (they reach the log on the bus's next flush).
+    wait_until("recent events in the log", Duration::from_secs(30), || {
+        d.call("event.list", json!({"types": ["daemon.started"]}))
+            .unwrap()["events"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+}
+
+fn chrono_free_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn events_and_stats_from_the_cli() {
+    let mock = MockApi::start(Behaviour::Text("fine".into()));
+    let d = Daemon::builder()
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "k")
+        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .start();
+    let dir = tempfile::tempdir().unwrap();
+    d.call("project.create", json!({"name": "web", "path": dir.path()}))
+        .unwrap();
+    for _ in 0..2 {
+        d.call("query.run", json!({"prompt": "x", "project": "web"}))
+            .unwrap();
+    }
+    mock.set_behaviour(Behaviour::Error {
+        status: 400,
+        error_type: "invalid_request_error".into(),
+        message: "no".into(),
+    });
+    d.call("query.run", json!({"prompt": "x", "project": "web"}))
+        .unwrap_err();
+
+    let stats: Value = serde_json::from_str(&d.ccd_ok(&["stats", "--json"])).unwrap();
+    let t = &stats["totals"];
+    assert_eq!(
+        (
+            t["queries"].as_u64(),
+            t["ok"].as_u64(),
+            t["errors_non_retryable"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    assert!(
+        t["usage"]["input_tokens"].as_u64().unwrap() > 0 && t["cost_usd"].as_f64().unwrap() > 0.0
+    );
+    assert_eq!(stats["rows"][0]["project"], "web");
+    let table = d.ccd_ok(&["stats", "--project", "web"]);
+    assert!(table.contains("web") && table.contains("total"), "{table}");
+
+    wait_until(
+        "the events to reach the log",
+        Duration::from_secs(30),
+        || {
+            d.ccd_ok(&["events", "--type", "turn.completed", "--json"])
+                .lines()
+                .count()
+                == 3
+        },
+    );
+    let text = d.ccd_ok(&["events", "--type", "turn.completed"]);
+    assert!(
+        text.contains("turn.completed") && text.contains("status=ok"),
+        "{text}"
+    );
+    let out = d.ccd(&["events", "--type", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn subscriptions_survive_a_restart_of_the_bus_actor() {
+    let d = Daemon::builder().fault_injection().start();
+    let mut sub = subscribe(&d, json!({"types": ["session.created", "actor.restarted"]}));
+    let e = d
+        .call("debug.crash", json!({"actor": "eventbus"}))
+        .unwrap_err();
+    assert_eq!(
+        (code(&e), e["data"]["actor"].as_str()),
+        (-32001, Some("eventbus"))
+    );
+    let s = d.call("session.create", json!({})).unwrap();
+    let got = events_until(&mut sub, |got| {
+        got.iter().any(|e| e["type"] == "session.created")
+    });
+    assert!(
+        got.iter()
+            .any(|e| e["type"] == "actor.restarted" && e["actor"] == "eventbus"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap()["session_id"], s["id"]);
+    wait_until(
+        "the log to keep filling after the restart",
+        Duration::from_secs(30),
+        || {
+            d.call("event.list", json!({"types": ["session.created"]}))
+                .unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 1
+        },
+    );
+}
