@@ -971,6 +971,7 @@ mod tests {
             id: 0,
             outbound: tx,
             closed: CancellationToken::new(),
+            subscriptions: Default::default(),
         };
         for name in m::ALL_METHODS {
             let params = Some(serde_json::json!({ "definitely_not_a_param": 1 }));

@@ -261,6 +261,79 @@ impl WriteOp for CleanupSessions {
     }
 }
 
+/// Query statistics since `since_ms`, by UTC day, project and model, with totals.
+pub fn stats(
+    conn: &Connection,
+    since_ms: i64,
+    project: Option<&str>,
+) -> anyhow::Result<ccd_protocol::types::Stats> {
+    use ccd_protocol::types::{Stats, StatsRow};
+    let mut st = conn.prepare_cached(
+        "SELECT date(t.started_at / 1000, 'unixepoch'), COALESCE(s.project, '-'), COALESCE(t.model, '-'),
+                count(*), sum(t.status = 'ok'),
+                sum(t.status = 'error' AND t.error_class = 'retryable'),
+                sum(t.status = 'error' AND t.error_class = 'non_retryable'),
+                sum(t.status = 'error' AND t.error_class = 'unavailable'),
+                sum(t.status = 'timeout'), sum(t.status = 'cancelled'), sum(t.status = 'refused'),
+                sum(t.input_tokens), sum(t.output_tokens), sum(t.cache_creation_input_tokens),
+                sum(t.cache_read_input_tokens), sum(t.cost_usd), sum(t.duration_ms)
+         FROM turns t JOIN sessions s ON s.id = t.session_id
+         WHERE t.started_at >= ?1 AND (?2 IS NULL OR s.project = ?2)
+         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )?;
+    let n = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
+        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    };
+    let rows: Vec<StatsRow> = st
+        .query_map(params![since_ms, project], |r| {
+            Ok(StatsRow {
+                day: r.get(0)?,
+                project: r.get(1)?,
+                model: r.get(2)?,
+                queries: n(r, 3)?,
+                ok: n(r, 4)?,
+                errors_retryable: n(r, 5)?,
+                errors_non_retryable: n(r, 6)?,
+                errors_unavailable: n(r, 7)?,
+                timeouts: n(r, 8)?,
+                cancelled: n(r, 9)?,
+                refused: n(r, 10)?,
+                usage: Usage {
+                    input_tokens: n(r, 11)?,
+                    output_tokens: n(r, 12)?,
+                    cache_creation_input_tokens: n(r, 13)?,
+                    cache_read_input_tokens: n(r, 14)?,
+                },
+                cost_usd: r.get::<_, Option<f64>>(15)?.unwrap_or(0.0),
+                duration_ms: n(r, 16)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut totals = StatsRow {
+        project: project.unwrap_or("all").into(),
+        model: "all".into(),
+        ..Default::default()
+    };
+    for r in &rows {
+        totals.queries += r.queries;
+        totals.ok += r.ok;
+        totals.errors_retryable += r.errors_retryable;
+        totals.errors_non_retryable += r.errors_non_retryable;
+        totals.errors_unavailable += r.errors_unavailable;
+        totals.timeouts += r.timeouts;
+        totals.cancelled += r.cancelled;
+        totals.refused += r.refused;
+        totals.usage.add(&r.usage);
+        totals.cost_usd += r.cost_usd;
+        totals.duration_ms += r.duration_ms;
+    }
+    Ok(Stats {
+        since: super::rfc3339(since_ms),
+        rows,
+        totals,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,77 +441,4 @@ mod tests {
         assert_eq!(session(&conn, "a").unwrap().unwrap().status, "expired");
         assert_eq!(session(&conn, "b").unwrap().unwrap().status, "closed");
     }
-}
-
-/// Query statistics since `since_ms`, by UTC day, project and model, with totals.
-pub fn stats(
-    conn: &Connection,
-    since_ms: i64,
-    project: Option<&str>,
-) -> anyhow::Result<ccd_protocol::types::Stats> {
-    use ccd_protocol::types::{Stats, StatsRow};
-    let mut st = conn.prepare_cached(
-        "SELECT date(t.started_at / 1000, 'unixepoch'), COALESCE(s.project, '-'), COALESCE(t.model, '-'),
-                count(*), sum(t.status = 'ok'),
-                sum(t.status = 'error' AND t.error_class = 'retryable'),
-                sum(t.status = 'error' AND t.error_class = 'non_retryable'),
-                sum(t.status = 'error' AND t.error_class = 'unavailable'),
-                sum(t.status = 'timeout'), sum(t.status = 'cancelled'), sum(t.status = 'refused'),
-                sum(t.input_tokens), sum(t.output_tokens), sum(t.cache_creation_input_tokens),
-                sum(t.cache_read_input_tokens), sum(t.cost_usd), sum(t.duration_ms)
-         FROM turns t JOIN sessions s ON s.id = t.session_id
-         WHERE t.started_at >= ?1 AND (?2 IS NULL OR s.project = ?2)
-         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    )?;
-    let n = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
-        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
-    };
-    let rows: Vec<StatsRow> = st
-        .query_map(params![since_ms, project], |r| {
-            Ok(StatsRow {
-                day: r.get(0)?,
-                project: r.get(1)?,
-                model: r.get(2)?,
-                queries: n(r, 3)?,
-                ok: n(r, 4)?,
-                errors_retryable: n(r, 5)?,
-                errors_non_retryable: n(r, 6)?,
-                errors_unavailable: n(r, 7)?,
-                timeouts: n(r, 8)?,
-                cancelled: n(r, 9)?,
-                refused: n(r, 10)?,
-                usage: Usage {
-                    input_tokens: n(r, 11)?,
-                    output_tokens: n(r, 12)?,
-                    cache_creation_input_tokens: n(r, 13)?,
-                    cache_read_input_tokens: n(r, 14)?,
-                },
-                cost_usd: r.get::<_, Option<f64>>(15)?.unwrap_or(0.0),
-                duration_ms: n(r, 16)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut totals = StatsRow {
-        project: project.unwrap_or("all").into(),
-        model: "all".into(),
-        ..Default::default()
-    };
-    for r in &rows {
-        totals.queries += r.queries;
-        totals.ok += r.ok;
-        totals.errors_retryable += r.errors_retryable;
-        totals.errors_non_retryable += r.errors_non_retryable;
-        totals.errors_unavailable += r.errors_unavailable;
-        totals.timeouts += r.timeouts;
-        totals.cancelled += r.cancelled;
-        totals.refused += r.refused;
-        totals.usage.add(&r.usage);
-        totals.cost_usd += r.cost_usd;
-        totals.duration_ms += r.duration_ms;
-    }
-    Ok(Stats {
-        since: super::rfc3339(since_ms),
-        rows,
-        totals,
-    })
 }
