@@ -15,6 +15,7 @@ use ccd_actors::config::SessionConfig;
 use ccd_actors::eventbus::{Bus, EventBusActor, FlushEvents, supervision_publisher};
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
+use ccd_actors::http::{self, Metrics};
 use ccd_actors::query::{QueryService, Resilience};
 use ccd_actors::reader::Reader;
 use ccd_actors::resilience::breaker::BreakerCore;
@@ -134,6 +135,7 @@ async fn serve(
         home: home.root.clone(),
         shutdown: shutdown.clone(),
         subscriber_queue: config.events.subscriber_queue,
+        http_url: Default::default(),
     });
     let pool = ExecutorPool::new(
         &health,
@@ -190,6 +192,8 @@ async fn serve(
         command: config.executor.command.clone(),
         version: None,
     }));
+    let http_url = info.clone();
+    let reader_for_http = reader.clone();
     let gateway = GatewayActor::new(
         health.register("gateway"),
         writer.clone(),
@@ -200,6 +204,24 @@ async fn serve(
     );
     let gateway = gateway.with_eventbus(eventbus.clone());
     let gateway = Supervisor::start(move |_| gateway);
+    let metrics = Metrics::new();
+    metrics.clone().follow(&bus);
+    if config.http.enabled {
+        // The API is an extra: a port already in use is reported, not fatal.
+        match http::start(
+            &config.http,
+            gateway.clone(),
+            reader_for_http,
+            bus.clone(),
+            metrics.clone(),
+        ) {
+            Ok(addr) => {
+                tracing::info!("HTTP API on http://{addr}");
+                let _ = http_url.http_url.set(format!("http://{addr}"));
+            }
+            Err(e) => tracing::error!("the HTTP API is off: {e:#}"),
+        }
+    }
 
     let listener = bind(home)?;
     spawn_signal_handlers(shutdown.clone())?;
@@ -216,7 +238,15 @@ async fn serve(
     actix_rt::spawn(expire_sessions(writer.clone(), config.session.clone()));
 
     let drain = Duration::from_millis(config.daemon.shutdown_timeout_ms);
-    ccd_actors::server::serve(listener, gateway, config.ipc.clone(), shutdown, drain).await;
+    ccd_actors::server::serve(
+        listener,
+        gateway,
+        config.ipc.clone(),
+        shutdown,
+        drain,
+        Some(metrics),
+    )
+    .await;
 
     bus.publish(EventKind::DaemonStopping {
         pid: std::process::id(),

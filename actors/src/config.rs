@@ -29,6 +29,7 @@ pub struct Config {
     pub breaker: crate::resilience::breaker::BreakerSpec,
     pub retry: crate::resilience::RetryConfig,
     pub events: crate::eventbus::EventsConfig,
+    pub http: crate::http::HttpConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -363,6 +364,7 @@ impl Config {
             self.limiter.validate(),
             self.breaker.validate(),
             self.retry.validate(),
+            self.http.validate(),
         ] {
             check.map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         }

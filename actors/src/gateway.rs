@@ -45,6 +45,8 @@ pub struct DaemonInfo {
     pub shutdown: CancellationToken,
     /// Queue length of each event subscriber (`events.subscriber_queue`).
     pub subscriber_queue: usize,
+    /// The HTTP API's base URL, once it serves.
+    pub http_url: std::sync::OnceLock<String>,
 }
 
 /// The connection a request came from: lets a method stream notifications back on it and
@@ -184,6 +186,7 @@ impl GatewayActor {
                 actors,
                 agent,
                 executor,
+                http: info.http_url.get().cloned(),
             })
         }
     }
@@ -920,6 +923,7 @@ mod tests {
             home: dir.path().to_path_buf(),
             shutdown: CancellationToken::new(),
             subscriber_queue: 16,
+            http_url: Default::default(),
         });
         let pool =
             crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));

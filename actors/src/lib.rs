@@ -18,6 +18,7 @@ pub mod error;
 pub mod eventbus;
 pub mod executor;
 pub mod gateway;
+pub mod http;
 pub mod query;
 pub mod reader;
 pub mod resilience;

@@ -50,6 +50,7 @@ pub async fn serve(
     cfg: IpcConfig,
     shutdown: CancellationToken,
     drain_timeout: Duration,
+    metrics: Option<Arc<crate::http::Metrics>>,
 ) {
     let uid = current_euid();
     let requests = TaskTracker::new();
@@ -87,6 +88,7 @@ pub async fn serve(
         };
         let conn = Connection {
             id: next_id,
+            metrics: metrics.clone(),
             gateway: gateway.clone(),
             cfg: cfg.clone(),
             state,
@@ -198,6 +200,7 @@ impl ConnTable {
 
 struct Connection {
     id: u64,
+    metrics: Option<Arc<crate::http::Metrics>>,
     gateway: Addr<GatewayActor>,
     cfg: IpcConfig,
     state: Rc<ConnState>,
@@ -283,20 +286,22 @@ impl Connection {
                 Incoming::Batch(items) => Work::Batch(items),
             };
             let gateway = self.gateway.clone();
+            let metrics = self.metrics.clone();
             let out = out.clone();
             let ctx = ctx.clone();
             let state = self.state.clone();
             state.inflight.set(state.inflight.get() + 1);
             self.requests.spawn_local(async move {
                 let line = match work {
-                    Work::Single(item) => answer(&gateway, item, ctx).await.map(|r| to_line(&r)),
+                    Work::Single(item) => answer(&gateway, item, ctx, metrics.as_deref())
+                        .await
+                        .map(|r| to_line(&r)),
                     Work::Batch(items) => {
-                        let replies = futures_util::future::join_all(
-                            items
-                                .into_iter()
-                                .map(|item| answer(&gateway, item, ctx.clone())),
-                        )
-                        .await;
+                        let replies =
+                            futures_util::future::join_all(items.into_iter().map(|item| {
+                                answer(&gateway, item, ctx.clone(), metrics.as_deref())
+                            }))
+                            .await;
                         let replies: Vec<Response> = replies.into_iter().flatten().collect();
                         (!replies.is_empty()).then(|| to_line(&replies))
                     }
@@ -348,17 +353,24 @@ async fn answer(
     gateway: &Addr<GatewayActor>,
     item: Result<RpcRequest, Response>,
     conn: ConnCtx,
+    metrics: Option<&crate::http::Metrics>,
 ) -> Option<Response> {
     let req = match item {
         Ok(req) => req,
         Err(invalid) => return Some(invalid),
     };
+    let started = Instant::now();
+    let method = req.method.clone();
     let route = Route {
         method: req.method,
         params: req.params,
         conn,
     };
-    let result = match gateway.send(Call(route)).await {
+    let sent = gateway.send(Call(route)).await;
+    if let Some(m) = metrics {
+        m.rpc(&method, started.elapsed());
+    }
+    let result = match sent {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(RpcError::from(e)),
         Err(e) => Err(RpcError::new(

@@ -75,6 +75,8 @@ pub struct Health {
     pub actors: Vec<ActorHealth>,
     pub agent: AgentHealth,
     pub executor: ExecutorHealth,
+    /// The HTTP API's base URL, when it serves (null when disabled or its bind failed).
+    pub http: Option<String>,
 }
 
 /// The agent CLI, as checked with `--version` at start.

@@ -96,6 +96,8 @@ impl Daemon {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path())
             .env("CCD_HOME", self.path())
+            // Tests run many daemons at once: no HTTP API unless a test asks for one.
+            .env("CCD_HTTP_ENABLED", "false")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -13,6 +13,7 @@
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
 //! | `events`      | the event bus: a query's events, filters, lagged subscribers, retention |
+//! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 
@@ -23,6 +24,7 @@ mod agent;
 mod cli;
 mod docs;
 mod events;
+mod http;
 mod lifecycle;
 mod protocol;
 mod resilience;

@@ -1,0 +1,572 @@
+//! The HTTP API (actix-web): `/health`, `/metrics` (Prometheus text), `/api/stats` and
+//! `/api/events` (Server-Sent Events from the bus).
+//!
+//! It is another front end to the same daemon: health and breaker state are asked of the
+//! GatewayActor exactly as an IPC client would ask, stats are read from SQLite, and events come
+//! from a bus subscription. It binds 127.0.0.1:3000 by default; a non-loopback address is
+//! refused at start unless `http.token` is set, and with a token every request must carry
+//! `Authorization: Bearer <token>`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use bytes::Bytes;
+use ccd_protocol::types::{self, ActorState, EventFilter, EventKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::eventbus::Bus;
+use crate::gateway::{ConnCtx, GatewayActor, Route};
+use crate::reader::Reader;
+use crate::store;
+use crate::supervise::Call;
+
+/// `[http]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// `IP:PORT`; port 0 picks a free one (reported by `system.health`).
+    pub bind: String,
+    /// Required for a non-loopback bind; when set, every request must send it as a bearer token.
+    pub token: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            bind: "127.0.0.1:3000".into(),
+            token: String::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let addr: SocketAddr = self.bind.parse().map_err(|_| {
+            format!(
+                "`http.bind` must be IP:PORT, e.g. 127.0.0.1:3000, not `{}`",
+                self.bind
+            )
+        })?;
+        if !addr.ip().is_loopback() && self.token.is_empty() {
+            return Err(format!(
+                "`http.bind` is {}, which is not a loopback address: set `http.token` to expose the API beyond this machine",
+                self.bind
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the daemon serves metrics from: counters fed by a bus subscription, plus RPC counts.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<MetricsInner>,
+}
+
+#[derive(Default)]
+struct MetricsInner {
+    queries: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+    tokens: BTreeMap<&'static str, u64>,
+    cost_usd: f64,
+    limiter_waits: u64,
+    query_seconds: Histogram,
+    rpc: BTreeMap<String, Histogram>,
+}
+
+/// A Prometheus histogram with fixed buckets (seconds).
+#[derive(Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+const QUERY_BUCKETS: &[f64] = &[0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const RPC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 10.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(QUERY_BUCKETS)
+    }
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(self.counts.iter_mut()) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            out.push_str(&format!("{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}\n"));
+        }
+        out.push_str(&format!(
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}\n",
+            self.count
+        ));
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        out.push_str(&format!(
+            "{name}_sum{braces} {}\n{name}_count{braces} {}\n",
+            self.sum, self.count
+        ));
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Metrics::default())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MetricsInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Count one RPC request (by registered method; anything else is `unknown`).
+    pub fn rpc(&self, method: &str, elapsed: std::time::Duration) {
+        let name = if ccd_protocol::methods::ALL_METHODS.contains(&method) {
+            method
+        } else {
+            "unknown"
+        };
+        self.lock()
+            .rpc
+            .entry(name.to_string())
+            .or_insert_with(|| Histogram::new(RPC_BUCKETS))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn event(&self, kind: &EventKind) {
+        let mut m = self.lock();
+        match kind {
+            EventKind::TurnCompleted {
+                status,
+                duration_ms,
+                ..
+            } => {
+                *m.queries.entry(status.clone()).or_default() += 1;
+                m.query_seconds.observe(*duration_ms as f64 / 1000.0);
+            }
+            EventKind::SessionError { class, .. } => {
+                *m.errors.entry(class.clone()).or_default() += 1
+            }
+            EventKind::TokensUsed { usage, .. } => {
+                *m.tokens.entry("input").or_default() += usage.input_tokens;
+                *m.tokens.entry("output").or_default() += usage.output_tokens;
+                *m.tokens.entry("cache_creation").or_default() += usage.cache_creation_input_tokens;
+                *m.tokens.entry("cache_read").or_default() += usage.cache_read_input_tokens;
+            }
+            EventKind::CostIncurred { cost_usd, .. } => m.cost_usd += cost_usd,
+            EventKind::LimiterThrottled { .. } => m.limiter_waits += 1,
+            _ => {}
+        }
+    }
+
+    /// Keep the counters fed from the bus for the daemon's life.
+    pub fn follow(self: Arc<Self>, bus: &Bus) {
+        let sub = bus.subscribe(u64::MAX, EventFilter::default(), 65_536);
+        let bus = bus.clone();
+        actix_rt::spawn(async move {
+            loop {
+                let (events, missed) = sub.next_batch().await;
+                if missed > 0 {
+                    tracing::warn!(missed, "metrics fell behind the event bus");
+                }
+                for e in events {
+                    self.event(&e.kind);
+                }
+                if sub.ended.is_cancelled() {
+                    bus.remove(sub.id);
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Shared by every HTTP handler.
+#[derive(Clone)]
+struct State {
+    gateway: Addr<GatewayActor>,
+    reader: Reader,
+    bus: Bus,
+    metrics: Arc<Metrics>,
+    token: Arc<str>,
+    started: Instant,
+}
+
+impl State {
+    /// Ask the gateway, as an IPC client would.
+    async fn call(&self, method: &str, params: Value) -> Result<Value, ccd_protocol::RpcError> {
+        let (tx, _rx) = mpsc::channel(1);
+        let conn = ConnCtx {
+            id: u64::MAX - 1,
+            outbound: tx,
+            closed: CancellationToken::new(),
+            subscriptions: Default::default(),
+        };
+        let route = Route {
+            method: method.into(),
+            params: Some(params),
+            conn,
+        };
+        match self.gateway.send(Call(route)).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(e) => Err(ccd_protocol::RpcError::internal(format!(
+                "the gateway is unavailable: {e}"
+            ))),
+        }
+    }
+
+    fn authorized(&self, req: &HttpRequest) -> bool {
+        if self.token.is_empty() {
+            return true;
+        }
+        let expected = format!("Bearer {}", self.token);
+        req.headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected)
+    }
+}
+
+fn unauthorized() -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header(("www-authenticate", "Bearer"))
+        .json(json!({"error": "missing or wrong bearer token (http.token)"}))
+}
+
+fn rpc_failure(e: ccd_protocol::RpcError) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({ "error": e }))
+}
+
+async fn health(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
+    if !st.authorized(&req) {
+        return unauthorized();
+    }
+    match st.call("system.health", json!({})).await {
+        Ok(h) => {
+            let failed: Vec<Value> = h["actors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["state"] == "failed")
+                .map(|a| json!({"actor": a["name"], "reason": a["reason"]}))
+                .collect();
+            let status = if failed.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let mut body = h;
+            body["failed"] = Value::Array(failed);
+            HttpResponse::build(status).json(body)
+        }
+        Err(e) => rpc_failure(e),
+    }
+}
+
+async fn prometheus(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
+    if !st.authorized(&req) {
+        return unauthorized();
+    }
+    let health = st.call("system.health", json!({})).await.ok();
+    let breakers = st.call("breaker.status", json!({})).await.ok();
+    let mut out = String::new();
+    {
+        let m = st.metrics.lock();
+        out.push_str("# HELP ccd_queries_total Agent queries finished, by status.\n# TYPE ccd_queries_total counter\n");
+        for status in ["ok", "error", "timeout", "cancelled", "refused"] {
+            let n = m.queries.get(status).copied().unwrap_or(0);
+            out.push_str(&format!("ccd_queries_total{{status=\"{status}\"}} {n}\n"));
+        }
+        out.push_str("# HELP ccd_query_errors_total Failed or refused queries, by error class.\n# TYPE ccd_query_errors_total counter\n");
+        for class in ["retryable", "non_retryable", "unavailable", "refused"] {
+            let n = m.errors.get(class).copied().unwrap_or(0);
+            out.push_str(&format!(
+                "ccd_query_errors_total{{class=\"{class}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP ccd_tokens_total Tokens used by agents, by kind.\n# TYPE ccd_tokens_total counter\n");
+        for kind in ["input", "output", "cache_creation", "cache_read"] {
+            out.push_str(&format!(
+                "ccd_tokens_total{{kind=\"{kind}\"}} {}\n",
+                m.tokens.get(kind).copied().unwrap_or(0)
+            ));
+        }
+        out.push_str("# HELP ccd_cost_usd_total Cost reported by agents, in USD.\n# TYPE ccd_cost_usd_total counter\n");
+        out.push_str(&format!("ccd_cost_usd_total {}\n", m.cost_usd));
+        out.push_str("# HELP ccd_limiter_waits_total Queries the rate limiter made wait.\n# TYPE ccd_limiter_waits_total counter\n");
+        out.push_str(&format!("ccd_limiter_waits_total {}\n", m.limiter_waits));
+        out.push_str("# HELP ccd_query_duration_seconds Agent query latency.\n# TYPE ccd_query_duration_seconds histogram\n");
+        m.query_seconds
+            .render(&mut out, "ccd_query_duration_seconds", "");
+        out.push_str("# HELP ccd_rpc_requests_total JSON-RPC requests, by method.\n# TYPE ccd_rpc_requests_total counter\n");
+        for (method, h) in &m.rpc {
+            out.push_str(&format!(
+                "ccd_rpc_requests_total{{method=\"{}\"}} {}\n",
+                escape(method),
+                h.count
+            ));
+        }
+        out.push_str("# HELP ccd_rpc_duration_seconds JSON-RPC request latency, by method.\n# TYPE ccd_rpc_duration_seconds histogram\n");
+        for (method, h) in &m.rpc {
+            h.render(
+                &mut out,
+                "ccd_rpc_duration_seconds",
+                &format!("method=\"{}\"", escape(method)),
+            );
+        }
+    }
+    if let Some(h) = &health {
+        out.push_str("# HELP ccd_actor_restarts_total Restarts of each supervised actor.\n# TYPE ccd_actor_restarts_total counter\n");
+        for a in h["actors"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "ccd_actor_restarts_total{{actor=\"{}\"}} {}\n",
+                escape(a["name"].as_str().unwrap_or("")),
+                a["restarts"].as_u64().unwrap_or(0)
+            ));
+        }
+        out.push_str("# HELP ccd_actor_up 1 when the actor runs, 0 when restarting or failed.\n# TYPE ccd_actor_up gauge\n");
+        for a in h["actors"].as_array().into_iter().flatten() {
+            let up = u8::from(a["state"] == ActorState::Running.as_str());
+            out.push_str(&format!(
+                "ccd_actor_up{{actor=\"{}\"}} {up}\n",
+                escape(a["name"].as_str().unwrap_or(""))
+            ));
+        }
+        out.push_str("# HELP ccd_executor_busy Executors running an agent.\n# TYPE ccd_executor_busy gauge\n");
+        out.push_str(&format!(
+            "ccd_executor_busy {}\n",
+            h["executor"]["busy"].as_u64().unwrap_or(0)
+        ));
+        out.push_str("# HELP ccd_executor_queued Queries waiting for an executor.\n# TYPE ccd_executor_queued gauge\n");
+        out.push_str(&format!(
+            "ccd_executor_queued {}\n",
+            h["executor"]["queued"].as_u64().unwrap_or(0)
+        ));
+    }
+    if let Some(b) = &breakers {
+        out.push_str("# HELP ccd_breaker_state Circuit breaker state: 0 closed, 1 half-open, 2 open.\n# TYPE ccd_breaker_state gauge\n");
+        for br in b["breakers"].as_array().into_iter().flatten() {
+            let v = match br["state"].as_str() {
+                Some("OPEN") => 2,
+                Some("HALF_OPEN") => 1,
+                _ => 0,
+            };
+            out.push_str(&format!(
+                "ccd_breaker_state{{key=\"{}\"}} {v}\n",
+                escape(br["key"].as_str().unwrap_or(""))
+            ));
+        }
+    }
+    out.push_str("# HELP ccd_uptime_seconds Time since the daemon started.\n# TYPE ccd_uptime_seconds gauge\n");
+    out.push_str(&format!(
+        "ccd_uptime_seconds {}\n",
+        st.started.elapsed().as_secs_f64()
+    ));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(out)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[derive(Deserialize)]
+struct StatsQuery {
+    since: Option<String>,
+    project: Option<String>,
+}
+
+async fn api_stats(
+    req: HttpRequest,
+    st: web::Data<State>,
+    q: web::Query<StatsQuery>,
+) -> HttpResponse {
+    if !st.authorized(&req) {
+        return unauthorized();
+    }
+    let since = q.since.clone().unwrap_or_else(|| "7d".into());
+    let since_ms = match crate::gateway::validate::since("since", &since) {
+        Ok(ms) => ms,
+        Err(e) => return HttpResponse::BadRequest().json(json!({ "error": e })),
+    };
+    let project = q.project.clone();
+    let stats = st
+        .reader
+        .read("reading stats", move |c| {
+            store::stats(c, since_ms, project.as_deref())
+        })
+        .await;
+    match stats {
+        Ok(stats) => HttpResponse::Ok().json(json!({
+            "stats": stats,
+            "machine": machine(st.started),
+        })),
+        Err(e) => HttpResponse::InternalServerError().json(json!({ "error": e.to_string() })),
+    }
+}
+
+/// Uptime, resident memory and CPU time of the daemon process (from /proc).
+fn machine(started: Instant) -> Value {
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        });
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
+    let cpu_s = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        });
+    json!({
+        "uptime_s": started.elapsed().as_secs_f64(),
+        "rss_bytes": rss_kib.map(|k| k * 1024),
+        "cpu_seconds": cpu_s,
+    })
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    types: Option<String>,
+}
+
+async fn api_events(
+    req: HttpRequest,
+    st: web::Data<State>,
+    q: web::Query<EventsQuery>,
+) -> HttpResponse {
+    if !st.authorized(&req) {
+        return unauthorized();
+    }
+    let types: Option<Vec<String>> = q.types.as_ref().map(|t| {
+        t.split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    if let Some(bad) = types
+        .iter()
+        .flatten()
+        .find(|t| !types::EVENT_TYPES.contains(&t.as_str()))
+    {
+        return HttpResponse::BadRequest()
+            .json(json!({ "error": format!("unknown event type `{bad}`") }));
+    }
+    let sub = st.bus.subscribe(
+        u64::MAX - 2,
+        EventFilter {
+            types,
+            ..Default::default()
+        },
+        4096,
+    );
+    let bus = st.bus.clone();
+    let stream = futures_util::stream::unfold((sub, bus), |(sub, bus)| async move {
+        let (events, missed) = sub.next_batch().await;
+        let mut chunk = String::new();
+        if missed > 0 {
+            chunk.push_str(&format!(
+                "event: lagged\ndata: {}\n\n",
+                json!({ "missed": missed })
+            ));
+        }
+        for e in events {
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            chunk.push_str(&format!(
+                "id: {}\nevent: {}\ndata: {data}\n\n",
+                e.seq,
+                e.kind.type_name()
+            ));
+        }
+        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), (sub, bus)))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
+}
+
+/// Bind and serve; returns the bound address. The server runs until the system stops.
+pub fn start(
+    cfg: &HttpConfig,
+    gateway: Addr<GatewayActor>,
+    reader: Reader,
+    bus: Bus,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context as _;
+    let state = State {
+        gateway,
+        reader,
+        bus,
+        metrics,
+        token: Arc::from(cfg.token.as_str()),
+        started: Instant::now(),
+    };
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(prometheus))
+            .route("/api/stats", web::get().to(api_stats))
+            .route("/api/events", web::get().to(api_events))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(&cfg.bind)
+    .with_context(|| format!("binding the HTTP API to {}", cfg.bind))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the HTTP server bound no address")?;
+    actix_rt::spawn(server.run());
+    Ok(addr)
+}

@@ -1,0 +1,204 @@
+//! The HTTP API: /health (and its 503), /metrics as Prometheus text, /api/stats, /api/events
+//! as Server-Sent Events, the bearer token, and the refusal of a non-loopback bind without one.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+fn http_daemon(extra_config: &str) -> (Daemon, String) {
+    let d = Daemon::builder()
+        .fault_injection()
+        .env("CCD_HTTP_ENABLED", "true")
+        .config(&format!("[http]\nbind = \"127.0.0.1:0\"\n{extra_config}"))
+        .start();
+    let url = d.call("system.health", json!({})).unwrap()["http"]
+        .as_str()
+        .expect("the API's URL in system.health")
+        .to_string();
+    let addr = url.trim_start_matches("http://").to_string();
+    (d, addr)
+}
+
+/// A GET with `Connection: close`: (status, headers, body).
+fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+#[test]
+fn health_is_200_and_503_when_an_actor_fails() {
+    let (d, addr) = http_daemon(
+        "[supervisor]\nmax_restarts = 1\nwindow_ms = 600000\nbackoff_initial_ms = 600000\nbackoff_max_ms = 600000\n",
+    );
+    let (status, head, body) = get(&addr, "/health", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/json")
+    );
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        h["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "writer")
+    );
+    for _ in 0..2 {
+        d.call("debug.crash", json!({"actor": "writer"}))
+            .unwrap_err();
+    }
+    let (status, _, body) = get(&addr, "/health", None);
+    assert_eq!(status, 503, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["failed"][0]["actor"], "writer");
+    assert!(
+        h["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restarted")
+    );
+}
+
+#[test]
+fn metrics_are_prometheus_text() {
+    let (d, addr) = http_daemon("");
+    for _ in 0..3 {
+        d.call("system.ping", json!({})).unwrap();
+    }
+    d.call("debug.crash", json!({"actor": "gateway"}))
+        .unwrap_err();
+    let (status, head, body) = get(&addr, "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    // Every line is a comment or `name{labels} value` with a number.
+    let mut names = std::collections::HashSet::new();
+    for line in body.lines() {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number in {line:?}");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {line:?}"
+            );
+        }
+        names.insert(name.to_string());
+    }
+    for expected in [
+        "ccd_queries_total",
+        "ccd_tokens_total",
+        "ccd_cost_usd_total",
+        "ccd_actor_restarts_total",
+        "ccd_query_duration_seconds_bucket",
+        "ccd_rpc_requests_total",
+        "ccd_rpc_duration_seconds_bucket",
+        "ccd_limiter_waits_total",
+    ] {
+        assert!(
+            names.contains(expected),
+            "{expected} missing from /metrics:\n{body}"
+        );
+    }
+    let pings = body
+        .lines()
+        .find(|l| l.starts_with("ccd_rpc_requests_total{method=\"system.ping\"}"))
+        .unwrap();
+    assert!(
+        pings.ends_with(" 3") || pings.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 3,
+        "{pings}"
+    );
+    assert!(
+        body.contains("ccd_actor_restarts_total{actor=\"gateway\"} 1"),
+        "{body}"
+    );
+}
+
+#[test]
+fn stats_and_events_over_http() {
+    let (d, addr) = http_daemon("");
+    let (status, _, body) = get(&addr, "/api/stats?since=1d", None);
+    assert_eq!(status, 200, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["stats"]["totals"]["queries"], 0);
+    assert!(s["machine"]["rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(s["machine"]["uptime_s"].as_f64().is_some());
+    assert_eq!(get(&addr, "/api/stats?since=whenever", None).0, 400);
+
+    // Server-Sent Events: the stream stays open and carries the bus's events.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /api/events?types=session.created HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let created = d.call("session.create", json!({})).unwrap();
+    let mut saw = false;
+    while !saw {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the event stream ended"
+        );
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let e: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(e["type"], "session.created");
+            saw = e["session_id"] == created["id"];
+        }
+    }
+    assert_eq!(get(&addr, "/api/events?types=bogus", None).0, 400);
+}
+
+#[test]
+fn a_token_guards_every_request() {
+    let (_d, addr) = http_daemon("token = \"s3cret\"\n");
+    assert_eq!(get(&addr, "/health", None).0, 401);
+    assert_eq!(get(&addr, "/metrics", Some("wrong")).0, 401);
+    assert_eq!(get(&addr, "/health", Some("s3cret")).0, 200);
+}
+
+#[test]
+fn a_non_loopback_bind_without_a_token_refuses_to_start() {
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .config("[http]\nbind = \"0.0.0.0:0\"\n")
+        .prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.bind") && err.contains("http.token"),
+        "{err}"
+    );
+}
