@@ -121,6 +121,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live terminal dashboard: actor health, queries in flight, live events, cost and tokens
+    /// today, breakers and limits.
+    Tui,
 }
 
 #[derive(Debug, Subcommand)]
@@ -518,6 +521,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             Ok(exit::OK)
         }
+        Command::Tui => crate::tui::run(&home),
         Command::Config(ConfigCmd::Show { json, set }) => {
             let rows = ccd_actors::Config::explain(&home.root, &set)?;
             if json {

@@ -12,6 +12,7 @@ mod daemon;
 mod home;
 mod logging;
 mod table;
+mod tui;
 
 use std::process::ExitCode;
 

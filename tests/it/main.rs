@@ -16,6 +16,7 @@
 //! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
+//! | `tui`         | `ccd tui` in tmux: panels, live events, daemon down and back, keys    |
 
 mod common;
 mod mock_api;
@@ -29,4 +30,5 @@ mod lifecycle;
 mod protocol;
 mod resilience;
 mod supervision;
+mod tui;
 mod writes;
