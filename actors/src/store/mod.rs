@@ -563,7 +563,9 @@ mod tests {
         let names: Vec<_> = models.tables.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            ["backups", "events", "projects", "sessions", "settings", "turns"]
+            [
+                "backups", "events", "projects", "sessions", "settings", "turns"
+            ]
         );
         let proj = models.tables.iter().find(|t| t.name == "projects").unwrap();
         let created = proj
