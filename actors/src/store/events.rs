@@ -68,13 +68,47 @@ pub fn events(
     types: &[String],
     limit: u32,
 ) -> anyhow::Result<Vec<Event>> {
+    select_events(conn, Order::OldestFirst, after_seq, since_ms, types, limit)
+}
+
+/// The newest `limit` events (of the given types, newer than `since_ms`), oldest first.
+pub fn recent_events(
+    conn: &Connection,
+    since_ms: i64,
+    types: &[String],
+    limit: u32,
+) -> anyhow::Result<Vec<Event>> {
+    let mut newest = select_events(conn, Order::NewestFirst, 0, since_ms, types, limit)?;
+    newest.reverse();
+    Ok(newest)
+}
+
+/// Which end of the log a listing starts from.
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+/// The one query behind both listings.
+fn select_events(
+    conn: &Connection,
+    order: Order,
+    after_seq: u64,
+    since_ms: i64,
+    types: &[String],
+    limit: u32,
+) -> anyhow::Result<Vec<Event>> {
     let types_json = serde_json::to_string(types)?;
-    let mut st = conn.prepare_cached(
+    let direction = match order {
+        Order::OldestFirst => "ASC",
+        Order::NewestFirst => "DESC",
+    };
+    let mut st = conn.prepare_cached(&format!(
         "SELECT data FROM events
          WHERE seq > ?1 AND ts >= ?2
            AND (json_array_length(?3) = 0 OR type IN (SELECT value FROM json_each(?3)))
-         ORDER BY seq LIMIT ?4",
-    )?;
+         ORDER BY seq {direction} LIMIT ?4"
+    ))?;
     let rows = st.query_map(
         params![after_seq as i64, since_ms, types_json, limit],
         |r| r.get::<_, String>(0),
@@ -86,31 +120,5 @@ pub fn events(
             out.push(e);
         }
     }
-    Ok(out)
-}
-
-/// The newest `limit` events (of the given types, newer than `since_ms`), oldest first.
-pub fn recent_events(
-    conn: &Connection,
-    since_ms: i64,
-    types: &[String],
-    limit: u32,
-) -> anyhow::Result<Vec<Event>> {
-    let types_json = serde_json::to_string(types)?;
-    let mut st = conn.prepare_cached(
-        "SELECT data FROM events
-         WHERE ts >= ?1 AND (json_array_length(?2) = 0 OR type IN (SELECT value FROM json_each(?2)))
-         ORDER BY seq DESC LIMIT ?3",
-    )?;
-    let rows = st.query_map(params![since_ms, types_json, limit], |r| {
-        r.get::<_, String>(0)
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        if let Ok(e) = serde_json::from_str::<Event>(&row?) {
-            out.push(e);
-        }
-    }
-    out.reverse();
     Ok(out)
 }
