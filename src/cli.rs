@@ -567,6 +567,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
         }
         DaemonCmd::Status { json } => {
             let health = match Client::connect(home)
+                .map(|c| c.with_timeout(Duration::from_secs(10)))
                 .and_then(|mut c| c.call::<m::SystemHealth>(&NoParams {}))
             {
                 Ok(h) => h,

@@ -59,6 +59,15 @@ impl Client {
         }
     }
 
+    /// Give up on a reply after `timeout` (for calls that must not hang on a stuck daemon).
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        use interprocess::local_socket::traits::Stream as _;
+        if let Err(e) = self.reader.get_ref().set_recv_timeout(Some(timeout)) {
+            tracing::debug!("setting a receive timeout: {e}");
+        }
+        self
+    }
+
     /// Connect, starting the daemon first when it is not running and `autostart` allows.
     pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
         match Client::connect(home) {

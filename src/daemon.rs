@@ -429,18 +429,21 @@ pub fn start(
 
 /// `ccd daemon stop`: ask the daemon to stop and wait until it has exited.
 pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
-    let pid = match Client::connect(home) {
+    let pid = match Client::connect(home).map(|c| c.with_timeout(Duration::from_secs(10))) {
         Ok(mut client) => {
             let pid = client
                 .call::<m::SystemHealth>(&NoParams {})
                 .ok()
                 .map(|h| h.pid);
             match client.call::<m::SystemShutdown>(&NoParams {}) {
-                Ok(_) | Err(CallError::NotRunning(_)) => pid,
-                // The gateway cannot take the request (failed, restarting): signal instead.
-                Err(CallError::Rpc(e)) => {
-                    tracing::debug!("system.shutdown failed ({e}); sending SIGTERM");
-                    Some(terminate_locked(home)?)
+                Ok(_) => pid,
+                // The gateway cannot take the request (failed, restarting, stuck): signal
+                // instead, if a daemon still holds the lock.
+                Err(CallError::Rpc(_) | CallError::NotRunning(_)) => {
+                    match PidLock::probe(&home.pid_file()) {
+                        None => pid,
+                        Some(_) => Some(terminate_locked(home)?),
+                    }
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context("asking the daemon to stop")),
             }
