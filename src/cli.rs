@@ -83,6 +83,9 @@ enum Command {
     Session(crate::agent_cmd::SessionCmd),
     /// Run many prompts through the executor pool, with progress; results as JSONL.
     Batch(crate::agent_cmd::BatchArgs),
+    /// Agent definitions (Claude Code subagents), kept sealed by the daemon.
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// The rate limiter: limits in force and every key's state.
     #[command(subcommand)]
     Limiter(LimiterCmd),
@@ -124,6 +127,22 @@ enum Command {
     /// A live terminal dashboard: actor health, queries in flight, live events, cost and tokens
     /// today, breakers and limits.
     Tui,
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCmd {
+    /// Import a directory of subagent .md files, or a JSON bundle; all or nothing.
+    Import { path: PathBuf },
+    /// List agent definitions.
+    List(ListArgs),
+    /// Print one definition as its subagent file.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a definition.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +322,56 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Query(args) => crate::agent_cmd::query(&home, autostart, args),
         Command::Session(cmd) => crate::agent_cmd::session(&home, autostart, cmd),
         Command::Batch(args) => crate::agent_cmd::batch(&home, autostart, args),
+        Command::Agent(cmd) => {
+            let mut client = Client::connect_or_start(&home, autostart)?;
+            match cmd {
+                AgentCmd::Import { path } => {
+                    let path = std::path::absolute(&path)
+                        .with_context(|| format!("resolving {}", path.display()))?;
+                    let r = client.call::<m::AgentImport>(&types::AgentImport {
+                        path: path.to_string_lossy().into_owned(),
+                    })?;
+                    outln!(
+                        "imported {} agent(s): {}",
+                        r.imported.len(),
+                        r.imported.join(", ")
+                    );
+                    if !r.replaced.is_empty() {
+                        outln!("replaced: {}", r.replaced.join(", "));
+                    }
+                }
+                AgentCmd::List(args) => {
+                    let list = client.call::<m::AgentList>(&NoParams {})?;
+                    if args.json {
+                        print_json(&list.agents)?;
+                    } else {
+                        let mut t = Table::new(["NAME", "MODEL", "TOOLS", "DESCRIPTION"]);
+                        for a in list.agents {
+                            t.row([
+                                a.name,
+                                a.model.unwrap_or_else(|| "-".into()),
+                                a.tools.join(","),
+                                a.description,
+                            ]);
+                        }
+                        t.print_or_empty(&mut std::io::stdout().lock(), "no agents")?;
+                    }
+                }
+                AgentCmd::Show { name, json } => {
+                    let d = client.call::<m::AgentGet>(&types::AgentName { name })?;
+                    if json {
+                        print_json(&d.agent)?;
+                    } else {
+                        write!(std::io::stdout().lock(), "{}", d.markdown)?;
+                    }
+                }
+                AgentCmd::Rm { name } => {
+                    let d = client.call::<m::AgentDelete>(&types::AgentName { name })?;
+                    outln!("removed agent {}", d.name);
+                }
+            }
+            Ok(exit::OK)
+        }
         Command::Limiter(LimiterCmd::Status { json }) => {
             let st = Client::connect(&home)?.call::<m::LimiterStatus>(&NoParams {})?;
             if json {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use anyhow::{Context as _, bail};
+use ccd_actors::agents::AgentService;
 use ccd_actors::config::SessionConfig;
 use ccd_actors::eventbus::{Bus, EventBusActor, FlushEvents, supervision_publisher};
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
@@ -194,6 +195,9 @@ async fn serve(
     }));
     let http_url = info.clone();
     let reader_for_http = reader.clone();
+    let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
+        .context("loading the master key")?;
+    let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key));
     let gateway = GatewayActor::new(
         health.register("gateway"),
         writer.clone(),
@@ -201,6 +205,7 @@ async fn serve(
         query,
         agent.clone(),
         info,
+        agents,
     );
     let gateway = gateway.with_eventbus(eventbus.clone());
     let gateway = Supervisor::start(move |_| gateway);

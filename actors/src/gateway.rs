@@ -84,6 +84,7 @@ pub struct GatewayActor {
     discover: Value,
     /// For `debug.crash eventbus`; set once the bus actor runs.
     eventbus: Option<Addr<crate::eventbus::EventBusActor>>,
+    agents: crate::agents::AgentService,
 }
 
 supervised!(GatewayActor);
@@ -96,6 +97,7 @@ impl GatewayActor {
         query: QueryService,
         agent: SharedProbe,
         info: Arc<DaemonInfo>,
+        agents: crate::agents::AgentService,
     ) -> Self {
         // Built once at start: describe and discover are the same for the daemon's whole life.
         let methods = ccd_protocol::registry(info.fault_injection);
@@ -117,6 +119,7 @@ impl GatewayActor {
             describe,
             discover,
             eventbus: None,
+            agents,
         }
     }
 
@@ -446,6 +449,56 @@ impl GatewayActor {
         })
     }
 
+    /// `agent.*`, `orchestrator.*`, `hooks.*`.
+    fn agents(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        use crate::agents::{HOOKS_FILE, RULES_FILE};
+        let a = self.agents.clone();
+        Some(match method {
+            m::AgentImport::NAME => later::<m::AgentImport, _>(p, move |p| a.import(p.path)),
+            m::AgentList::NAME => later::<m::AgentList, _>(p, move |_| async move {
+                let agents = a
+                    .all()
+                    .await?
+                    .into_iter()
+                    .map(|d| types::AgentSummary {
+                        name: d.name,
+                        description: d.description,
+                        tools: d.tools,
+                        model: d.model,
+                    })
+                    .collect();
+                Ok(types::AgentList { agents })
+            }),
+            m::AgentGet::NAME => later::<m::AgentGet, _>(p, move |p| a.get(p.name)),
+            m::AgentDelete::NAME => later::<m::AgentDelete, _>(p, move |p| a.delete(p.name)),
+            m::OrchestratorSetRules::NAME => {
+                later::<m::OrchestratorSetRules, _>(p, move |p| async move {
+                    Ok(types::Rules {
+                        rules: a.set_doc(RULES_FILE, p.rules).await?,
+                    })
+                })
+            }
+            m::OrchestratorGetRules::NAME => {
+                later::<m::OrchestratorGetRules, _>(p, move |_| async move {
+                    Ok(types::Rules {
+                        rules: a.get_doc(RULES_FILE).await?,
+                    })
+                })
+            }
+            m::HooksSet::NAME => later::<m::HooksSet, _>(p, move |p| async move {
+                Ok(types::Hooks {
+                    hooks: a.set_doc(HOOKS_FILE, p.hooks).await?,
+                })
+            }),
+            m::HooksGet::NAME => later::<m::HooksGet, _>(p, move |_| async move {
+                Ok(types::Hooks {
+                    hooks: a.get_doc(HOOKS_FILE).await?,
+                })
+            }),
+            _ => return None,
+        })
+    }
+
     /// `event.*`.
     fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
         let bus = self.query.bus().clone();
@@ -613,6 +666,7 @@ impl Handle<Route> for GatewayActor {
             "query" | "session" => self.query(&method, params, conn),
             "limiter" | "breaker" => self.resilience(&method, params),
             "event" => self.events(&method, params, conn),
+            "agent" | "orchestrator" | "hooks" => self.agents(&method, params),
             _ => None,
         };
         reply.unwrap_or_else(|| {
@@ -961,6 +1015,11 @@ mod tests {
             dir.path().into(),
         );
         let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
+        let agents = crate::agents::AgentService::new(
+            writer.clone(),
+            reader.clone(),
+            Arc::new(crate::seal::MasterKey::generate()),
+        );
         let gw = GatewayActor::new(
             health.register("gateway"),
             writer,
@@ -968,6 +1027,7 @@ mod tests {
             query,
             probe,
             info,
+            agents,
         );
         let gw = Supervisor::start(move |_| gw);
         let (tx, _rx) = mpsc::channel(1);

@@ -13,6 +13,7 @@
 //! Architecture invariants: only the WriterActor opens a write connection; only [`server`]
 //! touches the socket; actors never call each other's methods directly, only send messages.
 
+pub mod agents;
 pub mod config;
 pub mod error;
 pub mod eventbus;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod query;
 pub mod reader;
 pub mod resilience;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod supervise;

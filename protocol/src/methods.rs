@@ -109,6 +109,22 @@ methods! {
     EventUnsubscribe = "event.unsubscribe", types::Unsubscribe => types::Unsubscribed;
     /// Events from the persisted log, oldest first.
     EventList = "event.list", types::EventListParams => types::EventList;
+    /// Import agent definitions (a directory of subagent .md files or a JSON bundle), sealed at rest; all or nothing.
+    AgentImport = "agent.import", types::AgentImport => types::AgentImported;
+    /// Every agent definition: name, description, tools, model.
+    AgentList = "agent.list", types::NoParams => types::AgentList;
+    /// One agent definition, with its subagent file.
+    AgentGet = "agent.get", types::AgentName => types::AgentDetail;
+    /// Remove an agent definition.
+    AgentDelete = "agent.delete", types::AgentName => types::AgentDeleted;
+    /// Set the orchestration rules (sealed at rest).
+    OrchestratorSetRules = "orchestrator.set_rules", types::RulesSet => types::Rules;
+    /// The orchestration rules (null when never set).
+    OrchestratorGetRules = "orchestrator.get_rules", types::NoParams => types::Rules;
+    /// Set the hooks (sealed at rest).
+    HooksSet = "hooks.set", types::HooksSet => types::Hooks;
+    /// The hooks (null when never set).
+    HooksGet = "hooks.get", types::NoParams => types::Hooks;
 }
 
 fn generator() -> schemars::SchemaGenerator {

@@ -977,3 +977,97 @@ pub struct Stats {
     pub rows: Vec<StatsRow>,
     pub totals: StatsRow,
 }
+
+// ---------------------------------------------------------------------------------------------
+// agents, orchestrator, hooks
+
+/// A Claude Code subagent definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    /// 1 to 64 of a-z, 0-9, `-`, `_`.
+    pub name: String,
+    pub description: String,
+    /// Tools the agent may use.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The system prompt (the file's body).
+    #[schemars(extend("x-hint" = "text"))]
+    pub prompt: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentImport {
+    /// A directory of subagent `.md` files, or a JSON bundle `{"agents": [...]}`; absolute.
+    #[schemars(extend("x-hint" = "path"))]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentImported {
+    /// Every name imported (all or none).
+    pub imported: Vec<String>,
+    /// Those among them that replaced an existing definition.
+    pub replaced: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentSummary {
+    pub name: String,
+    pub description: String,
+    pub tools: Vec<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentName {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentDetail {
+    pub agent: AgentDef,
+    /// The definition as a Claude Code subagent file.
+    #[schemars(extend("x-hint" = "text"))]
+    pub markdown: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentDeleted {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RulesSet {
+    /// Orchestration rules: any JSON document.
+    pub rules: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Rules {
+    /// Null when never set.
+    pub rules: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSet {
+    /// Hooks: any JSON document.
+    pub hooks: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Hooks {
+    /// Null when never set.
+    pub hooks: serde_json::Value,
+}

@@ -9,6 +9,7 @@
 //! | `protocol`    | every error code, batches, notifications, pipelining, limits, bad input |
 //! | `writes`      | concurrent writers, group commit isolation, backups, direct reads     |
 //! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
+//! | `agents`      | agent definitions: import, sealing at rest, wrong key                |
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
@@ -22,6 +23,7 @@ mod common;
 mod mock_api;
 
 mod agent;
+mod agents;
 mod cli;
 mod docs;
 mod events;

@@ -19,8 +19,10 @@ use crate::config::WriterConfig;
 use crate::error::ActorError;
 
 mod events;
+mod sealed;
 mod sessions;
 pub use events::*;
+pub use sealed::*;
 pub use sessions::*;
 
 /// Versioned migrations; `PRAGMA user_version` holds how many have run. Append only.
@@ -96,6 +98,13 @@ const MIGRATIONS: &[M<'static>] = &[
         data TEXT NOT NULL
     ) STRICT;
     CREATE INDEX events_by_time ON events (ts);",
+    ),
+    M::up(
+        "CREATE TABLE sealed (
+        name TEXT PRIMARY KEY NOT NULL,
+        blob BLOB NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;",
     ),
 ];
 

@@ -1,0 +1,224 @@
+//! Agent definitions, orchestration rules and hooks: import (all or nothing), list, show,
+//! remove, and sealing at rest: no plaintext of a definition anywhere under CCD_HOME.
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const SECRET: &str = "zebra-quartz-7731 is the reviewer's secret instruction";
+
+fn agent_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviewer.md"),
+        format!("---\nname: reviewer\ndescription: Reviews diffs\ntools: Read, Grep\nmodel: sonnet\n---\n\n{SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("writer.md"),
+        "---\nname: writer\ndescription: Writes docs\n---\nWrite clearly.\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Every file under `root` whose bytes contain `needle`.
+fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file()
+                && let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(path.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn import_list_show_remove_and_nothing_in_plain_text_at_rest() {
+    let d = Daemon::start();
+    let dir = agent_dir();
+    let out = d.ccd_ok(&["agent", "import", dir.path().to_str().unwrap()]);
+    assert!(out.contains("imported 2 agent(s)"), "{out}");
+    let list: Value = serde_json::from_str(&d.ccd_ok(&["agent", "list", "--json"])).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["reviewer", "writer"]);
+    let shown = d.ccd_ok(&["agent", "show", "reviewer"]);
+    assert!(
+        shown.starts_with("---\nname: reviewer\n") && shown.contains(SECRET),
+        "{shown}"
+    );
+    let got = d.call("agent.get", json!({"name": "reviewer"})).unwrap();
+    assert_eq!(got["agent"]["tools"], json!(["Read", "Grep"]));
+
+    // Re-importing replaces; rules and hooks round-trip.
+    let again = d.call("agent.import", json!({"path": dir.path()})).unwrap();
+    assert_eq!(again["replaced"], json!(["reviewer", "writer"]));
+    d.call(
+        "orchestrator.set_rules",
+        json!({"rules": {"route": [{"match": "review", "agent": "reviewer", "note": SECRET}]}}),
+    )
+    .unwrap();
+    assert_eq!(
+        d.call("orchestrator.get_rules", json!({})).unwrap()["rules"]["route"][0]["agent"],
+        "reviewer"
+    );
+    assert_eq!(
+        d.call("hooks.get", json!({})).unwrap()["hooks"],
+        Value::Null
+    );
+    d.call("hooks.set", json!({"hooks": {"PreToolUse": []}}))
+        .unwrap();
+    assert_eq!(
+        d.call("hooks.get", json!({})).unwrap()["hooks"],
+        json!({"PreToolUse": []})
+    );
+
+    // Nothing under CCD_HOME holds the plaintext: not the database, its WAL, the logs, a backup.
+    d.call("backup.create", json!({})).unwrap();
+    d.stop();
+    let hits = files_containing(d.path(), SECRET.as_bytes());
+    assert!(
+        hits.is_empty(),
+        "plaintext of a sealed definition found in {hits:?}"
+    );
+    let key = std::fs::metadata(d.path().join("master.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+
+    d.ccd_ok(&["daemon", "start"]);
+    d.ccd_ok(&["agent", "rm", "writer"]);
+    assert_eq!(
+        code(&d.call("agent.get", json!({"name": "writer"})).unwrap_err()),
+        -32004
+    );
+    assert_eq!(
+        code(
+            &d.call("agent.delete", json!({"name": "writer"}))
+                .unwrap_err()
+        ),
+        -32004
+    );
+}
+
+#[test]
+fn a_bad_import_names_file_and_line_and_stores_nothing() {
+    let d = Daemon::start();
+    let dir = agent_dir();
+    std::fs::write(
+        dir.path().join("zz-bad.md"),
+        "---\nname: bad\ndescription: x\ncolour: red\n---\nhi\n",
+    )
+    .unwrap();
+    let e = d
+        .call("agent.import", json!({"path": dir.path()}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("zz-bad.md:4")
+            && msg.contains("unknown field `colour`")
+            && msg.contains("nothing stored"),
+        "{msg}"
+    );
+    assert!(
+        d.call("agent.list", json!({})).unwrap()["agents"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    std::fs::write(
+        dir.path().join("zz-bad.md"),
+        "---\nname: reviewer\ndescription: again\n---\nhi\n",
+    )
+    .unwrap();
+    let e = d
+        .call("agent.import", json!({"path": dir.path()}))
+        .unwrap_err();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate agent name `reviewer`"),
+        "{e}"
+    );
+
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(
+        &bundle,
+        r#"{"agents": [{"name": "j", "description": "d", "prompt": "p", "extra": 1}]}"#,
+    )
+    .unwrap();
+    let e = d.call("agent.import", json!({"path": bundle})).unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("bundle.json"),
+        "{e}"
+    );
+    std::fs::write(
+        &bundle,
+        r#"{"agents": [{"name": "j", "description": "d", "prompt": "p"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        d.call("agent.import", json!({"path": bundle})).unwrap()["imported"],
+        json!(["j"])
+    );
+    let e = d
+        .call("agent.import", json!({"path": "relative/dir"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602);
+}
+
+#[test]
+fn a_wrong_master_key_refuses_to_open_sealed_definitions() {
+    let key_a = "11".repeat(32);
+    let d = Daemon::builder().env("CCD_MASTER_KEY", &key_a).start();
+    let dir = agent_dir();
+    d.call("agent.import", json!({"path": dir.path()})).unwrap();
+    d.stop();
+    // The same home under another key: the definitions do not open.
+    let out = d
+        .command(&["daemon", "start"])
+        .env("CCD_MASTER_KEY", "22".repeat(32))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let e = d
+        .call("agent.get", json!({"name": "reviewer"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32603);
+    assert!(
+        e["message"].as_str().unwrap().contains("does not open"),
+        "{e}"
+    );
+    d.stop();
+    // A malformed key refuses the start, saying which.
+    let out = d
+        .command(&["daemon", "start"])
+        .env("CCD_MASTER_KEY", "not hex")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CCD_MASTER_KEY"),
+        "{}",
+        describe(&out)
+    );
+}
