@@ -403,7 +403,11 @@ mod tests {
                 "---\nname: Bad Name\ndescription: d\n---\nhi\n",
                 "a.md:2: `Bad Name` is not a valid agent name",
             ),
-            ("---\nname: x\ndescription: d\nhi\n", "not closed"),
+            (
+                "---\nname: x\ndescription: d\nhi\n",
+                "a.md:4: expected `key: value`, got `hi`",
+            ),
+            ("---\nname: x\ndescription: d\n", "not closed"),
         ] {
             let err = parse_markdown("a.md", text).unwrap_err();
             assert!(err.contains(needle), "{text:?}: {err}");

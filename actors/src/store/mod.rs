@@ -573,7 +573,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "backups", "events", "projects", "sessions", "settings", "turns"
+                "backups", "events", "projects", "sealed", "sessions", "settings", "turns"
             ]
         );
         let proj = models.tables.iter().find(|t| t.name == "projects").unwrap();
