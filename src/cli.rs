@@ -86,6 +86,17 @@ enum Command {
     /// Agent definitions (Claude Code subagents), kept sealed by the daemon.
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// The agent filesystem (read-only FUSE view of the sealed definitions).
+    #[command(subcommand)]
+    Vfs(VfsCmd),
+    /// Run the agent CLI here with ccd's agent filesystem: checks the daemon and the mount, sets
+    /// ORCHESTRATOR_* variables, then replaces itself with the agent.
+    #[command(after_help = "Example: ccd launch -- --model sonnet")]
+    Launch {
+        /// Arguments for the agent CLI.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The rate limiter: limits in force and every key's state.
     #[command(subcommand)]
     Limiter(LimiterCmd),
@@ -143,6 +154,17 @@ enum AgentCmd {
     },
     /// Remove a definition.
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum VfsCmd {
+    /// Whether the filesystem is mounted, where, and if not, why.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON inside a `*.sealed` file of this boot's filesystem (or a copy of one).
+    Unseal { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -322,6 +344,35 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Query(args) => crate::agent_cmd::query(&home, autostart, args),
         Command::Session(cmd) => crate::agent_cmd::session(&home, autostart, cmd),
         Command::Batch(args) => crate::agent_cmd::batch(&home, autostart, args),
+        Command::Vfs(VfsCmd::Status { json }) => {
+            let st = Client::connect(&home)?.call::<m::VfsStatus>(&NoParams {})?;
+            if json {
+                print_json(&st)?;
+            } else if st.mounted {
+                outln!("mounted at {}", st.mountpoint);
+            } else {
+                outln!(
+                    "not mounted ({}): {}",
+                    st.mountpoint,
+                    st.reason.unwrap_or_else(|| "unknown reason".into())
+                );
+            }
+            Ok(if st.mounted || !st.enabled {
+                exit::OK
+            } else {
+                exit::ERROR
+            })
+        }
+        Command::Vfs(VfsCmd::Unseal { file }) => {
+            let file = std::path::absolute(&file)
+                .with_context(|| format!("resolving {}", file.display()))?;
+            let v = Client::connect(&home)?.call::<m::VfsUnseal>(&types::VfsUnseal {
+                file: file.to_string_lossy().into_owned(),
+            })?;
+            print_json(&v)?;
+            Ok(exit::OK)
+        }
+        Command::Launch { args } => crate::launch::run(&home, autostart, args),
         Command::Agent(cmd) => {
             let mut client = Client::connect_or_start(&home, autostart)?;
             match cmd {

@@ -24,6 +24,7 @@ use ccd_actors::resilience::limiter::LimiterCore;
 use ccd_actors::resilience::{BreakerActor, LimiterActor, SharedLimits};
 use ccd_actors::store::ExpireSessions;
 use ccd_actors::supervise::HealthRegistry;
+use ccd_actors::vfs;
 use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
 use ccd_actors::{Call, Config};
 use ccd_protocol::methods as m;
@@ -137,6 +138,7 @@ async fn serve(
         shutdown: shutdown.clone(),
         subscriber_queue: config.events.subscriber_queue,
         http_url: Default::default(),
+        vfs: Default::default(),
     });
     let pool = ExecutorPool::new(
         &health,
@@ -198,6 +200,28 @@ async fn serve(
     let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
         .context("loading the master key")?;
     let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key));
+    // The agent filesystem: its view is rebuilt by the VfsActor, served by fuser's thread.
+    let snapshot: vfs::SharedSnapshot = Arc::default();
+    let boot_key = Arc::new(ccd_actors::seal::MasterKey::generate());
+    // The first view is complete before anything can read the mount.
+    let first = vfs::build(&agents, &boot_key).await;
+    if let Ok(mut s) = snapshot.write() {
+        *s = first;
+    }
+    let vfs_actor = vfs::VfsActor::new(
+        health.register("vfs"),
+        snapshot.clone(),
+        agents.clone(),
+        boot_key,
+        agents.changes(),
+    );
+    let vfs_actor = Supervisor::start(move |_| vfs_actor);
+    let mountpoint = if config.vfs.mountpoint.is_empty() {
+        home.root.join("vfs")
+    } else {
+        PathBuf::from(&config.vfs.mountpoint)
+    };
+    let vfs_info = info.clone();
     let gateway = GatewayActor::new(
         health.register("gateway"),
         writer.clone(),
@@ -208,7 +232,35 @@ async fn serve(
         agents,
     );
     let gateway = gateway.with_eventbus(eventbus.clone());
+    let gateway = gateway.with_vfs(vfs_actor.clone());
     let gateway = Supervisor::start(move |_| gateway);
+    let mut vfs_status = ccd_protocol::types::VfsStatus {
+        enabled: config.vfs.enabled,
+        mounted: false,
+        mountpoint: mountpoint.display().to_string(),
+        reason: (!config.vfs.enabled).then(|| "disabled (vfs.enabled = false)".to_string()),
+    };
+    // Held until the daemon stops: dropping it unmounts.
+    let vfs_session = if config.vfs.enabled {
+        match vfs::mount(&mountpoint, snapshot.clone()) {
+            Ok(session) => {
+                vfs_status.mounted = true;
+                tracing::info!(mountpoint = %mountpoint.display(), "agent filesystem mounted");
+                bus.publish(EventKind::VfsMounted {
+                    mountpoint: vfs_status.mountpoint.clone(),
+                });
+                Some(session)
+            }
+            Err(e) => {
+                tracing::warn!("agent filesystem not mounted: {e:#}");
+                vfs_status.reason = Some(format!("{e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let _ = vfs_info.vfs.set(vfs_status);
     let metrics = Metrics::new();
     metrics.clone().follow(&bus);
     if config.http.enabled {
@@ -253,6 +305,13 @@ async fn serve(
     )
     .await;
 
+    if let Some(session) = vfs_session {
+        vfs::unmount(&mountpoint, session);
+        bus.publish(EventKind::VfsUnmounted {
+            mountpoint: mountpoint.display().to_string(),
+        });
+        tracing::info!("agent filesystem unmounted");
+    }
     bus.publish(EventKind::DaemonStopping {
         pid: std::process::id(),
     });

@@ -10,6 +10,7 @@ mod cli;
 mod client;
 mod daemon;
 mod home;
+mod launch;
 mod logging;
 mod table;
 mod tui;

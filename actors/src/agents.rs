@@ -232,6 +232,8 @@ pub struct AgentService {
     writer: Addr<WriterActor>,
     reader: Reader,
     key: Arc<MasterKey>,
+    /// Told after every change (the VFS rebuilds its view).
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl AgentService {
@@ -240,7 +242,13 @@ impl AgentService {
             writer,
             reader,
             key,
+            changed: Default::default(),
         }
+    }
+
+    /// Notified after every change of definitions, rules or hooks.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     async fn write<O: store::WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
@@ -293,6 +301,7 @@ impl AgentService {
             items.push((file.clone(), self.seal_json(&file, &p.def)?));
         }
         let replaced = self.write(store::PutSealed { items }).await?;
+        self.changed.notify_one();
         let names: Vec<String> = parsed.iter().map(|p| p.def.name.clone()).collect();
         Ok(ccd_protocol::types::AgentImported {
             imported: names,
@@ -340,6 +349,7 @@ impl AgentService {
         if !removed {
             return Err(ActorError::NotFound(format!("no agent named `{name}`")));
         }
+        self.changed.notify_one();
         Ok(ccd_protocol::types::AgentDeleted { name })
     }
 
@@ -350,6 +360,7 @@ impl AgentService {
             items: vec![(file.to_string(), blob)],
         })
         .await?;
+        self.changed.notify_one();
         Ok(value)
     }
 

@@ -30,6 +30,7 @@ pub struct Config {
     pub retry: crate::resilience::RetryConfig,
     pub events: crate::eventbus::EventsConfig,
     pub http: crate::http::HttpConfig,
+    pub vfs: crate::vfs::VfsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

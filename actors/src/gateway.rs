@@ -47,6 +47,8 @@ pub struct DaemonInfo {
     pub subscriber_queue: usize,
     /// The HTTP API's base URL, once it serves.
     pub http_url: std::sync::OnceLock<String>,
+    /// The agent filesystem's state, once the mount was tried.
+    pub vfs: std::sync::OnceLock<types::VfsStatus>,
 }
 
 /// The connection a request came from: lets a method stream notifications back on it and
@@ -85,6 +87,7 @@ pub struct GatewayActor {
     /// For `debug.crash eventbus`; set once the bus actor runs.
     eventbus: Option<Addr<crate::eventbus::EventBusActor>>,
     agents: crate::agents::AgentService,
+    vfs_actor: Option<Addr<crate::vfs::VfsActor>>,
 }
 
 supervised!(GatewayActor);
@@ -120,7 +123,14 @@ impl GatewayActor {
             discover,
             eventbus: None,
             agents,
+            vfs_actor: None,
         }
+    }
+
+    /// Serve `vfs.unseal` (and `debug.crash vfs`) through the VfsActor.
+    pub fn with_vfs(mut self, addr: Addr<crate::vfs::VfsActor>) -> Self {
+        self.vfs_actor = Some(addr);
+        self
     }
 
     /// Let `debug.crash` reach the event bus actor.
@@ -190,6 +200,7 @@ impl GatewayActor {
                 agent,
                 executor,
                 http: info.http_url.get().cloned(),
+                vfs: info.vfs.get().cloned().unwrap_or_default(),
             })
         }
     }
@@ -259,6 +270,10 @@ impl GatewayActor {
             "executor" => Reply::later(crash(self.query.pool().clone(), actor.into())),
             "limiter" => Reply::later(crash(self.query.limiter().clone(), actor.into())),
             "breaker" => Reply::later(crash(self.query.breaker().clone(), actor.into())),
+            "vfs" => match &self.vfs_actor {
+                Some(addr) => Reply::later(crash(addr.clone(), actor.into())),
+                None => Reply::err(unknown_actor(actor)),
+            },
             "eventbus" => match &self.eventbus {
                 Some(addr) => Reply::later(crash(addr.clone(), actor.into())),
                 None => Reply::err(unknown_actor(actor)),
@@ -445,6 +460,31 @@ impl GatewayActor {
             m::SessionCleanup::NAME => {
                 later::<m::SessionCleanup, _>(p, move |p| q.cleanup_sessions(p.older_than_s))
             }
+            _ => return None,
+        })
+    }
+
+    /// `vfs.*`.
+    fn vfs(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        Some(match method {
+            m::VfsStatus::NAME => {
+                now::<m::VfsStatus>(p, |_| Ok(self.info.vfs.get().cloned().unwrap_or_default()))
+            }
+            m::VfsUnseal::NAME => match (parse_params::<m::VfsUnseal>(p), self.vfs_actor.clone()) {
+                (Ok(params), Some(vfs)) => Reply::later(async move {
+                    vfs.send(Call(crate::vfs::Unseal {
+                        path: params.file.into(),
+                    }))
+                    .await
+                    .unwrap_or_else(|_| Err(mailbox_closed("vfs")))
+                }),
+                (Ok(_), None) => Reply::err(ActorError::Unavailable {
+                    actor: "vfs".into(),
+                    state: ActorState::Failed,
+                    reason: "the agent filesystem is not running".into(),
+                }),
+                (Err(e), _) => Reply::err(e),
+            },
             _ => return None,
         })
     }
@@ -667,6 +707,7 @@ impl Handle<Route> for GatewayActor {
             "limiter" | "breaker" => self.resilience(&method, params),
             "event" => self.events(&method, params, conn),
             "agent" | "orchestrator" | "hooks" => self.agents(&method, params),
+            "vfs" => self.vfs(&method, params),
             _ => None,
         };
         reply.unwrap_or_else(|| {
@@ -715,7 +756,7 @@ async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber
 
 fn unknown_actor(name: &str) -> ActorError {
     RpcError::invalid_params(format!(
-        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N, limiter, breaker, eventbus)"
+        "invalid params for debug.crash: `actor`: unknown actor `{name}` (known: gateway, writer, executor, executor-N, limiter, breaker, eventbus, vfs)"
     ))
     .into()
 }
@@ -978,6 +1019,7 @@ mod tests {
             shutdown: CancellationToken::new(),
             subscriber_queue: 16,
             http_url: Default::default(),
+            vfs: Default::default(),
         });
         let pool =
             crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));

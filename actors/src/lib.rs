@@ -27,6 +27,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod vfs;
 pub mod writer;
 
 pub use config::Config;

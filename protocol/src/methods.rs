@@ -125,6 +125,10 @@ methods! {
     HooksSet = "hooks.set", types::HooksSet => types::Hooks;
     /// The hooks (null when never set).
     HooksGet = "hooks.get", types::NoParams => types::Hooks;
+    /// Whether the agent filesystem is mounted, where, and if not, why.
+    VfsStatus = "vfs.status", types::NoParams => types::VfsStatus;
+    /// Open a `*.sealed` file of this boot's agent filesystem and return its JSON.
+    VfsUnseal = "vfs.unseal", types::VfsUnseal => Value;
 }
 
 fn generator() -> schemars::SchemaGenerator {

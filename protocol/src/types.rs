@@ -77,6 +77,26 @@ pub struct Health {
     pub executor: ExecutorHealth,
     /// The HTTP API's base URL, when it serves (null when disabled or its bind failed).
     pub http: Option<String>,
+    pub vfs: VfsStatus,
+}
+
+/// The agent filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VfsStatus {
+    pub enabled: bool,
+    pub mounted: bool,
+    #[schemars(extend("x-hint" = "path"))]
+    pub mountpoint: String,
+    /// Why it is not mounted.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VfsUnseal {
+    /// A `*.sealed` file (from the mount, or a copy keeping its name); absolute.
+    #[schemars(extend("x-hint" = "path"))]
+    pub file: String,
 }
 
 /// The agent CLI, as checked with `--version` at start.

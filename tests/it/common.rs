@@ -98,6 +98,8 @@ impl Daemon {
             .env("CCD_HOME", self.path())
             // Tests run many daemons at once: no HTTP API unless a test asks for one.
             .env("CCD_HTTP_ENABLED", "false")
+            // Likewise no agent filesystem (a FUSE mount per daemon) unless asked for.
+            .env("CCD_VFS_ENABLED", "false")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             cmd.env(k, v);

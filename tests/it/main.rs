@@ -9,6 +9,7 @@
 //! | `protocol`    | every error code, batches, notifications, pipelining, limits, bad input |
 //! | `writes`      | concurrent writers, group commit isolation, backups, direct reads     |
 //! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
+//! | `vfs`         | the agent filesystem mounted with FUSE, unsealing, launch            |
 //! | `agents`      | agent definitions: import, sealing at rest, wrong key                |
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
@@ -33,4 +34,5 @@ mod protocol;
 mod resilience;
 mod supervision;
 mod tui;
+mod vfs;
 mod writes;

@@ -1,0 +1,503 @@
+//! The VfsActor (`vfs`): a read-only FUSE filesystem, mounted while the daemon runs, that serves
+//! the sealed agent definitions to agent processes as plain files.
+//!
+//! Contents: `health`, `.manifest`, `README.txt`, `agents.sealed`, `orchestrator.sealed`,
+//! `hooks.sealed` (JSON bundles sealed under a key generated at boot and held only in memory),
+//! and `agents/<name>.md` (each definition as a Claude Code subagent file, opened on the fly
+//! from the database's sealed copy). Nothing is ever written to disk in plain text.
+//!
+//! The filesystem is served by fuser on its own thread from a [`Snapshot`] shared by `Arc`; the
+//! actor rebuilds the snapshot when definitions change. A restart of the actor keeps the mount
+//! and the snapshot, so readers never lose the filesystem. The kernel enforces read-only (the
+//! `ro` mount option: writes, creates, renames, unlinks and chmods fail with EROFS) and
+//! owner-only access (`default_permissions` with mode 0500/0400).
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, LockOwner, MountOption,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, Request,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Digest;
+
+use crate::agents::{AgentService, HOOKS_FILE, RULES_FILE};
+use crate::seal::{self, MasterKey};
+use crate::supervise::{
+    Handle, Reply, Request as ActorRequest, Supervise, Supervision, supervised,
+};
+
+/// `[vfs]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VfsConfig {
+    pub enabled: bool,
+    /// Where to mount; empty: `$CCD_HOME/vfs`.
+    pub mountpoint: String,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            enabled: true,
+            mountpoint: String::new(),
+        }
+    }
+}
+
+pub const SEALED_FILES: [&str; 3] = ["agents.sealed", "orchestrator.sealed", "hooks.sealed"];
+
+const README: &str = "This is ccd's agent filesystem: a read-only view, served by the ccd daemon \
+while it runs, of the agent definitions, orchestration rules and hooks it keeps sealed.\n\n\
+- health: OK, or ERROR with the reason\n\
+- .manifest: version, build, agent count, and the sha256 of each sealed file\n\
+- agents/<name>.md: each agent as a Claude Code subagent file\n\
+- *.sealed: JSON bundles sealed under a key that exists only in the daemon's memory for this \
+boot; `ccd vfs unseal FILE` opens one\n\n\
+Nothing here can be changed except through ccd (`ccd agent import`, ...).\n";
+
+/// What the filesystem shows, rebuilt as a whole.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Top-level files by name.
+    files: BTreeMap<String, Vec<u8>>,
+    /// `agents/<name>.md` contents by file name.
+    agents: BTreeMap<String, Vec<u8>>,
+    built: Option<SystemTime>,
+}
+
+const ROOT: u64 = 1;
+const AGENTS_DIR: u64 = 2;
+const FIRST_FILE: u64 = 16;
+const FIRST_AGENT: u64 = 1 << 20;
+
+impl Snapshot {
+    /// Inode numbers follow the sorted names, so they are stable for a given set of names.
+    fn file_ino(&self, name: &str) -> Option<u64> {
+        self.files
+            .keys()
+            .position(|k| k == name)
+            .map(|i| FIRST_FILE + i as u64)
+    }
+
+    fn agent_ino(&self, name: &str) -> Option<u64> {
+        self.agents
+            .keys()
+            .position(|k| k == name)
+            .map(|i| FIRST_AGENT + i as u64)
+    }
+
+    fn content(&self, ino: u64) -> Option<&[u8]> {
+        if (FIRST_AGENT..FIRST_AGENT + self.agents.len() as u64).contains(&ino) {
+            return self
+                .agents
+                .values()
+                .nth((ino - FIRST_AGENT) as usize)
+                .map(Vec::as_slice);
+        }
+        if (FIRST_FILE..FIRST_FILE + self.files.len() as u64).contains(&ino) {
+            return self
+                .files
+                .values()
+                .nth((ino - FIRST_FILE) as usize)
+                .map(Vec::as_slice);
+        }
+        None
+    }
+
+    /// The current bytes of a top-level file.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
+    }
+}
+
+pub type SharedSnapshot = Arc<RwLock<Snapshot>>;
+
+/// Build the snapshot from the sealed store; `boot_key` seals the `*.sealed` bundles.
+pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
+    let mut s = Snapshot {
+        built: Some(SystemTime::now()),
+        ..Default::default()
+    };
+    let outcome: Result<(), String> = async {
+        let defs = agents.all().await.map_err(|e| e.to_string())?;
+        let rules = agents
+            .clone()
+            .get_doc(RULES_FILE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hooks = agents
+            .clone()
+            .get_doc(HOOKS_FILE)
+            .await
+            .map_err(|e| e.to_string())?;
+        for d in &defs {
+            s.agents.insert(
+                format!("{}.md", d.name),
+                crate::agents::to_markdown(d).into_bytes(),
+            );
+        }
+        let bundles = [
+            ("agents.sealed", json!({ "agents": defs })),
+            ("orchestrator.sealed", json!({ "rules": rules })),
+            ("hooks.sealed", json!({ "hooks": hooks })),
+        ];
+        let mut sums = serde_json::Map::new();
+        for (name, value) in bundles {
+            let bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+            let blob = seal::seal(boot_key, name, &bytes).map_err(|e| format!("{e:#}"))?;
+            sums.insert(name.into(), json!(hex(&sha2::Sha256::digest(&blob))));
+            s.files.insert(name.into(), blob);
+        }
+        let manifest = json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "build_commit": option_env!("CCD_BUILD_COMMIT").unwrap_or("unknown"),
+            "build_date": option_env!("CCD_BUILD_DATE").unwrap_or("unknown"),
+            "agent_count": defs.len(),
+            "sha256": sums,
+        });
+        s.files.insert(
+            ".manifest".into(),
+            serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    }
+    .await;
+    let health = match &outcome {
+        Ok(()) => "OK\n".to_string(),
+        Err(e) => format!("ERROR: {}\n", e.replace('\n', " ")),
+    };
+    s.files.insert("health".into(), health.into_bytes());
+    s.files
+        .insert("README.txt".into(), README.as_bytes().to_vec());
+    s
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The FUSE side
+
+struct CcdFs {
+    snapshot: SharedSnapshot,
+    uid: u32,
+    gid: u32,
+}
+
+const TTL: Duration = Duration::ZERO;
+
+impl CcdFs {
+    fn attr(&self, ino: u64, kind: FileType, size: u64, mtime: SystemTime) -> FileAttr {
+        let dir = kind == FileType::Directory;
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: if dir { 0o500 } else { 0o400 },
+            nlink: if dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            flags: 0,
+            blksize: 4096,
+        }
+    }
+
+    fn lookup_attr(&self, ino: u64) -> Option<FileAttr> {
+        let s = self.snapshot.read().ok()?;
+        let t = s.built.unwrap_or(SystemTime::UNIX_EPOCH);
+        match ino {
+            ROOT | AGENTS_DIR => Some(self.attr(ino, FileType::Directory, 0, t)),
+            _ => s
+                .content(ino)
+                .map(|c| self.attr(ino, FileType::RegularFile, c.len() as u64, t)),
+        }
+    }
+}
+
+impl Filesystem for CcdFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str() else {
+            return reply.error(Errno::ENOENT);
+        };
+        let ino = {
+            let Ok(s) = self.snapshot.read() else {
+                return reply.error(Errno::EIO);
+            };
+            match u64::from(parent) {
+                ROOT if name == "agents" => Some(AGENTS_DIR),
+                ROOT => s.file_ino(name),
+                AGENTS_DIR => s.agent_ino(name),
+                _ => None,
+            }
+        };
+        match ino.and_then(|i| self.lookup_attr(i)) {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.lookup_attr(u64::from(ino)) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Ok(s) = self.snapshot.read() else {
+            return reply.error(Errno::EIO);
+        };
+        match s.content(u64::from(ino)) {
+            Some(c) => {
+                let start = (offset as usize).min(c.len());
+                let end = start.saturating_add(size as usize).min(c.len());
+                reply.data(&c[start..end]);
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Ok(s) = self.snapshot.read() else {
+            return reply.error(Errno::EIO);
+        };
+        let ino = u64::from(ino);
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ino, FileType::Directory, ".".into()),
+            (ROOT, FileType::Directory, "..".into()),
+        ];
+        match ino {
+            ROOT => {
+                entries.push((AGENTS_DIR, FileType::Directory, "agents".into()));
+                for (i, name) in s.files.keys().enumerate() {
+                    entries.push((FIRST_FILE + i as u64, FileType::RegularFile, name.clone()));
+                }
+            }
+            AGENTS_DIR => {
+                for (i, name) in s.agents.keys().enumerate() {
+                    entries.push((FIRST_AGENT + i as u64, FileType::RegularFile, name.clone()));
+                }
+            }
+            _ => return reply.error(Errno::ENOTDIR),
+        }
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// If `path` is a FUSE mount left by a daemon that died, lazily unmount it.
+fn clean_stale_mount(path: &Path) {
+    let stale =
+        matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    if stale {
+        tracing::warn!("cleaning up a stale mount at {}", path.display());
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .status();
+    }
+}
+
+/// Whether `path` is a mount point now (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(target.as_ref()))
+}
+
+/// Unmount: end the session, then make sure the kernel mount is gone.
+pub fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
+    drop(session);
+    for _ in 0..50 {
+        if !is_mounted(mountpoint) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(
+        "{} still mounted; unmounting it with fusermount3",
+        mountpoint.display()
+    );
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status();
+}
+
+/// Mount the filesystem; [`unmount`] takes it down (and `auto_unmount` does, if the daemon dies).
+pub fn mount(
+    mountpoint: &Path,
+    snapshot: SharedSnapshot,
+) -> anyhow::Result<fuser::BackgroundSession> {
+    use anyhow::Context as _;
+    anyhow::ensure!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE is not available: /dev/fuse does not exist (load the fuse module, or run where FUSE is allowed)"
+    );
+    clean_stale_mount(mountpoint);
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("creating the mount point {}", mountpoint.display()))?;
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let fs = CcdFs { snapshot, uid, gid };
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName("ccd".into()),
+        MountOption::Subtype("ccd".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoExec,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::AutoUnmount,
+    ];
+    cfg.acl = fuser::SessionACL::RootAndOwner;
+    fuser::spawn_mount(fs, mountpoint, &cfg)
+        .with_context(|| format!("mounting the agent filesystem at {}", mountpoint.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+pub struct VfsActor {
+    sup: Supervision,
+    snapshot: SharedSnapshot,
+    agents: AgentService,
+    boot_key: Arc<MasterKey>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+supervised!(VfsActor);
+
+impl VfsActor {
+    pub fn new(
+        sup: Supervision,
+        snapshot: SharedSnapshot,
+        agents: AgentService,
+        boot_key: Arc<MasterKey>,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        VfsActor {
+            sup,
+            snapshot,
+            agents,
+            boot_key,
+            changed,
+        }
+    }
+}
+
+impl Supervise for VfsActor {
+    fn supervision(&self) -> &Supervision {
+        &self.sup
+    }
+
+    fn on_started(&mut self, ctx: &mut Context<Self>) {
+        // Rebuild whenever definitions change (and once now).
+        let (agents, key, snapshot, changed) = (
+            self.agents.clone(),
+            self.boot_key.clone(),
+            self.snapshot.clone(),
+            self.changed.clone(),
+        );
+        ctx.spawn(
+            async move {
+                loop {
+                    let fresh = build(&agents, &key).await;
+                    if let Ok(mut s) = snapshot.write() {
+                        *s = fresh;
+                    }
+                    changed.notified().await;
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+/// `vfs.unseal`: open a sealed file (a copy of one of the `*.sealed` files) with this boot's key.
+pub struct Unseal {
+    pub path: PathBuf,
+}
+
+impl ActorRequest for Unseal {
+    type Output = serde_json::Value;
+}
+
+impl Handle<Unseal> for VfsActor {
+    fn handle(&mut self, msg: Unseal, _: &mut Context<Self>) -> Reply<serde_json::Value> {
+        use crate::error::ActorError;
+        let name = msg
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !SEALED_FILES.contains(&name.as_str()) {
+            return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
+                format!(
+                    "invalid params for vfs.unseal: `file`: `{name}` is not one of {}",
+                    SEALED_FILES.join(", ")
+                ),
+            )));
+        }
+        let blob = match std::fs::read(&msg.path) {
+            Ok(b) => b,
+            Err(e) => {
+                return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
+                    format!(
+                        "invalid params for vfs.unseal: `file`: {}: {e}",
+                        msg.path.display()
+                    ),
+                )));
+            }
+        };
+        match seal::open(&self.boot_key, &name, &blob).and_then(|j| Ok(serde_json::from_slice(&j)?))
+        {
+            Ok(v) => Reply::ok(v),
+            Err(e) => Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
+                format!("vfs.unseal refused {}: {e:#}", msg.path.display()),
+            ))),
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! The agent filesystem, mounted for real with FUSE: contents, manifest, read-only everywhere,
+//! live updates, unsealing, unmount on stop and after kill -9, a panic in the VfsActor under
+//! load, concurrent readers, `ccd launch`. Skipped, saying so, where /dev/fuse is absent.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const SECRET: &str = "okapi-lantern-5519, the tester's secret instruction";
+
+fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    eprintln!("skipped: /dev/fuse does not exist on this machine, so nothing can be mounted");
+    false
+}
+
+fn vfs_daemon() -> (Daemon, PathBuf) {
+    let d = Daemon::builder()
+        .fault_injection()
+        .env("CCD_VFS_ENABLED", "true")
+        .start();
+    let st = d.call("vfs.status", json!({})).unwrap();
+    assert_eq!(st["mounted"], true, "{st}");
+    let mount = PathBuf::from(st["mountpoint"].as_str().unwrap());
+    (d, mount)
+}
+
+fn import(d: &Daemon) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tester.md"),
+        format!("---\nname: tester\ndescription: Tests things\ntools: Bash\n---\n{SECRET}\n"),
+    )
+    .unwrap();
+    d.call("agent.import", json!({"path": dir.path()})).unwrap();
+    dir
+}
+
+fn mounted(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(path.to_str().unwrap()))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn contents_manifest_read_only_live_updates_and_unsealing() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    assert_eq!(
+        std::fs::read_to_string(mount.join("health")).unwrap(),
+        "OK\n"
+    );
+    assert!(
+        std::fs::read_to_string(mount.join("README.txt"))
+            .unwrap()
+            .contains("read-only")
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".manifest",
+            "README.txt",
+            "agents",
+            "agents.sealed",
+            "health",
+            "hooks.sealed",
+            "orchestrator.sealed"
+        ]
+    );
+
+    // Imported definitions appear without a remount; the manifest follows.
+    let _src = import(&d);
+    wait_until(
+        "the new agent in the filesystem",
+        Duration::from_secs(30),
+        || mount.join("agents/tester.md").exists(),
+    );
+    let md = std::fs::read_to_string(mount.join("agents/tester.md")).unwrap();
+    assert!(
+        md.starts_with("---\nname: tester\n") && md.contains(SECRET),
+        "{md}"
+    );
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(mount.join(".manifest")).unwrap()).unwrap();
+    assert_eq!(manifest["agent_count"], 1);
+    for f in ["agents.sealed", "orchestrator.sealed", "hooks.sealed"] {
+        let bytes = std::fs::read(mount.join(f)).unwrap();
+        assert_eq!(manifest["sha256"][f], sha256_hex(&bytes), "{f}");
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "{f} is not sealed"
+        );
+    }
+
+    // Every kind of write fails with EROFS (or EPERM).
+    let refused = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
+            "{what}: {e}"
+        );
+    };
+    refused(std::fs::write(mount.join("health"), "x"), "write");
+    refused(std::fs::write(mount.join("new-file"), "x"), "create");
+    refused(
+        std::fs::rename(mount.join("health"), mount.join("h2")),
+        "rename",
+    );
+    refused(std::fs::remove_file(mount.join("health")), "unlink");
+    refused(std::fs::create_dir(mount.join("dir")), "mkdir");
+    refused(
+        std::fs::set_permissions(
+            mount.join("health"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        ),
+        "chmod",
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(mount.join("health"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o400, "owner-only");
+
+    // Unsealing: a copy with its name opens; renamed, tampered or from another boot does not.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("agents.sealed");
+    std::fs::copy(mount.join("agents.sealed"), &copy).unwrap();
+    let bundle = d.call("vfs.unseal", json!({"file": copy})).unwrap();
+    assert_eq!(bundle["agents"][0]["name"], "tester");
+    let out = d.ccd_ok(&["vfs", "unseal", copy.to_str().unwrap()]);
+    assert!(out.contains("tester"), "{out}");
+    let renamed = tmp.path().join("hooks.sealed");
+    std::fs::copy(&copy, &renamed).unwrap();
+    assert_eq!(
+        code(&d.call("vfs.unseal", json!({"file": renamed})).unwrap_err()),
+        -32602
+    );
+    let mut bytes = std::fs::read(&copy).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&copy, &bytes).unwrap();
+    let e = d.call("vfs.unseal", json!({"file": copy})).unwrap_err();
+    assert!(
+        e["message"].as_str().unwrap().contains("does not open"),
+        "{e}"
+    );
+
+    // Stop: unmounted, and no plaintext anywhere under CCD_HOME.
+    let status = d.ccd_ok(&["vfs", "status"]);
+    assert!(status.contains("mounted at"), "{status}");
+    d.stop();
+    assert!(!mounted(&mount), "still mounted after stop");
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", "okapi-lantern"])
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "plaintext found: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_mount_and_a_restart_mounts_again() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    d.kill9();
+    wait_until(
+        "the auto-unmount after kill -9",
+        Duration::from_secs(30),
+        || !mounted(&mount),
+    );
+    let out = d.command(&["daemon", "start"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        std::fs::read_to_string(mount.join("health")).unwrap(),
+        "OK\n"
+    );
+}
+
+#[test]
+fn a_vfs_panic_does_not_take_the_filesystem_away() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    let _src = import(&d);
+    wait_until("the agent", Duration::from_secs(30), || {
+        mount.join("agents/tester.md").exists()
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (reads, failures) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut reads, mut failures) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads < 50 {
+                match std::fs::read_to_string(mount.join("agents/tester.md")) {
+                    Ok(t) => assert!(t.contains(SECRET)),
+                    Err(_) => failures += 1,
+                }
+                reads += 1;
+            }
+            (reads, failures)
+        });
+        for _ in 0..3 {
+            let e = d.call("debug.crash", json!({"actor": "vfs"})).unwrap_err();
+            assert_eq!(code(&e), -32001);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(failures <= 1, "{failures} of {reads} reads failed");
+    assert_eq!(
+        std::fs::read_to_string(mount.join("health")).unwrap(),
+        "OK\n"
+    );
+}
+
+#[test]
+fn many_concurrent_readers() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    let _src = import(&d);
+    wait_until("the agent", Duration::from_secs(30), || {
+        mount.join("agents/tester.md").exists()
+    });
+    let expected = std::fs::read(mount.join("agents/tester.md")).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    assert_eq!(
+                        std::fs::read(mount.join("agents/tester.md")).unwrap(),
+                        expected
+                    );
+                    assert_eq!(std::fs::read(mount.join("health")).unwrap(), b"OK\n");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn launch_runs_the_agent_with_the_orchestrator_environment() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho \"args:$*\"\nenv | grep '^ORCHESTRATOR_' | sort\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .env("CCD_VFS_ENABLED", "true")
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .prepare();
+    let out = d.ccd(&["launch", "--", "--model", "sonnet"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mount = d.path().join("vfs");
+    assert!(text.contains("args:--model sonnet"), "{text}");
+    assert!(text.contains("ORCHESTRATOR_ENABLED=true"), "{text}");
+    assert!(
+        text.contains(&format!("ORCHESTRATOR_VFS_MOUNT={}", mount.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ORCHESTRATOR_AGENTS={}/agents", mount.display())),
+        "{text}"
+    );
+    assert!(text.contains("ORCHESTRATOR_RULES="), "{text}");
+
+    // Without the filesystem, launch says what is wrong.
+    let d2 = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let out = d2.ccd(&["launch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not mounted") && err.contains("vfs.enabled"),
+        "{err}"
+    );
+    let status = d2.ccd(&["vfs", "status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("disabled"));
+}
