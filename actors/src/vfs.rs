@@ -157,8 +157,8 @@ pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
         }
         let manifest = json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "build_commit": option_env!("CCD_BUILD_COMMIT").unwrap_or("unknown"),
-            "build_date": option_env!("CCD_BUILD_DATE").unwrap_or("unknown"),
+            "build_commit": env!("CCD_BUILD_COMMIT"),
+            "build_date": env!("CCD_BUILD_DATE"),
             "agent_count": defs.len(),
             "sha256": sums,
         });

@@ -76,7 +76,9 @@ pub struct Health {
     pub agent: AgentHealth,
     pub executor: ExecutorHealth,
     /// The HTTP API's base URL, when it serves (null when disabled or its bind failed).
+    #[serde(default)]
     pub http: Option<String>,
+    #[serde(default)]
     pub vfs: VfsStatus,
 }
 

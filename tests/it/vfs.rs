@@ -115,6 +115,14 @@ fn contents_manifest_read_only_live_updates_and_unsealing() {
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(mount.join(".manifest")).unwrap()).unwrap();
     assert_eq!(manifest["agent_count"], 1);
+    assert!(
+        manifest["version"].is_string() && manifest["build_commit"].is_string(),
+        "{manifest}"
+    );
+    assert!(
+        manifest["build_date"].as_str().unwrap().len() >= 10,
+        "{manifest}"
+    );
     for f in ["agents.sealed", "orchestrator.sealed", "hooks.sealed"] {
         let bytes = std::fs::read(mount.join(f)).unwrap();
         assert_eq!(manifest["sha256"][f], sha256_hex(&bytes), "{f}");

@@ -1,0 +1,25 @@
+//! Records the build's commit and date for the agent filesystem's `.manifest`
+//! (`CCD_BUILD_COMMIT`, `CCD_BUILD_DATE`); "unknown" when git or date are not available.
+
+use std::process::Command;
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn main() {
+    let commit =
+        output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let date = output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=CCD_BUILD_COMMIT={commit}");
+    println!("cargo:rustc-env=CCD_BUILD_DATE={date}");
+    // Only the commit is worth a rebuild; the date is that of the last build of this crate.
+    if let Some(head) = output("git", &["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
+    }
+    println!("cargo:rerun-if-changed=build.rs");
+}
