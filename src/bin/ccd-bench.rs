@@ -3,8 +3,9 @@
 //! over persistent NDJSON connections, prints throughput and exact p50/p99/max latency next to
 //! baselines (a bare NDJSON echo server; SQLite with one transaction per write; running the stub
 //! agent directly), measures event-bus fan-out to many subscribers and what a stalled subscriber
-//! costs a publisher, and times daemon startup and idle memory. It never talks to anything but local Unix sockets,
-//! the `ccd` binary and a stub agent script it writes itself.
+//! costs a publisher, times daemon startup and idle memory, and times reads from the daemon's
+//! FUSE agent filesystem. It never talks to anything but local Unix sockets, the `ccd` binary,
+//! a stub agent script it writes itself and the daemon's own mount.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -60,6 +61,7 @@ make ccd-bench exit with status 1.",
   ccd-bench startup --runs 10
   ccd-bench query -r 200 -q 400 --pool-sizes 1,2,4,8
   ccd-bench events -s 100 -e 5000 -p 8 -r 2000
+  ccd-bench vfs --health-reads 2000 --big-reads 200
   ccd-bench all > bench.md"
 )]
 struct Cli {
@@ -124,12 +126,28 @@ enum Cmd {
     /// afterwards (by reading the stalled socket) that every event reached each subscriber or
     /// was reported missed.
     Events(EventsArgs),
+    /// Reads from the agent filesystem (FUSE): `health`, and a ~1 MiB `agents.sealed` against
+    /// a copy of it on local disk.
+    ///
+    /// Starts a daemon on a fresh temporary home with CCD_VFS_ENABLED=true, learns its mount
+    /// point from `vfs.status`, and imports (`agent.import`) one agent whose prompt is
+    /// pseudo-random text (--prompt-bytes; zstd shrinks it only to about 3/4, so
+    /// `agents.sealed` comes out at about 1 MiB by default). Every read is `std::fs::read`
+    /// (open, read to end, close), timed one by one and compared byte for byte with the
+    /// expected contents (a difference counts as a failure). First N reads of `health`
+    /// (target: p50 under 1 ms); then N reads of `agents.sealed` from the mount and N of the
+    /// same bytes copied to a regular file in the temporary directory, in alternating blocks
+    /// (--block) so that both see the same machine conditions (target: mount p50 under
+    /// 5 ms). Finally stops the daemon and checks that its mount is gone. Skipped (exit
+    /// status 0) when /dev/fuse does not exist.
+    Vfs(VfsArgs),
     /// Everything, with defaults, as a markdown report for docs/benchmarks.md.
     ///
     /// Runs ping with 1 and 16 connections (each with its echo baseline), upsert with 64
     /// connections (which includes the 1-connection run and the SQLite baseline), events
     /// (fan-out and the stalled-subscriber latency), query (the overhead and the throughput at
-    /// pool sizes 1, 2, 4, 8) and startup. Progress goes to stderr; the markdown report goes to
+    /// pool sizes 1, 2, 4, 8), the agent filesystem reads (vfs; skipped without /dev/fuse) and
+    /// startup. Progress goes to stderr; the markdown report goes to
     /// stdout. With --home/--no-start, ping and upsert use the running daemon; events, query and
     /// startup always start their own daemons on fresh temporary homes.
     All(AllArgs),
@@ -388,6 +406,15 @@ struct AllArgs {
     #[arg(long, value_name = "R", default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     events_requests: u32,
+    /// Reads of `health` in the agent filesystem benchmark (0 skips the vfs benchmark)
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    vfs_health_reads: u32,
+    /// Reads of `agents.sealed` (from the mount, and as many from the local copy) in the agent
+    /// filesystem benchmark
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    vfs_big_reads: u32,
     /// Startup cycles (0 skips the startup benchmark)
     #[arg(short = 'k', long, value_name = "K", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=100))]
@@ -398,6 +425,41 @@ struct AllArgs {
     limits: Limits,
     #[command(flatten)]
     target: Target,
+}
+
+#[derive(Args, Debug)]
+struct VfsArgs {
+    /// Reads of `health` from the mount
+    #[arg(long, value_name = "N", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    health_reads: u32,
+    /// Reads of `agents.sealed` from the mount, and as many of its copy on local disk
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    big_reads: u32,
+    /// The `agents.sealed` reads alternate blocks of N reads from the mount and N from the
+    /// local copy
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    block: u32,
+    /// Size in bytes of the pseudo-random prompt of the imported agent (the default makes
+    /// `agents.sealed` about 1 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = VFS_PROMPT_BYTES,
+          value_parser = clap::value_parser!(u32).range(1..=67_108_864))]
+    prompt_bytes: u32,
+    /// Unmeasured warm-up reads of each file (at most 20 of `agents.sealed`)
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    warmup: u32,
+    /// Give up on a `ccd daemon start|stop` (at least 30s), a JSON-RPC reply, or the import
+    /// showing up on the mount after this long
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Stop each measurement after this much wall-clock time and report what was measured
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    max_time: Duration,
+    #[command(flatten)]
+    daemon: DaemonOpts,
 }
 
 #[derive(Args, Debug)]
@@ -456,6 +518,7 @@ fn main() -> ExitCode {
         Cmd::Startup(a) => cmd_startup(&a),
         Cmd::Query(a) => cmd_query(&a),
         Cmd::Events(a) => cmd_events(&a),
+        Cmd::Vfs(a) => cmd_vfs(&a),
         Cmd::All(a) => cmd_all(&a),
         Cmd::Echo(a) => cmd_echo(&a),
     };
@@ -613,6 +676,26 @@ fn cmd_events(a: &EventsArgs) -> Result<Outcome> {
     Ok(Outcome::from_failures(suite.failures()))
 }
 
+fn cmd_vfs(a: &VfsArgs) -> Result<Outcome> {
+    let plan = VfsPlan {
+        health_reads: a.health_reads,
+        big_reads: a.big_reads,
+        block: a.block,
+        prompt_bytes: a.prompt_bytes,
+        warmup: a.warmup,
+        timeout: a.timeout,
+        max_time: a.max_time,
+    };
+    println!("{}", environment_line());
+    match vfs_suite(&plan, &a.daemon, &mut Out::Stdout)? {
+        VfsReport::Skipped(why) => {
+            println!("vfs: skipped: {why}");
+            Ok(Outcome::Clean)
+        }
+        VfsReport::Ran(suite) => Ok(Outcome::from_failures(suite.failures())),
+    }
+}
+
 fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
     check_total(a.connections, a.requests)?;
     println!("{}", environment_line());
@@ -679,6 +762,27 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         &a.target.daemon,
         &mut out,
     )?;
+    let vfs = if a.vfs_health_reads > 0 {
+        let report = vfs_suite(
+            &VfsPlan {
+                health_reads: a.vfs_health_reads,
+                big_reads: a.vfs_big_reads,
+                block: 10,
+                prompt_bytes: VFS_PROMPT_BYTES,
+                warmup: 20,
+                timeout: a.limits.timeout,
+                max_time: a.limits.max_time,
+            },
+            &a.target.daemon,
+            &mut out,
+        )?;
+        if let VfsReport::Skipped(why) = &report {
+            out.line(&format!("vfs: skipped: {why}"));
+        }
+        Some(report)
+    } else {
+        None
+    };
     let startup = if a.runs > 0 {
         startup_suite(a.runs, &a.startup, &a.target.daemon, &mut out)?
     } else {
@@ -693,6 +797,7 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         upsert: &upsert,
         events: events.as_ref(),
         query: &query,
+        vfs: vfs.as_ref(),
         startup: &startup,
         idle: a.startup.idle,
     });
@@ -701,7 +806,11 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         + ping_n.failures()
         + upsert.failures()
         + events.as_ref().map_or(0, EventsSuite::failures)
-        + query.failures();
+        + query.failures()
+        + match &vfs {
+            Some(VfsReport::Ran(v)) => v.failures(),
+            _ => 0,
+        };
     Ok(Outcome::from_failures(failures))
 }
 
@@ -984,6 +1093,7 @@ struct MarkdownInput<'a> {
     upsert: &'a UpsertSuite,
     events: Option<&'a EventsSuite>,
     query: &'a QuerySuite,
+    vfs: Option<&'a VfsReport>,
     startup: &'a [StartupSample],
     idle: Duration,
 }
@@ -1076,6 +1186,9 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
         s.push_str(&events_markdown(e));
     }
     s.push_str(&query_markdown(m.query));
+    if let Some(v) = m.vfs {
+        s.push_str(&vfs_markdown(v));
+    }
     if !m.startup.is_empty() {
         let _ = writeln!(
             s,
@@ -3809,6 +3922,568 @@ fn events_markdown(e: &EventsSuite) -> String {
         describe_sub(&r.stalled, r.published_stalled),
         describe_sub(&r.reader, r.published_reader)
     );
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agent filesystem (FUSE) reads
+// ---------------------------------------------------------------------------------------------
+
+/// Target for the p50 of reading `health` from the mount.
+const VFS_HEALTH_TARGET_MS: f64 = 1.0;
+
+/// Target for the p50 of reading the ~1 MiB `agents.sealed` from the mount.
+const VFS_BIG_TARGET_MS: f64 = 5.0;
+
+/// Default prompt size (1.4 MiB of base64-alphabet characters, 6 random bits each), which
+/// zstd can only squeeze to about 1 MiB, so `agents.sealed` comes out at about 1 MiB.
+const VFS_PROMPT_BYTES: u32 = 1_468_006;
+
+/// What `health` holds while the daemon is fine.
+const VFS_HEALTH_OK: &[u8] = b"OK\n";
+
+/// The name of the big agent the VFS benchmark imports.
+const VFS_AGENT: &str = "big";
+
+struct VfsPlan {
+    health_reads: u32,
+    big_reads: u32,
+    block: u32,
+    prompt_bytes: u32,
+    warmup: u32,
+    timeout: Duration,
+    max_time: Duration,
+}
+
+/// Latencies of reading one file over and over (each read: open, read to end, close).
+struct ReadRun {
+    label: String,
+    /// Measured reads that returned bytes (equal to the expected ones or not).
+    ok: u64,
+    /// Reads (warm-up included) that failed with an I/O error.
+    errors: u64,
+    /// Reads (warm-up included) whose bytes differ from the expected ones.
+    mismatches: u64,
+    /// Measured reads not done because of --max-time or a signal.
+    skipped: u64,
+    lat: Option<Latency>,
+    messages: BTreeMap<String, u32>,
+}
+
+impl ReadRun {
+    fn failed(&self) -> u64 {
+        self.errors + self.mismatches
+    }
+
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "{:<28} {} reads, {} I/O errors, {} mismatches",
+            self.label, self.ok, self.errors, self.mismatches
+        );
+        if self.skipped > 0 {
+            let _ = write!(s, ", {} skipped (time limit)", self.skipped);
+        }
+        match &self.lat {
+            Some(l) => {
+                let _ = write!(
+                    s,
+                    "; p50 {}  p99 {}  max {}",
+                    fmt_ns(l.p50),
+                    fmt_ns(l.p99),
+                    fmt_ns(l.max)
+                );
+            }
+            None => s.push_str("; no latency samples"),
+        }
+        for (msg, n) in &self.messages {
+            let _ = write!(s, "\n    {n}× {msg}");
+        }
+        s
+    }
+}
+
+/// Times `std::fs::read` of one path and checks what it returns.
+struct ReadSampler<'a> {
+    label: &'a str,
+    path: &'a Path,
+    expect: &'a [u8],
+    planned: u64,
+    /// Measured reads attempted (failed ones included).
+    attempts: u64,
+    samples: Vec<u64>,
+    errors: u64,
+    mismatches: u64,
+    messages: BTreeMap<String, u32>,
+}
+
+impl<'a> ReadSampler<'a> {
+    fn new(label: &'a str, path: &'a Path, expect: &'a [u8], planned: u32) -> ReadSampler<'a> {
+        ReadSampler {
+            label,
+            path,
+            expect,
+            planned: u64::from(planned),
+            attempts: 0,
+            samples: Vec::with_capacity(planned as usize),
+            errors: 0,
+            mismatches: 0,
+            messages: BTreeMap::new(),
+        }
+    }
+
+    fn note(&mut self, msg: String) {
+        *self.messages.entry(msg).or_insert(0) += 1;
+    }
+
+    /// One read; its latency is kept when `measure`.
+    fn read(&mut self, measure: bool) {
+        let t = Instant::now();
+        let got = fs::read(self.path);
+        let dt = t.elapsed();
+        if measure {
+            self.attempts += 1;
+        }
+        match got {
+            Ok(bytes) => {
+                if measure {
+                    self.samples
+                        .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
+                }
+                if bytes != self.expect {
+                    self.mismatches += 1;
+                    self.note(format!(
+                        "{}: read {} bytes that differ from the expected {} bytes",
+                        self.path.display(),
+                        bytes.len(),
+                        self.expect.len()
+                    ));
+                }
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.note(format!("reading {}: {e}", self.path.display()));
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.attempts >= self.planned
+    }
+
+    fn finish(self) -> ReadRun {
+        let ok = self.samples.len() as u64;
+        ReadRun {
+            label: self.label.to_string(),
+            ok,
+            errors: self.errors,
+            mismatches: self.mismatches,
+            skipped: self.planned.saturating_sub(self.attempts),
+            lat: Latency::from_samples(self.samples),
+            messages: self.messages,
+        }
+    }
+}
+
+struct VfsSuite {
+    mountpoint: PathBuf,
+    /// Filesystem type of the directory holding the local copy (from /proc/self/mountinfo).
+    local_fs: String,
+    prompt_bytes: usize,
+    sealed_bytes: usize,
+    block: u32,
+    health: ReadRun,
+    big_vfs: ReadRun,
+    big_local: ReadRun,
+    /// Problems found after the measurements (the daemon did not stop, the mount stayed).
+    teardown: Vec<String>,
+}
+
+impl VfsSuite {
+    fn failures(&self) -> u64 {
+        self.health.failed()
+            + self.big_vfs.failed()
+            + self.big_local.failed()
+            + self.teardown.len() as u64
+    }
+
+    fn p50_ratio(&self) -> Option<f64> {
+        ratio(
+            self.big_vfs.lat.as_ref()?.p50 as f64,
+            self.big_local.lat.as_ref()?.p50 as f64,
+        )
+    }
+
+    fn p99_ratio(&self) -> Option<f64> {
+        ratio(
+            self.big_vfs.lat.as_ref()?.p99 as f64,
+            self.big_local.lat.as_ref()?.p99 as f64,
+        )
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "agent `{VFS_AGENT}` with a {} incompressible prompt ({} bytes); agents.sealed is {} \
+             ({} bytes); local copy on {}",
+            fmt_bytes(self.prompt_bytes),
+            group_thousands(self.prompt_bytes as f64),
+            fmt_bytes(self.sealed_bytes),
+            group_thousands(self.sealed_bytes as f64),
+            self.local_fs
+        )
+    }
+}
+
+/// A VFS benchmark that ran, or why it did not.
+enum VfsReport {
+    Skipped(String),
+    Ran(Box<VfsSuite>),
+}
+
+fn fmt_bytes(n: usize) -> String {
+    let n = n as f64;
+    if n >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", n / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", n / 1024.0)
+    }
+}
+
+/// "met" / "MISSED" for a p50 against a target in milliseconds.
+fn vfs_verdict(lat: Option<&Latency>, target_ms: f64) -> String {
+    match lat {
+        Some(l) if (l.p50 as f64) / 1e6 < target_ms => {
+            format!("p50 {} < {target_ms} ms: met", fmt_ns(l.p50))
+        }
+        Some(l) => format!("p50 {} ≥ {target_ms} ms: MISSED", fmt_ns(l.p50)),
+        None => format!("target p50 < {target_ms} ms: no samples"),
+    }
+}
+
+/// `bytes` characters of deterministic pseudo-random text from the base64 alphabet (so about
+/// 6 bits of entropy per byte), in lines of 76 characters.
+fn incompressible_text(bytes: usize, seed: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // splitmix64
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut s = String::with_capacity(bytes);
+    let mut col = 0;
+    while s.len() < bytes {
+        let mut x = next();
+        for _ in 0..10 {
+            if s.len() >= bytes {
+                break;
+            }
+            if col == 76 {
+                s.push('\n');
+                col = 0;
+            } else {
+                s.push(char::from(ALPHABET[(x & 63) as usize]));
+                x >>= 6;
+                col += 1;
+            }
+        }
+    }
+    s
+}
+
+/// (mount point, filesystem type) of every line of /proc/self/mountinfo.
+fn mounts() -> Vec<(PathBuf, String)> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?.replace("\\040", " ");
+            let fstype = right.split(' ').next()?;
+            Some((PathBuf::from(point), fstype.to_string()))
+        })
+        .collect()
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    mounts().iter().any(|(p, _)| p == path)
+}
+
+/// The type of the filesystem holding `path` (the longest mount point that contains it).
+fn fs_type_of(path: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    mounts()
+        .into_iter()
+        .filter(|(p, _)| path.starts_with(p))
+        .max_by_key(|(p, _)| p.as_os_str().len())
+        .map_or_else(
+            || "?".to_string(),
+            |(p, t)| format!("{} ({t})", p.display()),
+        )
+}
+
+/// Polls `.manifest` on the mount until it counts at least one agent.
+fn wait_for_agent(mountpoint: &Path, timeout: Duration) -> Result<()> {
+    let manifest = mountpoint.join(".manifest");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = fs::read(&manifest)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("agent_count").and_then(Value::as_u64));
+        if count.is_some_and(|n| n >= 1) {
+            return Ok(());
+        }
+        check_interrupted()?;
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not count the imported agent within {} (agent_count: {})",
+            manifest.display(),
+            humantime::format_duration(timeout),
+            count.map_or_else(|| "unreadable".to_string(), |n| n.to_string())
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn vfs_suite(plan: &VfsPlan, opts: &DaemonOpts, out: &mut Out) -> Result<VfsReport> {
+    if !Path::new("/dev/fuse").exists() {
+        return Ok(VfsReport::Skipped(
+            "/dev/fuse does not exist, so the agent filesystem cannot be mounted here".into(),
+        ));
+    }
+    let scratch = TempDir::new("vfs", opts.keep_temp)?;
+    // The agent definition to import: a large prompt that zstd cannot shrink much.
+    let agents_dir = scratch.path.join("agents");
+    fs::create_dir(&agents_dir).with_context(|| format!("creating {}", agents_dir.display()))?;
+    let prompt = incompressible_text(plan.prompt_bytes as usize, 0x00cc_dbe4_c4f5);
+    let md = format!(
+        "---\nname: {VFS_AGENT}\ndescription: A large agent (ccd-bench vfs)\n---\n{prompt}\n"
+    );
+    let md_path = agents_dir.join(format!("{VFS_AGENT}.md"));
+    fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+
+    let env = vec![("CCD_VFS_ENABLED".to_string(), OsString::from("true"))];
+    let (mut daemon, _) =
+        Daemon::start_with_env(opts, plan.timeout.max(Duration::from_secs(30)), env)
+            .context("starting a daemon with CCD_VFS_ENABLED=true")?;
+    out.line(&daemon.describe());
+    let mut client = Client::connect(&daemon.socket, plan.timeout)?;
+    let status = client.call("vfs.status", json!({}))?;
+    if status.get("mounted").and_then(Value::as_bool) != Some(true) {
+        bail!(
+            "the daemon did not mount the agent filesystem: vfs.status = {}",
+            clip(&status.to_string())
+        );
+    }
+    let mountpoint = PathBuf::from(
+        status
+            .get("mountpoint")
+            .and_then(Value::as_str)
+            .context("vfs.status has no `mountpoint`")?,
+    );
+    let agents_path = agents_dir
+        .to_str()
+        .context("the temporary directory's path is not UTF-8")?;
+    client.call("agent.import", json!({ "path": agents_path }))?;
+    drop(client);
+    wait_for_agent(&mountpoint, plan.timeout)?;
+
+    // The reference: agents.sealed as the mount serves it, copied to a regular file.
+    let sealed_path = mountpoint.join("agents.sealed");
+    let health_path = mountpoint.join("health");
+    let sealed =
+        fs::read(&sealed_path).with_context(|| format!("reading {}", sealed_path.display()))?;
+    let copy_path = scratch.path.join("agents.sealed.copy");
+    fs::write(&copy_path, &sealed).with_context(|| format!("writing {}", copy_path.display()))?;
+    let local_fs = fs_type_of(&scratch.path);
+    let suite_head = format!(
+        "vfs: mounted at {} ({}); ",
+        mountpoint.display(),
+        mounts()
+            .iter()
+            .find(|(p, _)| *p == mountpoint)
+            .map_or("?", |(_, t)| t.as_str())
+    );
+
+    // 1. `health`.
+    let mut health = ReadSampler::new(
+        "health (mount)",
+        &health_path,
+        VFS_HEALTH_OK,
+        plan.health_reads,
+    );
+    for _ in 0..plan.warmup {
+        health.read(false);
+    }
+    let started = Instant::now();
+    while !health.done() && started.elapsed() < plan.max_time && !interrupted() {
+        health.read(true);
+    }
+    let health = health.finish();
+    check_interrupted()?;
+
+    // 2. agents.sealed from the mount against its local copy, in alternating blocks.
+    let mut vfs = ReadSampler::new(
+        "agents.sealed (mount)",
+        &sealed_path,
+        &sealed,
+        plan.big_reads,
+    );
+    let mut local = ReadSampler::new(
+        "agents.sealed (local copy)",
+        &copy_path,
+        &sealed,
+        plan.big_reads,
+    );
+    for _ in 0..plan.warmup.min(20) {
+        vfs.read(false);
+        local.read(false);
+    }
+    let started = Instant::now();
+    let mut round = 0u64;
+    'outer: while !(vfs.done() && local.done()) {
+        let order: [&mut ReadSampler<'_>; 2] = if round.is_multiple_of(2) {
+            [&mut vfs, &mut local]
+        } else {
+            [&mut local, &mut vfs]
+        };
+        for s in order {
+            for _ in 0..plan.block {
+                if started.elapsed() >= plan.max_time || interrupted() {
+                    break 'outer;
+                }
+                if s.done() {
+                    break;
+                }
+                s.read(true);
+            }
+        }
+        round += 1;
+    }
+    let big_vfs = vfs.finish();
+    let big_local = local.finish();
+    check_interrupted()?;
+
+    // Stop the daemon; its mount must go away with it.
+    let mut teardown = Vec::new();
+    if let Err(e) = daemon.stop() {
+        teardown.push(format!("stopping the daemon: {e:#}"));
+    }
+    drop(daemon);
+    if is_mount_point(&mountpoint) {
+        teardown.push(format!(
+            "{} is still mounted after the daemon stopped",
+            mountpoint.display()
+        ));
+    }
+    let suite = VfsSuite {
+        mountpoint,
+        local_fs,
+        prompt_bytes: prompt.len(),
+        sealed_bytes: sealed.len(),
+        block: plan.block,
+        health,
+        big_vfs,
+        big_local,
+        teardown,
+    };
+    out.line(&format!("{suite_head}{}", suite.describe()));
+    out.line(&vfs_summary(&suite));
+    Ok(VfsReport::Ran(Box::new(suite)))
+}
+
+fn vfs_summary(v: &VfsSuite) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", v.health.summary());
+    let _ = writeln!(
+        s,
+        "  target: health {}",
+        vfs_verdict(v.health.lat.as_ref(), VFS_HEALTH_TARGET_MS)
+    );
+    let _ = writeln!(s, "{}", v.big_vfs.summary());
+    let _ = writeln!(s, "{}", v.big_local.summary());
+    let _ = writeln!(
+        s,
+        "  (alternating blocks of {} reads) ratio mount / local copy: p50 {}, p99 {}",
+        v.block,
+        fmt_ratio(v.p50_ratio()),
+        fmt_ratio(v.p99_ratio())
+    );
+    let _ = writeln!(
+        s,
+        "  target: agents.sealed ({}) {}",
+        fmt_bytes(v.sealed_bytes),
+        vfs_verdict(v.big_vfs.lat.as_ref(), VFS_BIG_TARGET_MS)
+    );
+    if v.teardown.is_empty() {
+        let _ = write!(
+            s,
+            "  daemon stopped; {} is no longer mounted",
+            v.mountpoint.display()
+        );
+    } else {
+        for t in &v.teardown {
+            let _ = writeln!(s, "  FAILED: {t}");
+        }
+    }
+    s.trim_end().to_string()
+}
+
+fn vfs_markdown(r: &VfsReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n### Agent filesystem (FUSE)\n");
+    let v = match r {
+        VfsReport::Skipped(why) => {
+            let _ = writeln!(s, "Skipped: {why}.");
+            return s;
+        }
+        VfsReport::Ran(v) => v,
+    };
+    let _ = writeln!(
+        s,
+        "A daemon with `CCD_VFS_ENABLED=true`; every read is `std::fs::read` (open, read to end, \
+         close) of a file on its mount; {}. The mount and local-copy reads of `agents.sealed` \
+         alternate in blocks of {}; every read is checked byte for byte.\n",
+        v.describe(),
+        v.block
+    );
+    let _ = writeln!(s, "| File | Reads | Errors | p50 | p99 | max |");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|");
+    for r in [&v.health, &v.big_vfs, &v.big_local] {
+        let (p50, p99, max) = fmt_lat(r.lat.as_ref());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {p50} | {p99} | {max} |",
+            r.label,
+            r.ok,
+            r.failed()
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "- `agents.sealed` mount / local copy: p50 {}, p99 {}",
+        fmt_ratio(v.p50_ratio()),
+        fmt_ratio(v.p99_ratio())
+    );
+    let _ = writeln!(
+        s,
+        "- Target `health`: {}",
+        vfs_verdict(v.health.lat.as_ref(), VFS_HEALTH_TARGET_MS)
+    );
+    let _ = writeln!(
+        s,
+        "- Target `agents.sealed` ({}): {}",
+        fmt_bytes(v.sealed_bytes),
+        vfs_verdict(v.big_vfs.lat.as_ref(), VFS_BIG_TARGET_MS)
+    );
+    for t in &v.teardown {
+        let _ = writeln!(s, "- **Failed:** {t}");
+    }
     s
 }
 
