@@ -240,9 +240,15 @@ fn kill_9_during_a_write_storm_loses_no_acknowledged_write() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 2000);
     // The killed process must be gone (its lock released) before a new daemon can start.
-    wait_until("the killed daemon to be gone", Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
-    });
+    wait_until(
+        "the killed daemon to be gone",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        },
+    );
 
     d.ccd_ok(&["daemon", "start"]);
     assert_ne!(d.pid(), pid);

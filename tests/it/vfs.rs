@@ -333,3 +333,51 @@ fn launch_runs_the_agent_with_the_orchestrator_environment() {
     let status = d2.ccd(&["vfs", "status"]);
     assert!(String::from_utf8_lossy(&status.stdout).contains("disabled"));
 }
+
+#[test]
+fn a_stale_mount_found_at_start_is_cleaned_up() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    // Kill the auto-unmount helper first, then the daemon: the mount is left behind, dead.
+    let helpers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("fusermount3") && cmd.contains(mount.to_str().unwrap())).then_some(pid)
+        })
+        .collect();
+    assert!(
+        !helpers.is_empty(),
+        "no fusermount3 helper found for {}",
+        mount.display()
+    );
+    for pid in &helpers {
+        std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status()
+            .unwrap();
+    }
+    d.kill9();
+    assert!(
+        mounted(&mount),
+        "the mount should be left behind for this test"
+    );
+    assert!(
+        std::fs::metadata(&mount).is_err(),
+        "a dead FUSE mount cannot be read"
+    );
+
+    let out = d.command(&["daemon", "start"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        std::fs::read_to_string(mount.join("health")).unwrap(),
+        "OK\n"
+    );
+    let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap();
+    assert!(log.contains("stale mount"), "{log}");
+}
