@@ -106,6 +106,11 @@ enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print a shell completion script, e.g. `ccd completions bash > ~/.local/share/bash-completion/completions/ccd`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Events: the recent log (read directly), or live with --follow.
     Events {
         /// Keep printing events as they happen (until Ctrl-C).
@@ -373,6 +378,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Launch { args } => crate::launch::run(&home, autostart, args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "ccd", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
         Command::Agent(cmd) => {
             let mut client = Client::connect_or_start(&home, autostart)?;
             match cmd {

@@ -717,8 +717,15 @@ fn runs_leak_no_file_descriptors() {
             .unwrap()
             .count()
     };
+    // The start-up `claude --version` check holds pipes while it runs: let it finish first.
+    wait_until("the agent check to finish", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
     let mut c = d.connect();
-    c.call("query.run", json!({"prompt": "warm up"})).unwrap();
+    for i in 0..2 {
+        c.call("query.run", json!({"prompt": format!("warm up {i}")}))
+            .unwrap();
+    }
     d.wait_no_agent_processes();
     let before = fds();
     for i in 0..5 {
@@ -726,7 +733,11 @@ fn runs_leak_no_file_descriptors() {
             .unwrap();
     }
     d.wait_no_agent_processes();
-    assert_eq!(fds(), before, "file descriptors leaked by agent runs");
+    let after = fds();
+    assert!(
+        after <= before,
+        "file descriptors leaked by agent runs: {before} before, {after} after"
+    );
 }
 
 #[test]

@@ -102,3 +102,17 @@ fn help_is_there() {
     }
     assert!(d.ccd_ok(&["daemon", "--help"]).contains("logs"));
 }
+
+#[test]
+fn shell_completions() {
+    let d = Daemon::builder().prepare();
+    let bash = d.ccd_ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("_ccd()") && bash.contains("daemon") && bash.contains("query"),
+        "{}",
+        &bash[..bash.len().min(400)]
+    );
+    let zsh = d.ccd_ok(&["completions", "zsh"]);
+    assert!(zsh.contains("#compdef ccd"));
+    assert_eq!(d.ccd(&["completions", "tcsh"]).status.code(), Some(2));
+}
