@@ -1,5 +1,5 @@
 //! Records the build's commit and date for the agent filesystem's `.manifest`
-//! (`CCD_BUILD_COMMIT`, `CCD_BUILD_DATE`); "unknown" when git or date are not available.
+//! (`CCDBUILD_COMMIT`, `CCDBUILD_DATE`); "unknown" when git or date are not available.
 
 use std::process::Command;
 
@@ -15,8 +15,8 @@ fn main() {
     let commit =
         output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     let date = output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=CCD_BUILD_COMMIT={commit}");
-    println!("cargo:rustc-env=CCD_BUILD_DATE={date}");
+    println!("cargo:rustc-env=CCDBUILD_COMMIT={commit}");
+    println!("cargo:rustc-env=CCDBUILD_DATE={date}");
     // Only the commit is worth a rebuild; the date is that of the last build of this crate.
     if let Some(head) = output("git", &["rev-parse", "--git-path", "HEAD"]) {
         println!("cargo:rerun-if-changed={head}");

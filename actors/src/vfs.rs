@@ -157,8 +157,8 @@ pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
         }
         let manifest = json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "build_commit": env!("CCD_BUILD_COMMIT"),
-            "build_date": env!("CCD_BUILD_DATE"),
+            "build_commit": env!("CCDBUILD_COMMIT"),
+            "build_date": env!("CCDBUILD_DATE"),
             "agent_count": defs.len(),
             "sha256": sums,
         });
