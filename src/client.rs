@@ -29,6 +29,19 @@ pub struct Client {
     next_id: u64,
 }
 
+/// An I/O error on the daemon's socket: a daemon that went away mid-call (it died, or is
+/// stopping) is "not running", not a failure of this command's own output.
+fn socket_error(e: std::io::Error, doing: &str) -> CallError {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
+        CallError::NotRunning(format!(
+            "{doing}: the daemon closed the connection ({e}); is it running?"
+        ))
+    } else {
+        CallError::Other(anyhow::Error::new(e).context(doing.to_string()))
+    }
+}
+
 impl Client {
     /// Connect to a running daemon; `NotRunning` when nothing answers on the socket.
     pub fn connect(home: &Home) -> Result<Client, CallError> {
@@ -102,7 +115,7 @@ impl Client {
         let stream = self.reader.get_mut();
         stream
             .write_all(&line)
-            .context("sending the request to the daemon")?;
+            .map_err(|e| socket_error(e, "sending the request to the daemon"))?;
         stream.flush().ok();
         let mut buf = String::new();
         loop {
@@ -110,7 +123,7 @@ impl Client {
             let n = self
                 .reader
                 .read_line(&mut buf)
-                .context("reading the daemon's reply")?;
+                .map_err(|e| socket_error(e, "reading the daemon's reply"))?;
             if n == 0 {
                 return Err(CallError::NotRunning(
                     "the daemon closed the connection before answering (is it stopping?)".into(),
@@ -150,7 +163,7 @@ impl Client {
             if self
                 .reader
                 .read_line(&mut buf)
-                .context("reading from the daemon")?
+                .map_err(|e| socket_error(e, "reading from the daemon"))?
                 == 0
             {
                 return Err(CallError::NotRunning(

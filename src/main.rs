@@ -79,6 +79,10 @@ fn render(e: &anyhow::Error) -> String {
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    // A broken pipe on the daemon's socket is the daemon going away, not our reader leaving.
+    if e.chain().any(|c| c.downcast_ref::<CallError>().is_some()) {
+        return false;
+    }
     e.chain().any(|c| {
         let io = c.downcast_ref::<std::io::Error>().map(|io| io.kind());
         let json = c

@@ -144,10 +144,16 @@ impl Daemon {
             .status()
             .expect("kill");
         assert!(st.success());
+        // A zombie leader can outlive its other threads' exit for a moment, and they share the
+        // socket and lock file descriptors: gone means the kernel has dropped the pid lock too.
+        let lock_file = self.path().join("ccd.pid");
         wait_until(
             "the killed daemon to be gone",
             Duration::from_secs(10),
-            || !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            || {
+                (!Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid))
+                    && std::fs::File::open(&lock_file).is_ok_and(|f| f.try_lock().is_ok())
+            },
         );
     }
 
