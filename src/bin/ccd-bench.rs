@@ -85,7 +85,10 @@ enum Cmd {
     /// carries one write). The baseline opens a temporary SQLite file (WAL, the same
     /// `synchronous` level) with the daemon's `settings` table and does N×R
     /// `INSERT … ON CONFLICT(key) DO UPDATE` statements from one thread, each in its own
-    /// transaction. Prints the throughput ratios of the N-connection run to both.
+    /// transaction. When ccd-bench starts the daemons, it also measures N connections to a
+    /// second daemon with `CCD_WRITER_MAX_BATCH=1`: one transaction per write through the
+    /// same request path, so the ratio isolates group commit. Prints the throughput ratios of
+    /// the N-connection run to each.
     Upsert(UpsertArgs),
     /// Daemon startup time and idle memory, over several fresh homes.
     ///
@@ -899,6 +902,9 @@ struct UpsertSuite {
     multi: PhaseResult,
     /// `None` when the N-connection run already has a single connection.
     single: Option<PhaseResult>,
+    /// N connections to a daemon committing every write on its own (`max_batch=1`); `None`
+    /// when measuring a daemon ccd-bench did not start.
+    ungrouped: Option<PhaseResult>,
     baseline: PhaseResult,
 }
 
@@ -909,7 +915,14 @@ impl UpsertSuite {
     fn failures(&self) -> u64 {
         self.multi.failed()
             + self.single.as_ref().map_or(0, PhaseResult::failed)
+            + self.ungrouped.as_ref().map_or(0, PhaseResult::failed)
             + self.baseline.failed()
+    }
+    fn vs_ungrouped(&self) -> Option<f64> {
+        ratio(
+            self.multi.throughput(),
+            self.ungrouped.as_ref()?.throughput(),
+        )
     }
     fn vs_baseline(&self) -> Option<f64> {
         ratio(self.multi.throughput(), self.baseline.throughput())
@@ -959,16 +972,34 @@ fn upsert_suite(
     } else {
         None
     };
+    let ungrouped = if daemon.owned {
+        let env = vec![("CCD_WRITER_MAX_BATCH".to_string(), "1".into())];
+        let (one_per_txn, _) = Daemon::start_with_env(opts, daemon.timeout, env)
+            .context("starting a daemon with CCD_WRITER_MAX_BATCH=1")?;
+        let mut p = phase(connections, requests);
+        p.label = "setting.upsert (ccd, max_batch=1)".into();
+        p.socket = one_per_txn.socket.clone();
+        let r = run_phase(&p)?;
+        out.line(&r.summary());
+        drop(one_per_txn);
+        check_interrupted()?;
+        Some(r)
+    } else {
+        None
+    };
     let baseline = sqlite_baseline(connections, requests, limits, opts)?;
     out.line(&baseline.summary());
     let suite = UpsertSuite {
         multi,
         single,
+        ungrouped,
         baseline,
     };
     out.line(&format!(
-        "  ratio: ccd {connections} conn throughput / SQLite 1 txn per write = {}; / ccd 1 conn = {}",
+        "  ratio: ccd {connections} conn throughput / SQLite 1 txn per write = {}; / ccd with \
+         max_batch=1, {connections} conn = {}; / ccd 1 conn = {}",
         fmt_ratio(suite.vs_baseline()),
+        fmt_ratio(suite.vs_ungrouped()),
         fmt_ratio(suite.vs_single()),
     ));
     check_interrupted()?;
@@ -1139,6 +1170,7 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
     if m.upsert.single.is_some() {
         rows.push(&m.upsert.multi);
     }
+    rows.extend(&m.upsert.ungrouped);
     rows.push(&m.upsert.baseline);
     for r in rows {
         let (p50, p99, max) = r.lat.as_ref().map_or_else(
@@ -1177,6 +1209,13 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
         "| upsert throughput, {n} conn / SQLite 1 txn per write | {} |",
         fmt_ratio(m.upsert.vs_baseline())
     );
+    if m.upsert.ungrouped.is_some() {
+        let _ = writeln!(
+            s,
+            "| upsert throughput, {n} conn / same with max_batch=1 | {} |",
+            fmt_ratio(m.upsert.vs_ungrouped())
+        );
+    }
     let _ = writeln!(
         s,
         "| upsert throughput, {n} conn / 1 conn | {} |",
