@@ -343,12 +343,7 @@ fn an_agent_killed_mid_stream_fails_retryable() {
             .args(["-9", &pid.to_string()])
             .status();
     }
-    let reply = loop {
-        let m = c.recv().unwrap();
-        if m["id"] == json!(id) {
-            break m;
-        }
-    };
+    let reply = c.reply_to(id);
     let e = &reply["error"];
     assert_eq!(code(e), -32007, "{reply}");
     assert_eq!(class(e), "retryable");
@@ -385,12 +380,7 @@ fn cancel_stops_a_running_query() {
         .call("query.cancel", json!({"query_id": query_id}))
         .unwrap();
     assert_eq!(r["cancelled"], true);
-    let reply = loop {
-        let m = c.recv().unwrap();
-        if m["id"] == json!(id) {
-            break m;
-        }
-    };
+    let reply = c.reply_to(id);
     assert_eq!(code(&reply["error"]), -32008, "{reply}");
     d.wait_no_agent_processes();
     let r = d
@@ -479,12 +469,7 @@ fn an_executor_panic_kills_its_agent_and_the_pool_keeps_serving() {
         .call("debug.crash", json!({"actor": "executor-1"}))
         .unwrap_err();
     assert_eq!(code(&e), -32001);
-    let reply = loop {
-        let m = c.recv().unwrap();
-        if m["id"] == json!(id) {
-            break m;
-        }
-    };
+    let reply = c.reply_to(id);
     assert_eq!(class(&reply["error"]), "retryable", "{reply}");
     d.wait_no_agent_processes();
     d.mock

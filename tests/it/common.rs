@@ -265,6 +265,18 @@ impl Conn {
         id
     }
 
+    /// Read until the reply to request `id` (skipping notifications and other replies).
+    pub fn reply_to(&mut self, id: u64) -> Value {
+        loop {
+            let m = self
+                .recv()
+                .unwrap_or_else(|| panic!("connection closed before the reply to request {id}"));
+            if m["id"] == json!(id) {
+                return m;
+            }
+        }
+    }
+
     pub fn call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.request(method, params);
         loop {

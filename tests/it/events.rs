@@ -11,13 +11,9 @@ use crate::mock_api::{Behaviour, MockApi, claude_bin};
 fn subscribe(d: &Daemon, params: Value) -> Conn {
     let mut c = d.connect();
     let id = c.request("event.subscribe", params);
-    loop {
-        let m = c.recv().unwrap();
-        if m["id"] == json!(id) {
-            assert!(m["result"]["subscription_id"].as_u64().is_some(), "{m}");
-            return c;
-        }
-    }
+    let m = c.reply_to(id);
+    assert!(m["result"]["subscription_id"].as_u64().is_some(), "{m}");
+    c
 }
 
 /// Read `event` notifications until `done` says so (bounded by the read timeout).

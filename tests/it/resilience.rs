@@ -351,12 +351,7 @@ fn restarts_of_limiter_and_executors_neither_leak_nor_add_permits() {
         .call("debug.crash", json!({"actor": "executor-1"}))
         .unwrap_err();
     assert_eq!(code(&e), -32001);
-    let reply = loop {
-        let m = a.recv().unwrap();
-        if m["id"] == json!(id) {
-            break m;
-        }
-    };
+    let reply = a.reply_to(id);
     assert_eq!(code(&reply["error"]), -32007, "{reply}");
     wait_until("the permit to be released", Duration::from_secs(30), || {
         in_flight(&d) == 0

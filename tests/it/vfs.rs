@@ -41,6 +41,17 @@ fn import(d: &Daemon) -> tempfile::TempDir {
     dir
 }
 
+/// Import the `tester` agent and wait until the filesystem shows it.
+fn import_and_wait(d: &Daemon, mount: &Path) -> tempfile::TempDir {
+    let dir = import(d);
+    wait_until(
+        "the new agent in the filesystem",
+        Duration::from_secs(30),
+        || mount.join("agents/tester.md").exists(),
+    );
+    dir
+}
+
 fn mounted(path: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -101,12 +112,7 @@ fn contents_manifest_read_only_live_updates_and_unsealing() {
     );
 
     // Imported definitions appear without a remount; the manifest follows.
-    let _src = import(&d);
-    wait_until(
-        "the new agent in the filesystem",
-        Duration::from_secs(30),
-        || mount.join("agents/tester.md").exists(),
-    );
+    let _src = import_and_wait(&d, &mount);
     let md = std::fs::read_to_string(mount.join("agents/tester.md")).unwrap();
     assert!(
         md.starts_with("---\nname: tester\n") && md.contains(SECRET),
@@ -229,10 +235,7 @@ fn a_vfs_panic_does_not_take_the_filesystem_away() {
         return;
     }
     let (d, mount) = vfs_daemon();
-    let _src = import(&d);
-    wait_until("the agent", Duration::from_secs(30), || {
-        mount.join("agents/tester.md").exists()
-    });
+    let _src = import_and_wait(&d, &mount);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (reads, failures) = std::thread::scope(|s| {
         let reader = s.spawn(|| {
@@ -266,10 +269,7 @@ fn many_concurrent_readers() {
         return;
     }
     let (d, mount) = vfs_daemon();
-    let _src = import(&d);
-    wait_until("the agent", Duration::from_secs(30), || {
-        mount.join("agents/tester.md").exists()
-    });
+    let _src = import_and_wait(&d, &mount);
     let expected = std::fs::read(mount.join("agents/tester.md")).unwrap();
     std::thread::scope(|s| {
         for _ in 0..8 {
