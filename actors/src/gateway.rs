@@ -306,17 +306,14 @@ impl GatewayActor {
 
     fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
         Some(match method {
-            m::ProjectCreate::NAME => match parse_params::<m::ProjectCreate>(p).and_then(|params| {
+            m::ProjectCreate::NAME => self.write_method::<m::ProjectCreate, _>(p, |params| {
                 validate::project_name("name", &params.name)?;
                 let path = validate::dir("path", &params.path)?;
                 let env = params.env.unwrap_or_default();
                 validate::env("env", &env)?;
                 Ok(store::CreateProject { name: params.name, path, env })
-            }) {
-                Ok(op) => self.write_reply(op),
-                Err(e) => Reply::err(e),
-            },
-            m::ProjectUpdate::NAME => match parse_params::<m::ProjectUpdate>(p).and_then(|params| {
+            }),
+            m::ProjectUpdate::NAME => self.write_method::<m::ProjectUpdate, _>(p, |params| {
                 if params.path.is_none() && params.new_name.is_none() && params.env.is_none() {
                     return Err(RpcError::invalid_params(
                         "invalid params for project.update: give at least one of `path`, `new_name`, `env`",
@@ -330,14 +327,10 @@ impl GatewayActor {
                 }
                 let path = params.path.as_deref().map(|p| validate::dir("path", p)).transpose()?;
                 Ok(store::UpdateProject { name: params.name, path, new_name: params.new_name, env: params.env })
-            }) {
-                Ok(op) => self.write_reply(op),
-                Err(e) => Reply::err(e),
-            },
-            m::ProjectDelete::NAME => match parse_params::<m::ProjectDelete>(p) {
-                Ok(params) => self.write_reply(store::DeleteProject { name: params.name }),
-                Err(e) => Reply::err(e),
-            },
+            }),
+            m::ProjectDelete::NAME => self.write_method::<m::ProjectDelete, _>(p, |params| {
+                Ok(store::DeleteProject { name: params.name })
+            }),
             m::ProjectGetAll::NAME => {
                 let reader = self.reader.clone();
                 later::<m::ProjectGetAll, _>(p, move |_| async move {
@@ -351,16 +344,13 @@ impl GatewayActor {
 
     fn setting(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
         Some(match method {
-            m::SettingUpsert::NAME => match parse_params::<m::SettingUpsert>(p).and_then(|params| {
+            m::SettingUpsert::NAME => self.write_method::<m::SettingUpsert, _>(p, |params| {
                 validate::setting(&params.key, Some(&params.value))?;
                 Ok(store::UpsertSetting {
                     key: params.key,
                     value: params.value,
                 })
-            }) {
-                Ok(op) => self.write_reply(op),
-                Err(e) => Reply::err(e),
-            },
+            }),
             m::SettingGet::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SettingGet, _>(p, move |p| async move {
@@ -371,10 +361,9 @@ impl GatewayActor {
                         .ok_or_else(|| ActorError::NotFound(format!("no setting `{key}`")))
                 })
             }
-            m::SettingDelete::NAME => match parse_params::<m::SettingDelete>(p) {
-                Ok(params) => self.write_reply(store::DeleteSetting { key: params.key }),
-                Err(e) => Reply::err(e),
-            },
+            m::SettingDelete::NAME => self.write_method::<m::SettingDelete, _>(p, |params| {
+                Ok(store::DeleteSetting { key: params.key })
+            }),
             m::SettingList::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SettingList, _>(p, move |_| async move {
@@ -673,13 +662,23 @@ impl GatewayActor {
         })
     }
 
-    /// A write whose output is the method's result.
-    fn write_reply<O: WriteOp>(&self, op: O) -> Reply<Value>
+    /// Method `M` as one write: parse its params, turn them into the write (validating them),
+    /// commit it and answer with its output. Bad params change nothing.
+    fn write_method<M: Method, O: WriteOp>(
+        &self,
+        params: Option<Value>,
+        op: impl FnOnce(M::Params) -> Result<O, RpcError>,
+    ) -> Reply<Value>
     where
         O::Output: serde::Serialize,
     {
-        let fut = self.write(op);
-        Reply::later(async move { to_value(fut.await?) })
+        match parse_params::<M>(params).and_then(op) {
+            Ok(op) => {
+                let fut = self.write(op);
+                Reply::later(async move { to_value(fut.await?) })
+            }
+            Err(e) => Reply::err(e),
+        }
     }
 }
 
