@@ -529,6 +529,34 @@ impl GatewayActor {
     }
 
     /// `event.*`.
+    /// `stats.get`: the same figures as `ccd stats` and `/api/stats`.
+    fn stats(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+        if method != m::StatsGet::NAME {
+            return None;
+        }
+        let params = parse_params::<m::StatsGet>(p).and_then(|p| {
+            let since_ms = validate::since("since", p.since.as_deref().unwrap_or("7d"))?;
+            Ok((since_ms, p.project))
+        });
+        let (since_ms, project) = match params {
+            Ok(v) => v,
+            Err(e) => return Some(Reply::err(e)),
+        };
+        let reader = self.reader.clone();
+        let started = self.info.started;
+        Some(Reply::later(async move {
+            let stats = reader
+                .read("reading stats", move |c| {
+                    store::stats(c, since_ms, project.as_deref())
+                })
+                .await?;
+            to_value(types::StatsReport {
+                stats,
+                machine: crate::procstat::machine(started),
+            })
+        }))
+    }
+
     fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
         let bus = self.query.bus().clone();
         Some(match method {
@@ -705,6 +733,7 @@ impl Handle<Route> for GatewayActor {
             "query" | "session" => self.query(&method, params, conn),
             "limiter" | "breaker" => self.resilience(&method, params),
             "event" => self.events(&method, params, conn),
+            "stats" => self.stats(&method, params),
             "agent" | "orchestrator" | "hooks" => self.agents(&method, params),
             "vfs" => self.vfs(&method, params),
             _ => None,

@@ -395,6 +395,11 @@ async fn prometheus(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
             ));
         }
     }
+    out.push_str("# HELP ccd_event_subscribers Live event-bus subscribers (IPC subscriptions and /api/events streams).\n# TYPE ccd_event_subscribers gauge\n");
+    out.push_str(&format!(
+        "ccd_event_subscribers {}\n",
+        st.bus.subscriber_count()
+    ));
     out.push_str("# HELP ccd_uptime_seconds Time since the daemon started.\n# TYPE ccd_uptime_seconds gauge\n");
     out.push_str(&format!(
         "ccd_uptime_seconds {}\n",
@@ -438,37 +443,12 @@ async fn api_stats(
         })
         .await;
     match stats {
-        Ok(stats) => HttpResponse::Ok().json(json!({
-            "stats": stats,
-            "machine": machine(st.started),
-        })),
+        Ok(stats) => HttpResponse::Ok().json(types::StatsReport {
+            stats,
+            machine: crate::procstat::machine(st.started),
+        }),
         Err(e) => HttpResponse::InternalServerError().json(json!({ "error": e.to_string() })),
     }
-}
-
-/// Uptime, resident memory and CPU time of the daemon process (from /proc).
-fn machine(started: Instant) -> Value {
-    let rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        });
-    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100 per second on Linux).
-    let cpu_s = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-            Some(ticks / 100.0)
-        });
-    json!({
-        "uptime_s": started.elapsed().as_secs_f64(),
-        "rss_bytes": rss_kib.map(|k| k * 1024),
-        "cpu_seconds": cpu_s,
-    })
 }
 
 #[derive(Deserialize)]
@@ -506,9 +486,14 @@ async fn api_events(
         },
         4096,
     );
-    let bus = st.bus.clone();
-    let stream = futures_util::stream::unfold((sub, bus), |(sub, bus)| async move {
-        let (events, missed) = sub.next_batch().await;
+    // The stream owns the subscription: when actix-web drops it (the client went away, noticed
+    // at the latest on the next write), the guard takes the subscriber off the bus.
+    let sub = Subscription {
+        sub,
+        bus: st.bus.clone(),
+    };
+    let stream = futures_util::stream::unfold(sub, |sub| async move {
+        let (events, missed) = sub.sub.next_batch().await;
         let mut chunk = String::new();
         if missed > 0 {
             chunk.push_str(&format!(
@@ -524,12 +509,24 @@ async fn api_events(
                 e.kind.type_name()
             ));
         }
-        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), (sub, bus)))
+        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), sub))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("cache-control", "no-cache"))
         .streaming(stream)
+}
+
+/// An SSE client's place on the bus, removed when the response stream is dropped.
+struct Subscription {
+    sub: Arc<crate::eventbus::Subscriber>,
+    bus: Bus,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.bus.remove(self.sub.id);
+    }
 }
 
 /// Bind and serve; returns the bound address. The server runs until the system stops.

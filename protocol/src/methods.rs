@@ -109,6 +109,8 @@ methods! {
     EventUnsubscribe = "event.unsubscribe", types::Unsubscribe => types::Unsubscribed;
     /// Events from the persisted log, oldest first.
     EventList = "event.list", types::EventListParams => types::EventList;
+    /// Queries, errors by class, tokens by kind and cost, by day, project and model (as `ccd stats`), plus the daemon's uptime, RSS and CPU.
+    StatsGet = "stats.get", types::StatsParams => types::StatsReport;
     /// Import agent definitions (a directory of subagent .md files or a JSON bundle), sealed at rest; all or nothing.
     AgentImport = "agent.import", types::AgentImport => types::AgentImported;
     /// Every agent definition: name, description, tools, model.

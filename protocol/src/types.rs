@@ -1000,6 +1000,34 @@ pub struct Stats {
     pub totals: StatsRow,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    /// Queries newer than this: an age (`1h`, `7d`) or an RFC 3339 time (default `7d`).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only this project's queries.
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+/// The daemon process itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MachineStats {
+    pub uptime_s: f64,
+    /// Resident memory (`None` where /proc does not tell).
+    pub rss_bytes: Option<u64>,
+    /// User plus system CPU time.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// What `ccd stats` shows, plus the daemon's own uptime, memory and CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StatsReport {
+    pub stats: Stats,
+    pub machine: MachineStats,
+}
+
 // ---------------------------------------------------------------------------------------------
 // agents, orchestrator, hooks
 

@@ -304,6 +304,21 @@ fn events_and_stats_from_the_cli() {
     let table = d.ccd_ok(&["stats", "--project", "web"]);
     assert!(table.contains("web") && table.contains("total"), "{table}");
 
+    // The same figures over IPC (`stats.get`), with the daemon's own.
+    let report = d.call("stats.get", json!({"since": "7d"})).unwrap();
+    assert_eq!(report["stats"]["totals"], stats["totals"]);
+    assert_eq!(report["stats"]["rows"], stats["rows"]);
+    let web = d.call("stats.get", json!({"project": "web"})).unwrap();
+    assert_eq!(web["stats"]["totals"]["queries"], 3);
+    assert!(report["machine"]["rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(report["machine"]["uptime_s"].as_f64().unwrap() > 0.0);
+    let none = d.call("stats.get", json!({"project": "other"})).unwrap();
+    assert_eq!(none["stats"]["totals"]["queries"], 0);
+    for bad in [json!({"since": "whenever"}), json!({"days": 3})] {
+        let e = d.call("stats.get", bad).unwrap_err();
+        assert_eq!(code(&e), -32602, "{e}");
+    }
+
     wait_until(
         "the events to reach the log",
         Duration::from_secs(30),

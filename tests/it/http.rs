@@ -180,6 +180,44 @@ fn stats_and_events_over_http() {
     assert_eq!(get(&addr, "/api/events?types=bogus", None).0, 400);
 }
 
+/// `ccd_event_subscribers` from /metrics.
+fn subscribers(addr: &str) -> u64 {
+    let (status, _, body) = get(addr, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("ccd_event_subscribers "))
+        .unwrap_or_else(|| panic!("no ccd_event_subscribers in /metrics:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_event_stream_client_that_leaves_is_unsubscribed() {
+    let (d, addr) = http_daemon("");
+    // The metrics themselves are fed by a subscription of their own.
+    let base = subscribers(&addr);
+    for round in 1..=3 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        assert_eq!(subscribers(&addr), base + 1, "round {round}");
+        drop(r);
+        // The server notices at the latest when it next writes to the stream.
+        wait_until(
+            "the stream's subscriber to leave the bus",
+            Duration::from_secs(30),
+            || {
+                d.call("session.create", json!({})).unwrap();
+                subscribers(&addr) == base
+            },
+        );
+    }
+}
+
 #[test]
 fn a_token_guards_every_request() {
     let (_d, addr) = http_daemon("token = \"s3cret\"\n");
