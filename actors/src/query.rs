@@ -17,14 +17,15 @@ use ccd_protocol::types::{
 };
 use ccd_protocol::{ErrorCode, Notification, RpcError, to_line};
 use serde_json::json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ExecutorConfig;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::{
-    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, Run, RunResult,
-    Submit, Transcript, agent_args,
+    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage, Run,
+    RunResult, Submit, Transcript, agent_args,
 };
 use crate::gateway::{ConnCtx, validate};
 use crate::reader::Reader;
@@ -476,10 +477,11 @@ impl QueryService {
                 }
             }
             let t0 = std::time::Instant::now();
+            let (on_message, relay) = streamer(stream, g, conn, self.bus.clone());
             let run = Run {
                 spec: spec.clone(),
                 cancel: cancel.clone(),
-                on_message: streamer(stream, g, conn, self.bus.clone()),
+                on_message,
             };
             let result = match self.pool.send(Call(Submit(run))).await {
                 Ok(Ok(r)) => r,
@@ -503,6 +505,11 @@ impl QueryService {
                     };
                 }
             };
+            // This attempt's events are on their way to the client before whatever follows
+            // (a retry notice, the reply).
+            if let Some(relay) = relay {
+                let _ = relay.await;
+            }
             drop(permit);
             let transcript = match &result {
                 Ok(t) => t,
@@ -569,7 +576,8 @@ impl QueryService {
                     "type": "ccd", "subtype": "retry", "attempt": attempt + 1,
                     "delay_ms": delay.as_millis() as u64, "error": f.detail,
                 }),
-            );
+            )
+            .await;
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => {
@@ -793,8 +801,9 @@ enum Failure {
     Refused(ActorError),
 }
 
-/// Send one `query.event` notification (when streaming), never blocking.
-fn notify(stream: bool, query_id: &str, conn: &ConnCtx, event: serde_json::Value) {
+/// Send one `query.event` notification (when streaming), waiting for room in the client's
+/// queue unless the client is gone.
+async fn notify(stream: bool, query_id: &str, conn: &ConnCtx, event: serde_json::Value) {
     if !stream {
         return;
     }
@@ -806,28 +815,50 @@ fn notify(stream: bool, query_id: &str, conn: &ConnCtx, event: serde_json::Value
         "query.event",
         serde_json::to_value(&params).unwrap_or_default(),
     );
-    let _ = conn.outbound.try_send(to_line(&note));
+    tokio::select! {
+        _ = conn.outbound.send(to_line(&note)) => {}
+        _ = conn.closed.cancelled() => {}
+    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
-/// The `on_message` callback: with `stream`, forward each message as a `query.event`
-/// notification. Never blocks the agent: if the client has stopped reading and its queue is
-/// full, the event is dropped (and counted in the log).
+/// The `on_message` callback of one run, and with `stream` the task relaying its messages to
+/// the client as `query.event` notifications.
+///
+/// The callback never blocks: the agent's stdout is always drained at once (the real CLI loses
+/// the end of its output if it exits while a write to its stdout pipe is pending). Messages
+/// wait in the relay's queue for a client that reads slowly, so none is lost; a client that
+/// stops reading is disconnected after `ipc.write_timeout_ms`, which cancels its queries and
+/// frees the queue. The relay ends once the run has dropped the callback and everything is
+/// sent: awaiting it keeps the events ahead of the reply.
 fn streamer(
     stream: bool,
     g: &Guarded,
     conn: &ConnCtx,
     bus: Bus,
-) -> Box<dyn FnMut(&ccd_protocol::agent::Parsed) + Send> {
+) -> (OnMessage, Option<tokio::task::JoinHandle<()>>) {
     let query_id = g.query_id.clone();
     let session_id = g.session_id.clone();
     let project = g.project.clone();
-    let out = conn.outbound.clone();
-    let mut dropped = 0u64;
-    Box::new(move |parsed| {
+    let (relay_tx, relay) = if stream {
+        let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+        let (out, closed) = (conn.outbound.clone(), conn.closed.clone());
+        let relay = actix_rt::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                tokio::select! {
+                    sent = out.send(line) => if sent.is_err() { return },
+                    _ = closed.cancelled() => return,
+                }
+            }
+        });
+        (Some(tx), Some(relay))
+    } else {
+        (None, None)
+    };
+    let callback = Box::new(move |parsed: &ccd_protocol::agent::Parsed| {
         // Tool calls and their results go to the bus whatever the client asked.
         match &parsed.message {
             AgentMessage::Assistant(a) => {
@@ -863,9 +894,9 @@ fn streamer(
             }
             _ => {}
         }
-        if !stream {
+        let Some(tx) = &relay_tx else {
             return;
-        }
+        };
         let params = QueryEvent {
             query_id: query_id.clone(),
             event: parsed.raw.clone(),
@@ -874,17 +905,10 @@ fn streamer(
             "query.event",
             serde_json::to_value(&params).unwrap_or_default(),
         );
-        if out.try_send(to_line(&note)).is_err() {
-            dropped += 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    query_id,
-                    dropped,
-                    "client is not reading its query events; dropping some"
-                );
-            }
-        }
-    })
+        // An error means the relay stopped: the client is gone and its queries are cancelled.
+        let _ = tx.send(to_line(&note));
+    });
+    (callback, relay)
 }
 
 fn agent_error(

@@ -694,6 +694,73 @@ fn batch_runs_every_prompt_and_writes_jsonl() {
 }
 
 #[test]
+fn a_client_slow_to_read_still_gets_every_event() {
+    // An agent that prints far more than the socket's buffers and a connection queue of 2 lines
+    // hold: a run of a captured Claude Code transcript whose tool round is repeated 1000 times.
+    // (The real CLI cannot be made to print this much; what is tested is ccd's delivery.)
+    const ROUNDS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let fixture: Vec<&str> = include_str!("../../protocol/fixtures/tool.jsonl")
+        .lines()
+        .collect();
+    let mut transcript = String::new();
+    transcript.push_str(fixture[0]);
+    transcript.push('\n');
+    for _ in 0..ROUNDS {
+        for line in &fixture[1..4] {
+            transcript.push_str(line);
+            transcript.push('\n');
+        }
+    }
+    transcript.push_str(fixture[4]);
+    transcript.push('\n');
+    std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
+         if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+         cat > /dev/null\ncat \"$here/transcript.jsonl\"\ntouch \"$here/done\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[ipc]\nmax_inflight_per_connection = 1\n")
+        .start();
+
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    // Read nothing until the agent has printed everything.
+    wait_until("the agent to finish", Duration::from_secs(60), || {
+        dir.path().join("done").exists()
+    });
+    let mut kinds = Vec::new();
+    let reply = loop {
+        let m = c.recv().expect("connection closed before the reply");
+        if m["method"] == "query.event" {
+            kinds.push(
+                m["params"]["event"]["type"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string(),
+            );
+        } else {
+            assert_eq!(m["id"], json!(id), "{m}");
+            break m;
+        }
+    };
+    assert!(reply.get("result").is_some(), "{reply}");
+    let mut expected = vec!["system".to_string()];
+    for _ in 0..ROUNDS {
+        expected.extend(["assistant", "user", "assistant"].map(String::from));
+    }
+    expected.push("result".into());
+    assert_eq!(kinds.len(), expected.len(), "events lost");
+    assert_eq!(kinds, expected);
+}
+
+#[test]
 fn runs_leak_no_file_descriptors() {
     let d = agent_daemon(Behaviour::Text("ok".into()), "");
     let pid = d.pid();

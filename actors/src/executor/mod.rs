@@ -30,12 +30,15 @@ use crate::supervise::{
     Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
 };
 
+/// Sees every parsed message of a run as it is read; must not block.
+pub type OnMessage = Box<dyn FnMut(&Parsed) + Send>;
+
 /// One agent run to perform.
 pub struct Run {
     pub spec: AgentSpec,
     pub cancel: CancellationToken,
     /// Sees every parsed message as it is read (used to stream `query.event`s).
-    pub on_message: Box<dyn FnMut(&Parsed) + Send>,
+    pub on_message: OnMessage,
 }
 
 impl Request for Run {

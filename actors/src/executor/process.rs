@@ -150,6 +150,9 @@ pub struct AgentFailure {
 
 pub type RunResult = Result<Transcript, Box<AgentFailure>>;
 
+/// Capacity asked for the agent's stdout pipe.
+const STDOUT_PIPE_BYTES: usize = 1 << 20;
+
 /// Run the agent once. `on_message` sees every parsed stdout message as it is read.
 /// `started` receives the child's pid (its process-group id) as soon as it runs.
 pub async fn run_agent(
@@ -204,6 +207,14 @@ pub async fn run_agent(
     };
     let pid = child.id().unwrap_or(0);
     started(pid);
+    // The real CLI (a Bun executable) drops what it has not yet written to its stdout when it
+    // exits: with the default 64 KiB pipe a big final `result` line is cut short if we are a
+    // moment late reading. A pipe of 1 MiB (the default pipe-max-size) takes it whole.
+    if let Some(stdout) = &child.stdout
+        && let Err(e) = rustix::pipe::fcntl_setpipe_size(stdout, STDOUT_PIPE_BYTES)
+    {
+        tracing::debug!(pid, "enlarging the agent's stdout pipe: {e}");
+    }
 
     // The prompt on stdin, then EOF. A child that exits without reading it is not an error here.
     if let Some(mut stdin) = child.stdin.take() {
