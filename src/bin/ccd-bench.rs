@@ -857,10 +857,7 @@ impl PingSuite {
         self.daemon.failed() + self.echo.failed()
     }
     fn p50_ratio(&self) -> Option<f64> {
-        ratio(
-            self.daemon.lat.as_ref()?.p50 as f64,
-            self.echo.lat.as_ref()?.p50 as f64,
-        )
+        lat_ratios(self.daemon.lat.as_ref(), self.echo.lat.as_ref()).0
     }
     fn throughput_ratio(&self) -> Option<f64> {
         ratio(self.daemon.throughput(), self.echo.throughput())
@@ -1173,16 +1170,13 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
     rows.extend(&m.upsert.ungrouped);
     rows.push(&m.upsert.baseline);
     for r in rows {
-        let (p50, p99, max) = r.lat.as_ref().map_or_else(
-            || ("–".to_string(), "–".to_string(), "–".to_string()),
-            |l| (fmt_ns(l.p50), fmt_ns(l.p99), fmt_ns(l.max)),
-        );
+        let (p50, p99, max) = fmt_lat(r.lat.as_ref());
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {p50} | {p99} | {max} |",
             r.label,
             r.connections,
-            r.ok + r.rpc_errors + r.lost,
+            r.requests(),
             r.failed(),
             group_thousands(r.throughput()),
         );
@@ -1387,6 +1381,52 @@ struct PhaseResult {
 }
 
 impl PhaseResult {
+    /// Sums what the client threads of a phase measured; `wall` runs from `start` (their
+    /// release) to the end of the last one.
+    fn from_workers(
+        label: &str,
+        connections: u32,
+        start: Instant,
+        workers: Vec<WorkerOut>,
+    ) -> PhaseResult {
+        let mut result = PhaseResult {
+            label: label.to_string(),
+            connections,
+            ok: 0,
+            rpc_errors: 0,
+            warmup_failed: 0,
+            lost: 0,
+            skipped: 0,
+            wall: Duration::ZERO,
+            lat: None,
+            messages: BTreeMap::new(),
+        };
+        let mut samples = Vec::with_capacity(workers.iter().map(|w| w.lat_ns.len()).sum());
+        let mut end = start;
+        for w in workers {
+            result.ok += w.ok;
+            result.rpc_errors += w.rpc_errors;
+            result.warmup_failed += w.warmup_failed;
+            result.lost += w.lost;
+            result.skipped += w.skipped;
+            if let Some(e) = w.end {
+                end = end.max(e);
+            }
+            for m in w.messages {
+                *result.messages.entry(m).or_default() += 1;
+            }
+            samples.extend(w.lat_ns);
+        }
+        result.wall = end.duration_since(start);
+        result.lat = Latency::from_samples(samples);
+        result
+    }
+
+    /// Measured requests that were sent (answered or lost); skipped ones are not.
+    fn requests(&self) -> u64 {
+        self.ok + self.rpc_errors + self.lost
+    }
+
     fn failed(&self) -> u64 {
         self.rpc_errors + self.warmup_failed + self.lost
     }
@@ -1456,6 +1496,11 @@ impl PhaseResult {
     }
 }
 
+/// How one request went: `Ok(Ok(()))` a success, `Ok(Err(message))` a failed request (a
+/// JSON-RPC error reply or a wrong answer), `Err` a broken connection (or an agent that could
+/// not be run at all).
+type Attempt = Result<Result<(), String>>;
+
 /// What one client thread measured.
 #[derive(Default)]
 struct WorkerOut {
@@ -1473,6 +1518,67 @@ impl WorkerOut {
     fn note(&mut self, msg: String) {
         if self.messages.len() < 3 && !self.messages.contains(&msg) {
             self.messages.push(msg);
+        }
+    }
+
+    /// Runs `n` unmeasured warm-up requests (`request(i)`, `i` from 0) and counts the failed
+    /// ones; stops early on a signal. `Err` when the connection broke.
+    fn warm_up(&mut self, n: u32, mut request: impl FnMut(u32) -> Attempt) -> Result<()> {
+        for i in 0..n {
+            if interrupted() {
+                break;
+            }
+            if let Err(msg) = request(i)? {
+                self.warmup_failed += 1;
+                self.note(format!("warm-up: {msg}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one measured request that took `dt`: a success with its latency, or a failure.
+    /// `false` when the connection broke: that costs `lost_if_broken` requests (this one
+    /// included), and the caller's loop must stop.
+    fn record(&mut self, attempt: Attempt, dt: Duration, lost_if_broken: u64) -> bool {
+        match attempt {
+            Ok(Ok(())) => {
+                self.ok += 1;
+                self.lat_ns.push(nanos(dt));
+                true
+            }
+            Ok(Err(msg)) => {
+                self.rpc_errors += 1;
+                self.note(msg);
+                true
+            }
+            Err(e) => {
+                self.lost += lost_if_broken;
+                self.note(format!("{e:#}"));
+                false
+            }
+        }
+    }
+
+    /// Reports the client thread in as ready, even when its setup (connect, warm-up) failed so
+    /// that the phase does not wait for it, then waits for the gate. `None` when the thread must
+    /// not run: its setup failed, which loses `at_stake` requests, or the phase was aborted
+    /// (and reports nothing).
+    fn report_ready<C>(
+        &mut self,
+        setup: Result<C>,
+        ready: &mpsc::Sender<()>,
+        gate: &Gate,
+        at_stake: u64,
+    ) -> Option<C> {
+        let _ = ready.send(());
+        let gate_state = gate.wait();
+        match setup {
+            Err(e) => {
+                self.lost = at_stake;
+                self.note(format!("{e:#}"));
+                None
+            }
+            Ok(set_up) => (gate_state == GateState::Open).then_some(set_up),
         }
     }
 }
@@ -1510,183 +1616,152 @@ impl Gate {
     }
 }
 
-/// Runs one closed-loop phase: N client threads connect and warm up, then are released
-/// together; each sends its R requests one at a time and times every round trip.
-fn run_phase(p: &Phase) -> Result<PhaseResult> {
-    check_interrupted()?;
-    let shared = Arc::new((
-        p.socket.clone(),
-        p.op.clone(),
-        p.expect,
-        p.requests,
-        p.limits.clone(),
-    ));
-    let gate = Arc::new(Gate::new());
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let mut handles: Vec<JoinHandle<WorkerOut>> = Vec::with_capacity(p.connections as usize);
-    for conn in 0..p.connections {
-        let shared = Arc::clone(&shared);
-        let gate_w = Arc::clone(&gate);
-        let ready = ready_tx.clone();
-        let spawned = thread::Builder::new()
-            .name(format!("bench-c{conn}"))
-            .spawn(move || {
-                let (socket, op, expect, requests, limits) = &*shared;
-                worker(
-                    socket, op, *expect, conn, *requests, limits, &ready, &gate_w,
-                )
-            });
-        match spawned {
-            Ok(h) => handles.push(h),
-            Err(e) => {
-                gate.set(GateState::Abort);
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(e).context("spawning a client thread");
-            }
-        }
-    }
-    drop(ready_tx);
-
-    // Every worker reports exactly once when it is connected and warmed up (or has failed).
-    let setup_deadline = Instant::now() + p.limits.max_time;
+/// Waits for `n` ready reports, at most `limit`; returns how many came.
+fn wait_ready(rx: &mpsc::Receiver<()>, n: u32, limit: Duration) -> u32 {
+    let deadline = Instant::now() + limit;
     let mut ready = 0;
-    while ready < p.connections {
-        let left = setup_deadline.saturating_duration_since(Instant::now());
-        match ready_rx.recv_timeout(left) {
+    while ready < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
             Ok(()) => ready += 1,
             Err(_) => break,
         }
     }
-    if ready < p.connections {
-        gate.set(GateState::Abort);
-        for h in handles {
-            let _ = h.join();
-        }
-        bail!(
-            "{}: only {ready} of {} connections were connected and warmed up within --max-time {}",
-            p.label,
-            p.connections,
-            humantime::format_duration(p.limits.max_time)
-        );
-    }
-    let start = Instant::now();
-    gate.set(GateState::Open);
-
-    let mut result = PhaseResult {
-        label: p.label.clone(),
-        connections: p.connections,
-        ok: 0,
-        rpc_errors: 0,
-        warmup_failed: 0,
-        lost: 0,
-        skipped: 0,
-        wall: Duration::ZERO,
-        lat: None,
-        messages: BTreeMap::new(),
-    };
-    let mut samples =
-        Vec::with_capacity((u64::from(p.connections) * u64::from(p.requests)) as usize);
-    let mut end = start;
-    for h in handles {
-        let w = h
-            .join()
-            .map_err(|_| anyhow!("{}: a client thread panicked", p.label))?;
-        result.ok += w.ok;
-        result.rpc_errors += w.rpc_errors;
-        result.warmup_failed += w.warmup_failed;
-        result.lost += w.lost;
-        result.skipped += w.skipped;
-        if let Some(e) = w.end {
-            end = end.max(e);
-        }
-        for m in w.messages {
-            *result.messages.entry(m).or_default() += 1;
-        }
-        samples.extend(w.lat_ns);
-    }
-    result.wall = end.duration_since(start);
-    result.lat = Latency::from_samples(samples);
-    Ok(result)
+    ready
 }
 
-#[allow(clippy::too_many_arguments)]
-fn worker(
-    socket: &Path,
-    op: &Op,
-    expect: Expect,
-    conn: u32,
-    requests: u32,
-    limits: &Limits,
-    ready: &mpsc::Sender<()>,
-    gate: &Gate,
-) -> WorkerOut {
+/// Requests shared by the client threads of a phase, taken a few at a time.
+struct Budget {
+    total: u64,
+    taken: AtomicU64,
+}
+
+impl Budget {
+    fn new(total: u64) -> Budget {
+        Budget {
+            total,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes up to `n` requests; returns how many it got (0 once the budget is spent).
+    fn take(&self, n: u64) -> u64 {
+        let total = self.total;
+        self.taken
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+                (t < total).then(|| t + n.min(total - t))
+            })
+            .map_or(0, |t| n.min(total - t))
+    }
+
+    /// Requests never taken (the phase stopped early).
+    fn left(&self) -> u64 {
+        self.total.saturating_sub(self.taken.load(Ordering::SeqCst))
+    }
+}
+
+/// Runs the client threads of a phase, `client(i, ready, gate)` in thread `{thread_name}{i}`
+/// for each of the `connections`: each connects and warms up and reports in; once all have
+/// (within `max_time`), the gate releases them together, and what they measured is summed,
+/// `wall` from the release to the end of the last one. `not_ready` says, for the error, what
+/// the threads did not all manage in time.
+fn run_clients<F>(
+    label: &str,
+    connections: u32,
+    thread_name: &str,
+    max_time: Duration,
+    not_ready: &str,
+    client: F,
+) -> Result<PhaseResult>
+where
+    F: Fn(u32, &mpsc::Sender<()>, &Gate) -> WorkerOut + Sync,
+{
+    check_interrupted()?;
+    let gate = Gate::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        let mut handles = Vec::with_capacity(connections as usize);
+        for i in 0..connections {
+            let ready = ready_tx.clone();
+            let (gate, client) = (&gate, &client);
+            let spawned = thread::Builder::new()
+                .name(format!("{thread_name}{i}"))
+                .spawn_scoped(s, move || client(i, &ready, gate));
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    gate.set(GateState::Abort);
+                    return Err(e).context("spawning a client thread");
+                }
+            }
+        }
+        drop(ready_tx);
+        // Every client reports exactly once when it is connected and warmed up (or has failed).
+        let ready = wait_ready(&ready_rx, connections, max_time);
+        if ready < connections {
+            gate.set(GateState::Abort);
+            bail!(
+                "{label}: only {ready} of {connections} connections were {not_ready} {}",
+                humantime::format_duration(max_time)
+            );
+        }
+        let start = Instant::now();
+        gate.set(GateState::Open);
+        // Join them all before giving up on one that panicked.
+        let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+        let outs = joined
+            .into_iter()
+            .map(|w| w.map_err(|_| anyhow!("{label}: a client thread panicked")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PhaseResult::from_workers(label, connections, start, outs))
+    })
+}
+
+/// Runs one closed-loop phase: N client threads connect and warm up, then are released
+/// together; each sends its R requests one at a time and times every round trip.
+fn run_phase(p: &Phase) -> Result<PhaseResult> {
+    run_clients(
+        &p.label,
+        p.connections,
+        "bench-c",
+        p.limits.max_time,
+        "connected and warmed up within --max-time",
+        |conn, ready, gate| worker(p, conn, ready, gate),
+    )
+}
+
+/// One client thread of [`run_phase`].
+fn worker(p: &Phase, conn: u32, ready: &mpsc::Sender<()>, gate: &Gate) -> WorkerOut {
+    let requests = p.requests;
     let mut out = WorkerOut {
         lat_ns: Vec::with_capacity(requests as usize),
         ..WorkerOut::default()
     };
     let mut id: u64 = 0;
-    let mut warmup_failed = 0;
-    let mut warmup_messages = Vec::new();
-    let setup = (|| -> Result<Client> {
-        let mut client = Client::connect(socket, limits.timeout)?;
-        for i in 0..limits.warmup {
+    let setup = Client::connect(&p.socket, p.limits.timeout).and_then(|mut client| {
+        out.warm_up(p.limits.warmup, |i| {
             id += 1;
-            let line = op.request_line(conn, Stage::Warmup, i, id);
-            if let Reply::Failed(msg) = client.exchange(&line, id, expect)? {
-                warmup_failed += 1;
-                warmup_messages.push(format!("warm-up: {msg}"));
-            }
-        }
+            let line = p.op.request_line(conn, Stage::Warmup, i, id);
+            client.exchange(&line, id, p.expect)
+        })?;
         Ok(client)
-    })();
-    out.warmup_failed = warmup_failed;
-    for m in warmup_messages {
-        out.note(m);
-    }
-    // Report in even on failure, so that the phase does not wait for this connection.
-    let _ = ready.send(());
-    let gate_state = gate.wait();
-    let mut client = match setup {
-        Ok(c) => c,
-        Err(e) => {
-            out.lost = u64::from(requests);
-            out.note(format!("{e:#}"));
-            return out;
-        }
-    };
-    if gate_state == GateState::Abort {
-        out.skipped = u64::from(requests);
+    });
+    let Some(mut client) = out.report_ready(setup, ready, gate, u64::from(requests)) else {
         return out;
-    }
+    };
 
-    let deadline = Instant::now() + limits.max_time;
+    let deadline = Instant::now() + p.limits.max_time;
     for i in 0..requests {
         id += 1;
-        let line = op.request_line(conn, Stage::Measure, i, id);
+        let line = p.op.request_line(conn, Stage::Measure, i, id);
         let t0 = Instant::now();
         if t0 >= deadline || interrupted() {
             out.skipped = u64::from(requests - i);
             break;
         }
-        let reply = client.exchange(&line, id, expect);
-        let dt = t0.elapsed();
-        match reply {
-            Ok(Reply::Ok) => {
-                out.ok += 1;
-                out.lat_ns
-                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
-            }
-            Ok(Reply::Failed(msg)) => {
-                out.rpc_errors += 1;
-                out.note(msg);
-            }
-            Err(e) => {
-                out.lost = u64::from(requests - i);
-                out.note(format!("{e:#}"));
-                break;
-            }
+        let attempt = client.exchange(&line, id, p.expect);
+        if !out.record(attempt, t0.elapsed(), u64::from(requests - i)) {
+            break;
         }
     }
     out.end = Some(Instant::now());
@@ -1703,13 +1778,6 @@ struct Client {
     writer: UnixStream,
     buf: String,
     next_id: u64,
-}
-
-/// What a reply means for the request it answers.
-enum Reply {
-    Ok,
-    /// A JSON-RPC error reply, or a result other than the expected one.
-    Failed(String),
 }
 
 /// The payload of one reply line.
@@ -1739,22 +1807,34 @@ impl Client {
         })
     }
 
-    /// Sends one request line and reads its reply, skipping server notifications. `Err` means
-    /// the connection is unusable (I/O error, timeout, EOF, malformed or mismatched reply).
-    fn exchange(&mut self, line: &str, id: u64, expect: Expect) -> Result<Reply> {
+    /// Connects and checks that the daemon answers `system.ping` with "pong".
+    fn connect_and_ping(socket: &Path, timeout: Duration) -> Result<Client> {
+        let mut client = Client::connect(socket, timeout)?;
+        let pong = client.call("system.ping", json!({}))?;
+        ensure!(
+            pong.as_str() == Some("pong"),
+            "system.ping answered {pong} instead of \"pong\""
+        );
+        Ok(client)
+    }
+
+    /// Sends one request line and reads its reply, skipping server notifications. `Ok(Err)` is
+    /// a JSON-RPC error reply or a result other than the expected one; `Err` means the
+    /// connection is unusable (I/O error, timeout, EOF, malformed or mismatched reply).
+    fn exchange(&mut self, line: &str, id: u64, expect: Expect) -> Attempt {
         let body = self.round_trip(line, id)?;
         Ok(match (expect, body) {
-            (Expect::Echo, Body::Other) => Reply::Ok,
+            (Expect::Echo, Body::Other) => Ok(()),
             (Expect::Echo, _) => {
                 bail!("the echo server sent something other than the request back")
             }
-            (Expect::Result(_), Body::Error(msg)) => Reply::Failed(msg),
-            (Expect::Result(None), Body::Result(_)) => Reply::Ok,
+            (Expect::Result(_), Body::Error(msg)) => Err(msg),
+            (Expect::Result(None), Body::Result(_)) => Ok(()),
             (Expect::Result(Some(want)), Body::Result(v)) => {
                 if v.as_str() == Some(want) {
-                    Reply::Ok
+                    Ok(())
                 } else {
-                    Reply::Failed(format!(
+                    Err(format!(
                         "unexpected result {} (expected {want:?})",
                         clip(&v.to_string())
                     ))
@@ -1814,17 +1894,29 @@ fn io_error(e: io::Error) -> anyhow::Error {
     }
 }
 
-/// Parses one reply line for request `id`; `Ok(None)` for a server notification.
-fn parse_reply(line: &str, id: u64) -> Result<Option<Body>> {
+/// Parses one line from the server into its JSON object; `Ok(None)` for a server
+/// notification (a `method` and no `id`).
+fn reply_object(line: &str) -> Result<Option<serde_json::Map<String, Value>>> {
     let v: Value = serde_json::from_str(line)
         .with_context(|| format!("the reply is not JSON: {}", clip(line)))?;
-    let obj = v
-        .as_object()
-        .with_context(|| format!("the reply is not a JSON object: {}", clip(line)))?;
-    let got = obj.get("id").filter(|v| !v.is_null());
-    if got.is_none() && obj.contains_key("method") {
+    let Value::Object(obj) = v else {
+        bail!("the reply is not a JSON object: {}", clip(line));
+    };
+    let notification = reply_id(&obj).is_none() && obj.contains_key("method");
+    Ok((!notification).then_some(obj))
+}
+
+/// A reply's `id`, unless it is missing or null.
+fn reply_id(obj: &serde_json::Map<String, Value>) -> Option<&Value> {
+    obj.get("id").filter(|v| !v.is_null())
+}
+
+/// Parses one reply line for request `id`; `Ok(None)` for a server notification.
+fn parse_reply(line: &str, id: u64) -> Result<Option<Body>> {
+    let Some(obj) = reply_object(line)? else {
         return Ok(None);
-    }
+    };
+    let got = reply_id(&obj);
     let error = obj.get("error");
     match got {
         Some(v) if v.as_u64() == Some(id) => {}
@@ -1836,7 +1928,7 @@ fn parse_reply(line: &str, id: u64) -> Result<Option<Body>> {
             clip(line)
         ),
     }
-    Ok(Some(reply_body(obj)))
+    Ok(Some(reply_body(&obj)))
 }
 
 /// What a reply object carries: its error (as a message), its result, or neither.
@@ -2014,7 +2106,7 @@ fn sqlite_baseline(
                 break 'outer;
             }
             write(&mut db, &key).with_context(|| format!("baseline write of {key}"))?;
-            samples.push(u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            samples.push(nanos(t0.elapsed()));
         }
     }
     let wall = start.elapsed();
@@ -2126,7 +2218,7 @@ impl StubAgent {
     /// Runs the stub once the way the daemon does: spawn with the agent arguments, write the
     /// prompt to stdin and close it, read stdout to EOF, wait. `Ok(Err)` is a run that went
     /// wrong (exit status, output); `Err` means the stub could not be run at all.
-    fn run_once(&self, prompt: &str) -> Result<Result<(), String>> {
+    fn run_once(&self, prompt: &str) -> Attempt {
         use std::io::Read as _;
         use std::os::unix::process::CommandExt as _;
 
@@ -2183,12 +2275,7 @@ impl StubAgent {
 
 /// One `query.run` round trip. `Ok(Err)` is a JSON-RPC error or a wrong result; `Err` means
 /// the connection is unusable.
-fn query_once(
-    client: &mut Client,
-    prompt: &str,
-    cwd: &str,
-    expected: &str,
-) -> Result<Result<(), String>> {
+fn query_once(client: &mut Client, prompt: &str, cwd: &str, expected: &str) -> Attempt {
     client.next_id += 1;
     let id = client.next_id;
     let mut line = json!({
@@ -2232,168 +2319,62 @@ fn shared_budget_loop<F, W>(
 ) -> Result<PhaseResult>
 where
     F: Fn(u32) -> Result<W> + Sync,
-    W: FnMut(Stage) -> Result<Result<(), String>>,
+    W: FnMut(Stage) -> Attempt,
 {
-    check_interrupted()?;
-    let gate = Gate::new();
-    let taken = AtomicU64::new(0);
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    thread::scope(|s| -> Result<PhaseResult> {
-        let mut handles = Vec::with_capacity(threads as usize);
-        for t in 0..threads {
-            let ready = ready_tx.clone();
-            let (gate, taken, make) = (&gate, &taken, &make);
-            let spawned = thread::Builder::new()
-                .name(format!("bench-q{t}"))
-                .spawn_scoped(s, move || {
-                    budget_worker(t, total, warmup, max_time, make, &ready, gate, taken)
-                });
-            match spawned {
-                Ok(h) => handles.push(h),
-                Err(e) => {
-                    gate.set(GateState::Abort);
-                    return Err(e).context("spawning a client thread");
-                }
-            }
-        }
-        drop(ready_tx);
-        let setup_deadline = Instant::now() + max_time;
-        let mut ready = 0;
-        while ready < threads {
-            let left = setup_deadline.saturating_duration_since(Instant::now());
-            match ready_rx.recv_timeout(left) {
-                Ok(()) => ready += 1,
-                Err(_) => break,
-            }
-        }
-        if ready < threads {
-            gate.set(GateState::Abort);
-            bail!(
-                "{label}: only {ready} of {threads} connections were set up and warmed up within {}",
-                humantime::format_duration(max_time)
-            );
-        }
-        let start = Instant::now();
-        gate.set(GateState::Open);
-
-        let mut result = PhaseResult {
-            label: label.to_string(),
-            connections: threads,
-            ok: 0,
-            rpc_errors: 0,
-            warmup_failed: 0,
-            lost: 0,
-            skipped: 0,
-            wall: Duration::ZERO,
-            lat: None,
-            messages: BTreeMap::new(),
-        };
-        let mut samples = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
-        let mut end = start;
-        for h in handles {
-            let w = h
-                .join()
-                .map_err(|_| anyhow!("{label}: a client thread panicked"))?;
-            result.ok += w.ok;
-            result.rpc_errors += w.rpc_errors;
-            result.warmup_failed += w.warmup_failed;
-            result.lost += w.lost;
-            if let Some(e) = w.end {
-                end = end.max(e);
-            }
-            for m in w.messages {
-                *result.messages.entry(m).or_default() += 1;
-            }
-            samples.extend(w.lat_ns);
-        }
-        result.skipped = total.saturating_sub(taken.load(Ordering::SeqCst));
-        result.wall = end.duration_since(start);
-        result.lat = Latency::from_samples(samples);
-        Ok(result)
-    })
+    let budget = Budget::new(total);
+    let mut result = run_clients(
+        label,
+        threads,
+        "bench-q",
+        max_time,
+        "set up and warmed up within",
+        |t, ready, gate| budget_worker(t, warmup, max_time, &make, &budget, ready, gate),
+    )?;
+    result.skipped = budget.left();
+    Ok(result)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One client thread of [`shared_budget_loop`].
 fn budget_worker<F, W>(
     t: u32,
-    total: u64,
     warmup: u32,
     max_time: Duration,
     make: &F,
+    budget: &Budget,
     ready: &mpsc::Sender<()>,
     gate: &Gate,
-    taken: &AtomicU64,
 ) -> WorkerOut
 where
     F: Fn(u32) -> Result<W>,
-    W: FnMut(Stage) -> Result<Result<(), String>>,
+    W: FnMut(Stage) -> Attempt,
 {
     let mut out = WorkerOut::default();
-    let mut warmup_failed = 0;
-    let mut warmup_messages = Vec::new();
-    let setup = (|| -> Result<W> {
-        let mut request = make(t)?;
-        for _ in 0..warmup {
-            if interrupted() {
-                break;
-            }
-            if let Err(msg) = request(Stage::Warmup)? {
-                warmup_failed += 1;
-                warmup_messages.push(format!("warm-up: {msg}"));
-            }
-        }
+    let setup = make(t).and_then(|mut request| {
+        out.warm_up(warmup, |_| request(Stage::Warmup))?;
         Ok(request)
-    })();
-    out.warmup_failed = warmup_failed;
-    for m in warmup_messages {
-        out.note(m);
-    }
-    // Report in even on failure, so that the phase does not wait for this thread.
-    let _ = ready.send(());
-    let gate_state = gate.wait();
-    let mut request = match setup {
-        Ok(r) => r,
-        Err(e) => {
-            // The connection (not a request of the budget) is lost; the others go on.
-            out.lost = 1;
-            out.note(format!("{e:#}"));
-            return out;
-        }
-    };
-    if gate_state == GateState::Abort {
+    });
+    // A failed setup loses the connection (not requests of the budget); the others go on.
+    let Some(mut request) = out.report_ready(setup, ready, gate, 1) else {
         return out;
-    }
+    };
     let deadline = Instant::now() + max_time;
-    loop {
-        if interrupted() || Instant::now() >= deadline {
-            break;
-        }
-        if taken.fetch_add(1, Ordering::SeqCst) >= total {
-            taken.fetch_sub(1, Ordering::SeqCst);
-            break;
-        }
+    while !interrupted() && Instant::now() < deadline && budget.take(1) == 1 {
         let t0 = Instant::now();
-        let reply = request(Stage::Measure);
-        let dt = t0.elapsed();
-        match reply {
-            Ok(Ok(())) => {
-                out.ok += 1;
-                out.lat_ns
-                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
-            }
-            Ok(Err(msg)) => {
-                out.rpc_errors += 1;
-                out.note(msg);
-            }
-            Err(e) => {
-                out.lost += 1;
-                out.note(format!("{e:#}"));
-                break;
-            }
+        let attempt = request(Stage::Measure);
+        if !out.record(attempt, t0.elapsed(), 1) {
+            break;
         }
     }
     out.end = Some(Instant::now());
     out
+}
+
+/// The prompt of the `i`-th query of thread `t` in a throughput phase (warm-up or measured).
+fn throughput_prompt(t: u32, stage: Stage, i: u64) -> String {
+    match stage {
+        Stage::Warmup => format!("ccd-bench warm-up c{t} #{i}"),
+        Stage::Measure => format!("ccd-bench query c{t} #{i}"),
+    }
 }
 
 /// `threads` connections to the daemon, sharing `total` `query.run` calls.
@@ -2413,10 +2394,7 @@ fn daemon_query_phase(
         let mut i = 0u64;
         Ok(move |stage: Stage| {
             i += 1;
-            let prompt = match stage {
-                Stage::Warmup => format!("ccd-bench warm-up c{t} #{i}"),
-                Stage::Measure => format!("ccd-bench query c{t} #{i}"),
-            };
+            let prompt = throughput_prompt(t, stage, i);
             query_once(&mut client, &prompt, cwd, expected)
         })
     })
@@ -2434,40 +2412,41 @@ fn bare_stub_phase(
         let mut i = 0u64;
         Ok(move |stage: Stage| {
             i += 1;
-            let prompt = match stage {
-                Stage::Warmup => format!("ccd-bench warm-up c{t} #{i}"),
-                Stage::Measure => format!("ccd-bench query c{t} #{i}"),
-            };
+            let prompt = throughput_prompt(t, stage, i);
             stub.run_once(&prompt)
         })
     })
 }
 
 /// Per-query overhead: R bare stub runs and R `query.run` calls on one connection (to a daemon
-/// with pool size 1), alternating bare, query, bare, query, … so that both see the same
-/// conditions on a machine whose load drifts. A path's `wall` is the sum of its own round
+/// with pool size 1), in alternating blocks (bare, query, bare, query, …) so that both see the
+/// same conditions on a machine whose load drifts. A path's `wall` is the sum of its own round
 /// trips (so its throughput is 1 / mean latency).
 fn overhead_phase(daemon: &Daemon, stub: &StubAgent, plan: &QueryPlan) -> Result<QueryOverhead> {
-    /// Counts one outcome; `false` when the path is broken (and the loop must stop).
-    fn record(w: &mut WorkerOut, r: Result<Result<(), String>>, dt: Duration) -> bool {
-        match r {
-            Ok(Ok(())) => {
-                w.ok += 1;
-                w.lat_ns
-                    .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
-                true
+    /// Runs queries `done..done + len` of the `n` of one path, one after the other, timing
+    /// each. `false` when the path must stop (time is up, a signal, a broken connection); what
+    /// it did not do then is counted as skipped (or lost).
+    fn run_block(
+        w: &mut WorkerOut,
+        done: u64,
+        len: u64,
+        n: u64,
+        deadline: Instant,
+        mut run: impl FnMut(&str) -> Attempt,
+    ) -> bool {
+        for j in 0..len {
+            if interrupted() || Instant::now() >= deadline {
+                w.skipped += n - done - j;
+                return false;
             }
-            Ok(Err(msg)) => {
-                w.rpc_errors += 1;
-                w.note(msg);
-                true
-            }
-            Err(e) => {
-                w.lost += 1;
-                w.note(format!("{e:#}"));
-                false
+            let prompt = format!("ccd-bench query #{}", done + j);
+            let t0 = Instant::now();
+            let attempt = run(&prompt);
+            if !w.record(attempt, t0.elapsed(), n - done - j) {
+                return false;
             }
         }
+        true
     }
     fn finish(label: &str, w: WorkerOut) -> PhaseResult {
         let wall = Duration::from_nanos(w.lat_ns.iter().sum());
@@ -2516,37 +2495,19 @@ fn overhead_phase(daemon: &Daemon, stub: &StubAgent, plan: &QueryPlan) -> Result
     let deadline = Instant::now() + plan.max_time;
     // Both paths have finished `done` requests; each block runs `len` bare, then `len` via ccd.
     let mut done = 0u64;
-    'blocks: while done < n {
+    while done < n {
         let len = block.min(n - done);
-        for j in 0..len {
-            if interrupted() || Instant::now() >= deadline {
-                bare.skipped += n - done - j;
-                via.skipped += n - done;
-                break 'blocks;
-            }
-            let prompt = format!("ccd-bench query #{}", done + j);
-            let t0 = Instant::now();
-            let r = stub.run_once(&prompt);
-            if !record(&mut bare, r, t0.elapsed()) {
-                bare.lost += n - done - j - 1;
-                via.skipped += n - done;
-                break 'blocks;
-            }
+        if !run_block(&mut bare, done, len, n, deadline, |prompt| {
+            stub.run_once(prompt)
+        }) {
+            via.skipped += n - done;
+            break;
         }
-        for j in 0..len {
-            if interrupted() || Instant::now() >= deadline {
-                via.skipped += n - done - j;
-                bare.skipped += n - done - len;
-                break 'blocks;
-            }
-            let prompt = format!("ccd-bench query #{}", done + j);
-            let t0 = Instant::now();
-            let r = query_once(&mut client, &prompt, cwd, expected);
-            if !record(&mut via, r, t0.elapsed()) {
-                via.lost += n - done - j - 1;
-                bare.skipped += n - done - len;
-                break 'blocks;
-            }
+        if !run_block(&mut via, done, len, n, deadline, |prompt| {
+            query_once(&mut client, prompt, cwd, expected)
+        }) {
+            bare.skipped += n - done - len;
+            break;
         }
         done += len;
     }
@@ -2577,7 +2538,7 @@ fn agent_daemon(
             QUERY_QUEUE_SIZE.to_string().into(),
         ),
     ];
-    let (daemon, _) = Daemon::start_with_env(opts, timeout.max(Duration::from_secs(30)), env)
+    let (daemon, _) = Daemon::start_with_env(opts, start_timeout(timeout), env)
         .with_context(|| format!("starting a daemon with executor pool size {pool_size}"))?;
     Ok(daemon)
 }
@@ -2620,6 +2581,34 @@ impl PoolRun {
     fn vs_bare(&self) -> Option<f64> {
         ratio(self.daemon.throughput(), self.bare.throughput())
     }
+
+    /// Its row of the throughput tables: pool, conns, queries, errors; throughput, p50 and p99
+    /// of ccd, then of the bare stub; their throughput ratio.
+    fn cells(&self) -> [String; 11] {
+        let (dp50, dp99, _) = fmt_lat(self.daemon.lat.as_ref());
+        let (bp50, bp99, _) = fmt_lat(self.bare.lat.as_ref());
+        [
+            self.pool_size.to_string(),
+            self.daemon.connections.to_string(),
+            self.daemon.requests().to_string(),
+            (self.daemon.failed() + self.bare.failed()).to_string(),
+            group_thousands(self.daemon.throughput()),
+            dp50,
+            dp99,
+            group_thousands(self.bare.throughput()),
+            bp50,
+            bp99,
+            fmt_ratio(self.vs_bare()),
+        ]
+    }
+}
+
+/// A line of the plain-text throughput table (its header or a [`PoolRun::cells`] row).
+fn pool_text_row<T: std::fmt::Display>(c: &[T; 11]) -> String {
+    format!(
+        "  {:>4} {:>5} {:>7} {:>6} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10} | {:>9}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
+    )
 }
 
 struct QuerySuite {
@@ -2744,7 +2733,7 @@ fn query_summary(q: &QuerySuite) -> String {
             s,
             "  {:<36} {:>7} {:>6} {p50:>10} {p99:>10} {max:>10}",
             r.label,
-            r.ok + r.rpc_errors + r.lost,
+            r.requests(),
             r.failed()
         );
     }
@@ -2768,35 +2757,13 @@ fn query_summary(q: &QuerySuite) -> String {
         s,
         "\nquery throughput by executor pool size (closed loop, 2 connections per pool slot):"
     );
-    let _ = writeln!(
-        s,
-        "  {:>4} {:>5} {:>7} {:>6} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10} | {:>9}",
-        "pool",
-        "conns",
-        "queries",
-        "errors",
-        "ccd q/s",
-        "ccd p50",
-        "ccd p99",
-        "bare q/s",
-        "bare p50",
-        "bare p99",
-        "ccd/bare"
-    );
+    let header = [
+        "pool", "conns", "queries", "errors", "ccd q/s", "ccd p50", "ccd p99", "bare q/s",
+        "bare p50", "bare p99", "ccd/bare",
+    ];
+    let _ = writeln!(s, "{}", pool_text_row(&header));
     for p in &q.pools {
-        let (dp50, dp99, _) = fmt_lat(p.daemon.lat.as_ref());
-        let (bp50, bp99, _) = fmt_lat(p.bare.lat.as_ref());
-        let _ = writeln!(
-            s,
-            "  {:>4} {:>5} {:>7} {:>6} {:>10} {dp50:>10} {dp99:>10} | {:>10} {bp50:>10} {bp99:>10} | {:>9}",
-            p.pool_size,
-            p.daemon.connections,
-            p.daemon.ok + p.daemon.rpc_errors + p.daemon.lost,
-            p.daemon.failed() + p.bare.failed(),
-            group_thousands(p.daemon.throughput()),
-            group_thousands(p.bare.throughput()),
-            fmt_ratio(p.vs_bare()),
-        );
+        let _ = writeln!(s, "{}", pool_text_row(&p.cells()));
     }
     s
 }
@@ -2839,7 +2806,7 @@ fn query_markdown(q: &QuerySuite) -> String {
             s,
             "| {} | {} | {} | {p50} | {p99} | {max} |",
             r.label,
-            r.ok + r.rpc_errors + r.lost,
+            r.requests(),
             r.failed()
         );
     }
@@ -2867,19 +2834,7 @@ fn query_markdown(q: &QuerySuite) -> String {
     );
     let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for p in &q.pools {
-        let (dp50, dp99, _) = fmt_lat(p.daemon.lat.as_ref());
-        let (bp50, bp99, _) = fmt_lat(p.bare.lat.as_ref());
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {dp50} | {dp99} | {} | {bp50} | {bp99} | {} |",
-            p.pool_size,
-            p.daemon.connections,
-            p.daemon.ok + p.daemon.rpc_errors + p.daemon.lost,
-            p.daemon.failed() + p.bare.failed(),
-            group_thousands(p.daemon.throughput()),
-            group_thousands(p.bare.throughput()),
-            fmt_ratio(p.vs_bare()),
-        );
+        let _ = writeln!(s, "| {} |", p.cells().join(" | "));
     }
     s
 }
@@ -2986,15 +2941,10 @@ fn create_batch(client: &mut Client, n: u32, out: &mut WorkerOut) -> Result<()> 
             "the daemon closed the connection"
         );
         let arrived = Instant::now();
-        let v: Value = serde_json::from_str(&client.buf)
-            .with_context(|| format!("the reply is not JSON: {}", clip(&client.buf)))?;
-        let obj = v
-            .as_object()
-            .with_context(|| format!("the reply is not a JSON object: {}", clip(&client.buf)))?;
-        let id = obj.get("id").filter(|v| !v.is_null());
-        if id.is_none() && obj.contains_key("method") {
+        let Some(obj) = reply_object(&client.buf)? else {
             continue; // a notification
-        }
+        };
+        let id = reply_id(&obj);
         let slot = match id.map(Value::as_u64) {
             Some(Some(i)) if i >= first && i - first < u64::from(n) => {
                 usize::try_from(i - first).context("reply id out of range")?
@@ -3018,11 +2968,10 @@ fn create_batch(client: &mut Client, n: u32, out: &mut WorkerOut) -> Result<()> 
         );
         pending[slot] = false;
         left -= 1;
-        match reply_body(obj) {
+        match reply_body(&obj) {
             Body::Result(r) if r.get("id").and_then(Value::as_str).is_some() => {
                 out.ok += 1;
-                out.lat_ns
-                    .push(u64::try_from(arrived.duration_since(t0).as_nanos()).unwrap_or(u64::MAX));
+                out.lat_ns.push(nanos(arrived.duration_since(t0)));
             }
             Body::Result(r) => {
                 out.rpc_errors += 1;
@@ -3225,21 +3174,25 @@ fn count_events_inner(client: &mut Client, ctl: &SubControl, out: &mut SubOut) -
             {
                 // Bytes of a partial line stay in `line` for the next read.
                 if let Some(since) = since {
+                    let counts = || {
+                        format!(
+                            "received {}, missed {}, of {} published",
+                            out.received,
+                            out.missed,
+                            ctl.goal()
+                        )
+                    };
                     ensure!(
                         last_progress.elapsed() < ctl.timeout,
-                        "no event for {} (received {}, missed {}, of {} published)",
+                        "no event for {} ({})",
                         humantime::format_duration(ctl.timeout),
-                        out.received,
-                        out.missed,
-                        ctl.goal()
+                        counts()
                     );
                     ensure!(
                         since.elapsed() < ctl.max_time,
-                        "still counting after {} (received {}, missed {}, of {} published)",
+                        "still counting after {} ({})",
                         humantime::format_duration(ctl.max_time),
-                        out.received,
-                        out.missed,
-                        ctl.goal()
+                        counts()
                     );
                 }
             }
@@ -3339,31 +3292,26 @@ impl Fanout {
 
     fn verdict(&self) -> String {
         let d = self.delivered_per_s();
-        if d >= DELIVERY_TARGET {
-            format!(
-                "met ({} ≥ {})",
-                group_thousands(d),
-                group_thousands(DELIVERY_TARGET)
-            )
+        let (met, cmp) = if d >= DELIVERY_TARGET {
+            ("met", "≥")
         } else {
-            format!(
-                "NOT met ({} < {})",
-                group_thousands(d),
-                group_thousands(DELIVERY_TARGET)
-            )
-        }
+            ("NOT met", "<")
+        };
+        format!(
+            "{met} ({} {cmp} {})",
+            group_thousands(d),
+            group_thousands(DELIVERY_TARGET)
+        )
     }
 }
 
 /// One publisher connection of the fan-out: warm up, wait for the gate, then take batches of
 /// `pipeline` calls from the shared budget.
-#[allow(clippy::too_many_arguments)]
 fn publisher(
     socket: &Path,
     plan: &EventsPlan,
     conn: u32,
-    total: u64,
-    budget: &AtomicU64,
+    budget: &Budget,
     ready: &mpsc::Sender<()>,
     gate: &Gate,
 ) -> WorkerOut {
@@ -3380,32 +3328,18 @@ fn publisher(
     for m in warm.messages {
         out.note(format!("warm-up: {m}"));
     }
-    let _ = ready.send(());
-    let gate_state = gate.wait();
-    let mut client = match setup {
-        Ok(c) => c,
-        Err(e) => {
-            out.lost = 1;
-            out.note(format!("publisher {conn}: {e:#}"));
-            return out;
-        }
-    };
-    if gate_state == GateState::Abort {
+    let setup = setup.with_context(|| format!("publisher {conn}"));
+    // A failed setup loses the connection (not requests of the budget); the others go on.
+    let Some(mut client) = out.report_ready(setup, ready, gate, 1) else {
         return out;
-    }
+    };
     let deadline = Instant::now() + plan.limits.max_time;
     let pipeline = u64::from(plan.pipeline.max(1));
-    loop {
-        if interrupted() || Instant::now() >= deadline {
+    while !interrupted() && Instant::now() < deadline {
+        let k = budget.take(pipeline);
+        if k == 0 {
             break;
         }
-        let took = budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
-            (t < total).then(|| t + pipeline.min(total - t))
-        });
-        let k = match took {
-            Ok(t) => pipeline.min(total - t),
-            Err(_) => break,
-        };
         let k = u32::try_from(k).unwrap_or(u32::MAX);
         let answered = out.ok + out.rpc_errors;
         if let Err(e) = create_batch(&mut client, k, &mut out) {
@@ -3434,25 +3368,11 @@ fn subscriber(socket: &Path, ctl: &SubControl, ready: &mpsc::Sender<()>) -> SubO
     out
 }
 
-/// Waits for `n` ready reports, at most `limit`; returns how many came.
-fn wait_ready(rx: &mpsc::Receiver<()>, n: u32, limit: Duration) -> u32 {
-    let deadline = Instant::now() + limit;
-    let mut ready = 0;
-    while ready < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(()) => ready += 1,
-            Err(_) => break,
-        }
-    }
-    ready
-}
-
 fn fanout(daemon: &Daemon, plan: &EventsPlan) -> Result<Fanout> {
     check_interrupted()?;
     let total = u64::from(plan.events);
     let gate = Gate::new();
-    let budget = AtomicU64::new(0);
+    let budget = Budget::new(total);
     let ctl = SubControl::new(total, &plan.limits);
     let socket = daemon.socket.as_path();
     let label = format!("session.create ({} subscribers)", plan.subscribers);
@@ -3466,9 +3386,7 @@ fn fanout(daemon: &Daemon, plan: &EventsPlan) -> Result<Fanout> {
                 let (gate, budget) = (&gate, &budget);
                 let h = thread::Builder::new()
                     .name(format!("bench-pub{p}"))
-                    .spawn_scoped(s, move || {
-                        publisher(socket, plan, p, total, budget, &ready, gate)
-                    })
+                    .spawn_scoped(s, move || publisher(socket, plan, p, budget, &ready, gate))
                     .context("spawning a publisher thread")?;
                 pubs.push(h);
             }
@@ -3506,46 +3424,21 @@ fn fanout(daemon: &Daemon, plan: &EventsPlan) -> Result<Fanout> {
             let start = Instant::now();
             ctl.started.store(true, Ordering::Release);
             gate.set(GateState::Open);
-            let mut w = WorkerOut::default();
-            let mut messages = BTreeMap::new();
-            let mut pub_end = start;
-            for h in pubs {
-                let o = h
-                    .join()
-                    .map_err(|_| anyhow!("a publisher thread panicked"))?;
-                w.ok += o.ok;
-                w.rpc_errors += o.rpc_errors;
-                w.warmup_failed += o.warmup_failed;
-                w.lost += o.lost;
-                if let Some(e) = o.end {
-                    pub_end = pub_end.max(e);
-                }
-                for m in o.messages {
-                    *messages.entry(m).or_default() += 1;
-                }
-                w.lat_ns.extend(o.lat_ns);
-            }
+            let pubs = pubs
+                .into_iter()
+                .map(|h| h.join().map_err(|_| anyhow!("a publisher thread panicked")))
+                .collect::<Result<Vec<_>>>()?;
+            let mut publish = PhaseResult::from_workers(&label, plan.publishers, start, pubs);
+            publish.skipped = budget.left();
             // Every successful call published exactly one event.
-            ctl.published.store(w.ok, Ordering::Release);
+            ctl.published.store(publish.ok, Ordering::Release);
             let mut totals = SubTotals::default();
             for h in subs {
                 let o = h
                     .join()
                     .map_err(|_| anyhow!("a subscriber thread panicked"))?;
-                totals.add(o, w.ok);
+                totals.add(o, publish.ok);
             }
-            let publish = PhaseResult {
-                label: label.clone(),
-                connections: plan.publishers,
-                ok: w.ok,
-                rpc_errors: w.rpc_errors,
-                warmup_failed: w.warmup_failed,
-                lost: w.lost,
-                skipped: total.saturating_sub(budget.load(Ordering::SeqCst)),
-                wall: pub_end.duration_since(start),
-                lat: Latency::from_samples(w.lat_ns),
-                messages,
-            };
             let delivery_wall = totals
                 .last
                 .map_or(Duration::ZERO, |t| t.duration_since(start));
@@ -3615,25 +3508,14 @@ impl StallRun {
             + sub_failed(&self.reader, self.published_reader)
     }
 
-    /// (p50, p99) of run `a` over run `b`.
-    fn ratios(a: &PhaseResult, b: &PhaseResult) -> (Option<f64>, Option<f64>) {
-        match (a.lat.as_ref(), b.lat.as_ref()) {
-            (Some(a), Some(b)) => (
-                ratio(a.p50 as f64, b.p50 as f64),
-                ratio(a.p99 as f64, b.p99 as f64),
-            ),
-            _ => (None, None),
-        }
-    }
-
-    /// With the stalled and the reading subscriber / with none.
+    /// With the stalled and the reading subscriber / with none: (p50, p99).
     fn vs_quiet(&self) -> (Option<f64>, Option<f64>) {
-        StallRun::ratios(&self.loaded, &self.quiet)
+        lat_ratios(self.loaded.lat.as_ref(), self.quiet.lat.as_ref())
     }
 
     /// With the stalled and the reading subscriber / with the reading one only: the stall alone.
     fn vs_reading(&self) -> (Option<f64>, Option<f64>) {
-        StallRun::ratios(&self.loaded, &self.reading_only)
+        lat_ratios(self.loaded.lat.as_ref(), self.reading_only.lat.as_ref())
     }
 }
 
@@ -3743,7 +3625,7 @@ fn events_suite(plan: &EventsPlan, opts: &DaemonOpts, out: &mut Out) -> Result<E
     check_total(1, plan.events)?;
     check_total(1, plan.requests)?;
     check_interrupted()?;
-    let start_timeout = plan.limits.timeout.max(Duration::from_secs(30));
+    let start_timeout = start_timeout(plan.limits.timeout);
 
     // 1. Fan-out.
     let (daemon, _) = Daemon::start_with_env(opts, start_timeout, plan.daemon_env())
@@ -3905,7 +3787,7 @@ fn events_markdown(e: &EventsSuite) -> String {
         "| {} | {} | {} | {} | {} | {p50} | {p99} | {} | {} |",
         f.subs.count,
         f.publish.connections,
-        f.publish.ok + f.publish.rpc_errors + f.publish.lost,
+        f.publish.requests(),
         f.failures(),
         group_thousands(f.publish.throughput()),
         group_thousands(f.delivered_per_s()),
@@ -3938,7 +3820,7 @@ fn events_markdown(e: &EventsSuite) -> String {
             s,
             "| {} | {} | {} | {} | {p50} | {p99} | {max} |",
             p.label,
-            p.ok + p.rpc_errors + p.lost,
+            p.requests(),
             p.failed(),
             group_thousands(p.throughput())
         );
@@ -4085,8 +3967,7 @@ impl<'a> ReadSampler<'a> {
         match got {
             Ok(bytes) => {
                 if measure {
-                    self.samples
-                        .push(u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX));
+                    self.samples.push(nanos(dt));
                 }
                 if bytes != self.expect {
                     self.mismatches += 1;
@@ -4145,18 +4026,9 @@ impl VfsSuite {
             + self.teardown.len() as u64
     }
 
-    fn p50_ratio(&self) -> Option<f64> {
-        ratio(
-            self.big_vfs.lat.as_ref()?.p50 as f64,
-            self.big_local.lat.as_ref()?.p50 as f64,
-        )
-    }
-
-    fn p99_ratio(&self) -> Option<f64> {
-        ratio(
-            self.big_vfs.lat.as_ref()?.p99 as f64,
-            self.big_local.lat.as_ref()?.p99 as f64,
-        )
+    /// Mount / local copy, for `agents.sealed`: (p50, p99).
+    fn ratios(&self) -> (Option<f64>, Option<f64>) {
+        lat_ratios(self.big_vfs.lat.as_ref(), self.big_local.lat.as_ref())
     }
 
     fn describe(&self) -> String {
@@ -4306,9 +4178,8 @@ fn vfs_suite(plan: &VfsPlan, opts: &DaemonOpts, out: &mut Out) -> Result<VfsRepo
     fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
 
     let env = vec![("CCD_VFS_ENABLED".to_string(), OsString::from("true"))];
-    let (mut daemon, _) =
-        Daemon::start_with_env(opts, plan.timeout.max(Duration::from_secs(30)), env)
-            .context("starting a daemon with CCD_VFS_ENABLED=true")?;
+    let (mut daemon, _) = Daemon::start_with_env(opts, start_timeout(plan.timeout), env)
+        .context("starting a daemon with CCD_VFS_ENABLED=true")?;
     out.line(&daemon.describe());
     let mut client = Client::connect(&daemon.socket, plan.timeout)?;
     let status = client.call("vfs.status", json!({}))?;
@@ -4445,12 +4316,13 @@ fn vfs_summary(v: &VfsSuite) -> String {
     );
     let _ = writeln!(s, "{}", v.big_vfs.summary());
     let _ = writeln!(s, "{}", v.big_local.summary());
+    let (p50, p99) = v.ratios();
     let _ = writeln!(
         s,
         "  (alternating blocks of {} reads) ratio mount / local copy: p50 {}, p99 {}",
         v.block,
-        fmt_ratio(v.p50_ratio()),
-        fmt_ratio(v.p99_ratio())
+        fmt_ratio(p50),
+        fmt_ratio(p99)
     );
     let _ = writeln!(
         s,
@@ -4503,11 +4375,12 @@ fn vfs_markdown(r: &VfsReport) -> String {
         );
     }
     let _ = writeln!(s);
+    let (p50, p99) = v.ratios();
     let _ = writeln!(
         s,
         "- `agents.sealed` mount / local copy: p50 {}, p99 {}",
-        fmt_ratio(v.p50_ratio()),
-        fmt_ratio(v.p99_ratio())
+        fmt_ratio(p50),
+        fmt_ratio(p99)
     );
     let _ = writeln!(
         s,
@@ -4559,29 +4432,20 @@ impl Daemon {
     /// Starts a daemon, or attaches to a running one per --home/--no-start.
     fn acquire(t: &Target, timeout: Duration) -> Result<Daemon> {
         if t.home.is_none() && !t.no_start {
-            return Ok(Daemon::start(&t.daemon, timeout.max(Duration::from_secs(30)))?.0);
+            return Ok(Daemon::start(&t.daemon, start_timeout(timeout))?.0);
         }
         let home = match &t.home {
             Some(h) => h.clone(),
             None => default_home()?,
         };
         let socket = home.join("ccd.sock");
-        let mut client = Client::connect(&socket, timeout)
-            .and_then(|mut c| {
-                let pong = c.call("system.ping", json!({}))?;
-                ensure!(
-                    pong.as_str() == Some("pong"),
-                    "system.ping answered {pong} instead of \"pong\""
-                );
-                Ok(c)
-            })
-            .with_context(|| {
-                format!(
-                    "no ccd daemon answers at {} (start one with `ccd daemon start`, or drop \
+        let mut client = Client::connect_and_ping(&socket, timeout).with_context(|| {
+            format!(
+                "no ccd daemon answers at {} (start one with `ccd daemon start`, or drop \
                      --home/--no-start to let ccd-bench start its own)",
-                    socket.display()
-                )
-            })?;
+                socket.display()
+            )
+        })?;
         let pid = client
             .call("system.health", json!({}))
             .ok()
@@ -4636,15 +4500,7 @@ impl Daemon {
         let run = daemon.run_ccd(&["daemon", "start"])?;
         let deadline = Instant::now() + timeout;
         let mut client = loop {
-            let attempt = Client::connect(&daemon.socket, timeout).and_then(|mut c| {
-                let pong = c.call("system.ping", json!({}))?;
-                ensure!(
-                    pong.as_str() == Some("pong"),
-                    "system.ping answered {pong} instead of \"pong\""
-                );
-                Ok(c)
-            });
-            match attempt {
+            match Client::connect_and_ping(&daemon.socket, timeout) {
                 Ok(c) => break c,
                 Err(e) if Instant::now() >= deadline || interrupted() => {
                     return Err(e.context(format!(
@@ -4838,6 +4694,11 @@ struct CcdRun {
     stdout: String,
 }
 
+/// `ccd daemon start|stop` and the first ping after start get at least 30s.
+fn start_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_secs(30))
+}
+
 fn health_pid(health: &Value) -> Option<u32> {
     health
         .get("pid")
@@ -4987,8 +4848,13 @@ fn fmt_ns(ns: u64) -> String {
     }
 }
 
+/// A duration in whole nanoseconds (saturating), the unit of latency samples.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 fn fmt_duration(d: Duration) -> String {
-    fmt_ns(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    fmt_ns(nanos(d))
 }
 
 fn fmt_kib(kib: u64) -> String {
@@ -4997,6 +4863,17 @@ fn fmt_kib(kib: u64) -> String {
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// (p50, p99) of latencies `a` over latencies `b`.
+fn lat_ratios(a: Option<&Latency>, b: Option<&Latency>) -> (Option<f64>, Option<f64>) {
+    match (a, b) {
+        (Some(a), Some(b)) => (
+            ratio(a.p50 as f64, b.p50 as f64),
+            ratio(a.p99 as f64, b.p99 as f64),
+        ),
+        _ => (None, None),
+    }
 }
 
 fn fmt_ratio(r: Option<f64>) -> String {
