@@ -588,8 +588,9 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
             String::new()
         }
     );
+    // contract.md's codes: an interrupted batch did not do its job (1), whatever finished.
     Ok(if interrupted.load(Ordering::SeqCst) {
-        130
+        exit::ERROR
     } else if failed > 0 {
         exit::AGENT_FAILED
     } else {

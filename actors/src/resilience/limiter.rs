@@ -44,7 +44,8 @@ struct KeyState {
     waiting: u32,
     throttled: u64,
     admitted: u64,
-    last_remaining: Option<u32>,
+    /// Tokens left after the bucket's last decision, and when it was made.
+    last_remaining: Option<(u32, Instant)>,
 }
 
 impl KeyState {
@@ -176,10 +177,11 @@ impl LimiterCore {
             if let Some(b) = &state.bucket {
                 match b.check() {
                     Ok(snapshot) => {
-                        state.last_remaining = Some(snapshot.remaining_burst_capacity())
+                        state.last_remaining =
+                            Some((snapshot.remaining_burst_capacity(), Instant::now()))
                     }
                     Err(not_until) => {
-                        state.last_remaining = Some(0);
+                        state.last_remaining = Some((0, Instant::now()));
                         let retry_after = not_until
                             .wait_time_from(TokioClock.now())
                             .max(Duration::from_millis(1));
@@ -262,7 +264,7 @@ impl LimiterCore {
                     available_tokens: s
                         .bucket
                         .as_ref()
-                        .map(|_| s.last_remaining.unwrap_or(s.spec.burst.max(1))),
+                        .map(|_| available_tokens(&s.spec, s.last_remaining, now)),
                     window_count: s
                         .window
                         .iter()
@@ -278,6 +280,22 @@ impl LimiterCore {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
+}
+
+/// Tokens in a bucket now: what its last decision left plus the whole tokens refilled since, up
+/// to the burst (full when it never decided). A fraction of a token counts as none.
+fn available_tokens(spec: &LimitSpec, last: Option<(u32, Instant)>, now: Instant) -> u32 {
+    let burst = spec.burst.max(1);
+    let Some((left, at)) = last else {
+        return burst;
+    };
+    let refilled = now.duration_since(at).as_secs_f64() * spec.rate_per_s;
+    let refilled = if refilled.is_finite() && refilled >= 0.0 {
+        refilled.min(f64::from(burst)) as u32
+    } else {
+        0
+    };
+    left.saturating_add(refilled).min(burst)
 }
 
 fn longest(a: Option<Throttled>, b: Throttled) -> Throttled {
@@ -367,6 +385,23 @@ mod tests {
             tokio::time::advance(Duration::from_millis(100)).await;
             assert!(core.try_acquire(&keys).is_ok());
             assert_eq!(core.status()[0].throttled, 1);
+        });
+    }
+
+    #[test]
+    fn status_shows_tokens_refilled_since_the_last_admission() {
+        paused(async {
+            let core = LimiterCore::new();
+            let keys = [("global".to_string(), bucket_spec(10.0, 5))];
+            assert_eq!(core.status().len(), 0);
+            for _ in 0..5 {
+                drop(core.try_acquire(&keys).unwrap());
+            }
+            assert_eq!(core.status()[0].available_tokens, Some(0));
+            tokio::time::advance(Duration::from_millis(250)).await;
+            assert_eq!(core.status()[0].available_tokens, Some(2));
+            tokio::time::advance(Duration::from_secs(60)).await;
+            assert_eq!(core.status()[0].available_tokens, Some(5));
         });
     }
 
