@@ -199,7 +199,8 @@ impl Config {
 
     /// As [`Config::load`], with `KEY=VALUE` overrides from the command line on top.
     pub fn load_with(home: &Path, overrides: &[(String, String)]) -> anyhow::Result<Config> {
-        Self::layered(home, overrides)?
+        let figment = Self::layered(home, overrides)?;
+        let config: Config = figment
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .with_context(|| {
@@ -207,8 +208,24 @@ impl Config {
                     "invalid configuration (from {} and CCD_* variables)",
                     config_path(home).display()
                 )
-            })
-            .and_then(|c: Config| c.validate().map(|()| c))
+            })?;
+        config.validate().map_err(|e| {
+            // Say where each value named in the message came from.
+            let e = format!("{e:#}");
+            let origins: Vec<String> = backticked_keys(&e)
+                .filter_map(|key| {
+                    let value = figment.find_value(key).ok()?;
+                    let source = source_of(&figment, home, overrides, key);
+                    Some(format!("`{key}` = {} from {source}", show_value(&value)))
+                })
+                .collect();
+            if origins.is_empty() {
+                anyhow::anyhow!(e)
+            } else {
+                anyhow::anyhow!("{e} ({})", origins.join("; "))
+            }
+        })?;
+        Ok(config)
     }
 
     /// Every source in precedence order: defaults, file, environment, `CCD_AGENT_CMD`, flags.
@@ -251,23 +268,7 @@ impl Config {
         for (section, fields) in value.as_object().into_iter().flatten() {
             for (name, v) in fields.as_object().into_iter().flatten() {
                 let key = format!("{section}.{name}");
-                let env_name = format!("CCD_{}_{}", section.to_uppercase(), name.to_uppercase());
-                let source = if overrides.iter().any(|(k, _)| k == &key) {
-                    "flag (--set)".to_string()
-                } else if key == "executor.command"
-                    && std::env::var("CCD_AGENT_CMD").is_ok_and(|c| !c.is_empty())
-                {
-                    "environment (CCD_AGENT_CMD)".to_string()
-                } else if std::env::var_os(&env_name).is_some() {
-                    format!("environment ({env_name})")
-                } else {
-                    match figment.find_metadata(&key) {
-                        Some(m) if m.name.contains("TOML") => {
-                            format!("{}", config_path(home).display())
-                        }
-                        _ => "default".to_string(),
-                    }
-                };
+                let source = source_of(&figment, home, overrides, &key);
                 out.push((key, v.clone(), source));
             }
         }
@@ -373,6 +374,52 @@ impl Config {
     }
 }
 
+/// Where the effective value of `key` (`section.name`) comes from: a flag, the environment,
+/// the config file, or the default.
+fn source_of(figment: &Figment, home: &Path, overrides: &[(String, String)], key: &str) -> String {
+    let env_name = format!("CCD_{}", key.replacen('.', "_", 1).to_uppercase());
+    if overrides.iter().any(|(k, _)| k == key) {
+        "flag (--set)".to_string()
+    } else if key == "executor.command"
+        && std::env::var("CCD_AGENT_CMD").is_ok_and(|c| !c.is_empty())
+    {
+        "environment (CCD_AGENT_CMD)".to_string()
+    } else if std::env::var_os(&env_name).is_some() {
+        format!("environment ({env_name})")
+    } else {
+        match figment.find_metadata(key) {
+            Some(m) if m.name.contains("TOML") => format!("{}", config_path(home).display()),
+            _ => "default".to_string(),
+        }
+    }
+}
+
+/// The `section.name` keys quoted in backticks in a validation message, each once.
+fn backticked_keys(message: &str) -> impl Iterator<Item = &str> {
+    let mut seen = Vec::new();
+    message
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| k.contains('.') && !k.contains(' '))
+        .filter(move |k| {
+            let new = !seen.contains(k);
+            seen.push(k);
+            new
+        })
+}
+
+fn show_value(v: &figment::value::Value) -> String {
+    match v {
+        figment::value::Value::String(_, s) => format!("{s:?}"),
+        other => other
+            .clone()
+            .deserialize::<serde_json::Value>()
+            .map(|j| j.to_string())
+            .unwrap_or_else(|_| "?".into()),
+    }
+}
+
 fn describe_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| e.to_string())
@@ -418,6 +465,31 @@ mod tests {
             jail.create_file("config.toml", "[ipc]\nmax_conections = 7\n")?;
             let err = format!("{:#}", Config::load(&home).unwrap_err());
             assert!(err.contains("max_conections"), "{err}");
+
+            // A value of the right type but out of range: the message says where it was set.
+            jail.create_file("config.toml", "[executor]\npool_size = 0\n")?;
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
+            assert!(
+                err.contains("`executor.pool_size` must be between 1 and 256")
+                    && err.contains("`executor.pool_size` = 0 from")
+                    && err.contains("config.toml"),
+                "{err}"
+            );
+            jail.create_file("config.toml", "")?;
+            jail.set_env("CCD_RETRY_FACTOR", "0.5");
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
+            assert!(
+                err.contains("`retry.factor` = 0.5 from environment (CCD_RETRY_FACTOR)"),
+                "{err}"
+            );
+            let err = format!(
+                "{:#}",
+                Config::load_with(&home, &[("retry.factor".into(), "0.25".into())]).unwrap_err()
+            );
+            assert!(
+                err.contains("`retry.factor` = 0.25 from flag (--set)"),
+                "{err}"
+            );
             Ok(())
         });
     }
