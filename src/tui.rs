@@ -1278,11 +1278,13 @@ fn describe(kind: &EventKind) -> (Style, String) {
             query_id,
             project,
             model: m,
+            key,
             retry_after_ms,
+            ..
         } => (
             warn,
             format!(
-                "query={} retry_after={}{}{}",
+                "query={} key={key} retry_after={}{}{}",
                 short(query_id),
                 format_ms(*retry_after_ms),
                 proj(project),

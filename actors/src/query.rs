@@ -618,9 +618,11 @@ impl QueryService {
             }
             if waiting.is_none() {
                 self.bus.publish(EventKind::LimiterThrottled {
+                    session_id: g.session_id.clone(),
                     query_id: g.query_id.clone(),
                     project: g.project.clone(),
                     model: g.model.clone(),
+                    key: throttled.key.clone(),
                     retry_after_ms: throttled.retry_after.as_millis() as u64,
                 });
                 let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();

@@ -776,9 +776,12 @@ pub enum EventKind {
     BreakerClosed { key: String, reason: String },
     #[serde(rename = "limiter.throttled")]
     LimiterThrottled {
+        session_id: String,
         query_id: String,
         project: Option<String>,
         model: Option<String>,
+        /// The limiter key whose limit holds the query back (`global`, `model:M`, `project:P`).
+        key: String,
         retry_after_ms: u64,
     },
     #[serde(rename = "vfs.mounted")]
@@ -861,7 +864,8 @@ impl EventKind {
             | EventKind::ToolResult { session_id, .. }
             | EventKind::TokensUsed { session_id, .. }
             | EventKind::CostIncurred { session_id, .. }
-            | EventKind::QueryRetried { session_id, .. } => Some(session_id),
+            | EventKind::QueryRetried { session_id, .. }
+            | EventKind::LimiterThrottled { session_id, .. } => Some(session_id),
             _ => None,
         }
     }

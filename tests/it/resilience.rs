@@ -244,6 +244,28 @@ fn a_batch_under_a_rate_limit_takes_the_time_the_limit_implies() {
         .clone();
     assert_eq!(global["admitted"], 100);
     assert!(global["throttled"].as_u64().unwrap() > 0);
+
+    // Each wait was announced on the bus, naming the session and the key that held it back.
+    wait_until(
+        "limiter.throttled events in the log",
+        Duration::from_secs(30),
+        || {
+            !d.call("event.list", json!({"types": ["limiter.throttled"]}))
+                .unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+    );
+    let events = d
+        .call("event.list", json!({"types": ["limiter.throttled"]}))
+        .unwrap();
+    for e in events["events"].as_array().unwrap() {
+        assert_eq!(e["key"], "global", "{e}");
+        let session = e["session_id"].as_str().unwrap();
+        let s = d.call("session.get", json!({"id": session})).unwrap();
+        assert_eq!(s["session"]["id"], session);
+    }
 }
 
 #[test]

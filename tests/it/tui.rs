@@ -211,8 +211,11 @@ fn the_dashboard_shows_actors_and_events_and_follows_the_daemon_through_a_restar
     tui.wait_for("the dashboard after Tab", shows_actors);
 
     tui.keys(&["q"]);
+    // tmux marks the pane dead when its pty closes and learns the exit status when it reaps
+    // the process: wait for both.
     wait_until("ccd tui to exit after q", LIMIT, || {
-        tui.pane_state().0 == "1"
+        let (dead, status) = tui.pane_state();
+        dead == "1" && !status.is_empty()
     });
     assert_eq!(tui.pane_state().1, "0", "exit status of ccd tui");
     let screen = tui.screen();

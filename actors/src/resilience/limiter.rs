@@ -78,10 +78,12 @@ fn bucket(spec: &LimitSpec) -> Option<Bucket> {
 
 /// Why an acquisition must wait: at the earliest after `retry_after` (a concurrency limit can
 /// also free up sooner, on a release).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Throttled {
     pub retry_after: Duration,
     pub concurrency: bool,
+    /// The key whose limit sets `retry_after` (e.g. `global`, `model:opus`).
+    pub key: String,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl LimiterCore {
                     Throttled {
                         retry_after: Duration::from_millis(50),
                         concurrency: true,
+                        key: key.clone(),
                     },
                 ));
             }
@@ -155,6 +158,7 @@ impl LimiterCore {
                         Throttled {
                             retry_after,
                             concurrency: false,
+                            key: key.clone(),
                         },
                     ));
                 }
@@ -193,6 +197,7 @@ impl LimiterCore {
                         return Err(Throttled {
                             retry_after,
                             concurrency: false,
+                            key: key.clone(),
                         });
                     }
                 }
