@@ -302,9 +302,23 @@ fn http_401_is_non_retryable_without_waiting_out_the_cli_retries() {
         },
         "",
     );
+    let started = std::time::Instant::now();
     let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    // Left alone the CLI retries a 401 with backoff for minutes; ccd stops it at its first
+    // `api_retry`. (A generous bound: this is about minutes against seconds, not speed.)
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(code(&e), -32007, "{e}");
     assert_eq!(class(&e), "non_retryable");
+    assert_eq!(e["data"]["attempts"], 1, "not retried by ccd: {e}");
+    assert!(
+        d.mock.requests().len() <= 2,
+        "the CLI was stopped at its first retry, yet the API saw {} requests",
+        d.mock.requests().len()
+    );
     assert!(
         e["message"].as_str().unwrap().contains("authentication"),
         "{e}"
@@ -693,27 +707,11 @@ fn batch_runs_every_prompt_and_writes_jsonl() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("4 ok, 0 failed"));
 }
 
-#[test]
-fn a_client_slow_to_read_still_gets_every_event() {
-    // An agent that prints far more than the socket's buffers and a connection queue of 2 lines
-    // hold: a run of a captured Claude Code transcript whose tool round is repeated 1000 times.
-    // (The real CLI cannot be made to print this much; what is tested is ccd's delivery.)
-    const ROUNDS: usize = 1000;
+/// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
+/// `done` beside itself. For what the real CLI cannot be made to print: floods, garbage and
+/// oversized lines. Lives as long as the returned directory.
+fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let fixture: Vec<&str> = include_str!("../../protocol/fixtures/tool.jsonl")
-        .lines()
-        .collect();
-    let mut transcript = String::new();
-    transcript.push_str(fixture[0]);
-    transcript.push('\n');
-    for _ in 0..ROUNDS {
-        for line in &fixture[1..4] {
-            transcript.push_str(line);
-            transcript.push('\n');
-        }
-    }
-    transcript.push_str(fixture[4]);
-    transcript.push('\n');
     std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
     let agent = dir.path().join("agent");
     std::fs::write(
@@ -724,6 +722,29 @@ fn a_client_slow_to_read_still_gets_every_event() {
     )
     .unwrap();
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, agent)
+}
+
+const TEXT_TRANSCRIPT: &str = include_str!("../../protocol/fixtures/text.jsonl");
+
+#[test]
+fn a_client_slow_to_read_still_gets_every_event() {
+    // An agent that prints far more than the socket's buffers and a connection queue of 2 lines
+    // hold: a run of a captured Claude Code transcript whose tool round is repeated 1000 times.
+    const ROUNDS: usize = 1000;
+    let fixture: Vec<&str> = include_str!("../../protocol/fixtures/tool.jsonl")
+        .lines()
+        .collect();
+    let mut transcript = format!("{}\n", fixture[0]);
+    for _ in 0..ROUNDS {
+        for line in &fixture[1..4] {
+            transcript.push_str(line);
+            transcript.push('\n');
+        }
+    }
+    transcript.push_str(fixture[4]);
+    transcript.push('\n');
+    let (dir, agent) = stub_agent(&transcript);
     let d = Daemon::builder()
         .env("CCD_AGENT_CMD", agent.to_str().unwrap())
         .config("[ipc]\nmax_inflight_per_connection = 1\n")
@@ -758,6 +779,57 @@ fn a_client_slow_to_read_still_gets_every_event() {
     expected.push("result".into());
     assert_eq!(kinds.len(), expected.len(), "events lost");
     assert_eq!(kinds, expected);
+}
+
+#[test]
+fn non_json_lines_from_the_agent_are_skipped_and_logged() {
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    let transcript = format!(
+        "{}\nnot json at all\n{{\"truncated\": \n\n{}\n\u{1b}[31mcolour\u{1b}[0m\n{}\n",
+        lines[0], lines[1], lines[2]
+    );
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let expected: Value = serde_json::from_str(lines[2]).unwrap();
+    assert_eq!(r["result"], expected["result"]);
+    assert_eq!(r["is_error"], false);
+    let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap();
+    assert!(
+        log.contains("skipping a non-JSON line from the agent") && log.contains("not json at all"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_agent_line_over_the_limit_fails_the_query_clearly() {
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    // A JSON line of 2 MiB against a limit of 1 MiB, then what would have been a success.
+    let huge = format!(
+        "{{\"type\":\"assistant\",\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    let transcript = format!("{}\n{huge}\n{}\n", lines[0], lines[2]);
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[executor]\nmax_line_bytes = 1048576\n[retry]\nmax_retries = 0\n")
+        .start();
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert_eq!(class(&e), "non_retryable", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("1048576-byte limit") && msg.contains("executor.max_line_bytes"),
+        "{msg}"
+    );
+    // The daemon is fine and the turn is recorded as failed.
+    let s = d
+        .call("session.get", json!({"id": e["data"]["session_id"]}))
+        .unwrap();
+    assert_eq!(s["turns"][0]["status"], "error", "{s}");
 }
 
 #[test]

@@ -388,16 +388,39 @@ fn restarts_of_limiter_and_executors_neither_leak_nor_add_permits() {
         .unwrap_err();
     assert_eq!(code(&e), -32002);
     d.call("query.cancel", json!({"query_id": qid})).unwrap();
-    let reply = loop {
-        let m = b.recv().unwrap();
-        if m["id"] == json!(id_b) {
-            break m;
-        }
-    };
+    let reply = b.reply_to(id_b);
     assert_eq!(code(&reply["error"]), -32008);
     wait_until("the permit to be released", Duration::from_secs(30), || {
         in_flight(&d) == 0
     });
+
+    // A timeout frees it.
+    let e = d
+        .call("query.run", json!({"prompt": "t", "timeout_ms": 1000}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32006, "{e}");
+    wait_until("the permit to be released", Duration::from_secs(30), || {
+        in_flight(&d) == 0
+    });
+
+    // So does a client that goes away mid-query.
+    let calls = stub.calls();
+    let mut gone = d.connect();
+    gone.request("query.run", json!({"prompt": "g"}));
+    wait_until(
+        "the query to hold its permit",
+        Duration::from_secs(30),
+        || stub.calls() == calls + 1,
+    );
+    assert_eq!(in_flight(&d), 1);
+    drop(gone);
+    wait_until("the permit to be released", Duration::from_secs(30), || {
+        in_flight(&d) == 0
+    });
+    wait_until("the executor to be idle", Duration::from_secs(30), || {
+        d.call("system.health", json!({})).unwrap()["executor"]["busy"] == 0
+    });
+
     stub.set_mode("ok");
     d.call("query.run", json!({"prompt": "d", "no_wait": true}))
         .unwrap();
