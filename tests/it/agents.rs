@@ -144,20 +144,25 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
             .is_empty()
     );
 
+    // A name used twice: refused at the `name:` line of the second, naming the first.
     std::fs::write(
         dir.path().join("zz-bad.md"),
-        "---\nname: reviewer\ndescription: again\n---\nhi\n",
+        "---\n# the same agent again\ndescription: again\nname: reviewer\n---\nhi\n",
     )
     .unwrap();
     let e = d
         .call("agent.import", json!({"path": dir.path()}))
         .unwrap_err();
-    assert!(
-        e["message"]
-            .as_str()
-            .unwrap()
-            .contains("duplicate agent name `reviewer`"),
-        "{e}"
+    assert_eq!(code(&e), -32602, "{e}");
+    let want = format!(
+        "{}:4: duplicate agent name `reviewer` (first defined at {}:2)",
+        dir.path().join("zz-bad.md").display(),
+        dir.path().join("reviewer.md").display()
+    );
+    assert!(e["message"].as_str().unwrap().contains(&want), "{e}");
+    assert_eq!(
+        d.call("agent.list", json!({})).unwrap()["agents"],
+        json!([])
     );
 
     let bundle = dir.path().join("bundle.json");
@@ -168,8 +173,42 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
     .unwrap();
     let e = d.call("agent.import", json!({"path": bundle})).unwrap_err();
     assert!(
-        e["message"].as_str().unwrap().contains("bundle.json"),
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("bundle.json:1: unknown field `extra`"),
         "{e}"
+    );
+    // A bad entry of a bundle is refused at its line.
+    std::fs::write(
+        &bundle,
+        "{\"agents\": [\n  {\"name\": \"j\", \"description\": \"d\", \"prompt\": \"p\"},\n  {\"name\": \"k\", \"description\": \"d\", \"prompt\": \"p\"},\n  {\"name\": \"j\", \"description\": \"d\", \"prompt\": \" \"}\n]}\n",
+    )
+    .unwrap();
+    let e = d.call("agent.import", json!({"path": bundle})).unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{}:4: agents[2]: `prompt` is empty",
+            bundle.display()
+        )),
+        "{msg}"
+    );
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    std::fs::write(&bundle, text.replace("\" \"", "\"p\"")).unwrap();
+    let e = d.call("agent.import", json!({"path": bundle})).unwrap_err();
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{b}:4: agents[2]: duplicate agent name `j` (first defined at {b}:2)",
+            b = bundle.display()
+        )),
+        "{msg}"
+    );
+    assert_eq!(
+        d.call("agent.list", json!({})).unwrap()["agents"],
+        json!([])
     );
     std::fs::write(
         &bundle,
@@ -184,6 +223,82 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
         .call("agent.import", json!({"path": "relative/dir"}))
         .unwrap_err();
     assert_eq!(code(&e), -32602);
+}
+
+/// The YAML that subagent files use in practice: quoted values, lists of tools, comments.
+#[test]
+fn imports_the_yaml_forms_of_real_subagent_files() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("planner.md"),
+        "---\n# Plans work.\nname: planner\n\ndescription: \"Use when: the task is big\"  # quoted\ntools:\n  - Read\n  - Grep\nmodel: opus\n---\nPlan.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tester.md"),
+        "---\nname: tester\ndescription: >\n  Runs the tests\n  and reports.\ntools: [Bash, 'Read']\n---\nTest.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("writer.md"),
+        "---\nname: writer\ndescription: Writes docs\ntools: Read, Grep, Glob\n---\nWrite.\n",
+    )
+    .unwrap();
+    let out = d.call("agent.import", json!({"path": dir.path()})).unwrap();
+    assert_eq!(out["imported"], json!(["planner", "tester", "writer"]));
+    let agent = |name: &str| d.call("agent.get", json!({"name": name})).unwrap();
+    let planner = agent("planner");
+    assert_eq!(
+        planner["agent"],
+        json!({"name": "planner", "description": "Use when: the task is big",
+               "tools": ["Read", "Grep"], "model": "opus", "prompt": "Plan."})
+    );
+    // What the VFS serves reads back the same.
+    assert!(
+        planner["markdown"]
+            .as_str()
+            .unwrap()
+            .contains("description: \"Use when: the task is big\"\ntools: Read, Grep\n"),
+        "{planner}"
+    );
+    let tester = agent("tester");
+    assert_eq!(
+        tester["agent"]["description"],
+        "Runs the tests and reports."
+    );
+    assert_eq!(tester["agent"]["tools"], json!(["Bash", "Read"]));
+    assert_eq!(
+        agent("writer")["agent"]["tools"],
+        json!(["Read", "Grep", "Glob"])
+    );
+
+    // A bad value in one file refuses them all, at its line; nothing more is stored.
+    std::fs::write(
+        dir.path().join("zz.md"),
+        "---\nname: zz\ndescription: d\ntools:\n  - Read\n  Grep\n---\nhi\n",
+    )
+    .unwrap();
+    d.call("agent.delete", json!({"name": "writer"})).unwrap();
+    let e = d
+        .call("agent.import", json!({"path": dir.path()}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "{}:6: expected a `- item` line in the list, got `Grep`",
+            dir.path().join("zz.md").display()
+        )),
+        "{msg}"
+    );
+    let names: Vec<Value> = d.call("agent.list", json!({})).unwrap()["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("planner"), json!("tester")]);
 }
 
 #[test]
