@@ -3,14 +3,22 @@
 //!
 //! Contents: `health`, `.manifest`, `README.txt`, `agents.sealed`, `orchestrator.sealed`,
 //! `hooks.sealed` (JSON bundles sealed under a key generated at boot and held only in memory),
-//! and `agents/<name>.md` (each definition as a Claude Code subagent file, opened on the fly
-//! from the database's sealed copy). Nothing is ever written to disk in plain text.
+//! and `agents/<name>.md` (each definition as a Claude Code subagent file). The definitions are
+//! opened from the database's sealed copies when the snapshot is built (at start and whenever
+//! they change), and the snapshot keeps them in plain text in the daemon's memory, from which
+//! reads are served. Nothing is ever written to disk in plain text.
 //!
 //! The filesystem is served by fuser on its own thread from a [`Snapshot`] shared by `Arc`; the
 //! actor rebuilds the snapshot when definitions change. A restart of the actor keeps the mount
 //! and the snapshot, so readers never lose the filesystem. The kernel enforces read-only (the
-//! `ro` mount option: writes, creates, renames, unlinks and chmods fail with EROFS) and
-//! owner-only access (`default_permissions` with mode 0500/0400).
+//! `ro` mount option: every kind of write fails with EROFS) and owner-only access: the mount
+//! has no `allow_other`/`allow_root`, so the kernel lets only processes whose ids are all the
+//! daemon's user into it (not even root), and `default_permissions` with modes 0500/0400 keeps
+//! even those to reading.
+//!
+//! fusermount3's `auto_unmount` is not used: it needs `allow_other` (its setuid-root helper could
+//! not otherwise look into the mount; fuser refuses the combination). An [`UnmountWatchdog`]
+//! takes its place.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -190,6 +198,8 @@ struct CcdFs {
     snapshot: SharedSnapshot,
     uid: u32,
     gid: u32,
+    /// Lives as long as the session: dropped (and stopped) when the filesystem is.
+    _watchdog: Option<UnmountWatchdog>,
 }
 
 const TTL: Duration = Duration::ZERO;
@@ -364,7 +374,47 @@ pub fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
         .status();
 }
 
-/// Mount the filesystem; [`unmount`] takes it down (and `auto_unmount` does, if the daemon dies).
+/// What `auto_unmount` would do, for an owner-only mount: a small shell process, with the
+/// daemon's own ids, that waits for the end of a pipe the daemon holds (its write end is
+/// close-on-exec, so agent processes do not inherit it). When the daemon dies, however it dies,
+/// the pipe closes; if the mount is then dead (it cannot even be stat'ed: ENOTCONN), the helper
+/// unmounts it with `fusermount3 -u -z`. A live mount (say a new daemon's) is left alone.
+/// fusermount3's own `auto_unmount` cannot do this without `allow_other`: its helper runs as
+/// setuid root, and the kernel answers EACCES, not ENOTCONN, to a process whose ids are not all
+/// the owner's. In its own process group, so a signal to the daemon's group does not reach it.
+struct UnmountWatchdog(std::process::Child);
+
+const WATCHDOG_SCRIPT: &str = r#"read -r _ ; [ -e "$1" ] || exec fusermount3 -u -z -- "$1""#;
+
+impl UnmountWatchdog {
+    fn spawn(mountpoint: &Path) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        use std::process::{Command, Stdio};
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("ccd-vfs-unmount-watchdog")
+            .arg(mountpoint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .current_dir("/")
+            .process_group(0)
+            .spawn()
+            .map(UnmountWatchdog)
+    }
+}
+
+impl Drop for UnmountWatchdog {
+    /// The daemon unmounts on its way out: the helper is no longer needed.
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Mount the filesystem; [`unmount`] takes it down (and an [`UnmountWatchdog`] does, if the
+/// daemon dies).
 pub fn mount(
     mountpoint: &Path,
     snapshot: SharedSnapshot,
@@ -377,9 +427,21 @@ pub fn mount(
     clean_stale_mount(mountpoint);
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating the mount point {}", mountpoint.display()))?;
+    let watchdog = UnmountWatchdog::spawn(mountpoint)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "no unmount watchdog ({e}): if the daemon dies, its mount stays until the next start"
+            )
+        })
+        .ok();
     // SAFETY: getuid/getgid have no preconditions and cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = CcdFs { snapshot, uid, gid };
+    let fs = CcdFs {
+        snapshot,
+        uid,
+        gid,
+        _watchdog: watchdog,
+    };
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
@@ -389,11 +451,23 @@ pub fn mount(
         MountOption::NoExec,
         MountOption::NoSuid,
         MountOption::NoDev,
-        MountOption::AutoUnmount,
     ];
-    cfg.acl = fuser::SessionACL::RootAndOwner;
-    fuser::spawn_mount(fs, mountpoint, &cfg)
-        .with_context(|| format!("mounting the agent filesystem at {}", mountpoint.display()))
+    // Owner-only: no `allow_other`, so the kernel itself keeps every other user out, root
+    // included, and no `user_allow_other` is needed in /etc/fuse.conf.
+    cfg.acl = fuser::SessionACL::Owner;
+    let root = uid == 0;
+    fuser::spawn_mount(fs, mountpoint, &cfg).with_context(|| {
+        let needs = if root {
+            "root mounts with mount(2): it needs /dev/fuse and, in a container, CAP_SYS_ADMIN"
+        } else {
+            "a user other than root needs read and write access to /dev/fuse (normally mode \
+             0666) and fusermount3, setuid root (Debian package fuse3)"
+        };
+        format!(
+            "mounting the agent filesystem at {} ({needs}; or set vfs.enabled = false)",
+            mountpoint.display()
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

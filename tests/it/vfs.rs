@@ -1,6 +1,7 @@
 //! The agent filesystem, mounted for real with FUSE: contents, manifest, read-only everywhere,
-//! live updates, unsealing, unmount on stop and after kill -9, a panic in the VfsActor under
-//! load, concurrent readers, `ccd launch`. Skipped, saying so, where /dev/fuse is absent.
+//! owner-only, live updates, unsealing (not across a restart), unmount on stop and after kill -9,
+//! a panic in the VfsActor under load, concurrent readers, `ccd launch`. Skipped, saying so,
+//! where /dev/fuse is absent.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,40 +139,25 @@ fn contents_manifest_read_only_live_updates_and_unsealing() {
         );
     }
 
-    // Every kind of write fails with EROFS (or EPERM).
-    let refused = |r: std::io::Result<()>, what: &str| {
-        let e = r.expect_err(what);
-        assert!(
-            matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EPERM)),
-            "{what}: {e}"
-        );
-    };
-    refused(std::fs::write(mount.join("health"), "x"), "write");
-    refused(std::fs::write(mount.join("new-file"), "x"), "create");
-    refused(
-        std::fs::rename(mount.join("health"), mount.join("h2")),
-        "rename",
-    );
-    refused(std::fs::remove_file(mount.join("health")), "unlink");
-    refused(std::fs::create_dir(mount.join("dir")), "mkdir");
-    refused(
-        std::fs::set_permissions(
-            mount.join("health"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        ),
-        "chmod",
-    );
+    // Every kind of write fails with EROFS: the `ro` mount makes the kernel refuse them all
+    // before FUSE is asked.
+    every_kind_of_write_is_refused(&mount);
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(mount.join("health"))
             .unwrap()
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o400, "owner-only");
+    only_the_owner_gets_in(&mount);
 
-    // Unsealing: a copy with its name opens; renamed, tampered or from another boot does not.
+    // Unsealing: a copy with its name opens; renamed, tampered or from another boot (below) does
+    // not.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("agents.sealed");
     std::fs::copy(mount.join("agents.sealed"), &copy).unwrap();
+    let earlier_boot = tempfile::tempdir().unwrap();
+    let kept = earlier_boot.path().join("agents.sealed");
+    std::fs::copy(&copy, &kept).unwrap();
     let bundle = d.call("vfs.unseal", json!({"file": copy})).unwrap();
     assert_eq!(bundle["agents"][0]["name"], "tester");
     let out = d.ccd_ok(&["vfs", "unseal", copy.to_str().unwrap()]);
@@ -207,6 +193,186 @@ fn contents_manifest_read_only_live_updates_and_unsealing() {
         "plaintext found: {}",
         String::from_utf8_lossy(&grep.stdout)
     );
+
+    // After a restart (a new boot key), the intact copy from the earlier boot does not open,
+    // while the new boot's own file does.
+    let out = d.command(&["daemon", "start"]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = d.ccd(&["vfs", "unseal", kept.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not open") && err.contains("wrong key"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tester"));
+    let e = d.call("vfs.unseal", json!({"file": kept})).unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    std::fs::copy(mount.join("agents.sealed"), &kept).unwrap();
+    let bundle = d.call("vfs.unseal", json!({"file": kept})).unwrap();
+    assert_eq!(bundle["agents"][0]["name"], "tester");
+}
+
+fn c_path(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+/// A libc call's `-1` as the `io::Error` of its errno.
+fn os_result(rc: libc::c_int) -> std::io::Result<()> {
+    if rc == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn every_kind_of_write_is_refused(mount: &Path) {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let expect = |r: std::io::Result<()>, what: &str, errno: i32| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(errno), "{what}: {e}");
+    };
+    let refused = |r: std::io::Result<()>, what: &str| expect(r, what, libc::EROFS);
+    let file = mount.join("health");
+    let dir = mount.join("agents");
+    let (cfile, cdir) = (c_path(&file), c_path(&dir));
+    let unchanged = std::fs::read(&file).unwrap();
+
+    refused(std::fs::write(&file, "x"), "write");
+    refused(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .map(drop),
+        "open for appending",
+    );
+    refused(std::fs::write(mount.join("new-file"), "x"), "create");
+    refused(std::fs::rename(&file, mount.join("h2")), "rename");
+    refused(
+        std::fs::rename(&dir, mount.join("a2")),
+        "rename a directory",
+    );
+    refused(std::fs::remove_file(&file), "unlink");
+    refused(std::fs::create_dir(mount.join("dir")), "mkdir");
+    refused(std::fs::remove_dir(&dir), "rmdir");
+    refused(
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o777)),
+        "chmod",
+    );
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    refused(
+        std::os::unix::fs::chown(&file, Some(uid), Some(gid)),
+        "chown",
+    );
+    refused(
+        std::os::unix::fs::chown(&dir, Some(uid), None),
+        "chown a directory",
+    );
+    refused(
+        std::os::unix::fs::symlink("health", mount.join("link")),
+        "symlink",
+    );
+    refused(std::fs::hard_link(&file, mount.join("h2")), "hard link");
+    // Truncation, by path (truncate(2)) and by opening with O_TRUNC, even read-only.
+    // SAFETY: a valid NUL-terminated path.
+    refused(
+        os_result(unsafe { libc::truncate(cfile.as_ptr(), 0) }),
+        "truncate",
+    );
+    refused(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&file)
+            .map(drop),
+        "open with O_TRUNC",
+    );
+    refused(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(&file)
+            .map(drop),
+        "open read-only with O_TRUNC",
+    );
+    // No handle on the filesystem can be writable, and ftruncate(2) on a read-only one is
+    // EINVAL: the kernel checks the handle's mode before the mount.
+    let read_only = std::fs::File::open(&file).unwrap();
+    expect(read_only.set_len(0), "File::set_len", libc::EINVAL);
+    drop(read_only);
+    // Extended attributes: set and remove.
+    let (name, value) = (c"user.ccd-test", b"x");
+    // SAFETY: valid NUL-terminated path and name; `value` outlives the call.
+    refused(
+        os_result(unsafe {
+            libc::setxattr(cfile.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 1, 0)
+        }),
+        "setxattr",
+    );
+    // SAFETY: as above.
+    refused(
+        os_result(unsafe {
+            libc::setxattr(cdir.as_ptr(), name.as_ptr(), value.as_ptr().cast(), 1, 0)
+        }),
+        "setxattr on a directory",
+    );
+    // SAFETY: valid NUL-terminated path and name.
+    refused(
+        os_result(unsafe { libc::removexattr(cfile.as_ptr(), name.as_ptr()) }),
+        "removexattr",
+    );
+    // Times (touch) and special files.
+    // SAFETY: a valid NUL-terminated path; a null `times` means "now".
+    refused(
+        os_result(unsafe { libc::utimensat(libc::AT_FDCWD, cfile.as_ptr(), std::ptr::null(), 0) }),
+        "utimensat",
+    );
+    let fifo = c_path(&mount.join("fifo"));
+    // SAFETY: a valid NUL-terminated path.
+    refused(
+        os_result(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }),
+        "mkfifo",
+    );
+
+    assert_eq!(std::fs::read(&file).unwrap(), unchanged, "the file changed");
+    for gone in ["new-file", "h2", "a2", "dir", "link", "fifo"] {
+        assert!(
+            std::fs::symlink_metadata(mount.join(gone)).is_err(),
+            "{gone} exists"
+        );
+    }
+}
+
+/// The mount has no `allow_other`, so the kernel lets in only processes whose ids are all the
+/// owner's: here root with another group is refused, although root passes every permission
+/// check on ordinary files (the temporary CCD_HOME is 0700). Run as root only (setgid).
+fn only_the_owner_gets_in(mount: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: geteuid/getgid have no preconditions and cannot fail.
+    let (euid, gid) = unsafe { (libc::geteuid(), libc::getgid()) };
+    if euid != 0 {
+        eprintln!("skipped the other-ids check: it needs root to change group");
+        return;
+    }
+    let other_gid = if gid == 65534 { 65533 } else { 65534 };
+    let out = std::process::Command::new("cat")
+        .arg(mount.join("health"))
+        .gid(other_gid)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        describe(&out)
+    );
+    let out = std::process::Command::new("cat")
+        .arg(mount.join("health"))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"OK\n", "{}", describe(&out));
 }
 
 #[test]
@@ -217,7 +383,7 @@ fn a_killed_daemon_leaves_no_mount_and_a_restart_mounts_again() {
     let (d, mount) = vfs_daemon();
     d.kill9();
     wait_until(
-        "the auto-unmount after kill -9",
+        "the watchdog's unmount after kill -9",
         Duration::from_secs(30),
         || !mounted(&mount),
     );
@@ -340,7 +506,7 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
         return;
     }
     let (d, mount) = vfs_daemon();
-    // Kill the auto-unmount helper first, then the daemon: the mount is left behind, dead.
+    // Kill the unmount watchdog first, then the daemon: the mount is left behind, dead.
     let helpers: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -348,12 +514,13 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
             let pid = e.file_name().into_string().ok()?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("fusermount3") && cmd.contains(mount.to_str().unwrap())).then_some(pid)
+            (cmd.contains("ccd-vfs-unmount-watchdog") && cmd.contains(mount.to_str().unwrap()))
+                .then_some(pid)
         })
         .collect();
     assert!(
         !helpers.is_empty(),
-        "no fusermount3 helper found for {}",
+        "no unmount watchdog found for {}",
         mount.display()
     );
     for pid in &helpers {
