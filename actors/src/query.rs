@@ -32,7 +32,7 @@ use crate::reader::Reader;
 use crate::resilience::breaker::Outcome;
 use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
 use crate::resilience::{
-    Allow, BreakerActor, LimiterActor, RecordOutcome, RetryConfig, SharedLimits, TryAcquire,
+    Allow, BreakerActor, LimiterActor, Peek, RecordOutcome, RetryConfig, SharedLimits, TryAcquire,
 };
 use crate::store::{self, WriteOp};
 use crate::supervise::Call;
@@ -197,6 +197,39 @@ impl QueryService {
             (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
         };
 
+        // An open breaker refuses the query before it costs anything: no session to wait for, no
+        // permit. The refused turn is recorded in the background.
+        let model = p
+            .model
+            .clone()
+            .or_else(|| existing.as_ref().and_then(|s| s.model.clone()));
+        let breaker_key = format!(
+            "{}|{}",
+            self.cfg.command,
+            model.as_deref().unwrap_or("default")
+        );
+        if let Ok(Ok(Some(retry_after))) = self
+            .breaker
+            .send(Call(Peek {
+                key: breaker_key.clone(),
+            }))
+            .await
+        {
+            let error = ActorError::CircuitOpen {
+                key: breaker_key,
+                retry_after_ms: retry_after.as_millis() as u64,
+            };
+            actix_rt::spawn(self.clone().record_refusal(
+                existing,
+                project,
+                p.model.clone(),
+                model,
+                p.prompt,
+                error.to_string(),
+            ));
+            return Err(error);
+        }
+
         let session = match existing {
             Some(s) => s,
             None => {
@@ -218,7 +251,6 @@ impl QueryService {
         };
 
         let query_id = uuid::Uuid::new_v4().to_string();
-        let model = p.model.clone().or_else(|| session.model.clone());
         let options = AgentOptions {
             resume: session.agent_session_id.clone(),
             model: model.clone(),
@@ -259,11 +291,7 @@ impl QueryService {
             session_id: session.id.clone(),
             model: model.clone(),
             project: project.clone(),
-            breaker_key: format!(
-                "{}|{}",
-                self.cfg.command,
-                model.as_deref().unwrap_or("default")
-            ),
+            breaker_key,
             deadline,
             no_wait: p.no_wait,
         };
@@ -415,6 +443,83 @@ impl QueryService {
             }
             Some(Failure::Refused(e)) => Err(e),
         }
+    }
+
+    /// Record a query the breaker refused before it started: its session (a new one unless it
+    /// continues one), a `refused` turn, and the events a refused query publishes.
+    async fn record_refusal(
+        self,
+        existing: Option<Session>,
+        project: Option<String>,
+        session_model: Option<String>,
+        model: Option<String>,
+        prompt: String,
+        error: String,
+    ) {
+        let started_at_ms = store::now_ms();
+        let session_id = match existing {
+            Some(s) => s.id,
+            None => {
+                let created = self
+                    .write(store::CreateSession {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        project: project.clone(),
+                        tags: vec![],
+                        model: session_model,
+                    })
+                    .await;
+                match created {
+                    Ok(s) => {
+                        self.bus.publish(EventKind::SessionCreated {
+                            session_id: s.id.clone(),
+                            project: s.project.clone(),
+                        });
+                        s.id
+                    }
+                    Err(e) => {
+                        tracing::error!("recording a refused query's session: {e}");
+                        return;
+                    }
+                }
+            }
+        };
+        let query_id = uuid::Uuid::new_v4().to_string();
+        let turn = store::RecordTurn {
+            session_id: session_id.clone(),
+            query_id: query_id.clone(),
+            prompt,
+            result: None,
+            status: "refused",
+            error_class: None,
+            error: Some(error.clone()),
+            usage: Default::default(),
+            cost_usd: 0.0,
+            duration_ms: 0,
+            num_turns: 0,
+            attempts: 0,
+            model: model.clone(),
+            started_at_ms,
+            agent_session_id: None,
+        };
+        if let Err(e) = self.write(turn).await {
+            tracing::error!(query_id, "recording a refused query: {e}");
+        }
+        self.bus.publish(EventKind::SessionError {
+            session_id: session_id.clone(),
+            query_id: query_id.clone(),
+            project: project.clone(),
+            class: "refused".into(),
+            detail: error,
+        });
+        self.bus.publish(EventKind::TurnCompleted {
+            session_id,
+            query_id,
+            project,
+            model,
+            status: "refused".into(),
+            duration_ms: 0,
+            attempts: 0,
+        });
     }
 
     /// Attempts of one query: limiter → breaker → run → record → retry while the error is

@@ -99,6 +99,13 @@ fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     let status = d.ccd_ok(&["breaker", "status"]);
     assert!(status.contains("OPEN"), "{status}");
+    // Refused at once, and still on the record: two refused turns, and the breaker counts them.
+    wait_until(
+        "the refused queries to be recorded",
+        Duration::from_secs(30),
+        || d.call("stats.get", json!({})).unwrap()["stats"]["totals"]["refused"] == 2,
+    );
+    assert_eq!(breaker(&d)["rejected"], 2, "{}", breaker(&d));
 
     // Healed, and the wait is over: the trial call goes through and closes it.
     stub.set_mode("ok");

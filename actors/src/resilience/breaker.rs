@@ -303,6 +303,19 @@ impl BreakerCore {
         )
     }
 
+    /// How long `key`'s breaker stays open, when it is open and its wait has not passed. Counts
+    /// the refusal, and changes nothing else: no move to half-open, no trial taken.
+    pub fn open_for(&self, key: &str) -> Option<Duration> {
+        let mut map = self.lock();
+        let b = map.get_mut(key)?;
+        let now = Instant::now();
+        if !(b.spec.enabled && b.state == State::Open && now < b.open_until) {
+            return None;
+        }
+        b.rejected += 1;
+        Some(b.open_until.saturating_duration_since(now).max(Duration::from_millis(1)))
+    }
+
     pub fn record(&self, key: &str, outcome: Outcome, duration: Duration) -> Option<Transition> {
         let mut map = self.lock();
         let b = map.get_mut(key)?;

@@ -343,6 +343,22 @@ impl Supervise for BreakerActor {
     }
 }
 
+/// Is `key`'s breaker open? `Some(retry_after)` if so; changes nothing. Lets a query be refused
+/// before it costs anything (a session, a limiter permit).
+pub struct Peek {
+    pub key: String,
+}
+
+impl Request for Peek {
+    type Output = Option<Duration>;
+}
+
+impl Handle<Peek> for BreakerActor {
+    fn handle(&mut self, msg: Peek, _: &mut Context<Self>) -> Reply<Option<Duration>> {
+        Reply::ok(self.core.open_for(&msg.key))
+    }
+}
+
 /// May a call under `key` go through? `Err(retry_after)` when the breaker is open.
 pub struct Allow {
     pub key: String,
