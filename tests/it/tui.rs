@@ -117,6 +117,19 @@ impl Tmux {
     }
 }
 
+/// The title of the panel drawn with a thick border (the focused one).
+fn focused_panel(screen: &str) -> Option<String> {
+    screen.lines().find_map(|line| {
+        let (_, after) = line.split_once('┏')?;
+        let title: String = after
+            .trim_start_matches(['━', ' '])
+            .chars()
+            .take_while(|c| *c != '━' && *c != '┓')
+            .collect();
+        Some(title.trim().to_string())
+    })
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -206,9 +219,20 @@ fn the_dashboard_shows_actors_and_events_and_follows_the_daemon_through_a_restar
         shows_event(s, "session.created", &second)
     });
 
-    // Tab moves the focus; the dashboard keeps running.
-    tui.keys(&["Tab", "Up", "Down"]);
-    tui.wait_for("the dashboard after Tab", shows_actors);
+    // Tab moves the focus (the focused panel has the thick border), Shift-Tab moves it back;
+    // the dashboard keeps running.
+    let screen = tui.wait_for("the events panel focused", |s| {
+        focused_panel(s).is_some_and(|t| t.starts_with("Events"))
+    });
+    assert!(shows_actors(&screen), "{screen}");
+    tui.keys(&["Tab"]);
+    tui.wait_for("the actors panel focused after Tab", |s| {
+        focused_panel(s).is_some_and(|t| t.starts_with("Actors")) && shows_actors(s)
+    });
+    tui.keys(&["Up", "Down", "BTab"]);
+    tui.wait_for("the events panel focused again after Shift-Tab", |s| {
+        focused_panel(s).is_some_and(|t| t.starts_with("Events")) && shows_actors(s)
+    });
 
     tui.keys(&["q"]);
     // tmux marks the pane dead when its pty closes and learns the exit status when it reaps
