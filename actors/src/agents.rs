@@ -338,11 +338,11 @@ fn parse_file(source: &str, text: &str) -> Result<(AgentDef, usize), String> {
             ));
         };
         let key = key.trim_end();
-        if !FIELDS.contains(&key) {
+        if !FIELDS.contains(&key) && !is_field_name(key) {
             return Err(bad(
                 source,
                 n,
-                format!("unknown field `{key}` (known: name, description, tools, model)"),
+                format!("`{key}` is not a field name (letters, digits, `_` and `-`)"),
             ));
         }
         if entries.contains_key(key) {
@@ -388,6 +388,19 @@ fn parse_file(source: &str, text: &str) -> Result<(AgentDef, usize), String> {
         Some(e) => Some(scalar(source, "model", e)?.trim().to_string()).filter(|m| !m.is_empty()),
         None => None,
     };
+    // Fields ccd does not use, kept as written (the value and its continuation lines).
+    let extra = entries
+        .iter()
+        .filter(|(key, _)| !FIELDS.contains(key))
+        .map(|(key, e)| {
+            let mut raw = e.value.to_string();
+            for (_, line) in &e.block {
+                raw.push('\n');
+                raw.push_str(line);
+            }
+            (key.to_string(), raw.trim_end().to_string())
+        })
+        .collect();
     let prompt = lines[close + 1..].join("\n").trim().to_string();
     if prompt.is_empty() {
         return Err(bad(
@@ -402,8 +415,40 @@ fn parse_file(source: &str, text: &str) -> Result<(AgentDef, usize), String> {
         tools,
         model,
         prompt,
+        extra,
     };
     Ok((def, name_line))
+}
+
+/// `extra` fields of a bundle must read back as the same front-matter fields: a field name
+/// ccd does not already own, and continuation lines that stay inside the field.
+fn validate_extra(def: &AgentDef) -> Result<(), String> {
+    for (key, raw) in &def.extra {
+        if FIELDS.contains(&key.as_str()) || !is_field_name(key) {
+            return Err(format!(
+                "`extra`: `{key}` is not a field name ccd can keep (letters, digits, `_`, `-`; not name, description, tools or model)"
+            ));
+        }
+        let opens_list = raw.lines().next().is_none_or(|l| l.trim().is_empty());
+        let stays_inside = raw.lines().skip(1).all(|l| {
+            l.trim_end() != "---"
+                && (l.trim().is_empty() || indented(l) || opens_list && l.starts_with('-'))
+        });
+        if !stays_inside {
+            return Err(format!(
+                "`extra`: the value of `{key}` has a line that would start a field of its own"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A front-matter key ccd keeps without using: a YAML plain key of letters, digits, `_`, `-`.
+fn is_field_name(key: &str) -> bool {
+    key.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn validate_name(name: &str) -> Result<(), String> {
@@ -471,6 +516,13 @@ pub fn to_markdown(def: &AgentDef) -> String {
     }
     if let Some(m) = &def.model {
         out.push_str(&format!("model: {}\n", yaml_scalar(m)));
+    }
+    for (key, raw) in &def.extra {
+        if raw.starts_with('\n') || raw.is_empty() {
+            out.push_str(&format!("{key}:{raw}\n"));
+        } else {
+            out.push_str(&format!("{key}: {raw}\n"));
+        }
     }
     out.push_str("---\n\n");
     out.push_str(&def.prompt);
@@ -567,6 +619,7 @@ pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
                     return Err(format!("{at}: {label}`{field}` is empty"));
                 }
             }
+            validate_extra(&def).map_err(|e| format!("{at}: {label}{e}"))?;
             add(def, at, &label)?;
         }
     }
@@ -753,8 +806,12 @@ mod tests {
         for (text, needle) in [
             ("no front matter\n", "a.md:1: missing front matter"),
             (
-                "---\nname: x\ncolor: red\n---\nhi\n",
-                "a.md:3: unknown field `color`",
+                "---\nname: x\ncolour red\n---\nhi\n",
+                "a.md:3: expected `key: value`",
+            ),
+            (
+                "---\nname: x\n9lives: red\n---\nhi\n",
+                "a.md:3: `9lives` is not a field name",
             ),
             (
                 "---\nname: x\nname: y\ndescription: d\n---\nhi\n",
@@ -834,6 +891,29 @@ mod tests {
     }
 
     #[test]
+    fn other_fields_are_kept_as_written() {
+        let text = "---\nname: x\ndescription: d\ncolor: blue # the /agents colour\n\
+                    permissionMode: acceptEdits\ndisallowedTools:\n  - Bash\n  - Write\n---\nhi\n";
+        let def = parse_markdown("a.md", text).unwrap();
+        assert_eq!(def.extra["color"], "blue # the /agents colour");
+        assert_eq!(def.extra["permissionMode"], "acceptEdits");
+        assert_eq!(def.extra["disallowedTools"], "\n  - Bash\n  - Write");
+        assert_eq!(parse_markdown("a.md", &to_markdown(&def)).unwrap(), def);
+        // A bundle's `extra` must read back the same: no field of its own sneaks in.
+        for (key, raw) in [
+            ("name", "x"),
+            ("a b", "x"),
+            ("color", "blue\nname: other"),
+            ("color", "blue\n- item"),
+            ("list", "\n  - a\n---"),
+        ] {
+            let mut bad = def.clone();
+            bad.extra = [(key.to_string(), raw.to_string())].into();
+            assert!(validate_extra(&bad).is_err(), "{key}: {raw:?}");
+        }
+    }
+
+    #[test]
     fn renders_what_parses_back() {
         let def = AgentDef {
             name: "123".into(),
@@ -841,8 +921,17 @@ mod tests {
             tools: vec!["Read".into(), "Bash(git diff:*)".into(), "a, b".into()],
             model: Some("true".into()),
             prompt: "Go.".into(),
+            extra: [
+                ("color".to_string(), "blue".to_string()),
+                (
+                    "disallowedTools".to_string(),
+                    "\n  - Bash\n  - Write".to_string(),
+                ),
+            ]
+            .into(),
         };
         assert_eq!(parse_markdown("a.md", &to_markdown(&def)).unwrap(), def);
+        validate_extra(&def).unwrap();
         let md = to_markdown(&parse_markdown("a.md", GOOD).unwrap());
         assert!(md.contains("\ntools: Read, Grep\n"), "{md}");
     }

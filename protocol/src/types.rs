@@ -1050,6 +1050,10 @@ pub struct AgentDef {
     /// The system prompt (the file's body).
     #[schemars(extend("x-hint" = "text"))]
     pub prompt: String,
+    /// Other front-matter fields of a subagent file (`color`, `permissionMode`,
+    /// `disallowedTools`...), each as the YAML text of its value, kept and written back as given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extra: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

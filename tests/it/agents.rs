@@ -123,7 +123,7 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
     let dir = agent_dir();
     std::fs::write(
         dir.path().join("zz-bad.md"),
-        "---\nname: bad\ndescription: x\ncolour: red\n---\nhi\n",
+        "---\nname: bad\ndescription: x\ncolour red\n---\nhi\n",
     )
     .unwrap();
     let e = d
@@ -133,7 +133,7 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
     let msg = e["message"].as_str().unwrap();
     assert!(
         msg.contains("zz-bad.md:4")
-            && msg.contains("unknown field `colour`")
+            && msg.contains("expected `key: value`")
             && msg.contains("nothing stored"),
         "{msg}"
     );
@@ -168,7 +168,7 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
     let bundle = dir.path().join("bundle.json");
     std::fs::write(
         &bundle,
-        r#"{"agents": [{"name": "j", "description": "d", "prompt": "p", "extra": 1}]}"#,
+        r#"{"agents": [{"name": "j", "description": "d", "prompt": "p", "colour": 1}]}"#,
     )
     .unwrap();
     let e = d.call("agent.import", json!({"path": bundle})).unwrap_err();
@@ -176,7 +176,7 @@ fn a_bad_import_names_file_and_line_and_stores_nothing() {
         e["message"]
             .as_str()
             .unwrap()
-            .contains("bundle.json:1: unknown field `extra`"),
+            .contains("bundle.json:1: unknown field `colour`"),
         "{e}"
     );
     // A bad entry of a bundle is refused at its line.
@@ -242,7 +242,7 @@ fn imports_the_yaml_forms_of_real_subagent_files() {
     .unwrap();
     std::fs::write(
         dir.path().join("writer.md"),
-        "---\nname: writer\ndescription: Writes docs\ntools: Read, Grep, Glob\n---\nWrite.\n",
+        "---\nname: writer\ndescription: Writes docs\ntools: Read, Grep, Glob\ncolor: blue\npermissionMode: acceptEdits\n---\nWrite.\n",
     )
     .unwrap();
     let out = d.call("agent.import", json!({"path": dir.path()})).unwrap();
@@ -268,9 +268,17 @@ fn imports_the_yaml_forms_of_real_subagent_files() {
         "Runs the tests and reports."
     );
     assert_eq!(tester["agent"]["tools"], json!(["Bash", "Read"]));
+    // Fields ccd does not use (Claude Code's `/agents` writes `color`) are kept and served.
+    let writer = agent("writer");
+    assert_eq!(writer["agent"]["tools"], json!(["Read", "Grep", "Glob"]));
     assert_eq!(
-        agent("writer")["agent"]["tools"],
-        json!(["Read", "Grep", "Glob"])
+        writer["agent"]["extra"],
+        json!({"color": "blue", "permissionMode": "acceptEdits"})
+    );
+    let md = writer["markdown"].as_str().unwrap();
+    assert!(
+        md.contains("\ncolor: blue\n") && md.contains("\npermissionMode: acceptEdits\n"),
+        "{md}"
     );
 
     // A bad value in one file refuses them all, at its line; nothing more is stored.
