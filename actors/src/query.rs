@@ -433,6 +433,15 @@ impl QueryService {
                     "query failed: {}",
                     f.detail
                 );
+                // What the agent said on stderr goes to the log whatever the failure.
+                if !transcript.stderr_tail.is_empty() {
+                    tracing::warn!(
+                        query_id,
+                        "agent stderr (last {} lines):\n{}",
+                        transcript.stderr_tail.len(),
+                        transcript.stderr_tail.join("\n")
+                    );
+                }
                 Err(agent_error(
                     &query_id,
                     &session.id,

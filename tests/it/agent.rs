@@ -796,11 +796,50 @@ fn non_json_lines_from_the_agent_are_skipped_and_logged() {
     let expected: Value = serde_json::from_str(lines[2]).unwrap();
     assert_eq!(r["result"], expected["result"]);
     assert_eq!(r["is_error"], false);
-    let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap();
-    assert!(
-        log.contains("skipping a non-JSON line from the agent") && log.contains("not json at all"),
-        "{log}"
+    // The log is written by a background thread: give it a moment.
+    wait_until(
+        "the skipped line in the log",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap_or_default();
+            log.contains("skipping a non-JSON line from the agent")
+                && log.contains("not json at all")
+        },
     );
+}
+
+#[test]
+fn the_agents_stderr_reaches_the_error_and_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
+         cat > /dev/null\necho 'warming up' >&2\necho 'fatal: no credentials found' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("fatal: no credentials found"),
+        "{e}"
+    );
+    assert_eq!(
+        e["data"]["stderr"],
+        json!(["warming up", "fatal: no credentials found"])
+    );
+    // The log is written by a background thread: give it a moment.
+    wait_until("the stderr in the log", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap_or_default();
+        log.contains("agent stderr (last 2 lines)") && log.contains("fatal: no credentials found")
+    });
 }
 
 #[test]
