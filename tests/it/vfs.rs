@@ -545,6 +545,9 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
         std::fs::read_to_string(mount.join("health")).unwrap(),
         "OK\n"
     );
-    let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap();
-    assert!(log.contains("stale mount"), "{log}");
+    // The log is written by a background thread: give it a moment.
+    wait_until("the clean-up in the log", Duration::from_secs(30), || {
+        std::fs::read_to_string(d.path().join("logs/ccd.log"))
+            .is_ok_and(|l| l.contains("stale mount"))
+    });
 }
