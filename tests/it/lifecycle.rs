@@ -150,10 +150,6 @@ fn logs_prints_the_daemon_log() {
     assert!(out.contains("listening"), "{out}");
     let two = d.ccd_ok(&["daemon", "logs", "-n", "2"]);
     assert!((1..=2).contains(&two.lines().count()), "{two}");
-    assert!(
-        out.ends_with(&two) || two.lines().count() == 2,
-        "{out}\n--\n{two}"
-    );
 }
 
 #[test]
