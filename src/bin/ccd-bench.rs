@@ -2,9 +2,9 @@
 //! closed-loop JSON-RPC traffic (`system.ping`, `setting.upsert`, `query.run`, `session.create`)
 //! over persistent NDJSON connections, prints throughput and exact p50/p99/max latency next to
 //! baselines (a bare NDJSON echo server; SQLite with one transaction per write; running the stub
-//! agent directly), measures event-bus fan-out to many subscribers and what a stalled subscriber
-//! costs a publisher, times daemon startup and idle memory, and times reads from the daemon's
-//! FUSE agent filesystem. It never talks to anything but local Unix sockets, the `ccd` binary,
+//! agent directly), measures how fast an open circuit breaker refuses `query.run`, event-bus
+//! fan-out to many subscribers and what a stalled subscriber costs a publisher, times daemon
+//! startup and idle memory, and times reads from the daemon's FUSE agent filesystem. It never talks to anything but local Unix sockets, the `ccd` binary,
 //! a stub agent script it writes itself and the daemon's own mount.
 
 use std::collections::BTreeMap;
@@ -60,6 +60,7 @@ make ccd-bench exit with status 1.",
   ccd-bench upsert -c 64 -r 200 --synchronous full
   ccd-bench startup --runs 10
   ccd-bench query -r 200 -q 400 --pool-sizes 1,2,4,8
+  ccd-bench breaker -c 1 -c 8 -r 2000
   ccd-bench events -s 100 -e 5000 -p 8 -r 2000
   ccd-bench vfs --health-reads 2000 --big-reads 200
   ccd-bench all > bench.md"
@@ -109,6 +110,26 @@ enum Cmd {
     /// pool size P a fresh daemon with CCD_EXECUTOR_POOL_SIZE=P and 2×P connections in a closed
     /// loop sharing Q queries, compared with 2×P threads running the stub directly.
     Query(QueryArgs),
+    /// `query.run` refused by an open circuit breaker, next to `system.ping` on the same daemon.
+    ///
+    /// Writes a stub agent that reads its prompt to EOF and kills itself with SIGKILL (a
+    /// `retryable` failure, which the breaker counts; an exit code without a result would be
+    /// `non_retryable`, which it does not), and starts a daemon on a fresh temporary home with
+    /// CCD_AGENT_CMD pointing at it, CCD_RETRY_MAX_RETRIES=0, CCD_BREAKER_CONSECUTIVE_FAILURES=3
+    /// and CCD_BREAKER_WAIT_MS=3600000 (so that the breaker stays open for the whole run). Trips
+    /// the breaker with 3 `query.run` calls (each must fail with -32007, agent failed), checks
+    /// that `breaker.status` shows it OPEN and that one more call is refused with -32003.
+    ///
+    /// Then, for each connection count N (-c, repeatable or comma-separated): the closed loop
+    /// with N connections sending `query.run {"prompt":"x"}`, where only a -32003 (circuit open)
+    /// error counts as a success and any other reply as a failed request; waits until
+    /// `stats.get` counts every refused query (the daemon records a refused turn in the
+    /// background, after replying), so that this work does not spill into the next phase; then
+    /// the same loop with `system.ping` on the same daemon. Prints both, the ratios of their
+    /// p50 and p99 latency, and the target (refused in well under a millisecond: p99 below
+    /// 1 ms). Finally checks that the agent ran only the 3 times that tripped the breaker, that
+    /// the breaker is still OPEN, and that its `rejected` count matches the refusals.
+    Breaker(BreakerArgs),
     /// The event bus: fan-out throughput to many subscribers, and what a stalled subscriber
     /// costs a publisher.
     ///
@@ -149,10 +170,11 @@ enum Cmd {
     /// Runs ping with 1 and 16 connections (each with its echo baseline), upsert with 64
     /// connections (which includes the 1-connection run and the SQLite baseline), events
     /// (fan-out and the stalled-subscriber latency), query (the overhead and the throughput at
-    /// pool sizes 1, 2, 4, 8), the agent filesystem reads (vfs; skipped without /dev/fuse) and
-    /// startup. Progress goes to stderr; the markdown report goes to
-    /// stdout. With --home/--no-start, ping and upsert use the running daemon; events, query and
-    /// startup always start their own daemons on fresh temporary homes.
+    /// pool sizes 1, 2, 4, 8), breaker (refused `query.run` next to `system.ping`, 1 and 8
+    /// connections), the agent filesystem reads (vfs; skipped without /dev/fuse) and startup.
+    /// Progress goes to stderr; the markdown report goes to stdout. With --home/--no-start,
+    /// ping and upsert use the running daemon; events, query, breaker, vfs and startup always
+    /// start their own daemons on fresh temporary homes.
     All(AllArgs),
     /// Only the bare NDJSON echo baseline (no daemon needed); for testing ccd-bench itself.
     #[command(hide = true)]
@@ -315,6 +337,23 @@ struct QueryArgs {
 }
 
 #[derive(Args, Debug)]
+struct BreakerArgs {
+    /// Connection counts to measure (repeatable, or comma-separated), each with refused
+    /// `query.run` and then `system.ping`
+    #[arg(short, long, value_name = "N", value_delimiter = ',', default_value = "1,8",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    connections: Vec<u32>,
+    /// Measured requests per connection, for each of the two methods
+    #[arg(short, long, value_name = "R", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    requests: u32,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    daemon: DaemonOpts,
+}
+
+#[derive(Args, Debug)]
 struct EventsArgs {
     /// Subscriber connections of the fan-out measurement, each a thread that subscribes to
     /// `session.created` and counts what arrives
@@ -389,6 +428,15 @@ struct AllArgs {
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     query_warmup: u32,
+    /// Measured requests per connection of the breaker benchmark, for refused `query.run` and
+    /// for `system.ping` each (0 skips the breaker benchmark)
+    #[arg(long, value_name = "R", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    breaker_requests: u32,
+    /// Connection counts of the breaker benchmark
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "1,8",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    breaker_connections: Vec<u32>,
     /// Subscribers of the events fan-out measurement (0 skips the events benchmark)
     #[arg(long, value_name = "S", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -520,6 +568,7 @@ fn main() -> ExitCode {
         Cmd::Upsert(a) => cmd_upsert(&a),
         Cmd::Startup(a) => cmd_startup(&a),
         Cmd::Query(a) => cmd_query(&a),
+        Cmd::Breaker(a) => cmd_breaker(&a),
         Cmd::Events(a) => cmd_events(&a),
         Cmd::Vfs(a) => cmd_vfs(&a),
         Cmd::All(a) => cmd_all(&a),
@@ -664,6 +713,21 @@ fn cmd_query(a: &QueryArgs) -> Result<Outcome> {
     Ok(Outcome::from_failures(suite.failures()))
 }
 
+fn cmd_breaker(a: &BreakerArgs) -> Result<Outcome> {
+    let plan = BreakerPlan {
+        connections: a.connections.clone(),
+        requests: a.requests,
+        limits: a.limits.clone(),
+    };
+    for &c in &plan.connections {
+        check_total(c, plan.requests)?;
+    }
+    println!("{}", environment_line());
+    let suite = breaker_suite(&plan, &a.daemon, &mut Out::Stdout)?;
+    println!("{}", breaker_summary(&suite));
+    Ok(Outcome::from_failures(suite.failures()))
+}
+
 fn cmd_events(a: &EventsArgs) -> Result<Outcome> {
     let plan = EventsPlan {
         subscribers: a.subscribers,
@@ -710,6 +774,9 @@ fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
 fn cmd_all(a: &AllArgs) -> Result<Outcome> {
     check_total(a.ping_connections, a.ping_requests)?;
     check_total(a.upsert_connections, a.upsert_requests)?;
+    for &c in &a.breaker_connections {
+        check_total(c, a.breaker_requests)?;
+    }
     let mut out = Out::Stderr;
     let daemon = Daemon::acquire(&a.target, a.limits.timeout)?;
     out.line(&environment_line());
@@ -765,6 +832,19 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         &a.target.daemon,
         &mut out,
     )?;
+    let breaker = if a.breaker_requests > 0 {
+        Some(breaker_suite(
+            &BreakerPlan {
+                connections: a.breaker_connections.clone(),
+                requests: a.breaker_requests,
+                limits: a.limits.clone(),
+            },
+            &a.target.daemon,
+            &mut out,
+        )?)
+    } else {
+        None
+    };
     let vfs = if a.vfs_health_reads > 0 {
         let report = vfs_suite(
             &VfsPlan {
@@ -800,6 +880,7 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         upsert: &upsert,
         events: events.as_ref(),
         query: &query,
+        breaker: breaker.as_ref(),
         vfs: vfs.as_ref(),
         startup: &startup,
         idle: a.startup.idle,
@@ -810,6 +891,7 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         + upsert.failures()
         + events.as_ref().map_or(0, EventsSuite::failures)
         + query.failures()
+        + breaker.as_ref().map_or(0, BreakerSuite::failures)
         + match &vfs {
             Some(VfsReport::Ran(v)) => v.failures(),
             _ => 0,
@@ -1121,6 +1203,7 @@ struct MarkdownInput<'a> {
     upsert: &'a UpsertSuite,
     events: Option<&'a EventsSuite>,
     query: &'a QuerySuite,
+    breaker: Option<&'a BreakerSuite>,
     vfs: Option<&'a VfsReport>,
     startup: &'a [StartupSample],
     idle: Duration,
@@ -1219,6 +1302,9 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
         s.push_str(&events_markdown(e));
     }
     s.push_str(&query_markdown(m.query));
+    if let Some(b) = m.breaker {
+        s.push_str(&breaker_markdown(b));
+    }
     if let Some(v) = m.vfs {
         s.push_str(&vfs_markdown(v));
     }
@@ -1280,6 +1366,8 @@ enum Op {
     },
     /// `session.create` with no params (publishes one `session.created` event).
     SessionCreate,
+    /// `query.run` with the prompt `x` and nothing else (refused while the breaker is open).
+    QueryRun,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1296,6 +1384,9 @@ impl Op {
                 "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"system.ping\",\"params\":{{}}}}\n"
             ),
             Op::SessionCreate => session_create_line(id),
+            Op::QueryRun => format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"query.run\",\"params\":{{\"prompt\":\"{REFUSED_PROMPT}\"}}}}\n"
+            ),
             Op::Upsert { prefix } => {
                 let key = match stage {
                     Stage::Warmup => format!("bench.warm.c{conn}.{i}"),
@@ -1317,6 +1408,8 @@ enum Expect {
     Echo,
     /// A JSON-RPC `result` (optionally equal to this string); an `error` is a failed request.
     Result(Option<&'static str>),
+    /// A JSON-RPC `error` with this code; any other reply is a failed request.
+    ErrorCode(i64),
 }
 
 struct Phase {
@@ -1783,7 +1876,11 @@ struct Client {
 /// The payload of one reply line.
 enum Body {
     Result(Value),
-    Error(String),
+    /// A JSON-RPC error: its code (when it is an integer) and `JSON-RPC error <code>: <message>`.
+    Error {
+        code: Option<i64>,
+        msg: String,
+    },
     /// Neither `result` nor `error` (for instance an echoed request).
     Other,
 }
@@ -1828,7 +1925,7 @@ impl Client {
             (Expect::Echo, _) => {
                 bail!("the echo server sent something other than the request back")
             }
-            (Expect::Result(_), Body::Error(msg)) => Err(msg),
+            (Expect::Result(_), Body::Error { msg, .. }) => Err(msg),
             (Expect::Result(None), Body::Result(_)) => Ok(()),
             (Expect::Result(Some(want)), Body::Result(v)) => {
                 if v.as_str() == Some(want) {
@@ -1840,9 +1937,20 @@ impl Client {
                     ))
                 }
             }
-            (Expect::Result(_), Body::Other) => {
+            (Expect::Result(_) | Expect::ErrorCode(_), Body::Other) => {
                 bail!("reply {id} has neither `result` nor `error`")
             }
+            (Expect::ErrorCode(want), Body::Error { code, msg }) => {
+                if code == Some(want) {
+                    Ok(())
+                } else {
+                    Err(format!("{msg} (expected error {want})"))
+                }
+            }
+            (Expect::ErrorCode(want), Body::Result(v)) => Err(format!(
+                "unexpected result {} (expected error {want})",
+                clip(&v.to_string())
+            )),
         })
     }
 
@@ -1880,7 +1988,7 @@ impl Client {
             .with_context(|| format!("calling {method}"))?
         {
             Body::Result(v) => Ok(v),
-            Body::Error(msg) => bail!("{method} failed: {msg}"),
+            Body::Error { msg, .. } => bail!("{method} failed: {msg}"),
             Body::Other => bail!("{method}: the reply has neither `result` nor `error`"),
         }
     }
@@ -1938,8 +2046,11 @@ fn reply_body(obj: &serde_json::Map<String, Value>) -> Body {
             .get("message")
             .and_then(Value::as_str)
             .unwrap_or("(no message)");
-        let code = e.get("code").map_or_else(|| "?".into(), Value::to_string);
-        return Body::Error(format!("JSON-RPC error {code}: {message}"));
+        let shown = e.get("code").map_or_else(|| "?".into(), Value::to_string);
+        return Body::Error {
+            code: e.get("code").and_then(Value::as_i64),
+            msg: format!("JSON-RPC error {shown}: {message}"),
+        };
     }
     match obj.get("result") {
         Some(r) => Body::Result(r.clone()),
@@ -2185,8 +2296,6 @@ struct StubAgent {
 
 impl StubAgent {
     fn create(keep_temp: bool) -> Result<StubAgent> {
-        use std::os::unix::fs::OpenOptionsExt;
-
         let expected = STUB_TRANSCRIPT
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -2198,14 +2307,7 @@ impl StubAgent {
         fs::write(&transcript, STUB_TRANSCRIPT)
             .with_context(|| format!("writing {}", transcript.display()))?;
         let script = dir.path.join("agent.sh");
-        // Written and closed before any process is spawned from it (no ETXTBSY).
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o755)
-            .open(&script)
-            .and_then(|mut f| f.write_all(STUB_SCRIPT.as_bytes()))
-            .with_context(|| format!("writing the stub agent {}", script.display()))?;
+        write_executable(&script, STUB_SCRIPT)?;
         let cwd = dir.path.clone();
         Ok(StubAgent {
             script,
@@ -2273,6 +2375,19 @@ impl StubAgent {
     }
 }
 
+/// Writes a new executable script (closed before any process is spawned from it: no ETXTBSY).
+fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing the stub agent {}", path.display()))
+}
+
 /// One `query.run` round trip. `Ok(Err)` is a JSON-RPC error or a wrong result; `Err` means
 /// the connection is unusable.
 fn query_once(client: &mut Client, prompt: &str, cwd: &str, expected: &str) -> Attempt {
@@ -2299,7 +2414,7 @@ fn query_once(client: &mut Client, prompt: &str, cwd: &str, expected: &str) -> A
                 ))
             }
         }
-        Body::Error(msg) => Err(msg),
+        Body::Error { msg, .. } => Err(msg),
         Body::Other => bail!("reply {id} has neither `result` nor `error`"),
     })
 }
@@ -2840,6 +2955,520 @@ fn query_markdown(q: &QuerySuite) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Open circuit breaker: refused queries
+// ---------------------------------------------------------------------------------------------
+
+/// Failures in a row that open the breaker of the breaker benchmark's daemon.
+const BREAKER_TRIP: u32 = 3;
+
+/// How long that breaker stays open: longer than any run.
+const BREAKER_WAIT_MS: u64 = 3_600_000;
+
+/// JSON-RPC error code of a failed agent run.
+const AGENT_FAILED: i64 = -32007;
+
+/// JSON-RPC error code of a query refused by an open circuit breaker.
+const CIRCUIT_OPEN: i64 = -32003;
+
+/// The prompt of every `query.run` of the breaker benchmark (plain ASCII: no escaping needed).
+const REFUSED_PROMPT: &str = "x";
+
+/// The target: an open breaker refuses a query in well under this many milliseconds (at p99).
+const BREAKER_TARGET_MS: f64 = 1.0;
+
+/// The failing stub agent: reads the prompt to EOF, counts the run, and dies by SIGKILL.
+const FAILING_SCRIPT: &str = "#!/bin/sh
+# ccd-bench failing agent: swallow the prompt, count the run, die by SIGKILL (a retryable failure).
+# (`--version` answers the daemon's startup probe.)
+if [ \"$1\" = --version ]; then echo 'ccd-bench failing stub agent'; exit 0; fi
+cat > /dev/null
+echo run >> \"$(dirname \"$0\")/runs\"
+kill -9 $$
+";
+
+/// What one breaker measurement runs.
+struct BreakerPlan {
+    connections: Vec<u32>,
+    requests: u32,
+    limits: Limits,
+}
+
+/// The failing stub agent in a temporary directory, with the file it counts its runs in.
+struct FailingAgent {
+    script: PathBuf,
+    runs: PathBuf,
+    _dir: TempDir,
+}
+
+impl FailingAgent {
+    fn create(keep_temp: bool) -> Result<FailingAgent> {
+        let dir = TempDir::new("failing-agent", keep_temp)?;
+        let script = dir.path.join("agent.sh");
+        write_executable(&script, FAILING_SCRIPT)?;
+        Ok(FailingAgent {
+            script,
+            runs: dir.path.join("runs"),
+            _dir: dir,
+        })
+    }
+
+    /// How many times the agent was run for a query (not counting `--version`).
+    fn runs(&self) -> Result<u64> {
+        match fs::read_to_string(&self.runs) {
+            Ok(s) => Ok(s.lines().count() as u64),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.runs.display())),
+        }
+    }
+}
+
+/// One connection count: refused `query.run`, then `system.ping`, on the same daemon.
+struct BreakerRun {
+    refused: PhaseResult,
+    ping: PhaseResult,
+    /// From the end of the refused phase until `stats.get` counted every refusal; `None` when
+    /// that did not happen within --timeout (or was not checked, after failed requests).
+    recorded_after: Option<Duration>,
+}
+
+impl BreakerRun {
+    /// (p50, p99) of refused `query.run` over `system.ping`.
+    fn vs_ping(&self) -> (Option<f64>, Option<f64>) {
+        lat_ratios(self.refused.lat.as_ref(), self.ping.lat.as_ref())
+    }
+
+    fn verdict(&self) -> String {
+        match &self.refused.lat {
+            Some(l) if (l.p99 as f64) < BREAKER_TARGET_MS * 1e6 => format!(
+                "met (p50 {}, p99 {} < {BREAKER_TARGET_MS} ms)",
+                fmt_ns(l.p50),
+                fmt_ns(l.p99)
+            ),
+            Some(l) => format!(
+                "NOT met (p99 {} ≥ {BREAKER_TARGET_MS} ms; p50 {})",
+                fmt_ns(l.p99),
+                fmt_ns(l.p50)
+            ),
+            None => "unknown (no latency samples)".to_string(),
+        }
+    }
+}
+
+struct BreakerSuite {
+    /// The open breaker's key (`<agent command>|<model>`).
+    key: String,
+    runs: Vec<BreakerRun>,
+    /// Agent runs over the whole benchmark (the trips included).
+    agent_runs: u64,
+    /// The breaker's `rejected` count at the end, and the refusals ccd-bench saw.
+    rejected: Option<u64>,
+    refusals_seen: u64,
+    /// Checks after the run that failed (each counts as a failure).
+    problems: Vec<String>,
+    daemon_text: String,
+}
+
+impl BreakerSuite {
+    fn failures(&self) -> u64 {
+        self.problems.len() as u64
+            + self
+                .runs
+                .iter()
+                .map(|r| r.refused.failed() + r.ping.failed())
+                .sum::<u64>()
+    }
+}
+
+/// One `query.run {"prompt":"x"}` round trip on a one-off client.
+fn query_run_reply(client: &mut Client) -> Result<Body> {
+    client.next_id += 1;
+    let id = client.next_id;
+    let line = Op::QueryRun.request_line(0, Stage::Warmup, 0, id);
+    client.round_trip(&line, id)
+}
+
+fn describe_body(b: &Body) -> String {
+    match b {
+        Body::Result(v) => format!("the result {}", clip(&v.to_string())),
+        Body::Error { msg, .. } => msg.clone(),
+        Body::Other => "neither `result` nor `error`".to_string(),
+    }
+}
+
+/// Trips the breaker with [`BREAKER_TRIP`] failing queries, checks that it is OPEN and refuses
+/// a query; returns its key.
+fn trip_breaker(client: &mut Client) -> Result<String> {
+    for i in 1..=BREAKER_TRIP {
+        let body = query_run_reply(client)?;
+        if !matches!(
+            body,
+            Body::Error {
+                code: Some(AGENT_FAILED),
+                ..
+            }
+        ) {
+            bail!(
+                "tripping the breaker: query.run {i} of {BREAKER_TRIP} answered {} instead of \
+                 error {AGENT_FAILED} (agent failed)",
+                describe_body(&body)
+            );
+        }
+    }
+    let status = client.call("breaker.status", json!({}))?;
+    let key = status
+        .get("breakers")
+        .and_then(Value::as_array)
+        .and_then(|bs| {
+            bs.iter()
+                .find(|b| b.get("state").and_then(Value::as_str) == Some("OPEN"))
+        })
+        .and_then(|b| b.get("key").and_then(Value::as_str))
+        .with_context(|| {
+            format!(
+                "after {BREAKER_TRIP} failed queries, breaker.status shows no OPEN breaker: {}",
+                clip(&status.to_string())
+            )
+        })?
+        .to_string();
+    let body = query_run_reply(client)?;
+    if !matches!(
+        body,
+        Body::Error {
+            code: Some(CIRCUIT_OPEN),
+            ..
+        }
+    ) {
+        bail!(
+            "with the breaker open, query.run answered {} instead of error {CIRCUIT_OPEN} \
+             (circuit open)",
+            describe_body(&body)
+        );
+    }
+    Ok(key)
+}
+
+/// `stats.get`'s count of refused queries.
+fn refused_count(client: &mut Client) -> Result<u64> {
+    let stats = client.call("stats.get", json!({}))?;
+    stats
+        .pointer("/stats/totals/refused")
+        .and_then(Value::as_u64)
+        .with_context(|| {
+            format!(
+                "stats.get has no stats.totals.refused count: {}",
+                clip(&stats.to_string())
+            )
+        })
+}
+
+/// Waits until `stats.get` counts at least `want` refused queries; how long that took, or
+/// `None` after `limit`.
+fn wait_recorded(client: &mut Client, want: u64, limit: Duration) -> Result<Option<Duration>> {
+    let t0 = Instant::now();
+    loop {
+        if refused_count(client)? >= want {
+            return Ok(Some(t0.elapsed()));
+        }
+        check_interrupted()?;
+        if t0.elapsed() >= limit {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn breaker_suite(plan: &BreakerPlan, opts: &DaemonOpts, out: &mut Out) -> Result<BreakerSuite> {
+    check_interrupted()?;
+    let agent = FailingAgent::create(opts.keep_temp)?;
+    let env = vec![
+        (
+            "CCD_AGENT_CMD".to_string(),
+            agent.script.as_os_str().to_owned(),
+        ),
+        ("CCD_RETRY_MAX_RETRIES".to_string(), "0".into()),
+        (
+            "CCD_BREAKER_CONSECUTIVE_FAILURES".to_string(),
+            BREAKER_TRIP.to_string().into(),
+        ),
+        (
+            "CCD_BREAKER_WAIT_MS".to_string(),
+            BREAKER_WAIT_MS.to_string().into(),
+        ),
+    ];
+    let timeout = plan.limits.timeout;
+    let (daemon, _) = Daemon::start_with_env(opts, start_timeout(timeout), env)
+        .context("starting a daemon with a failing agent")?;
+    out.line(&daemon.describe());
+    let daemon_text = daemon.markdown_description();
+    let mut control = Client::connect(&daemon.socket, timeout)?;
+    let key = trip_breaker(&mut control)?;
+    out.line(&format!(
+        "breaker: {BREAKER_TRIP} failing queries (error {AGENT_FAILED}) opened breaker `{key}`; \
+         the next query.run was refused with {CIRCUIT_OPEN}"
+    ));
+    // Refusals so far: the check in `trip_breaker`.
+    let mut refusals_seen = 1u64;
+    let mut problems = Vec::new();
+    let mut runs = Vec::with_capacity(plan.connections.len());
+    for &connections in &plan.connections {
+        check_interrupted()?;
+        let refused = run_phase(&Phase {
+            label: "query.run refused (ccd, open breaker)".into(),
+            socket: daemon.socket.clone(),
+            op: Op::QueryRun,
+            expect: Expect::ErrorCode(CIRCUIT_OPEN),
+            connections,
+            requests: plan.requests,
+            limits: plan.limits.clone(),
+        })?;
+        out.line(&refused.summary());
+        // Every warm-up request and every successful measured one was a refusal; failed ones
+        // may or may not have been, so the count is only checked when there were none.
+        let recorded_after = if refused.failed() == 0 {
+            refusals_seen += u64::from(connections) * u64::from(plan.limits.warmup) + refused.ok;
+            let waited = wait_recorded(&mut control, refusals_seen, timeout)?;
+            match waited {
+                Some(d) => out.line(&format!(
+                    "  all {refusals_seen} refused queries so far recorded (stats.get) {} after \
+                     the phase ended",
+                    fmt_duration(d)
+                )),
+                None => {
+                    let p = format!(
+                        "stats.get did not count {refusals_seen} refused queries within {} of \
+                         the {connections}-connection phase",
+                        humantime::format_duration(timeout)
+                    );
+                    out.line(&format!("  FAILED: {p}"));
+                    problems.push(p);
+                }
+            }
+            waited
+        } else {
+            None
+        };
+        check_interrupted()?;
+        let ping = run_phase(&Phase {
+            label: "system.ping (same daemon)".into(),
+            socket: daemon.socket.clone(),
+            op: Op::Ping,
+            expect: Expect::Result(Some("pong")),
+            connections,
+            requests: plan.requests,
+            limits: plan.limits.clone(),
+        })?;
+        out.line(&ping.summary());
+        let run = BreakerRun {
+            refused,
+            ping,
+            recorded_after,
+        };
+        let (p50, p99) = run.vs_ping();
+        out.line(&format!(
+            "  ratio, {connections} conn: refused query.run / system.ping: p50 {}, p99 {}; \
+             target (refused in under {BREAKER_TARGET_MS} ms at p99): {}",
+            fmt_ratio(p50),
+            fmt_ratio(p99),
+            run.verdict()
+        ));
+        runs.push(run);
+    }
+
+    // Nothing ran the agent, and the breaker stayed open and counted every refusal.
+    let agent_runs = agent.runs()?;
+    if agent_runs != u64::from(BREAKER_TRIP) {
+        problems.push(format!(
+            "the agent ran {agent_runs} times, not just the {BREAKER_TRIP} that tripped the breaker"
+        ));
+    }
+    let status = control.call("breaker.status", json!({}))?;
+    let this = status
+        .get("breakers")
+        .and_then(Value::as_array)
+        .and_then(|bs| {
+            bs.iter()
+                .find(|b| b.get("key").and_then(Value::as_str) == Some(key.as_str()))
+        });
+    let state = this.and_then(|b| b.get("state")).and_then(Value::as_str);
+    if state != Some("OPEN") {
+        problems.push(format!(
+            "after the run, breaker `{key}` is {} instead of OPEN",
+            state.unwrap_or("missing")
+        ));
+    }
+    let rejected = this.and_then(|b| b.get("rejected")).and_then(Value::as_u64);
+    let clean = runs.iter().all(|r| r.refused.failed() == 0);
+    if clean && rejected != Some(refusals_seen) {
+        problems.push(format!(
+            "breaker.status counts {} rejected queries, ccd-bench saw {refusals_seen} refusals",
+            rejected.map_or_else(|| "no".to_string(), |n| n.to_string())
+        ));
+    }
+    drop(control);
+    drop(daemon);
+    out.line(&format!(
+        "breaker: agent runs {agent_runs} (the {BREAKER_TRIP} trips), breaker {} with {} \
+         rejected queries ({refusals_seen} refusals seen)",
+        state.unwrap_or("missing"),
+        rejected.map_or_else(|| "?".to_string(), |n| n.to_string())
+    ));
+    for p in &problems {
+        out.line(&format!("  FAILED: {p}"));
+    }
+    Ok(BreakerSuite {
+        key,
+        runs,
+        agent_runs,
+        rejected,
+        refusals_seen,
+        problems,
+        daemon_text,
+    })
+}
+
+/// The plain-text table printed at the end of a breaker run.
+fn breaker_summary(b: &BreakerSuite) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nopen breaker `{}`: refused query.run vs system.ping on the same daemon (closed loop):",
+        b.key
+    );
+    let _ = writeln!(
+        s,
+        "  {:<38} {:>5} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "", "conns", "requests", "errors", "req/s", "p50", "p99", "max"
+    );
+    for r in &b.runs {
+        for p in [&r.refused, &r.ping] {
+            let (p50, p99, max) = fmt_lat(p.lat.as_ref());
+            let _ = writeln!(
+                s,
+                "  {:<38} {:>5} {:>8} {:>6} {:>10} {p50:>10} {p99:>10} {max:>10}",
+                p.label,
+                p.connections,
+                p.requests(),
+                p.failed(),
+                group_thousands(p.throughput())
+            );
+        }
+        let (p50, p99) = r.vs_ping();
+        let _ = writeln!(
+            s,
+            "  {:<38} {:>5} {:>8} {:>6} {:>10} {:>10} {:>10}",
+            "refused / ping",
+            r.refused.connections,
+            "",
+            "",
+            "",
+            fmt_ratio(p50),
+            fmt_ratio(p99)
+        );
+    }
+    for r in &b.runs {
+        let _ = writeln!(
+            s,
+            "  target, {} conn: refused in under {BREAKER_TARGET_MS} ms at p99: {}",
+            r.refused.connections,
+            r.verdict()
+        );
+    }
+    s
+}
+
+/// The `### Open circuit breaker` section of the markdown report.
+fn breaker_markdown(b: &BreakerSuite) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Open circuit breaker (`query.run` refused, next to `system.ping`)\n"
+    );
+    let _ = writeln!(
+        s,
+        "- Agent: a shell script that reads the prompt to EOF and kills itself with SIGKILL (a \
+         `retryable` failure)."
+    );
+    let _ = writeln!(
+        s,
+        "- Daemon: {}, `CCD_RETRY_MAX_RETRIES=0`, `CCD_BREAKER_CONSECUTIVE_FAILURES={BREAKER_TRIP}`, \
+         `CCD_BREAKER_WAIT_MS={BREAKER_WAIT_MS}`; {BREAKER_TRIP} failing queries opened breaker \
+         `{}`. Every `query.run {{\"prompt\":\"{REFUSED_PROMPT}\"}}` must be answered with error \
+         {CIRCUIT_OPEN} (anything else counts as failed); the daemon records each refused turn \
+         in the background, and ccd-bench waits until `stats.get` counts them all before the \
+         `system.ping` run.",
+        b.daemon_text, b.key
+    );
+    let _ = writeln!(
+        s,
+        "- Afterwards: the agent ran {} times (the trips); the breaker counts {} rejected \
+         queries, ccd-bench saw {} refusals.",
+        b.agent_runs,
+        b.rejected
+            .map_or_else(|| "?".to_string(), |n| n.to_string()),
+        b.refusals_seen
+    );
+    let lags: Vec<String> = b
+        .runs
+        .iter()
+        .map(|r| {
+            let lag = r
+                .recorded_after
+                .map_or_else(|| "not checked".to_string(), fmt_duration);
+            format!("{} conn: {lag}", r.refused.connections)
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "- Refused turns all counted by `stats.get` after the end of the refused phase: {}.",
+        lags.join("; ")
+    );
+    for p in &b.problems {
+        let _ = writeln!(s, "- **Failed:** {p}");
+    }
+    let _ = writeln!(
+        s,
+        "\n| Workload | Conns | Requests | Errors | Throughput (req/s) | p50 | p99 | max |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for r in &b.runs {
+        for p in [&r.refused, &r.ping] {
+            let (p50, p99, max) = fmt_lat(p.lat.as_ref());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {p50} | {p99} | {max} |",
+                p.label,
+                p.connections,
+                p.requests(),
+                p.failed(),
+                group_thousands(p.throughput()),
+            );
+        }
+    }
+    let _ = writeln!(s, "\n| Comparison | p50 | p99 |");
+    let _ = writeln!(s, "|---|--:|--:|");
+    for r in &b.runs {
+        let (p50, p99) = r.vs_ping();
+        let _ = writeln!(
+            s,
+            "| refused query.run / system.ping, {} conn | {} | {} |",
+            r.refused.connections,
+            fmt_ratio(p50),
+            fmt_ratio(p99)
+        );
+    }
+    s.push('\n');
+    for r in &b.runs {
+        let _ = writeln!(
+            s,
+            "- Target (refused in under {BREAKER_TARGET_MS} ms at p99), {} conn: {}.",
+            r.refused.connections,
+            r.verdict()
+        );
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
 // Event bus: fan-out and stalled subscribers
 // ---------------------------------------------------------------------------------------------
 
@@ -2980,7 +3609,7 @@ fn create_batch(client: &mut Client, n: u32, out: &mut WorkerOut) -> Result<()> 
                     clip(&r.to_string())
                 ));
             }
-            Body::Error(msg) => {
+            Body::Error { msg, .. } => {
                 out.rpc_errors += 1;
                 out.note(msg);
             }
@@ -3095,7 +3724,7 @@ fn classify_event_line(line: &[u8]) -> Result<EventLine> {
         .with_context(|| format!("the daemon sent a non-object: {}", clip(&text)))?;
     if obj.get("method").and_then(Value::as_str) != Some("event") {
         match reply_body(obj) {
-            Body::Error(msg) => bail!("{msg}"),
+            Body::Error { msg, .. } => bail!("{msg}"),
             _ => bail!(
                 "an unexpected message on a subscribed connection: {}",
                 clip(&text)
