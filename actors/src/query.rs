@@ -327,6 +327,7 @@ impl QueryService {
             ),
         };
         let result = transcript.result.clone();
+        let last_error = spent.last_error.clone();
         let (status, error_class, error) = match &failure {
             None => ("ok", None, None),
             Some(Failure::Agent(f)) => (
@@ -449,6 +450,16 @@ impl QueryService {
                     &transcript,
                     attempts,
                 ))
+            }
+            Some(Failure::Refused(e)) if attempts > 0 => {
+                // Refused after the agent already ran: say how often, and why it last failed.
+                let mut e = RpcError::from(e);
+                let last = last_error.unwrap_or_default();
+                e.message = format!("{} (after {attempts} attempts; last: {last})", e.message);
+                let mut data = e.data.take().unwrap_or_else(|| json!({}));
+                data["attempts"] = json!(attempts);
+                data["last_error"] = json!(last);
+                Err(ActorError::Rpc(e.with_data(data)))
             }
             Some(Failure::Refused(e)) => Err(e),
         }
@@ -674,6 +685,7 @@ impl QueryService {
                 "retrying after a retryable failure: {}",
                 f.detail
             );
+            spent.last_error = Some(f.detail.clone());
             self.bus.publish(EventKind::QueryRetried {
                 session_id: g.session_id.clone(),
                 query_id: g.query_id.clone(),
@@ -888,6 +900,8 @@ struct Guarded {
 struct Spent {
     usage: ccd_protocol::types::Usage,
     cost_usd: f64,
+    /// Why the last attempt that ran failed, when the query goes on to another.
+    last_error: Option<String>,
 }
 
 impl Spent {

@@ -130,6 +130,28 @@ fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
 }
 
 #[test]
+fn a_breaker_opening_between_retries_says_how_many_attempts_ran() {
+    let stub = Stub::new("fail");
+    let d = stub.daemon(
+        "[retry]\nmax_retries = 3\nbase_delay_ms = 10\nmax_delay_ms = 20\n\
+         [breaker]\nconsecutive_failures = 2\nwait_ms = 600000\n",
+    );
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    // Two runs failed and opened the breaker, which refused the third attempt.
+    assert_eq!(code(&e), -32003, "{e}");
+    assert_eq!(stub.calls(), 2);
+    assert_eq!(e["data"]["attempts"], 2, "{e}");
+    let last = e["data"]["last_error"].as_str().unwrap();
+    assert!(last.contains("killed by signal 9"), "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("after 2 attempts") && msg.contains("signal 9"),
+        "{msg}"
+    );
+    assert!(e["data"]["key"].as_str().is_some() && e["data"]["retry_after_ms"].as_u64() > Some(0));
+}
+
+#[test]
 fn non_retryable_errors_do_not_trip_the_breaker() {
     let mock = MockApi::start(Behaviour::Error {
         status: 400,
