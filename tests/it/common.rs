@@ -258,6 +258,18 @@ impl Conn {
         }
     }
 
+    /// Send a request; `None` when the daemon is gone (the write failed).
+    pub fn try_request(&mut self, method: &str, params: Value) -> Option<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = serde_json::to_vec(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}),
+        )
+        .unwrap();
+        line.push(b'\n');
+        self.reader.get_mut().write_all(&line).ok().map(|()| id)
+    }
+
     pub fn request(&mut self, method: &str, params: Value) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
