@@ -313,7 +313,11 @@ impl BreakerCore {
             return None;
         }
         b.rejected += 1;
-        Some(b.open_until.saturating_duration_since(now).max(Duration::from_millis(1)))
+        Some(
+            b.open_until
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1)),
+        )
     }
 
     pub fn record(&self, key: &str, outcome: Outcome, duration: Duration) -> Option<Transition> {
