@@ -10,6 +10,11 @@ use crate::home::Home;
 
 const MAX_LOG_BYTES: usize = 10 * 1024 * 1024;
 const KEEP_FILES: usize = 5;
+/// Lines queued for the log-writing thread before new ones are dropped. tracing-appender's
+/// default (128,000) preallocates and touches a 4 MiB queue, a fifth of the idle daemon's
+/// memory; the writer thread drains the queue as fast as the file takes it, so a few thousand
+/// lines absorb any burst the daemon produces.
+const LOG_QUEUE_LINES: usize = 8192;
 
 /// Install the subscriber; keep the guard alive until exit so buffered lines are written.
 pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
@@ -25,7 +30,9 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
         Compression::None,
         None,
     );
-    let (writer, guard) = tracing_appender::non_blocking(file);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .finish(file);
     let file_layer = fmt::layer().with_writer(writer).with_ansi(false);
     let stderr_layer = to_stderr.then(|| fmt::layer().with_writer(std::io::stderr));
     tracing_subscriber::registry()
