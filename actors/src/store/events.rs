@@ -3,7 +3,7 @@
 use ccd_protocol::types::Event;
 use rusqlite::{Connection, params};
 
-use super::{WriteOp, db_err, rfc3339_to_ms};
+use super::{ExecCached, WriteOp, db_err, rfc3339_to_ms};
 use crate::error::ActorError;
 
 /// A batch of published events, written in one transaction.
@@ -50,7 +50,7 @@ pub struct PruneEvents {
 impl WriteOp for PruneEvents {
     type Output = usize;
     fn apply(self, conn: &Connection) -> Result<usize, ActorError> {
-        conn.execute("DELETE FROM events WHERE ts < ?1", [self.before_ms])
+        conn.execute_cached("DELETE FROM events WHERE ts < ?1", [self.before_ms])
             .map_err(db_err("pruning events"))
     }
 }

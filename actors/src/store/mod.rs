@@ -116,6 +116,8 @@ pub fn db_path(home: &Path) -> PathBuf {
 }
 
 /// Open the write connection: WAL, foreign keys, busy timeout, `synchronous`, then migrate.
+const WRITER_STATEMENT_CACHE: usize = 64;
+
 pub fn open_writer(path: &Path, cfg: &WriterConfig) -> anyhow::Result<Connection> {
     let mut conn = Connection::open(path)
         .with_context(|| format!("opening database {} for writing", path.display()))?;
@@ -127,6 +129,9 @@ pub fn open_writer(path: &Path, cfg: &WriterConfig) -> anyhow::Result<Connection
         .context("setting synchronous")?;
     conn.busy_timeout(Duration::from_millis(cfg.busy_timeout_ms))
         .context("setting busy timeout")?;
+    // Every write op and the writer's transaction statements stay prepared (the default
+    // cache of 16 would evict some of them under a mixed load).
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
     Migrations::from_slice(MIGRATIONS)
         .to_latest(&mut conn)
         .with_context(|| {
@@ -309,6 +314,18 @@ pub trait WriteOp: Send + 'static {
     fn apply(self, conn: &Connection) -> Result<Self::Output, ActorError>;
 }
 
+/// `Connection::execute` through the statement cache: the writer runs the same few statements
+/// over and over, and parsing one costs about as much as running it.
+pub(crate) trait ExecCached {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl ExecCached for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 pub(crate) fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ConstraintViolation)
 }
@@ -331,7 +348,7 @@ impl WriteOp for CreateProject {
     type Output = Project;
     fn apply(self, conn: &Connection) -> Result<Project, ActorError> {
         let now = now_ms();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO projects (name, path, created_at, updated_at, env) VALUES (?1, ?2, ?3, ?3, ?4)",
             params![self.name, self.path, now, env_json(&self.env)],
         )
@@ -369,7 +386,7 @@ impl WriteOp for UpdateProject {
         let new_name = self.new_name.unwrap_or_else(|| current.name.clone());
         let path = self.path.unwrap_or(current.path);
         let env = self.env.unwrap_or(current.env);
-        conn.execute(
+        conn.execute_cached(
             "UPDATE projects SET name = ?1, path = ?2, updated_at = ?3, env = ?4 WHERE name = ?5",
             params![new_name, path, now_ms(), env_json(&env), self.name],
         )
@@ -382,7 +399,7 @@ impl WriteOp for UpdateProject {
         })?;
         if new_name != self.name {
             // Sessions keep following the project under its new name.
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE sessions SET project = ?1 WHERE project = ?2",
                 params![new_name, self.name],
             )
@@ -404,7 +421,7 @@ impl WriteOp for DeleteProject {
         let found = project(conn, &self.name)
             .map_err(|e| ActorError::Internal(format!("deleting project {}: {e:#}", self.name)))?
             .ok_or_else(|| ActorError::NotFound(format!("no project named `{}`", self.name)))?;
-        conn.execute("DELETE FROM projects WHERE name = ?1", [&self.name])
+        conn.execute_cached("DELETE FROM projects WHERE name = ?1", [&self.name])
             .map_err(db_err("deleting project"))?;
         Ok(found)
     }
@@ -443,7 +460,7 @@ impl WriteOp for DeleteSetting {
         let found = setting(conn, &self.key)
             .map_err(|e| ActorError::Internal(format!("deleting setting: {e:#}")))?
             .ok_or_else(|| ActorError::NotFound(format!("no setting `{}`", self.key)))?;
-        conn.execute("DELETE FROM settings WHERE key = ?1", [&self.key])
+        conn.execute_cached("DELETE FROM settings WHERE key = ?1", [&self.key])
             .map_err(db_err("deleting setting"))?;
         Ok(found)
     }
@@ -458,7 +475,7 @@ impl WriteOp for RecordBackup {
     type Output = Backup;
     fn apply(self, conn: &Connection) -> Result<Backup, ActorError> {
         let now = now_ms();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO backups (path, size_bytes, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(path) DO UPDATE SET size_bytes = excluded.size_bytes, created_at = excluded.created_at",
             params![self.path, self.size_bytes as i64, now],
@@ -489,7 +506,7 @@ impl WriteOp for DeleteBackup {
             .optional()
             .map_err(db_err("reading backup"))?
             .ok_or_else(|| ActorError::NotFound(format!("no backup with id {}", self.id)))?;
-        conn.execute("DELETE FROM backups WHERE id = ?1", [self.id])
+        conn.execute_cached("DELETE FROM backups WHERE id = ?1", [self.id])
             .map_err(db_err("deleting backup record"))?;
         Ok(found)
     }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{WriteOp, db_err, now_ms};
+use super::{ExecCached, WriteOp, db_err, now_ms};
 use crate::error::ActorError;
 
 /// Insert or replace blobs, all in one savepoint; returns the names that existed before.
@@ -24,7 +24,7 @@ impl WriteOp for PutSealed {
                     |r| r.get(0),
                 )
                 .map_err(db_err("reading sealed documents"))?;
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO sealed (name, blob, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT(name) DO UPDATE SET blob = excluded.blob, updated_at = excluded.updated_at",
                 params![name, blob, now],
@@ -53,7 +53,7 @@ impl WriteOp for DeleteSealed {
     type Output = bool;
     fn apply(self, conn: &Connection) -> Result<bool, ActorError> {
         let n = conn
-            .execute("DELETE FROM sealed WHERE name = ?1", [&self.name])
+            .execute_cached("DELETE FROM sealed WHERE name = ?1", [&self.name])
             .map_err(db_err("deleting a sealed document"))?;
         Ok(n > 0)
     }

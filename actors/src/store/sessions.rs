@@ -3,7 +3,7 @@
 use ccd_protocol::types::{Session, Turn, Usage};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{WriteOp, db_err, now_ms, rfc3339};
+use super::{ExecCached, WriteOp, db_err, now_ms, rfc3339};
 use crate::error::ActorError;
 
 const SESSION_COLUMNS: &str = "id, project, tags, model, agent_session_id, status, created_at, last_used_at, turns, \
@@ -115,7 +115,7 @@ impl WriteOp for CreateSession {
     fn apply(self, conn: &Connection) -> Result<Session, ActorError> {
         let now = now_ms();
         let tags = serde_json::to_string(&self.tags).unwrap_or_else(|_| "[]".into());
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO sessions (id, project, tags, model, status, created_at, last_used_at)
              VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?5)",
             params![self.id, self.project, tags, self.model, now],
@@ -133,7 +133,7 @@ impl WriteOp for CloseSession {
     type Output = Session;
     fn apply(self, conn: &Connection) -> Result<Session, ActorError> {
         read_session(conn, &self.id)?;
-        conn.execute(
+        conn.execute_cached(
             "UPDATE sessions SET status = 'closed' WHERE id = ?1 AND status = 'open'",
             [&self.id],
         )
@@ -167,7 +167,7 @@ impl WriteOp for RecordTurn {
     fn apply(self, conn: &Connection) -> Result<Turn, ActorError> {
         let u = &self.usage;
         let changed = conn
-            .execute(
+            .execute_cached(
                 "UPDATE sessions SET turns = turns + 1,
                      input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
                      cache_creation_input_tokens = cache_creation_input_tokens + ?4,
@@ -193,7 +193,7 @@ impl WriteOp for RecordTurn {
                 self.session_id
             )));
         }
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO turns (session_id, query_id, prompt, result, status, error_class, error,
                  input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
                  cost_usd, duration_ms, num_turns, attempts, model, started_at)
@@ -237,7 +237,7 @@ pub struct ExpireSessions {
 impl WriteOp for ExpireSessions {
     type Output = usize;
     fn apply(self, conn: &Connection) -> Result<usize, ActorError> {
-        conn.execute(
+        conn.execute_cached(
             "UPDATE sessions SET status = 'expired' WHERE status = 'open' AND last_used_at < ?1",
             [self.idle_before_ms],
         )
@@ -253,7 +253,7 @@ pub struct CleanupSessions {
 impl WriteOp for CleanupSessions {
     type Output = usize;
     fn apply(self, conn: &Connection) -> Result<usize, ActorError> {
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM sessions WHERE status IN ('closed', 'expired') AND last_used_at < ?1",
             [self.used_before_ms],
         )
