@@ -43,9 +43,11 @@ const UPSERT_VALUE: &str = "ccd-bench-value-0123456789abcdef";
     long_about = "Load generator for the ccd daemon: throughput and p50/p99/max latency over its \
 Unix socket.
 
-Every request mode is a closed loop: each connection (one client thread each) sends one \
-JSON-RPC request, waits for its reply, and only then sends the next. A few unmeasured warm-up \
-requests run on every connection first. Latency percentiles are exact (nearest rank over all \
+Every request mode is a closed loop: each connection sends one JSON-RPC request, waits for \
+its reply, and only then sends the next (`upsert --depth D` keeps D in flight instead). Each \
+connection has a client thread of its own, except in `upsert`, where by default one client \
+thread multiplexes all of them (--client-threads). A few unmeasured warm-up requests run on \
+every connection first. Latency percentiles are exact (nearest rank over all \
 samples). Every mode is bounded in request count and in wall-clock time, and only talks to \
 local Unix sockets.
 
@@ -253,7 +255,7 @@ struct PingArgs {
 
 #[derive(Args, Debug)]
 struct UpsertArgs {
-    /// Concurrent connections, each driven by its own client thread
+    /// Concurrent connections (see --client-threads for how they are driven)
     #[arg(short, long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     connections: u32,
@@ -267,9 +269,37 @@ struct UpsertArgs {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     single_requests: Option<u32>,
     #[command(flatten)]
+    clients: ClientOpts,
+    #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
     target: Target,
+}
+
+/// How `upsert` drives its connections.
+#[derive(Args, Debug, Clone, Copy)]
+struct ClientOpts {
+    /// Client threads driving the connections, each multiplexing its share over non-blocking
+    /// sockets (as wrk and redis-benchmark do), so that the client's own thread switches do not
+    /// eat the 2 cores the daemon runs on; 0 runs one blocking client thread per connection
+    #[arg(long, value_name = "T", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    client_threads: u32,
+    /// Requests each connection keeps in flight (1: wait for each reply before sending the
+    /// next); more than 1 needs --client-threads of at least 1
+    #[arg(long, value_name = "D", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    depth: u32,
+}
+
+impl ClientOpts {
+    fn driver(self) -> Result<Driver> {
+        match (self.client_threads, self.depth) {
+            (0, 1) => Ok(Driver::Threads),
+            (0, _) => bail!("--depth above 1 needs --client-threads of at least 1"),
+            (threads, depth) => Ok(Driver::Multiplexed { threads, depth }),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -408,6 +438,14 @@ struct AllArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     upsert_connections: u32,
+    /// Client threads of the upsert runs (see `ccd-bench upsert --client-threads`)
+    #[arg(long, value_name = "T", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(0..=64))]
+    upsert_client_threads: u32,
+    /// Requests in flight per connection in the upsert runs (see `ccd-bench upsert --depth`)
+    #[arg(long, value_name = "D", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    upsert_depth: u32,
     /// Sequential queries of the query overhead measurement (bare stub and daemon each)
     #[arg(long, value_name = "R", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -667,14 +705,19 @@ fn cmd_ping(a: &PingArgs) -> Result<Outcome> {
 
 fn cmd_upsert(a: &UpsertArgs) -> Result<Outcome> {
     check_total(a.connections, a.requests)?;
+    let driver = a.clients.driver()?;
     let daemon = Daemon::acquire(&a.target, a.limits.timeout)?;
     println!("{}", environment_line());
     println!("{}", daemon.describe());
+    let plan = UpsertPlan {
+        connections: a.connections,
+        requests: a.requests,
+        single_requests: a.single_requests,
+        driver,
+    };
     let suite = upsert_suite(
         &daemon,
-        a.connections,
-        a.requests,
-        a.single_requests,
+        &plan,
         &a.limits,
         &a.target.daemon,
         &mut Out::Stdout,
@@ -774,6 +817,11 @@ fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
 fn cmd_all(a: &AllArgs) -> Result<Outcome> {
     check_total(a.ping_connections, a.ping_requests)?;
     check_total(a.upsert_connections, a.upsert_requests)?;
+    let upsert_driver = ClientOpts {
+        client_threads: a.upsert_client_threads,
+        depth: a.upsert_depth,
+    }
+    .driver()?;
     for &c in &a.breaker_connections {
         check_total(c, a.breaker_requests)?;
     }
@@ -791,15 +839,13 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         keep,
         &mut out,
     )?;
-    let upsert = upsert_suite(
-        &daemon,
-        a.upsert_connections,
-        a.upsert_requests,
-        None,
-        &a.limits,
-        &a.target.daemon,
-        &mut out,
-    )?;
+    let plan = UpsertPlan {
+        connections: a.upsert_connections,
+        requests: a.upsert_requests,
+        single_requests: None,
+        driver: upsert_driver,
+    };
+    let upsert = upsert_suite(&daemon, &plan, &a.limits, &a.target.daemon, &mut out)?;
     let daemon_text = daemon.markdown_description();
     drop(daemon);
     let events = if a.events_subscribers > 0 {
@@ -962,6 +1008,7 @@ fn ping_suite(
         connections,
         requests,
         limits: limits.clone(),
+        driver: Driver::Threads,
     })?;
     out.line(&d.summary());
     check_interrupted()?;
@@ -1011,15 +1058,28 @@ impl UpsertSuite {
     }
 }
 
-fn upsert_suite(
-    daemon: &Daemon,
+/// What the upsert benchmark runs.
+struct UpsertPlan {
     connections: u32,
     requests: u32,
+    /// Requests of the 1-connection run (`None`: the default described in `--help`).
     single_requests: Option<u32>,
+    driver: Driver,
+}
+
+fn upsert_suite(
+    daemon: &Daemon,
+    plan: &UpsertPlan,
     limits: &Limits,
     opts: &DaemonOpts,
     out: &mut Out,
 ) -> Result<UpsertSuite> {
+    let &UpsertPlan {
+        connections,
+        requests,
+        single_requests,
+        driver,
+    } = plan;
     if !daemon.owned {
         out.line(&format!(
             "  note: the SQLite baseline uses synchronous={}; make sure that matches the running \
@@ -1027,7 +1087,8 @@ fn upsert_suite(
             opts.synchronous.as_str()
         ));
     }
-    let phase = |connections: u32, requests: u32| Phase {
+    out.line(&format!("  clients: {}", driver.explain(connections)));
+    let phase = |connections: u32, requests: u32, driver: Driver| Phase {
         label: "setting.upsert (ccd)".into(),
         socket: daemon.socket.clone(),
         op: Op::Upsert {
@@ -1037,14 +1098,16 @@ fn upsert_suite(
         connections,
         requests,
         limits: limits.clone(),
+        driver,
     };
-    let multi = run_phase(&phase(connections, requests))?;
+    let multi = run_phase(&phase(connections, requests, driver))?;
     out.line(&multi.summary());
     check_interrupted()?;
     let single = if connections > 1 {
         let total = connections.saturating_mul(requests);
         let n = single_requests.unwrap_or_else(|| requests.max(total.min(2000)));
-        let single = run_phase(&phase(1, n))?;
+        // One request at a time: every commit carries one write.
+        let single = run_phase(&phase(1, n, driver.one_at_a_time()))?;
         out.line(&single.summary());
         check_interrupted()?;
         Some(single)
@@ -1055,7 +1118,7 @@ fn upsert_suite(
         let env = vec![("CCD_WRITER_MAX_BATCH".to_string(), "1".into())];
         let (one_per_txn, _) = Daemon::start_with_env(opts, daemon.timeout, env)
             .context("starting a daemon with CCD_WRITER_MAX_BATCH=1")?;
-        let mut p = phase(connections, requests);
+        let mut p = phase(connections, requests, driver);
         p.label = "setting.upsert (ccd, max_batch=1)".into();
         p.socket = one_per_txn.socket.clone();
         let r = run_phase(&p)?;
@@ -1420,6 +1483,42 @@ struct Phase {
     connections: u32,
     requests: u32,
     limits: Limits,
+    driver: Driver,
+}
+
+/// How the client side of a closed-loop phase drives its connections.
+#[derive(Clone, Copy, Debug)]
+enum Driver {
+    /// One blocking client thread per connection, one request in flight.
+    Threads,
+    /// `threads` client threads, each driving its share of the connections over non-blocking
+    /// sockets on a single-threaded tokio runtime (as wrk and redis-benchmark do), `depth`
+    /// requests in flight per connection.
+    Multiplexed { threads: u32, depth: u32 },
+}
+
+impl Driver {
+    /// How `connections` connections are driven, in words.
+    fn explain(self, connections: u32) -> String {
+        match self {
+            Driver::Threads => {
+                format!("{connections} blocking client thread(s), one per connection")
+            }
+            Driver::Multiplexed { threads, depth } => format!(
+                "{} client thread(s) multiplexing {connections} connection(s), {depth} request(s) \
+                 in flight per connection",
+                threads.clamp(1, connections.max(1))
+            ),
+        }
+    }
+
+    /// The same driver with one request in flight per connection.
+    fn one_at_a_time(self) -> Driver {
+        match self {
+            Driver::Threads => Driver::Threads,
+            Driver::Multiplexed { threads, .. } => Driver::Multiplexed { threads, depth: 1 },
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1754,27 +1853,28 @@ impl Budget {
 }
 
 /// Runs the client threads of a phase, `client(i, ready, gate)` in thread `{thread_name}{i}`
-/// for each of the `connections`: each connects and warms up and reports in; once all have
-/// (within `max_time`), the gate releases them together, and what they measured is summed,
-/// `wall` from the release to the end of the last one. `not_ready` says, for the error, what
-/// the threads did not all manage in time.
+/// for each of the `threads`: each connects and warms up its connection(s) and reports in once
+/// per connection; once all `connections` have (within `max_time`), the gate releases them
+/// together, and what they measured is summed, `wall` from the release to the end of the last
+/// one. `not_ready` says, for the error, what the threads did not all manage in time.
 fn run_clients<F>(
     label: &str,
     connections: u32,
+    threads: u32,
     thread_name: &str,
     max_time: Duration,
     not_ready: &str,
     client: F,
 ) -> Result<PhaseResult>
 where
-    F: Fn(u32, &mpsc::Sender<()>, &Gate) -> WorkerOut + Sync,
+    F: Fn(u32, &mpsc::Sender<()>, &Gate) -> Vec<WorkerOut> + Sync,
 {
     check_interrupted()?;
     let gate = Gate::new();
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     thread::scope(|s| {
-        let mut handles = Vec::with_capacity(connections as usize);
-        for i in 0..connections {
+        let mut handles = Vec::with_capacity(threads as usize);
+        for i in 0..threads {
             let ready = ready_tx.clone();
             let (gate, client) = (&gate, &client);
             let spawned = thread::Builder::new()
@@ -1789,7 +1889,8 @@ where
             }
         }
         drop(ready_tx);
-        // Every client reports exactly once when it is connected and warmed up (or has failed).
+        // Every connection is reported exactly once when it is connected and warmed up (or has
+        // failed).
         let ready = wait_ready(&ready_rx, connections, max_time);
         if ready < connections {
             gate.set(GateState::Abort);
@@ -1806,21 +1907,46 @@ where
             .into_iter()
             .map(|w| w.map_err(|_| anyhow!("{label}: a client thread panicked")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(PhaseResult::from_workers(label, connections, start, outs))
+        Ok(PhaseResult::from_workers(
+            label,
+            connections,
+            start,
+            outs.into_iter().flatten().collect(),
+        ))
     })
 }
 
-/// Runs one closed-loop phase: N client threads connect and warm up, then are released
-/// together; each sends its R requests one at a time and times every round trip.
+/// Runs one closed-loop phase: its N connections connect and warm up, then are released
+/// together; each sends its R requests (one at a time, or `depth` in flight when multiplexed)
+/// and times every round trip.
 fn run_phase(p: &Phase) -> Result<PhaseResult> {
-    run_clients(
-        &p.label,
-        p.connections,
-        "bench-c",
-        p.limits.max_time,
-        "connected and warmed up within --max-time",
-        |conn, ready, gate| worker(p, conn, ready, gate),
-    )
+    let not_ready = "connected and warmed up within --max-time";
+    match p.driver {
+        Driver::Threads => run_clients(
+            &p.label,
+            p.connections,
+            p.connections,
+            "bench-c",
+            p.limits.max_time,
+            not_ready,
+            |conn, ready, gate| vec![worker(p, conn, ready, gate)],
+        ),
+        Driver::Multiplexed { threads, depth } => {
+            let threads = threads.clamp(1, p.connections);
+            run_clients(
+                &p.label,
+                p.connections,
+                threads,
+                "bench-m",
+                p.limits.max_time,
+                not_ready,
+                |t, ready, gate| {
+                    let conns: Vec<u32> = (t..p.connections).step_by(threads as usize).collect();
+                    mux_thread(p, &conns, depth, ready, gate)
+                },
+            )
+        }
+    }
 }
 
 /// One client thread of [`run_phase`].
@@ -1859,6 +1985,216 @@ fn worker(p: &Phase, conn: u32, ready: &mpsc::Sender<()>, gate: &Gate) -> Worker
     }
     out.end = Some(Instant::now());
     out
+}
+
+/// One client thread of a multiplexed phase: connects and warms up each of `conns` (reporting
+/// each in), waits at the gate, then drives them all at once on one single-threaded runtime.
+fn mux_thread(
+    p: &Phase,
+    conns: &[u32],
+    depth: u32,
+    ready: &mpsc::Sender<()>,
+    gate: &Gate,
+) -> Vec<WorkerOut> {
+    let requests = u64::from(p.requests);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the client thread's tokio runtime");
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let outs = conns
+                .iter()
+                .map(|_| {
+                    let _ = ready.send(());
+                    let mut out = WorkerOut {
+                        lost: requests,
+                        ..WorkerOut::default()
+                    };
+                    out.note(format!("{e:#}"));
+                    out
+                })
+                .collect();
+            gate.wait();
+            return outs;
+        }
+    };
+    let mut set_up: Vec<(WorkerOut, Option<MuxConn>)> = runtime.block_on(async {
+        let connecting = conns.iter().map(|&conn| async move {
+            let mut out = WorkerOut {
+                lat_ns: Vec::with_capacity(p.requests as usize),
+                ..WorkerOut::default()
+            };
+            let mut c = match MuxConn::connect(p, conn).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    out.lost = requests;
+                    out.note(format!("{e:#}"));
+                    None
+                }
+            };
+            if let Some(mut live) = c.take() {
+                let warm = live
+                    .drive(p, Stage::Warmup, p.limits.warmup, depth, None, &mut out)
+                    .await;
+                if warm {
+                    c = Some(live);
+                } else {
+                    // The connection broke during warm-up: all its measured requests are lost.
+                    out.lost = requests;
+                }
+            }
+            let _ = ready.send(());
+            (out, c)
+        });
+        futures_util::future::join_all(connecting).await
+    });
+    if gate.wait() != GateState::Open {
+        return set_up.into_iter().map(|(out, _)| out).collect();
+    }
+    let deadline = Instant::now() + p.limits.max_time;
+    runtime.block_on(async {
+        let driving = set_up.iter_mut().map(|(out, c)| async move {
+            if let Some(c) = c {
+                c.drive(p, Stage::Measure, p.requests, depth, Some(deadline), out)
+                    .await;
+                out.end = Some(Instant::now());
+            }
+        });
+        futures_util::future::join_all(driving).await;
+    });
+    set_up.into_iter().map(|(out, _)| out).collect()
+}
+
+/// One connection of a multiplexed phase.
+struct MuxConn {
+    conn: u32,
+    reader: tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+    line: String,
+    next_id: u64,
+}
+
+impl MuxConn {
+    async fn connect(p: &Phase, conn: u32) -> Result<MuxConn> {
+        let stream =
+            tokio::time::timeout(p.limits.timeout, tokio::net::UnixStream::connect(&p.socket))
+                .await
+                .map_err(|_| anyhow!("timed out connecting to {}", p.socket.display()))?
+                .with_context(|| format!("connecting to {}", p.socket.display()))?;
+        let (reader, writer) = stream.into_split();
+        Ok(MuxConn {
+            conn,
+            reader: tokio::io::BufReader::new(reader),
+            writer,
+            line: String::with_capacity(256),
+            next_id: 0,
+        })
+    }
+
+    /// Sends `n` requests of `stage`, keeping up to `depth` in flight (all requests that fit
+    /// the window go out in one write), and records each reply in `out`: measured ones with
+    /// their latency, warm-up failures as such. Stops sending at `deadline` or on a signal
+    /// (the rest count as skipped). `false` when the connection broke, after counting every
+    /// request it had not answered (measured stage) as lost.
+    async fn drive(
+        &mut self,
+        p: &Phase,
+        stage: Stage,
+        mut n: u32,
+        depth: u32,
+        deadline: Option<Instant>,
+        out: &mut WorkerOut,
+    ) -> bool {
+        use tokio::io::AsyncWriteExt;
+        let mut sent = 0u32;
+        let mut answered = 0u32;
+        let mut inflight: std::collections::HashMap<u64, Instant> =
+            std::collections::HashMap::with_capacity(depth as usize);
+        let mut batch = String::new();
+        let broken = loop {
+            batch.clear();
+            while sent < n && sent - answered < depth {
+                if deadline.is_some_and(|d| Instant::now() >= d) || interrupted() {
+                    if matches!(stage, Stage::Measure) {
+                        out.skipped += u64::from(n - sent);
+                    }
+                    n = sent;
+                    break;
+                }
+                self.next_id += 1;
+                batch.push_str(&p.op.request_line(self.conn, stage, sent, self.next_id));
+                inflight.insert(self.next_id, Instant::now());
+                sent += 1;
+            }
+            if !batch.is_empty() {
+                let written =
+                    tokio::time::timeout(p.limits.timeout, self.writer.write_all(batch.as_bytes()))
+                        .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break anyhow!(e).context("sending requests"),
+                    Err(_) => break anyhow!("timed out sending requests"),
+                }
+            }
+            if answered == sent {
+                return true;
+            }
+            let (id, body) = match self.read_reply(p.limits.timeout).await {
+                Ok(r) => r,
+                Err(e) => break e,
+            };
+            let Some(t0) = inflight.remove(&id) else {
+                break anyhow!("a reply has id {id}, which is not a request in flight");
+            };
+            answered += 1;
+            let attempt = judge(p.expect, id, body);
+            match stage {
+                Stage::Measure => {
+                    if !out.record(attempt, t0.elapsed(), 1) {
+                        break anyhow!("protocol violation");
+                    }
+                }
+                Stage::Warmup => match attempt {
+                    Ok(Ok(())) => {}
+                    Ok(Err(msg)) => {
+                        out.warmup_failed += 1;
+                        out.note(format!("warm-up: {msg}"));
+                    }
+                    Err(e) => break e,
+                },
+            }
+        };
+        if matches!(stage, Stage::Measure) {
+            out.lost += u64::from(n - answered);
+        }
+        out.note(format!("{broken:#}"));
+        false
+    }
+
+    /// Reads lines until a reply (skipping server notifications): its id and body.
+    async fn read_reply(&mut self, timeout: Duration) -> Result<(u64, Body)> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            self.line.clear();
+            let n = tokio::time::timeout(timeout, self.reader.read_line(&mut self.line))
+                .await
+                .map_err(|_| anyhow!("timed out waiting for a reply"))?
+                .context("reading a reply")?;
+            ensure!(
+                n > 0 && self.line.ends_with('\n'),
+                "the server closed the connection"
+            );
+            let Some(obj) = reply_object(&self.line)? else {
+                continue;
+            };
+            let id = reply_id(&obj).and_then(Value::as_u64).with_context(|| {
+                format!("a reply that answers no request: {}", clip(&self.line))
+            })?;
+            return Ok((id, reply_body(&obj)));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1920,38 +2256,7 @@ impl Client {
     /// connection is unusable (I/O error, timeout, EOF, malformed or mismatched reply).
     fn exchange(&mut self, line: &str, id: u64, expect: Expect) -> Attempt {
         let body = self.round_trip(line, id)?;
-        Ok(match (expect, body) {
-            (Expect::Echo, Body::Other) => Ok(()),
-            (Expect::Echo, _) => {
-                bail!("the echo server sent something other than the request back")
-            }
-            (Expect::Result(_), Body::Error { msg, .. }) => Err(msg),
-            (Expect::Result(None), Body::Result(_)) => Ok(()),
-            (Expect::Result(Some(want)), Body::Result(v)) => {
-                if v.as_str() == Some(want) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "unexpected result {} (expected {want:?})",
-                        clip(&v.to_string())
-                    ))
-                }
-            }
-            (Expect::Result(_) | Expect::ErrorCode(_), Body::Other) => {
-                bail!("reply {id} has neither `result` nor `error`")
-            }
-            (Expect::ErrorCode(want), Body::Error { code, msg }) => {
-                if code == Some(want) {
-                    Ok(())
-                } else {
-                    Err(format!("{msg} (expected error {want})"))
-                }
-            }
-            (Expect::ErrorCode(want), Body::Result(v)) => Err(format!(
-                "unexpected result {} (expected error {want})",
-                clip(&v.to_string())
-            )),
-        })
+        judge(expect, id, body)
     }
 
     fn round_trip(&mut self, line: &str, id: u64) -> Result<Body> {
@@ -1992,6 +2297,43 @@ impl Client {
             Body::Other => bail!("{method}: the reply has neither `result` nor `error`"),
         }
     }
+}
+
+/// Whether reply `body` to request `id` is what `expect` asks for: `Ok(Err)` is a JSON-RPC
+/// error reply or a wrong result, `Err` a protocol violation.
+fn judge(expect: Expect, id: u64, body: Body) -> Attempt {
+    Ok(match (expect, body) {
+        (Expect::Echo, Body::Other) => Ok(()),
+        (Expect::Echo, _) => {
+            bail!("the echo server sent something other than the request back")
+        }
+        (Expect::Result(_), Body::Error { msg, .. }) => Err(msg),
+        (Expect::Result(None), Body::Result(_)) => Ok(()),
+        (Expect::Result(Some(want)), Body::Result(v)) => {
+            if v.as_str() == Some(want) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unexpected result {} (expected {want:?})",
+                    clip(&v.to_string())
+                ))
+            }
+        }
+        (Expect::Result(_) | Expect::ErrorCode(_), Body::Other) => {
+            bail!("reply {id} has neither `result` nor `error`")
+        }
+        (Expect::ErrorCode(want), Body::Error { code, msg }) => {
+            if code == Some(want) {
+                Ok(())
+            } else {
+                Err(format!("{msg} (expected error {want})"))
+            }
+        }
+        (Expect::ErrorCode(want), Body::Result(v)) => Err(format!(
+            "unexpected result {} (expected error {want})",
+            clip(&v.to_string())
+        )),
+    })
 }
 
 /// Makes socket timeouts say so.
@@ -2151,6 +2493,7 @@ fn run_echo_phase(
         connections,
         requests,
         limits: limits.clone(),
+        driver: Driver::Threads,
     })
 }
 
@@ -2440,10 +2783,15 @@ where
     let mut result = run_clients(
         label,
         threads,
+        threads,
         "bench-q",
         max_time,
         "set up and warmed up within",
-        |t, ready, gate| budget_worker(t, warmup, max_time, &make, &budget, ready, gate),
+        |t, ready, gate| {
+            vec![budget_worker(
+                t, warmup, max_time, &make, &budget, ready, gate,
+            )]
+        },
     )?;
     result.skipped = budget.left();
     Ok(result)
@@ -3220,6 +3568,7 @@ fn breaker_suite(plan: &BreakerPlan, opts: &DaemonOpts, out: &mut Out) -> Result
             connections,
             requests: plan.requests,
             limits: plan.limits.clone(),
+            driver: Driver::Threads,
         })?;
         out.line(&refused.summary());
         // Every warm-up request and every successful measured one was a refusal; failed ones
@@ -3256,6 +3605,7 @@ fn breaker_suite(plan: &BreakerPlan, opts: &DaemonOpts, out: &mut Out) -> Result
             connections,
             requests: plan.requests,
             limits: plan.limits.clone(),
+            driver: Driver::Threads,
         })?;
         out.line(&ping.summary());
         let run = BreakerRun {
@@ -4158,6 +4508,7 @@ fn stall_run(daemon: &Daemon, plan: &EventsPlan) -> Result<StallRun> {
         connections: 1,
         requests: plan.requests,
         limits: plan.limits.clone(),
+        driver: Driver::Threads,
     };
     let warmup = plan.limits.warmup;
     let timeout = plan.limits.timeout;
