@@ -1025,6 +1025,8 @@ fn ping_suite(
 }
 
 struct UpsertSuite {
+    /// How the client side drove the connections, in words.
+    clients: String,
     multi: PhaseResult,
     /// `None` when the N-connection run already has a single connection.
     single: Option<PhaseResult>,
@@ -1087,7 +1089,10 @@ fn upsert_suite(
             opts.synchronous.as_str()
         ));
     }
-    out.line(&format!("  clients: {}", driver.explain(connections)));
+    out.line(&format!(
+        "  clients: {} (the 1-connection run: one request at a time)",
+        driver.explain(connections)
+    ));
     let phase = |connections: u32, requests: u32, driver: Driver| Phase {
         label: "setting.upsert (ccd)".into(),
         socket: daemon.socket.clone(),
@@ -1132,6 +1137,7 @@ fn upsert_suite(
     let baseline = sqlite_baseline(connections, requests, limits, opts)?;
     out.line(&baseline.summary());
     let suite = UpsertSuite {
+        clients: driver.explain(connections),
         multi,
         single,
         ungrouped,
@@ -1279,10 +1285,10 @@ fn markdown_report(m: &MarkdownInput<'_>) -> String {
     let _ = writeln!(s, "- Daemon: {}", m.daemon_text);
     let _ = writeln!(
         s,
-        "- Closed loop: each connection (one client thread) sends a request and waits for its reply \
-         before sending the next; {} unmeasured warm-up requests per connection. Percentiles are exact \
-         (nearest rank over all samples).",
-        m.limits.warmup
+        "- Closed loop: each connection sends a request and waits for its reply before sending the \
+         next, with a client thread of its own, except in the upsert runs: {}; {} unmeasured \
+         warm-up requests per connection. Percentiles are exact (nearest rank over all samples).",
+        m.upsert.clients, m.limits.warmup
     );
     let _ = writeln!(
         s,
