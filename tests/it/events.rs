@@ -121,32 +121,42 @@ fn a_full_query_publishes_its_events_in_order() {
 
 #[test]
 fn a_subscriber_that_never_reads_slows_nobody_and_learns_what_it_missed() {
+    // Queues of 64 events per subscriber; the publisher waits for the reading subscriber after
+    // every batch of 50, so the reader can never fall behind by more than its queue holds,
+    // however the machine schedules its threads: it must get every event. The stalled
+    // subscriber gets 3000, far more than its queue, channel and socket buffer hold.
+    const QUEUE: usize = 64;
+    const BATCH: usize = 50;
+    const TOTAL: usize = 3000;
     let d = Daemon::builder()
-        .config("[events]\nsubscriber_queue = 8\n")
+        .config(&format!("[events]\nsubscriber_queue = {QUEUE}\n"))
         .start();
     let mut stalled = subscribe(&d, json!({"types": ["session.created"]}));
     let mut reader = subscribe(&d, json!({"types": ["session.created"]}));
-    let total = 3000usize;
-    // Far more events than the stalled subscriber's queue, channel and socket buffer hold.
-    let reading = std::thread::spawn(move || {
-        let mut seen = 0u64;
-        let mut missed = 0u64;
-        while seen + missed < total as u64 {
-            let m = reader.recv().expect("the reading subscriber was cut off");
-            if m["method"] != "event" {
-                continue;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reading = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut missed = 0u64;
+            while seen.load(std::sync::atomic::Ordering::SeqCst) + missed < TOTAL as u64 {
+                let m = reader.recv().expect("the reading subscriber was cut off");
+                if m["method"] != "event" {
+                    continue;
+                }
+                match m["params"]["type"].as_str() {
+                    Some("lagged") => missed += m["params"]["missed"].as_u64().unwrap(),
+                    _ => {
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
             }
-            match m["params"]["type"].as_str() {
-                Some("lagged") => missed += m["params"]["missed"].as_u64().unwrap(),
-                _ => seen += 1,
-            }
-        }
-        (seen, missed)
-    });
+            missed
+        })
+    };
     let mut c = d.connect();
-    for chunk in 0..(total / 500) {
-        let batch: Vec<Value> = (0..500)
-            .map(|i| json!({"jsonrpc": "2.0", "id": chunk * 500 + i, "method": "session.create", "params": {}}))
+    for chunk in 0..TOTAL / BATCH {
+        let batch: Vec<Value> = (0..BATCH)
+            .map(|i| json!({"jsonrpc": "2.0", "id": chunk * BATCH + i, "method": "session.create", "params": {}}))
             .collect();
         c.send(&Value::Array(batch));
         let replies = c.recv().unwrap();
@@ -158,16 +168,25 @@ fn a_subscriber_that_never_reads_slows_nobody_and_learns_what_it_missed() {
                 .all(|r| r.get("result").is_some()),
             "every write was served"
         );
+        let want = ((chunk + 1) * BATCH) as u64;
+        wait_until(
+            "the reading subscriber to receive the batch's events",
+            Duration::from_secs(30),
+            || seen.load(std::sync::atomic::Ordering::SeqCst) >= want || reading.is_finished(),
+        );
     }
-    let (seen, missed) = reading.join().unwrap();
-    assert_eq!(seen + missed, total as u64);
-    assert!(seen > 0);
+    let missed = reading.join().unwrap();
+    assert_eq!(
+        (seen.load(std::sync::atomic::Ordering::SeqCst), missed),
+        (TOTAL as u64, 0),
+        "the reading subscriber got every event, whatever the stalled one did"
+    );
 
     // The stalled one now reads: it lost the oldest, and is told how many.
     stalled.set_read_timeout(Duration::from_secs(10));
     let mut got = 0u64;
     let mut lagged = 0u64;
-    while got + lagged < total as u64 {
+    while got + lagged < TOTAL as u64 {
         let m = stalled.recv().unwrap();
         if m["method"] != "event" {
             continue;
@@ -181,7 +200,7 @@ fn a_subscriber_that_never_reads_slows_nobody_and_learns_what_it_missed() {
         lagged > 0,
         "a subscriber that never read must be told it lagged"
     );
-    assert_eq!(got + lagged, total as u64);
+    assert_eq!(got + lagged, TOTAL as u64);
 }
 
 #[test]
