@@ -76,8 +76,9 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
             return Ok(());
         }
     };
-    let config = Config::load_with(&home.root, overrides)?;
+    let mut config = Config::load_with(&home.root, overrides)?;
     let _log_guard = crate::logging::init(home, !notify)?;
+    fit_connections_to_fd_limit(&mut config);
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let msg = ccd_actors::supervise::panic_message(info.payload());
@@ -97,6 +98,51 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
         Err(e) => tracing::error!("daemon failed: {e:#}"),
     }
     outcome
+}
+
+/// Descriptors kept for everything but IPC connections: the database and its read pool, logs,
+/// the FUSE device, epoll instances, HTTP clients, and three pipes per running agent.
+fn reserved_fds(config: &Config) -> u64 {
+    64 + 4 * config.executor.pool_size as u64
+}
+
+/// Raises the soft limit on open files to the hard limit (many distributions start processes
+/// at 1024), then makes sure `ipc.max_connections` fits in what is left after
+/// [`reserved_fds`]: each connection holds two descriptors (its socket, and a duplicate that
+/// notices a peer hanging up). A limit past which `accept` would fail instead of closing an
+/// idle connection would let idle connections lock new clients out.
+fn fit_connections_to_fd_limit(config: &mut Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("raising the open-file limit to its hard limit: {e}");
+        }
+    }
+    let Some(soft) = getrlimit(Resource::Nofile).current else {
+        return; // unlimited
+    };
+    let fits = usize::try_from(soft.saturating_sub(reserved_fds(config)) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if config.ipc.max_connections > fits {
+        tracing::warn!(
+            "the open-file limit ({soft}) leaves room for {fits} connections: \
+             ipc.max_connections lowered from {} to {fits} (raise `ulimit -n` for more)",
+            config.ipc.max_connections
+        );
+        config.ipc.max_connections = fits;
+    } else {
+        tracing::info!(
+            open_file_limit = soft,
+            max_connections = config.ipc.max_connections,
+            "connection limit fits the open-file limit"
+        );
+    }
 }
 
 async fn serve(

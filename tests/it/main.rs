@@ -6,6 +6,7 @@
 //! | module        | what it covers                                                        |
 //! |---------------|-----------------------------------------------------------------------|
 //! | `lifecycle`   | start, double start, stale pid/socket, stop, status codes, logs       |
+//! | `limits`      | what one client may cost the others: open files, reply memory         |
 //! | `protocol`    | every error code, batches, notifications, pipelining, limits, bad input |
 //! | `writes`      | concurrent writers, group commit isolation, backups, direct reads     |
 //! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
@@ -30,6 +31,7 @@ mod docs;
 mod events;
 mod http;
 mod lifecycle;
+mod limits;
 mod protocol;
 mod resilience;
 mod supervision;
