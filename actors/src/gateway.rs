@@ -12,12 +12,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use ccd_protocol::methods as m;
 use ccd_protocol::types::{self, ActorState};
 use ccd_protocol::{ErrorCode, Method, RpcError, parse_params};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ActorError;
@@ -56,7 +54,7 @@ pub struct DaemonInfo {
 #[derive(Clone, Debug)]
 pub struct ConnCtx {
     pub id: u64,
-    pub outbound: mpsc::Sender<Bytes>,
+    pub outbound: crate::outbound::Outbound,
     /// Cancelled when the client disconnects.
     pub closed: CancellationToken,
     /// Live event subscriptions of this connection (a connection with one is never idle).
@@ -1100,10 +1098,10 @@ mod tests {
             agents,
         );
         let gw = Supervisor::start(move |_| gw);
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let conn = ConnCtx {
             id: 0,
-            outbound: tx,
+            outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
             subscriptions: Default::default(),
         };

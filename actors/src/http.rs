@@ -236,7 +236,7 @@ impl State {
         let (tx, _rx) = mpsc::channel(1);
         let conn = ConnCtx {
             id: u64::MAX - 1,
-            outbound: tx,
+            outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
             subscriptions: Default::default(),
         };

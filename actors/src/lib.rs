@@ -20,6 +20,7 @@ pub mod eventbus;
 pub mod executor;
 pub mod gateway;
 pub mod http;
+pub mod outbound;
 pub mod procstat;
 pub mod query;
 pub mod reader;

@@ -1,5 +1,8 @@
 //! Direct reads for the daemon: a small pool of read-only connections, used on tokio's blocking
 //! threads so a slow query never stalls the event loop. Reads see only committed data (WAL).
+//! At most [`MAX_CONCURRENT`] reads run at once; the others wait their turn without a thread
+//! or a connection, so a flood of reads (a batch of 100,000 `setting.get`) costs neither
+//! hundreds of threads nor hundreds of open database files.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,14 @@ use crate::store;
 
 /// Idle connections kept for reuse.
 const POOL_SIZE: usize = 4;
+/// Reads running at once (each on a blocking thread with a connection of its own).
+pub const MAX_CONCURRENT: usize = 8;
 
 #[derive(Clone)]
 pub struct Reader {
     path: PathBuf,
     pool: Arc<Mutex<Vec<Connection>>>,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reader {
@@ -24,6 +30,7 @@ impl Reader {
         Reader {
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
+            running: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
         }
     }
 
@@ -40,8 +47,16 @@ impl Reader {
         T: Send + 'static,
         F: FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     {
+        // The semaphore is never closed, so acquiring only fails if it were; treat that as a
+        // read that could not run rather than panic.
+        let Ok(turn) = self.running.clone().acquire_owned().await else {
+            return Err(ActorError::Internal(format!(
+                "{what}: the read queue is closed"
+            )));
+        };
         let this = self.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let conn = this.take()?;
             let result = f(&conn);
             this.put(conn);

@@ -37,6 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::IpcConfig;
 use crate::gateway::{ConnCtx, GatewayActor, Route};
+use crate::outbound::{Meter, Outbound};
 use crate::supervise::Call;
 
 /// Replies are written in chunks of up to this many bytes when several are queued.
@@ -217,29 +218,33 @@ impl Connection {
         let (out_tx, out_rx) =
             mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms);
+        let outbound = Outbound::new(out_tx);
         let writer = actix_rt::spawn(write_loop(
             self.id,
             send,
             out_rx,
+            outbound.meter(),
             timeout,
             self.state.closed.clone(),
         ));
-        self.read_loop(recv, &out_tx).await;
+        self.read_loop(recv, outbound).await;
         // EOF may be a half-close from a client still waiting for its replies, or a client that
         // is gone. Only the latter cancels its work (queries in flight).
         if let Some(fd) = hangup {
             let closed = self.state.closed.clone();
             actix_rt::spawn(watch_hangup(fd, closed));
         }
-        // Replies of requests still in flight go out before the connection closes.
-        drop(out_tx);
+        // Replies of requests still in flight go out before the connection closes (the queue
+        // closes once their tasks, the last senders, are done).
         let _ = writer.await;
         tracing::debug!(conn = self.id, "connection closed");
     }
 
-    async fn read_loop(&self, recv: ReadHalf<Stream>, out: &mpsc::Sender<Bytes>) {
+    async fn read_loop(&self, recv: ReadHalf<Stream>, out: Outbound) {
         let mut frames = FramedRead::new(recv, NdjsonCodec::new(self.cfg.max_message_bytes));
-        let permits = Arc::new(Semaphore::new(self.cfg.max_inflight_per_connection));
+        let max_inflight = self.cfg.max_inflight_per_connection;
+        let permits = Arc::new(Semaphore::new(max_inflight));
+        let meter = out.meter();
         let ctx = ConnCtx {
             id: self.id,
             outbound: out.clone(),
@@ -247,6 +252,13 @@ impl Connection {
             subscriptions: self.state.subscriptions.clone(),
         };
         loop {
+            // Backpressure on bytes: a client that does not read its replies gets no new
+            // request read until what is queued for it drains below the message size limit.
+            tokio::select! {
+                _ = self.state.closing.cancelled() => return,
+                _ = self.state.closed.cancelled() => return,
+                _ = meter.drained_to(self.cfg.max_message_bytes) => {}
+            }
             let frame = tokio::select! {
                 _ = self.state.closing.cancelled() => return,
                 _ = self.state.closed.cancelled() => return,
@@ -277,14 +289,32 @@ impl Connection {
                 _ = self.state.closed.cancelled() => return,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
+            let mut permit = permit;
             let work = match parse_incoming(&frame) {
                 Incoming::Invalid(resp) => {
                     let _ = out.send(to_line(&resp)).await;
                     continue;
                 }
                 Incoming::Single(item) => Work::Single(item),
-                Incoming::Batch(items) => Work::Batch(items),
+                Incoming::Batch(items) => {
+                    // A batch's items count against the in-flight limit like single requests,
+                    // up to the whole limit: its items then run that many at a time.
+                    let more = items.len().clamp(1, max_inflight) - 1;
+                    if more > 0 {
+                        let extra = tokio::select! {
+                            _ = self.state.closing.cancelled() => return,
+                            _ = self.state.closed.cancelled() => return,
+                            p = permits.clone().acquire_many_owned(more as u32) => match p {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            },
+                        };
+                        permit.merge(extra);
+                    }
+                    Work::Batch(items)
+                }
             };
+            let concurrency = permit.num_permits();
             let gateway = self.gateway.clone();
             let metrics = self.metrics.clone();
             let out = out.clone();
@@ -297,10 +327,12 @@ impl Connection {
                         .await
                         .map(|r| to_line(&r)),
                     Work::Batch(items) => {
-                        let replies =
-                            futures_util::future::join_all(items.into_iter().map(|item| {
+                        let replies: Vec<Option<Response>> =
+                            futures_util::stream::iter(items.into_iter().map(|item| {
                                 answer(&gateway, item, ctx.clone(), metrics.as_deref())
                             }))
+                            .buffered(concurrency)
+                            .collect()
                             .await;
                         let replies: Vec<Response> = replies.into_iter().flatten().collect();
                         (!replies.is_empty()).then(|| to_line(&replies))
@@ -390,6 +422,7 @@ async fn write_loop(
     id: u64,
     mut send: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Bytes>,
+    meter: Arc<Meter>,
     timeout: Duration,
     closed: CancellationToken,
 ) {
@@ -404,7 +437,10 @@ async fn write_loop(
             }
         }
         match tokio::time::timeout(timeout, send.write_all(&chunk)).await {
-            Ok(Ok(())) => chunk.clear(),
+            Ok(Ok(())) => {
+                meter.wrote(chunk.len());
+                chunk.clear();
+            }
             Ok(Err(e)) => {
                 tracing::debug!(conn = id, "client gone: {e}");
                 break;

@@ -61,3 +61,77 @@ fn idle_connections_never_lock_new_clients_out_under_a_low_open_file_limit() {
     let mut newest = idle.into_iter().last().expect("connections");
     assert_eq!(newest.call("system.ping", json!({})).unwrap(), "pong");
 }
+
+/// Settings committed so far, read straight from the database.
+fn settings_count(d: &Daemon) -> u64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        d.path().join("ccd.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("opening the database read-only");
+    conn.query_row("SELECT count(*) FROM settings", [], |r| r.get(0))
+        .expect("counting settings")
+}
+
+#[test]
+fn a_client_that_does_not_read_its_big_replies_is_not_read_either() {
+    // Replies of about 100 kB each (an upsert echoes its value). With at most 64 requests in
+    // flight and reading paused while more than 1 MiB of replies wait to be written, a client
+    // that never reads gets about 64 + 10 requests served (plus what the socket buffer holds)
+    // before the daemon stops reading from it: its memory is bounded by bytes, not only by a
+    // count of replies (which allowed 64 in flight + 128 queued, whatever their size).
+    const N: usize = 250;
+    const MAX_SERVED_UNREAD: u64 = 85;
+    let d = Daemon::builder()
+        .config("[ipc]\nmax_message_bytes = 1048576\nmax_inflight_per_connection = 64\n")
+        .start();
+    let value = "v".repeat(100_000);
+    let mut conn = d.connect();
+    let mut sender = conn.stream().try_clone().expect("cloning the socket");
+    // Requests go out from a thread of their own: once the daemon stops reading, writes block.
+    let writing = std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..N {
+            let mut line = json!({
+                "jsonrpc": "2.0", "id": i, "method": "setting.upsert",
+                "params": {"key": format!("big.{i}"), "value": value},
+            })
+            .to_string();
+            line.push('\n');
+            sender
+                .write_all(line.as_bytes())
+                .expect("sending a request");
+        }
+    });
+    // Wait until the daemon has stopped serving the connection: the count stays put.
+    let mut last = u64::MAX;
+    let mut steady = 0;
+    wait_until(
+        "the daemon to stop reading the connection",
+        Duration::from_secs(60),
+        || {
+            let now = settings_count(&d);
+            steady = if now == last { steady + 1 } else { 0 };
+            last = now;
+            std::thread::sleep(Duration::from_millis(200));
+            steady >= 5 || now == N as u64
+        },
+    );
+    assert!(
+        last <= MAX_SERVED_UNREAD,
+        "{last} of {N} requests were served for a client that read none of its replies"
+    );
+    // Other clients are served meanwhile.
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    // Once the client reads, everything is served and nothing was lost.
+    conn.set_read_timeout(Duration::from_secs(30));
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..N {
+        let reply = conn.recv().expect("a reply");
+        assert!(reply.get("result").is_some(), "{reply}");
+        answered.insert(reply["id"].as_u64().expect("a numeric id"));
+    }
+    assert_eq!(answered, (0..N as u64).collect());
+    writing.join().unwrap();
+    assert_eq!(settings_count(&d), N as u64);
+}

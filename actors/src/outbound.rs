@@ -1,0 +1,116 @@
+//! A connection's outgoing lines (replies and notifications, in order) with a count of the bytes
+//! queued but not yet written to the socket, which the socket side uses for backpressure: it
+//! stops reading requests from a connection whose client is not reading what it already has.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    tx: mpsc::Sender<Bytes>,
+    meter: Arc<Meter>,
+}
+
+/// The count of a connection's queued, unwritten bytes, shared by its senders and its writer.
+#[derive(Debug, Default)]
+pub struct Meter {
+    unwritten: AtomicUsize,
+    written: Notify,
+}
+
+impl Outbound {
+    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Outbound {
+            tx,
+            meter: Arc::default(),
+        }
+    }
+
+    /// Queue one line for the connection's writer; waits while the queue is full.
+    pub async fn send(&self, line: Bytes) -> Result<(), mpsc::error::SendError<Bytes>> {
+        let n = line.len();
+        self.meter.unwritten.fetch_add(n, Ordering::SeqCst);
+        let sent = self.tx.send(line).await;
+        if sent.is_err() {
+            self.meter.wrote(n);
+        }
+        sent
+    }
+
+    /// The byte count, for the writer (which must not hold a sender: the queue closes when the
+    /// last sender is gone).
+    pub fn meter(&self) -> Arc<Meter> {
+        self.meter.clone()
+    }
+}
+
+impl Meter {
+    /// Bytes queued and not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.unwritten.load(Ordering::SeqCst)
+    }
+
+    /// The writer has written (or dropped) `n` queued bytes.
+    pub fn wrote(&self, n: usize) {
+        // Never below zero, whatever a caller reports.
+        let _ = self
+            .unwritten
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(n))
+            });
+        self.written.notify_waiters();
+    }
+
+    /// Waits until at most `limit` bytes are queued and not yet written.
+    pub async fn drained_to(&self, limit: usize) {
+        loop {
+            let notified = self.written.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a write between the check and the wait wakes us.
+            notified.as_mut().enable();
+            if self.unwritten() <= limit {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_queued_bytes_until_written() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let out = Outbound::new(tx);
+        let meter = out.meter();
+        out.send(Bytes::from_static(b"hello\n")).await.unwrap();
+        out.send(Bytes::from_static(b"hi\n")).await.unwrap();
+        assert_eq!(meter.unwritten(), 9);
+        let waiter = {
+            let meter = meter.clone();
+            tokio::spawn(async move { meter.drained_to(3).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "9 bytes are still queued");
+        let first = rx.recv().await.unwrap();
+        meter.wrote(first.len());
+        waiter.await.unwrap();
+        assert_eq!(meter.unwritten(), 3);
+        meter.wrote(100);
+        assert_eq!(meter.unwritten(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_takes_its_bytes_back() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let out = Outbound::new(tx);
+        assert!(out.send(Bytes::from_static(b"x\n")).await.is_err());
+        assert_eq!(out.meter().unwritten(), 0);
+    }
+}
