@@ -157,6 +157,26 @@ impl Daemon {
         );
     }
 
+    /// The daemon's log (`logs/ccd.log`) once it contains `needle`. The log is written by a
+    /// background thread, so a line may land a moment after what caused it: this waits for it
+    /// (bounded) and fails the test, showing the log, if it never comes.
+    pub fn log_containing(&self, needle: &str) -> String {
+        let path = self.path().join("logs/ccd.log");
+        let limit = Duration::from_secs(30);
+        let start = Instant::now();
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {needle:?} in the daemon's log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stop(&self) {
         let out = self.ccd(&["daemon", "stop"]);
         assert!(

@@ -1,9 +1,15 @@
-//! Daemon lifecycle: start, double start, stale state, stop, status, restart, logs.
+//! Daemon lifecycle: start, double start, stale state, stop (also with requests in flight),
+//! status, restart, logs, and the peer uid check on the socket.
 
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::*;
 
@@ -172,4 +178,206 @@ fn foreground_run_stops_on_shutdown_request() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!d.socket().exists());
+}
+
+#[test]
+fn stop_with_requests_in_flight_keeps_every_acknowledged_write() {
+    const N: usize = 5000;
+    let d = Daemon::start();
+    let mut conn = d.connect();
+    let mut sender = conn.stream().try_clone().unwrap();
+    let replies_read = AtomicUsize::new(0);
+    let (replies, stop, sent) = std::thread::scope(|s| {
+        // One connection, requests pipelined without waiting for any reply. They go out in
+        // chunks so that a daemon which stops reading fails a write instead of blocking forever.
+        let sending = s.spawn(move || {
+            let mut sent = 0;
+            for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+                let mut bytes = Vec::new();
+                for i in chunk {
+                    let req = json!({"jsonrpc": "2.0", "id": i, "method": "setting.upsert",
+                        "params": {"key": format!("k{i}"), "value": format!("v{i}")}});
+                    bytes.extend(serde_json::to_vec(&req).unwrap());
+                    bytes.push(b'\n');
+                }
+                if sender.write_all(&bytes).is_err() {
+                    break; // the daemon closed the connection
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        // `ccd daemon stop`, as a user would run it, once the daemon is busy with them.
+        let stopping = s.spawn(|| {
+            wait_until(
+                "the first replies before stopping",
+                Duration::from_secs(30),
+                || replies_read.load(Ordering::Relaxed) >= 100,
+            );
+            let at = replies_read.load(Ordering::Relaxed);
+            (d.ccd(&["daemon", "stop"]), at)
+        });
+        // Every reply, until the daemon closes the connection.
+        let mut replies = Vec::new();
+        while let Some(r) = conn.recv() {
+            replies.push(r);
+            replies_read.fetch_add(1, Ordering::Relaxed);
+        }
+        (replies, stopping.join().unwrap(), sending.join().unwrap())
+    });
+    let (stop, stopped_at) = stop;
+    assert!(stop.status.success(), "{}", describe(&stop));
+    assert!(!d.socket().exists(), "socket left behind");
+    assert!(!d.path().join("ccd.pid").exists(), "pid file left behind");
+
+    let mut seen = HashSet::new();
+    let mut acked = Vec::new();
+    for r in &replies {
+        assert_eq!(r["jsonrpc"], "2.0", "{r}");
+        let id = r["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a reply without a request id: {r}"));
+        assert!((id as usize) < N, "a reply to a request never sent: {r}");
+        assert!(seen.insert(id), "two replies to request {id}");
+        match (r.get("result"), r.get("error")) {
+            (Some(res), None) => {
+                assert_eq!(res["key"], format!("k{id}"), "{r}");
+                acked.push(id);
+            }
+            // Refused while stopping: allowed, as a proper JSON-RPC error.
+            (None, Some(e)) => assert!(
+                e["code"].is_i64() && e["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{r}"
+            ),
+            _ => panic!("a reply with both or neither of result and error: {r}"),
+        }
+    }
+    eprintln!(
+        "{sent} upserts sent, the stop began after {stopped_at} replies; {} replies, {} acknowledged",
+        replies.len(),
+        acked.len()
+    );
+    assert!(acked.len() >= 100, "{} acknowledged", acked.len());
+
+    // Read straight from the database by the CLI, with the daemon stopped.
+    let list: Value = serde_json::from_str(&d.ccd_ok(&["setting", "list", "--json"])).unwrap();
+    let stored: HashMap<String, String> = list
+        .as_array()
+        .or_else(|| list["settings"].as_array())
+        .unwrap_or_else(|| panic!("not a list of settings: {list}"))
+        .iter()
+        .map(|s| {
+            (
+                s["key"].as_str().unwrap().to_string(),
+                s["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let lost: Vec<String> = acked
+        .iter()
+        .filter(|id| stored.get(&format!("k{id}")) != Some(&format!("v{id}")))
+        .map(|id| format!("k{id}"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes missing after the stop, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let last = acked.iter().max().unwrap();
+    let one: Value =
+        serde_json::from_str(&d.ccd_ok(&["setting", "get", &format!("k{last}"), "--json"]))
+            .unwrap();
+    assert_eq!(one["value"], format!("v{last}"), "{one}");
+    assert!(!d.socket().exists(), "a read started the daemon");
+
+    let db = rusqlite::Connection::open(d.path().join("ccd.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+/// Set in the environment of the child process that [`a_peer_with_another_uid_is_refused`]
+/// runs as another user: the socket to connect to.
+const PEER_CHILD_SOCKET: &str = "CCD_TEST_PEER_CHILD_SOCKET";
+
+/// The child's side: connect, send a ping, and print what happened.
+fn peer_child(socket: &str) {
+    let outcome = match UnixStream::connect(socket) {
+        Err(e) => format!("could not connect: {e}"),
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            // The daemon may already have closed it: a failed write shows in the read below.
+            let _ = s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"system.ping\"}\n");
+            let mut line = String::new();
+            match BufReader::new(&s).read_line(&mut line) {
+                Ok(0) => "connected, then closed".to_string(),
+                Ok(_) => format!("connected, got a reply: {}", line.trim()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    "connected, then reset".to_string()
+                }
+                Err(e) => format!("connected, then a read error: {e}"),
+            }
+        }
+    };
+    println!("peer outcome: {outcome}");
+}
+
+#[test]
+fn a_peer_with_another_uid_is_refused() {
+    if let Ok(socket) = std::env::var(PEER_CHILD_SOCKET) {
+        return peer_child(&socket);
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .unwrap();
+    if euid != "0" {
+        eprintln!("skipped: only root can run a client as another user (euid is {euid})");
+        return;
+    }
+    let d = Daemon::start();
+    // For this test only, let another user reach the socket: the refusal must come from the
+    // daemon's peer check, not from file permissions.
+    let set_mode = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    set_mode(d.path(), 0o711);
+    set_mode(&d.socket(), 0o666);
+
+    // The child is this test binary again, running only this test, as `nobody` (uid and gid
+    // 65534, supplementary groups dropped), with the socket in its environment.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "lifecycle::a_peer_with_another_uid_is_refused",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env_clear()
+        .env(PEER_CHILD_SOCKET, d.socket())
+        .uid(65534)
+        .gid(65534)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let outcome = stdout
+        .lines()
+        // libtest prints the test's name on the same line
+        .find_map(|l| l.split_once("peer outcome: ").map(|(_, o)| o))
+        .unwrap_or_else(|| panic!("the child did not report:\n{}", describe(&out)));
+    assert!(
+        outcome == "connected, then closed" || outcome == "connected, then reset",
+        "the other user's connection was not refused: {outcome}"
+    );
+
+    d.log_containing("refused connection: peer uid 65534 is not the daemon's uid 0");
+    set_mode(&d.socket(), 0o600);
+    set_mode(d.path(), 0o700);
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
 }

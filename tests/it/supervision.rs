@@ -276,3 +276,343 @@ fn kill_9_during_a_write_storm_loses_no_acknowledged_write() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+/// Requests that keep other clients busy while an actor is crashed. Each kind is served by the
+/// gateway plus the actors named in [`Traffic::actors`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Traffic {
+    /// `system.ping`: the gateway alone.
+    Ping,
+    /// `setting.upsert` then `setting.get` of what it wrote: the writer, then a direct read.
+    Settings,
+    /// `limiter.status`: the limiter.
+    Limiter,
+    /// `breaker.status`: the breaker.
+    Breaker,
+}
+
+impl Traffic {
+    const ALL: [Traffic; 4] = [
+        Traffic::Ping,
+        Traffic::Settings,
+        Traffic::Limiter,
+        Traffic::Breaker,
+    ];
+
+    fn actors(self) -> &'static [&'static str] {
+        match self {
+            Traffic::Ping => &[],
+            Traffic::Settings => &["writer"],
+            Traffic::Limiter => &["limiter"],
+            Traffic::Breaker => &["breaker"],
+        }
+    }
+
+    /// One request (two for settings) and whether it got the normal answer: `Err` says what
+    /// came back instead.
+    fn exchange(self, c: &mut Conn, key: &str, i: usize) -> Result<(), String> {
+        match self {
+            Traffic::Ping => match c.call("system.ping", json!({})) {
+                Ok(r) if r == "pong" => Ok(()),
+                other => Err(format!("system.ping: {other:?}")),
+            },
+            Traffic::Settings => {
+                let value = i.to_string();
+                match c.call("setting.upsert", json!({"key": key, "value": value})) {
+                    Ok(r) if r["key"] == key && r["value"] == value.as_str() => {}
+                    other => return Err(format!("setting.upsert {key}: {other:?}")),
+                }
+                match c.call("setting.get", json!({"key": key})) {
+                    Ok(r) if r["value"] == value.as_str() => Ok(()),
+                    other => Err(format!(
+                        "setting.get {key} after writing {value}: {other:?}"
+                    )),
+                }
+            }
+            Traffic::Limiter => match c.call("limiter.status", json!({})) {
+                Ok(r) if r["limits"].is_object() && r["keys"].is_array() => Ok(()),
+                other => Err(format!("limiter.status: {other:?}")),
+            },
+            Traffic::Breaker => match c.call("breaker.status", json!({})) {
+                Ok(r) if r["breakers"].is_array() => Ok(()),
+                other => Err(format!("breaker.status: {other:?}")),
+            },
+        }
+    }
+}
+
+/// A stand-in for the agent CLI: answers `--version` and replays a captured successful
+/// transcript, so that `query.run` goes through the limiter, the breaker and the executors.
+fn stub_agent() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("transcript.jsonl"),
+        include_str!("../../protocol/fixtures/text.jsonl"),
+    )
+    .unwrap();
+    let script = "#!/bin/sh\n\
+        if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+        cat > /dev/null\n\
+        cat \"$(dirname \"$0\")/transcript.jsonl\"\n";
+    let path = dir.path().join("agent");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// What the table-driven crash test runs against.
+struct Rig {
+    d: Daemon,
+    /// The agent filesystem's mount point, when it is enabled.
+    mount: Option<std::path::PathBuf>,
+    _agent: tempfile::TempDir,
+}
+
+/// Shows that the actor named by the second argument, restarted, does its own work again.
+type ServesAgain = fn(&Rig, &str);
+
+/// A query through the limiter, the breaker, the pool and its only executor, `executor-1`.
+fn query_succeeds(rig: &Rig, _: &str) {
+    let r = rig
+        .d
+        .call("query.run", json!({"prompt": "are you back?"}))
+        .unwrap_or_else(|e| panic!("query.run after the crash: {e}"));
+    assert_eq!(r["result"], "Hello from mock", "{r}");
+}
+
+fn ping_succeeds(rig: &Rig, _: &str) {
+    assert_eq!(rig.d.call("system.ping", json!({})).unwrap(), "pong");
+    assert!(rig.d.call("system.describe", json!({})).is_ok());
+}
+
+fn write_succeeds(rig: &Rig, name: &str) {
+    let key = format!("after.{name}");
+    rig.d
+        .call("setting.upsert", json!({"key": key, "value": "written"}))
+        .unwrap_or_else(|e| panic!("setting.upsert after the crash: {e}"));
+    assert_eq!(
+        rig.d.call("setting.get", json!({"key": key})).unwrap()["value"],
+        "written"
+    );
+}
+
+fn limiter_serves(rig: &Rig, name: &str) {
+    let st = rig
+        .d
+        .call("limiter.status", json!({}))
+        .unwrap_or_else(|e| panic!("limiter.status after the crash: {e}"));
+    assert!(st["limits"].is_object(), "{st}");
+    // A query needs a permit from the limiter.
+    query_succeeds(rig, name);
+}
+
+fn breaker_serves(rig: &Rig, name: &str) {
+    // A query asks the breaker first and records its outcome there afterwards.
+    query_succeeds(rig, name);
+    let list = rig
+        .d
+        .call("breaker.status", json!({}))
+        .unwrap_or_else(|e| panic!("breaker.status after the crash: {e}"));
+    let breakers = list["breakers"].as_array().unwrap();
+    assert_eq!(breakers.len(), 1, "{list}");
+    assert_eq!(breakers[0]["state"], "CLOSED", "{list}");
+}
+
+/// The bus actor writes published events to the log: a session created after the crash shows
+/// up in `event.list`.
+fn eventbus_serves(rig: &Rig, _: &str) {
+    let s = rig.d.call("session.create", json!({})).unwrap();
+    let id = s["id"].clone();
+    wait_until(
+        "the restarted bus actor to write a new event to the log",
+        Duration::from_secs(30),
+        || {
+            rig.d
+                .call("event.list", json!({"types": ["session.created"]}))
+                .unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["session_id"] == id)
+        },
+    );
+}
+
+/// `vfs.unseal` is served by the VfsActor itself.
+fn vfs_serves(rig: &Rig, _: &str) {
+    let mount = rig
+        .mount
+        .as_ref()
+        .expect("the vfs case runs only with a mount");
+    assert_eq!(
+        std::fs::read_to_string(mount.join("health")).unwrap(),
+        "OK\n"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("agents.sealed");
+    std::fs::copy(mount.join("agents.sealed"), &copy).unwrap();
+    let bundle = rig
+        .d
+        .call("vfs.unseal", json!({"file": copy}))
+        .unwrap_or_else(|e| panic!("vfs.unseal after the crash: {e}"));
+    assert!(bundle["agents"].is_array(), "{bundle}");
+}
+
+/// Crash `name` twice while one client per kind of [`Traffic`] that does not need it keeps
+/// calling: each of their requests gets its normal answer, before, during and after the
+/// crashes; each crash request gets -32001 naming the actor; the actor is `running` again with
+/// two more restarts; and `serves_again` shows it doing its own work.
+fn crash_under_traffic(rig: &Rig, name: &str, serves_again: ServesAgain) {
+    let d = &rig.d;
+    let before = actor(&d.call("system.health", json!({})).unwrap(), name)["restarts"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} is not in system.health"));
+    let kinds: Vec<Traffic> = Traffic::ALL
+        .into_iter()
+        .filter(|t| !t.actors().contains(&name))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let failures = Mutex::new(Vec::<String>::new());
+    let counts: Vec<AtomicUsize> = kinds.iter().map(|_| AtomicUsize::new(0)).collect();
+    let enough = |target: &[usize]| {
+        counts
+            .iter()
+            .zip(target)
+            .all(|(c, t)| c.load(Ordering::Relaxed) >= *t)
+    };
+    std::thread::scope(|s| {
+        for (w, kind) in kinds.iter().enumerate() {
+            let (stop, failures, count) = (&stop, &failures, &counts[w]);
+            s.spawn(move || {
+                let mut c = d.connect();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("traffic.{name}.{w}.{i}");
+                    if let Err(e) = kind.exchange(&mut c, &key, i) {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{kind:?} while crashing {name}: {e}"));
+                    }
+                    i += 1;
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        wait_until(
+            "every client to be served before the crash",
+            Duration::from_secs(30),
+            || enough(&vec![5; kinds.len()]),
+        );
+        for _ in 0..2 {
+            let e = d
+                .call("debug.crash", json!({"actor": name}))
+                .expect_err("debug.crash must fail");
+            assert_eq!(code(&e), -32001, "{e}");
+            assert_eq!(e["data"]["actor"], name, "{e}");
+            assert_eq!(e["data"]["state"], "restarting", "{e}");
+            let message = e["message"].as_str().unwrap();
+            assert!(
+                message.contains(name) && message.contains("panicked"),
+                "{e}"
+            );
+        }
+        // Keep the clients going until each has been served a few more times after the crashes.
+        let after: Vec<usize> = counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed) + 5)
+            .collect();
+        wait_until(
+            "every client to be served after the crash",
+            Duration::from_secs(30),
+            || enough(&after),
+        );
+        stop.store(true, Ordering::Relaxed);
+    });
+    let failures = failures.into_inner().unwrap();
+    assert!(
+        failures.is_empty(),
+        "requests not needing {name} failed while it crashed:\n{}",
+        failures.join("\n")
+    );
+
+    wait_until(
+        &format!("{name} to be running again"),
+        Duration::from_secs(30),
+        || actor(&d.call("system.health", json!({})).unwrap(), name)["state"] == "running",
+    );
+    let health = d.call("system.health", json!({})).unwrap();
+    let a = actor(&health, name);
+    assert_eq!(a["restarts"], before + 2, "{a}");
+    assert!(
+        a["last_panic"]
+            .as_str()
+            .is_some_and(|p| p.contains(&format!("injected panic in {name}"))),
+        "{a}"
+    );
+    assert!(all_actors_running(&health), "{health}");
+    serves_again(rig, name);
+}
+
+#[test]
+fn a_panic_in_each_actor_restarts_it_while_every_other_request_is_answered() {
+    let fuse = std::path::Path::new("/dev/fuse").exists();
+    let agent = stub_agent();
+    let mut builder = Daemon::builder()
+        .fault_injection()
+        .env(
+            "CCD_AGENT_CMD",
+            agent.path().join("agent").to_str().unwrap(),
+        )
+        .config("[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n");
+    if fuse {
+        builder = builder.env("CCD_VFS_ENABLED", "true");
+    }
+    let d = builder.start();
+    let mount = fuse.then(|| {
+        let st = d.call("vfs.status", json!({})).unwrap();
+        assert_eq!(st["mounted"], true, "{st}");
+        std::path::PathBuf::from(st["mountpoint"].as_str().unwrap())
+    });
+    let rig = Rig {
+        d,
+        mount,
+        _agent: agent,
+    };
+    // The agent probe runs in the background at start; queries need its verdict.
+    wait_until("the agent check to finish", Duration::from_secs(60), || {
+        !rig.d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    query_succeeds(&rig, "");
+
+    let cases: [(&str, ServesAgain); 8] = [
+        ("gateway", ping_succeeds),
+        ("writer", write_succeeds),
+        ("executor", query_succeeds),
+        ("executor-1", query_succeeds),
+        ("limiter", limiter_serves),
+        ("breaker", breaker_serves),
+        ("eventbus", eventbus_serves),
+        ("vfs", vfs_serves),
+    ];
+    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
+    let listed: HashSet<String> = rig.d.call("system.health", json!({})).unwrap()["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in &listed {
+        assert!(
+            names.contains(&name.as_str()),
+            "actor {name} has no crash case"
+        );
+    }
+    for (name, serves_again) in cases {
+        if name == "vfs" && !fuse {
+            eprintln!("skipped the vfs case: /dev/fuse does not exist, so nothing is mounted");
+            continue;
+        }
+        crash_under_traffic(&rig, name, serves_again);
+    }
+}
