@@ -1,19 +1,32 @@
 //! The JSON-RPC 2.0 envelope: ids, requests, responses, error objects, and batch parsing.
 //!
-//! Parsing is two-staged, as the specification describes: a line is first parsed as any JSON
-//! value (failure: -32700), then each request object is checked for the envelope's shape
+//! Parsing is two-staged, as the specification describes: a line is first parsed as JSON
+//! (failure: -32700), then each request object is checked for the envelope's shape
 //! (failure: -32600). Params are left as raw JSON here; the method registry types them.
+//!
+//! A request's `id` is echoed back exactly as it was written: a number id keeps its JSON text
+//! ([`RawNumber`]), so `123456789012345678901234567890`, `1.50` or `1e400` come back unchanged.
+//! serde_json (without its `raw_value` and `arbitrary_precision` features, which ccd does not
+//! turn on) cannot hand out a number's text nor write one back, so the parser finds the `id`'s
+//! text with a small byte-level walk of the line (`scan`), and [`to_vec`] (used by
+//! [`crate::to_line`]) writes it back verbatim.
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, RpcError};
 
 /// A request id: a string, a number, or null, echoed back in the response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+///
+/// Two ids are equal when they are written the same way: `Id::from(7)` equals the id of a
+/// request that sent `7`, not one that sent `7.0`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Id {
-    Number(serde_json::Number),
+    Number(RawNumber),
     String(String),
     Null,
 }
@@ -22,6 +35,243 @@ impl From<u64> for Id {
     fn from(n: u64) -> Self {
         Id::Number(n.into())
     }
+}
+
+impl From<String> for Id {
+    fn from(s: String) -> Self {
+        Id::String(s)
+    }
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id::String(s.into())
+    }
+}
+
+impl From<RawNumber> for Id {
+    fn from(n: RawNumber) -> Self {
+        Id::Number(n)
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Id::Number(n) => n.serialize(s),
+            Id::String(v) => s.serialize_str(v),
+            Id::Null => s.serialize_unit(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl<'de> Visitor<'de> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, a number or null")
+            }
+            fn visit_unit<E>(self) -> Result<Id, E> {
+                Ok(Id::Null)
+            }
+            fn visit_none<E>(self) -> Result<Id, E> {
+                Ok(Id::Null)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Id, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Id, E> {
+                Ok(Id::String(v.into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Id, E> {
+                Ok(Id::String(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Id, E> {
+                Ok(Id::from(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Id, E> {
+                Ok(Id::Number(v.into()))
+            }
+            fn visit_u128<E>(self, v: u128) -> Result<Id, E> {
+                Ok(Id::Number(RawNumber(v.to_string().into())))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<Id, E> {
+                Ok(Id::Number(RawNumber(v.to_string().into())))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                serde_json::Number::from_f64(v)
+                    .map(|n| Id::Number(n.into()))
+                    .ok_or_else(|| E::custom("a request id must be a finite number"))
+            }
+        }
+        d.deserialize_any(IdVisitor)
+    }
+}
+
+/// A JSON number kept as its exact text, as a request wrote it (`7`, `-0`, `1.50`, `1e400`,
+/// `123456789012345678901234567890`): what an [`Id`] echoes.
+///
+/// Always valid JSON number text: [`RawNumber::new`] checks the grammar.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RawNumber(Box<str>);
+
+impl RawNumber {
+    /// `text` as a number, when it is one by JSON's grammar (RFC 8259 §6), at any magnitude
+    /// and precision.
+    pub fn new(text: &str) -> Option<RawNumber> {
+        is_json_number(text.as_bytes()).then(|| RawNumber(text.into()))
+    }
+
+    /// The number's JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The number as a `u64`, when it is written as an integer that fits.
+    pub fn as_u64(&self) -> Option<u64> {
+        self.0.parse().ok()
+    }
+}
+
+impl fmt::Display for RawNumber {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<u64> for RawNumber {
+    fn from(n: u64) -> Self {
+        RawNumber(n.to_string().into())
+    }
+}
+
+impl From<i64> for RawNumber {
+    fn from(n: i64) -> Self {
+        RawNumber(n.to_string().into())
+    }
+}
+
+impl From<serde_json::Number> for RawNumber {
+    fn from(n: serde_json::Number) -> Self {
+        RawNumber(n.to_string().into())
+    }
+}
+
+impl Serialize for RawNumber {
+    /// Verbatim through [`to_vec`] (and so on the wire, through [`crate::to_line`]). Any other
+    /// serializer gets the closest it can take: the integer when it fits in 128 bits, else the
+    /// nearest `f64`, else (beyond `f64`'s range) the text as a string.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if VERBATIM.get() && std::any::type_name::<S>() == std::any::type_name::<&mut Wire<'_>>() {
+            // `serialize_unit` makes `VerbatimFormatter::write_null` run at once, which takes
+            // the text back out and writes it in place of `null`.
+            PENDING.set(Some(self.0.clone()));
+            return s.serialize_unit();
+        }
+        let t = &*self.0;
+        if let Ok(n) = t.parse::<u64>() {
+            s.serialize_u64(n)
+        } else if let Ok(n) = t.parse::<i64>() {
+            s.serialize_i64(n)
+        } else if let Ok(n) = t.parse::<u128>() {
+            s.serialize_u128(n)
+        } else if let Ok(n) = t.parse::<i128>() {
+            s.serialize_i128(n)
+        } else {
+            match t.parse::<f64>() {
+                Ok(f) if f.is_finite() => s.serialize_f64(f),
+                _ => s.serialize_str(t),
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Id::deserialize(d)? {
+            Id::Number(n) => Ok(n),
+            _ => Err(de::Error::custom("expected a number")),
+        }
+    }
+}
+
+/// Whether `b` is a JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn is_json_number(b: &[u8]) -> bool {
+    let digits = |i: usize| {
+        b[i.min(b.len())..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count()
+    };
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => i += digits(i),
+        _ => return false,
+    }
+    if b.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return false;
+        }
+        i += 1 + n;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return false;
+        }
+        i += n;
+    }
+    i == b.len()
+}
+
+// Writing number ids verbatim. serde_json's serializer only writes numbers it holds as
+// integers or floats; its `Formatter` is the one place that writes bytes. `to_vec` uses a
+// formatter that writes a pending number text where it is asked for `null`, and
+// `RawNumber::serialize` (recognizing that serializer) leaves its text pending and asks for
+// `null`. Both happen on this thread, one right after the other.
+thread_local! {
+    /// Set while `to_vec` runs on this thread.
+    static VERBATIM: Cell<bool> = const { Cell::new(false) };
+    /// The number text the next `write_null` writes instead.
+    static PENDING: Cell<Option<Box<str>>> = const { Cell::new(None) };
+}
+
+type Wire<'a> = serde_json::Serializer<&'a mut Vec<u8>, VerbatimFormatter>;
+
+struct VerbatimFormatter;
+
+impl serde_json::ser::Formatter for VerbatimFormatter {
+    fn write_null<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        match PENDING.take() {
+            Some(text) => w.write_all(text.as_bytes()),
+            None => w.write_all(b"null"),
+        }
+    }
+}
+
+/// Serialize `value` as compact JSON, as `serde_json::to_vec` does, except that number ids
+/// ([`RawNumber`]) are written verbatim. The daemon writes every line with it.
+pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            VERBATIM.set(self.0);
+            PENDING.set(None);
+        }
+    }
+    let _reset = Reset(VERBATIM.replace(true));
+    PENDING.set(None);
+    let mut out = Vec::with_capacity(128);
+    value.serialize(&mut Wire::with_formatter(&mut out, VerbatimFormatter))?;
+    Ok(out)
 }
 
 /// One request or notification, after the envelope checks.
@@ -132,9 +382,13 @@ pub enum Incoming {
 }
 
 /// Parse one NDJSON frame into requests, per the JSON-RPC 2.0 specification.
+///
+/// Any valid JSON is past the first stage, however large or precise its numbers, except
+/// that numbers outside `f64`'s range (`1e400`) are refused with -32700 everywhere but in an
+/// `id` (serde_json cannot hold them in a [`Value`]). A request's `id` keeps its exact text.
 pub fn parse_incoming(frame: &[u8]) -> Incoming {
-    let value: Value = match serde_json::from_slice(frame) {
-        Ok(v) => v,
+    let parsed: Frame = match serde_json::from_slice(frame) {
+        Ok(f) => f,
         Err(e) => {
             return Incoming::Invalid(Response::error(
                 Id::Null,
@@ -142,13 +396,35 @@ pub fn parse_incoming(frame: &[u8]) -> Incoming {
             ));
         }
     };
-    match value {
-        Value::Array(items) if items.is_empty() => Incoming::Invalid(Response::error(
+    // The line is valid JSON: now find where each request wrote its id (if any did).
+    let has_id = |item: &Item| matches!(item, Item::Object { has_id: true, .. });
+    let any_id = match &parsed {
+        Frame::Single(item) => has_id(item),
+        Frame::Batch(items) => items.iter().any(has_id),
+    };
+    let mut spans = if any_id {
+        scan::id_spans(frame)
+    } else {
+        Vec::new()
+    }
+    .into_iter();
+    let mut check = |item: Item| {
+        let span = spans.next().flatten();
+        match item {
+            Item::Object { members, has_id } => {
+                let id = has_id.then(|| id_from_text(span.and_then(|r| frame.get(r))));
+                check_members(members, id)
+            }
+            Item::Other => Err(invalid(Id::Null, "a request must be a JSON object")),
+        }
+    };
+    match parsed {
+        Frame::Batch(items) if items.is_empty() => Incoming::Invalid(Response::error(
             Id::Null,
             RpcError::new(ErrorCode::InvalidRequest, "invalid request: empty batch"),
         )),
-        Value::Array(items) => Incoming::Batch(items.into_iter().map(check_request).collect()),
-        other => Incoming::Single(check_request(other)),
+        Frame::Batch(items) => Incoming::Batch(items.into_iter().map(&mut check).collect()),
+        Frame::Single(item) => Incoming::Single(check(item)),
     }
 }
 
@@ -157,13 +433,41 @@ pub fn check_request(value: Value) -> Result<Request, Response> {
     let Value::Object(mut obj) = value else {
         return Err(invalid(Id::Null, "a request must be a JSON object"));
     };
+    let id = obj.remove("id").map(|id| match id {
+        Value::Null => Ok(Id::Null),
+        Value::Number(n) => Ok(Id::Number(n.into())),
+        Value::String(s) => Ok(Id::String(s)),
+        _ => Err(()),
+    });
+    check_members(obj, id)
+}
+
+/// The id written as `text`: `Err` when it is not a string, a number or null.
+fn id_from_text(text: Option<&[u8]>) -> Result<Id, ()> {
+    let text = text.ok_or(())?;
+    match text.first() {
+        Some(b'"') => serde_json::from_slice(text).map(Id::String).map_err(drop),
+        Some(b'n') if text == b"null" => Ok(Id::Null),
+        _ => std::str::from_utf8(text)
+            .ok()
+            .and_then(RawNumber::new)
+            .map(Id::Number)
+            .ok_or(()),
+    }
+}
+
+/// Check a request object's members (but its `id`, taken out and typed already).
+fn check_members(
+    mut obj: Map<String, Value>,
+    id: Option<Result<Id, ()>>,
+) -> Result<Request, Response> {
     // The id is echoed even when something else is wrong, when it is itself valid.
-    let id = match obj.remove("id") {
+    let id = match id {
         None => None,
-        Some(Value::Null) => Some(Id::Null),
-        Some(Value::Number(n)) => Some(Id::Number(n)),
-        Some(Value::String(s)) => Some(Id::String(s)),
-        Some(_) => return Err(invalid(Id::Null, "`id` must be a string, a number or null")),
+        Some(Ok(id)) => Some(id),
+        Some(Err(())) => {
+            return Err(invalid(Id::Null, "`id` must be a string, a number or null"));
+        }
     };
     let reply_id = id.clone().unwrap_or(Id::Null);
     match obj.remove("jsonrpc") {
@@ -199,6 +503,258 @@ fn invalid(id: Id, why: &str) -> Response {
         id,
         RpcError::new(ErrorCode::InvalidRequest, format!("invalid request: {why}")),
     )
+}
+
+/// A line, as the first stage of parsing reads it: every member of a request object as a
+/// [`Value`] except its `id`, which is only skipped over (serde_json checks its syntax without
+/// converting it, so a number of any size passes) and read back from the line by `scan`.
+enum Frame {
+    Single(Item),
+    Batch(Vec<Item>),
+}
+
+enum Item {
+    Object {
+        members: Map<String, Value>,
+        has_id: bool,
+    },
+    /// Not an object (still parsed in full, so that the whole line is checked as before).
+    Other,
+}
+
+fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
+    let mut members = Map::new();
+    let mut has_id = false;
+    while let Some(key) = map.next_key::<String>()? {
+        if key == "id" {
+            map.next_value::<IgnoredAny>()?;
+            has_id = true;
+        } else {
+            let value = map.next_value::<Value>()?;
+            members.insert(key, value);
+        }
+    }
+    Ok(Item::Object { members, has_id })
+}
+
+/// The visits of a value that is not an object, for [`Item`] and [`Frame`] alike.
+macro_rules! other_values {
+    ($other:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemVisitor;
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = Item;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            other_values!(Item::Other);
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
+                while seq.next_element::<Value>()?.is_some() {}
+                Ok(Item::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Item, A::Error> {
+                object(map)
+            }
+        }
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Frame {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FrameVisitor;
+        impl<'de> Visitor<'de> for FrameVisitor {
+            type Value = Frame;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            other_values!(Frame::Single(Item::Other));
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Frame, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Item>()? {
+                    items.push(item);
+                }
+                Ok(Frame::Batch(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Frame, A::Error> {
+                object(map).map(Frame::Single)
+            }
+        }
+        d.deserialize_any(FrameVisitor)
+    }
+}
+
+/// Where each request's `id` value is written, in a line already known to be valid JSON.
+mod scan {
+    use std::ops::Range;
+
+    /// One entry for a single value, one per element for a batch: the byte range of the
+    /// object's `id` value (`None` for a value that is not an object or has no `id`). When
+    /// an object has several `id` members the last one counts, as for any member of a
+    /// serde_json map.
+    pub(super) fn id_spans(line: &[u8]) -> Vec<Option<Range<usize>>> {
+        let mut s = Scanner { b: line, i: 0 };
+        s.ws();
+        match s.peek() {
+            b'{' => vec![s.object()],
+            b'[' => {
+                s.i += 1;
+                let mut out = Vec::new();
+                loop {
+                    s.ws();
+                    match s.peek() {
+                        b']' | 0 => return out,
+                        b',' => s.i += 1,
+                        b'{' => out.push(s.object()),
+                        _ => {
+                            s.value();
+                            out.push(None);
+                        }
+                    }
+                }
+            }
+            _ => vec![None],
+        }
+    }
+
+    /// A cursor over valid JSON. It never panics, whatever the bytes; on anything but valid
+    /// JSON its answer is meaningless.
+    struct Scanner<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl Scanner<'_> {
+        /// The byte under the cursor; 0 at the end (0 occurs in valid JSON only escaped).
+        fn peek(&self) -> u8 {
+            self.b.get(self.i).copied().unwrap_or(0)
+        }
+
+        fn ws(&mut self) {
+            while matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
+                self.i += 1;
+            }
+        }
+
+        /// Past a string, from its opening quote.
+        fn string(&mut self) {
+            self.i += 1;
+            while let Some(n) = self
+                .b
+                .get(self.i..)
+                .and_then(|rest| rest.iter().position(|c| matches!(c, b'"' | b'\\')))
+            {
+                self.i += n;
+                if self.peek() == b'"' {
+                    self.i += 1;
+                    return;
+                }
+                self.i += 2; // an escape: `\"` does not end the string
+            }
+            self.i = self.b.len();
+        }
+
+        /// Past one value, from its first byte.
+        fn value(&mut self) {
+            match self.peek() {
+                b'"' => self.string(),
+                b'{' | b'[' => {
+                    let mut depth = 0usize;
+                    loop {
+                        match self.peek() {
+                            0 => return,
+                            b'"' => {
+                                self.string();
+                                continue;
+                            }
+                            b'{' | b'[' => depth += 1,
+                            b'}' | b']' => {
+                                depth = depth.saturating_sub(1);
+                                if depth == 0 {
+                                    self.i += 1;
+                                    return;
+                                }
+                            }
+                            _ => {}
+                        }
+                        self.i += 1;
+                    }
+                }
+                // A number or a literal: up to the next delimiter.
+                _ => {
+                    self.i += 1;
+                    while !matches!(
+                        self.peek(),
+                        0 | b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
+                    ) {
+                        self.i += 1;
+                    }
+                }
+            }
+        }
+
+        /// Past an object, from its `{`: the range of its last `id` member's value.
+        fn object(&mut self) -> Option<Range<usize>> {
+            self.i += 1;
+            let mut id = None;
+            loop {
+                self.ws();
+                match self.peek() {
+                    0 => return id,
+                    b'}' => {
+                        self.i += 1;
+                        return id;
+                    }
+                    b'"' => {
+                        let key_start = self.i;
+                        self.string();
+                        let key = self.b.get(key_start..self.i).unwrap_or_default();
+                        self.ws();
+                        if self.peek() == b':' {
+                            self.i += 1;
+                        }
+                        self.ws();
+                        let start = self.i;
+                        self.value();
+                        if is_id(key) {
+                            id = Some(start..self.i);
+                        }
+                    }
+                    // `,`, or (not in valid JSON) anything else
+                    _ => self.i += 1,
+                }
+            }
+        }
+    }
+
+    /// Whether a member's key (with its quotes) is `id`, escaped or not.
+    fn is_id(key: &[u8]) -> bool {
+        key == b"\"id\""
+            || (key.contains(&b'\\')
+                && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "id"))
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +809,203 @@ mod tests {
         assert!(!items[0].as_ref().unwrap().is_notification());
         assert!(items[1].as_ref().unwrap().is_notification());
         assert!(items[2].is_err());
+    }
+
+    /// The id of the one request in `line`, as `to_line` writes it back in a reply.
+    fn echoed_id(line: &str) -> String {
+        let Incoming::Single(Ok(req)) = parse_incoming(line.as_bytes()) else {
+            panic!("not a valid request: {line}")
+        };
+        let reply = Response::result(req.id.expect("an id"), json!("pong"));
+        let text = String::from_utf8(to_vec(&reply).unwrap()).unwrap();
+        let prefix = r#"{"jsonrpc":"2.0","result":"pong","id":"#;
+        text.strip_prefix(prefix)
+            .and_then(|t| t.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("unexpected reply {text}"))
+            .to_string()
+    }
+
+    #[test]
+    fn number_ids_are_echoed_verbatim() {
+        for id in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "18446744073709551615",
+            "-9223372036854775809",
+            "1e400",
+            "-1E-400",
+            "1.50",
+            "0.1000000000000000000000000001",
+            "-0",
+            "7",
+            "2.5e+3",
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"system.ping","id":{id}}}"#);
+            assert_eq!(echoed_id(&line), id, "{line}");
+        }
+        // Whitespace around it is not part of the id; strings and null come back as sent.
+        assert_eq!(
+            echoed_id("{ \"id\" :\t1e400 , \"jsonrpc\":\"2.0\",\"method\":\"m\"}"),
+            "1e400"
+        );
+        assert_eq!(
+            echoed_id(r#"{"jsonrpc":"2.0","method":"m","id":"a\"b\u00e9"}"#),
+            r#""a\"bé""#
+        );
+        assert_eq!(
+            echoed_id(r#"{"jsonrpc":"2.0","method":"m","id":null}"#),
+            "null"
+        );
+        // An escaped key is still `id`; of two `id` members, the last counts.
+        assert_eq!(
+            echoed_id(r#"{"jsonrpc":"2.0","method":"m","\u0069d":1e999}"#),
+            "1e999"
+        );
+        assert_eq!(
+            echoed_id(r#"{"id":"first","jsonrpc":"2.0","method":"m","id":99999999999999999999}"#),
+            "99999999999999999999"
+        );
+        // Nested objects with `id` members of their own, and strings that end in an escaped
+        // backslash or hold quotes, do not confuse it.
+        assert_eq!(
+            echoed_id(
+                r#"{"params":{"k":"a\\","id":9,"q":"\"}"},"jsonrpc":"2.0","method":"m","id":1.0e1}"#
+            ),
+            "1.0e1"
+        );
+        assert_eq!(
+            echoed_id(
+                r#"{"params":{"id":1,"x":[{"id":2}],"s":"\"id\":3"},"jsonrpc":"2.0","method":"m","id":4.0}"#
+            ),
+            "4.0"
+        );
+    }
+
+    #[test]
+    fn number_ids_in_batches_and_invalid_requests_are_echoed_verbatim() {
+        let line = br#"[{"jsonrpc":"2.0","method":"a","id":1e400},5,{"jsonrpc":"2.0","method":"b"},{"jsonrpc":"1.0","method":"c","id":123456789012345678901234567890},[{"id":1}],{"jsonrpc":"2.0","method":"d","id":-0.0}]"#;
+        let Incoming::Batch(items) = parse_incoming(line) else {
+            panic!("not a batch")
+        };
+        let ids: Vec<Option<String>> = items
+            .iter()
+            .map(|item| {
+                let id = match item {
+                    Ok(req) => req.id.clone()?,
+                    Err(resp) => resp.id.clone(),
+                };
+                Some(String::from_utf8(to_vec(&id).unwrap()).unwrap())
+            })
+            .collect();
+        let want = [
+            Some("1e400"),
+            Some("null"),
+            None,
+            Some("123456789012345678901234567890"),
+            Some("null"),
+            Some("-0.0"),
+        ];
+        assert_eq!(ids, want.map(|w| w.map(String::from)));
+        assert_eq!(code(items[3].as_ref().unwrap_err()), -32600);
+        // A whole batch of replies, as the daemon writes it.
+        let replies: Vec<Response> = items
+            .into_iter()
+            .filter_map(|item| match item {
+                Ok(req) => Some(Response::result(req.id?, json!(1))),
+                Err(resp) => Some(resp),
+            })
+            .collect();
+        let text = String::from_utf8(to_vec(&replies).unwrap()).unwrap();
+        assert!(text.contains(r#""result":1,"id":1e400}"#), "{text}");
+        assert!(
+            text.contains(r#","id":123456789012345678901234567890}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_invalid_json_numbers_are_refused() {
+        for bad in [
+            "01", "1.", ".5", "+1", "1e", "--1", "0x10", "1.e5", "NaN", "Infinity",
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","method":"m","id":{bad}}}"#);
+            match parse_incoming(line.as_bytes()) {
+                Incoming::Invalid(r) => assert_eq!((code(&r), &r.id), (-32700, &Id::Null)),
+                other => panic!("{bad}: {other:?}"),
+            }
+            assert!(RawNumber::new(bad).is_none(), "{bad}");
+        }
+        for good in [
+            "0",
+            "-0",
+            "1e400",
+            "1E+2",
+            "0.0e-0",
+            "123456789012345678901234567890",
+        ] {
+            assert_eq!(RawNumber::new(good).unwrap().as_str(), good);
+        }
+        // Other id types are -32600 with id null, nested however deep.
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","method":"m","id":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        for line in [
+            r#"{"jsonrpc":"2.0","method":"m","id":true}"#,
+            r#"{"jsonrpc":"2.0","method":"m","id":{"a":1e400}}"#,
+            deep.as_str(),
+        ] {
+            let Incoming::Single(Err(r)) = parse_incoming(line.as_bytes()) else {
+                panic!("{line}")
+            };
+            assert_eq!((code(&r), &r.id), (-32600, &Id::Null));
+        }
+        // Outside an id, a number beyond f64 is still a parse error, as is deep nesting.
+        for line in [
+            r#"{"jsonrpc":"2.0","method":"m","id":1,"params":{"x":1e400}}"#.to_string(),
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+        ] {
+            match parse_incoming(line.as_bytes()) {
+                Incoming::Invalid(r) => assert_eq!(code(&r), -32700),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ids_compare_by_their_text_and_round_trip_for_clients() {
+        assert_eq!(Id::from(7), Id::Number(RawNumber::new("7").unwrap()));
+        assert_ne!(Id::from(7), Id::Number(RawNumber::new("7.0").unwrap()));
+        // A client reading a reply gets the same id back that it sent.
+        for id in [
+            Id::from(0),
+            Id::from(u64::MAX),
+            Id::Number(RawNumber::from(-5i64)),
+            Id::from("x"),
+            Id::Null,
+        ] {
+            let text = serde_json::to_string(&Response::result(id.clone(), json!(null))).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Response>(&text).unwrap().id,
+                id,
+                "{text}"
+            );
+        }
+        // Other serializers than `to_vec` get the closest number they can take.
+        let big = Id::Number(RawNumber::new("123456789012345678901234567890").unwrap());
+        assert_eq!(
+            serde_json::to_string(&big).unwrap(),
+            "123456789012345678901234567890"
+        );
+        let huge = Id::Number(RawNumber::new("1e400").unwrap());
+        assert_eq!(serde_json::to_string(&huge).unwrap(), r#""1e400""#);
+        assert_eq!(serde_json::to_value(Id::from(3)).unwrap(), json!(3));
+        // `to_vec` leaves nothing behind for a later `null`.
+        assert_eq!(
+            to_vec(&json!([null, {"a": null}])).unwrap(),
+            br#"[null,{"a":null}]"#
+        );
     }
 
     #[test]

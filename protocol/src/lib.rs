@@ -30,7 +30,9 @@ pub mod types;
 
 pub use codec::{DEFAULT_MAX_MESSAGE_BYTES, FrameError, NdjsonCodec, to_line};
 pub use error::{ErrorCode, RpcError};
-pub use jsonrpc::{Id, Incoming, Notification, Payload, Request, Response, parse_incoming};
+pub use jsonrpc::{
+    Id, Incoming, Notification, Payload, RawNumber, Request, Response, parse_incoming,
+};
 pub use methods::{Method, method_info, openrpc_document, parse_params, registry};
 
 /// The wire protocol's version, reported by `system.version`.

@@ -226,6 +226,7 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         Some(v) => v,
     };
     serde_path_to_error::deserialize(params).map_err(|e| {
+        let param = param_path(e.path(), &e.inner().to_string());
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         let msg = if path == "." {
@@ -233,18 +234,42 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         } else {
             format!("invalid params for {}: `{path}`: {inner}", M::NAME)
         };
-        // A missing or unknown field is reported at its parent; name the field itself.
-        let field = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| inner.strip_prefix(p))
-            .and_then(|r| r.split('`').next());
-        let param = match field {
-            Some(f) if path == "." => f.to_string(),
-            Some(f) => format!("{path}.{f}"),
-            None => path,
-        };
         RpcError::invalid_params(msg).with_data(json!({ "param": param }))
     })
+}
+
+/// The param at fault, as a path naming each field once (`key`, `limits.burst`, `types[0]`),
+/// for `error.data.param`. serde reports a missing field at the object that lacks it (the
+/// path ends at that object), and an unknown field at the field itself (the path already ends
+/// with its name, as serde_path_to_error records the key before serde refuses it).
+fn param_path(path: &serde_path_to_error::Path, inner: &str) -> String {
+    let named = |prefix: &str| {
+        inner
+            .strip_prefix(prefix)
+            .and_then(|r| r.split('`').next())
+            .map(String::from)
+    };
+    let last_is = |field: &str| match path.iter().next_back() {
+        Some(serde_path_to_error::Segment::Map { key }) => key == field,
+        _ => false,
+    };
+    let at = path.to_string();
+    let join = |field: &str| {
+        if at == "." {
+            field.to_string()
+        } else {
+            format!("{at}.{field}")
+        }
+    };
+    if let Some(field) = named("missing field `") {
+        join(&field)
+    } else if let Some(field) = named("unknown field `")
+        && !last_is(&field)
+    {
+        join(&field)
+    } else {
+        at
+    }
 }
 
 /// This API as an OpenRPC 1.3 document.
@@ -348,6 +373,102 @@ mod tests {
         assert!(err.message.contains("by name"), "{}", err.message);
         assert!(parse_params::<SystemPing>(None).is_ok());
         assert!(parse_params::<SystemPing>(Some(json!([]))).is_ok());
+    }
+
+    /// A method with nested params, to check the paths of `data.param`.
+    enum Nested {}
+    #[derive(Debug, serde::Serialize, serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        outer: Inner,
+        #[serde(default)]
+        list: Option<Vec<Inner>>,
+    }
+    #[derive(Debug, serde::Serialize, serde::Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        inner: u32,
+    }
+    impl Method for Nested {
+        const NAME: &'static str = "test.nested";
+        const DESCRIPTION: &'static str = "nested params";
+        type Params = Outer;
+        type Result = Value;
+    }
+
+    fn param_of<M: Method>(params: Value) -> String {
+        let Err(err) = parse_params::<M>(Some(params.clone())) else {
+            panic!("{params} was accepted")
+        };
+        assert_eq!(err.code, -32602);
+        err.data.as_ref().unwrap()["param"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{params}: {err:?}"))
+            .to_string()
+    }
+
+    #[test]
+    fn data_param_names_the_field_path_once() {
+        // Unknown fields.
+        let upsert = json!({"key": "k", "value": "v", "zzz": 1});
+        assert_eq!(param_of::<SettingUpsert>(upsert), "zzz");
+        assert_eq!(param_of::<SystemPing>(json!({"x": 1})), "x");
+        let limits = json!({"scope": "global", "limits": {"zzz": 1}});
+        assert_eq!(param_of::<LimiterConfigure>(limits), "limits.zzz");
+        let nested = json!({"outer": {"inner": 1, "zzz": 2}});
+        assert_eq!(param_of::<Nested>(nested), "outer.zzz");
+        let same_name = json!({"outer": {"inner": 1, "outer": 2}});
+        assert_eq!(param_of::<Nested>(same_name), "outer.outer");
+        // Missing fields.
+        assert_eq!(param_of::<ProjectCreate>(json!({"name": "a"})), "path");
+        assert_eq!(param_of::<SettingGet>(json!({})), "key");
+        assert_eq!(param_of::<Nested>(json!({})), "outer");
+        assert_eq!(param_of::<Nested>(json!({"outer": {}})), "outer.inner");
+        let in_list = json!({"outer": {"inner": 1}, "list": [{"inner": 1}, {}]});
+        assert_eq!(param_of::<Nested>(in_list), "list[1].inner");
+        // Wrong types.
+        assert_eq!(
+            param_of::<ProjectCreate>(json!({"name": 5, "path": "/"})),
+            "name"
+        );
+        let wrong = json!({"outer": {"inner": "x"}});
+        assert_eq!(param_of::<Nested>(wrong), "outer.inner");
+        let wrong = json!({"scope": "global", "limits": {"burst": -1}});
+        assert_eq!(param_of::<LimiterConfigure>(wrong), "limits.burst");
+        // The message names the same place.
+        let err = parse_params::<Nested>(Some(json!({"outer": {}}))).unwrap_err();
+        assert!(
+            err.message.contains("`outer`: missing field `inner`"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn url_valued_fields_carry_the_url_hint() {
+        let health = method_info::<SystemHealth>().result_schema;
+        let http = &health["properties"]["http"];
+        assert_eq!(http["x-hint"], "url", "{http}");
+        // Every hint in any schema is one of the documented ones, and each is used.
+        fn hints(v: &Value, out: &mut std::collections::BTreeSet<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(h) = m.get("x-hint") {
+                        out.insert(h.as_str().unwrap().to_string());
+                    }
+                    m.values().for_each(|v| hints(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| hints(v, out)),
+                _ => {}
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for m in registry(true) {
+            hints(&m.params_schema, &mut seen);
+            hints(&m.result_schema, &mut seen);
+        }
+        let documented = ["datetime", "path", "text", "url"];
+        assert_eq!(seen, documented.map(String::from).into_iter().collect());
     }
 
     #[test]

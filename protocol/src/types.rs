@@ -77,6 +77,7 @@ pub struct Health {
     pub executor: ExecutorHealth,
     /// The HTTP API's base URL, when it serves (null when disabled or its bind failed).
     #[serde(default)]
+    #[schemars(extend("x-hint" = "url"))]
     pub http: Option<String>,
     #[serde(default)]
     pub vfs: VfsStatus,

@@ -1,7 +1,8 @@
 //! The wire protocol: error codes, batches, notifications, pipelining, limits and bad input.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -54,6 +55,7 @@ fn standard_error_codes() {
             .contains("missing field `key`"),
         "{e}"
     );
+    assert_eq!(e["data"]["param"], "key", "{e}");
     let e = c.call("setting.get", json!(["k"])).unwrap_err();
     assert_eq!(code(&e), -32602);
 
@@ -341,4 +343,142 @@ fn a_half_closed_connection_still_gets_its_replies() {
         .collect();
     assert_eq!(ids, HashSet::from([1, 2]));
     assert!(c.is_closed());
+}
+
+/// A connection read line by line as text, for checking replies byte for byte.
+struct RawConn(BufReader<UnixStream>);
+
+impl RawConn {
+    fn open(d: &Daemon) -> RawConn {
+        let s = UnixStream::connect(d.socket()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        RawConn(BufReader::new(s))
+    }
+
+    /// Send one line, read the text of the next line back (without its `\n`).
+    fn exchange(&mut self, line: &str) -> String {
+        let s = self.0.get_mut();
+        s.write_all(line.as_bytes()).unwrap();
+        s.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        self.0.read_line(&mut reply).expect("a reply");
+        assert!(reply.ends_with('\n'), "{reply:?}");
+        reply.pop();
+        reply
+    }
+}
+
+#[test]
+fn number_ids_are_echoed_exactly_as_sent() {
+    let d = Daemon::start();
+    let mut c = RawConn::open(&d);
+    let ids = [
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "1e400",
+        "-1.50E-7",
+        "-0",
+        "42",
+    ];
+    for id in ids {
+        let reply = c.exchange(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"system.ping"}}"#
+        ));
+        assert_eq!(
+            reply,
+            format!(r#"{{"jsonrpc":"2.0","result":"pong","id":{id}}}"#)
+        );
+        // An error reply, from the gateway and from the envelope check, echoes it too.
+        let reply = c.exchange(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"no.such"}}"#
+        ));
+        assert!(reply.contains("-32601"), "{reply}");
+        assert!(reply.ends_with(&format!(r#","id":{id}}}"#)), "{reply}");
+        let reply = c.exchange(&format!(
+            r#"{{"jsonrpc":"1.0","id":{id},"method":"system.ping"}}"#
+        ));
+        assert!(reply.contains("-32600"), "{reply}");
+        assert!(reply.ends_with(&format!(r#","id":{id}}}"#)), "{reply}");
+    }
+    // In a batch, each reply keeps its own id's text.
+    let reply = c.exchange(
+        r#"[{"jsonrpc":"2.0","id":1e400,"method":"system.ping"},{"jsonrpc":"2.0","id":123456789012345678901234567890,"method":"system.ping"}]"#,
+    );
+    assert!(reply.contains(r#""id":1e400}"#), "{reply}");
+    assert!(
+        reply.contains(r#""id":123456789012345678901234567890}"#),
+        "{reply}"
+    );
+    // Only a number that is not valid JSON makes the line a parse error.
+    let reply = c.exchange(r#"{"jsonrpc":"2.0","id":01,"method":"system.ping"}"#);
+    assert!(reply.contains("-32700"), "{reply}");
+    assert!(reply.ends_with(r#""id":null}"#), "{reply}");
+    // The connection is still fine, and ordinary clients still match their ids.
+    assert_eq!(
+        c.exchange(r#"{"jsonrpc":"2.0","id":"s","method":"system.ping"}"#),
+        r#"{"jsonrpc":"2.0","result":"pong","id":"s"}"#
+    );
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+#[test]
+fn data_param_names_unknown_and_missing_fields_once() {
+    let d = Daemon::start();
+    let mut c = d.connect();
+    let param = |e: &Value| e["data"]["param"].as_str().unwrap_or_default().to_string();
+
+    let e = c
+        .call(
+            "setting.upsert",
+            json!({"key": "k", "value": "v", "zzz": 1}),
+        )
+        .unwrap_err();
+    assert_eq!((code(&e), param(&e).as_str()), (-32602, "zzz"), "{e}");
+    let e = c
+        .call(
+            "limiter.configure",
+            json!({"scope": "global", "limits": {"zzz": 1}}),
+        )
+        .unwrap_err();
+    assert_eq!(param(&e), "limits.zzz", "{e}");
+
+    let e = c.call("setting.upsert", json!({"key": "k"})).unwrap_err();
+    assert_eq!((code(&e), param(&e).as_str()), (-32602, "value"), "{e}");
+    let e = c
+        .call("limiter.configure", json!({"scope": "global"}))
+        .unwrap_err();
+    assert_eq!(param(&e), "limits", "{e}");
+
+    let e = c
+        .call(
+            "limiter.configure",
+            json!({"scope": "global", "limits": {"burst": "x"}}),
+        )
+        .unwrap_err();
+    assert_eq!(param(&e), "limits.burst", "{e}");
+}
+
+#[test]
+fn url_valued_fields_are_hinted_as_urls() {
+    let d = Daemon::start();
+    let describe = d.call("system.describe", json!({})).unwrap();
+    let health = describe["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "system.health")
+        .unwrap();
+    let http = &health["result_schema"]["properties"]["http"];
+    assert_eq!(http["x-hint"], "url", "{http}");
+    let openrpc = d.call("rpc.discover", json!({})).unwrap();
+    let health = openrpc["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "system.health")
+        .unwrap();
+    assert_eq!(
+        health["result"]["schema"]["properties"]["http"]["x-hint"],
+        "url"
+    );
 }
