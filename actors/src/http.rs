@@ -253,16 +253,49 @@ impl State {
         }
     }
 
-    fn authorized(&self, req: &HttpRequest) -> bool {
+    /// Whether `req` may be answered: with no token, only requests addressed to a loopback
+    /// name; with a token, only those that carry it.
+    fn check(&self, req: &HttpRequest) -> Result<(), HttpResponse> {
         if self.token.is_empty() {
-            return true;
+            return match req.headers().get("host").and_then(|h| h.to_str().ok()) {
+                Some(host) if is_loopback_host(host) => Ok(()),
+                other => Err(HttpResponse::Forbidden().json(json!({
+                    "error": format!(
+                        "Host {:?} is not a loopback name: without http.token the API answers \
+                         only requests to 127.0.0.1, [::1] or localhost (this stops web pages \
+                         from reaching it through DNS rebinding)",
+                        other.unwrap_or("(none)")
+                    )
+                }))),
+            };
         }
+        if self.authorized(req) {
+            Ok(())
+        } else {
+            Err(unauthorized())
+        }
+    }
+
+    fn authorized(&self, req: &HttpRequest) -> bool {
         let expected = format!("Bearer {}", self.token);
         req.headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == expected)
     }
+}
+
+/// `host` (a Host header: name and optional port) names this machine's loopback interface.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1] or [::1]:PORT
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn unauthorized() -> HttpResponse {
@@ -276,8 +309,8 @@ fn rpc_failure(e: ccd_protocol::RpcError) -> HttpResponse {
 }
 
 async fn health(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
-    if !st.authorized(&req) {
-        return unauthorized();
+    if let Err(refused) = st.check(&req) {
+        return refused;
     }
     match st.call("system.health", json!({})).await {
         Ok(h) => {
@@ -302,8 +335,8 @@ async fn health(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
 }
 
 async fn prometheus(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
-    if !st.authorized(&req) {
-        return unauthorized();
+    if let Err(refused) = st.check(&req) {
+        return refused;
     }
     let health = st.call("system.health", json!({})).await.ok();
     let breakers = st.call("breaker.status", json!({})).await.ok();
@@ -427,8 +460,8 @@ async fn api_stats(
     st: web::Data<State>,
     q: web::Query<StatsQuery>,
 ) -> HttpResponse {
-    if !st.authorized(&req) {
-        return unauthorized();
+    if let Err(refused) = st.check(&req) {
+        return refused;
     }
     let since = q.since.clone().unwrap_or_else(|| "7d".into());
     let since_ms = match crate::gateway::validate::since("since", &since) {
@@ -461,8 +494,8 @@ async fn api_events(
     st: web::Data<State>,
     q: web::Query<EventsQuery>,
 ) -> HttpResponse {
-    if !st.authorized(&req) {
-        return unauthorized();
+    if let Err(refused) = st.check(&req) {
+        return refused;
     }
     let types: Option<Vec<String>> = q.types.as_ref().map(|t| {
         t.split(',')
@@ -566,4 +599,33 @@ pub fn start(
         .context("the HTTP server bound no address")?;
     actix_rt::spawn(server.run());
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:3000",
+            "localhost",
+            "LOCALHOST:80",
+            "[::1]",
+            "[::1]:3000",
+            "127.1.2.3:9",
+        ] {
+            assert!(super::is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:3000",
+            "10.0.0.1:3000",
+            "",
+            "[::2]:3000",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:3000",
+        ] {
+            assert!(!super::is_loopback_host(bad), "{bad}");
+        }
+    }
 }

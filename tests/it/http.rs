@@ -240,3 +240,23 @@ fn a_non_loopback_bind_without_a_token_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn without_a_token_only_requests_to_a_loopback_name_are_answered() {
+    let (_d, addr) = http_daemon("");
+    // What a web page reaching the port through DNS rebinding would send.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /api/stats HTTP/1.1\r\nHost: rebound.example:3000\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+    assert!(raw.contains("not a loopback name"), "{raw}");
+    // Addressed to 127.0.0.1 (as `get` does) it is served.
+    let (status, _, _) = get(&addr, "/api/stats", None);
+    assert_eq!(status, 200);
+}
