@@ -253,13 +253,13 @@ impl State {
         }
     }
 
-    /// Whether `req` may be answered: with no token, only requests addressed to a loopback
-    /// name; with a token, only those that carry it.
-    fn check(&self, req: &HttpRequest) -> Result<(), HttpResponse> {
+    /// The answer refusing `req`, if it may not be answered: with no token, only requests
+    /// addressed to a loopback name are; with a token, only those that carry it.
+    fn refusal(&self, req: &HttpRequest) -> Option<HttpResponse> {
         if self.token.is_empty() {
             return match req.headers().get("host").and_then(|h| h.to_str().ok()) {
-                Some(host) if is_loopback_host(host) => Ok(()),
-                other => Err(HttpResponse::Forbidden().json(json!({
+                Some(host) if is_loopback_host(host) => None,
+                other => Some(HttpResponse::Forbidden().json(json!({
                     "error": format!(
                         "Host {:?} is not a loopback name: without http.token the API answers \
                          only requests to 127.0.0.1, [::1] or localhost (this stops web pages \
@@ -269,11 +269,7 @@ impl State {
                 }))),
             };
         }
-        if self.authorized(req) {
-            Ok(())
-        } else {
-            Err(unauthorized())
-        }
+        (!self.authorized(req)).then(unauthorized)
     }
 
     fn authorized(&self, req: &HttpRequest) -> bool {
@@ -309,7 +305,7 @@ fn rpc_failure(e: ccd_protocol::RpcError) -> HttpResponse {
 }
 
 async fn health(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
-    if let Err(refused) = st.check(&req) {
+    if let Some(refused) = st.refusal(&req) {
         return refused;
     }
     match st.call("system.health", json!({})).await {
@@ -335,7 +331,7 @@ async fn health(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
 }
 
 async fn prometheus(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
-    if let Err(refused) = st.check(&req) {
+    if let Some(refused) = st.refusal(&req) {
         return refused;
     }
     let health = st.call("system.health", json!({})).await.ok();
@@ -460,7 +456,7 @@ async fn api_stats(
     st: web::Data<State>,
     q: web::Query<StatsQuery>,
 ) -> HttpResponse {
-    if let Err(refused) = st.check(&req) {
+    if let Some(refused) = st.refusal(&req) {
         return refused;
     }
     let since = q.since.clone().unwrap_or_else(|| "7d".into());
@@ -494,7 +490,7 @@ async fn api_events(
     st: web::Data<State>,
     q: web::Query<EventsQuery>,
 ) -> HttpResponse {
-    if let Err(refused) = st.check(&req) {
+    if let Some(refused) = st.refusal(&req) {
         return refused;
     }
     let types: Option<Vec<String>> = q.types.as_ref().map(|t| {
