@@ -117,10 +117,9 @@ impl Encoder<Bytes> for NdjsonCodec {
     }
 }
 
-/// Serialize a value as one NDJSON line (with its `\n`); number ids are written verbatim
-/// ([`crate::jsonrpc::to_vec`]).
+/// Serialize a value as one NDJSON line (with its `\n`); number ids are written verbatim.
 pub fn to_line<T: serde::Serialize>(value: &T) -> Bytes {
-    let mut out = crate::jsonrpc::to_vec(value).unwrap_or_else(|e| {
+    let mut out = serde_json::to_vec(value).unwrap_or_else(|e| {
         // Serializing our own protocol types cannot fail (no maps with non-string keys);
         // if it ever does, answer with an internal error rather than a broken line.
         format!(r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"could not encode reply: {e}"}},"id":null}}"#)

@@ -5,17 +5,14 @@
 //! (failure: -32600). Params are left as raw JSON here; the method registry types them.
 //!
 //! A request's `id` is echoed back exactly as it was written: a number id keeps its JSON text
-//! ([`RawNumber`]), so `123456789012345678901234567890`, `1.50` or `1e400` come back unchanged.
-//! serde_json (without its `raw_value` and `arbitrary_precision` features, which ccd does not
-//! turn on) cannot hand out a number's text nor write one back, so the parser finds the `id`'s
-//! text with a small byte-level walk of the line (`scan`), and [`to_vec`] (used by
-//! [`crate::to_line`]) writes it back verbatim.
+//! ([`RawNumber`], serde_json's `RawValue`), so `123456789012345678901234567890`, `1.50` or
+//! `1e400` come back unchanged.
 
-use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, RpcError};
@@ -95,10 +92,10 @@ impl<'de> Deserialize<'de> for Id {
                 Ok(Id::Number(v.into()))
             }
             fn visit_u128<E>(self, v: u128) -> Result<Id, E> {
-                Ok(Id::Number(RawNumber(v.to_string().into())))
+                Ok(Id::Number(RawNumber::from_number_text(v.to_string())))
             }
             fn visit_i128<E>(self, v: i128) -> Result<Id, E> {
-                Ok(Id::Number(RawNumber(v.to_string().into())))
+                Ok(Id::Number(RawNumber::from_number_text(v.to_string())))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
                 serde_json::Number::from_f64(v)
@@ -111,80 +108,88 @@ impl<'de> Deserialize<'de> for Id {
 }
 
 /// A JSON number kept as its exact text, as a request wrote it (`7`, `-0`, `1.50`, `1e400`,
-/// `123456789012345678901234567890`): what an [`Id`] echoes.
+/// `123456789012345678901234567890`): what an [`Id`] echoes. serde_json writes it back
+/// verbatim.
 ///
 /// Always valid JSON number text: [`RawNumber::new`] checks the grammar.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RawNumber(Box<str>);
+#[derive(Debug, Clone)]
+pub struct RawNumber(Box<RawValue>);
 
 impl RawNumber {
     /// `text` as a number, when it is one by JSON's grammar (RFC 8259 §6), at any magnitude
     /// and precision.
     pub fn new(text: &str) -> Option<RawNumber> {
-        is_json_number(text.as_bytes()).then(|| RawNumber(text.into()))
+        // Valid JSON (serde_json checks it) that starts like a number is a number.
+        let starts_as_number = matches!(text.as_bytes().first(), Some(b'-' | b'0'..=b'9'));
+        starts_as_number
+            .then(|| RawValue::from_string(text.to_owned()).ok())
+            .flatten()
+            .filter(|raw| raw.get().len() == text.len())
+            .map(RawNumber)
     }
 
     /// The number's JSON text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        self.0.get()
     }
 
     /// The number as a `u64`, when it is written as an integer that fits.
     pub fn as_u64(&self) -> Option<u64> {
-        self.0.parse().ok()
+        self.as_str().parse().ok()
+    }
+
+    /// From text known to be a JSON number (the `Display` of a number type).
+    fn from_number_text(text: String) -> RawNumber {
+        match RawValue::from_string(text) {
+            Ok(raw) => RawNumber(raw),
+            // Unreachable for the number types' own `Display`; stay a valid number anyway.
+            Err(_) => RawNumber(RawValue::from_string("0".into()).unwrap_or_default()),
+        }
+    }
+}
+
+/// Ids compare by their text: `7` and `7.0` are different ids.
+impl PartialEq for RawNumber {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RawNumber {}
+
+impl std::hash::Hash for RawNumber {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Display for RawNumber {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl From<u64> for RawNumber {
     fn from(n: u64) -> Self {
-        RawNumber(n.to_string().into())
+        RawNumber::from_number_text(n.to_string())
     }
 }
 
 impl From<i64> for RawNumber {
     fn from(n: i64) -> Self {
-        RawNumber(n.to_string().into())
+        RawNumber::from_number_text(n.to_string())
     }
 }
 
 impl From<serde_json::Number> for RawNumber {
     fn from(n: serde_json::Number) -> Self {
-        RawNumber(n.to_string().into())
+        RawNumber::from_number_text(n.to_string())
     }
 }
 
 impl Serialize for RawNumber {
-    /// Verbatim through [`to_vec`] (and so on the wire, through [`crate::to_line`]). Any other
-    /// serializer gets the closest it can take: the integer when it fits in 128 bits, else the
-    /// nearest `f64`, else (beyond `f64`'s range) the text as a string.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if VERBATIM.get() && std::any::type_name::<S>() == std::any::type_name::<&mut Wire<'_>>() {
-            // `serialize_unit` makes `VerbatimFormatter::write_null` run at once, which takes
-            // the text back out and writes it in place of `null`.
-            PENDING.set(Some(self.0.clone()));
-            return s.serialize_unit();
-        }
-        let t = &*self.0;
-        if let Ok(n) = t.parse::<u64>() {
-            s.serialize_u64(n)
-        } else if let Ok(n) = t.parse::<i64>() {
-            s.serialize_i64(n)
-        } else if let Ok(n) = t.parse::<u128>() {
-            s.serialize_u128(n)
-        } else if let Ok(n) = t.parse::<i128>() {
-            s.serialize_i128(n)
-        } else {
-            match t.parse::<f64>() {
-                Ok(f) if f.is_finite() => s.serialize_f64(f),
-                _ => s.serialize_str(t),
-            }
-        }
+        self.0.serialize(s)
     }
 }
 
@@ -195,83 +200,6 @@ impl<'de> Deserialize<'de> for RawNumber {
             _ => Err(de::Error::custom("expected a number")),
         }
     }
-}
-
-/// Whether `b` is a JSON number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
-fn is_json_number(b: &[u8]) -> bool {
-    let digits = |i: usize| {
-        b[i.min(b.len())..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count()
-    };
-    let mut i = usize::from(b.first() == Some(&b'-'));
-    match b.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => i += digits(i),
-        _ => return false,
-    }
-    if b.get(i) == Some(&b'.') {
-        let n = digits(i + 1);
-        if n == 0 {
-            return false;
-        }
-        i += 1 + n;
-    }
-    if matches!(b.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let n = digits(i);
-        if n == 0 {
-            return false;
-        }
-        i += n;
-    }
-    i == b.len()
-}
-
-// Writing number ids verbatim. serde_json's serializer only writes numbers it holds as
-// integers or floats; its `Formatter` is the one place that writes bytes. `to_vec` uses a
-// formatter that writes a pending number text where it is asked for `null`, and
-// `RawNumber::serialize` (recognizing that serializer) leaves its text pending and asks for
-// `null`. Both happen on this thread, one right after the other.
-thread_local! {
-    /// Set while `to_vec` runs on this thread.
-    static VERBATIM: Cell<bool> = const { Cell::new(false) };
-    /// The number text the next `write_null` writes instead.
-    static PENDING: Cell<Option<Box<str>>> = const { Cell::new(None) };
-}
-
-type Wire<'a> = serde_json::Serializer<&'a mut Vec<u8>, VerbatimFormatter>;
-
-struct VerbatimFormatter;
-
-impl serde_json::ser::Formatter for VerbatimFormatter {
-    fn write_null<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        match PENDING.take() {
-            Some(text) => w.write_all(text.as_bytes()),
-            None => w.write_all(b"null"),
-        }
-    }
-}
-
-/// Serialize `value` as compact JSON, as `serde_json::to_vec` does, except that number ids
-/// ([`RawNumber`]) are written verbatim. The daemon writes every line with it.
-pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
-    struct Reset(bool);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            VERBATIM.set(self.0);
-            PENDING.set(None);
-        }
-    }
-    let _reset = Reset(VERBATIM.replace(true));
-    PENDING.set(None);
-    let mut out = Vec::with_capacity(128);
-    value.serialize(&mut Wire::with_formatter(&mut out, VerbatimFormatter))?;
-    Ok(out)
 }
 
 /// One request or notification, after the envelope checks.
@@ -396,34 +324,18 @@ pub fn parse_incoming(frame: &[u8]) -> Incoming {
             ));
         }
     };
-    // The line is valid JSON: now find where each request wrote its id (if any did).
-    let has_id = |item: &Item| matches!(item, Item::Object { has_id: true, .. });
-    let any_id = match &parsed {
-        Frame::Single(item) => has_id(item),
-        Frame::Batch(items) => items.iter().any(has_id),
-    };
-    let mut spans = if any_id {
-        scan::id_spans(frame)
-    } else {
-        Vec::new()
-    }
-    .into_iter();
-    let mut check = |item: Item| {
-        let span = spans.next().flatten();
-        match item {
-            Item::Object { members, has_id } => {
-                let id = has_id.then(|| id_from_text(span.and_then(|r| frame.get(r))));
-                check_members(members, id)
-            }
-            Item::Other => Err(invalid(Id::Null, "a request must be a JSON object")),
+    let check = |item: Item| match item {
+        Item::Object { members, id } => {
+            check_members(members, id.map(|raw| id_from_text(raw.get().as_bytes())))
         }
+        Item::Other => Err(invalid(Id::Null, "a request must be a JSON object")),
     };
     match parsed {
         Frame::Batch(items) if items.is_empty() => Incoming::Invalid(Response::error(
             Id::Null,
             RpcError::new(ErrorCode::InvalidRequest, "invalid request: empty batch"),
         )),
-        Frame::Batch(items) => Incoming::Batch(items.into_iter().map(&mut check).collect()),
+        Frame::Batch(items) => Incoming::Batch(items.into_iter().map(check).collect()),
         Frame::Single(item) => Incoming::Single(check(item)),
     }
 }
@@ -443,8 +355,7 @@ pub fn check_request(value: Value) -> Result<Request, Response> {
 }
 
 /// The id written as `text`: `Err` when it is not a string, a number or null.
-fn id_from_text(text: Option<&[u8]>) -> Result<Id, ()> {
-    let text = text.ok_or(())?;
+fn id_from_text(text: &[u8]) -> Result<Id, ()> {
     match text.first() {
         Some(b'"') => serde_json::from_slice(text).map(Id::String).map_err(drop),
         Some(b'n') if text == b"null" => Ok(Id::Null),
@@ -506,8 +417,8 @@ fn invalid(id: Id, why: &str) -> Response {
 }
 
 /// A line, as the first stage of parsing reads it: every member of a request object as a
-/// [`Value`] except its `id`, which is only skipped over (serde_json checks its syntax without
-/// converting it, so a number of any size passes) and read back from the line by `scan`.
+/// [`Value`] except its `id`, which is kept as its raw JSON text (serde_json checks its syntax
+/// without converting it, so a number of any size passes).
 enum Frame {
     Single(Item),
     Batch(Vec<Item>),
@@ -516,7 +427,7 @@ enum Frame {
 enum Item {
     Object {
         members: Map<String, Value>,
-        has_id: bool,
+        id: Option<Box<RawValue>>,
     },
     /// Not an object (still parsed in full, so that the whole line is checked as before).
     Other,
@@ -524,17 +435,16 @@ enum Item {
 
 fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
     let mut members = Map::new();
-    let mut has_id = false;
+    let mut id = None;
     while let Some(key) = map.next_key::<String>()? {
         if key == "id" {
-            map.next_value::<IgnoredAny>()?;
-            has_id = true;
+            id = Some(map.next_value::<Box<RawValue>>()?);
         } else {
             let value = map.next_value::<Value>()?;
             members.insert(key, value);
         }
     }
-    Ok(Item::Object { members, has_id })
+    Ok(Item::Object { members, id })
 }
 
 /// The visits of a value that is not an object, for [`Item`] and [`Frame`] alike.
@@ -606,157 +516,6 @@ impl<'de> Deserialize<'de> for Frame {
     }
 }
 
-/// Where each request's `id` value is written, in a line already known to be valid JSON.
-mod scan {
-    use std::ops::Range;
-
-    /// One entry for a single value, one per element for a batch: the byte range of the
-    /// object's `id` value (`None` for a value that is not an object or has no `id`). When
-    /// an object has several `id` members the last one counts, as for any member of a
-    /// serde_json map.
-    pub(super) fn id_spans(line: &[u8]) -> Vec<Option<Range<usize>>> {
-        let mut s = Scanner { b: line, i: 0 };
-        s.ws();
-        match s.peek() {
-            b'{' => vec![s.object()],
-            b'[' => {
-                s.i += 1;
-                let mut out = Vec::new();
-                loop {
-                    s.ws();
-                    match s.peek() {
-                        b']' | 0 => return out,
-                        b',' => s.i += 1,
-                        b'{' => out.push(s.object()),
-                        _ => {
-                            s.value();
-                            out.push(None);
-                        }
-                    }
-                }
-            }
-            _ => vec![None],
-        }
-    }
-
-    /// A cursor over valid JSON. It never panics, whatever the bytes; on anything but valid
-    /// JSON its answer is meaningless.
-    struct Scanner<'a> {
-        b: &'a [u8],
-        i: usize,
-    }
-
-    impl Scanner<'_> {
-        /// The byte under the cursor; 0 at the end (0 occurs in valid JSON only escaped).
-        fn peek(&self) -> u8 {
-            self.b.get(self.i).copied().unwrap_or(0)
-        }
-
-        fn ws(&mut self) {
-            while matches!(self.peek(), b' ' | b'\t' | b'\n' | b'\r') {
-                self.i += 1;
-            }
-        }
-
-        /// Past a string, from its opening quote.
-        fn string(&mut self) {
-            self.i += 1;
-            while let Some(n) = self
-                .b
-                .get(self.i..)
-                .and_then(|rest| rest.iter().position(|c| matches!(c, b'"' | b'\\')))
-            {
-                self.i += n;
-                if self.peek() == b'"' {
-                    self.i += 1;
-                    return;
-                }
-                self.i += 2; // an escape: `\"` does not end the string
-            }
-            self.i = self.b.len();
-        }
-
-        /// Past one value, from its first byte.
-        fn value(&mut self) {
-            match self.peek() {
-                b'"' => self.string(),
-                b'{' | b'[' => {
-                    let mut depth = 0usize;
-                    loop {
-                        match self.peek() {
-                            0 => return,
-                            b'"' => {
-                                self.string();
-                                continue;
-                            }
-                            b'{' | b'[' => depth += 1,
-                            b'}' | b']' => {
-                                depth = depth.saturating_sub(1);
-                                if depth == 0 {
-                                    self.i += 1;
-                                    return;
-                                }
-                            }
-                            _ => {}
-                        }
-                        self.i += 1;
-                    }
-                }
-                // A number or a literal: up to the next delimiter.
-                _ => {
-                    self.i += 1;
-                    while !matches!(
-                        self.peek(),
-                        0 | b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'
-                    ) {
-                        self.i += 1;
-                    }
-                }
-            }
-        }
-
-        /// Past an object, from its `{`: the range of its last `id` member's value.
-        fn object(&mut self) -> Option<Range<usize>> {
-            self.i += 1;
-            let mut id = None;
-            loop {
-                self.ws();
-                match self.peek() {
-                    0 => return id,
-                    b'}' => {
-                        self.i += 1;
-                        return id;
-                    }
-                    b'"' => {
-                        let key_start = self.i;
-                        self.string();
-                        let key = self.b.get(key_start..self.i).unwrap_or_default();
-                        self.ws();
-                        if self.peek() == b':' {
-                            self.i += 1;
-                        }
-                        self.ws();
-                        let start = self.i;
-                        self.value();
-                        if is_id(key) {
-                            id = Some(start..self.i);
-                        }
-                    }
-                    // `,`, or (not in valid JSON) anything else
-                    _ => self.i += 1,
-                }
-            }
-        }
-    }
-
-    /// Whether a member's key (with its quotes) is `id`, escaped or not.
-    fn is_id(key: &[u8]) -> bool {
-        key == b"\"id\""
-            || (key.contains(&b'\\')
-                && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "id"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,7 +576,7 @@ mod tests {
             panic!("not a valid request: {line}")
         };
         let reply = Response::result(req.id.expect("an id"), json!("pong"));
-        let text = String::from_utf8(to_vec(&reply).unwrap()).unwrap();
+        let text = String::from_utf8(serde_json::to_vec(&reply).unwrap()).unwrap();
         let prefix = r#"{"jsonrpc":"2.0","result":"pong","id":"#;
         text.strip_prefix(prefix)
             .and_then(|t| t.strip_suffix('}'))
@@ -894,7 +653,7 @@ mod tests {
                     Ok(req) => req.id.clone()?,
                     Err(resp) => resp.id.clone(),
                 };
-                Some(String::from_utf8(to_vec(&id).unwrap()).unwrap())
+                Some(String::from_utf8(serde_json::to_vec(&id).unwrap()).unwrap())
             })
             .collect();
         let want = [
@@ -915,7 +674,7 @@ mod tests {
                 Err(resp) => Some(resp),
             })
             .collect();
-        let text = String::from_utf8(to_vec(&replies).unwrap()).unwrap();
+        let text = String::from_utf8(serde_json::to_vec(&replies).unwrap()).unwrap();
         assert!(text.contains(r#""result":1,"id":1e400}"#), "{text}");
         assert!(
             text.contains(r#","id":123456789012345678901234567890}"#),
@@ -992,20 +751,15 @@ mod tests {
                 "{text}"
             );
         }
-        // Other serializers than `to_vec` get the closest number they can take.
+        // serde_json writes number ids verbatim, whatever their size.
         let big = Id::Number(RawNumber::new("123456789012345678901234567890").unwrap());
         assert_eq!(
             serde_json::to_string(&big).unwrap(),
             "123456789012345678901234567890"
         );
         let huge = Id::Number(RawNumber::new("1e400").unwrap());
-        assert_eq!(serde_json::to_string(&huge).unwrap(), r#""1e400""#);
+        assert_eq!(serde_json::to_string(&huge).unwrap(), "1e400");
         assert_eq!(serde_json::to_value(Id::from(3)).unwrap(), json!(3));
-        // `to_vec` leaves nothing behind for a later `null`.
-        assert_eq!(
-            to_vec(&json!([null, {"a": null}])).unwrap(),
-            br#"[null,{"a":null}]"#
-        );
     }
 
     #[test]
