@@ -217,7 +217,7 @@ impl QueryService {
         {
             let error = ActorError::CircuitOpen {
                 key: breaker_key,
-                retry_after_ms: retry_after.as_millis() as u64,
+                retry_after_ms: crate::resilience::breaker::ceil_millis(retry_after),
             };
             actix_rt::spawn(self.clone().record_refusal(
                 existing,
@@ -578,7 +578,7 @@ impl QueryService {
                 Ok(Ok(Err(retry_after))) => {
                     let error = ActorError::CircuitOpen {
                         key: g.breaker_key.clone(),
-                        retry_after_ms: retry_after.as_millis() as u64,
+                        retry_after_ms: crate::resilience::breaker::ceil_millis(retry_after),
                     };
                     return Attempts::Refused {
                         error,

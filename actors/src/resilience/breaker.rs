@@ -362,7 +362,7 @@ impl BreakerCore {
                     key: key.clone(),
                     state: b.state,
                     retry_after_ms: if b.state == State::Open {
-                        b.open_until.saturating_duration_since(now).as_millis() as u64
+                        ceil_millis(b.open_until.saturating_duration_since(now))
                     } else {
                         0
                     },
@@ -381,10 +381,24 @@ impl BreakerCore {
     }
 }
 
+/// `d` in whole milliseconds, rounded up: a wait reported as 0 ms is over, and a "retry in N
+/// ms" never asks for less than what is left.
+pub fn ceil_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn waits_are_reported_in_milliseconds_rounded_up() {
+        assert_eq!(ceil_millis(Duration::ZERO), 0);
+        assert_eq!(ceil_millis(Duration::from_micros(1)), 1);
+        assert_eq!(ceil_millis(Duration::from_micros(1000)), 1);
+        assert_eq!(ceil_millis(Duration::from_micros(1001)), 2);
+    }
 
     fn spec() -> BreakerSpec {
         BreakerSpec {
