@@ -217,7 +217,7 @@ impl QueryService {
         {
             let error = ActorError::CircuitOpen {
                 key: breaker_key,
-                retry_after_ms: crate::resilience::breaker::ceil_millis(retry_after),
+                retry_after_ms: crate::resilience::ceil_millis(retry_after),
             };
             actix_rt::spawn(self.clone().record_refusal(
                 existing,
@@ -578,7 +578,7 @@ impl QueryService {
                 Ok(Ok(Err(retry_after))) => {
                     let error = ActorError::CircuitOpen {
                         key: g.breaker_key.clone(),
-                        retry_after_ms: crate::resilience::breaker::ceil_millis(retry_after),
+                        retry_after_ms: crate::resilience::ceil_millis(retry_after),
                     };
                     return Attempts::Refused {
                         error,
@@ -734,7 +734,7 @@ impl QueryService {
             };
             let now = tokio::time::Instant::now();
             let refused = ActorError::RateLimited {
-                retry_after_ms: throttled.retry_after.as_millis().max(1) as u64,
+                retry_after_ms: crate::resilience::ceil_millis(throttled.retry_after).max(1),
             };
             if g.no_wait
                 || (!throttled.concurrency && now + throttled.retry_after > g.deadline)
@@ -749,7 +749,7 @@ impl QueryService {
                     project: g.project.clone(),
                     model: g.model.clone(),
                     key: throttled.key.clone(),
-                    retry_after_ms: throttled.retry_after.as_millis() as u64,
+                    retry_after_ms: crate::resilience::ceil_millis(throttled.retry_after),
                 });
                 let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
                 let keys = TryAcquire {

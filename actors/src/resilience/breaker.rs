@@ -7,6 +7,7 @@
 //! Errors of class `retryable` and `unavailable` are failures; `non_retryable` ones (a bad
 //! request, a missing login) say nothing about the dependency's health and are only counted.
 
+use super::ceil_millis;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -379,12 +380,6 @@ impl BreakerCore {
         out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
-}
-
-/// `d` in whole milliseconds, rounded up: a wait reported as 0 ms is over, and a "retry in N
-/// ms" never asks for less than what is left.
-pub fn ceil_millis(d: Duration) -> u64 {
-    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -434,6 +434,12 @@ impl Handle<Reset> for BreakerActor {
     }
 }
 
+/// `d` in whole milliseconds, rounded up: a wait reported as 0 ms is over, and a "retry in N
+/// ms" never asks for less than what is left.
+pub fn ceil_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
