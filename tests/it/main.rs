@@ -14,6 +14,7 @@
 //! | `agents`      | agent definitions: import, sealing at rest, wrong key                |
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
+//! | `bench`       | `ccd-bench` smoke runs: every comparison runs, no request fails         |
 //! | `agent`       | the real Claude Code CLI through the daemon, against `mock_api`        |
 //! | `events`      | the event bus: a query's events, filters, lagged subscribers, retention |
 //! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
@@ -26,6 +27,7 @@ mod mock_api;
 
 mod agent;
 mod agents;
+mod bench;
 mod cli;
 mod docs;
 mod events;
