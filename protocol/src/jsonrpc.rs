@@ -315,7 +315,13 @@ pub enum Incoming {
 /// that numbers outside `f64`'s range (`1e400`) are refused with -32700 everywhere but in an
 /// `id` (serde_json cannot hold them in a [`Value`]). A request's `id` keeps its exact text.
 pub fn parse_incoming(frame: &[u8]) -> Incoming {
-    let parsed: Frame = match serde_json::from_slice(frame) {
+    // A batch is the one line that starts with `[`: parse it as an array of items.
+    let parsed = if frame.trim_ascii_start().first() == Some(&b'[') {
+        serde_json::from_slice(frame).map(Frame::Batch)
+    } else {
+        serde_json::from_slice(frame).map(Frame::Single)
+    };
+    let parsed = match parsed {
         Ok(f) => f,
         Err(e) => {
             return Incoming::Invalid(Response::error(
@@ -338,20 +344,6 @@ pub fn parse_incoming(frame: &[u8]) -> Incoming {
         Frame::Batch(items) => Incoming::Batch(items.into_iter().map(check).collect()),
         Frame::Single(item) => Incoming::Single(check(item)),
     }
-}
-
-/// Check one value against the request object's shape.
-pub fn check_request(value: Value) -> Result<Request, Response> {
-    let Value::Object(mut obj) = value else {
-        return Err(invalid(Id::Null, "a request must be a JSON object"));
-    };
-    let id = obj.remove("id").map(|id| match id {
-        Value::Null => Ok(Id::Null),
-        Value::Number(n) => Ok(Id::Number(n.into())),
-        Value::String(s) => Ok(Id::String(s)),
-        _ => Err(()),
-    });
-    check_members(obj, id)
 }
 
 /// The id written as `text`: `Err` when it is not a string, a number or null.
@@ -447,7 +439,7 @@ fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
     Ok(Item::Object { members, id })
 }
 
-/// The visits of a value that is not an object, for [`Item`] and [`Frame`] alike.
+/// The visits of a value that is not an object.
 macro_rules! other_values {
     ($other:expr) => {
         fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -492,30 +484,6 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
-impl<'de> Deserialize<'de> for Frame {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FrameVisitor;
-        impl<'de> Visitor<'de> for FrameVisitor {
-            type Value = Frame;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            other_values!(Frame::Single(Item::Other));
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Frame, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<Item>()? {
-                    items.push(item);
-                }
-                Ok(Frame::Batch(items))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Frame, A::Error> {
-                object(map).map(Frame::Single)
-            }
-        }
-        d.deserialize_any(FrameVisitor)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,14 +515,22 @@ mod tests {
             json!({"jsonrpc": "2.0", "method": "x", "id": {"a": 1}}),
             json!({"jsonrpc": "2.0", "method": "x", "id": 1, "extra": true}),
         ] {
-            let err = check_request(bad.clone()).expect_err(&bad.to_string());
+            let err = single(&bad).expect_err(&bad.to_string());
             assert_eq!(code(&err), -32600, "{bad}");
+        }
+    }
+
+    /// `value` sent as one line that is not a batch.
+    fn single(value: &Value) -> Result<Request, Response> {
+        match parse_incoming(value.to_string().as_bytes()) {
+            Incoming::Single(r) => r,
+            other => panic!("{value} is not a single request: {other:?}"),
         }
     }
 
     #[test]
     fn invalid_request_keeps_a_valid_id() {
-        let err = check_request(json!({"jsonrpc": "2.0", "id": "abc"})).unwrap_err();
+        let err = single(&json!({"jsonrpc": "2.0", "id": "abc"})).unwrap_err();
         assert_eq!(err.id, Id::String("abc".into()));
     }
 
