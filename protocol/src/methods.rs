@@ -226,9 +226,9 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         Some(v) => v,
     };
     serde_path_to_error::deserialize(params).map_err(|e| {
-        let param = param_path(e.path(), &e.inner().to_string());
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let inner = e.inner().to_string();
+        let param = param_path(e.path(), &path, &inner);
         let msg = if path == "." {
             format!("invalid params for {}: {inner}", M::NAME)
         } else {
@@ -242,7 +242,7 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
 /// for `error.data.param`. serde reports a missing field at the object that lacks it (the
 /// path ends at that object), and an unknown field at the field itself (the path already ends
 /// with its name, as serde_path_to_error records the key before serde refuses it).
-fn param_path(path: &serde_path_to_error::Path, inner: &str) -> String {
+fn param_path(path: &serde_path_to_error::Path, at: &str, inner: &str) -> String {
     let named = |prefix: &str| {
         inner
             .strip_prefix(prefix)
@@ -253,7 +253,6 @@ fn param_path(path: &serde_path_to_error::Path, inner: &str) -> String {
         Some(serde_path_to_error::Segment::Map { key }) => key == field,
         _ => false,
     };
-    let at = path.to_string();
     let join = |field: &str| {
         if at == "." {
             field.to_string()
@@ -268,7 +267,7 @@ fn param_path(path: &serde_path_to_error::Path, inner: &str) -> String {
     {
         join(&field)
     } else {
-        at
+        at.to_string()
     }
 }
 
