@@ -284,12 +284,11 @@ impl Connection {
             };
             self.state.last_active.set(Instant::now());
             // Backpressure: wait for a free slot before taking on more work.
-            let permit = tokio::select! {
+            let mut permit = tokio::select! {
                 _ = self.state.closing.cancelled() => return,
                 _ = self.state.closed.cancelled() => return,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
-            let mut permit = permit;
             let work = match parse_incoming(&frame) {
                 Incoming::Invalid(resp) => {
                     let _ = out.send(to_line(&resp)).await;
