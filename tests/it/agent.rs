@@ -491,13 +491,7 @@ fn an_executor_panic_kills_its_agent_and_the_pool_keeps_serving() {
     let r = d.call("query.run", json!({"prompt": "again"})).unwrap();
     assert_eq!(r["result"], "after the crash");
     let h = d.call("system.health", json!({})).unwrap();
-    let member = h["actors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "executor-1")
-        .unwrap()
-        .clone();
+    let member = named(&h["actors"], "executor-1").clone();
     assert_eq!(
         (member["restarts"].as_u64(), member["state"].as_str()),
         (Some(1), Some("running"))
@@ -705,24 +699,6 @@ fn batch_runs_every_prompt_and_writes_jsonl() {
     assert_eq!(lines, HashSet::from([1, 4, 5, 6]));
     assert_eq!(d.mock.requests().len(), 4);
     assert!(String::from_utf8_lossy(&out.stderr).contains("4 ok, 0 failed"));
-}
-
-/// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
-/// `done` beside itself. For what the real CLI cannot be made to print: floods, garbage and
-/// oversized lines. Lives as long as the returned directory.
-fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
-    let agent = dir.path().join("agent");
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
-         if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
-         cat > /dev/null\ncat \"$here/transcript.jsonl\"\ntouch \"$here/done\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (dir, agent)
 }
 
 const TEXT_TRANSCRIPT: &str = include_str!("../../protocol/fixtures/text.jsonl");

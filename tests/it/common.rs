@@ -362,3 +362,30 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
+/// `done` beside itself. For what the real CLI cannot be made to print: floods, garbage and
+/// oversized lines. Lives as long as the returned directory.
+pub fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
+         if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+         cat > /dev/null\ncat \"$here/transcript.jsonl\"\ntouch \"$here/done\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, agent)
+}
+
+/// The element of the array `list` whose `name` is `name`.
+pub fn named<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not an array: {list}"))
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {list}"))
+}

@@ -76,12 +76,7 @@ fn describe_has_types_required_flags_and_hints() {
         .iter()
         .find(|m| m["name"] == "project.create")
         .unwrap();
-    let path = create["params"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "path")
-        .unwrap();
+    let path = named(&create["params"], "path");
     assert_eq!(path["type"], "string");
     assert_eq!(path["required"], true);
     assert_eq!(path["hint"], "path");

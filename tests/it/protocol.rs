@@ -462,21 +462,11 @@ fn data_param_names_unknown_and_missing_fields_once() {
 fn url_valued_fields_are_hinted_as_urls() {
     let d = Daemon::start();
     let describe = d.call("system.describe", json!({})).unwrap();
-    let health = describe["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "system.health")
-        .unwrap();
+    let health = named(&describe["methods"], "system.health");
     let http = &health["result_schema"]["properties"]["http"];
     assert_eq!(http["x-hint"], "url", "{http}");
     let openrpc = d.call("rpc.discover", json!({})).unwrap();
-    let health = openrpc["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "system.health")
-        .unwrap();
+    let health = named(&openrpc["methods"], "system.health");
     assert_eq!(
         health["result"]["schema"]["properties"]["http"]["x-hint"],
         "url"

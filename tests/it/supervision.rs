@@ -341,25 +341,6 @@ impl Traffic {
     }
 }
 
-/// A stand-in for the agent CLI: answers `--version` and replays a captured successful
-/// transcript, so that `query.run` goes through the limiter, the breaker and the executors.
-fn stub_agent() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("transcript.jsonl"),
-        include_str!("../../protocol/fixtures/text.jsonl"),
-    )
-    .unwrap();
-    let script = "#!/bin/sh\n\
-        if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
-        cat > /dev/null\n\
-        cat \"$(dirname \"$0\")/transcript.jsonl\"\n";
-    let path = dir.path().join("agent");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    dir
-}
-
 /// What the table-driven crash test runs against.
 struct Rig {
     d: Daemon,
@@ -557,13 +538,12 @@ fn crash_under_traffic(rig: &Rig, name: &str, serves_again: ServesAgain) {
 #[test]
 fn a_panic_in_each_actor_restarts_it_while_every_other_request_is_answered() {
     let fuse = std::path::Path::new("/dev/fuse").exists();
-    let agent = stub_agent();
+    // Replays a captured successful transcript, so that `query.run` goes through the limiter,
+    // the breaker and the executors.
+    let (agent, agent_cmd) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
     let mut builder = Daemon::builder()
         .fault_injection()
-        .env(
-            "CCD_AGENT_CMD",
-            agent.path().join("agent").to_str().unwrap(),
-        )
+        .env("CCD_AGENT_CMD", agent_cmd.to_str().unwrap())
         .config("[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n");
     if fuse {
         builder = builder.env("CCD_VFS_ENABLED", "true");

@@ -287,12 +287,7 @@ fn describe_models_reports_the_schema() {
     for t in ["projects", "settings", "backups"] {
         assert!(tables.contains(&t), "{tables:?}");
     }
-    let projects = models["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "projects")
-        .unwrap();
+    let projects = named(&models["tables"], "projects");
     let path = projects["columns"]
         .as_array()
         .unwrap()
