@@ -27,7 +27,8 @@ use crate::resilience::{
 };
 use crate::store::{self, WriteOp};
 use crate::supervise::{
-    Call, Crash, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
+    Call, Crash, Handle, HealthRegistry, Pending, Reply, Request, Supervise, Supervision,
+    supervised,
 };
 use crate::writer::{Write, WriterActor};
 
@@ -69,7 +70,48 @@ pub struct Route {
 }
 
 impl Request for Route {
-    type Output = Value;
+    type Output = Routed;
+}
+
+/// The gateway's answer to a [`Route`]: ready, or still to come from the actor that owns the
+/// work. The caller awaits a pending answer itself, so that no task is spawned per request.
+pub enum Routed {
+    Ready(Value),
+    Pending(Pending<Value>),
+}
+
+/// Send one call through the gateway and wait for its answer, as a client's request.
+///
+/// The call is queued at once. Made of combinators, which hold each step's state only while it
+/// runs: this future is part of every request's.
+pub fn route(
+    gateway: &Addr<GatewayActor>,
+    route: Route,
+) -> impl Future<Output = Result<Value, ActorError>> + use<> {
+    use futures_util::FutureExt as _;
+    use futures_util::future::{Either, ready};
+    gateway.send(Call(route)).then(|sent| match sent {
+        Ok(Ok(Routed::Ready(v))) => Either::Left(ready(Ok(v))),
+        Ok(Ok(Routed::Pending(fut))) => Either::Right(
+            std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .map(|answer| {
+                    answer.unwrap_or_else(|payload| {
+                        let message = crate::supervise::panic_message(payload.as_ref());
+                        tracing::error!("answering a request panicked: {message}");
+                        Err(ActorError::Internal(format!(
+                            "answering this request panicked: {message}"
+                        )))
+                    })
+                }),
+        ),
+        Ok(Err(e)) => Either::Left(ready(Err(e))),
+        Err(e) => Either::Left(ready(Err(ActorError::Unavailable {
+            actor: "gateway".into(),
+            state: ActorState::Failed,
+            reason: format!("the gateway's mailbox is closed: {e}"),
+        }))),
+    })
 }
 
 pub struct GatewayActor {
@@ -715,7 +757,7 @@ impl Supervise for GatewayActor {
 }
 
 impl Handle<Route> for GatewayActor {
-    fn handle(&mut self, call: Route, _: &mut Context<Self>) -> Reply<Value> {
+    fn handle(&mut self, call: Route, _: &mut Context<Self>) -> Reply<Routed> {
         let Route {
             method,
             params,
@@ -736,12 +778,24 @@ impl Handle<Route> for GatewayActor {
             "vfs" => self.vfs(&method, params),
             _ => None,
         };
-        reply.unwrap_or_else(|| {
+        let reply = reply.unwrap_or_else(|| {
             Reply::err(RpcError::new(
                 ErrorCode::MethodNotFound,
                 format!("method not found: `{method}`"),
             ))
-        })
+        });
+        match reply {
+            Reply::Ready(r) => Reply::Ready(r.map(Routed::Ready)),
+            Reply::Later(fut) => Reply::ok(Routed::Pending(fut)),
+            Reply::Local(fut) => Reply::local(async move { fut.await.map(Routed::Ready) }),
+            Reply::Deferred(slot) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                crate::supervise::attach(&slot, tx);
+                Reply::ok(Routed::Pending(Box::pin(async move {
+                    rx.await.unwrap_or_else(|_| Err(mailbox_closed("gateway")))
+                })))
+            }
+        }
     }
 }
 
@@ -813,7 +867,7 @@ fn now<M: Method>(
 /// A method whose answer comes from elsewhere (another actor, a blocking read).
 fn later<M: Method, Fut>(params: Option<Value>, f: impl FnOnce(M::Params) -> Fut) -> Reply<Value>
 where
-    Fut: Future<Output = Result<M::Result, ActorError>> + 'static,
+    Fut: Future<Output = Result<M::Result, ActorError>> + Send + 'static,
 {
     match parse_params::<M>(params) {
         Ok(p) => {
@@ -1112,7 +1166,7 @@ mod tests {
                 params,
                 conn: conn.clone(),
             };
-            let err = gw.send(Call(route)).await.unwrap().expect_err(name);
+            let err = super::route(&gw, route).await.expect_err(name);
             assert_eq!(RpcError::from(err).code, -32602, "{name}");
         }
         let route = Route {
@@ -1120,7 +1174,7 @@ mod tests {
             params: None,
             conn,
         };
-        let err = gw.send(Call(route)).await.unwrap().unwrap_err();
+        let err = super::route(&gw, route).await.unwrap_err();
         assert_eq!(RpcError::from(err).code, -32601);
     }
 }

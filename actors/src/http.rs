@@ -26,7 +26,6 @@ use crate::eventbus::Bus;
 use crate::gateway::{ConnCtx, GatewayActor, Route};
 use crate::reader::Reader;
 use crate::store;
-use crate::supervise::Call;
 
 /// `[http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,12 +244,9 @@ impl State {
             params: Some(params),
             conn,
         };
-        match self.gateway.send(Call(route)).await {
-            Ok(r) => r.map_err(Into::into),
-            Err(e) => Err(ccd_protocol::RpcError::internal(format!(
-                "the gateway is unavailable: {e}"
-            ))),
-        }
+        crate::gateway::route(&self.gateway, route)
+            .await
+            .map_err(Into::into)
     }
 
     /// The answer refusing `req`, if it may not be answered: with no token, only requests

@@ -23,17 +23,25 @@ pub struct Meter {
 
 impl Outbound {
     pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
-        Outbound {
-            tx,
-            meter: Arc::default(),
-        }
+        Self::with_meter(tx, Arc::default())
+    }
+
+    /// Count the queued bytes in `meter` (which others may read).
+    pub fn with_meter(tx: mpsc::Sender<Bytes>, meter: Arc<Meter>) -> Self {
+        Outbound { tx, meter }
     }
 
     /// Queue one line for the connection's writer; waits while the queue is full.
     pub async fn send(&self, line: Bytes) -> Result<(), mpsc::error::SendError<Bytes>> {
         let n = line.len();
         self.meter.unwritten.fetch_add(n, Ordering::SeqCst);
-        let sent = self.tx.send(line).await;
+        // Most lines find room at once: only a full queue waits, in a boxed future, which keeps
+        // the future of every reply small.
+        let sent = match self.tx.try_send(line) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(line)) => Box::pin(self.tx.send(line)).await,
+            Err(mpsc::error::TrySendError::Closed(line)) => Err(mpsc::error::SendError(line)),
+        };
         if sent.is_err() {
             self.meter.wrote(n);
         }

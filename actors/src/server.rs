@@ -26,11 +26,13 @@ use ccd_protocol::{
     parse_incoming, to_line,
 };
 use futures_util::StreamExt;
+use futures_util::future::{Either, FutureExt as _, ready};
+use futures_util::stream::FuturesUnordered;
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -38,7 +40,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::IpcConfig;
 use crate::gateway::{ConnCtx, GatewayActor, Route};
 use crate::outbound::{Meter, Outbound};
-use crate::supervise::Call;
 
 /// Replies are written in chunks of up to this many bytes when several are queued.
 const WRITE_CHUNK: usize = 64 * 1024;
@@ -162,6 +163,8 @@ struct ConnState {
     closed: CancellationToken,
     last_active: Cell<Instant>,
     inflight: Cell<usize>,
+    /// Replies queued for the client and not yet written: such a connection is not idle.
+    unwritten: Arc<Meter>,
     /// Live event subscriptions: such a connection is never idle.
     subscriptions: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -174,6 +177,7 @@ impl ConnTable {
                 .iter()
                 .filter(|(_, s)| {
                     s.inflight.get() == 0
+                        && s.unwritten.unwritten() == 0
                         && s.subscriptions.load(std::sync::atomic::Ordering::Relaxed) == 0
                         && !s.closing.is_cancelled()
                 })
@@ -192,6 +196,7 @@ impl ConnTable {
             closed: CancellationToken::new(),
             last_active: Cell::new(Instant::now()),
             inflight: Cell::new(0),
+            unwritten: Arc::default(),
             subscriptions: Default::default(),
         });
         self.conns.insert(id, state.clone());
@@ -218,7 +223,7 @@ impl Connection {
         let (out_tx, out_rx) =
             mpsc::channel::<Bytes>(self.cfg.max_inflight_per_connection.max(1) * 2);
         let timeout = Duration::from_millis(self.cfg.write_timeout_ms);
-        let outbound = Outbound::new(out_tx);
+        let outbound = Outbound::with_meter(out_tx, self.state.unwritten.clone());
         let writer = actix_rt::spawn(write_loop(
             self.id,
             send,
@@ -227,23 +232,23 @@ impl Connection {
             timeout,
             self.state.closed.clone(),
         ));
-        self.read_loop(recv, outbound).await;
-        // EOF may be a half-close from a client still waiting for its replies, or a client that
-        // is gone. Only the latter cancels its work (queries in flight).
-        if let Some(fd) = hangup {
-            let closed = self.state.closed.clone();
-            actix_rt::spawn(watch_hangup(fd, closed));
-        }
-        // Replies of requests still in flight go out before the connection closes (the queue
-        // closes once their tasks, the last senders, are done).
+        self.read_loop(recv, outbound, hangup).await;
+        // The queue closes once the last sender is gone: its remaining replies go out first.
         let _ = writer.await;
         tracing::debug!(conn = self.id, "connection closed");
     }
 
-    async fn read_loop(&self, recv: ReadHalf<Stream>, out: Outbound) {
+    /// Read and answer requests until EOF or the connection closes, then finish the requests
+    /// still in flight.
+    async fn read_loop(
+        &self,
+        recv: ReadHalf<Stream>,
+        out: Outbound,
+        hangup: Option<std::os::fd::OwnedFd>,
+    ) {
         let mut frames = FramedRead::new(recv, NdjsonCodec::new(self.cfg.max_message_bytes));
-        let max_inflight = self.cfg.max_inflight_per_connection;
-        let permits = Arc::new(Semaphore::new(max_inflight));
+        let max_inflight = self.cfg.max_inflight_per_connection.max(1);
+        let limit = self.cfg.max_message_bytes;
         let meter = out.meter();
         let ctx = ConnCtx {
             id: self.id,
@@ -251,21 +256,30 @@ impl Connection {
             closed: self.state.closed.clone(),
             subscriptions: self.state.subscriptions.clone(),
         };
-        loop {
-            // Backpressure on bytes: a client that does not read its replies gets no new
-            // request read until what is queued for it drains below the message size limit.
-            tokio::select! {
-                _ = self.state.closing.cancelled() => return,
-                _ = self.state.closed.cancelled() => return,
-                _ = meter.drained_to(self.cfg.max_message_bytes) => {}
-            }
+        // The requests in flight on this connection, each resolving to the number of in-flight
+        // slots it held. This task polls them itself: a task per request cost a 128-byte-aligned
+        // allocation each, one of the dearest steps of a small request.
+        let mut inflight = FuturesUnordered::new();
+        let mut used = 0usize;
+        'read: loop {
+            // Read only with a free slot, and only while what is queued for the client stays
+            // under the message size limit: a client that does not read its replies gets no new
+            // request read (backpressure). Requests in flight keep running meanwhile.
             let frame = tokio::select! {
-                _ = self.state.closing.cancelled() => return,
-                _ = self.state.closed.cancelled() => return,
-                frame = frames.next() => frame,
+                biased;
+                _ = self.state.closing.cancelled() => break,
+                _ = self.state.closed.cancelled() => break,
+                Some(freed) = inflight.next() => {
+                    used -= freed;
+                    continue;
+                }
+                frame = async {
+                    meter.drained_to(limit).await;
+                    frames.next().await
+                }, if used < max_inflight => frame,
             };
             let frame = match frame {
-                None => return,
+                None => break,
                 Some(Ok(frame)) => frame,
                 Some(Err(FrameError::TooLong { limit })) => {
                     let err = RpcError::new(
@@ -274,77 +288,111 @@ impl Connection {
                             "message over the size limit of {limit} bytes; closing the connection"
                         ),
                     );
-                    let _ = out.send(to_line(&Response::error(Id::Null, err))).await;
-                    return;
+                    let line = to_line(&Response::error(Id::Null, err));
+                    self.state.inflight.set(self.state.inflight.get() + 1);
+                    inflight.push(self.serve(Work::Invalid(line), 1, ctx.clone()));
+                    break;
                 }
                 Some(Err(FrameError::Io(e))) => {
                     tracing::debug!(conn = self.id, "read error: {e}");
-                    return;
+                    break;
                 }
             };
             self.state.last_active.set(Instant::now());
-            // Backpressure: wait for a free slot before taking on more work.
-            let mut permit = tokio::select! {
-                _ = self.state.closing.cancelled() => return,
-                _ = self.state.closed.cancelled() => return,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let work = match parse_incoming(&frame) {
-                Incoming::Invalid(resp) => {
-                    let _ = out.send(to_line(&resp)).await;
-                    continue;
-                }
-                Incoming::Single(item) => Work::Single(item),
+            let (work, slots) = match parse_incoming(&frame) {
+                Incoming::Invalid(resp) => (Work::Invalid(to_line(&resp)), 1),
+                Incoming::Single(item) => (Work::Single(item), 1),
+                // A batch's items count against the in-flight limit like single requests, up to
+                // the whole limit: its items then run that many at a time.
                 Incoming::Batch(items) => {
-                    // A batch's items count against the in-flight limit like single requests,
-                    // up to the whole limit: its items then run that many at a time.
-                    let more = items.len().clamp(1, max_inflight) - 1;
-                    if more > 0 {
-                        let extra = tokio::select! {
-                            _ = self.state.closing.cancelled() => return,
-                            _ = self.state.closed.cancelled() => return,
-                            p = permits.clone().acquire_many_owned(more as u32) => match p {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
-                        };
-                        permit.merge(extra);
-                    }
-                    Work::Batch(items)
+                    let slots = items.len().clamp(1, max_inflight);
+                    (Work::Batch(items), slots)
                 }
             };
-            let concurrency = permit.num_permits();
-            let gateway = self.gateway.clone();
-            let metrics = self.metrics.clone();
-            let out = out.clone();
-            let ctx = ctx.clone();
-            let state = self.state.clone();
-            state.inflight.set(state.inflight.get() + 1);
-            self.requests.spawn_local(async move {
-                let line = match work {
-                    Work::Single(item) => answer(&gateway, item, ctx, metrics.as_deref())
-                        .await
-                        .map(|r| to_line(&r)),
-                    Work::Batch(items) => {
-                        let replies: Vec<Option<Response>> =
-                            futures_util::stream::iter(items.into_iter().map(|item| {
-                                answer(&gateway, item, ctx.clone(), metrics.as_deref())
-                            }))
-                            .buffered(concurrency)
-                            .collect()
-                            .await;
-                        let replies: Vec<Response> = replies.into_iter().flatten().collect();
-                        (!replies.is_empty()).then(|| to_line(&replies))
-                    }
-                };
-                if let Some(line) = line {
-                    let _ = out.send(line).await;
+            while used + slots > max_inflight {
+                tokio::select! {
+                    biased;
+                    _ = self.state.closing.cancelled() => break 'read,
+                    _ = self.state.closed.cancelled() => break 'read,
+                    freed = inflight.next() => match freed {
+                        Some(freed) => used -= freed,
+                        None => break,
+                    },
                 }
-                state.inflight.set(state.inflight.get() - 1);
-                state.last_active.set(Instant::now());
-                drop(permit);
-            });
+            }
+            used += slots;
+            self.state.inflight.set(self.state.inflight.get() + 1);
+            inflight.push(self.serve(work, slots, ctx.clone()));
         }
+        // EOF may be a half-close from a client still waiting for its replies, or a client that
+        // is gone. Only the latter cancels its work (queries in flight).
+        if let Some(fd) = hangup {
+            actix_rt::spawn(watch_hangup(fd, self.state.closed.clone()));
+        }
+        // Requests still in flight finish, and their replies are queued, before the connection
+        // closes.
+        while inflight.next().await.is_some() {}
+    }
+
+    /// Answer one line's work holding `slots` in-flight slots (counted in `state.inflight` by
+    /// the caller); resolves to `slots` once the reply is queued for the client.
+    ///
+    /// Every request's future is allocated (in the connection's set of requests in flight), and
+    /// glibc takes a slow path for blocks over about 1 KiB: so this future is put together from
+    /// combinators, which hold each step's state only while it runs (an `async` block would
+    /// also keep a copy of every future it captures).
+    fn serve(&self, work: Work, slots: usize, ctx: ConnCtx) -> impl Future<Output = usize> + '_ {
+        // Tracked from now until its reply is queued, so a graceful stop waits for it.
+        let tracked = self.requests.token();
+        let metrics = self.metrics.as_deref();
+        let line = match work {
+            Work::Invalid(line) => Either::Left(ready(Some(line))),
+            Work::Single(Err(invalid)) => Either::Left(ready(Some(to_line(&invalid)))),
+            Work::Single(Ok(req)) => Either::Right(Either::Left(
+                answer(&self.gateway, req, ctx.clone(), metrics).map(|r| r.map(|r| to_line(&r))),
+            )),
+            // Boxed: a batch's state would make every request's future larger.
+            Work::Batch(items) => Either::Right(Either::Right(Box::pin(self.answer_batch(
+                items,
+                slots,
+                ctx.clone(),
+            )))),
+        };
+        line.then(move |line| async move {
+            if let Some(line) = line {
+                let _ = ctx.outbound.send(line).await;
+            }
+        })
+        .map(move |()| {
+            drop(tracked);
+            let state = &self.state;
+            state.inflight.set(state.inflight.get() - 1);
+            state.last_active.set(Instant::now());
+            slots
+        })
+    }
+
+    /// A batch's replies, its items answered `slots` at a time, as one line (none if every
+    /// item was a notification).
+    async fn answer_batch(
+        &self,
+        items: Vec<Result<RpcRequest, Response>>,
+        slots: usize,
+        ctx: ConnCtx,
+    ) -> Option<Bytes> {
+        let metrics = self.metrics.as_deref();
+        let replies: Vec<Option<Response>> =
+            futures_util::stream::iter(items.into_iter().map(|item| async {
+                match item {
+                    Ok(req) => answer(&self.gateway, req, ctx.clone(), metrics).await,
+                    Err(invalid) => Some(invalid),
+                }
+            }))
+            .buffered(slots)
+            .collect()
+            .await;
+        let replies: Vec<Response> = replies.into_iter().flatten().collect();
+        (!replies.is_empty()).then(|| to_line(&replies))
     }
 }
 
@@ -375,45 +423,40 @@ async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
 }
 
 enum Work {
+    /// An error reply already made (an invalid line).
+    Invalid(Bytes),
     Single(Result<RpcRequest, Response>),
     Batch(Vec<Result<RpcRequest, Response>>),
 }
 
 /// Route one request through the gateway; `None` for a notification.
-async fn answer(
+///
+/// Made of combinators, like [`Connection::serve`], to keep every request's future small.
+fn answer<'a>(
     gateway: &Addr<GatewayActor>,
-    item: Result<RpcRequest, Response>,
+    req: RpcRequest,
     conn: ConnCtx,
-    metrics: Option<&crate::http::Metrics>,
-) -> Option<Response> {
-    let req = match item {
-        Ok(req) => req,
-        Err(invalid) => return Some(invalid),
-    };
+    metrics: Option<&'a crate::http::Metrics>,
+) -> impl Future<Output = Option<Response>> + use<'a> {
     let started = Instant::now();
-    let method = req.method.clone();
+    let RpcRequest {
+        id, method, params, ..
+    } = req;
+    let method_name = metrics.map(|_| method.clone());
     let route = Route {
-        method: req.method,
-        params: req.params,
+        method,
+        params,
         conn,
     };
-    let sent = gateway.send(Call(route)).await;
-    if let Some(m) = metrics {
-        m.rpc(&method, started.elapsed());
-    }
-    let result = match sent {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(RpcError::from(e)),
-        Err(e) => Err(RpcError::new(
-            ErrorCode::Unavailable,
-            format!("gateway is unavailable: {e}"),
-        )
-        .with_data(serde_json::json!({ "actor": "gateway", "state": "failed" }))),
-    };
-    let id = req.id?;
-    Some(match result {
-        Ok(v) => Response::result(id, v),
-        Err(e) => Response::error(id, e),
+    crate::gateway::route(gateway, route).map(move |result| {
+        if let (Some(m), Some(method)) = (metrics, method_name) {
+            m.rpc(&method, started.elapsed());
+        }
+        let id = id?;
+        Some(match result {
+            Ok(v) => Response::result(id, v),
+            Err(e) => Response::error(id, RpcError::from(e)),
+        })
     })
 }
 

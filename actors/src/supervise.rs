@@ -42,10 +42,74 @@ impl<M: Request> Message for Call<M> {
     type Result = Result<M::Output, ActorError>;
 }
 
-/// An actor's reply: ready now, or a future that resolves without touching the actor.
+/// A reply still to come, which a caller may await itself.
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, ActorError>> + Send>>;
+
+/// An actor's reply: ready now, or a future that resolves without touching the actor (run as a
+/// task of the actor's thread).
 pub enum Reply<T> {
     Ready(Result<T, ActorError>),
-    Later(Pin<Box<dyn Future<Output = Result<T, ActorError>>>>),
+    Later(Pending<T>),
+    /// A future that must stay on the actor's thread (it holds `Rc`s).
+    Local(Pin<Box<dyn Future<Output = Result<T, ActorError>>>>),
+    /// Answered through a [`Responder`], from whatever code ends up with the answer.
+    Deferred(Arc<Mutex<Slot<T>>>),
+}
+
+/// Where a deferred answer meets its caller: whichever of the two arrives first waits there.
+pub enum Slot<T> {
+    Empty,
+    Answer(Result<T, ActorError>),
+    Caller(OneshotSender<Result<T, ActorError>>),
+    Done,
+}
+
+/// The sending side of [`Reply::deferred`]: answers the request once, without a task waiting for
+/// the answer. Dropped unanswered, it answers `if_dropped()`.
+pub struct Responder<T> {
+    slot: Option<Arc<Mutex<Slot<T>>>>,
+    if_dropped: fn() -> ActorError,
+}
+
+impl<T> Responder<T> {
+    pub fn send(mut self, answer: Result<T, ActorError>) {
+        if let Some(slot) = self.slot.take() {
+            deliver(&slot, answer);
+        }
+    }
+}
+
+impl<T> Drop for Responder<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            deliver(&slot, Err((self.if_dropped)()));
+        }
+    }
+}
+
+/// Give a deferred reply's answer to `tx`, now if it is known, else once it is.
+pub fn attach<T>(slot: &Mutex<Slot<T>>, tx: OneshotSender<Result<T, ActorError>>) {
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *slot = match std::mem::replace(&mut *slot, Slot::Done) {
+        Slot::Answer(answer) => {
+            let _ = tx.send(answer);
+            Slot::Done
+        }
+        Slot::Empty => Slot::Caller(tx),
+        done => done,
+    };
+}
+
+fn deliver<T>(slot: &Mutex<Slot<T>>, answer: Result<T, ActorError>) {
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    *slot = match std::mem::replace(&mut *slot, Slot::Done) {
+        Slot::Caller(tx) => {
+            let _ = tx.send(answer);
+            Slot::Done
+        }
+        Slot::Empty => Slot::Answer(answer),
+        done => done,
+    };
 }
 
 impl<T> Reply<T> {
@@ -57,8 +121,23 @@ impl<T> Reply<T> {
         Reply::Ready(Err(e.into()))
     }
 
-    pub fn later(fut: impl Future<Output = Result<T, ActorError>> + 'static) -> Self {
+    pub fn later(fut: impl Future<Output = Result<T, ActorError>> + Send + 'static) -> Self {
         Reply::Later(Box::pin(fut))
+    }
+
+    pub fn local(fut: impl Future<Output = Result<T, ActorError>> + 'static) -> Self {
+        Reply::Local(Box::pin(fut))
+    }
+
+    /// A reply given later through the returned [`Responder`] (`if_dropped` answers if it is
+    /// dropped unanswered).
+    pub fn deferred(if_dropped: fn() -> ActorError) -> (Self, Responder<T>) {
+        let slot = Arc::new(Mutex::new(Slot::Empty));
+        let responder = Responder {
+            slot: Some(slot.clone()),
+            if_dropped,
+        };
+        (Reply::Deferred(slot), responder)
     }
 }
 
@@ -75,16 +154,28 @@ where
                     let _ = tx.send(r);
                 }
             }
-            Reply::Later(fut) => {
-                actix_rt::spawn(async move {
-                    let r = fut.await;
-                    if let Some(tx) = tx {
-                        let _ = tx.send(r);
-                    }
-                });
+            Reply::Later(fut) => spawn_reply(fut, tx),
+            Reply::Local(fut) => spawn_reply(fut, tx),
+            Reply::Deferred(slot) => {
+                if let Some(tx) = tx {
+                    attach(&slot, tx);
+                }
             }
         }
     }
+}
+
+/// Run a reply's future as a task of the actor's thread and send its result to the caller.
+fn spawn_reply<T: 'static>(
+    fut: Pin<Box<dyn Future<Output = Result<T, ActorError>>>>,
+    tx: Option<OneshotSender<Result<T, ActorError>>>,
+) {
+    actix_rt::spawn(async move {
+        let r = fut.await;
+        if let Some(tx) = tx {
+            let _ = tx.send(r);
+        }
+    });
 }
 
 /// What a supervised actor tells the supervision layer about itself.

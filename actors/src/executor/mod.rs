@@ -134,7 +134,7 @@ impl Handle<Run> for ExecutorActor {
     fn handle(&mut self, run: Run, _: &mut Context<Self>) -> Reply<RunResult> {
         let running = self.running.clone();
         let name = self.sup.name().to_string();
-        Reply::later(async move {
+        Reply::local(async move {
             let Run {
                 spec,
                 cancel,
