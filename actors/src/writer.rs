@@ -4,8 +4,9 @@
 //! only queues the write and, if none is scheduled, schedules a flush. actix drains the whole
 //! mailbox before it runs scheduled items, so every write that queued up while the previous
 //! transaction ran is committed in the next single transaction: one `BEGIN`, one savepoint per
-//! write (a failing write rolls back alone and never fails the others), one `COMMIT`. Each write
-//! is acknowledged only after that commit.
+//! write (a failing write rolls back alone and never fails the others), one `COMMIT`. A write of
+//! one statement ([`WriteOp::ONE_STATEMENT`]) needs no savepoint: SQLite undoes a failed
+//! statement alone. Each write is acknowledged only after that commit.
 //!
 //! After a panic, `reset` reopens the connection (an open transaction rolls back when the old
 //! connection drops); writes of the group being committed are answered -32001 and were not
@@ -15,7 +16,6 @@ use std::path::PathBuf;
 
 use actix::prelude::*;
 use rusqlite::Connection;
-use tokio::sync::oneshot;
 
 use crate::config::WriterConfig;
 use crate::error::ActorError;
@@ -44,7 +44,11 @@ impl Request for Flush {
 
 /// A queued write, type-erased: runs its op and returns whether to keep its changes, with the
 /// answer to send once the group's commit has succeeded (`None`) or failed (`Some`).
-type Job = Box<dyn FnOnce(&Connection) -> Applied + Send>;
+struct Job {
+    /// [`WriteOp::ONE_STATEMENT`]: needs no savepoint.
+    one_statement: bool,
+    run: Box<dyn FnOnce(&Connection) -> Applied + Send>,
+}
 
 struct Applied {
     ok: bool,
@@ -108,8 +112,23 @@ impl WriterActor {
         let outcome = (|| -> Result<(), rusqlite::Error> {
             exec("BEGIN")?;
             for job in jobs {
+                if job.one_statement {
+                    let applied = (job.run)(conn);
+                    let ok = applied.ok;
+                    replies.push(applied.reply);
+                    // A failed statement is undone on its own, except on the few errors (disk
+                    // full, I/O) on which SQLite rolls the whole transaction back: then the
+                    // group's earlier writes are gone too, and all of it fails.
+                    if !ok && conn.is_autocommit() {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                            Some("a failed write rolled back the group's transaction".into()),
+                        ));
+                    }
+                    continue;
+                }
                 exec("SAVEPOINT write")?;
-                let applied = job(conn);
+                let applied = (job.run)(conn);
                 if !applied.ok {
                     exec("ROLLBACK TO write")?;
                 }
@@ -158,38 +177,38 @@ impl Supervise for WriterActor {
 
 impl<O: WriteOp> Handle<Write<O>> for WriterActor {
     fn handle(&mut self, msg: Write<O>, ctx: &mut Context<Self>) -> Reply<O::Output> {
-        let (tx, rx) = oneshot::channel();
+        // Answered straight from the commit (no task per write waits for it); a write dropped
+        // unanswered (its group was being committed when the writer panicked) says so.
+        let (reply, responder) = Reply::deferred(|| ActorError::Unavailable {
+            actor: "writer".into(),
+            state: ccd_protocol::types::ActorState::Restarting,
+            reason:
+                "the writer restarted while this write was being committed; it was not committed"
+                    .into(),
+        });
         let op = msg.0;
-        self.pending.push(Box::new(move |conn: &Connection| {
-            let result = op.apply(conn);
-            Applied {
-                ok: result.is_ok(),
-                reply: Box::new(move |commit_err: Option<&ActorError>| {
-                    let answer = match (result, commit_err) {
-                        (Ok(_), Some(e)) => Err(e.clone()),
-                        (r, _) => r,
-                    };
-                    let _ = tx.send(answer);
-                }),
-            }
-        }));
+        self.pending.push(Job {
+            one_statement: O::ONE_STATEMENT,
+            run: Box::new(move |conn: &Connection| {
+                let result = op.apply(conn);
+                Applied {
+                    ok: result.is_ok(),
+                    reply: Box::new(move |commit_err: Option<&ActorError>| {
+                        responder.send(match (result, commit_err) {
+                            (Ok(_), Some(e)) => Err(e.clone()),
+                            (r, _) => r,
+                        });
+                    }),
+                }
+            }),
+        });
         if self.pending.len() >= self.cfg.max_batch {
             self.flush();
         } else if !self.flush_scheduled {
             self.flush_scheduled = true;
             ctx.notify(crate::supervise::Call(Flush));
         }
-        let actor = self.sup.name().to_string();
-        Reply::later(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(ActorError::Unavailable {
-                    actor,
-                    state: ccd_protocol::types::ActorState::Restarting,
-                    reason: "the writer restarted while this write was being committed; it was not committed"
-                        .into(),
-                })
-            })
-        })
+        reply
     }
 }
 

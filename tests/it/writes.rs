@@ -50,8 +50,14 @@ fn a_failing_write_in_a_group_does_not_fail_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
     // Many clients race to create the same 10 names: per name exactly one wins, the others
-    // get -32005, and every unique write alongside them commits.
-    type Outcome = (String, Result<Value, Value>, Result<Value, Value>);
+    // get -32005, and every unique write alongside them commits. Deletes of missing settings
+    // (one-statement writes, which run without a savepoint) fail alone as well.
+    type Outcome = (
+        String,
+        Result<Value, Value>,
+        Result<Value, Value>,
+        Result<Value, Value>,
+    );
     let results: Vec<Outcome> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..40)
             .map(|i| {
@@ -61,18 +67,20 @@ fn a_failing_write_in_a_group_does_not_fail_the_others() {
                     let mut c = d.connect();
                     let name = format!("shared{}", i % 10);
                     let create = c.call("project.create", json!({"name": name, "path": path}));
+                    let missing = c.call("setting.delete", json!({"key": format!("gone{i}")}));
                     let unique = c.call(
                         "setting.upsert",
                         json!({"key": format!("u{i}"), "value": "x"}),
                     );
-                    (name, create, unique)
+                    (name, create, missing, unique)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut winners = HashSet::new();
-    for (name, create, unique) in &results {
+    for (name, create, missing, unique) in &results {
+        assert_eq!(code(missing.as_ref().unwrap_err()), -32004, "{missing:?}");
         match create {
             Ok(p) => assert!(
                 winners.insert(name.clone()),

@@ -106,6 +106,19 @@ const MIGRATIONS: &[M<'static>] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;",
     ),
+    // Settings are looked up by key only: keyed by it alone, a write changes one B-tree
+    // instead of the table and its key index (a third less work for the writer per upsert).
+    M::up(
+        "CREATE TABLE settings_by_key (
+        key TEXT PRIMARY KEY NOT NULL,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO settings_by_key (key, value, updated_at)
+        SELECT key, value, updated_at FROM settings;
+    DROP TABLE settings;
+    ALTER TABLE settings_by_key RENAME TO settings;",
+    ),
 ];
 
 /// The schema version this build migrates to.
@@ -311,6 +324,10 @@ pub fn describe_models(conn: &Connection) -> anyhow::Result<DescribeModels> {
 /// One write. `apply` runs inside a savepoint: an `Err` rolls back this write alone.
 pub trait WriteOp: Send + 'static {
     type Output: Send + 'static;
+    /// The op changes the database with at most one SQL statement, and fails before it or in
+    /// it. SQLite applies or undoes a statement as a whole, so the writer runs such an op in its
+    /// group transaction without a savepoint of its own.
+    const ONE_STATEMENT: bool = false;
     fn apply(self, conn: &Connection) -> Result<Self::Output, ActorError>;
 }
 
@@ -434,6 +451,7 @@ pub struct UpsertSetting {
 
 impl WriteOp for UpsertSetting {
     type Output = Setting;
+    const ONE_STATEMENT: bool = true;
     fn apply(self, conn: &Connection) -> Result<Setting, ActorError> {
         let now = now_ms();
         conn.prepare_cached(
@@ -456,6 +474,7 @@ pub struct DeleteSetting {
 
 impl WriteOp for DeleteSetting {
     type Output = Setting;
+    const ONE_STATEMENT: bool = true;
     fn apply(self, conn: &Connection) -> Result<Setting, ActorError> {
         let found = setting(conn, &self.key)
             .map_err(|e| ActorError::Internal(format!("deleting setting: {e:#}")))?
@@ -547,6 +566,38 @@ mod tests {
 
     fn writer(dir: &Path) -> Connection {
         open_writer(&db_path(dir), &WriterConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn settings_survive_the_migration_to_a_table_keyed_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(dir.path());
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            Migrations::from_slice(&MIGRATIONS[..5])
+                .to_latest(&mut conn)
+                .unwrap();
+            conn.execute(
+                "INSERT INTO settings (key, value, updated_at) VALUES ('kept', 'yes', 7)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = writer(dir.path());
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let kept = setting(&conn, "kept").unwrap().unwrap();
+        assert_eq!((kept.key.as_str(), kept.value.as_str()), ("kept", "yes"));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = 'settings'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("WITHOUT ROWID"), "{sql}");
     }
 
     #[test]
