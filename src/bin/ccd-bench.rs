@@ -85,8 +85,8 @@ enum Cmd {
     ///
     /// Every request writes a distinct key (`bench.n<N>.c<conn>.<i>`). Measures the daemon
     /// with N connections and, in the same run, with a single connection (so each commit
-    /// carries one write). The baseline opens a temporary SQLite file (WAL, the same
-    /// `synchronous` level) with the daemon's `settings` table and does N×R
+    /// carries one write). The baseline opens a temporary SQLite file as the daemon's writer
+    /// does (WAL, the same `synchronous` level, the same schema) and does N×R
     /// `INSERT … ON CONFLICT(key) DO UPDATE` statements from one thread, each in its own
     /// transaction. When ccd-bench starts the daemons, it also measures N connections to a
     /// second daemon with `CCD_WRITER_MAX_BATCH=1`: one transaction per write through the
@@ -2533,20 +2533,18 @@ fn sqlite_baseline(
     check_interrupted()?;
     let dir = TempDir::new("sqlite", opts.keep_temp)?;
     let path = dir.path.join("baseline.sqlite3");
-    let mut db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let mode: String = db
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .context("setting journal_mode = WAL")?;
-    ensure!(
-        mode.eq_ignore_ascii_case("wal"),
-        "SQLite refused WAL mode (journal_mode is {mode})"
-    );
-    db.execute_batch(&format!(
-        "PRAGMA synchronous = {};
-         CREATE TABLE settings(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at INTEGER NOT NULL);",
-        opts.synchronous.as_str().to_uppercase()
-    ))
-    .context("preparing the baseline database")?;
+    // The daemon's own write connection (WAL, the same pragmas, the same schema), so that the
+    // baseline differs from the daemon only in committing every write on its own.
+    let writer_cfg = ccd_actors::config::WriterConfig {
+        synchronous: match opts.synchronous {
+            Synchronous::Off => ccd_actors::config::Synchronous::Off,
+            Synchronous::Normal => ccd_actors::config::Synchronous::Normal,
+            Synchronous::Full => ccd_actors::config::Synchronous::Full,
+        },
+        ..Default::default()
+    };
+    let mut db = ccd_actors::store::open_writer(&path, &writer_cfg)
+        .context("preparing the baseline database")?;
 
     for i in 0..limits.warmup {
         write(&mut db, &format!("bench.warm.{i}")).context("baseline warm-up write")?;
