@@ -12,8 +12,8 @@ use std::fmt;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::error::{ErrorCode, RpcError};
 
@@ -331,9 +331,7 @@ pub fn parse_incoming(frame: &[u8]) -> Incoming {
         }
     };
     let check = |item: Item| match item {
-        Item::Object { members, id } => {
-            check_members(members, id.map(|raw| id_from_text(raw.get().as_bytes())))
-        }
+        Item::Object(members) => check_members(members),
         Item::Other => Err(invalid(Id::Null, "a request must be a JSON object")),
     };
     match parsed {
@@ -359,37 +357,38 @@ fn id_from_text(text: &[u8]) -> Result<Id, ()> {
     }
 }
 
-/// Check a request object's members (but its `id`, taken out and typed already).
-fn check_members(
-    mut obj: Map<String, Value>,
-    id: Option<Result<Id, ()>>,
-) -> Result<Request, Response> {
+/// Check a request object's members.
+fn check_members(members: Members) -> Result<Request, Response> {
     // The id is echoed even when something else is wrong, when it is itself valid.
-    let id = match id {
+    let id = match members.id.map(|raw| id_from_text(raw.get().as_bytes())) {
         None => None,
         Some(Ok(id)) => Some(id),
         Some(Err(())) => {
             return Err(invalid(Id::Null, "`id` must be a string, a number or null"));
         }
     };
-    let reply_id = id.clone().unwrap_or(Id::Null);
-    match obj.remove("jsonrpc") {
-        Some(Value::String(v)) if v == "2.0" => {}
-        _ => return Err(invalid(reply_id, "`jsonrpc` must be exactly \"2.0\"")),
+    let reply_id = || id.clone().unwrap_or(Id::Null);
+    if members.jsonrpc != Some(true) {
+        return Err(invalid(reply_id(), "`jsonrpc` must be exactly \"2.0\""));
     }
-    let method = match obj.remove("method") {
-        Some(Value::String(m)) => m,
-        Some(_) => return Err(invalid(reply_id, "`method` must be a string")),
-        None => return Err(invalid(reply_id, "`method` is missing")),
+    let method = match members.method {
+        Some(Some(m)) => m,
+        Some(None) => return Err(invalid(reply_id(), "`method` must be a string")),
+        None => return Err(invalid(reply_id(), "`method` is missing")),
     };
-    let params = match obj.remove("params") {
+    let params = match members.params {
         None => None,
         Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
-        Some(_) => return Err(invalid(reply_id, "`params` must be an object or an array")),
+        Some(_) => {
+            return Err(invalid(
+                reply_id(),
+                "`params` must be an object or an array",
+            ));
+        }
     };
-    if let Some(extra) = obj.keys().next() {
+    if let Some(extra) = members.extra {
         return Err(invalid(
-            reply_id,
+            reply_id(),
             &format!("unknown member `{extra}` in request"),
         ));
     }
@@ -417,26 +416,122 @@ enum Frame {
 }
 
 enum Item {
-    Object {
-        members: Map<String, Value>,
-        id: Option<Box<RawValue>>,
-    },
+    Object(Members),
     /// Not an object (still parsed in full, so that the whole line is checked as before).
     Other,
 }
 
+/// A request object's members, read in one pass with no map and no copy of the envelope's
+/// strings: the request path's first step, for every request. A member given twice counts
+/// once, with its last value.
+#[derive(Default)]
+struct Members {
+    /// Kept as its JSON text.
+    id: Option<Box<RawValue>>,
+    /// Whether `jsonrpc` is exactly "2.0", when present.
+    jsonrpc: Option<bool>,
+    /// `method`, when present: `None` when it is not a string.
+    method: Option<Option<String>>,
+    params: Option<Value>,
+    /// The first member that has no place in a request.
+    extra: Option<String>,
+}
+
+enum Key {
+    Id,
+    Jsonrpc,
+    Method,
+    Params,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                Ok(match key {
+                    "id" => Key::Id,
+                    "jsonrpc" => Key::Jsonrpc,
+                    "method" => Key::Method,
+                    "params" => Key::Params,
+                    other => Key::Other(other.to_string()),
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A member's value read as a string when it is one (`Some`), else checked in full like any
+/// JSON value and dropped (`None`).
+struct MaybeString(Option<String>);
+
+impl<'de> Deserialize<'de> for MaybeString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = MaybeString;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeString(None))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(MaybeString(Some(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(MaybeString(Some(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(MaybeString(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(MaybeString(None))
+            }
+        }
+        d.deserialize_any(StrVisitor)
+    }
+}
+
 fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
-    let mut members = Map::new();
-    let mut id = None;
-    while let Some(key) = map.next_key::<String>()? {
-        if key == "id" {
-            id = Some(map.next_value::<Box<RawValue>>()?);
-        } else {
-            let value = map.next_value::<Value>()?;
-            members.insert(key, value);
+    let mut m = Members::default();
+    while let Some(key) = map.next_key::<Key>()? {
+        match key {
+            Key::Id => m.id = Some(map.next_value()?),
+            Key::Jsonrpc => {
+                let MaybeString(v) = map.next_value()?;
+                m.jsonrpc = Some(v.as_deref() == Some("2.0"));
+            }
+            Key::Method => m.method = Some(map.next_value::<MaybeString>()?.0),
+            Key::Params => m.params = Some(map.next_value()?),
+            Key::Other(name) => {
+                // Parsed in full all the same: a bad number in it is a parse error.
+                map.next_value::<Value>()?;
+                m.extra.get_or_insert(name);
+            }
         }
     }
-    Ok(Item::Object { members, id })
+    Ok(Item::Object(m))
 }
 
 /// The visits of a value that is not an object.
@@ -517,6 +612,61 @@ mod tests {
         ] {
             let err = single(&bad).expect_err(&bad.to_string());
             assert_eq!(code(&err), -32600, "{bad}");
+        }
+    }
+
+    #[test]
+    fn members_are_read_in_one_pass() {
+        let message = |line: &str| match parse_incoming(line.as_bytes()) {
+            Incoming::Single(Err(r)) => match r.payload {
+                Payload::Error(e) => (e.code, e.message),
+                Payload::Result(_) => unreachable!(),
+            },
+            other => panic!("{line}: {other:?}"),
+        };
+        // The first unknown member is named, in the order written.
+        assert_eq!(
+            message(r#"{"zz":1,"jsonrpc":"2.0","method":"m","aa":[1],"id":1}"#),
+            (
+                -32600,
+                "invalid request: unknown member `zz` in request".into()
+            )
+        );
+        // An escaped member name is its unescaped text.
+        let Incoming::Single(Ok(req)) =
+            parse_incoming(br#"{"jsonrpc":"2.0","meth\u006fd":"m\n","params":[],"id":"x"}"#)
+        else {
+            panic!("an escaped name is still `method`")
+        };
+        assert_eq!(
+            (req.method.as_str(), req.id),
+            ("m\n", Some(Id::String("x".into())))
+        );
+        // A member given twice counts once, with its last value.
+        let Incoming::Single(Ok(req)) = parse_incoming(
+            br#"{"jsonrpc":"1.0","method":5,"jsonrpc":"2.0","method":"b","id":1,"id":2}"#,
+        ) else {
+            panic!("the last values make a valid request")
+        };
+        assert_eq!((req.method.as_str(), req.id), ("b", Some(Id::from(2))));
+        assert_eq!(
+            message(r#"{"jsonrpc":["2.0"],"method":"m","id":1}"#).1,
+            "invalid request: `jsonrpc` must be exactly \"2.0\""
+        );
+        assert_eq!(
+            message(r#"{"jsonrpc":"2.0","method":{"m":null},"id":1}"#).1,
+            "invalid request: `method` must be a string"
+        );
+        // Members the envelope does not keep are still checked in full.
+        for line in [
+            r#"{"jsonrpc":"2.0","method":"m","id":1,"extra":[1e400]}"#,
+            r#"{"jsonrpc":[1e400],"method":"m","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":{"x":1e400},"id":1}"#,
+        ] {
+            match parse_incoming(line.as_bytes()) {
+                Incoming::Invalid(r) => assert_eq!(code(&r), -32700, "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
         }
     }
 
