@@ -51,15 +51,32 @@ pub struct DaemonInfo {
 }
 
 /// The connection a request came from: lets a method stream notifications back on it and
-/// notice when the client goes away.
+/// notice when the client goes away. Shared by the connection's requests (cloning it is one
+/// reference count).
 #[derive(Clone, Debug)]
-pub struct ConnCtx {
+pub struct ConnCtx(Arc<ConnInfo>);
+
+#[derive(Debug)]
+pub struct ConnInfo {
     pub id: u64,
     pub outbound: crate::outbound::Outbound,
     /// Cancelled when the client disconnects.
     pub closed: CancellationToken,
     /// Live event subscriptions of this connection (a connection with one is never idle).
     pub subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnCtx {
+    pub fn new(info: ConnInfo) -> Self {
+        ConnCtx(Arc::new(info))
+    }
+}
+
+impl std::ops::Deref for ConnCtx {
+    type Target = ConnInfo;
+    fn deref(&self) -> &ConnInfo {
+        &self.0
+    }
 }
 
 /// One JSON-RPC call to route.
@@ -1153,12 +1170,12 @@ mod tests {
         );
         let gw = Supervisor::start(move |_| gw);
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let conn = ConnCtx {
+        let conn = ConnCtx::new(super::ConnInfo {
             id: 0,
             outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
             subscriptions: Default::default(),
-        };
+        });
         for name in m::ALL_METHODS {
             let params = Some(serde_json::json!({ "definitely_not_a_param": 1 }));
             let route = Route {

@@ -158,16 +158,22 @@ impl Metrics {
 
     /// Count one RPC request (by registered method; anything else is `unknown`).
     pub fn rpc(&self, method: &str, elapsed: std::time::Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut m = self.lock();
+        // Only registered names (and `unknown`) are keys: a hit needs no further check.
+        if let Some(h) = m.rpc.get_mut(method) {
+            h.observe(secs);
+            return;
+        }
         let name = if ccd_protocol::methods::ALL_METHODS.contains(&method) {
             method
         } else {
             "unknown"
         };
-        self.lock()
-            .rpc
+        m.rpc
             .entry(name.to_string())
             .or_insert_with(|| Histogram::new(RPC_BUCKETS))
-            .observe(elapsed.as_secs_f64());
+            .observe(secs);
     }
 
     fn event(&self, kind: &EventKind) {
@@ -233,12 +239,12 @@ impl State {
     /// Ask the gateway, as an IPC client would.
     async fn call(&self, method: &str, params: Value) -> Result<Value, ccd_protocol::RpcError> {
         let (tx, _rx) = mpsc::channel(1);
-        let conn = ConnCtx {
+        let conn = ConnCtx::new(crate::gateway::ConnInfo {
             id: u64::MAX - 1,
             outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
             subscriptions: Default::default(),
-        };
+        });
         let route = Route {
             method: method.into(),
             params: Some(params),

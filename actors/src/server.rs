@@ -250,33 +250,37 @@ impl Connection {
         let max_inflight = self.cfg.max_inflight_per_connection.max(1);
         let limit = self.cfg.max_message_bytes;
         let meter = out.meter();
-        let ctx = ConnCtx {
+        let ctx = ConnCtx::new(crate::gateway::ConnInfo {
             id: self.id,
             outbound: out.clone(),
             closed: self.state.closed.clone(),
             subscriptions: self.state.subscriptions.clone(),
-        };
+        });
         // The requests in flight on this connection, each resolving to the number of in-flight
         // slots it held. This task polls them itself: a task per request cost a 128-byte-aligned
         // allocation each, one of the dearest steps of a small request.
         let mut inflight = FuturesUnordered::new();
         let mut used = 0usize;
+        // Made once: the loop turns once per request that completes.
+        let closing = self.state.closing.cancelled();
+        let closed = self.state.closed.cancelled();
+        tokio::pin!(closing, closed);
         'read: loop {
             // Read only with a free slot, and only while what is queued for the client stays
             // under the message size limit: a client that does not read its replies gets no new
             // request read (backpressure). Requests in flight keep running meanwhile.
+            let free = used < max_inflight;
+            let drained = meter.unwritten() <= limit;
             let frame = tokio::select! {
                 biased;
-                _ = self.state.closing.cancelled() => break,
-                _ = self.state.closed.cancelled() => break,
+                _ = &mut closing => break,
+                _ = &mut closed => break,
                 Some(freed) = inflight.next() => {
                     used -= freed;
                     continue;
                 }
-                frame = async {
-                    meter.drained_to(limit).await;
-                    frames.next().await
-                }, if used < max_inflight => frame,
+                _ = meter.drained_to(limit), if free && !drained => continue,
+                frame = frames.next(), if free && drained => frame,
             };
             let frame = match frame {
                 None => break,
@@ -312,8 +316,8 @@ impl Connection {
             while used + slots > max_inflight {
                 tokio::select! {
                     biased;
-                    _ = self.state.closing.cancelled() => break 'read,
-                    _ = self.state.closed.cancelled() => break 'read,
+                    _ = &mut closing => break 'read,
+                    _ = &mut closed => break 'read,
                     freed = inflight.next() => match freed {
                         Some(freed) => used -= freed,
                         None => break,
