@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -412,6 +413,7 @@ impl HealthRegistry {
         Supervision {
             name,
             registry: self.clone(),
+            failed: Arc::default(),
         }
     }
 
@@ -441,6 +443,9 @@ impl HealthRegistry {
 pub struct Supervision {
     name: Arc<str>,
     registry: Arc<HealthRegistry>,
+    /// Whether the entry's state is failed, readable without the registry's lock: every
+    /// request checks it.
+    failed: Arc<AtomicBool>,
 }
 
 impl Supervision {
@@ -457,7 +462,10 @@ impl Supervision {
         let entry = map
             .get_mut(&self.name)
             .expect("a Supervision is only made by register");
-        f(entry, &self.registry.policy)
+        let r = f(entry, &self.registry.policy);
+        self.failed
+            .store(entry.state == ActorState::Failed, Ordering::Release);
+        r
     }
 
     pub fn state(&self) -> ActorState {
@@ -466,6 +474,9 @@ impl Supervision {
 
     /// `Some(error)` while the actor is failed: refuse without running the handler.
     pub fn refusal(&self) -> Option<ActorError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
         self.with(|e, _| {
             (e.state == ActorState::Failed).then(|| ActorError::Unavailable {
                 actor: self.name.to_string(),
