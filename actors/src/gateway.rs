@@ -16,6 +16,7 @@ use ccd_protocol::methods as m;
 use ccd_protocol::types::{self, ActorState};
 use ccd_protocol::{ErrorCode, Method, RpcError, parse_params};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ActorError;
@@ -93,9 +94,12 @@ impl Request for Route {
 /// The gateway's answer to a [`Route`]: ready, or still to come from the actor that owns the
 /// work. The caller awaits a pending answer itself, so that no task is spawned per request.
 pub enum Routed {
-    Ready(Value),
-    Pending(Pending<Value>),
+    Ready(Answer),
+    Pending(Pending<Answer>),
 }
+
+/// A method's result, serialized once, as the JSON text that goes into the reply.
+pub type Answer = Box<RawValue>;
 
 /// Send one call through the gateway and wait for its answer, as a client's request.
 ///
@@ -104,7 +108,7 @@ pub enum Routed {
 pub fn route(
     gateway: &Addr<GatewayActor>,
     route: Route,
-) -> impl Future<Output = Result<Value, ActorError>> + use<> {
+) -> impl Future<Output = Result<Answer, ActorError>> + use<> {
     use futures_util::FutureExt as _;
     use futures_util::future::{Either, ready};
     gateway.send(Call(route)).then(|sent| match sent {
@@ -263,7 +267,7 @@ impl GatewayActor {
     }
 
     /// `system.*` and `rpc.discover`.
-    fn system(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn system(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::SystemPing::NAME => now::<m::SystemPing>(p, |_| Ok("pong".to_string())),
             m::SystemVersion::NAME => now::<m::SystemVersion>(p, |_| {
@@ -300,7 +304,7 @@ impl GatewayActor {
     }
 
     /// `debug.*` (only with fault injection).
-    fn debug(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn debug(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         if method != m::DebugCrash::NAME || !self.info.fault_injection {
             return None;
         }
@@ -310,8 +314,8 @@ impl GatewayActor {
         })
     }
 
-    fn crash(&mut self, actor: &str) -> Reply<Value> {
-        async fn crash<A>(addr: Addr<A>, name: String) -> Result<Value, ActorError>
+    fn crash(&mut self, actor: &str) -> Reply<Answer> {
+        async fn crash<A>(addr: Addr<A>, name: String) -> Result<Answer, ActorError>
         where
             A: Handle<Crash> + actix::Handler<Call<Crash>>,
             A::Context: actix::dev::ToEnvelope<A, Call<Crash>>,
@@ -319,7 +323,7 @@ impl GatewayActor {
             addr.send(Call(Crash))
                 .await
                 .unwrap_or_else(|_| Err(mailbox_closed(&name)))?;
-            Ok(Value::Null)
+            to_answer(())
         }
         match actor {
             "gateway" => panic!("debug.crash: injected panic in gateway"),
@@ -361,7 +365,7 @@ impl GatewayActor {
         }
     }
 
-    fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::ProjectCreate::NAME => self.write_method::<m::ProjectCreate, _>(p, |params| {
                 validate::project_name("name", &params.name)?;
@@ -399,7 +403,7 @@ impl GatewayActor {
         })
     }
 
-    fn setting(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn setting(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::SettingUpsert::NAME => self.write_method::<m::SettingUpsert, _>(p, |params| {
                 validate::setting(&params.key, Some(&params.value))?;
@@ -432,7 +436,7 @@ impl GatewayActor {
         })
     }
 
-    fn backup(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn backup(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p) {
                 Ok(params) => match backup_destination(&self.info.home, params.path.as_deref()) {
@@ -460,7 +464,7 @@ impl GatewayActor {
                                 .send(Call(Write(op)))
                                 .await
                                 .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
-                            to_value(backup)
+                            to_answer(backup)
                         })
                     }
                     Err(e) => Reply::err(e),
@@ -484,7 +488,7 @@ impl GatewayActor {
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => tracing::warn!("removing backup file {}: {e}", backup.path),
                         }
-                        to_value(backup)
+                        to_answer(backup)
                     })
                 }
                 Err(e) => Reply::err(e),
@@ -494,7 +498,7 @@ impl GatewayActor {
     }
 
     /// `query.*` and `session.*`.
-    fn query(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
+    fn query(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Answer>> {
         let q = self.query.clone();
         Some(match method {
             m::QueryRun::NAME => later::<m::QueryRun, _>(p, move |p| q.run(p, conn)),
@@ -511,18 +515,20 @@ impl GatewayActor {
     }
 
     /// `vfs.*`.
-    fn vfs(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn vfs(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::VfsStatus::NAME => {
                 now::<m::VfsStatus>(p, |_| Ok(self.info.vfs.get().cloned().unwrap_or_default()))
             }
             m::VfsUnseal::NAME => match (parse_params::<m::VfsUnseal>(p), self.vfs_actor.clone()) {
                 (Ok(params), Some(vfs)) => Reply::later(async move {
-                    vfs.send(Call(crate::vfs::Unseal {
-                        path: params.file.into(),
-                    }))
-                    .await
-                    .unwrap_or_else(|_| Err(mailbox_closed("vfs")))
+                    let unsealed = vfs
+                        .send(Call(crate::vfs::Unseal {
+                            path: params.file.into(),
+                        }))
+                        .await
+                        .unwrap_or_else(|_| Err(mailbox_closed("vfs")))?;
+                    to_answer(unsealed)
                 }),
                 (Ok(_), None) => Reply::err(ActorError::Unavailable {
                     actor: "vfs".into(),
@@ -536,7 +542,7 @@ impl GatewayActor {
     }
 
     /// `agent.*`, `orchestrator.*`, `hooks.*`.
-    fn agents(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn agents(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         use crate::agents::{HOOKS_FILE, RULES_FILE};
         let a = self.agents.clone();
         Some(match method {
@@ -587,7 +593,7 @@ impl GatewayActor {
 
     /// `event.*`.
     /// `stats.get`: the same figures as `ccd stats` and `/api/stats`.
-    fn stats(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn stats(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         if method != m::StatsGet::NAME {
             return None;
         }
@@ -607,14 +613,14 @@ impl GatewayActor {
                     store::stats(c, since_ms, project.as_deref())
                 })
                 .await?;
-            to_value(types::StatsReport {
+            to_answer(types::StatsReport {
                 stats,
                 machine: crate::procstat::machine(started),
             })
         }))
     }
 
-    fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Value>> {
+    fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Answer>> {
         let bus = self.query.bus().clone();
         Some(match method {
             m::EventSubscribe::NAME => match parse_params::<m::EventSubscribe>(p).and_then(|f| {
@@ -667,7 +673,7 @@ impl GatewayActor {
                                 store::events(c, after, since, &types, limit)
                             })
                             .await?;
-                        to_value(types::EventList { events })
+                        to_answer(types::EventList { events })
                     })
                 }
                 Err(e) => Reply::err(e),
@@ -677,7 +683,7 @@ impl GatewayActor {
     }
 
     /// `limiter.*` and `breaker.*`.
-    fn resilience(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Value>> {
+    fn resilience(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         fn status(limits: LimiterConfig, keys: Vec<types::KeyStatus>) -> types::LimiterStatus {
             let limits = types::ScopeLimits {
                 global: limits.spec(Scope::Global),
@@ -724,7 +730,7 @@ impl GatewayActor {
                             .send(Call(LimiterStatusMsg))
                             .await
                             .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
-                        to_value(status(limits, keys))
+                        to_answer(status(limits, keys))
                     }),
                     Err(e) => Reply::err(e),
                 }
@@ -753,14 +759,14 @@ impl GatewayActor {
         &self,
         params: Option<Value>,
         op: impl FnOnce(M::Params) -> Result<O, RpcError>,
-    ) -> Reply<Value>
+    ) -> Reply<Answer>
     where
         O::Output: serde::Serialize,
     {
         match parse_params::<M>(params).and_then(op) {
             Ok(op) => {
                 let fut = self.write(op);
-                Reply::later(async move { to_value(fut.await?) })
+                Reply::later(async move { to_answer(fut.await?) })
             }
             Err(e) => Reply::err(e),
         }
@@ -858,8 +864,8 @@ fn unknown_actor(name: &str) -> ActorError {
     .into()
 }
 
-fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ActorError> {
-    serde_json::to_value(v).map_err(|e| ActorError::internal("encoding the result", e))
+fn to_answer<T: serde::Serialize>(v: T) -> Result<Answer, ActorError> {
+    serde_json::value::to_raw_value(&v).map_err(|e| ActorError::internal("encoding the result", e))
 }
 
 fn mailbox_closed(actor: &str) -> ActorError {
@@ -874,22 +880,22 @@ fn mailbox_closed(actor: &str) -> ActorError {
 fn now<M: Method>(
     params: Option<Value>,
     f: impl FnOnce(M::Params) -> Result<M::Result, ActorError>,
-) -> Reply<Value> {
+) -> Reply<Answer> {
     match parse_params::<M>(params) {
-        Ok(p) => Reply::Ready(f(p).and_then(to_value)),
+        Ok(p) => Reply::Ready(f(p).and_then(to_answer)),
         Err(e) => Reply::err(e),
     }
 }
 
 /// A method whose answer comes from elsewhere (another actor, a blocking read).
-fn later<M: Method, Fut>(params: Option<Value>, f: impl FnOnce(M::Params) -> Fut) -> Reply<Value>
+fn later<M: Method, Fut>(params: Option<Value>, f: impl FnOnce(M::Params) -> Fut) -> Reply<Answer>
 where
     Fut: Future<Output = Result<M::Result, ActorError>> + Send + 'static,
 {
     match parse_params::<M>(params) {
         Ok(p) => {
             let fut = f(p);
-            Reply::later(async move { to_value(fut.await?) })
+            Reply::later(async move { to_answer(fut.await?) })
         }
         Err(e) => Reply::err(e),
     }

@@ -250,9 +250,10 @@ impl State {
             params: Some(params),
             conn,
         };
-        crate::gateway::route(&self.gateway, route)
-            .await
-            .map_err(Into::into)
+        let answer = crate::gateway::route(&self.gateway, route).await?;
+        serde_json::from_str(answer.get()).map_err(|e| {
+            ccd_protocol::RpcError::internal(format!("reading the result of {method}: {e}"))
+        })
     }
 
     /// The answer refusing `req`, if it may not be answered: with no token, only requests

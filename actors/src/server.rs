@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use ccd_protocol::{
-    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, Request as RpcRequest, Response, RpcError,
-    parse_incoming, to_line,
+    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, RawResponse, Request as RpcRequest, Response,
+    RpcError, parse_incoming, to_line,
 };
 use futures_util::StreamExt;
 use futures_util::future::{Either, FutureExt as _, ready};
@@ -385,17 +385,17 @@ impl Connection {
         ctx: ConnCtx,
     ) -> Option<Bytes> {
         let metrics = self.metrics.as_deref();
-        let replies: Vec<Option<Response>> =
+        let replies: Vec<Option<Reply>> =
             futures_util::stream::iter(items.into_iter().map(|item| async {
                 match item {
                     Ok(req) => answer(&self.gateway, req, ctx.clone(), metrics).await,
-                    Err(invalid) => Some(invalid),
+                    Err(invalid) => Some(Reply::Other(invalid)),
                 }
             }))
             .buffered(slots)
             .collect()
             .await;
-        let replies: Vec<Response> = replies.into_iter().flatten().collect();
+        let replies: Vec<Reply> = replies.into_iter().flatten().collect();
         (!replies.is_empty()).then(|| to_line(&replies))
     }
 }
@@ -426,6 +426,14 @@ async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
     }
 }
 
+/// One request's reply: a result as the JSON text the gateway made, or an error.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Reply {
+    Result(RawResponse),
+    Other(Response),
+}
+
 enum Work {
     /// An error reply already made (an invalid line).
     Invalid(Bytes),
@@ -441,7 +449,7 @@ fn answer<'a>(
     req: RpcRequest,
     conn: ConnCtx,
     metrics: Option<&'a crate::http::Metrics>,
-) -> impl Future<Output = Option<Response>> + use<'a> {
+) -> impl Future<Output = Option<Reply>> + use<'a> {
     let started = Instant::now();
     let RpcRequest {
         id, method, params, ..
@@ -458,8 +466,8 @@ fn answer<'a>(
         }
         let id = id?;
         Some(match result {
-            Ok(v) => Response::result(id, v),
-            Err(e) => Response::error(id, RpcError::from(e)),
+            Ok(v) => Reply::Result(RawResponse::new(id, v)),
+            Err(e) => Reply::Other(Response::error(id, RpcError::from(e))),
         })
     })
 }

@@ -280,6 +280,26 @@ impl Response {
     }
 }
 
+/// A success response whose result is JSON text already: the server sends it as is, so a
+/// result is serialized once and never built as a [`Value`]. (Serialize only; clients read a
+/// [`Response`].)
+#[derive(Debug, Clone, Serialize)]
+pub struct RawResponse {
+    jsonrpc: &'static str,
+    pub result: Box<RawValue>,
+    pub id: Id,
+}
+
+impl RawResponse {
+    pub fn new(id: Id, result: Box<RawValue>) -> Self {
+        RawResponse {
+            jsonrpc: "2.0",
+            result,
+            id,
+        }
+    }
+}
+
 /// A server-to-client notification (`query.event`, `event`): no id, never answered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
@@ -668,6 +688,23 @@ mod tests {
                 other => panic!("{line}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_raw_response_reads_back_as_the_same_response() {
+        let result = json!({"key": "k", "value": "v\n\u{e9}", "n": [1, 2.5, null]});
+        let raw = |id: Id| {
+            let raw = RawResponse::new(id, serde_json::value::to_raw_value(&result).unwrap());
+            serde_json::to_string(&raw).unwrap()
+        };
+        let back: Response = serde_json::from_str(&raw(Id::from(7))).unwrap();
+        assert_eq!(back, Response::result(Id::from(7), result.clone()));
+        let big = id_from_text(b"123456789012345678901234567890").unwrap();
+        let text = raw(big);
+        assert!(
+            text.ends_with(r#","id":123456789012345678901234567890}"#),
+            "{text}"
+        );
     }
 
     /// `value` sent as one line that is not a batch.
