@@ -63,7 +63,6 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
     // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail and
     // touches no memory. Everything the daemon creates (database, logs, backups) is owner-only.
     unsafe { libc::umask(0o077) };
-    return_big_buffers_to_the_system();
     home.ensure()?;
     let lock = match PidLock::acquire(&home.pid_file())? {
         Lock::Acquired(lock) => lock,
@@ -99,24 +98,6 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
         Err(e) => tracing::error!("daemon failed: {e:#}"),
     }
     outcome
-}
-
-/// Makes glibc's malloc give large buffers back to the system when they are freed. By default
-/// its mmap threshold grows to the size of any large block freed, so after a burst of big
-/// replies (a `setting.list` of megabytes, pipelined) later ones come from the heap, which keeps
-/// its peak size: a daemon that served one such burst would hold that memory until it exits.
-/// A fixed threshold keeps every block of 256 KiB or more in its own mapping, unmapped on free.
-fn return_big_buffers_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
-        // SAFETY: mallopt(3) only changes malloc's tuning parameters; it takes two integers,
-        // touches no memory of ours, and is called here before the daemon starts any thread.
-        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-        if ok != 1 {
-            eprintln!("note: could not set malloc's mmap threshold; large buffers may be kept");
-        }
-    }
 }
 
 /// Descriptors kept for everything but IPC connections: the database and its read pool, logs,
