@@ -89,11 +89,16 @@ impl WriterActor {
         while !self.pending.is_empty() {
             let take = self.pending.len().min(self.cfg.max_batch);
             let jobs: Vec<Job> = self.pending.drain(..take).collect();
-            self.commit_group(jobs);
+            let untried = self.commit_group(jobs);
+            // Writes the group never reached go first into the next one. Each group answers at
+            // least the write it stopped at, so this ends.
+            self.pending.splice(0..0, untried);
         }
     }
 
-    fn commit_group(&mut self, jobs: Vec<Job>) {
+    /// Commit `jobs` as one transaction and answer them; returns the jobs it did not try, which
+    /// are still to be committed.
+    fn commit_group(&mut self, jobs: Vec<Job>) -> Vec<Job> {
         let Some(conn) = self.conn.as_ref() else {
             // Only possible while a reset is failing, when requests are refused before they
             // get here; answer rather than leave the callers waiting.
@@ -102,24 +107,28 @@ impl WriterActor {
                 drop(job);
             }
             tracing::error!("{err}");
-            return;
+            return Vec::new();
         };
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs.into_iter();
+        let mut untried = Vec::new();
         // The transaction statements are prepared once and cached: parsing `SAVEPOINT` and
         // `RELEASE` for every write (as rusqlite's `Savepoint` does) was a tenth of the
         // writer's time under load.
         let exec = |sql: &str| conn.execute_cached(sql, []).map(drop);
         let outcome = (|| -> Result<(), rusqlite::Error> {
             exec("BEGIN")?;
-            for job in jobs {
+            while let Some(job) = jobs.next() {
                 if job.one_statement {
                     let applied = (job.run)(conn);
                     let ok = applied.ok;
                     replies.push(applied.reply);
                     // A failed statement is undone on its own, except on the few errors (disk
                     // full, I/O) on which SQLite rolls the whole transaction back: then the
-                    // group's earlier writes are gone too, and all of it fails.
+                    // group's earlier writes are gone too and fail with it; the writes after
+                    // this one were not tried, and go to the next group.
                     if !ok && conn.is_autocommit() {
+                        untried.extend(jobs.by_ref());
                         return Err(rusqlite::Error::SqliteFailure(
                             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                             Some("a failed write rolled back the group's transaction".into()),
@@ -150,6 +159,7 @@ impl WriterActor {
                 replies.into_iter().for_each(|r| r(Some(&err)));
             }
         }
+        untried
     }
 }
 
@@ -228,5 +238,54 @@ impl Handle<Drain> for WriterActor {
             tracing::warn!("checkpointing the WAL on drain: {e}");
         }
         Reply::ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::{Call, HealthRegistry};
+
+    /// A one-statement write that fails the way disk-full does: SQLite rolls the whole
+    /// transaction back.
+    struct FailAndRollBack;
+
+    impl WriteOp for FailAndRollBack {
+        type Output = ();
+        const ONE_STATEMENT: bool = true;
+        fn apply(self, conn: &Connection) -> Result<(), ActorError> {
+            conn.execute_batch("ROLLBACK")
+                .map_err(|e| ActorError::Internal(e.to_string()))?;
+            Err(ActorError::Internal("database or disk is full".into()))
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_write_that_rolls_back_its_group_fails_the_group_and_the_rest_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::db_path(dir.path());
+        let health = HealthRegistry::new(Default::default());
+        let writer =
+            WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
+        let writer = Supervisor::start(move |_| writer);
+        let upsert = |key: &str| {
+            writer.send(Call(Write(store::UpsertSetting {
+                key: key.into(),
+                value: "v".into(),
+            })))
+        };
+        // Queued together, so committed as one group: before, the failing write, after.
+        let before = upsert("before");
+        let failing = writer.send(Call(Write(FailAndRollBack)));
+        let after = upsert("after");
+        let (before, failing, after) = futures_util::join!(before, failing, after);
+        let err = before.unwrap().unwrap_err().to_string();
+        assert!(err.contains("rolled back the group"), "{err}");
+        let err = failing.unwrap().unwrap_err().to_string();
+        assert!(err.contains("disk is full"), "{err}");
+        assert_eq!(after.unwrap().unwrap().key, "after");
+        let reader = store::open_reader(&db).unwrap().unwrap();
+        assert!(store::setting(&reader, "before").unwrap().is_none());
+        assert!(store::setting(&reader, "after").unwrap().is_some());
     }
 }
