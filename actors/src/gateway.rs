@@ -1107,11 +1107,8 @@ mod tests {
     #[actix_rt::test]
     async fn every_registered_method_is_routed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::db_path(dir.path());
+        let (writer, db) = crate::writer::start_for_test(dir.path());
         let health = HealthRegistry::new(Default::default());
-        let writer =
-            WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
-        let writer = Supervisor::start(move |_| writer);
         let info = Arc::new(DaemonInfo {
             pid: 1,
             version: "test",

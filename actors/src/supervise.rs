@@ -90,26 +90,25 @@ impl<T> Drop for Responder<T> {
 
 /// Give a deferred reply's answer to `tx`, now if it is known, else once it is.
 pub fn attach<T>(slot: &Mutex<Slot<T>>, tx: OneshotSender<Result<T, ActorError>>) {
-    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *slot = match std::mem::replace(&mut *slot, Slot::Done) {
-        Slot::Answer(answer) => {
-            let _ = tx.send(answer);
-            Slot::Done
-        }
-        Slot::Empty => Slot::Caller(tx),
-        done => done,
-    };
+    meet(slot, Slot::Caller(tx));
 }
 
 fn deliver<T>(slot: &Mutex<Slot<T>>, answer: Result<T, ActorError>) {
+    meet(slot, Slot::Answer(answer));
+}
+
+/// The answer or the caller arrives at the slot: the first waits there, the second completes the
+/// reply.
+fn meet<T>(slot: &Mutex<Slot<T>>, arriving: Slot<T>) {
     let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *slot = match std::mem::replace(&mut *slot, Slot::Done) {
-        Slot::Caller(tx) => {
+    *slot = match (std::mem::replace(&mut *slot, Slot::Done), arriving) {
+        (Slot::Empty, arriving) => arriving,
+        (Slot::Answer(answer), Slot::Caller(tx)) | (Slot::Caller(tx), Slot::Answer(answer)) => {
             let _ = tx.send(answer);
             Slot::Done
         }
-        Slot::Empty => Slot::Answer(answer),
-        done => done,
+        // Each side arrives once; anything else finds the reply done.
+        _ => Slot::Done,
     };
 }
 

@@ -241,10 +241,20 @@ impl Handle<Drain> for WriterActor {
     }
 }
 
+/// A writer on a fresh database under `dir`, for tests: its address and the database's path.
+#[cfg(test)]
+pub(crate) fn start_for_test(dir: &std::path::Path) -> (Addr<WriterActor>, PathBuf) {
+    let db = store::db_path(dir);
+    let health = crate::supervise::HealthRegistry::new(Default::default());
+    let writer = WriterActor::new(health.register("writer"), db.clone(), Default::default())
+        .expect("opening a test database");
+    (Supervisor::start(move |_| writer), db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervise::{Call, HealthRegistry};
+    use crate::supervise::Call;
 
     /// A one-statement write that fails the way disk-full does: SQLite rolls the whole
     /// transaction back.
@@ -263,11 +273,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_write_that_rolls_back_its_group_fails_the_group_and_the_rest_are_retried() {
         let dir = tempfile::tempdir().unwrap();
-        let db = store::db_path(dir.path());
-        let health = HealthRegistry::new(Default::default());
-        let writer =
-            WriterActor::new(health.register("writer"), db.clone(), Default::default()).unwrap();
-        let writer = Supervisor::start(move |_| writer);
+        let (writer, db) = start_for_test(dir.path());
         let upsert = |key: &str| {
             writer.send(Call(Write(store::UpsertSetting {
                 key: key.into(),

@@ -487,6 +487,27 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
+/// The visits of a number, a boolean or null.
+macro_rules! scalar_values {
+    ($other:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($other)
+        }
+    };
+}
+
 /// A member's value read as a string when it is one (`Some`), else checked in full like any
 /// JSON value and dropped (`None`).
 struct MaybeString(Option<String>);
@@ -499,21 +520,7 @@ impl<'de> Deserialize<'de> for MaybeString {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(MaybeString(None))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(MaybeString(None))
-            }
+            scalar_values!(MaybeString(None));
             fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
                 Ok(MaybeString(Some(s.to_string())))
             }
@@ -557,22 +564,8 @@ fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
 /// The visits of a value that is not an object.
 macro_rules! other_values {
     ($other:expr) => {
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok($other)
-        }
+        scalar_values!($other);
         fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
             Ok($other)
         }
     };
