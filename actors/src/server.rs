@@ -294,7 +294,6 @@ impl Connection {
                         ),
                     );
                     let line = to_line(&Response::error(Id::Null, err));
-                    self.state.inflight.set(self.state.inflight.get() + 1);
                     inflight.push(self.serve(Work::Invalid(line), 1, ctx.clone()));
                     break;
                 }
@@ -326,7 +325,6 @@ impl Connection {
                 }
             }
             used += slots;
-            self.state.inflight.set(self.state.inflight.get() + 1);
             inflight.push(self.serve(work, slots, ctx.clone()));
         }
         // EOF may be a half-close from a client still waiting for its replies, or a client that
@@ -339,16 +337,18 @@ impl Connection {
         while inflight.next().await.is_some() {}
     }
 
-    /// Answer one line's work holding `slots` in-flight slots (counted in `state.inflight` by
-    /// the caller); resolves to `slots` once the reply is queued for the client.
+    /// Answer one line's work holding `slots` in-flight slots; resolves to `slots` once the
+    /// reply is queued for the client. The connection counts it in flight from this call on.
     ///
     /// Every request's future is allocated (in the connection's set of requests in flight), so
     /// it is kept small (a few hundred bytes): it is put together from combinators, which hold
     /// each step's state only while it runs (an `async` block would also keep a copy of every
     /// future it captures; this one was 1.5 KiB as one).
     fn serve(&self, work: Work, slots: usize, ctx: ConnCtx) -> impl Future<Output = usize> + '_ {
-        // Tracked from now until its reply is queued, so a graceful stop waits for it.
+        // Tracked from now until its reply is queued, so a graceful stop waits for it, and the
+        // connection is not idle meanwhile.
         let tracked = self.requests.token();
+        self.state.inflight.set(self.state.inflight.get() + 1);
         let metrics = self.metrics.as_deref();
         let line = match work {
             Work::Invalid(line) => Either::Left(ready(Some(line))),
