@@ -143,8 +143,9 @@ pub struct GatewayActor {
     agent: SharedProbe,
     info: Arc<DaemonInfo>,
     health: Arc<HealthRegistry>,
-    describe: Value,
-    discover: Value,
+    /// The answers of `system.describe` and `rpc.discover`, serialized once.
+    describe: Result<Answer, ActorError>,
+    discover: Result<Answer, ActorError>,
     /// For `debug.crash eventbus`; set once the bus actor runs.
     eventbus: Option<Addr<crate::eventbus::EventBusActor>>,
     agents: crate::agents::AgentService,
@@ -165,12 +166,14 @@ impl GatewayActor {
     ) -> Self {
         // Built once at start: describe and discover are the same for the daemon's whole life.
         let methods = ccd_protocol::registry(info.fault_injection);
-        let describe = serde_json::to_value(types::Describe {
+        // Typed as the methods' results, so that the answers keep their declared schemas.
+        let describe = to_answer::<<m::SystemDescribe as Method>::Result>(types::Describe {
             methods: methods.clone(),
             error_codes: m::error_codes(),
-        })
-        .unwrap_or(Value::Null);
-        let discover = ccd_protocol::openrpc_document(&methods, info.version);
+        });
+        let discover = to_answer::<<m::RpcDiscover as Method>::Result>(
+            ccd_protocol::openrpc_document(&methods, info.version),
+        );
         let health = sup.registry().clone();
         GatewayActor {
             sup,
@@ -281,11 +284,8 @@ impl GatewayActor {
                 let fut = self.health();
                 later::<m::SystemHealth, _>(p, move |_| fut)
             }
-            m::SystemDescribe::NAME => now::<m::SystemDescribe>(p, |_| {
-                serde_json::from_value(self.describe.clone())
-                    .map_err(|e| ActorError::internal("describe", e))
-            }),
-            m::RpcDiscover::NAME => now::<m::RpcDiscover>(p, |_| Ok(self.discover.clone())),
+            m::SystemDescribe::NAME => cached::<m::SystemDescribe>(p, &self.describe),
+            m::RpcDiscover::NAME => cached::<m::RpcDiscover>(p, &self.discover),
             m::SystemDescribeModels::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SystemDescribeModels, _>(p, move |_| async move {
@@ -883,6 +883,14 @@ fn now<M: Method>(
 ) -> Reply<Answer> {
     match parse_params::<M>(params) {
         Ok(p) => Reply::Ready(f(p).and_then(to_answer)),
+        Err(e) => Reply::err(e),
+    }
+}
+
+/// A method whose answer never changes, serialized once.
+fn cached<M: Method>(params: Option<Value>, answer: &Result<Answer, ActorError>) -> Reply<Answer> {
+    match parse_params::<M>(params) {
+        Ok(_) => Reply::Ready(answer.clone()),
         Err(e) => Reply::err(e),
     }
 }
