@@ -427,9 +427,9 @@ fn invalid(id: Id, why: &str) -> Response {
     )
 }
 
-/// A line, as the first stage of parsing reads it: every member of a request object as a
-/// [`Value`] except its `id`, which is kept as its raw JSON text (serde_json checks its syntax
-/// without converting it, so a number of any size passes).
+/// A line, as the first stage of parsing reads it: each request object as its [`Members`]
+/// (the `id` kept as its raw JSON text, which serde_json checks without converting, so a number
+/// of any size passes), anything else checked in full and set aside.
 enum Frame {
     Single(Item),
     Batch(Vec<Item>),
@@ -561,16 +561,6 @@ fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
     Ok(Item::Object(m))
 }
 
-/// The visits of a value that is not an object.
-macro_rules! other_values {
-    ($other:expr) => {
-        scalar_values!($other);
-        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
-            Ok($other)
-        }
-    };
-}
-
 impl<'de> Deserialize<'de> for Item {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct ItemVisitor;
@@ -579,7 +569,10 @@ impl<'de> Deserialize<'de> for Item {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            other_values!(Item::Other);
+            scalar_values!(Item::Other);
+            fn visit_str<E>(self, _: &str) -> Result<Item, E> {
+                Ok(Item::Other)
+            }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
                 while seq.next_element::<Value>()?.is_some() {}
                 Ok(Item::Other)
