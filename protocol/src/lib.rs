@@ -21,6 +21,8 @@
 //! assert!(parse_params::<SystemPing>(None).is_ok());
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod codec;
 pub mod error;
