@@ -268,8 +268,8 @@ pub enum SessionCmd {
     },
     /// List sessions (reads the database directly).
     List {
-        /// open, closed or expired.
-        #[arg(long)]
+        /// Only sessions in this state.
+        #[arg(long, value_parser = ["open", "closed", "expired"])]
         status: Option<String>,
         #[arg(long)]
         tag: Option<String>,
@@ -439,9 +439,9 @@ pub struct BatchArgs {
     /// One prompt per line, or JSONL objects with `prompt` and any query.run option.
     /// Blank lines and lines starting with `#` are skipped.
     file: PathBuf,
-    /// How many prompts run at once.
-    #[arg(long, short, default_value_t = 4)]
-    concurrency: usize,
+    /// How many prompts run at once (1 to 256).
+    #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
     /// Write results (JSONL) here instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -499,7 +499,7 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     if items.is_empty() {
         anyhow::bail!("{} has no prompts", args.file.display());
     }
-    let concurrency = args.concurrency.clamp(1, 256);
+    let concurrency = usize::from(args.concurrency);
     // Fail early, before any thread starts, when the daemon cannot be reached.
     drop(Client::connect_or_start(home, autostart)?);
 

@@ -61,7 +61,8 @@ enum Command {
     Api {
         /// The method, e.g. system.health (see `ccd api system.describe`).
         method: String,
-        /// Params as a JSON object.
+        /// Params as a JSON object (or an array of positional params).
+        #[arg(value_name = "JSON_PARAMS")]
         params: Option<String>,
     },
     /// Named working directories that agent runs use.
@@ -132,11 +133,13 @@ enum Command {
     /// Queries, errors by class, tokens by kind and cost, by day, project and model (read
     /// directly from the database).
     Stats {
+        /// Only this project's queries.
         #[arg(long, short)]
         project: Option<String>,
         /// How far back (e.g. 24h, 7d, 30d).
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         since: Duration,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -147,35 +150,50 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AgentCmd {
-    /// Import a directory of subagent .md files, or a JSON bundle; all or nothing.
-    Import { path: PathBuf },
-    /// List agent definitions.
+    /// Import a directory of subagent .md files, one .md file, or a JSON bundle; all or
+    /// nothing. Starts the daemon if needed (it holds the key).
+    Import {
+        /// The directory, .md file or JSON bundle to import.
+        path: PathBuf,
+    },
+    /// List agent definitions (needs the running daemon, which holds the key; never starts it).
     List(ListArgs),
-    /// Print one definition as its subagent file.
+    /// Print one definition as its subagent file (needs the running daemon; never starts it).
     Show {
+        /// The agent's name (see `ccd agent list`).
         name: String,
+        /// Print the definition as JSON instead.
         #[arg(long)]
         json: bool,
     },
     /// Remove a definition.
-    Rm { name: String },
+    Rm {
+        /// The agent's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum VfsCmd {
     /// Whether the filesystem is mounted, where, and if not, why.
     Status {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Print the JSON inside a `*.sealed` file of this boot's filesystem (or a copy of one).
-    Unseal { file: PathBuf },
+    /// Print the JSON inside a `*.sealed` file of this boot's filesystem (or a copy of one
+    /// that keeps its file name).
+    Unseal {
+        /// The sealed file, e.g. $CCD_HOME/vfs/agents.sealed.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum LimiterCmd {
     /// Show the limits per scope and each key's tokens, window, in-flight, waiting, throttled.
     Status {
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -185,11 +203,15 @@ enum LimiterCmd {
 enum BreakerCmd {
     /// Show every breaker's state.
     Status {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Close a breaker (all when no KEY), forgetting its history.
-    Reset { key: Option<String> },
+    Reset {
+        /// The breaker's key as `ccd breaker status` shows it; all breakers when omitted.
+        key: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +219,7 @@ enum ConfigCmd {
     /// Print every effective value and where it came from (default, config.toml, environment,
     /// flag); reads the files and environment, the daemon need not run.
     Show {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
         /// Show the effect of a flag override too (as `ccd daemon start --set` would apply it).
@@ -210,7 +233,7 @@ enum DaemonCmd {
     /// Start the daemon in the background; returns once it answers (prints its pid).
     Start {
         /// How long to wait for the daemon to be ready, in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -228,18 +251,25 @@ enum DaemonCmd {
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
     Stop {
         /// How long to wait for it to exit, in seconds.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
     },
-    /// Show pid, uptime and per-actor health; exit 3 when the daemon is not running.
+    /// Show pid, uptime, per-actor health, the agent CLI, the HTTP API and the agent
+    /// filesystem; exit 3 when the daemon is not running.
     Status {
+        /// Print `system.health` as JSON (`{"running": false, ...}` when not running).
         #[arg(long)]
         json: bool,
     },
-    /// Stop the daemon if it runs, then start it.
+    /// Stop the daemon if it runs, then start it (flags given to the old one's start are not
+    /// kept: pass them again, or put them in config.toml).
     Restart {
-        #[arg(long, default_value_t = 30)]
+        /// How long to wait for the old daemon to exit, in seconds.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
         timeout: u64,
+        /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        set: Vec<(String, String)>,
     },
     /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
     Logs {
@@ -256,7 +286,9 @@ enum DaemonCmd {
 enum ProjectCmd {
     /// Register a project: NAME for the directory PATH (which must exist).
     Add {
+        /// The project's name: letters, digits, `-`, `_` and `.`.
         name: String,
+        /// Its working directory (must exist; a relative path is resolved here).
         path: PathBuf,
         /// An environment variable for agent runs in this project (repeatable).
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -265,33 +297,52 @@ enum ProjectCmd {
     /// List projects (reads the database directly).
     List(ListArgs),
     /// Remove a project.
-    Rm { name: String },
+    Rm {
+        /// The project's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum SettingCmd {
     /// Set KEY to VALUE.
-    Set { key: String, value: String },
+    Set {
+        /// The setting's name.
+        key: String,
+        /// Its value (any text).
+        value: String,
+    },
     /// Print one setting's value (reads the database directly).
     Get {
+        /// The setting's name.
         key: String,
+        /// Print the whole record as JSON (key, value, updated_at).
         #[arg(long)]
         json: bool,
     },
     /// List settings (reads the database directly).
     List(ListArgs),
     /// Remove a setting.
-    Rm { key: String },
+    Rm {
+        /// The setting's name.
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum BackupCmd {
     /// Back up the database while the daemon keeps serving (default: $CCD_HOME/backups/).
-    Create { path: Option<PathBuf> },
+    Create {
+        /// Where to write the backup (a new file); default: $CCD_HOME/backups/ccd-<time>.db.
+        path: Option<PathBuf>,
+    },
     /// List backups (reads the database directly).
     List(ListArgs),
     /// Delete a backup file and its record.
-    Rm { id: i64 },
+    Rm {
+        /// The backup's id (see `ccd backup list`).
+        id: i64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -321,10 +372,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Api { method, params } => {
             let params = match params {
                 None => None,
-                Some(text) => Some(
-                    serde_json::from_str::<serde_json::Value>(&text)
-                        .map_err(|e| UsageError(format!("JSON_PARAMS is not valid JSON: {e}")))?,
-                ),
+                Some(text) => {
+                    let value = serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| UsageError(format!("JSON_PARAMS is not valid JSON: {e}")))?;
+                    if !(value.is_object() || value.is_array()) {
+                        return Err(UsageError(format!(
+                            "JSON_PARAMS must be a JSON object (or an array), not `{text}`"
+                        ))
+                        .into());
+                    }
+                    Some(value)
+                }
             };
             let mut client = Client::connect_or_start(&home, autostart)?;
             match client.call_raw(&method, params) {
@@ -384,7 +442,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Agent(cmd) => {
-            let mut client = Client::connect_or_start(&home, autostart)?;
+            // Reading definitions needs the daemon (only it holds the key), but like every
+            // listing it never starts it.
+            let mut client = match cmd {
+                AgentCmd::List(_) | AgentCmd::Show { .. } => Client::connect(&home)?,
+                _ => Client::connect_or_start(&home, autostart)?,
+            };
             match cmd {
                 AgentCmd::Import { path } => {
                     let path = std::path::absolute(&path)
@@ -526,8 +589,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Breaker(BreakerCmd::Reset { key }) => {
-            let r =
-                Client::connect(&home)?.call::<m::BreakerReset>(&types::BreakerReset { key })?;
+            let r = Client::connect(&home)?
+                .call::<m::BreakerReset>(&types::BreakerReset { key: key.clone() })?;
+            if let Some(key) = key.filter(|_| r.reset == 0) {
+                anyhow::bail!("no breaker `{key}` (`ccd breaker status` lists them)");
+            }
             outln!("reset {} breaker(s)", r.reset);
             Ok(exit::OK)
         }
@@ -556,6 +622,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 let events = read(&home, |c| store::recent_events(c, since_ms, &types, lines))?;
                 for e in &events {
                     print_event(&mut out, e, json)?;
+                }
+                if events.is_empty() && !json {
+                    writeln!(out, "no events")?;
                 }
                 return Ok(exit::OK);
             }
@@ -690,9 +759,9 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        DaemonCmd::Restart { timeout } => {
+        DaemonCmd::Restart { timeout, set } => {
             daemon::stop(home, Duration::from_secs(timeout))?;
-            daemon::start(home, Duration::from_secs(10), false, &[])?;
+            daemon::start(home, Duration::from_secs(10), false, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Status { json } => {
@@ -702,14 +771,8 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             {
                 Ok(h) => h,
                 Err(CallError::NotRunning(_)) => {
-                    let why = match crate::home::PidLock::probe(&home.pid_file()) {
-                        Some(pid) => format!(
-                            "ccd daemon (pid {}) holds the lock but does not answer on {}",
-                            pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-                            home.socket().display()
-                        ),
-                        None => "ccd daemon is not running".to_string(),
-                    };
+                    let why = crate::client::lock_holder(home)
+                        .unwrap_or_else(|| "ccd daemon is not running".to_string());
                     if json {
                         outln!("{}", serde_json::json!({ "running": false, "reason": why }));
                     } else {
@@ -729,6 +792,32 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 writeln!(out, "  uptime:   {}", format_ms(health.uptime_ms))?;
                 writeln!(out, "  status:   {}", health.status)?;
                 writeln!(out, "  home:     {}", home.root.display())?;
+                let agent = &health.agent;
+                let agent_line = match (agent.available, &agent.version, &agent.reason) {
+                    (Some(true), Some(v), _) => format!("{} ({v})", agent.command),
+                    (Some(false), _, Some(why)) => format!("unavailable: {why}"),
+                    (Some(false), _, None) => format!("`{}` unavailable", agent.command),
+                    _ => format!("{} (being checked)", agent.command),
+                };
+                writeln!(out, "  agent:    {agent_line}")?;
+                let x = &health.executor;
+                writeln!(
+                    out,
+                    "  executor: {} slot(s), {} busy, {} queued",
+                    x.size, x.busy, x.queued
+                )?;
+                let http = health.http.as_deref().unwrap_or(
+                    "off (disabled by http.enabled, or its address was taken: see `ccd daemon logs`)",
+                );
+                writeln!(out, "  http:     {http}")?;
+                let vfs = &health.vfs;
+                let vfs_line = match (vfs.enabled, vfs.mounted, &vfs.reason) {
+                    (false, _, _) => "off (disabled by vfs.enabled)".to_string(),
+                    (true, true, _) => format!("mounted at {}", vfs.mountpoint),
+                    (true, false, Some(why)) => format!("not mounted: {why}"),
+                    (true, false, None) => format!("not mounted at {}", vfs.mountpoint),
+                };
+                writeln!(out, "  vfs:      {vfs_line}")?;
                 writeln!(out)?;
                 let mut t = Table::new(["ACTOR", "STATE", "RESTARTS", "UPTIME", "LAST PANIC"]);
                 for a in &health.actors {

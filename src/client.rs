@@ -42,6 +42,19 @@ fn socket_error(e: std::io::Error, doing: &str) -> CallError {
     }
 }
 
+/// When nothing answers on the socket but a process holds the pid lock (a daemon starting or
+/// stopping, stuck, or whose socket file was deleted): what to tell the user. `ccd daemon
+/// start` would only say it is already running; `restart` signals it and starts a new one.
+pub fn lock_holder(home: &Home) -> Option<String> {
+    let pid = crate::home::PidLock::probe(&home.pid_file())?;
+    Some(format!(
+        "ccd daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
+         stopping, stuck, or its socket was deleted; `ccd daemon restart` replaces it",
+        pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+        home.socket().display()
+    ))
+}
+
 impl Client {
     /// Connect to a running daemon; `NotRunning` when nothing answers on the socket.
     pub fn connect(home: &Home) -> Result<Client, CallError> {
@@ -61,10 +74,12 @@ impl Client {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
                 ) =>
             {
-                Err(CallError::NotRunning(format!(
-                    "the ccd daemon is not running (no answer on {}); start it with `ccd daemon start`",
-                    path.display()
-                )))
+                Err(CallError::NotRunning(lock_holder(home).unwrap_or_else(|| {
+                    format!(
+                        "the ccd daemon is not running (no answer on {}); start it with `ccd daemon start`",
+                        path.display()
+                    )
+                })))
             }
             Err(e) => Err(CallError::Other(
                 anyhow::Error::new(e).context(format!("connecting to {}", path.display())),
@@ -84,9 +99,11 @@ impl Client {
     /// Connect, starting the daemon first when it is not running and `autostart` allows.
     pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
         match Client::connect(home) {
-            Err(CallError::NotRunning(why)) if autostart => {
+            Err(CallError::NotRunning(_)) if autostart => {
                 crate::daemon::start(home, Duration::from_secs(10), true, &[]).map_err(|e| {
-                    CallError::Other(e.context(format!("{why}; auto-starting it failed")))
+                    CallError::Other(
+                        e.context("the ccd daemon was not running; starting it failed"),
+                    )
                 })?;
                 Client::connect(home)
             }

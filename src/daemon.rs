@@ -70,10 +70,11 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
             let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
             if notify {
                 report(&format!("{ALREADY} {pid}"));
-            } else {
-                eprintln!("ccd daemon is already running (pid {pid})");
+                return Ok(());
             }
-            return Ok(());
+            // A foreground run that did not run is a failure: a service manager must not
+            // read it as a clean exit.
+            bail!("ccd daemon is already running (pid {pid}); not starting a second one");
         }
     };
     let mut config = Config::load_with(&home.root, overrides)?;

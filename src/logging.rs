@@ -34,7 +34,12 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(file);
     let file_layer = fmt::layer().with_writer(writer).with_ansi(false);
-    let stderr_layer = to_stderr.then(|| fmt::layer().with_writer(std::io::stderr));
+    // Colours only on a terminal: a redirected log must not carry escape codes.
+    let stderr_layer = to_stderr.then(|| {
+        fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(file_layer)

@@ -565,9 +565,9 @@ fn bundle_offsets(text: &str) -> Option<Vec<usize>> {
     }
 }
 
-/// Read every definition at `path`: a directory of `.md` files, or a JSON bundle
-/// `{"agents": [...]}`. All or nothing; duplicate names are refused. Errors start with the
-/// `file:line` of what was refused.
+/// Read every definition at `path`: a directory of `.md` files, one `.md` file, or a JSON
+/// bundle `{"agents": [...]}`. All or nothing; duplicate names are refused. Errors start with
+/// the `file:line` of what was refused.
 pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
     let mut parsed: Vec<Parsed> = Vec::new();
     let mut add = |def: AgentDef, at: String, label: &str| {
@@ -580,16 +580,24 @@ pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
         parsed.push(Parsed { def, source: at });
         Ok(())
     };
-    if path.is_dir() {
+    let is_md = |p: &Path| p.extension().is_some_and(|x| x == "md");
+    let files = if path.is_dir() {
         let mut files: Vec<_> = std::fs::read_dir(path)
             .map_err(|e| format!("{}: {e}", path.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "md"))
+            .filter(|p| is_md(p))
             .collect();
         files.sort();
         if files.is_empty() {
             return Err(format!("{}: no .md files", path.display()));
         }
+        files
+    } else if is_md(path) {
+        vec![path.to_path_buf()]
+    } else {
+        Vec::new()
+    };
+    if !files.is_empty() {
         for file in files {
             let source = file.display().to_string();
             let text = std::fs::read_to_string(&file).map_err(|e| format!("{source}: {e}"))?;
@@ -1077,5 +1085,23 @@ mod tests {
         assert!(err.contains("duplicate agent name `reviewer`"), "{err}");
         std::fs::write(dir.path().join("c.md"), "oops").unwrap();
         assert!(load(dir.path()).unwrap_err().contains("c.md:1"));
+    }
+
+    #[test]
+    fn one_markdown_file_imports_as_one_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("reviewer.md");
+        std::fs::write(&file, GOOD).unwrap();
+        let parsed = load(&file).unwrap();
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].def.name, "reviewer");
+        assert!(parsed[0].source.starts_with(&file.display().to_string()));
+        // A bad one is refused as subagent markdown (its line named), not as JSON.
+        std::fs::write(&file, "---\nname: x\ncolour red\n---\nhi\n").unwrap();
+        let err = load(&file).unwrap_err();
+        assert!(
+            err.contains("reviewer.md:3: expected `key: value`"),
+            "{err}"
+        );
     }
 }

@@ -202,13 +202,8 @@ impl Config {
         let figment = Self::layered(home, overrides)?;
         let config: Config = figment
             .extract()
-            .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
-            .with_context(|| {
-                format!(
-                    "invalid configuration (from {} and CCD_* variables)",
-                    config_path(home).display()
-                )
-            })?;
+            .map_err(|e| anyhow::anyhow!(describe_figment_error(e, &figment, home, overrides)))
+            .context("invalid configuration")?;
         config.validate().map_err(|e| {
             // Say where each value named in the message came from.
             let e = format!("{e:#}");
@@ -420,9 +415,40 @@ fn show_value(v: &figment::value::Value) -> String {
     }
 }
 
-fn describe_figment_error(e: figment::Error) -> String {
+/// Each of figment's errors as "`section.key`: what is wrong (from where)", naming the source
+/// as `ccd config show` does (the file's full path, the `CCD_*` variable or the `--set` flag)
+/// rather than by figment's own provider names and source locations.
+fn describe_figment_error(
+    e: figment::Error,
+    figment: &Figment,
+    home: &Path,
+    overrides: &[(String, String)],
+) -> String {
     e.into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let mut path: Vec<&str> = e.path.iter().map(String::as_str).collect();
+            if path.first() == Some(&"default") {
+                path.remove(0);
+            }
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                && path.last() != Some(&field.as_str())
+            {
+                path.push(field);
+            }
+            let key = path.join(".");
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(_, expected) => {
+                    format!("unknown key (expected one of {})", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            if key.is_empty() {
+                what
+            } else {
+                let source = source_of(figment, home, overrides, &key);
+                format!("`{key}`: {what} (from {source})")
+            }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -455,16 +481,34 @@ mod tests {
             assert_eq!(c.writer.synchronous, Synchronous::Full);
 
             jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "many");
-            let err = format!("{:#}", Config::load(&home).unwrap_err()).to_lowercase();
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
             assert!(
-                err.contains("max_restarts") && err.contains("ccd_"),
+                err.contains("`supervisor.max_restarts`: invalid type: found string \"many\"")
+                    && err.contains("(from environment (CCD_SUPERVISOR_MAX_RESTARTS))"),
                 "{err}"
             );
 
             jail.set_env("CCD_SUPERVISOR_MAX_RESTARTS", "3");
             jail.create_file("config.toml", "[ipc]\nmax_conections = 7\n")?;
             let err = format!("{:#}", Config::load(&home).unwrap_err());
-            assert!(err.contains("max_conections"), "{err}");
+            let file = config_path(&home);
+            assert!(
+                err.contains(
+                    "`ipc.max_conections`: unknown key (expected one of max_message_bytes, "
+                ) && err.contains(&format!("(from {})", file.display())),
+                "{err}"
+            );
+
+            // A flag's value of the wrong type is blamed on the flag, not on a source location.
+            jail.create_file("config.toml", "")?;
+            let set = [("executor.pool_size".to_string(), "abc".to_string())];
+            let err = format!("{:#}", Config::load_with(&home, &set).unwrap_err());
+            assert!(
+                err.contains("`executor.pool_size`: invalid type: found string \"abc\"")
+                    && err.contains("(from flag (--set))")
+                    && !err.contains(".rs:"),
+                "{err}"
+            );
 
             // A value of the right type but out of range: the message says where it was set.
             jail.create_file("config.toml", "[executor]\npool_size = 0\n")?;

@@ -22,10 +22,10 @@ pub enum ActorError {
     #[error("{0}")]
     Internal(String),
     /// Refused by the rate limiter.
-    #[error("rate limited: retry in {retry_after_ms} ms")]
+    #[error("rate limited: retry in {}", wait(*retry_after_ms))]
     RateLimited { retry_after_ms: u64 },
     /// Refused by an open circuit breaker.
-    #[error("circuit open for `{key}`: the agent keeps failing; retry in {retry_after_ms} ms")]
+    #[error("circuit open for `{key}`: the agent keeps failing; retry in {}", wait(*retry_after_ms))]
     CircuitOpen { key: String, retry_after_ms: u64 },
     /// Too many connections, requests or queued work.
     #[error("{0}")]
@@ -85,5 +85,34 @@ impl From<ActorError> for RpcError {
 impl From<RpcError> for ActorError {
     fn from(e: RpcError) -> Self {
         ActorError::Rpc(e)
+    }
+}
+
+/// A wait for people to read: milliseconds while short, else whole seconds (rounded up) as
+/// `1m 30s`. The exact figure is in the error's `data.retry_after_ms`.
+fn wait(ms: u64) -> String {
+    if ms < 10_000 {
+        format!("{ms} ms")
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(ms.div_ceil(1000))).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_as_people_say_them() {
+        assert_eq!(wait(0), "0 ms");
+        assert_eq!(wait(9_999), "9999 ms");
+        assert_eq!(wait(10_000), "10s");
+        assert_eq!(wait(599_993), "10m");
+        assert_eq!(wait(90_001), "1m 31s");
+        let e = RpcError::from(ActorError::RateLimited {
+            retry_after_ms: 599_993,
+        });
+        assert_eq!(e.message, "rate limited: retry in 10m");
+        assert_eq!(e.data.unwrap()["retry_after_ms"], 599_993);
     }
 }

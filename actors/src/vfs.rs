@@ -547,14 +547,6 @@ impl Handle<Unseal> for VfsActor {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        if !SEALED_FILES.contains(&name.as_str()) {
-            return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
-                format!(
-                    "invalid params for vfs.unseal: `file`: `{name}` is not one of {}",
-                    SEALED_FILES.join(", ")
-                ),
-            )));
-        }
         let blob = match std::fs::read(&msg.path) {
             Ok(b) => b,
             Err(e) => {
@@ -566,6 +558,15 @@ impl Handle<Unseal> for VfsActor {
                 )));
             }
         };
+        if !SEALED_FILES.contains(&name.as_str()) {
+            return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
+                format!(
+                    "invalid params for vfs.unseal: `file`: `{name}` is not one of {}; the name \
+                     is sealed with the contents, so a copy must keep it",
+                    SEALED_FILES.join(", ")
+                ),
+            )));
+        }
         match seal::open(&self.boot_key, &name, &blob).and_then(|j| Ok(serde_json::from_slice(&j)?))
         {
             Ok(v) => Reply::ok(v),

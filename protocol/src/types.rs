@@ -482,7 +482,7 @@ pub struct Turn {
     pub prompt: String,
     #[schemars(extend("x-hint" = "text"))]
     pub result: Option<String>,
-    /// ok, error, timeout or cancelled.
+    /// ok, error, timeout, cancelled or refused.
     pub status: String,
     pub error_class: Option<String>,
     pub error: Option<String>,
@@ -1060,7 +1060,8 @@ pub struct AgentDef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentImport {
-    /// A directory of subagent `.md` files, or a JSON bundle `{"agents": [...]}`; absolute.
+    /// A directory of subagent `.md` files, one `.md` file, or a JSON bundle
+    /// `{"agents": [...]}`; absolute.
     #[schemars(extend("x-hint" = "path"))]
     pub path: String,
 }

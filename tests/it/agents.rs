@@ -345,3 +345,29 @@ fn a_wrong_master_key_refuses_to_open_sealed_definitions() {
         describe(&out)
     );
 }
+
+#[test]
+fn one_file_imports_and_reading_definitions_never_starts_the_daemon() {
+    let d = Daemon::builder().prepare();
+    for args in [&["agent", "list"][..], &["agent", "show", "reviewer"]] {
+        let out = d.ccd(args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not running"),
+            "{}",
+            describe(&out)
+        );
+        assert!(!d.socket().exists(), "{args:?} started the daemon");
+    }
+    // An import is a write: it starts the daemon. One .md file is one agent.
+    let dir = agent_dir();
+    let file = dir.path().join("writer.md");
+    let out = d.ccd_ok(&["agent", "import", file.to_str().unwrap()]);
+    assert!(out.contains("imported 1 agent(s): writer"), "{out}");
+    assert!(d.socket().exists());
+    let list = d.ccd_ok(&["agent", "list"]);
+    assert!(
+        list.contains("writer") && !list.contains("reviewer"),
+        "{list}"
+    );
+}

@@ -116,3 +116,79 @@ fn shell_completions() {
     assert!(zsh.contains("#compdef ccd"));
     assert_eq!(d.ccd(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn values_out_of_range_are_usage_errors_that_start_nothing() {
+    let d = Daemon::builder().prepare();
+    let cases: [&[&str]; 7] = [
+        &["api", "system.ping", "null"],
+        &["api", "system.ping", "\"text\""],
+        &["session", "list", "--status", "bogus"],
+        &["batch", "prompts.txt", "--concurrency", "0"],
+        &["daemon", "start", "--timeout", "0"],
+        &["daemon", "stop", "--timeout", "0"],
+        &["daemon", "restart", "--timeout", "0"],
+    ];
+    for args in cases {
+        let out = d.ccd(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(out.stdout.is_empty(), "{args:?}: {}", describe(&out));
+    }
+    let out = d.ccd(&["api", "system.ping", "3"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("JSON_PARAMS must be a JSON object (or an array)"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!d.socket().exists(), "a usage error started the daemon");
+    // An empty event log says so (nothing to read yet: no database either).
+    assert_eq!(d.ccd_ok(&["events"]).trim(), "no events");
+}
+
+#[test]
+fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
+    let d = Daemon::start();
+    let pid = d.pid();
+    std::fs::remove_file(d.socket()).unwrap();
+    let out = d.ccd(&["setting", "set", "k", "v"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "ccd daemon (pid {pid}) holds the lock but does not answer"
+        )) && err.contains("`ccd daemon restart` replaces it"),
+        "{err}"
+    );
+    // A foreground run beside it refuses to run, and says so with a failing exit code.
+    let out = d.ccd(&["daemon", "run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("already running (pid {pid})")),
+        "{}",
+        describe(&out)
+    );
+    d.ccd_ok(&["daemon", "restart"]);
+    assert_ne!(d.pid(), pid);
+    assert_eq!(d.ccd_ok(&["setting", "set", "k", "v"]).trim(), "k = v");
+}
+
+#[test]
+fn status_shows_the_agent_the_http_api_and_the_filesystem() {
+    let d = Daemon::start();
+    let out = d.ccd_ok(&["daemon", "status"]);
+    let health = d.call("system.health", serde_json::json!({})).unwrap();
+    let x = &health["executor"];
+    let expected_executor = format!(
+        "  executor: {} slot(s), {} busy, {} queued",
+        x["size"], x["busy"], x["queued"]
+    );
+    assert!(out.contains(&expected_executor), "{out}");
+    for label in ["  agent:    ", "  http:     ", "  vfs:      "] {
+        assert!(out.contains(label), "no `{label}` in:\n{out}");
+    }
+    match health["http"].as_str() {
+        Some(url) => assert!(out.contains(&format!("  http:     {url}")), "{out}"),
+        None => assert!(out.contains("  http:     off"), "{out}"),
+    }
+}

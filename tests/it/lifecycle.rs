@@ -140,7 +140,25 @@ fn a_bad_config_fails_the_start_with_the_key_named() {
     let out = d.ccd(&["daemon", "start"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("max_conections"), "{err}");
+    let file = d.path().join("config.toml");
+    assert!(
+        err.contains("`ipc.max_conections`: unknown key")
+            && err.contains(&format!("(from {})", file.display())),
+        "{err}"
+    );
+    assert!(!d.socket().exists());
+
+    // A flag's bad value is blamed on the flag.
+    let d = Daemon::builder().prepare();
+    let out = d.ccd(&["daemon", "start", "--set", "executor.pool_size=abc"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`executor.pool_size`: invalid type: found string \"abc\"")
+            && err.contains("(from flag (--set))")
+            && !err.contains(".rs:"),
+        "{err}"
+    );
     assert!(!d.socket().exists());
 }
 

@@ -168,6 +168,25 @@ fn contents_manifest_read_only_live_updates_and_unsealing() {
         code(&d.call("vfs.unseal", json!({"file": renamed})).unwrap_err()),
         -32602
     );
+    let other_name = tmp.path().join("copy.sealed");
+    std::fs::copy(&copy, &other_name).unwrap();
+    let e = d
+        .call("vfs.unseal", json!({"file": other_name}))
+        .unwrap_err();
+    assert!(
+        code(&e) == -32602
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("a copy must keep it"),
+        "{e}"
+    );
+    let missing = tmp.path().join("agents-gone").join("agents.sealed");
+    let e = d.call("vfs.unseal", json!({"file": missing})).unwrap_err();
+    assert!(
+        code(&e) == -32602 && e["message"].as_str().unwrap().contains("No such file"),
+        "{e}"
+    );
     let mut bytes = std::fs::read(&copy).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;

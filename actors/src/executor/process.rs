@@ -192,7 +192,7 @@ pub async fn run_agent(
             };
             let detail = if class == ErrorClass::Unavailable {
                 format!(
-                    "cannot run the agent command `{}`: {e}; install Claude Code (npm install -g @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD",
+                    "cannot run the agent command `{}`: {e}; install Claude Code (npm install -g @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then run `ccd daemon restart` (the daemon reads both when it starts)",
                     spec.command
                 )
             } else {
