@@ -191,10 +191,15 @@ impl Metrics {
                 *m.errors.entry(class.clone()).or_default() += 1
             }
             EventKind::TokensUsed { usage, .. } => {
-                *m.tokens.entry("input").or_default() += usage.input_tokens;
-                *m.tokens.entry("output").or_default() += usage.output_tokens;
-                *m.tokens.entry("cache_creation").or_default() += usage.cache_creation_input_tokens;
-                *m.tokens.entry("cache_read").or_default() += usage.cache_read_input_tokens;
+                for (kind, n) in [
+                    ("input", usage.input_tokens),
+                    ("output", usage.output_tokens),
+                    ("cache_creation", usage.cache_creation_input_tokens),
+                    ("cache_read", usage.cache_read_input_tokens),
+                ] {
+                    let total = m.tokens.entry(kind).or_default();
+                    *total = total.saturating_add(n);
+                }
             }
             EventKind::CostIncurred { cost_usd, .. } => m.cost_usd += cost_usd,
             EventKind::LimiterThrottled { .. } => m.limiter_waits += 1,

@@ -43,10 +43,15 @@ impl MasterKey {
             "a master key is 32 bytes: 64 hex digits, got {} characters",
             hex.len()
         );
+        anyhow::ensure!(
+            hex.bytes().all(|c| c.is_ascii_hexdigit()),
+            "a master key is hex digits only (0-9, a-f)"
+        );
         let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .context("a master key is hex digits only")?;
+        for (b, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+            // Two ASCII hex digits, checked above.
+            let digit = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            *b = digit(pair[0]) << 4 | digit(pair[1]);
         }
         Ok(MasterKey(bytes))
     }
@@ -190,6 +195,15 @@ mod tests {
         assert_eq!(MasterKey::from_hex(&k.to_hex()).unwrap().0, k.0);
         assert!(MasterKey::from_hex("abc").is_err());
         assert!(MasterKey::from_hex(&"zz".repeat(32)).is_err());
+        // 64 bytes that are not 64 ASCII characters: refused, not a slicing panic.
+        let non_ascii = format!("é{}", "0".repeat(62));
+        assert_eq!(non_ascii.len(), 64);
+        let err = MasterKey::from_hex(&non_ascii)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("hex digits only"), "{err}");
+        assert_eq!(MasterKey::from_hex(&"aF".repeat(32)).unwrap().0, [0xaf; 32]);
     }
 
     #[test]

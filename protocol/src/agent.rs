@@ -148,18 +148,23 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Saturating: the counts come from the agent's output, which may hold any number.
     pub fn add(&mut self, other: &Usage) {
-        self.input_tokens += other.input_tokens;
-        self.output_tokens += other.output_tokens;
-        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
-        self.cache_read_input_tokens += other.cache_read_input_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cache_creation_input_tokens = self
+            .cache_creation_input_tokens
+            .saturating_add(other.cache_creation_input_tokens);
+        self.cache_read_input_tokens = self
+            .cache_read_input_tokens
+            .saturating_add(other.cache_read_input_tokens);
     }
 
     pub fn total(&self) -> u64 {
         self.input_tokens
-            + self.output_tokens
-            + self.cache_creation_input_tokens
-            + self.cache_read_input_tokens
+            .saturating_add(self.output_tokens)
+            .saturating_add(self.cache_creation_input_tokens)
+            .saturating_add(self.cache_read_input_tokens)
     }
 }
 
@@ -240,6 +245,19 @@ mod tests {
             .filter(|l| !l.trim().is_empty())
             .map(|l| parse_line(l.as_bytes()).unwrap().message)
             .collect()
+    }
+
+    #[test]
+    fn usage_from_the_agent_saturates() {
+        let max = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: 1,
+            ..Default::default()
+        };
+        let mut u = max;
+        u.add(&max);
+        assert_eq!((u.input_tokens, u.output_tokens), (u64::MAX, 2));
+        assert_eq!(u.total(), u64::MAX);
     }
 
     #[test]

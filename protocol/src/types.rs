@@ -556,6 +556,10 @@ pub struct LimitSpec {
     pub concurrency: u32,
 }
 
+/// The longest time a token bucket may take to fill, in nanoseconds: about 200 years, well
+/// inside the 64-bit nanoseconds the limiter counts in.
+const MAX_BUCKET_FILL_NS: f64 = 200.0 * 365.25 * 86_400.0 * 1e9;
+
 impl LimitSpec {
     pub fn is_off(&self) -> bool {
         self.rate_per_s <= 0.0 && self.window_max == 0 && self.concurrency == 0
@@ -567,6 +571,17 @@ impl LimitSpec {
             && self.rate_per_s <= 1_000_000.0)
         {
             return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
+        }
+        // The bucket refills one token per 1/rate seconds; a full bucket (`burst` tokens) must
+        // be a time the limiter can count in 64-bit nanoseconds (about 584 years).
+        if self.rate_per_s > 0.0
+            && f64::from(self.burst.max(1)) * 1e9 / self.rate_per_s > MAX_BUCKET_FILL_NS
+        {
+            return Err(format!(
+                "`{name}.rate_per_s` = {} with `{name}.burst` = {}: the bucket would take more \
+                 than 200 years to fill; use a larger rate, a smaller burst, or 0 to turn it off",
+                self.rate_per_s, self.burst
+            ));
         }
         if self.window_max > 0 && self.window_ms == 0 {
             return Err(format!(

@@ -375,6 +375,37 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_too_slow_to_count_is_refused() {
+        // 1e-11 per second: a token every 3,000 years; governor would panic on it.
+        let err = bucket_spec(1e-11, 1).validate("limits.global").unwrap_err();
+        assert!(err.contains("`limits.global.rate_per_s`"), "{err}");
+        assert!(err.contains("200 years"), "{err}");
+        assert!(
+            bucket_spec(1e-6, 1).validate("g").is_ok(),
+            "one per 11.6 days is fine"
+        );
+        assert!(bucket_spec(1e-6, 10_000).validate("g").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_bucket_that_validates_builds_and_checks(
+            rate in prop_oneof![1e-12f64..1e-3, 1e-3f64..1e6],
+            burst in prop_oneof![0u32..100, 0u32..=u32::MAX],
+        ) {
+            let spec = bucket_spec(rate, burst);
+            if spec.validate("g").is_ok() {
+                paused(async {
+                    let b = bucket(&spec).expect("a positive rate makes a bucket");
+                    let _ = b.check();
+                    tokio::time::advance(Duration::from_secs(3600)).await;
+                    let _ = b.check();
+                });
+            }
+        }
+    }
+
+    #[test]
     fn token_bucket_admits_burst_then_rate() {
         paused(async {
             let core = LimiterCore::new();

@@ -162,25 +162,37 @@ pub struct RecordTurn {
     pub agent_session_id: Option<String>,
 }
 
+/// A count from the agent as SQLite's integer: saturating, never wrapping to a negative.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl WriteOp for RecordTurn {
     type Output = Turn;
     fn apply(self, conn: &Connection) -> Result<Turn, ActorError> {
         let u = &self.usage;
         let changed = conn
             .execute_cached(
+                // Token totals saturate at i64::MAX instead of overflowing (which SQLite
+                // would turn into a REAL the STRICT table refuses, failing the turn).
                 "UPDATE sessions SET turns = turns + 1,
-                     input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
-                     cache_creation_input_tokens = cache_creation_input_tokens + ?4,
-                     cache_read_input_tokens = cache_read_input_tokens + ?5,
+                     input_tokens = input_tokens
+                         + MIN(?2, 9223372036854775807 - input_tokens),
+                     output_tokens = output_tokens
+                         + MIN(?3, 9223372036854775807 - output_tokens),
+                     cache_creation_input_tokens = cache_creation_input_tokens
+                         + MIN(?4, 9223372036854775807 - cache_creation_input_tokens),
+                     cache_read_input_tokens = cache_read_input_tokens
+                         + MIN(?5, 9223372036854775807 - cache_read_input_tokens),
                      cost_usd = cost_usd + ?6, last_used_at = ?7,
                      agent_session_id = COALESCE(?8, agent_session_id)
                  WHERE id = ?1",
                 params![
                     self.session_id,
-                    u.input_tokens as i64,
-                    u.output_tokens as i64,
-                    u.cache_creation_input_tokens as i64,
-                    u.cache_read_input_tokens as i64,
+                    count(u.input_tokens),
+                    count(u.output_tokens),
+                    count(u.cache_creation_input_tokens),
+                    count(u.cache_read_input_tokens),
                     self.cost_usd,
                     now_ms(),
                     self.agent_session_id,
@@ -206,12 +218,12 @@ impl WriteOp for RecordTurn {
                 self.status,
                 self.error_class,
                 self.error,
-                u.input_tokens as i64,
-                u.output_tokens as i64,
-                u.cache_creation_input_tokens as i64,
-                u.cache_read_input_tokens as i64,
+                count(u.input_tokens),
+                count(u.output_tokens),
+                count(u.cache_creation_input_tokens),
+                count(u.cache_read_input_tokens),
                 self.cost_usd,
-                self.duration_ms as i64,
+                count(self.duration_ms),
                 self.num_turns,
                 self.attempts,
                 self.model,
@@ -413,6 +425,27 @@ mod tests {
             1
         );
         assert!(turns(&conn, "s1").unwrap().is_empty(), "turns cascade");
+    }
+
+    #[test]
+    fn absurd_token_counts_saturate_instead_of_failing_the_turn() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
+        CreateSession {
+            id: "s".into(),
+            project: None,
+            tags: vec![],
+            model: None,
+        }
+        .apply(&conn)
+        .unwrap();
+        let t = turn("s", u64::MAX).apply(&conn).unwrap();
+        assert_eq!(t.usage.input_tokens, i64::MAX as u64);
+        turn("s", u64::MAX).apply(&conn).unwrap();
+        turn("s", 7).apply(&conn).unwrap();
+        let s = session(&conn, "s").unwrap().unwrap();
+        assert_eq!((s.turns, s.usage.input_tokens), (3, i64::MAX as u64));
+        assert_eq!(s.usage.output_tokens, 3);
     }
 
     #[test]
