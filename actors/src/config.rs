@@ -97,6 +97,8 @@ pub struct IpcConfig {
     /// Most requests in flight on one connection; past it the daemon stops reading from that
     /// connection until replies go out (backpressure).
     pub max_inflight_per_connection: usize,
+    /// Most requests in one batch; a longer batch is refused whole with -32600.
+    pub max_batch_requests: usize,
     /// A reply that cannot be written for this long closes the connection.
     pub write_timeout_ms: u64,
 }
@@ -107,6 +109,7 @@ impl Default for IpcConfig {
             max_message_bytes: ccd_protocol::DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: 1024,
             max_inflight_per_connection: 64,
+            max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
             write_timeout_ms: 30_000,
         }
     }
@@ -286,7 +289,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 14] = [
+        let checks: [(&str, bool, &str); 15] = [
             (
                 "events.subscriber_queue",
                 self.events.subscriber_queue >= 1,
@@ -340,6 +343,11 @@ impl Config {
             (
                 "ipc.max_inflight_per_connection",
                 self.ipc.max_inflight_per_connection >= 1,
+                "at least 1",
+            ),
+            (
+                "ipc.max_batch_requests",
+                self.ipc.max_batch_requests >= 1,
                 "at least 1",
             ),
             ("writer.max_batch", self.writer.max_batch >= 1, "at least 1"),

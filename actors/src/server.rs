@@ -303,7 +303,7 @@ impl Connection {
                 }
             };
             self.state.last_active.set(Instant::now());
-            let (work, slots) = match parse_incoming(&frame) {
+            let (work, slots) = match parse_incoming(&frame, self.cfg.max_batch_requests) {
                 Incoming::Invalid(resp) => (Work::Invalid(to_line(&resp)), 1),
                 Incoming::Single(item) => (Work::Single(item), 1),
                 // A batch's items count against the in-flight limit like single requests, up to

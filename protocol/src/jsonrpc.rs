@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -318,6 +318,9 @@ impl Notification {
     }
 }
 
+/// Most requests in one batch, by default (`ipc.max_batch_requests`).
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
 /// What one received line holds.
 #[derive(Debug)]
 pub enum Incoming {
@@ -334,10 +337,14 @@ pub enum Incoming {
 /// Any valid JSON is past the first stage, however large or precise its numbers, except
 /// that numbers outside `f64`'s range (`1e400`) are refused with -32700 everywhere but in an
 /// `id` (serde_json cannot hold them in a [`Value`]). A request's `id` keeps its exact text.
-pub fn parse_incoming(frame: &[u8]) -> Incoming {
+/// A batch holds at most `max_batch` requests; a longer one is refused whole with -32600.
+pub fn parse_incoming(frame: &[u8], max_batch: usize) -> Incoming {
     // A batch is the one line that starts with `[`: parse it as an array of items.
     let parsed = if frame.trim_ascii_start().first() == Some(&b'[') {
-        serde_json::from_slice(frame).map(Frame::Batch)
+        let mut de = serde_json::Deserializer::from_slice(frame);
+        BoundedBatch(max_batch)
+            .deserialize(&mut de)
+            .and_then(|batch| de.end().map(|()| Frame::Batch(batch)))
     } else {
         serde_json::from_slice(frame).map(Frame::Single)
     };
@@ -355,11 +362,22 @@ pub fn parse_incoming(frame: &[u8]) -> Incoming {
         Item::Other => Err(invalid(Id::Null, "a request must be a JSON object")),
     };
     match parsed {
-        Frame::Batch(items) if items.is_empty() => Incoming::Invalid(Response::error(
+        Frame::Batch(batch) if batch.len == 0 => Incoming::Invalid(Response::error(
             Id::Null,
             RpcError::new(ErrorCode::InvalidRequest, "invalid request: empty batch"),
         )),
-        Frame::Batch(items) => Incoming::Batch(items.into_iter().map(check).collect()),
+        Frame::Batch(batch) if batch.len > max_batch => Incoming::Invalid(Response::error(
+            Id::Null,
+            RpcError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "invalid request: a batch of {} requests is over the limit of {max_batch} \
+                     (ipc.max_batch_requests); nothing in it was run",
+                    batch.len
+                ),
+            ),
+        )),
+        Frame::Batch(batch) => Incoming::Batch(batch.items.into_iter().map(check).collect()),
         Frame::Single(item) => Incoming::Single(check(item)),
     }
 }
@@ -432,7 +450,48 @@ fn invalid(id: Id, why: &str) -> Response {
 /// of any size passes), anything else checked in full and set aside.
 enum Frame {
     Single(Item),
-    Batch(Vec<Item>),
+    Batch(Batch),
+}
+
+/// A batch's items, up to the limit; past it the rest are only counted (checked as JSON, not
+/// kept), so that an 8 MiB line of `[1,1,1,...]` costs no more memory than the limit allows.
+struct Batch {
+    items: Vec<Item>,
+    len: usize,
+}
+
+/// Reads a [`Batch`] keeping at most this many items.
+struct BoundedBatch(usize);
+
+impl<'de> DeserializeSeed<'de> for BoundedBatch {
+    type Value = Batch;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Batch, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedBatch {
+    type Value = Batch;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
+        while items.len() < self.0 {
+            match seq.next_element::<Item>()? {
+                Some(item) => items.push(item),
+                None => {
+                    let len = items.len();
+                    return Ok(Batch { items, len });
+                }
+            }
+        }
+        let mut len = items.len();
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            len += 1;
+        }
+        Ok(Batch { items, len })
+    }
 }
 
 enum Item {
@@ -598,12 +657,45 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_over_the_limit_is_refused_whole_and_counted() {
+        let ping = r#"{"jsonrpc":"2.0","id":1,"method":"system.ping"}"#;
+        let batch = |n: usize| format!("[{}]", vec![ping; n].join(","));
+        match parse_incoming(batch(3).as_bytes(), 3) {
+            Incoming::Batch(items) => assert_eq!(items.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        match parse_incoming(batch(4).as_bytes(), 3) {
+            Incoming::Invalid(r) => {
+                assert_eq!((code(&r), &r.id), (-32600, &Id::Null));
+                let Payload::Error(e) = &r.payload else {
+                    unreachable!()
+                };
+                assert!(
+                    e.message
+                        .contains("a batch of 4 requests is over the limit of 3")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Items past the limit are not kept, but the line is still checked as JSON.
+        let line = format!("[{}]", vec!["1"; 1_000_000].join(","));
+        assert!(matches!(
+            parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH),
+            Incoming::Invalid(r) if code(&r) == -32600
+        ));
+        assert!(matches!(
+            parse_incoming(format!("[{ping},1,]").as_bytes(), 1),
+            Incoming::Invalid(r) if code(&r) == -32700
+        ));
+    }
+
+    #[test]
     fn parse_errors_and_invalid_requests() {
-        match parse_incoming(b"{nope") {
+        match parse_incoming(b"{nope", DEFAULT_MAX_BATCH) {
             Incoming::Invalid(r) => assert_eq!(code(&r), -32700),
             other => panic!("{other:?}"),
         }
-        match parse_incoming(b"[]") {
+        match parse_incoming(b"[]", DEFAULT_MAX_BATCH) {
             Incoming::Invalid(r) => assert_eq!(code(&r), -32600),
             other => panic!("{other:?}"),
         }
@@ -623,7 +715,7 @@ mod tests {
 
     #[test]
     fn members_are_read_in_one_pass() {
-        let message = |line: &str| match parse_incoming(line.as_bytes()) {
+        let message = |line: &str| match parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH) {
             Incoming::Single(Err(r)) => match r.payload {
                 Payload::Error(e) => (e.code, e.message),
                 Payload::Result(_) => unreachable!(),
@@ -639,9 +731,10 @@ mod tests {
             )
         );
         // An escaped member name is its unescaped text.
-        let Incoming::Single(Ok(req)) =
-            parse_incoming(br#"{"jsonrpc":"2.0","meth\u006fd":"m\n","params":[],"id":"x"}"#)
-        else {
+        let Incoming::Single(Ok(req)) = parse_incoming(
+            br#"{"jsonrpc":"2.0","meth\u006fd":"m\n","params":[],"id":"x"}"#,
+            DEFAULT_MAX_BATCH,
+        ) else {
             panic!("an escaped name is still `method`")
         };
         assert_eq!(
@@ -651,6 +744,7 @@ mod tests {
         // A member given twice counts once, with its last value.
         let Incoming::Single(Ok(req)) = parse_incoming(
             br#"{"jsonrpc":"1.0","method":5,"jsonrpc":"2.0","method":"b","id":1,"id":2}"#,
+            DEFAULT_MAX_BATCH,
         ) else {
             panic!("the last values make a valid request")
         };
@@ -669,7 +763,7 @@ mod tests {
             r#"{"jsonrpc":[1e400],"method":"m","id":1}"#,
             r#"{"jsonrpc":"2.0","method":{"x":1e400},"id":1}"#,
         ] {
-            match parse_incoming(line.as_bytes()) {
+            match parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH) {
                 Incoming::Invalid(r) => assert_eq!(code(&r), -32700, "{line}"),
                 other => panic!("{line}: {other:?}"),
             }
@@ -695,7 +789,7 @@ mod tests {
 
     /// `value` sent as one line that is not a batch.
     fn single(value: &Value) -> Result<Request, Response> {
-        match parse_incoming(value.to_string().as_bytes()) {
+        match parse_incoming(value.to_string().as_bytes(), DEFAULT_MAX_BATCH) {
             Incoming::Single(r) => r,
             other => panic!("{value} is not a single request: {other:?}"),
         }
@@ -710,7 +804,7 @@ mod tests {
     #[test]
     fn batch_and_notification() {
         let frame = br#"[{"jsonrpc":"2.0","method":"a","id":1},{"jsonrpc":"2.0","method":"b"},5]"#;
-        let Incoming::Batch(items) = parse_incoming(frame) else {
+        let Incoming::Batch(items) = parse_incoming(frame, DEFAULT_MAX_BATCH) else {
             panic!("not a batch")
         };
         assert_eq!(items.len(), 3);
@@ -721,7 +815,7 @@ mod tests {
 
     /// The id of the one request in `line`, as `to_line` writes it back in a reply.
     fn echoed_id(line: &str) -> String {
-        let Incoming::Single(Ok(req)) = parse_incoming(line.as_bytes()) else {
+        let Incoming::Single(Ok(req)) = parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH) else {
             panic!("not a valid request: {line}")
         };
         let reply = Response::result(req.id.expect("an id"), json!("pong"));
@@ -792,7 +886,7 @@ mod tests {
     #[test]
     fn number_ids_in_batches_and_invalid_requests_are_echoed_verbatim() {
         let line = br#"[{"jsonrpc":"2.0","method":"a","id":1e400},5,{"jsonrpc":"2.0","method":"b"},{"jsonrpc":"1.0","method":"c","id":123456789012345678901234567890},[{"id":1}],{"jsonrpc":"2.0","method":"d","id":-0.0}]"#;
-        let Incoming::Batch(items) = parse_incoming(line) else {
+        let Incoming::Batch(items) = parse_incoming(line, DEFAULT_MAX_BATCH) else {
             panic!("not a batch")
         };
         let ids: Vec<Option<String>> = items
@@ -837,7 +931,7 @@ mod tests {
             "01", "1.", ".5", "+1", "1e", "--1", "0x10", "1.e5", "NaN", "Infinity",
         ] {
             let line = format!(r#"{{"jsonrpc":"2.0","method":"m","id":{bad}}}"#);
-            match parse_incoming(line.as_bytes()) {
+            match parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH) {
                 Incoming::Invalid(r) => assert_eq!((code(&r), &r.id), (-32700, &Id::Null)),
                 other => panic!("{bad}: {other:?}"),
             }
@@ -864,7 +958,8 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"m","id":{"a":1e400}}"#,
             deep.as_str(),
         ] {
-            let Incoming::Single(Err(r)) = parse_incoming(line.as_bytes()) else {
+            let Incoming::Single(Err(r)) = parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH)
+            else {
                 panic!("{line}")
             };
             assert_eq!((code(&r), &r.id), (-32600, &Id::Null));
@@ -874,7 +969,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"m","id":1,"params":{"x":1e400}}"#.to_string(),
             format!("{}{}", "[".repeat(200), "]".repeat(200)),
         ] {
-            match parse_incoming(line.as_bytes()) {
+            match parse_incoming(line.as_bytes(), DEFAULT_MAX_BATCH) {
                 Incoming::Invalid(r) => assert_eq!(code(&r), -32700),
                 other => panic!("{other:?}"),
             }

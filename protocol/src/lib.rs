@@ -33,7 +33,8 @@ pub mod types;
 pub use codec::{DEFAULT_MAX_MESSAGE_BYTES, FrameError, NdjsonCodec, to_line};
 pub use error::{ErrorCode, RpcError};
 pub use jsonrpc::{
-    Id, Incoming, Notification, Payload, RawNumber, RawResponse, Request, Response, parse_incoming,
+    DEFAULT_MAX_BATCH, Id, Incoming, Notification, Payload, RawNumber, RawResponse, Request,
+    Response, parse_incoming,
 };
 pub use methods::{Method, method_info, openrpc_document, parse_params, registry};
 

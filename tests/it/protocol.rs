@@ -134,7 +134,25 @@ fn batches_and_notifications() {
     );
     assert_eq!(r["id"], Value::Null);
 
-    // The notification in the first batch was carried out.
+    // A batch over `ipc.max_batch_requests` (1000) is refused whole, and nothing in it runs.
+    let mut long: Vec<Value> = (0..1001)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "system.ping"}))
+        .collect();
+    long.push(
+        json!({"jsonrpc": "2.0", "method": "setting.upsert", "params": {"key": "n", "value": "2"}}),
+    );
+    c.send(&Value::Array(long));
+    let r = c.recv().unwrap();
+    assert_eq!(code(&r["error"]), -32600, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a batch of 1002 requests is over the limit of 1000"),
+        "{r}"
+    );
+
+    // The notification in the first batch was carried out (and not the refused batch's).
     assert_eq!(
         c.call("setting.get", json!({"key": "n"})).unwrap()["value"],
         "1"
