@@ -914,13 +914,31 @@ where
 fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorError> {
     let dest = match path {
         Some(p) => {
+            let bad = |why: String| -> ActorError {
+                RpcError::invalid_params(format!("invalid params for backup.create: `path`: {why}"))
+                    .into()
+            };
+            if p.contains('\0') {
+                return Err(bad("must not contain a NUL byte".into()));
+            }
             let p = PathBuf::from(p);
             if !p.is_absolute() {
-                return Err(RpcError::invalid_params(format!(
-                    "invalid params for backup.create: `path`: must be absolute, got `{}`",
+                return Err(bad(format!("must be absolute, got `{}`", p.display())));
+            }
+            let Some(name) = p.file_name() else {
+                return Err(bad(format!("must name a file, got `{}`", p.display())));
+            };
+            if name.len() > 255 {
+                return Err(bad(format!(
+                    "the file name is {} bytes; at most 255",
+                    name.len()
+                )));
+            }
+            if p.is_dir() {
+                return Err(bad(format!(
+                    "{} is a directory; name a new file in it",
                     p.display()
-                ))
-                .into());
+                )));
             }
             match p.parent() {
                 Some(parent) if parent.is_dir() => {}
@@ -1047,7 +1065,7 @@ pub mod validate {
     pub fn setting(key: &str, value: Option<&str>) -> Result<(), RpcError> {
         if key.is_empty() || key.len() > 256 || key.chars().any(char::is_control) {
             return Err(RpcError::invalid_params(
-                "invalid params: `key`: must be 1 to 256 characters with no control characters",
+                "invalid params: `key`: must be 1 to 256 bytes (UTF-8) with no control characters",
             ));
         }
         if value.is_some_and(|v| v.len() > MAX_SETTING_VALUE) {

@@ -270,7 +270,7 @@ pub struct Setting {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingUpsert {
-    /// 1 to 256 characters, no control characters.
+    /// 1 to 256 bytes of UTF-8, no control characters.
     pub key: String,
     /// Any text up to 1 MiB.
     #[schemars(extend("x-hint" = "text"))]

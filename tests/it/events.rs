@@ -117,6 +117,13 @@ fn a_full_query_publishes_its_events_in_order() {
         seqs.iter().all(|s| logged_seqs.contains(s)),
         "{seqs:?} vs {logged_seqs:?}"
     );
+    // Nothing comes after the largest sequence numbers (they used to wrap to negative).
+    for after in [u64::MAX, 1 << 63, i64::MAX as u64] {
+        let none = d
+            .call("event.list", json!({"after_seq": after, "limit": 100}))
+            .unwrap();
+        assert_eq!(none["events"], json!([]), "after_seq {after}");
+    }
 }
 
 #[test]

@@ -232,6 +232,20 @@ fn backups_while_writing_and_their_lifecycle() {
         .call("backup.create", json!({"path": "relative.db"}))
         .unwrap_err();
     assert_eq!(code(&e), -32602);
+    let long_name = format!("/tmp/{}.db", "x".repeat(300));
+    let dir = d.path().to_str().unwrap().to_string();
+    for (bad, says) in [
+        ("/tmp/a\0b.db", "NUL byte"),
+        ("/", "must name a file"),
+        (dir.as_str(), "is a directory"),
+        (long_name.as_str(), "at most 255"),
+    ] {
+        let e = d.call("backup.create", json!({ "path": bad })).unwrap_err();
+        assert!(
+            code(&e) == -32602 && e["message"].as_str().unwrap().contains(says),
+            "{bad:?}: {e}"
+        );
+    }
 
     let default = d.call("backup.create", json!({})).unwrap();
     assert!(

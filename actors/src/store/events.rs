@@ -110,7 +110,12 @@ fn select_events(
          ORDER BY seq {direction} LIMIT ?4"
     ))?;
     let rows = st.query_map(
-        params![after_seq as i64, since_ms, types_json, limit],
+        params![
+            i64::try_from(after_seq).unwrap_or(i64::MAX),
+            since_ms,
+            types_json,
+            limit
+        ],
         |r| r.get::<_, String>(0),
     )?;
     let mut out = Vec::new();
