@@ -565,6 +565,11 @@ fn bundle_offsets(text: &str) -> Option<Vec<usize>> {
     }
 }
 
+/// Largest file `agent.import` reads (a subagent file, or a whole JSON bundle).
+const MAX_IMPORT_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Most `.md` files one directory import takes.
+const MAX_IMPORT_FILES: usize = 10_000;
+
 /// Read every definition at `path`: a directory of `.md` files, one `.md` file, or a JSON
 /// bundle `{"agents": [...]}`. All or nothing; duplicate names are refused. Errors start with
 /// the `file:line` of what was refused.
@@ -591,6 +596,13 @@ pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
         if files.is_empty() {
             return Err(format!("{}: no .md files", path.display()));
         }
+        if files.len() > MAX_IMPORT_FILES {
+            return Err(format!(
+                "{}: {} .md files; at most {MAX_IMPORT_FILES} in one import",
+                path.display(),
+                files.len()
+            ));
+        }
         files
     } else if is_md(path) {
         vec![path.to_path_buf()]
@@ -600,13 +612,15 @@ pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
     if !files.is_empty() {
         for file in files {
             let source = file.display().to_string();
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{source}: {e}"))?;
+            let text = crate::files::read_regular_text(&file, MAX_IMPORT_FILE_BYTES)
+                .map_err(|e| format!("{source}: {e}"))?;
             let (def, line) = parse_file(&source, &text)?;
             add(def, format!("{source}:{line}"), "")?;
         }
     } else {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+        let text = crate::files::read_regular_text(path, MAX_IMPORT_FILE_BYTES)
+            .map_err(|e| format!("{source}: {e}"))?;
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Bundle {
@@ -706,11 +720,16 @@ impl AgentService {
             ))
             .into());
         }
-        let parsed = load(p).map_err(|e| {
-            ActorError::Rpc(RpcError::invalid_params(format!(
-                "agent.import refused, nothing stored: {e}"
-            )))
-        })?;
+        // The path is the client's: read on the blocking pool (see `files`).
+        let at = p.to_path_buf();
+        let parsed = tokio::task::spawn_blocking(move || load(&at))
+            .await
+            .map_err(|e| ActorError::internal("reading the agent definitions", e))?
+            .map_err(|e| {
+                ActorError::Rpc(RpcError::invalid_params(format!(
+                    "agent.import refused, nothing stored: {e}"
+                )))
+            })?;
         let mut items = Vec::new();
         for p in &parsed {
             let file = agent_file(&p.def.name);

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod eventbus;
 pub mod executor;
+pub mod files;
 pub mod gateway;
 pub mod http;
 pub mod outbound;

@@ -538,41 +538,49 @@ impl ActorRequest for Unseal {
     type Output = serde_json::Value;
 }
 
+/// Largest file `vfs.unseal` reads: the sealed bundles of a few thousand agents.
+const MAX_UNSEAL_BYTES: u64 = 64 * 1024 * 1024;
+
 impl Handle<Unseal> for VfsActor {
     fn handle(&mut self, msg: Unseal, _: &mut Context<Self>) -> Reply<serde_json::Value> {
         use crate::error::ActorError;
+        let bad = |why: String| {
+            ActorError::Rpc(ccd_protocol::RpcError::invalid_params(format!(
+                "invalid params for vfs.unseal: `file`: {why}"
+            )))
+        };
         let name = msg
             .path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        let blob = match std::fs::read(&msg.path) {
-            Ok(b) => b,
-            Err(e) => {
-                return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
-                    format!(
-                        "invalid params for vfs.unseal: `file`: {}: {e}",
-                        msg.path.display()
-                    ),
+        let key = self.boot_key.clone();
+        // The path is the client's: read it on the blocking pool, and only a regular file of
+        // bounded size (a FIFO or a device would hold the actor's thread or its memory).
+        Reply::later(async move {
+            let path = msg.path.clone();
+            let blob = tokio::task::spawn_blocking(move || {
+                crate::files::read_regular(&path, MAX_UNSEAL_BYTES)
+            })
+            .await
+            .map_err(|e| ActorError::internal("reading the sealed file", e))?
+            .map_err(|e| bad(format!("{}: {e}", msg.path.display())))?;
+            if !SEALED_FILES.contains(&name.as_str()) {
+                return Err(bad(format!(
+                    "`{name}` is not one of {}; the name is sealed with the contents, so a copy \
+                     must keep it",
+                    SEALED_FILES.join(", ")
                 )));
             }
-        };
-        if !SEALED_FILES.contains(&name.as_str()) {
-            return Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
-                format!(
-                    "invalid params for vfs.unseal: `file`: `{name}` is not one of {}; the name \
-                     is sealed with the contents, so a copy must keep it",
-                    SEALED_FILES.join(", ")
-                ),
-            )));
-        }
-        match seal::open(&self.boot_key, &name, &blob).and_then(|j| Ok(serde_json::from_slice(&j)?))
-        {
-            Ok(v) => Reply::ok(v),
-            Err(e) => Reply::err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
-                format!("vfs.unseal refused {}: {e:#}", msg.path.display()),
-            ))),
-        }
+            seal::open(&key, &name, &blob)
+                .and_then(|j| Ok(serde_json::from_slice(&j)?))
+                .map_err(|e| {
+                    ActorError::Rpc(ccd_protocol::RpcError::invalid_params(format!(
+                        "vfs.unseal refused {}: {e:#}",
+                        msg.path.display()
+                    )))
+                })
+        })
     }
 }

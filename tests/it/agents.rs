@@ -371,3 +371,38 @@ fn one_file_imports_and_reading_definitions_never_starts_the_daemon() {
         "{list}"
     );
 }
+
+#[test]
+fn a_fifo_or_a_device_is_refused_without_holding_the_daemon() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("hooks.sealed");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let md_fifo = dir.path().join("agent.md");
+    std::fs::rename(&fifo, &md_fifo).unwrap();
+    let zero_link = dir.path().join("agents.sealed");
+    std::os::unix::fs::symlink("/dev/zero", &zero_link).unwrap();
+    // Nothing ever writes to the FIFO: before, the daemon's thread waited in open(2) forever.
+    for (method, path) in [
+        ("agent.import", md_fifo.clone()),
+        ("agent.import", dir.path().to_path_buf()),
+        ("vfs.unseal", zero_link.clone()),
+    ] {
+        let key = if method == "vfs.unseal" {
+            "file"
+        } else {
+            "path"
+        };
+        let e = d.call(method, json!({ key: path })).unwrap_err();
+        assert!(
+            code(&e) == -32602
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a regular file"),
+            "{method} {path:?}: {e}"
+        );
+    }
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+}
