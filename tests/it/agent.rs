@@ -819,6 +819,45 @@ fn the_agents_stderr_reaches_the_error_and_the_log() {
 }
 
 #[test]
+fn stderr_that_is_not_utf8_or_floods_is_read_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    // A byte that is not UTF-8, then far more than a pipe holds (reading that stopped at the
+    // bad byte left the agent to die of SIGPIPE), a line over the kept length, the reason.
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
+         cat > /dev/null\nprintf 'caf\\351\\n' >&2\n\
+         i=0; while [ $i -lt 3000 ]; do echo \"flood line $i: 0123456789012345678901234567890123456789012345678901234567890123456789\" >&2; i=$((i+1)); done\n\
+         head -c 10000 /dev/zero | tr '\\0' y >&2; echo >&2\n\
+         echo 'fatal: after the flood' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("fatal: after the flood"),
+        "{e}"
+    );
+    let tail = e["data"]["stderr"].as_array().unwrap();
+    assert_eq!(tail.len(), 20, "{e}");
+    assert_eq!(tail[19], "fatal: after the flood");
+    assert_eq!(
+        tail[18].as_str().unwrap(),
+        "y".repeat(4096),
+        "a long line is cut"
+    );
+    assert!(tail[17].as_str().unwrap().starts_with("flood line 2999: "));
+}
+
+#[test]
 fn an_agent_line_over_the_limit_fails_the_query_clearly() {
     let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
     // A JSON line of 2 MiB against a limit of 1 MiB, then what would have been a success.

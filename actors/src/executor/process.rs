@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How many stderr lines are kept for error messages.
 const STDERR_TAIL: usize = 20;
+/// The most of one stderr line kept in that tail.
+const STDERR_LINE_BYTES: usize = 4096;
 
 /// The per-query options that become CLI flags.
 #[derive(Debug, Clone, Default)]
@@ -228,13 +230,36 @@ pub async fn run_agent(
     let stderr_task = child.stderr.take().map(|stderr| {
         let tail = stderr_tail.clone();
         actix_rt::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
+            // Read to EOF whatever comes (stopping early would leave the agent writing into a
+            // closed pipe, killed by SIGPIPE): bytes that are not UTF-8 are replaced, and each
+            // line is kept up to STDERR_LINE_BYTES, the rest of it skipped.
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            let keep = |line: &mut Vec<u8>| {
                 let mut tail = tail.borrow_mut();
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();
                 }
-                tail.push_back(line);
+                tail.push_back(String::from_utf8_lossy(line).trim_end().to_string());
+                line.clear();
+            };
+            loop {
+                let chunk = match reader.fill_buf().await {
+                    Ok(chunk) if !chunk.is_empty() => chunk,
+                    _ => break,
+                };
+                let end = chunk.iter().position(|&b| b == b'\n');
+                let part = &chunk[..end.unwrap_or(chunk.len())];
+                let room = STDERR_LINE_BYTES.saturating_sub(line.len());
+                line.extend_from_slice(&part[..part.len().min(room)]);
+                let used = end.map_or(chunk.len(), |i| i + 1);
+                reader.consume(used);
+                if end.is_some() {
+                    keep(&mut line);
+                }
+            }
+            if !line.is_empty() {
+                keep(&mut line);
             }
         })
     });
