@@ -516,8 +516,63 @@ fn a_full_queue_is_overloaded() {
     );
     let e = d.call("query.run", json!({"prompt": "3"})).unwrap_err();
     assert_eq!(code(&e), -32009, "{e}");
-    drop(running);
+    // The queued client goes away: its place is free for the next query, which queues instead
+    // of being refused (a query whose caller had gone used to count until an executor freed).
     drop(queued);
+    wait_until("the queue to look empty", Duration::from_secs(30), || {
+        d.call("system.health", json!({})).unwrap()["executor"]["queued"] == 0
+    });
+    let mut next = d.connect();
+    next.request("query.run", json!({"prompt": "4"}));
+    wait_until(
+        "the next query to be queued",
+        Duration::from_secs(30),
+        || d.call("system.health", json!({})).unwrap()["executor"]["queued"] == 1,
+    );
+    drop(running);
+    drop(next);
+    d.wait_no_agent_processes();
+}
+
+#[test]
+fn a_queued_streaming_query_is_released_as_soon_as_its_client_goes() {
+    let d = agent_daemon(
+        Behaviour::Hang,
+        "[executor]\npool_size = 1\nqueue_size = 4\n",
+    );
+    let mut running = d.connect();
+    running.request("query.run", json!({"prompt": "1", "stream": true}));
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    {
+        let mut queued = d.connect();
+        queued.request("query.run", json!({"prompt": "2", "stream": true}));
+        wait_until(
+            "the second query to be queued",
+            Duration::from_secs(30),
+            || d.call("system.health", json!({})).unwrap()["executor"]["queued"] == 1,
+        );
+    }
+    // Its turn is recorded as cancelled while the first query still holds the only executor:
+    // the queued run (and the event stream it holds) is let go at once. It used to wait for an
+    // executor to free up, and the agent here never finishes.
+    wait_until(
+        "the queued query to be recorded as cancelled",
+        Duration::from_secs(30),
+        || {
+            d.call("event.list", json!({"types": ["turn.completed"]}))
+                .unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["status"] == "cancelled")
+        },
+    );
+    assert_eq!(
+        d.call("system.health", json!({})).unwrap()["executor"]["busy"],
+        1,
+        "the first query still runs"
+    );
+    drop(running);
     d.wait_no_agent_processes();
 }
 

@@ -72,6 +72,13 @@ impl Request for Finished {
     type Output = ();
 }
 
+/// A queued query was cancelled: take it out of the queue now (see [`ExecutorPool::prune`]).
+struct Prune;
+
+impl Request for Prune {
+    type Output = ();
+}
+
 fn failure(kind: FailureKind, class: ErrorClass, detail: String) -> Box<AgentFailure> {
     Box::new(AgentFailure {
         kind,
@@ -240,6 +247,26 @@ impl ExecutorPool {
         Some(self.idle.remove(pos))
     }
 
+    /// Drop queued work whose caller has gone, and answer queued work that was cancelled: so
+    /// that neither counts against the queue's size, and a cancelled query's run (and the
+    /// stream of events it holds) is released at once, not when an executor frees up.
+    fn prune(&mut self) {
+        for pending in std::mem::take(&mut self.queue) {
+            if pending.tx.is_closed() {
+                continue;
+            }
+            if pending.run.cancel.is_cancelled() {
+                let _ = pending.tx.send(Err(failure(
+                    FailureKind::Cancelled,
+                    ErrorClass::NonRetryable,
+                    "cancelled while queued".into(),
+                )));
+                continue;
+            }
+            self.queue.push_back(pending);
+        }
+    }
+
     /// Hand queued work to idle members, skipping work whose caller gave up.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while self
@@ -285,7 +312,10 @@ impl Handle<Submit> for ExecutorPool {
         let (tx, mut rx) = oneshot::channel();
         if let Some(idx) = self.take_idle() {
             self.dispatch(idx, Pending { run, tx }, ctx);
-        } else if self.queue.len() < self.queue_size {
+        } else if self.queue.len() < self.queue_size || {
+            self.prune();
+            self.queue.len() < self.queue_size
+        } {
             self.queue.push_back(Pending { run, tx });
         } else {
             return Reply::err(ActorError::Overloaded(format!(
@@ -295,6 +325,7 @@ impl Handle<Submit> for ExecutorPool {
             )));
         }
         let grace = self.kill_grace + Duration::from_secs(1);
+        let pool = ctx.address();
         Reply::later(async move {
             let restarted = || {
                 Err(failure(
@@ -307,7 +338,9 @@ impl Handle<Submit> for ExecutorPool {
                 r = &mut rx => Ok(r.unwrap_or_else(|_| restarted())),
                 _ = cancel.cancelled() => {
                     // A running agent reports its own cancellation (with what it said so far);
-                    // a queued one never started.
+                    // a queued one never started: the pool takes it out of the queue and answers
+                    // at once, releasing its run (and the stream of events it holds).
+                    pool.do_send(Call(Prune));
                     match tokio::time::timeout(grace, rx).await {
                         Ok(r) => Ok(r.unwrap_or_else(|_| restarted())),
                         Err(_) => Ok(Err(failure(FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled while queued".into()))),
@@ -324,6 +357,13 @@ impl Handle<Finished> for ExecutorPool {
             self.idle.push(idx);
         }
         self.pump(ctx);
+        Reply::ok(())
+    }
+}
+
+impl Handle<Prune> for ExecutorPool {
+    fn handle(&mut self, _: Prune, _: &mut Context<Self>) -> Reply<()> {
+        self.prune();
         Reply::ok(())
     }
 }
