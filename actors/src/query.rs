@@ -41,6 +41,11 @@ use ccd_protocol::agent::{AgentMessage, ContentBlock};
 
 /// Longest accepted per-query deadline (24 hours).
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Linux's limit on one argument to a program (MAX_ARG_STRLEN, 32 pages), less its NUL.
+const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
+/// What all of a query's own options may add to the agent's arguments, well inside the
+/// kernel's limit for arguments and environment together (a quarter of the 8 MiB stack).
+const MAX_ARGS_BYTES: usize = 1024 * 1024;
 
 /// What guards every agent run.
 #[derive(Clone)]
@@ -146,6 +151,48 @@ impl QueryService {
             ));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        // Options that become the agent's arguments: Linux takes at most 128 KiB in one
+        // argument (and about 2 MiB in all); past that the agent cannot even be started.
+        let joined = |v: &Option<Vec<String>>| v.as_ref().map_or(0, |v| v.join(",").len());
+        let arg_sizes = [
+            (
+                "append_system_prompt",
+                p.append_system_prompt.as_ref().map_or(0, String::len),
+            ),
+            ("mcp_config", p.mcp_config.as_ref().map_or(0, String::len)),
+            ("model", p.model.as_ref().map_or(0, String::len)),
+            ("allowed_tools", joined(&p.allowed_tools)),
+            ("disallowed_tools", joined(&p.disallowed_tools)),
+            (
+                "add_dirs",
+                p.add_dirs
+                    .iter()
+                    .flatten()
+                    .map(String::len)
+                    .max()
+                    .unwrap_or(0),
+            ),
+        ];
+        if let Some((name, len)) = arg_sizes.iter().find(|(_, len)| *len > MAX_ARG_BYTES) {
+            return Err(invalid(
+                M,
+                &format!(
+                    "`{name}`: {len} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in \
+                     one argument"
+                ),
+            ));
+        }
+        let total: usize = arg_sizes.iter().map(|(_, len)| len).sum::<usize>()
+            + p.add_dirs.iter().flatten().map(String::len).sum::<usize>();
+        if total > MAX_ARGS_BYTES {
+            return Err(invalid(
+                M,
+                &format!(
+                    "the options that become the agent's arguments add up to {total} bytes; at \
+                     most {MAX_ARGS_BYTES}"
+                ),
+            ));
+        }
 
         // An existing session to continue, if any: its project is the default place to run.
         let existing = match &p.session {

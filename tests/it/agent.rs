@@ -577,6 +577,41 @@ fn a_queued_streaming_query_is_released_as_soon_as_its_client_goes() {
 }
 
 #[test]
+fn arguments_over_the_kernels_limit_fail_the_query_without_blaming_the_agent() {
+    // The project's environment is not bounded by ccd; the kernel refuses to start the agent
+    // with it. That is no fault of the agent's: not retried, not counted by its breaker.
+    let (_dir, agent) = stub_agent(TEXT_TRANSCRIPT);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[breaker]\nconsecutive_failures = 2\n")
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    d.call(
+        "project.create",
+        json!({"name": "big", "path": work.path(), "env": {"HUGE": "h".repeat(200 << 10)}}),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let e = d
+            .call("query.run", json!({"prompt": "x", "project": "big"}))
+            .unwrap_err();
+        assert_eq!(code(&e), -32007, "{e}");
+        assert_eq!(e["data"]["class"], "non_retryable", "{e}");
+        assert_eq!(e["data"]["attempts"], 1, "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("over the kernel's limit"),
+            "{e}"
+        );
+    }
+    // The breaker stayed closed: a query elsewhere runs.
+    let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+}
+
+#[test]
 fn bad_query_params_are_refused_before_anything_runs() {
     let d = agent_daemon(Behaviour::Text("ok".into()), "");
     for (params, needle) in [
@@ -592,6 +627,14 @@ fn bad_query_params_are_refused_before_anything_runs() {
         (
             json!({"prompt": "x", "session": "a", "new_session": true}),
             "new_session",
+        ),
+        (
+            json!({"prompt": "x", "append_system_prompt": "s".repeat(200 << 10)}),
+            "`append_system_prompt`: 204800 bytes",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": vec!["/tmp/".to_string() + &"d".repeat(100 << 10); 12]}),
+            "add up to",
         ),
     ] {
         let e = d.call("query.run", params.clone()).unwrap_err();

@@ -185,14 +185,23 @@ pub async fn run_agent(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
+            let too_long = e.raw_os_error() == Some(libc::E2BIG);
             let class = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                     ErrorClass::Unavailable
                 }
-                _ if !spec.cwd.is_dir() => ErrorClass::NonRetryable,
+                _ if too_long || !spec.cwd.is_dir() => ErrorClass::NonRetryable,
                 _ => ErrorClass::Unavailable,
             };
-            let detail = if class == ErrorClass::Unavailable {
+            let detail = if too_long {
+                // This query's arguments (or the daemon's environment) are too big: nothing
+                // about the agent is wrong, so it must not count against its breaker.
+                format!(
+                    "cannot run `{}`: its arguments and environment are over the kernel's \
+                     limit ({e}); shorten the query's options or the project's env",
+                    spec.command
+                )
+            } else if class == ErrorClass::Unavailable {
                 format!(
                     "cannot run the agent command `{}`: {e}; install Claude Code (npm install -g @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then run `ccd daemon restart` (the daemon reads both when it starts)",
                     spec.command
