@@ -63,6 +63,9 @@ pub struct ConnInfo {
     pub outbound: crate::outbound::Outbound,
     /// Cancelled when the client disconnects.
     pub closed: CancellationToken,
+    /// Cancelled when the daemon closes the connection (stop, idle eviction): no new requests
+    /// are read, and event subscriptions end; requests in flight still finish.
+    pub closing: CancellationToken,
     /// Live event subscriptions of this connection (a connection with one is never idle).
     pub subscriptions: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -830,6 +833,7 @@ async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber
         let (events, missed) = tokio::select! {
             batch = sub.next_batch() => batch,
             _ = conn.closed.cancelled() => break,
+            _ = conn.closing.cancelled() => break,
             _ = sub.ended.cancelled() => break,
         };
         let lagged = (missed > 0).then(|| types::Event {
@@ -845,6 +849,7 @@ async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber
             let sent = tokio::select! {
                 r = conn.outbound.send(ccd_protocol::to_line(&note)) => r.is_ok(),
                 _ = conn.closed.cancelled() => false,
+                _ = conn.closing.cancelled() => false,
                 _ = sub.ended.cancelled() => false,
             };
             if !sent {
@@ -1203,6 +1208,7 @@ mod tests {
             id: 0,
             outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
+            closing: CancellationToken::new(),
             subscriptions: Default::default(),
         });
         for name in m::ALL_METHODS {

@@ -248,6 +248,7 @@ impl State {
             id: u64::MAX - 1,
             outbound: crate::outbound::Outbound::new(tx),
             closed: CancellationToken::new(),
+            closing: CancellationToken::new(),
             subscriptions: Default::default(),
         });
         let route = Route {

@@ -105,15 +105,18 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("stopped accepting; waiting for in-flight requests");
+    // Open connections stop reading too (a client that keeps sending would otherwise keep the
+    // daemon busy until the drain timeout) and their event subscriptions end; what they have
+    // in flight finishes and its replies are written.
+    for state in table.borrow().conns.values() {
+        state.closing.cancel();
+    }
     requests.close();
     if tokio::time::timeout(drain_timeout, requests.wait())
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests still running after {drain_timeout:?}; closing anyway");
-    }
-    for state in table.borrow().conns.values() {
-        state.closing.cancel();
     }
     connections.close();
     if tokio::time::timeout(Duration::from_secs(2), connections.wait())
@@ -254,6 +257,7 @@ impl Connection {
             id: self.id,
             outbound: out.clone(),
             closed: self.state.closed.clone(),
+            closing: self.state.closing.clone(),
             subscriptions: self.state.subscriptions.clone(),
         });
         // The requests in flight on this connection, each resolving to the number of in-flight

@@ -407,6 +407,29 @@ fn cancel_stops_a_running_query() {
 }
 
 #[test]
+fn a_stopping_daemon_reads_no_new_requests() {
+    let d = agent_daemon(Behaviour::Hang, "[daemon]\nshutdown_timeout_ms = 2000\n");
+    // A query in flight keeps the stop draining.
+    let mut running = d.connect();
+    running.request("query.run", json!({"prompt": "x", "stream": true}));
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    let mut late = d.connect();
+    assert_eq!(late.call("system.ping", json!({})).unwrap(), "pong");
+    d.call("system.shutdown", json!({})).unwrap();
+    d.log_containing("stopped accepting; waiting for in-flight requests");
+    // An open connection's next request is not read while the stop drains: the connection
+    // closes without an answer, and the write never happens.
+    let sent = late.try_request("setting.upsert", json!({"key": "late", "value": "v"}));
+    assert!(
+        sent.is_none() || late.is_closed(),
+        "a request was read during the stop"
+    );
+    d.log_containing("daemon stopped");
+    let out = d.ccd(&["setting", "get", "late"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
+
+#[test]
 fn a_client_that_disconnects_cancels_its_query() {
     let d = agent_daemon(Behaviour::Hang, "");
     {

@@ -398,3 +398,17 @@ fn subscriptions_survive_a_restart_of_the_bus_actor() {
         },
     );
 }
+
+#[test]
+fn a_subscriber_does_not_hold_up_a_stop() {
+    let d = Daemon::start();
+    let mut sub = subscribe(&d, json!({}));
+    d.ccd_ok(&["daemon", "stop"]);
+    // The subscription ended with the stop, and its connection closed without being waited on.
+    assert!(
+        std::iter::from_fn(|| sub.recv()).all(|m| m["method"] == "event"),
+        "only events, then the end"
+    );
+    let log = d.log_containing("daemon stopped");
+    assert!(!log.contains("did not close in time"), "{log}");
+}
