@@ -43,11 +43,22 @@ impl Request for Flush {
 }
 
 /// A queued write, type-erased: runs its op and returns whether to keep its changes, with the
-/// answer to send once the group's commit has succeeded (`None`) or failed (`Some`).
+/// answer to send once the group's commit has succeeded (`None`) or failed (`Some`). Given an
+/// error instead of a connection, it does not run, and answers with that error.
 struct Job {
     /// [`WriteOp::ONE_STATEMENT`]: needs no savepoint.
     one_statement: bool,
-    run: Box<dyn FnOnce(&Connection) -> Applied + Send>,
+    run: RunWrite,
+}
+
+/// Runs a write on the connection, or answers it with the error that kept it from running.
+type RunWrite = Box<dyn FnOnce(Result<&Connection, &ActorError>) -> Applied + Send>;
+
+impl Job {
+    /// Answer without running: the write was not made, for this reason.
+    fn refuse(self, why: &ActorError) {
+        ((self.run)(Err(why)).reply)(None);
+    }
 }
 
 struct Applied {
@@ -103,15 +114,17 @@ impl WriterActor {
             // Only possible while a reset is failing, when requests are refused before they
             // get here; answer rather than leave the callers waiting.
             let err = ActorError::Internal("the writer has no database connection".into());
-            for job in jobs {
-                drop(job);
-            }
             tracing::error!("{err}");
+            for job in jobs {
+                job.refuse(&err);
+            }
             return Vec::new();
         };
         let mut replies = Vec::with_capacity(jobs.len());
         let mut jobs = jobs.into_iter();
         let mut untried = Vec::new();
+        // A write that a failing transaction statement (SAVEPOINT) kept from running.
+        let mut stopped_at = None;
         // The transaction statements are prepared once and cached: parsing `SAVEPOINT` and
         // `RELEASE` for every write (as rusqlite's `Savepoint` does) was a tenth of the
         // writer's time under load.
@@ -120,7 +133,7 @@ impl WriterActor {
             exec("BEGIN")?;
             while let Some(job) = jobs.next() {
                 if job.one_statement {
-                    let applied = (job.run)(conn);
+                    let applied = (job.run)(Ok(conn));
                     let ok = applied.ok;
                     replies.push(applied.reply);
                     // A failed statement is undone on its own, except on the few errors (disk
@@ -136,13 +149,17 @@ impl WriterActor {
                     }
                     continue;
                 }
-                exec("SAVEPOINT write")?;
-                let applied = (job.run)(conn);
+                if let Err(e) = exec("SAVEPOINT write") {
+                    stopped_at = Some(job);
+                    return Err(e);
+                }
+                let applied = (job.run)(Ok(conn));
+                // Its answer waits for the commit, and goes out even if what follows fails.
+                replies.push(applied.reply);
                 if !applied.ok {
                     exec("ROLLBACK TO write")?;
                 }
                 exec("RELEASE write")?;
-                replies.push(applied.reply);
             }
             exec("COMMIT")
         })();
@@ -157,6 +174,12 @@ impl WriterActor {
                 let err = ActorError::Internal(format!("committing a group of writes: {e}"));
                 tracing::error!("{err}");
                 replies.into_iter().for_each(|r| r(Some(&err)));
+                // The writes the failure kept from running (BEGIN or a SAVEPOINT failed: most
+                // likely a disk or I/O error that would fail them again) get the same answer,
+                // rather than be dropped and look like a writer restart.
+                for job in stopped_at.into_iter().chain(jobs) {
+                    job.refuse(&err);
+                }
             }
         }
         untried
@@ -199,8 +222,11 @@ impl<O: WriteOp> Handle<Write<O>> for WriterActor {
         let op = msg.0;
         self.pending.push(Job {
             one_statement: O::ONE_STATEMENT,
-            run: Box::new(move |conn: &Connection| {
-                let result = op.apply(conn);
+            run: Box::new(move |conn: Result<&Connection, &ActorError>| {
+                let result = match conn {
+                    Ok(conn) => op.apply(conn),
+                    Err(why) => Err(why.clone()),
+                };
                 Applied {
                     ok: result.is_ok(),
                     reply: Box::new(move |commit_err: Option<&ActorError>| {
@@ -293,5 +319,49 @@ mod tests {
         let reader = store::open_reader(&db).unwrap().unwrap();
         assert!(store::setting(&reader, "before").unwrap().is_none());
         assert!(store::setting(&reader, "after").unwrap().is_some());
+    }
+
+    /// A write of several statements that ends the group's transaction under the writer, so
+    /// that the transaction statements around it fail (as on an I/O error).
+    struct EndTheTransaction;
+
+    impl WriteOp for EndTheTransaction {
+        type Output = ();
+        fn apply(self, conn: &Connection) -> Result<(), ActorError> {
+            conn.execute_batch("ROLLBACK")
+                .map_err(|e| ActorError::Internal(e.to_string()))?;
+            Err(ActorError::Internal("gave up".into()))
+        }
+    }
+
+    #[actix_rt::test]
+    async fn writes_a_failed_transaction_statement_stopped_get_its_error_not_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, db) = start_for_test(dir.path());
+        let upsert = |key: &str| {
+            writer.send(Call(Write(store::UpsertSetting {
+                key: key.into(),
+                value: "v".into(),
+            })))
+        };
+        let before = upsert("before");
+        let failing = writer.send(Call(Write(EndTheTransaction)));
+        let after = upsert("after");
+        let (before, failing, after) = futures_util::join!(before, failing, after);
+        let err = failing.unwrap().unwrap_err().to_string();
+        assert!(err.contains("gave up"), "{err}");
+        for (name, r) in [("before", before), ("after", after)] {
+            let err = r.unwrap().unwrap_err().to_string();
+            assert!(
+                err.contains("committing a group of writes") && !err.contains("restarted"),
+                "{name}: {err}"
+            );
+        }
+        let reader = store::open_reader(&db).unwrap().unwrap();
+        assert!(store::setting(&reader, "before").unwrap().is_none());
+        assert!(store::setting(&reader, "after").unwrap().is_none());
+        // The writer goes on.
+        let ok = upsert("later").await.unwrap().unwrap();
+        assert_eq!(ok.key, "later");
     }
 }
