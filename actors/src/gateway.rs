@@ -630,6 +630,17 @@ impl GatewayActor {
                 validate::event_types("types", f.types.as_deref().unwrap_or_default())?;
                 Ok(f)
             }) {
+                Ok(_)
+                    if conn
+                        .subscriptions
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        >= MAX_SUBSCRIPTIONS_PER_CONNECTION =>
+                {
+                    Reply::err(ActorError::Overloaded(format!(
+                        "this connection has {MAX_SUBSCRIPTIONS_PER_CONNECTION} event \
+                         subscriptions, the most one may have; unsubscribe one first"
+                    )))
+                }
                 Ok(filter) => {
                     let sub = bus.subscribe(conn.id, filter, self.info.subscriber_queue);
                     let id = sub.id;
@@ -824,6 +835,9 @@ impl Handle<Route> for GatewayActor {
         }
     }
 }
+
+/// Event subscriptions one connection may hold at once (each has its own queue and task).
+const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
 /// Deliver a subscription's events as `event` notifications until it ends or the client goes.
 /// Waiting on a slow client blocks only this task: the bus drops the subscriber's oldest events

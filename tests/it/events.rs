@@ -240,6 +240,18 @@ fn unsubscribe_and_bad_filters() {
     assert_eq!(code(&e), -32602);
     let e = c.call("event.list", json!({"limit": 0})).unwrap_err();
     assert_eq!(code(&e), -32602);
+
+    // At most 64 subscriptions per connection; ending one makes room.
+    let ids: Vec<Value> = (0..64)
+        .map(|_| c.call("event.subscribe", json!({})).unwrap()["subscription_id"].clone())
+        .collect();
+    let e = c.call("event.subscribe", json!({})).unwrap_err();
+    assert_eq!(code(&e), -32009, "{e}");
+    c.call("event.unsubscribe", json!({"subscription_id": ids[0]}))
+        .unwrap();
+    wait_until("room for a subscription", Duration::from_secs(30), || {
+        c.call("event.subscribe", json!({})).is_ok()
+    });
 }
 
 #[test]

@@ -115,6 +115,13 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    /// Closed with nothing against it: forgetting it loses only a run of successes.
+    fn at_rest(&self) -> bool {
+        self.state == State::Closed
+            && self.consecutive == 0
+            && self.window.iter().all(|s| !s.failed && !s.slow)
+    }
+
     pub fn new(spec: BreakerSpec) -> Self {
         Breaker {
             spec,
@@ -270,6 +277,9 @@ pub struct BreakerCore {
     breakers: Mutex<HashMap<String, Breaker>>,
 }
 
+/// How many breakers are kept before those at rest are forgotten.
+const MAX_BREAKERS: usize = 1024;
+
 impl BreakerCore {
     pub fn new() -> Arc<Self> {
         Arc::new(BreakerCore::default())
@@ -288,6 +298,11 @@ impl BreakerCore {
             return (Ok(()), None);
         }
         let mut map = self.lock();
+        // One breaker per agent command and model, and the model is the client's: past
+        // MAX_BREAKERS, breakers at rest make room for a new one.
+        if map.len() >= MAX_BREAKERS && !map.contains_key(key) {
+            map.retain(|_, b| !b.at_rest());
+        }
         let b = map
             .entry(key.to_string())
             .or_insert_with(|| Breaker::new(spec));
@@ -414,6 +429,32 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn breakers_at_rest_make_room_for_new_keys() {
+        paused(async {
+            let core = BreakerCore::new();
+            let spec = spec();
+            // One breaker with failures against it, then a flood of keys (one per model name).
+            assert!(core.allow("claude|bad", spec).0.is_ok());
+            core.record("claude|bad", Outcome::Failure, Duration::from_millis(1));
+            for i in 0..3 * MAX_BREAKERS {
+                let key = format!("claude|model-{i}");
+                assert!(core.allow(&key, spec).0.is_ok());
+                core.record(&key, Outcome::Success, Duration::from_millis(1));
+            }
+            let status = core.status();
+            assert!(
+                status.len() <= MAX_BREAKERS,
+                "{} breakers kept",
+                status.len()
+            );
+            assert!(
+                status.iter().any(|b| b.key == "claude|bad"),
+                "a breaker with a failure is kept"
+            );
+        });
     }
 
     #[test]

@@ -49,6 +49,20 @@ struct KeyState {
 }
 
 impl KeyState {
+    /// Nothing running or waiting, its window empty and its bucket full again: forgetting it
+    /// changes no decision.
+    fn at_rest(&self, now: Instant) -> bool {
+        let window = Duration::from_millis(self.spec.window_ms);
+        self.in_flight == 0
+            && self.waiting == 0
+            && self
+                .window
+                .back()
+                .is_none_or(|t| now.duration_since(*t) >= window)
+            && (self.bucket.is_none()
+                || available_tokens(&self.spec, self.last_remaining, now) >= self.spec.burst.max(1))
+    }
+
     fn new(spec: LimitSpec) -> Self {
         KeyState {
             bucket: bucket(&spec),
@@ -92,6 +106,9 @@ pub struct LimiterCore {
     released: tokio::sync::Notify,
 }
 
+/// How many keys are kept before those at rest are forgotten.
+const MAX_KEYS: usize = 1024;
+
 impl LimiterCore {
     pub fn new() -> Arc<Self> {
         Arc::new(LimiterCore::default())
@@ -110,6 +127,10 @@ impl LimiterCore {
         let now = Instant::now();
         let mut map = self.lock();
         let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
+        // A key per model, and the model is the client's: past MAX_KEYS, keys at rest make room.
+        if map.len() >= MAX_KEYS && active.iter().any(|(k, _)| !map.contains_key(k)) {
+            map.retain(|_, s| !s.at_rest(now));
+        }
         for (key, spec) in &active {
             let state = map
                 .entry(key.clone())
@@ -403,6 +424,34 @@ mod tests {
                 });
             }
         }
+    }
+
+    #[test]
+    fn keys_at_rest_make_room_for_new_ones() {
+        paused(async {
+            let core = LimiterCore::new();
+            let spec = LimitSpec {
+                rate_per_s: 100.0,
+                burst: 1,
+                concurrency: 4,
+                ..Default::default()
+            };
+            // A key with a query in flight, then a flood of keys (one per model name) whose
+            // buckets have refilled by the time the map is full.
+            let busy = core
+                .try_acquire(&[("model:busy".to_string(), spec)])
+                .unwrap();
+            for i in 0..3 * MAX_KEYS {
+                let key = format!("model:m{i}");
+                drop(core.try_acquire(&[(key, spec)]).unwrap());
+                tokio::time::advance(Duration::from_millis(10)).await;
+            }
+            let status = core.status();
+            assert!(status.len() <= MAX_KEYS + 1, "{} keys kept", status.len());
+            let kept = status.iter().find(|k| k.key == "model:busy");
+            assert_eq!(kept.map(|k| k.in_flight), Some(1), "a key in use is kept");
+            drop(busy);
+        });
     }
 
     #[test]
