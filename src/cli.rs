@@ -558,7 +558,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Breaker(BreakerCmd::Status { json }) => {
             let st = Client::connect(&home)?.call::<m::BreakerStatus>(&NoParams {})?;
             if json {
-                print_json(&st)?;
+                // A bare array, as every other listing prints.
+                print_json(&st.breakers)?;
                 return Ok(exit::OK);
             }
             let mut t = Table::new([
@@ -783,7 +784,12 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 Err(e) => return Err(e.into()),
             };
             if json {
-                print_json(&health)?;
+                // `running` as when it is not running, then `system.health`.
+                let mut v = serde_json::to_value(&health)?;
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("running".into(), true.into());
+                }
+                print_json(&v)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "ccd daemon is running")?;

@@ -53,6 +53,12 @@ fn stop_removes_socket_and_pid_file_and_status_exits_3() {
         text.contains("gateway") && text.contains("writer") && text.contains("running"),
         "{text}"
     );
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ccd_ok(&["daemon", "status", "--json"])).unwrap();
+    assert_eq!(
+        (v["running"].clone(), v["pid"].clone()),
+        (true.into(), d.pid().into())
+    );
 
     let out = d.ccd_ok(&["daemon", "stop"]);
     assert!(out.contains("stopped"), "{out}");

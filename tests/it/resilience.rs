@@ -99,6 +99,12 @@ fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
     assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
     let status = d.ccd_ok(&["breaker", "status"]);
     assert!(status.contains("OPEN"), "{status}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.ccd_ok(&["breaker", "status", "--json"])).unwrap();
+    assert_eq!(
+        listed[0]["state"], "OPEN",
+        "a bare array, as other listings: {listed}"
+    );
     // Refused at once, and still on the record: two refused turns, and the breaker counts them.
     wait_until(
         "the refused queries to be recorded",
