@@ -430,10 +430,20 @@ fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // The daemon has no terminal to lose: a SIGHUP (a terminal it opened by mistake hanging up,
+    // or a stray `kill -HUP`) is logged and otherwise ignored instead of killing it uncleanly.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     actix_rt::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => tracing::info!("SIGINT: stopping"),
+                _ = hup.recv() => {
+                    tracing::warn!("SIGHUP ignored (stop the daemon with SIGTERM or `ccd daemon stop`)");
+                    continue;
+                }
+            }
+            break;
         }
         shutdown.cancel();
     });

@@ -89,6 +89,9 @@ pub enum Lock {
     Held(Option<u32>),
 }
 
+/// How many times `acquire` tries again, 10 ms apart, before it takes the lock as held.
+const PROBE_RETRIES: u32 = 5;
+
 impl PidLock {
     pub fn acquire(path: &Path) -> anyhow::Result<Lock> {
         loop {
@@ -99,11 +102,22 @@ impl PidLock {
                 .truncate(false)
                 .open(path)
                 .with_context(|| format!("opening {}", path.display()))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => return Ok(Lock::Held(read_pid(&mut file))),
-                Err(TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("locking {}", path.display()));
+            // `probe` (any CLI command that finds no daemon answering) holds the lock for an
+            // instant: a few tries apart tell that from a daemon that holds it.
+            let mut tries = 0;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break,
+                    Err(TryLockError::WouldBlock) if tries < PROBE_RETRIES => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(TryLockError::WouldBlock) => {
+                        return Ok(Lock::Held(read_pid(&mut file)));
+                    }
+                    Err(TryLockError::Error(e)) => {
+                        return Err(e).with_context(|| format!("locking {}", path.display()));
+                    }
                 }
             }
             // A daemon that was stopping may have removed the file between our open and lock:

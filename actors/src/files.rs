@@ -13,12 +13,14 @@ use std::path::Path;
 /// The whole of the regular file at `path`, if it holds at most `max` bytes.
 ///
 /// The file is opened with `O_NONBLOCK` (a FIFO then opens at once instead of waiting for a
-/// writer) and checked with `fstat` on the open handle, so a file swapped for something else
+/// writer) and `O_NOCTTY` and checked with `fstat` on the open handle, so a file swapped for something else
 /// between a check and the read is still refused.
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let file = File::options()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        // O_NOCTTY: the daemon has no controlling terminal (it is a session leader), and
+        // opening a terminal would make that one its own, and its hangup a SIGHUP to us.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {

@@ -182,7 +182,12 @@ impl QueryService {
                 ),
             ));
         }
-        let total: usize = arg_sizes.iter().map(|(_, len)| len).sum::<usize>()
+        // Every directory is an argument of its own: count them all, not just the longest.
+        let total: usize = arg_sizes
+            .iter()
+            .filter(|(name, _)| *name != "add_dirs")
+            .map(|(_, len)| len)
+            .sum::<usize>()
             + p.add_dirs.iter().flatten().map(String::len).sum::<usize>();
         if total > MAX_ARGS_BYTES {
             return Err(invalid(

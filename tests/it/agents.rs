@@ -406,3 +406,52 @@ fn a_fifo_or_a_device_is_refused_without_holding_the_daemon() {
     }
     assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
 }
+
+/// The terminal the daemon's process is attached to (field 7 of /proc/PID/stat; 0: none).
+fn controlling_tty(pid: u32) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(4).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_terminal_named_in_a_request_does_not_become_the_daemons_and_sighup_is_ignored() {
+    let d = Daemon::start();
+    let pid = d.pid();
+    assert_eq!(controlling_tty(pid), 0, "a detached daemon has no terminal");
+    // A pseudo-terminal pair of this test's; its slave's path goes to the daemon.
+    // SAFETY: posix_openpt/grantpt/unlockpt take a flag or an fd we own; ptsname_r writes at
+    // most `buf.len()` bytes into our buffer.
+    let (master, slave) = unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0);
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        let mut buf = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master, buf.as_mut_ptr(), buf.len()), 0);
+        let name = std::ffi::CStr::from_ptr(buf.as_ptr());
+        (master, name.to_str().unwrap().to_string())
+    };
+    let e = d.call("vfs.unseal", json!({ "file": slave })).unwrap_err();
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{e}"
+    );
+    assert_eq!(
+        controlling_tty(pid),
+        0,
+        "opening {slave} made it the daemon's terminal"
+    );
+    // SAFETY: closing the master fd we opened above, once.
+    unsafe { libc::close(master) };
+    // A hangup signal is logged and ignored.
+    // SAFETY: kill(2) on the daemon's pid, a positive integer.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) }, 0);
+    d.log_containing("SIGHUP ignored");
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    assert_eq!(d.pid(), pid);
+}
