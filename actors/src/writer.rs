@@ -113,7 +113,11 @@ impl WriterActor {
         let Some(conn) = self.conn.as_ref() else {
             // Only possible while a reset is failing, when requests are refused before they
             // get here; answer rather than leave the callers waiting.
-            let err = ActorError::Internal("the writer has no database connection".into());
+            let err = ActorError::Unavailable {
+                actor: "writer".into(),
+                state: ccd_protocol::types::ActorState::Restarting,
+                reason: "the writer has no database connection".into(),
+            };
             tracing::error!("{err}");
             for job in jobs {
                 job.refuse(&err);
@@ -154,9 +158,19 @@ impl WriterActor {
                     return Err(e);
                 }
                 let applied = (job.run)(Ok(conn));
+                let ok = applied.ok;
                 // Its answer waits for the commit, and goes out even if what follows fails.
                 replies.push(applied.reply);
-                if !applied.ok {
+                // As for one statement: a failure that rolled the whole transaction back
+                // fails the group, and the writes not yet tried go to the next one.
+                if !ok && conn.is_autocommit() {
+                    untried.extend(jobs.by_ref());
+                    return Err(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                        Some("a failed write rolled back the group's transaction".into()),
+                    ));
+                }
+                if !ok {
                     exec("ROLLBACK TO write")?;
                 }
                 exec("RELEASE write")?;
@@ -321,17 +335,57 @@ mod tests {
         assert!(store::setting(&reader, "after").unwrap().is_some());
     }
 
-    /// A write of several statements that ends the group's transaction under the writer, so
-    /// that the transaction statements around it fail (as on an I/O error).
-    struct EndTheTransaction;
+    /// A write of several statements that fails the way disk-full does: SQLite rolls the
+    /// whole transaction back.
+    struct RollBackAndFail;
 
-    impl WriteOp for EndTheTransaction {
+    impl WriteOp for RollBackAndFail {
         type Output = ();
         fn apply(self, conn: &Connection) -> Result<(), ActorError> {
             conn.execute_batch("ROLLBACK")
                 .map_err(|e| ActorError::Internal(e.to_string()))?;
             Err(ActorError::Internal("gave up".into()))
         }
+    }
+
+    /// A write that swaps the group's transaction for another under the writer, so that the
+    /// statement closing its savepoint fails (as it would on an I/O error).
+    struct BreakTheSavepoint;
+
+    impl WriteOp for BreakTheSavepoint {
+        type Output = ();
+        fn apply(self, conn: &Connection) -> Result<(), ActorError> {
+            conn.execute_batch("ROLLBACK; BEGIN")
+                .map_err(|e| ActorError::Internal(e.to_string()))
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_write_of_several_statements_that_rolls_back_its_group_is_treated_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, db) = start_for_test(dir.path());
+        let upsert = |key: &str| {
+            writer.send(Call(Write(store::UpsertSetting {
+                key: key.into(),
+                value: "v".into(),
+            })))
+        };
+        let before = upsert("before");
+        let failing = writer.send(Call(Write(RollBackAndFail)));
+        let after = upsert("after");
+        let (before, failing, after) = futures_util::join!(before, failing, after);
+        let err = before.unwrap().unwrap_err().to_string();
+        assert!(err.contains("rolled back the group"), "{err}");
+        let err = failing.unwrap().unwrap_err().to_string();
+        assert!(err.contains("gave up"), "{err}");
+        assert_eq!(
+            after.unwrap().unwrap().key,
+            "after",
+            "retried in the next group"
+        );
+        let reader = store::open_reader(&db).unwrap().unwrap();
+        assert!(store::setting(&reader, "before").unwrap().is_none());
+        assert!(store::setting(&reader, "after").unwrap().is_some());
     }
 
     #[actix_rt::test]
@@ -345,12 +399,14 @@ mod tests {
             })))
         };
         let before = upsert("before");
-        let failing = writer.send(Call(Write(EndTheTransaction)));
+        let breaking = writer.send(Call(Write(BreakTheSavepoint)));
         let after = upsert("after");
-        let (before, failing, after) = futures_util::join!(before, failing, after);
-        let err = failing.unwrap().unwrap_err().to_string();
-        assert!(err.contains("gave up"), "{err}");
-        for (name, r) in [("before", before), ("after", after)] {
+        let (before, breaking, after) = futures_util::join!(before, breaking, after);
+        for (name, r) in [
+            ("before", before.map(|r| r.map(drop))),
+            ("breaking", breaking),
+            ("after", after.map(|r| r.map(drop))),
+        ] {
             let err = r.unwrap().unwrap_err().to_string();
             assert!(
                 err.contains("committing a group of writes") && !err.contains("restarted"),

@@ -112,14 +112,21 @@ pub struct Breaker {
     rejected: u64,
     ignored: u64,
     opened: u64,
+    /// When a call last asked it.
+    last_used: Instant,
 }
 
 impl Breaker {
-    /// Closed with nothing against it: forgetting it loses only a run of successes.
-    fn at_rest(&self) -> bool {
-        self.state == State::Closed
-            && self.consecutive == 0
-            && self.window.iter().all(|s| !s.failed && !s.slow)
+    /// Closed with nothing against it (forgetting it loses only a run of successes), or open
+    /// with its wait over and no call since to try it.
+    fn at_rest(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => {
+                self.consecutive == 0 && self.window.iter().all(|s| !s.failed && !s.slow)
+            }
+            State::Open => now >= self.open_until,
+            State::HalfOpen => false,
+        }
     }
 
     pub fn new(spec: BreakerSpec) -> Self {
@@ -134,6 +141,7 @@ impl Breaker {
             rejected: 0,
             ignored: 0,
             opened: 0,
+            last_used: Instant::now(),
         }
     }
 
@@ -143,6 +151,7 @@ impl Breaker {
 
     /// May a call go through now? `Err(retry_after)` when open (or HALF_OPEN is full).
     pub fn allow(&mut self, now: Instant) -> (Result<(), Duration>, Option<Change>) {
+        self.last_used = now;
         let mut change = None;
         if self.state == State::Open && now >= self.open_until {
             change = Some(self.to(State::HalfOpen, "the wait duration passed".into(), now));
@@ -299,9 +308,19 @@ impl BreakerCore {
         }
         let mut map = self.lock();
         // One breaker per agent command and model, and the model is the client's: past
-        // MAX_BREAKERS, breakers at rest make room for a new one.
+        // MAX_BREAKERS, breakers at rest make room for a new one, and if none is, the one
+        // asked least recently goes.
         if map.len() >= MAX_BREAKERS && !map.contains_key(key) {
-            map.retain(|_, b| !b.at_rest());
+            let now = Instant::now();
+            map.retain(|_, b| !b.at_rest(now));
+            if map.len() >= MAX_BREAKERS
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, b)| b.last_used)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
         }
         let b = map
             .entry(key.to_string())
@@ -454,6 +473,15 @@ mod tests {
                 status.iter().any(|b| b.key == "claude|bad"),
                 "a breaker with a failure is kept"
             );
+            // Models whose every call fails, never asked again: still at most MAX_BREAKERS.
+            for i in 0..2 * MAX_BREAKERS {
+                let key = format!("claude|failing-{i}");
+                assert!(core.allow(&key, spec).0.is_ok());
+                for _ in 0..spec.consecutive_failures {
+                    core.record(&key, Outcome::Failure, Duration::from_millis(1));
+                }
+            }
+            assert!(core.status().len() <= MAX_BREAKERS);
         });
     }
 
