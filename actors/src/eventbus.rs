@@ -154,6 +154,28 @@ impl Bus {
 
     pub fn subscribe(&self, conn: u64, filter: EventFilter, capacity: usize) -> Arc<Subscriber> {
         let mut inner = self.lock();
+        Self::add(&mut inner, conn, filter, capacity)
+    }
+
+    /// As [`Bus::subscribe`], unless connection `conn` already holds `max` subscriptions.
+    /// Counted under the bus's lock, so an `unsubscribe` makes room at once.
+    pub fn try_subscribe(
+        &self,
+        conn: u64,
+        filter: EventFilter,
+        capacity: usize,
+        max: usize,
+    ) -> Option<Arc<Subscriber>> {
+        let mut inner = self.lock();
+        let held = inner
+            .subscribers
+            .values()
+            .filter(|s| s.conn == conn)
+            .count();
+        (held < max).then(|| Self::add(&mut inner, conn, filter, capacity))
+    }
+
+    fn add(inner: &mut Inner, conn: u64, filter: EventFilter, capacity: usize) -> Arc<Subscriber> {
         inner.next_sub += 1;
         let sub = Arc::new(Subscriber {
             id: inner.next_sub,

@@ -630,19 +630,18 @@ impl GatewayActor {
                 validate::event_types("types", f.types.as_deref().unwrap_or_default())?;
                 Ok(f)
             }) {
-                Ok(_)
-                    if conn
-                        .subscriptions
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        >= MAX_SUBSCRIPTIONS_PER_CONNECTION =>
-                {
-                    Reply::err(ActorError::Overloaded(format!(
-                        "this connection has {MAX_SUBSCRIPTIONS_PER_CONNECTION} event \
-                         subscriptions, the most one may have; unsubscribe one first"
-                    )))
-                }
                 Ok(filter) => {
-                    let sub = bus.subscribe(conn.id, filter, self.info.subscriber_queue);
+                    let Some(sub) = bus.try_subscribe(
+                        conn.id,
+                        filter,
+                        self.info.subscriber_queue,
+                        MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                    ) else {
+                        return Some(Reply::err(ActorError::Overloaded(format!(
+                            "this connection has {MAX_SUBSCRIPTIONS_PER_CONNECTION} event \
+                             subscriptions, the most one may have; unsubscribe one first"
+                        ))));
+                    };
                     let id = sub.id;
                     conn.subscriptions
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
