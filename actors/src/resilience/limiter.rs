@@ -46,6 +46,8 @@ struct KeyState {
     admitted: u64,
     /// Tokens left after the bucket's last decision, and when it was made.
     last_remaining: Option<(u32, Instant)>,
+    /// When a query last asked for it.
+    last_used: Instant,
 }
 
 impl KeyState {
@@ -73,6 +75,7 @@ impl KeyState {
             throttled: 0,
             admitted: 0,
             last_remaining: None,
+            last_used: Instant::now(),
         }
     }
 }
@@ -130,11 +133,25 @@ impl LimiterCore {
         // A key per model, and the model is the client's: past MAX_KEYS, keys at rest make room.
         if map.len() >= MAX_KEYS && active.iter().any(|(k, _)| !map.contains_key(k)) {
             map.retain(|_, s| !s.at_rest(now));
+            // None at rest: the least recently asked of those with nothing in flight or
+            // waiting goes (its bucket and window start over, as for a new model).
+            while map.len() >= MAX_KEYS {
+                let idle = map
+                    .iter()
+                    .filter(|(_, s)| s.in_flight == 0 && s.waiting == 0)
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(k, _)| k.clone());
+                match idle {
+                    Some(key) => map.remove(&key),
+                    None => break,
+                };
+            }
         }
         for (key, spec) in &active {
             let state = map
                 .entry(key.clone())
                 .or_insert_with(|| KeyState::new(*spec));
+            state.last_used = now;
             if state.spec != *spec {
                 let in_flight = state.in_flight;
                 *state = KeyState {
@@ -450,6 +467,15 @@ mod tests {
             assert!(status.len() <= MAX_KEYS + 1, "{} keys kept", status.len());
             let kept = status.iter().find(|k| k.key == "model:busy");
             assert_eq!(kept.map(|k| k.in_flight), Some(1), "a key in use is kept");
+            // Keys whose buckets are still empty (no time passes): the least recently used
+            // go instead, never the one in use.
+            for i in 0..2 * MAX_KEYS {
+                let key = format!("model:empty{i}");
+                drop(core.try_acquire(&[(key, spec)]).unwrap());
+            }
+            let status = core.status();
+            assert!(status.len() <= MAX_KEYS + 1, "{} keys kept", status.len());
+            assert!(status.iter().any(|k| k.key == "model:busy"));
             drop(busy);
         });
     }
