@@ -80,6 +80,7 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
     let mut config = Config::load_with(&home.root, overrides)?;
     let _log_guard = crate::logging::init(home, !notify)?;
     fit_connections_to_fd_limit(&mut config);
+    let effective = config_report(home, overrides, &config);
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let msg = ccd_actors::supervise::panic_message(info.payload());
@@ -89,7 +90,7 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
     tracing::info!(home = %home.root.display(), pid = std::process::id(), fault_injection, "daemon starting");
 
     let system = actix_rt::System::new();
-    let outcome = system.block_on(serve(home, config, fault_injection, notify));
+    let outcome = system.block_on(serve(home, config, effective, fault_injection, notify));
     drop(system);
     // The socket first: once it is gone, no client can think this daemon still answers.
     let _ = std::fs::remove_file(home.socket());
@@ -146,9 +147,36 @@ fn fit_connections_to_fd_limit(config: &mut Config) {
     }
 }
 
+/// What `system.config` answers: every value this daemon runs with, and where it came from
+/// (a value the daemon changed at start, as `ipc.max_connections` may be, says so).
+fn config_report(
+    home: &Home,
+    overrides: &[(String, String)],
+    config: &Config,
+) -> Vec<ccd_protocol::types::ConfigValue> {
+    let explained = Config::explain(&home.root, overrides).unwrap_or_default();
+    let running = serde_json::to_value(config).unwrap_or_default();
+    explained
+        .into_iter()
+        .map(|(key, loaded, source)| {
+            let value = key
+                .split_once('.')
+                .and_then(|(section, name)| running.get(section)?.get(name).cloned())
+                .unwrap_or(loaded.clone());
+            let source = if value == loaded {
+                source
+            } else {
+                format!("{source}, then lowered at start (was {loaded})")
+            };
+            ccd_protocol::types::ConfigValue { key, value, source }
+        })
+        .collect()
+}
+
 async fn serve(
     home: &Home,
     config: Config,
+    effective: Vec<ccd_protocol::types::ConfigValue>,
     fault_injection: bool,
     notify: bool,
 ) -> anyhow::Result<()> {
@@ -186,6 +214,7 @@ async fn serve(
         subscriber_queue: config.events.subscriber_queue,
         http_url: Default::default(),
         vfs: Default::default(),
+        config: effective,
     });
     let pool = ExecutorPool::new(
         &health,

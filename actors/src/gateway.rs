@@ -49,6 +49,8 @@ pub struct DaemonInfo {
     pub http_url: std::sync::OnceLock<String>,
     /// The agent filesystem's state, once the mount was tried.
     pub vfs: std::sync::OnceLock<types::VfsStatus>,
+    /// The configuration it runs with, every value with its source (`system.config`).
+    pub config: Vec<types::ConfigValue>,
 }
 
 /// The connection a request came from: lets a method stream notifications back on it and
@@ -149,6 +151,7 @@ pub struct GatewayActor {
     /// The answers of `system.describe` and `rpc.discover`, serialized once.
     describe: Result<Answer, ActorError>,
     discover: Result<Answer, ActorError>,
+    config: Result<Answer, ActorError>,
     /// For `debug.crash eventbus`; set once the bus actor runs.
     eventbus: Option<Addr<crate::eventbus::EventBusActor>>,
     agents: crate::agents::AgentService,
@@ -167,7 +170,8 @@ impl GatewayActor {
         info: Arc<DaemonInfo>,
         agents: crate::agents::AgentService,
     ) -> Self {
-        // Built once at start: describe and discover are the same for the daemon's whole life.
+        // Built once at start: describe, discover and the configuration are the same for the
+        // daemon's whole life.
         let methods = ccd_protocol::registry(info.fault_injection);
         // Typed as the methods' results, so that the answers keep their declared schemas.
         let describe = to_answer::<<m::SystemDescribe as Method>::Result>(types::Describe {
@@ -177,6 +181,9 @@ impl GatewayActor {
         let discover = to_answer::<<m::RpcDiscover as Method>::Result>(
             ccd_protocol::openrpc_document(&methods, info.version),
         );
+        let config = to_answer::<<m::SystemConfig as Method>::Result>(types::ConfigReport {
+            values: info.config.clone(),
+        });
         let health = sup.registry().clone();
         GatewayActor {
             sup,
@@ -188,6 +195,7 @@ impl GatewayActor {
             health,
             describe,
             discover,
+            config,
             eventbus: None,
             agents,
             vfs_actor: None,
@@ -289,6 +297,7 @@ impl GatewayActor {
             }
             m::SystemDescribe::NAME => cached::<m::SystemDescribe>(p, &self.describe),
             m::RpcDiscover::NAME => cached::<m::RpcDiscover>(p, &self.discover),
+            m::SystemConfig::NAME => cached::<m::SystemConfig>(p, &self.config),
             m::SystemDescribeModels::NAME => {
                 let reader = self.reader.clone();
                 later::<m::SystemDescribeModels, _>(p, move |_| async move {
@@ -1164,6 +1173,7 @@ mod tests {
             subscriber_queue: 16,
             http_url: Default::default(),
             vfs: Default::default(),
+            config: Vec::new(),
         });
         let pool =
             crate::executor::ExecutorPool::new(&health, 1, 1, std::time::Duration::from_secs(1));

@@ -53,6 +53,8 @@ methods! {
     SystemDescribe = "system.describe", types::NoParams => types::Describe;
     /// The database's tables and columns, with types and hints.
     SystemDescribeModels = "system.describe_models", types::NoParams => types::DescribeModels;
+    /// The configuration the daemon runs with: every value and where it came from.
+    SystemConfig = "system.config", types::NoParams => types::ConfigReport;
     /// Stop the daemon gracefully: stop accepting, finish in-flight requests, flush the writer.
     SystemShutdown = "system.shutdown", types::NoParams => types::ShutdownResult;
     /// This API as an OpenRPC 1.x document.

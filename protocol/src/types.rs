@@ -184,6 +184,23 @@ pub struct DescribeModels {
     pub tables: Vec<TableInfo>,
 }
 
+/// The configuration the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigReport {
+    /// Every value, by key.
+    pub values: Vec<ConfigValue>,
+}
+
+/// One configuration value and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConfigValue {
+    /// `section.key`, e.g. `executor.pool_size`.
+    pub key: String,
+    pub value: serde_json::Value,
+    /// `default`, the config file's path, `environment (CCD_...)` or `flag (--set)`.
+    pub source: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ShutdownResult {
     /// Always true: the daemon stops accepting, finishes in-flight requests and exits.

@@ -192,3 +192,44 @@ fn status_shows_the_agent_the_http_api_and_the_filesystem() {
         None => assert!(out.contains("  http:     off"), "{out}"),
     }
 }
+
+#[test]
+fn config_show_says_where_the_running_daemon_differs() {
+    let d = Daemon::builder().prepare();
+    d.ccd_ok(&["daemon", "start", "--set", "executor.pool_size=2"]);
+    let config = d.call("system.config", serde_json::json!({})).unwrap();
+    let pool = config["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "executor.pool_size")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        pool,
+        serde_json::json!({"key": "executor.pool_size", "value": 2, "source": "flag (--set)"})
+    );
+
+    let out = d.ccd(&["config", "show"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "note: the running daemon (pid {}) started with other values: executor.pool_size = 2 (flag (--set))",
+            d.pid()
+        )),
+        "{err}"
+    );
+    let listed: Value = serde_json::from_str(&d.ccd_ok(&["config", "show", "--json"])).unwrap();
+    assert_eq!(listed["executor.pool_size"]["value"], 4);
+    assert_eq!(listed["executor.pool_size"]["daemon"]["value"], 2);
+    assert!(listed["executor.queue_size"].get("daemon").is_none());
+
+    // Shown with the same flag: nothing differs, nothing to note.
+    let out = d.ccd(&["config", "show", "--set", "executor.pool_size=2"]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        describe(&out)
+    );
+}
