@@ -379,14 +379,14 @@ impl GatewayActor {
 
     fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
-            m::ProjectCreate::NAME => self.write_method::<m::ProjectCreate, _>(p, |params| {
+            m::ProjectCreate::NAME => self.write_method_checked::<m::ProjectCreate, _>(p, |params| {
                 validate::project_name("name", &params.name)?;
                 let path = validate::dir("path", &params.path)?;
                 let env = params.env.unwrap_or_default();
                 validate::env("env", &env)?;
                 Ok(store::CreateProject { name: params.name, path, env })
             }),
-            m::ProjectUpdate::NAME => self.write_method::<m::ProjectUpdate, _>(p, |params| {
+            m::ProjectUpdate::NAME => self.write_method_checked::<m::ProjectUpdate, _>(p, |params| {
                 if params.path.is_none() && params.new_name.is_none() && params.env.is_none() {
                     return Err(RpcError::invalid_params(
                         "invalid params for project.update: give at least one of `path`, `new_name`, `env`",
@@ -451,36 +451,36 @@ impl GatewayActor {
     fn backup(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p) {
-                Ok(params) => match backup_destination(&self.info.home, params.path.as_deref()) {
-                    Ok(dest) => {
-                        let db = store::db_path(&self.info.home);
-                        let record = self.writer.clone();
-                        Reply::later(async move {
-                            let copy_to = dest.clone();
-                            let size = tokio::task::spawn_blocking(move || {
-                                store::backup_to(&db, &copy_to)
-                            })
-                            .await
-                            .map_err(|e| ActorError::internal("backup task", e))?
-                            .map_err(|e| {
+                Ok(params) => {
+                    let home = self.info.home.clone();
+                    let db = store::db_path(&self.info.home);
+                    let record = self.writer.clone();
+                    Reply::later(async move {
+                        // Checking the destination touches the file system, and the copy is
+                        // long: both on the blocking pool.
+                        let (dest, size) = tokio::task::spawn_blocking(move || {
+                            let dest = backup_destination(&home, params.path.as_deref())?;
+                            let size = store::backup_to(&db, &dest).map_err(|e| {
                                 ActorError::Internal(format!(
                                     "creating backup {}: {e:#}",
                                     dest.display()
                                 ))
                             })?;
-                            let op = store::RecordBackup {
-                                path: dest.to_string_lossy().into_owned(),
-                                size_bytes: size,
-                            };
-                            let backup = record
-                                .send(Call(Write(op)))
-                                .await
-                                .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
-                            to_answer(backup)
+                            Ok::<_, ActorError>((dest, size))
                         })
-                    }
-                    Err(e) => Reply::err(e),
-                },
+                        .await
+                        .map_err(|e| ActorError::internal("backup task", e))??;
+                        let op = store::RecordBackup {
+                            path: dest.to_string_lossy().into_owned(),
+                            size_bytes: size,
+                        };
+                        let backup = record
+                            .send(Call(Write(op)))
+                            .await
+                            .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                        to_answer(backup)
+                    })
+                }
                 Err(e) => Reply::err(e),
             },
             m::BackupList::NAME => {
@@ -495,9 +495,15 @@ impl GatewayActor {
                     let fut = self.write(store::DeleteBackup { id: params.id });
                     Reply::later(async move {
                         let backup = fut.await?;
-                        match std::fs::remove_file(&backup.path) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        let path = backup.path.clone();
+                        let removed =
+                            tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                        match removed {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Ok(Err(e)) => {
+                                tracing::warn!("removing backup file {}: {e}", backup.path)
+                            }
                             Err(e) => tracing::warn!("removing backup file {}: {e}", backup.path),
                         }
                         to_answer(backup)
@@ -789,6 +795,36 @@ impl GatewayActor {
             Ok(op) => {
                 let fut = self.write(op);
                 Reply::later(async move { to_answer(fut.await?) })
+            }
+            Err(e) => Reply::err(e),
+        }
+    }
+
+    /// As [`Self::write_method`], for checks that touch the file system (a path the client
+    /// named, which may sit on a slow or hung mount): they run on the blocking pool, not on
+    /// the event loop.
+    fn write_method_checked<M: Method, O: WriteOp + Send + 'static>(
+        &self,
+        params: Option<Value>,
+        op: impl FnOnce(M::Params) -> Result<O, RpcError> + Send + 'static,
+    ) -> Reply<Answer>
+    where
+        M::Params: Send + 'static,
+        O::Output: serde::Serialize,
+    {
+        match parse_params::<M>(params) {
+            Ok(params) => {
+                let writer = self.writer.clone();
+                Reply::later(async move {
+                    let op = tokio::task::spawn_blocking(move || op(params))
+                        .await
+                        .map_err(|e| ActorError::internal("checking the params", e))??;
+                    let out = writer
+                        .send(Call(Write(op)))
+                        .await
+                        .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                    to_answer(out)
+                })
             }
             Err(e) => Reply::err(e),
         }

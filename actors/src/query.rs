@@ -241,11 +241,14 @@ impl QueryService {
                     Some(project.name),
                 )
             }
-            (None, Some(dir)) => (
-                PathBuf::from(validate::dir("cwd", dir)?),
-                BTreeMap::new(),
-                None,
-            ),
+            (None, Some(dir)) => {
+                // The client's path, perhaps on a slow mount: resolved off the event loop.
+                let dir = dir.clone();
+                let resolved = tokio::task::spawn_blocking(move || validate::dir("cwd", &dir))
+                    .await
+                    .map_err(|e| ActorError::internal("checking `cwd`", e))??;
+                (PathBuf::from(resolved), BTreeMap::new(), None)
+            }
             (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
         };
 
