@@ -939,9 +939,10 @@ fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<
             if args.json {
                 print_json(&settings)?;
             } else {
-                let mut t = Table::new(["KEY", "VALUE", "UPDATED"]);
+                // The value last: a long one runs on without pushing the other columns.
+                let mut t = Table::new(["KEY", "UPDATED", "VALUE"]);
                 for s in settings {
-                    t.row([s.key, s.value, s.updated_at]);
+                    t.row([s.key, s.updated_at, s.value]);
                 }
                 t.print_or_empty(&mut std::io::stdout().lock(), "no settings")?;
             }

@@ -279,6 +279,7 @@ fn direct_reads_work_with_the_daemon_stopped_and_do_not_start_it() {
     let dir = tempfile::tempdir().unwrap();
     d.ccd_ok(&["project", "add", "p1", dir.path().to_str().unwrap()]);
     d.ccd_ok(&["setting", "set", "color", "blue"]);
+    d.ccd_ok(&["setting", "set", "long", &"x".repeat(300)]);
     d.stop();
 
     let projects: Value = serde_json::from_str(&d.ccd_ok(&["project", "list", "--json"])).unwrap();
@@ -287,6 +288,17 @@ fn direct_reads_work_with_the_daemon_stopped_and_do_not_start_it() {
     let table = d.ccd_ok(&["setting", "list"]);
     assert!(
         table.starts_with("KEY") && table.contains("color") && table.contains("blue"),
+        "{table}"
+    );
+    // The value is the last column: a long one does not push the others out of line.
+    let column = |line: &str, text: &str| line.find(text).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    let updated = column(lines[0], "UPDATED");
+    assert!(
+        lines
+            .iter()
+            .skip(1)
+            .all(|l| l.len() > updated && l[updated..].starts_with("20")),
         "{table}"
     );
     assert!(d.ccd_ok(&["backup", "list"]).contains("no backups"));
