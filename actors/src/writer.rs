@@ -310,31 +310,6 @@ mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn a_write_that_rolls_back_its_group_fails_the_group_and_the_rest_are_retried() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, db) = start_for_test(dir.path());
-        let upsert = |key: &str| {
-            writer.send(Call(Write(store::UpsertSetting {
-                key: key.into(),
-                value: "v".into(),
-            })))
-        };
-        // Queued together, so committed as one group: before, the failing write, after.
-        let before = upsert("before");
-        let failing = writer.send(Call(Write(FailAndRollBack)));
-        let after = upsert("after");
-        let (before, failing, after) = futures_util::join!(before, failing, after);
-        let err = before.unwrap().unwrap_err().to_string();
-        assert!(err.contains("rolled back the group"), "{err}");
-        let err = failing.unwrap().unwrap_err().to_string();
-        assert!(err.contains("disk is full"), "{err}");
-        assert_eq!(after.unwrap().unwrap().key, "after");
-        let reader = store::open_reader(&db).unwrap().unwrap();
-        assert!(store::setting(&reader, "before").unwrap().is_none());
-        assert!(store::setting(&reader, "after").unwrap().is_some());
-    }
-
     /// A write of several statements that fails the way disk-full does: SQLite rolls the
     /// whole transaction back.
     struct RollBackAndFail;
@@ -360,8 +335,9 @@ mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn a_write_of_several_statements_that_rolls_back_its_group_is_treated_alike() {
+    /// Queues a write before `failing`, and one after, together (so they are committed as
+    /// one group), where `failing` rolls the whole transaction back and fails with `says`.
+    async fn a_group_rolled_back_by(failing: impl WriteOp<Output = ()>, says: &str) {
         let dir = tempfile::tempdir().unwrap();
         let (writer, db) = start_for_test(dir.path());
         let upsert = |key: &str| {
@@ -371,13 +347,13 @@ mod tests {
             })))
         };
         let before = upsert("before");
-        let failing = writer.send(Call(Write(RollBackAndFail)));
+        let failing = writer.send(Call(Write(failing)));
         let after = upsert("after");
         let (before, failing, after) = futures_util::join!(before, failing, after);
         let err = before.unwrap().unwrap_err().to_string();
         assert!(err.contains("rolled back the group"), "{err}");
         let err = failing.unwrap().unwrap_err().to_string();
-        assert!(err.contains("gave up"), "{err}");
+        assert!(err.contains(says), "{err}");
         assert_eq!(
             after.unwrap().unwrap().key,
             "after",
@@ -386,6 +362,13 @@ mod tests {
         let reader = store::open_reader(&db).unwrap().unwrap();
         assert!(store::setting(&reader, "before").unwrap().is_none());
         assert!(store::setting(&reader, "after").unwrap().is_some());
+    }
+
+    #[actix_rt::test]
+    async fn a_write_that_rolls_back_its_group_fails_the_group_and_the_rest_are_retried() {
+        a_group_rolled_back_by(FailAndRollBack, "disk is full").await;
+        // The same for a write of several statements (run inside a savepoint).
+        a_group_rolled_back_by(RollBackAndFail, "gave up").await;
     }
 
     #[actix_rt::test]

@@ -164,6 +164,22 @@ impl Handle<Run> for ExecutorActor {
 // ---------------------------------------------------------------------------------------------
 // The pool
 
+/// Queued work, unless its caller has gone (dropped) or it was cancelled (answered so).
+fn still_wanted(pending: Pending) -> Option<Pending> {
+    if pending.tx.is_closed() {
+        return None;
+    }
+    if pending.run.cancel.is_cancelled() {
+        let _ = pending.tx.send(Err(failure(
+            FailureKind::Cancelled,
+            ErrorClass::NonRetryable,
+            "cancelled while queued".into(),
+        )));
+        return None;
+    }
+    Some(pending)
+}
+
 struct Pending {
     run: Run,
     tx: oneshot::Sender<RunResult>,
@@ -251,20 +267,8 @@ impl ExecutorPool {
     /// that neither counts against the queue's size, and a cancelled query's run (and the
     /// stream of events it holds) is released at once, not when an executor frees up.
     fn prune(&mut self) {
-        for pending in std::mem::take(&mut self.queue) {
-            if pending.tx.is_closed() {
-                continue;
-            }
-            if pending.run.cancel.is_cancelled() {
-                let _ = pending.tx.send(Err(failure(
-                    FailureKind::Cancelled,
-                    ErrorClass::NonRetryable,
-                    "cancelled while queued".into(),
-                )));
-                continue;
-            }
-            self.queue.push_back(pending);
-        }
+        let queue = std::mem::take(&mut self.queue);
+        self.queue = queue.into_iter().filter_map(still_wanted).collect();
     }
 
     /// Hand queued work to idle members, skipping work whose caller gave up.
@@ -277,17 +281,9 @@ impl ExecutorPool {
             let Some(pending) = self.queue.pop_front() else {
                 return;
             };
-            if pending.tx.is_closed() {
+            let Some(pending) = still_wanted(pending) else {
                 continue;
-            }
-            if pending.run.cancel.is_cancelled() {
-                let _ = pending.tx.send(Err(failure(
-                    FailureKind::Cancelled,
-                    ErrorClass::NonRetryable,
-                    "cancelled while queued".into(),
-                )));
-                continue;
-            }
+            };
             if let Some(idx) = self.take_idle() {
                 self.dispatch(idx, pending, ctx);
             }
