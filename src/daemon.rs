@@ -162,6 +162,7 @@ fn config_report(
             let value = key
                 .split_once('.')
                 .and_then(|(section, name)| running.get(section)?.get(name).cloned())
+                .map(|v| ccd_actors::config::redact(&key, v))
                 .unwrap_or(loaded.clone());
             let source = if value == loaded {
                 source

@@ -267,7 +267,8 @@ impl Config {
             for (name, v) in fields.as_object().into_iter().flatten() {
                 let key = format!("{section}.{name}");
                 let source = source_of(&figment, home, overrides, &key);
-                out.push((key, v.clone(), source));
+                let shown = redact(&key, v.clone());
+                out.push((key, shown, source));
             }
         }
         Ok(out)
@@ -459,6 +460,20 @@ fn describe_figment_error(
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// Keys whose values are secrets: shown as whether they are set, never as what they are.
+const SECRET_KEYS: &[&str] = &["http.token"];
+
+/// `value` as it may be shown or sent for `key`: a secret's is `"(set)"` or `""`.
+pub fn redact(key: &str, value: serde_json::Value) -> serde_json::Value {
+    if !SECRET_KEYS.contains(&key) {
+        return value;
+    }
+    match value.as_str() {
+        Some("") | None => value,
+        Some(_) => "(set)".into(),
+    }
 }
 
 pub fn config_path(home: &Path) -> PathBuf {

@@ -196,8 +196,25 @@ fn status_shows_the_agent_the_http_api_and_the_filesystem() {
 #[test]
 fn config_show_says_where_the_running_daemon_differs() {
     let d = Daemon::builder().prepare();
-    d.ccd_ok(&["daemon", "start", "--set", "executor.pool_size=2"]);
+    d.ccd_ok(&[
+        "daemon",
+        "start",
+        "--set",
+        "executor.pool_size=2",
+        "--set",
+        "http.token=s3cret-t0ken",
+    ]);
     let config = d.call("system.config", serde_json::json!({})).unwrap();
+    // A secret is said to be set, never sent.
+    assert!(!config.to_string().contains("s3cret"), "{config}");
+    let token = config["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "http.token")
+        .cloned()
+        .unwrap();
+    assert_eq!(token["value"], "(set)");
     let pool = config["values"]
         .as_array()
         .unwrap()
@@ -220,13 +237,21 @@ fn config_show_says_where_the_running_daemon_differs() {
         )),
         "{err}"
     );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cret"));
     let listed: Value = serde_json::from_str(&d.ccd_ok(&["config", "show", "--json"])).unwrap();
     assert_eq!(listed["executor.pool_size"]["value"], 4);
     assert_eq!(listed["executor.pool_size"]["daemon"]["value"], 2);
     assert!(listed["executor.queue_size"].get("daemon").is_none());
 
     // Shown with the same flag: nothing differs, nothing to note.
-    let out = d.ccd(&["config", "show", "--set", "executor.pool_size=2"]);
+    let out = d.ccd(&[
+        "config",
+        "show",
+        "--set",
+        "executor.pool_size=2",
+        "--set",
+        "http.token=another",
+    ]);
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "{}",
