@@ -733,9 +733,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     let pid = c.call::<m::SystemHealth>(&NoParams {}).ok()?.pid;
                     Some((pid, c.call::<m::SystemConfig>(&NoParams {}).ok()?.values))
                 });
+            // A value the daemon adjusted at start (to fit the machine) is not one a restart
+            // would change: not noted.
             let differs = |key: &str, value: &serde_json::Value| {
                 running.as_ref().and_then(|(_, values)| {
-                    values.iter().find(|d| d.key == key && d.value != *value)
+                    values.iter().find(|d| {
+                        d.key == key && d.value != *value && !d.source.contains("at start")
+                    })
                 })
             };
             if json {
@@ -780,7 +784,16 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             daemon::start(home, Duration::from_secs(timeout), false, &set)?;
             Ok(exit::OK)
         }
-        DaemonCmd::Run { notify_ready, set } => {
+        DaemonCmd::Run {
+            notify_ready,
+            mut set,
+        } => {
+            // From `daemon start`, which keeps them off the command line.
+            if let Ok(json) = std::env::var(daemon::OVERRIDES_ENV) {
+                let from_start: Vec<(String, String)> = serde_json::from_str(&json)
+                    .with_context(|| format!("reading {}", daemon::OVERRIDES_ENV))?;
+                set.splice(0..0, from_start);
+            }
             daemon::run(home, notify_ready, &set)?;
             Ok(exit::OK)
         }

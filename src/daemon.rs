@@ -480,6 +480,10 @@ fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How `daemon start` hands its `--set` values to the `daemon run` it spawns: a JSON array of
+/// `[key, value]` pairs.
+pub const OVERRIDES_ENV: &str = "CCD_SET";
+
 /// `ccd daemon start`: start a detached daemon and return once its socket answers.
 /// Returns the pid, and whether this call started it.
 pub fn start(
@@ -497,8 +501,14 @@ pub fn start(
         .context("opening logs/stderr.log")?;
     let mut cmd = Command::new(exe);
     cmd.args(["daemon", "run", "--notify-ready"]);
-    for (k, v) in overrides {
-        cmd.arg("--set").arg(format!("{k}={v}"));
+    // The --set values go by environment, not on the command line: any user can read a
+    // process's command line (/proc/PID/cmdline), only its owner its environment, and a value
+    // may be a secret (http.token).
+    if !overrides.is_empty() {
+        cmd.env(
+            OVERRIDES_ENV,
+            serde_json::to_string(overrides).context("encoding the --set values")?,
+        );
     }
     cmd.env("CCD_HOME", &home.root)
         .current_dir("/")

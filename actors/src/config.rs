@@ -14,7 +14,14 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 /// Environment variables with a `CCD_` prefix that are not config values.
-const NOT_CONFIG: &[&str] = &["HOME", "LOG", "FAULT_INJECTION", "AGENT_CMD", "MASTER_KEY"];
+const NOT_CONFIG: &[&str] = &[
+    "HOME",
+    "LOG",
+    "FAULT_INJECTION",
+    "AGENT_CMD",
+    "MASTER_KEY",
+    "SET",
+];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -205,8 +205,15 @@ fn config_show_says_where_the_running_daemon_differs() {
         "http.token=s3cret-t0ken",
     ]);
     let config = d.call("system.config", serde_json::json!({})).unwrap();
-    // A secret is said to be set, never sent.
+    // A secret is said to be set, never sent; nor is it on the daemon's command line, which
+    // every user can read.
     assert!(!config.to_string().contains("s3cret"), "{config}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.pid())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("s3cret"),
+        "{}",
+        String::from_utf8_lossy(&cmdline)
+    );
     let token = config["values"]
         .as_array()
         .unwrap()

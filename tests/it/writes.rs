@@ -291,6 +291,8 @@ fn direct_reads_work_with_the_daemon_stopped_and_do_not_start_it() {
         "{table}"
     );
     // The value is the last column: a long one does not push the others out of line.
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["KEY", "UPDATED", "VALUE"], "{table}");
     let column = |line: &str, text: &str| line.find(text).unwrap();
     let lines: Vec<&str> = table.lines().collect();
     let updated = column(lines[0], "UPDATED");

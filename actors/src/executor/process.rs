@@ -177,6 +177,8 @@ pub async fn run_agent(
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
+        // The daemon's own `--set` values (see `ccd daemon start`) are not the agent's.
+        .env_remove("CCD_SET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
