@@ -132,13 +132,15 @@ impl LimiterCore {
         let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
         // A key per model, and the model is the client's: past MAX_KEYS, keys at rest make room.
         if map.len() >= MAX_KEYS && active.iter().any(|(k, _)| !map.contains_key(k)) {
-            map.retain(|_, s| !s.at_rest(now));
+            // Never one of the keys this very call asks for.
+            let asked = |k: &String| active.iter().any(|(a, _)| a == k);
+            map.retain(|k, s| asked(k) || !s.at_rest(now));
             // None at rest: the least recently asked of those with nothing in flight or
             // waiting goes (its bucket and window start over, as for a new model).
             while map.len() >= MAX_KEYS {
                 let idle = map
                     .iter()
-                    .filter(|(_, s)| s.in_flight == 0 && s.waiting == 0)
+                    .filter(|(k, s)| !asked(k) && s.in_flight == 0 && s.waiting == 0)
                     .min_by_key(|(_, s)| s.last_used)
                     .map(|(k, _)| k.clone());
                 match idle {
@@ -153,9 +155,11 @@ impl LimiterCore {
                 .or_insert_with(|| KeyState::new(*spec));
             state.last_used = now;
             if state.spec != *spec {
-                let in_flight = state.in_flight;
+                // New algorithms; what runs and what waits under the key stays counted.
+                let (in_flight, waiting) = (state.in_flight, state.waiting);
                 *state = KeyState {
                     in_flight,
+                    waiting,
                     ..KeyState::new(*spec)
                 };
             }
@@ -477,6 +481,30 @@ mod tests {
             assert!(status.len() <= MAX_KEYS + 1, "{} keys kept", status.len());
             assert!(status.iter().any(|k| k.key == "model:busy"));
             drop(busy);
+        });
+    }
+
+    #[test]
+    fn making_room_never_forgets_a_key_the_same_call_asks_for() {
+        paused(async {
+            let core = LimiterCore::new();
+            let spec = bucket_spec(0.001, 1);
+            // `project:p` has used its one token, and is the least recently used key of a
+            // full map whose buckets are all empty.
+            let p = ("project:p".to_string(), spec);
+            drop(core.try_acquire(std::slice::from_ref(&p)).unwrap());
+            for i in 0..MAX_KEYS - 1 {
+                // A millisecond apart, so that the least recently used is `p` (no bucket
+                // refills meanwhile: a token takes 1,000 s).
+                tokio::time::advance(Duration::from_millis(1)).await;
+                drop(core.try_acquire(&[(format!("model:m{i}"), spec)]).unwrap());
+            }
+            assert_eq!(core.status().len(), MAX_KEYS);
+            // Asked for again with a model never seen: still throttled, not made anew.
+            let t = core
+                .try_acquire(&[p, ("model:new".to_string(), spec)])
+                .unwrap_err();
+            assert_eq!(t.key, "project:p");
         });
     }
 
