@@ -136,24 +136,9 @@ impl WriterActor {
         let outcome = (|| -> Result<(), rusqlite::Error> {
             exec("BEGIN")?;
             while let Some(job) = jobs.next() {
-                if job.one_statement {
-                    let applied = (job.run)(Ok(conn));
-                    let ok = applied.ok;
-                    replies.push(applied.reply);
-                    // A failed statement is undone on its own, except on the few errors (disk
-                    // full, I/O) on which SQLite rolls the whole transaction back: then the
-                    // group's earlier writes are gone too and fail with it; the writes after
-                    // this one were not tried, and go to the next group.
-                    if !ok && conn.is_autocommit() {
-                        untried.extend(jobs.by_ref());
-                        return Err(rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                            Some("a failed write rolled back the group's transaction".into()),
-                        ));
-                    }
-                    continue;
-                }
-                if let Err(e) = exec("SAVEPOINT write") {
+                // One-statement writes need no savepoint: SQLite undoes a failed statement.
+                let savepoint = !job.one_statement;
+                if savepoint && let Err(e) = exec("SAVEPOINT write") {
                     stopped_at = Some(job);
                     return Err(e);
                 }
@@ -161,8 +146,10 @@ impl WriterActor {
                 let ok = applied.ok;
                 // Its answer waits for the commit, and goes out even if what follows fails.
                 replies.push(applied.reply);
-                // As for one statement: a failure that rolled the whole transaction back
-                // fails the group, and the writes not yet tried go to the next one.
+                // A failed write is undone on its own, except on the few errors (disk full,
+                // I/O) on which SQLite rolls the whole transaction back: then the group's
+                // earlier writes are gone too and fail with it; the writes after this one were
+                // not tried, and go to the next group.
                 if !ok && conn.is_autocommit() {
                     untried.extend(jobs.by_ref());
                     return Err(rusqlite::Error::SqliteFailure(
@@ -170,10 +157,12 @@ impl WriterActor {
                         Some("a failed write rolled back the group's transaction".into()),
                     ));
                 }
-                if !ok {
-                    exec("ROLLBACK TO write")?;
+                if savepoint {
+                    if !ok {
+                        exec("ROLLBACK TO write")?;
+                    }
+                    exec("RELEASE write")?;
                 }
-                exec("RELEASE write")?;
             }
             exec("COMMIT")
         })();
@@ -296,30 +285,17 @@ mod tests {
     use super::*;
     use crate::supervise::Call;
 
-    /// A one-statement write that fails the way disk-full does: SQLite rolls the whole
-    /// transaction back.
-    struct FailAndRollBack;
+    /// A write that fails the way disk-full does: SQLite rolls the whole transaction back.
+    /// `ONE` says whether it is a one-statement write (run without a savepoint).
+    struct RollBackAndFail<const ONE: bool>;
 
-    impl WriteOp for FailAndRollBack {
+    impl<const ONE: bool> WriteOp for RollBackAndFail<ONE> {
         type Output = ();
-        const ONE_STATEMENT: bool = true;
+        const ONE_STATEMENT: bool = ONE;
         fn apply(self, conn: &Connection) -> Result<(), ActorError> {
             conn.execute_batch("ROLLBACK")
                 .map_err(|e| ActorError::Internal(e.to_string()))?;
             Err(ActorError::Internal("database or disk is full".into()))
-        }
-    }
-
-    /// A write of several statements that fails the way disk-full does: SQLite rolls the
-    /// whole transaction back.
-    struct RollBackAndFail;
-
-    impl WriteOp for RollBackAndFail {
-        type Output = ();
-        fn apply(self, conn: &Connection) -> Result<(), ActorError> {
-            conn.execute_batch("ROLLBACK")
-                .map_err(|e| ActorError::Internal(e.to_string()))?;
-            Err(ActorError::Internal("gave up".into()))
         }
     }
 
@@ -366,9 +342,9 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_write_that_rolls_back_its_group_fails_the_group_and_the_rest_are_retried() {
-        a_group_rolled_back_by(FailAndRollBack, "disk is full").await;
+        a_group_rolled_back_by(RollBackAndFail::<true>, "disk is full").await;
         // The same for a write of several statements (run inside a savepoint).
-        a_group_rolled_back_by(RollBackAndFail, "gave up").await;
+        a_group_rolled_back_by(RollBackAndFail::<false>, "disk is full").await;
     }
 
     #[actix_rt::test]
