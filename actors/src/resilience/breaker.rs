@@ -310,17 +310,15 @@ impl BreakerCore {
         // One breaker per agent command and model, and the model is the client's: past
         // MAX_BREAKERS, breakers at rest make room for a new one, and if none is, the one
         // asked least recently goes.
-        if map.len() >= MAX_BREAKERS && !map.contains_key(key) {
+        if !map.contains_key(key) {
             let now = Instant::now();
-            map.retain(|_, b| !b.at_rest(now));
-            if map.len() >= MAX_BREAKERS
-                && let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, b)| b.last_used)
-                    .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+            super::make_room(
+                &mut map,
+                MAX_BREAKERS,
+                |_, b| b.at_rest(now),
+                |_, _| true,
+                |b| b.last_used,
+            );
         }
         let b = map
             .entry(key.to_string())

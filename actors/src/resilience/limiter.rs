@@ -131,23 +131,18 @@ impl LimiterCore {
         let mut map = self.lock();
         let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
         // A key per model, and the model is the client's: past MAX_KEYS, keys at rest make room.
-        if map.len() >= MAX_KEYS && active.iter().any(|(k, _)| !map.contains_key(k)) {
-            // Never one of the keys this very call asks for.
+        if active.iter().any(|(k, _)| !map.contains_key(k)) {
+            // Never one of the keys this very call asks for; past those at rest, one with
+            // nothing in flight or waiting (its bucket and window start over, as for a new
+            // model).
             let asked = |k: &String| active.iter().any(|(a, _)| a == k);
-            map.retain(|k, s| asked(k) || !s.at_rest(now));
-            // None at rest: the least recently asked of those with nothing in flight or
-            // waiting goes (its bucket and window start over, as for a new model).
-            while map.len() >= MAX_KEYS {
-                let idle = map
-                    .iter()
-                    .filter(|(k, s)| !asked(k) && s.in_flight == 0 && s.waiting == 0)
-                    .min_by_key(|(_, s)| s.last_used)
-                    .map(|(k, _)| k.clone());
-                match idle {
-                    Some(key) => map.remove(&key),
-                    None => break,
-                };
-            }
+            super::make_room(
+                &mut map,
+                MAX_KEYS,
+                |k, s| !asked(k) && s.at_rest(now),
+                |k, s| !asked(k) && s.in_flight == 0 && s.waiting == 0,
+                |s| s.last_used,
+            );
         }
         for (key, spec) in &active {
             let state = map

@@ -440,6 +440,34 @@ pub fn ceil_millis(d: Duration) -> u64 {
     u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
+/// Keys (a breaker, a limiter key) are made from what clients send, one per model name: a map
+/// of them at `max` entries makes room for one more. First those `at_rest` go (forgetting them
+/// changes no decision); then, while it is still full, the least recently used of those that
+/// `may_go`.
+pub(crate) fn make_room<V, T: Ord>(
+    map: &mut std::collections::HashMap<String, V>,
+    max: usize,
+    at_rest: impl Fn(&String, &V) -> bool,
+    may_go: impl Fn(&String, &V) -> bool,
+    last_used: impl Fn(&V) -> T,
+) {
+    if map.len() < max {
+        return;
+    }
+    map.retain(|k, v| !at_rest(k, v));
+    while map.len() >= max {
+        let oldest = map
+            .iter()
+            .filter(|(k, v)| may_go(k, v))
+            .min_by_key(|(_, v)| last_used(v))
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(key) => map.remove(&key),
+            None => break,
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
