@@ -13,8 +13,9 @@ use std::path::Path;
 /// The whole of the regular file at `path`, if it holds at most `max` bytes.
 ///
 /// The file is opened with `O_NONBLOCK` (a FIFO then opens at once instead of waiting for a
-/// writer) and `O_NOCTTY` and checked with `fstat` on the open handle, so a file swapped for something else
-/// between a check and the read is still refused.
+/// writer) and `O_NOCTTY` (a terminal does not become the daemon's), and checked with `fstat`
+/// on the open handle, so a file swapped for something else between a check and the read is
+/// still refused.
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
     let file = File::options()
         .read(true)

@@ -415,10 +415,10 @@ pub async fn probe_agent(probe: SharedProbe) {
             .output();
         match tokio::time::timeout(Duration::from_secs(30), out).await {
             Err(_) => Err(format!("`{command} --version` did not answer within 30 s")),
-            Ok(Err(e)) => Err(format!(
-                "cannot run the agent command `{command}`: {e}; install Claude Code or set executor.command / CCD_AGENT_CMD, then run `ccd daemon restart` (the daemon reads both when it starts)"
-            )),
-            Ok(Ok(o)) if !o.status.success() => Err(format!("`{command} --version` failed with {}", o.status)),
+            Ok(Err(e)) => Err(process::cannot_run_agent(&command, &e)),
+            Ok(Ok(o)) if !o.status.success() => {
+                Err(format!("`{command} --version` failed with {}", o.status))
+            }
             Ok(Ok(o)) => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
         }
     }

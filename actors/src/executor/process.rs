@@ -25,6 +25,16 @@ const STDERR_TAIL: usize = 20;
 /// The most of one stderr line kept in that tail.
 const STDERR_LINE_BYTES: usize = 4096;
 
+/// Why the agent command could not be started, and what to do about it (for the start-up
+/// check and for a query alike).
+pub fn cannot_run_agent(command: &str, e: &std::io::Error) -> String {
+    format!(
+        "cannot run the agent command `{command}`: {e}; install Claude Code (npm install -g \
+         @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then \
+         run `ccd daemon restart` (the daemon reads both when it starts)"
+    )
+}
+
 /// The per-query options that become CLI flags.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -204,10 +214,7 @@ pub async fn run_agent(
                     spec.command
                 )
             } else if class == ErrorClass::Unavailable {
-                format!(
-                    "cannot run the agent command `{}`: {e}; install Claude Code (npm install -g @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then run `ccd daemon restart` (the daemon reads both when it starts)",
-                    spec.command
-                )
+                cannot_run_agent(&spec.command, &e)
             } else {
                 format!(
                     "cannot run `{}` in {}: {e}",
