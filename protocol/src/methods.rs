@@ -17,6 +17,20 @@ pub trait Method: 'static {
     const DESCRIPTION: &'static str;
     type Params: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
     type Result: DeserializeOwned + Serialize + JsonSchema + Send + 'static;
+    /// The JSON schema of [`Self::Params`], generated once (`params_schema!` in an impl).
+    fn params_schema() -> &'static Value;
+}
+
+/// The body of [`Method::params_schema`]: a schema generated on first use and kept (a static
+/// per impl, so each method has its own).
+macro_rules! params_schema {
+    () => {
+        fn params_schema() -> &'static ::serde_json::Value {
+            static SCHEMA: ::std::sync::OnceLock<::serde_json::Value> =
+                ::std::sync::OnceLock::new();
+            SCHEMA.get_or_init($crate::methods::schema_of::<Self::Params>)
+        }
+    };
 }
 
 macro_rules! methods {
@@ -29,6 +43,7 @@ macro_rules! methods {
                 const DESCRIPTION: &'static str = $doc;
                 type Params = $params;
                 type Result = $result;
+                params_schema!();
             }
         )*
         /// Every method's info, in declaration order. `debug.*` only when `include_debug`.
@@ -144,10 +159,15 @@ fn generator() -> schemars::SchemaGenerator {
         .into_generator()
 }
 
+/// The JSON schema of `T`, as every schema of this protocol is generated (subschemas inline).
+pub fn schema_of<T: JsonSchema>() -> Value {
+    generator().into_root_schema_for::<T>().to_value()
+}
+
 /// Build the description of one method from its marker.
 pub fn method_info<M: Method>() -> MethodInfo {
-    let params_schema = generator().into_root_schema_for::<M::Params>().to_value();
-    let result_schema = generator().into_root_schema_for::<M::Result>().to_value();
+    let params_schema = M::params_schema().clone();
+    let result_schema = schema_of::<M::Result>();
     let required: Vec<&str> = params_schema
         .get("required")
         .and_then(Value::as_array)
@@ -227,6 +247,13 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         }
         Some(v) => v,
     };
+    if let Err(param) = arrays_only_for_lists(&params, M::params_schema()) {
+        return Err(RpcError::invalid_params(format!(
+            "invalid params for {}: `{param}`: expected an object (fields by name), not an array",
+            M::NAME
+        ))
+        .with_data(json!({ "param": param })));
+    }
     serde_path_to_error::deserialize(params).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
@@ -238,6 +265,86 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         };
         RpcError::invalid_params(msg).with_data(json!({ "param": param }))
     })
+}
+
+/// Refuse an array wherever the schema expects an object, at any depth: serde's derived
+/// `Deserialize` of a struct also takes its fields in order from an array, so
+/// `{"limits": [1, 2]}` would be read as `{"limits": {"rate_per_s": 1, "burst": 2}}`. On a
+/// refusal, returns where, as `data.param` names it (`limits`, `list[0].inner`).
+fn arrays_only_for_lists(value: &Value, schema: &Value) -> Result<(), String> {
+    fn walk(value: &Value, schema: &Value, path: &mut String) -> Result<(), ()> {
+        let schema = single_alternative(schema);
+        match value {
+            Value::Array(items) => {
+                if expects_object(schema) {
+                    return Err(());
+                }
+                let Some(item) = schema.get("items") else {
+                    return Ok(());
+                };
+                for (i, v) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(v, item, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(fields) => {
+                for (key, v) in fields {
+                    let field = schema
+                        .get("properties")
+                        .and_then(|p| p.get(key))
+                        .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                    let Some(field) = field else { continue };
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(key);
+                    walk(v, field, path)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    fn types(schema: &Value) -> Vec<&str> {
+        match schema.get("type") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn is_null(schema: &Value) -> bool {
+        types(schema) == ["null"]
+    }
+    fn alternatives(schema: &Value) -> Option<&Vec<Value>> {
+        schema
+            .get("anyOf")
+            .or_else(|| schema.get("oneOf"))
+            .and_then(Value::as_array)
+    }
+    /// `Option<T>`'s `anyOf: [T, null]` is T; any other schema is itself.
+    fn single_alternative(schema: &Value) -> &Value {
+        match alternatives(schema).map(|a| a.iter().filter(|s| !is_null(s)).collect::<Vec<_>>()) {
+            Some(not_null) if not_null.len() == 1 => not_null[0],
+            _ => schema,
+        }
+    }
+    /// An object and never an array: a struct or a map (also one of several such, or null).
+    fn expects_object(schema: &Value) -> bool {
+        let t = types(schema);
+        if !t.is_empty() {
+            return t.contains(&"object") && !t.contains(&"array");
+        }
+        alternatives(schema).is_some_and(|alts| {
+            alts.iter().any(expects_object) && alts.iter().all(|a| is_null(a) || expects_object(a))
+        })
+    }
+    let mut path = String::new();
+    walk(value, schema, &mut path).map_err(|()| path)
 }
 
 /// The param at fault, as a path naming each field once (`key`, `limits.burst`, `types[0]`),
@@ -395,6 +502,7 @@ mod tests {
         const DESCRIPTION: &'static str = "nested params";
         type Params = Outer;
         type Result = Value;
+        params_schema!();
     }
 
     fn param_of<M: Method>(params: Value) -> String {
@@ -436,6 +544,24 @@ mod tests {
         assert_eq!(param_of::<Nested>(wrong), "outer.inner");
         let wrong = json!({"scope": "global", "limits": {"burst": -1}});
         assert_eq!(param_of::<LimiterConfigure>(wrong), "limits.burst");
+        // A struct's fields given in order, as an array: refused wherever it is nested.
+        assert_eq!(param_of::<Nested>(json!({"outer": [1]})), "outer");
+        let in_list = json!({"outer": {"inner": 1}, "list": [{"inner": 1}, [2]]});
+        assert_eq!(param_of::<Nested>(in_list), "list[1]");
+        let limits = json!({"scope": "global", "limits": [1, 2, 3, 4, 5]});
+        assert_eq!(param_of::<LimiterConfigure>(limits), "limits");
+        let err = parse_params::<LimiterConfigure>(Some(json!({"scope": "global", "limits": [1]})));
+        let err = err.unwrap_err();
+        assert!(
+            err.message.contains("`limits`: expected an object"),
+            "{}",
+            err.message
+        );
+        // Lists stay lists.
+        let list = json!({"outer": {"inner": 1}, "list": [{"inner": 2}]});
+        assert!(parse_params::<Nested>(Some(list)).is_ok());
+        let types = json!({"types": ["query.started"]});
+        assert!(parse_params::<EventSubscribe>(Some(types)).is_ok());
         // The message names the same place.
         let err = parse_params::<Nested>(Some(json!({"outer": {}}))).unwrap_err();
         assert!(

@@ -477,6 +477,21 @@ fn data_param_names_unknown_and_missing_fields_once() {
         )
         .unwrap_err();
     assert_eq!(param(&e), "limits.burst", "{e}");
+
+    // A struct's fields in order, as an array, are refused, and change nothing.
+    let before = c.call("limiter.status", json!({})).unwrap();
+    let e = c
+        .call(
+            "limiter.configure",
+            json!({"scope": "global", "limits": [1, 1, 1, 1, 1]}),
+        )
+        .unwrap_err();
+    assert_eq!((code(&e), param(&e).as_str()), (-32602, "limits"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not an array"),
+        "{e}"
+    );
+    assert_eq!(c.call("limiter.status", json!({})).unwrap(), before);
 }
 
 #[test]
