@@ -248,7 +248,6 @@ async fn serve(
     let resilience = Resilience {
         limiter,
         limiter_core,
-        limits,
         breaker,
         retry: config.retry.clone(),
     };

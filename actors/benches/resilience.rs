@@ -56,6 +56,7 @@ fn resilience(c: &mut Criterion) {
                 let request = TryAcquire {
                     model: Some("m".into()),
                     project: Some("p".into()),
+                    wait: false,
                 };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
                 drop(permit);
@@ -88,6 +89,7 @@ fn resilience(c: &mut Criterion) {
                 let request = TryAcquire {
                     model: Some("m".into()),
                     project: Some("p".into()),
+                    wait: false,
                 };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
                 breaker

@@ -1233,7 +1233,6 @@ mod tests {
         let resilience = crate::query::Resilience {
             limiter: Supervisor::start(move |_| limiter),
             limiter_core: core,
-            limits,
             breaker: Supervisor::start(move |_| breaker),
             retry: Default::default(),
         };

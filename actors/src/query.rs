@@ -32,7 +32,7 @@ use crate::reader::Reader;
 use crate::resilience::breaker::Outcome;
 use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
 use crate::resilience::{
-    Allow, BreakerActor, LimiterActor, Peek, RecordOutcome, RetryConfig, SharedLimits, TryAcquire,
+    Allow, BreakerActor, LimiterActor, Peek, RecordOutcome, RetryConfig, TryAcquire,
 };
 use crate::store::{self, WriteOp};
 use crate::supervise::Call;
@@ -53,7 +53,6 @@ pub struct Resilience {
     pub limiter: Addr<LimiterActor>,
     /// The limiter's accounting, to wait for a released permit without polling.
     pub limiter_core: Arc<LimiterCore>,
-    pub limits: SharedLimits,
     pub breaker: Addr<BreakerActor>,
     pub retry: RetryConfig,
 }
@@ -65,7 +64,6 @@ pub struct QueryService {
     pool: Addr<ExecutorPool>,
     limiter: Addr<LimiterActor>,
     limiter_core: Arc<LimiterCore>,
-    limits: SharedLimits,
     breaker: Addr<BreakerActor>,
     retry: RetryConfig,
     bus: Bus,
@@ -88,7 +86,6 @@ impl QueryService {
         let Resilience {
             limiter,
             limiter_core,
-            limits,
             breaker,
             retry,
         } = resilience;
@@ -98,7 +95,6 @@ impl QueryService {
             pool,
             limiter,
             limiter_core,
-            limits,
             breaker,
             retry,
             bus,
@@ -780,10 +776,11 @@ impl QueryService {
             let request = TryAcquire {
                 model: g.model.clone(),
                 project: g.project.clone(),
+                wait: waiting.is_none() && !g.no_wait,
             };
-            let throttled = match self.limiter.send(Call(request)).await {
+            let (throttled, guard) = match self.limiter.send(Call(request)).await {
                 Ok(Ok(Ok(permit))) => return Ok(permit),
-                Ok(Ok(Err(t))) => t,
+                Ok(Ok(Err(refused))) => refused,
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(ActorError::internal("the limiter", e)),
             };
@@ -806,13 +803,8 @@ impl QueryService {
                     key: throttled.key.clone(),
                     retry_after_ms: crate::resilience::ceil_millis(throttled.retry_after),
                 });
-                let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
-                let keys = TryAcquire {
-                    model: g.model.clone(),
-                    project: g.project.clone(),
-                }
-                .keys(&limits);
-                waiting = Some(self.limiter_core.waiting(&keys));
+                // Counted as waiting by the refusal itself, under the limiter's lock.
+                waiting = guard;
             }
             let wait = throttled
                 .retry_after

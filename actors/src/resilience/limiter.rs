@@ -127,8 +127,42 @@ impl LimiterCore {
         self: &Arc<Self>,
         keys: &[(String, LimitSpec)],
     ) -> Result<Permit, Throttled> {
-        let now = Instant::now();
+        self.try_acquire_in(&mut self.lock(), keys)
+    }
+
+    /// As [`Self::try_acquire`], and when refused, count the caller as waiting on these keys
+    /// while the returned guard lives, under the same lock: no other acquisition can make room
+    /// by forgetting a key between the refusal and the count that keeps it.
+    pub fn try_acquire_or_wait(
+        self: &Arc<Self>,
+        keys: &[(String, LimitSpec)],
+    ) -> Result<Permit, (Throttled, WaitingGuard)> {
         let mut map = self.lock();
+        self.try_acquire_in(&mut map, keys).map_err(|throttled| {
+            let names: Vec<String> = keys
+                .iter()
+                .filter(|(_, s)| !s.is_off())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in &names {
+                if let Some(s) = map.get_mut(k) {
+                    s.waiting += 1;
+                }
+            }
+            let guard = WaitingGuard {
+                core: self.clone(),
+                keys: names,
+            };
+            (throttled, guard)
+        })
+    }
+
+    fn try_acquire_in(
+        self: &Arc<Self>,
+        map: &mut HashMap<String, KeyState>,
+        keys: &[(String, LimitSpec)],
+    ) -> Result<Permit, Throttled> {
+        let now = Instant::now();
         let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
         // A key per model, and the model is the client's: past MAX_KEYS, keys at rest make room.
         if active.iter().any(|(k, _)| !map.contains_key(k)) {
@@ -137,7 +171,7 @@ impl LimiterCore {
             // model).
             let asked = |k: &String| active.iter().any(|(a, _)| a == k);
             super::make_room(
-                &mut map,
+                map,
                 MAX_KEYS,
                 |k, s| !asked(k) && s.at_rest(now),
                 |k, s| !asked(k) && s.in_flight == 0 && s.waiting == 0,
@@ -274,25 +308,6 @@ impl LimiterCore {
         let _ = tokio::time::timeout(limit, self.released.notified()).await;
     }
 
-    /// Count a caller as waiting on these keys while the guard lives.
-    pub fn waiting(self: &Arc<Self>, keys: &[(String, LimitSpec)]) -> WaitingGuard {
-        let names: Vec<String> = keys
-            .iter()
-            .filter(|(_, s)| !s.is_off())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut map = self.lock();
-        for k in &names {
-            if let Some(s) = map.get_mut(k) {
-                s.waiting += 1;
-            }
-        }
-        WaitingGuard {
-            core: self.clone(),
-            keys: names,
-        }
-    }
-
     pub fn status(&self) -> Vec<KeyStatus> {
         let now = Instant::now();
         let mut out: Vec<KeyStatus> = self
@@ -373,6 +388,8 @@ impl std::fmt::Debug for LimiterCore {
     }
 }
 
+/// Counts a caller as waiting on its keys until dropped.
+#[derive(Debug)]
 pub struct WaitingGuard {
     core: Arc<LimiterCore>,
     keys: Vec<String>,
@@ -500,6 +517,40 @@ mod tests {
                 .try_acquire(&[p, ("model:new".to_string(), spec)])
                 .unwrap_err();
             assert_eq!(t.key, "project:p");
+        });
+    }
+
+    #[test]
+    fn a_refusal_that_waits_is_counted_at_once_and_keeps_its_key() {
+        paused(async {
+            let core = LimiterCore::new();
+            let spec = bucket_spec(0.001, 1);
+            let p = [("project:p".to_string(), spec)];
+            drop(core.try_acquire(&p).unwrap());
+            // Refused, and counted as waiting by the same call: nothing can forget the key
+            // (and with it the spent token) before the caller waits.
+            let (t, guard) = core.try_acquire_or_wait(&p).unwrap_err();
+            assert_eq!(t.key, "project:p");
+            let waiting = |core: &LimiterCore| {
+                core.status()
+                    .iter()
+                    .find(|k| k.key == "project:p")
+                    .map(|k| k.waiting)
+            };
+            assert_eq!(waiting(&core), Some(1));
+            // A flood of new keys, none of them at rest: the least recently used go, not the
+            // one a caller waits on.
+            for i in 0..2 * MAX_KEYS {
+                tokio::time::advance(Duration::from_millis(1)).await;
+                drop(core.try_acquire(&[(format!("model:m{i}"), spec)]).unwrap());
+            }
+            assert_eq!(waiting(&core), Some(1));
+            assert!(
+                core.try_acquire(&p).is_err(),
+                "its bucket did not start over"
+            );
+            drop(guard);
+            assert_eq!(waiting(&core), Some(0));
         });
     }
 

@@ -19,7 +19,7 @@ use crate::eventbus::Bus;
 use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
 use breaker::{BreakerCore, BreakerSpec, BreakerStatus, Outcome, Transition};
 use ccd_protocol::types::EventKind;
-use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled};
+use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled, WaitingGuard};
 
 /// `[limiter]`: limits on the global key, each model's key and each project's key. Every
 /// algorithm is off by default.
@@ -231,10 +231,13 @@ impl Supervise for LimiterActor {
 pub struct TryAcquire {
     pub model: Option<String>,
     pub project: Option<String>,
+    /// When refused, count the caller as waiting on its keys (see
+    /// [`LimiterCore::try_acquire_or_wait`]): the refusal then carries the guard.
+    pub wait: bool,
 }
 
 impl Request for TryAcquire {
-    type Output = Result<Permit, Throttled>;
+    type Output = Result<Permit, (Throttled, Option<WaitingGuard>)>;
 }
 
 impl TryAcquire {
@@ -256,9 +259,16 @@ impl Handle<TryAcquire> for LimiterActor {
         &mut self,
         msg: TryAcquire,
         _: &mut Context<Self>,
-    ) -> Reply<Result<Permit, Throttled>> {
+    ) -> Reply<Result<Permit, (Throttled, Option<WaitingGuard>)>> {
         let limits = self.limits.lock().map(|l| l.clone()).unwrap_or_default();
-        Reply::ok(self.core.try_acquire(&msg.keys(&limits)))
+        let keys = msg.keys(&limits);
+        Reply::ok(if msg.wait {
+            self.core
+                .try_acquire_or_wait(&keys)
+                .map_err(|(t, guard)| (t, Some(guard)))
+        } else {
+            self.core.try_acquire(&keys).map_err(|t| (t, None))
+        })
     }
 }
 
@@ -500,6 +510,7 @@ mod tests {
         let keys = TryAcquire {
             model: Some("m".into()),
             project: Some("p".into()),
+            wait: false,
         }
         .keys(&cfg);
         let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
