@@ -316,8 +316,14 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             project,
             json,
         } => {
-            let sessions = read(home, move |c| {
-                store::sessions(c, status.as_deref(), tag.as_deref(), project.as_deref())
+            let (sessions, _) = read(home, move |c| {
+                let filter = store::SessionFilter {
+                    status: status.as_deref(),
+                    tag: tag.as_deref(),
+                    project: project.as_deref(),
+                    ..Default::default()
+                };
+                store::sessions(c, filter)
             })?;
             if json {
                 print_json(&sessions)?;

@@ -886,18 +886,29 @@ impl QueryService {
                 "`status`: must be open, closed or expired",
             ));
         }
-        let sessions = self
+        let limit = p.limit.unwrap_or(1000);
+        if !(1..=100_000).contains(&limit) {
+            return Err(invalid(
+                "session.list",
+                "`limit`: must be between 1 and 100000",
+            ));
+        }
+        let (sessions, more) = self
             .reader
             .read("listing sessions", move |c| {
                 store::sessions(
                     c,
-                    p.status.as_deref(),
-                    p.tag.as_deref(),
-                    p.project.as_deref(),
+                    store::SessionFilter {
+                        status: p.status.as_deref(),
+                        tag: p.tag.as_deref(),
+                        project: p.project.as_deref(),
+                        limit: Some(limit),
+                        offset: p.offset.unwrap_or(0),
+                    },
                 )
             })
             .await?;
-        Ok(SessionList { sessions })
+        Ok(SessionList { sessions, more })
     }
 
     pub async fn close_session(self, id: String) -> Result<Session, ActorError> {

@@ -535,11 +535,20 @@ pub struct SessionListParams {
     pub tag: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
+    /// At most this many, newest first (default 1000, at most 100000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Skip this many first: the next page starts at the previous one's offset plus its
+    /// length (default 0).
+    #[serde(default)]
+    pub offset: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<Session>,
+    /// More sessions match past this page (ask again with a larger `offset`).
+    pub more: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1097,3 +1097,50 @@ fn ctrl_c_in_batch_cancels_what_runs_and_keeps_what_finished() {
     }
     d.wait_no_agent_processes();
 }
+
+#[test]
+fn session_list_pages_newest_first() {
+    let d = Daemon::start();
+    let made: Vec<String> = (0..5)
+        .map(|_| {
+            let s = d.call("session.create", json!({})).unwrap();
+            s["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let page = |limit: u32, offset: u64| {
+        let r = d
+            .call("session.list", json!({"limit": limit, "offset": offset}))
+            .unwrap();
+        let ids: Vec<String> = r["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        (ids, r["more"].as_bool().unwrap())
+    };
+    let (all, more) = page(1000, 0);
+    assert_eq!(all.len(), 5);
+    assert!(!more);
+    assert_eq!(
+        all.iter().collect::<HashSet<_>>(),
+        made.iter().collect::<HashSet<_>>()
+    );
+    // Pages of two follow the same order, and say when more follow.
+    let mut paged = Vec::new();
+    for (offset, want_more) in [(0, true), (2, true), (4, false)] {
+        let (ids, more) = page(2, offset);
+        assert_eq!(more, want_more, "page at {offset}");
+        paged.extend(ids);
+    }
+    assert_eq!(paged, all);
+    assert_eq!(page(2, 5), (vec![], false));
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 100_001}),
+        json!({"offset": -1}),
+    ] {
+        let e = d.call("session.list", bad.clone()).unwrap_err();
+        assert_eq!(code(&e), -32602, "{bad}: {e}");
+    }
+}

@@ -68,23 +68,41 @@ pub fn session(conn: &Connection, id: &str) -> anyhow::Result<Option<Session>> {
 }
 
 /// Sessions, newest use first, filtered by any of status, tag and project.
-pub fn sessions(
-    conn: &Connection,
-    status: Option<&str>,
-    tag: Option<&str>,
-    project: Option<&str>,
-) -> anyhow::Result<Vec<Session>> {
+/// Which sessions to list, and which page of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionFilter<'a> {
+    pub status: Option<&'a str>,
+    pub tag: Option<&'a str>,
+    pub project: Option<&'a str>,
+    /// At most this many (`None`: all).
+    pub limit: Option<u32>,
+    pub offset: u64,
+}
+
+/// Sessions matching `f`, newest first (by last use), and whether more match past the page.
+pub fn sessions(conn: &Connection, f: SessionFilter<'_>) -> anyhow::Result<(Vec<Session>, bool)> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {SESSION_COLUMNS} FROM sessions
          WHERE (?1 IS NULL OR status = ?1)
            AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE value = ?2))
            AND (?3 IS NULL OR project = ?3)
-         ORDER BY last_used_at DESC, created_at DESC"
+         ORDER BY last_used_at DESC, created_at DESC, id DESC
+         LIMIT ?4 OFFSET ?5"
     ))?;
-    let rows = st
-        .query_map(params![status, tag, project], session_row)?
+    // One more than asked, to know whether there are more; -1 is SQLite's "no limit".
+    let limit = f.limit.map_or(-1, |l| i64::from(l) + 1);
+    let offset = i64::try_from(f.offset).unwrap_or(i64::MAX);
+    let mut rows: Vec<Session> = st
+        .query_map(
+            params![f.status, f.tag, f.project, limit, offset],
+            session_row,
+        )?
         .collect::<Result<_, _>>()?;
-    Ok(rows)
+    let more = f.limit.is_some_and(|l| rows.len() > l as usize);
+    if let Some(l) = f.limit {
+        rows.truncate(l as usize);
+    }
+    Ok((rows, more))
 }
 
 pub fn turns(conn: &Connection, session_id: &str) -> anyhow::Result<Vec<Turn>> {
@@ -404,17 +422,19 @@ mod tests {
             Err(ActorError::NotFound(_))
         ));
 
-        assert_eq!(sessions(&conn, None, Some("a"), None).unwrap().len(), 1);
-        assert_eq!(sessions(&conn, None, Some("b"), None).unwrap().len(), 0);
-        assert_eq!(
-            sessions(&conn, Some("closed"), None, None).unwrap().len(),
-            0
-        );
+        let count = |status, tag| {
+            let f = SessionFilter {
+                status,
+                tag,
+                ..Default::default()
+            };
+            sessions(&conn, f).unwrap().0.len()
+        };
+        assert_eq!(count(None, Some("a")), 1);
+        assert_eq!(count(None, Some("b")), 0);
+        assert_eq!(count(Some("closed"), None), 0);
         CloseSession { id: "s1".into() }.apply(&conn).unwrap();
-        assert_eq!(
-            sessions(&conn, Some("closed"), None, None).unwrap().len(),
-            1
-        );
+        assert_eq!(count(Some("closed"), None), 1);
 
         assert_eq!(
             CleanupSessions {
