@@ -18,8 +18,17 @@ fn main() {
     println!("cargo:rustc-env=CCDBUILD_COMMIT={commit}");
     println!("cargo:rustc-env=CCDBUILD_DATE={date}");
     // Only the commit is worth a rebuild; the date is that of the last build of this crate.
-    if let Some(head) = output("git", &["rev-parse", "--git-path", "HEAD"]) {
-        println!("cargo:rerun-if-changed={head}");
+    // A commit changes the branch's ref (a loose file, or a line of packed-refs), not `HEAD`,
+    // which only names the branch. Only files that exist are watched: Cargo reruns the script
+    // on every build for a missing one.
+    let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watched.extend(output("git", &["symbolic-ref", "-q", "HEAD"]));
+    for name in watched {
+        if let Some(path) = output("git", &["rev-parse", "--git-path", &name])
+            && std::path::Path::new(&path).exists()
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
     println!("cargo:rerun-if-changed=build.rs");
 }
