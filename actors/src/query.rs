@@ -169,6 +169,23 @@ impl QueryService {
                     .unwrap_or(0),
             ),
         ];
+        no_nul_in_args(
+            M,
+            &[
+                ("append_system_prompt", p.append_system_prompt.as_slice()),
+                ("mcp_config", p.mcp_config.as_slice()),
+                ("model", p.model.as_slice()),
+                (
+                    "allowed_tools",
+                    p.allowed_tools.as_deref().unwrap_or_default(),
+                ),
+                (
+                    "disallowed_tools",
+                    p.disallowed_tools.as_deref().unwrap_or_default(),
+                ),
+                ("add_dirs", p.add_dirs.as_deref().unwrap_or_default()),
+            ],
+        )?;
         if let Some((name, len)) = arg_sizes.iter().find(|(_, len)| *len > MAX_ARG_BYTES) {
             return Err(invalid(
                 M,
@@ -839,6 +856,19 @@ impl QueryService {
     }
 
     pub async fn create_session(self, p: SessionCreate) -> Result<Session, ActorError> {
+        // The session's model becomes an argument of every agent run in it.
+        no_nul_in_args("session.create", &[("model", p.model.as_slice())])?;
+        if let Some(len) = p.model.as_ref().map(String::len)
+            && len > MAX_ARG_BYTES
+        {
+            return Err(invalid(
+                "session.create",
+                &format!(
+                    "`model`: {len} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in one \
+                     argument"
+                ),
+            ));
+        }
         if let Some(name) = &p.project {
             let lookup = name.clone();
             self.reader
@@ -1127,5 +1157,20 @@ fn agent_error(
             "stderr": t.stderr_tail,
             "attempts": attempts,
         }),
+    }
+}
+
+/// Refuse a NUL byte in options that become the agent's arguments: no program can be given
+/// one, and finding out at spawn would fail the query as if the agent were missing.
+fn no_nul_in_args(method: &str, args: &[(&str, &[String])]) -> Result<(), ActorError> {
+    match args
+        .iter()
+        .find(|(_, values)| values.iter().any(|v| v.contains('\0')))
+    {
+        Some((name, _)) => Err(invalid(
+            method,
+            &format!("`{name}`: must not contain a NUL byte (it becomes an argument of the agent)"),
+        )),
+        None => Ok(()),
     }
 }

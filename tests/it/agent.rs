@@ -659,6 +659,20 @@ fn bad_query_params_are_refused_before_anything_runs() {
             json!({"prompt": "x", "add_dirs": vec!["/tmp/".to_string() + &"d".repeat(100 << 10); 12]}),
             "add up to",
         ),
+        // No program can be given a NUL byte in an argument.
+        (
+            json!({"prompt": "x", "append_system_prompt": "a\u{0}b"}),
+            "`append_system_prompt`: must not contain a NUL byte",
+        ),
+        (json!({"prompt": "x", "model": "m\u{0}"}), "`model`"),
+        (
+            json!({"prompt": "x", "allowed_tools": ["Bash", "\u{0}"]}),
+            "`allowed_tools`",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": ["/tmp\u{0}"]}),
+            "`add_dirs`",
+        ),
     ] {
         let e = d.call("query.run", params.clone()).unwrap_err();
         assert!([-32602, -32004].contains(&code(&e)), "{params} -> {e}");
@@ -675,6 +689,20 @@ fn bad_query_params_are_refused_before_anything_runs() {
         .call("query.run", json!({"prompt": "x", "session": closed["id"]}))
         .unwrap_err();
     assert_eq!(code(&e), -32005, "{e}");
+    let e = d
+        .call("session.create", json!({"model": "a\u{0}b"}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("`model`"), "{e}");
+    // None of it counted against a breaker.
+    let breakers = d.call("breaker.status", json!({})).unwrap();
+    let failures: Vec<&Value> = breakers["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["consecutive_failures"].as_u64() != Some(0))
+        .collect();
+    assert!(failures.is_empty(), "{breakers}");
 }
 
 #[test]

@@ -198,14 +198,23 @@ pub async fn run_agent(
         Ok(c) => c,
         Err(e) => {
             let too_long = e.raw_os_error() == Some(libc::E2BIG);
+            // Std's own refusal of an argument or environment value with a NUL byte: about
+            // this query's options, not the agent.
+            let nul = e.kind() == std::io::ErrorKind::InvalidInput;
             let class = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                     ErrorClass::Unavailable
                 }
-                _ if too_long || !spec.cwd.is_dir() => ErrorClass::NonRetryable,
+                _ if too_long || nul || !spec.cwd.is_dir() => ErrorClass::NonRetryable,
                 _ => ErrorClass::Unavailable,
             };
-            let detail = if too_long {
+            let detail = if nul {
+                format!(
+                    "cannot run `{}`: an argument or environment value of this query holds a \
+                     NUL byte ({e})",
+                    spec.command
+                )
+            } else if too_long {
                 // This query's arguments (or the daemon's environment) are too big: nothing
                 // about the agent is wrong, so it must not count against its breaker.
                 format!(
