@@ -459,14 +459,35 @@ impl GatewayActor {
                         // Checking the destination touches the file system, and the copy is
                         // long: both on the blocking pool.
                         let (dest, size) = tokio::task::spawn_blocking(move || {
-                            let dest = backup_destination(&home, params.path.as_deref())?;
-                            let size = store::backup_to(&db, &dest).map_err(|e| {
+                            let named = params.path.is_some();
+                            let mut dest = backup_destination(&home, params.path.as_deref())?;
+                            let failed = |dest: &Path, e: anyhow::Error| {
                                 ActorError::Internal(format!(
                                     "creating backup {}: {e:#}",
                                     dest.display()
                                 ))
-                            })?;
-                            Ok::<_, ActorError>((dest, size))
+                            };
+                            let dir = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
+                            let mut snapshot =
+                                store::snapshot_in(&db, &dir).map_err(|e| failed(&dest, e))?;
+                            // A name of our own choosing that another backup took meanwhile
+                            // gets a number; a name the caller chose is never replaced.
+                            for n in 1.. {
+                                match store::place_snapshot(snapshot, &dest)
+                                    .map_err(|e| failed(&dest, e))?
+                                {
+                                    Ok(size) => return Ok((dest, size)),
+                                    Err(back) if !named && n <= 1000 => {
+                                        snapshot = back;
+                                        dest = default_backup_name(&dir, &dest, n);
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                            Err(ActorError::Conflict(format!(
+                                "{} already exists",
+                                dest.display()
+                            )))
                         })
                         .await
                         .map_err(|e| ActorError::internal("backup task", e))??;
@@ -1023,22 +1044,30 @@ fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorE
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric())
                 .collect();
-            let mut candidate = dir.join(format!("ccd-{stamp}.db"));
-            let mut n = 1;
-            while candidate.exists() {
-                candidate = dir.join(format!("ccd-{stamp}-{n}.db"));
-                n += 1;
-            }
-            candidate
+            // Taken already (two backups in one second): the copy gets a number.
+            return Ok(dir.join(format!("ccd-{stamp}.db")));
         }
     };
-    if dest.exists() {
+    // Anything there, even a symlink to nowhere, is not replaced. (Checked again when the
+    // copy is put in place, in the same step as that.)
+    if dest.symlink_metadata().is_ok() {
         return Err(ActorError::Conflict(format!(
             "{} already exists",
             dest.display()
         )));
     }
     Ok(dest)
+}
+
+/// The `n`th alternative to the default backup name `first` (`ccd-<time>.db`):
+/// `ccd-<time>-<n>.db`.
+fn default_backup_name(dir: &Path, first: &Path, n: u32) -> PathBuf {
+    let stem = first.file_stem().and_then(|s| s.to_str()).unwrap_or("ccd");
+    let stem = match n {
+        1 => stem,
+        _ => stem.rsplit_once('-').map_or(stem, |(base, _)| base),
+    };
+    dir.join(format!("{stem}-{n}.db"))
 }
 
 /// Checks of params beyond their JSON types; errors are -32602 naming the parameter.

@@ -339,3 +339,70 @@ fn describe_models_reports_the_schema() {
         (Some("TEXT"), Some("path"), Some(false))
     );
 }
+
+#[test]
+fn concurrent_backups_to_one_name_make_one_backup_and_touch_nothing_else() {
+    let d = Daemon::start();
+    d.call("setting.upsert", json!({"key": "k", "value": "v"}))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.db");
+    // A file with the name earlier versions used for the copy in progress is not ccd's.
+    let beside = dir.path().join("two.db.partial");
+    std::fs::write(&beside, "precious").unwrap();
+    let mut c = d.connect();
+    let batch = |c: &mut Conn, params: Value| -> Vec<Value> {
+        let items: Vec<Value> = (0..8)
+            .map(
+                |i| json!({"jsonrpc": "2.0", "id": i, "method": "backup.create", "params": params}),
+            )
+            .collect();
+        c.send(&Value::Array(items));
+        let reply = c.recv().expect("a batch reply");
+        reply.as_array().unwrap().clone()
+    };
+    let replies = batch(&mut c, json!({ "path": path }));
+    let ok: Vec<&Value> = replies
+        .iter()
+        .filter(|r| r.get("result").is_some())
+        .collect();
+    assert_eq!(ok.len(), 1, "{replies:?}");
+    for r in replies.iter().filter(|r| r.get("error").is_some()) {
+        assert_eq!(code(&r["error"]), -32005, "{r}");
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(ok[0]["result"]["size_bytes"].as_u64(), Some(size));
+    assert_eq!(std::fs::read_to_string(&beside).unwrap(), "precious");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "nothing left behind: {names:?}");
+
+    // A symlink to nowhere is something there too: never replaced.
+    let dangling = dir.path().join("dangling.db");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let e = d
+        .call("backup.create", json!({ "path": dangling }))
+        .unwrap_err();
+    assert_eq!(code(&e), -32005, "{e}");
+    assert!(dangling.symlink_metadata().unwrap().is_symlink());
+    assert!(!dir.path().join("nowhere").exists());
+
+    // Backups to the default place at once each get a name of their own.
+    let replies = batch(&mut c, json!({}));
+    let mut paths: Vec<&str> = replies
+        .iter()
+        .map(|r| {
+            r["result"]["path"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{r}"))
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 8, "{paths:?}");
+    for p in paths {
+        assert!(std::path::Path::new(p).is_file(), "{p}");
+    }
+}

@@ -531,33 +531,48 @@ impl WriteOp for DeleteBackup {
     }
 }
 
-/// Copy the database at `src` to a new file `dest` with SQLite's online backup API, in one
-/// step from a read-only connection: a consistent snapshot while the writer keeps committing
-/// (WAL readers never block the writer). Written to a temporary name and renamed into place.
-pub fn backup_to(src: &Path, dest: &Path) -> anyhow::Result<u64> {
-    anyhow::ensure!(!dest.exists(), "{} already exists", dest.display());
+/// A consistent copy of the database at `src`, made with SQLite's online backup API in one
+/// step from a read-only connection (WAL readers never block the writer, which keeps
+/// committing), into a new temporary file of `dir` with a name of its own (so concurrent
+/// backups never share one, and no file already there is touched). Dropped, it is removed.
+pub fn snapshot_in(src: &Path, dir: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
     let from = open_reader(src)?.context("the database does not exist yet")?;
-    let tmp = dest.with_extension("db.partial");
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut to = Connection::open(&tmp)
-            .with_context(|| format!("creating backup file {}", tmp.display()))?;
-        {
-            let backup =
-                rusqlite::backup::Backup::new(&from, &mut to).context("starting backup")?;
-            backup.step(-1).context("copying pages")?;
-        }
-        to.close()
-            .map_err(|(_, e)| e)
-            .context("closing backup file")?;
-        std::fs::rename(&tmp, dest)
-            .with_context(|| format!("moving backup into place at {}", dest.display()))?;
-        Ok(std::fs::metadata(dest)?.len())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let tmp = tempfile::Builder::new()
+        .prefix(".ccd-backup-")
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut to = Connection::open(tmp.path())
+        .with_context(|| format!("opening {}", tmp.path().display()))?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to).context("starting backup")?;
+        backup.step(-1).context("copying pages")?;
     }
-    result
+    to.close()
+        .map_err(|(_, e)| e)
+        .context("closing backup file")?;
+    Ok(tmp)
+}
+
+/// Give `snapshot` the name `dest` if nothing has it, not even a dangling symlink (in one step,
+/// so of two backups to the same name exactly one wins): its size. When the name is taken,
+/// the snapshot comes back untouched, to try another name or drop.
+pub fn place_snapshot(
+    snapshot: tempfile::NamedTempFile,
+    dest: &Path,
+) -> anyhow::Result<Result<u64, tempfile::NamedTempFile>> {
+    let size = snapshot
+        .as_file()
+        .metadata()
+        .context("reading the backup's size")?
+        .len();
+    match snapshot.persist_noclobber(dest) {
+        Ok(_) => Ok(Ok(size)),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(e.file)),
+        Err(e) => {
+            Err(e.error).with_context(|| format!("moving backup into place at {}", dest.display()))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -727,16 +742,37 @@ mod tests {
         .apply(&conn)
         .unwrap();
         let dest = dir.path().join("b.db");
-        let size = backup_to(&db_path(dir.path()), &dest).unwrap();
+        // Files beside it, including one with the name earlier versions used for the copy in
+        // progress, are not touched.
+        let beside = dir.path().join("b.db.partial");
+        std::fs::write(&beside, "mine").unwrap();
+        let snap = snapshot_in(&db_path(dir.path()), dir.path()).unwrap();
+        let size = place_snapshot(snap, &dest).unwrap().unwrap();
+        assert_eq!(size, std::fs::metadata(&dest).unwrap().len());
         assert!(size > 0);
+        assert_eq!(std::fs::read_to_string(&beside).unwrap(), "mine");
         let copy = Connection::open(&dest).unwrap();
         let v: String = copy
             .query_row("SELECT value FROM settings WHERE key='k'", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, "v");
-        assert!(
-            backup_to(&db_path(dir.path()), &dest).is_err(),
-            "must not overwrite"
-        );
+        // Never over anything: a file, or a symlink to nowhere. The snapshot comes back.
+        let nowhere = dir.path().join("dangling.db");
+        std::os::unix::fs::symlink(dir.path().join("no-such-file"), &nowhere).unwrap();
+        for taken in [&dest, &nowhere] {
+            let snap = snapshot_in(&db_path(dir.path()), dir.path()).unwrap();
+            let back = place_snapshot(snap, taken).unwrap().unwrap_err();
+            assert!(back.path().exists());
+        }
+        assert_eq!(std::fs::metadata(&dest).unwrap().len(), size);
+        assert!(nowhere.symlink_metadata().unwrap().is_symlink());
+        // Dropped snapshots leave nothing behind.
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b.db.partial"]);
     }
 }
