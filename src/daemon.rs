@@ -302,7 +302,7 @@ async fn serve(
         health.register("gateway"),
         writer.clone(),
         reader,
-        query,
+        query.clone(),
         agent.clone(),
         info,
         agents,
@@ -376,7 +376,13 @@ async fn serve(
         gateway,
         config.ipc.clone(),
         shutdown,
-        drain,
+        ccd_actors::server::Drain {
+            timeout: drain,
+            cancel: Box::new(move || query.cancel_all()),
+            // A cancelled agent gets its kill grace to exit, then its turn is recorded.
+            cancel_grace: Duration::from_millis(config.executor.kill_grace_ms)
+                + Duration::from_secs(2),
+        },
         Some(metrics),
     )
     .await;

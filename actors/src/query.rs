@@ -851,6 +851,21 @@ impl QueryService {
         }
     }
 
+    /// Cancel every running or queued query (the daemon is stopping): each ends as a
+    /// cancelled run, its agent terminated, its turn recorded and its caller answered.
+    pub fn cancel_all(&self) {
+        let running = self.lock_running();
+        if !running.is_empty() {
+            tracing::warn!(
+                queries = running.len(),
+                "cancelling the queries still running"
+            );
+        }
+        for token in running.values() {
+            token.cancel();
+        }
+    }
+
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -44,14 +44,26 @@ use crate::outbound::{Meter, Outbound};
 /// Replies are written in chunks of up to this many bytes when several are queued.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// How a stop ends the requests in flight.
+pub struct Drain {
+    /// How long they may take to finish on their own.
+    pub timeout: Duration,
+    /// Then called to cancel the work that still runs (agent runs), which then ends as
+    /// cancelled, recorded and answered as such...
+    pub cancel: Box<dyn FnOnce()>,
+    /// ...within this long.
+    pub cancel_grace: Duration,
+}
+
 /// Serve connections until `shutdown` is cancelled, then stop gracefully: stop accepting, let
-/// in-flight requests finish (up to `drain_timeout`), write their replies, close connections.
+/// in-flight requests finish (up to `drain.timeout`, then cancel what still runs), write their
+/// replies, close connections.
 pub async fn serve(
     listener: Listener,
     gateway: Addr<GatewayActor>,
     cfg: IpcConfig,
     shutdown: CancellationToken,
-    drain_timeout: Duration,
+    drain: Drain,
     metrics: Option<Arc<crate::http::Metrics>>,
 ) {
     let uid = current_euid();
@@ -112,11 +124,24 @@ pub async fn serve(
         state.closing.cancel();
     }
     requests.close();
-    if tokio::time::timeout(drain_timeout, requests.wait())
+    if tokio::time::timeout(drain.timeout, requests.wait())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests still running after {drain_timeout:?}; closing anyway");
+        tracing::warn!(
+            "in-flight requests still running after {:?}; cancelling them",
+            drain.timeout
+        );
+        (drain.cancel)();
+        if tokio::time::timeout(drain.cancel_grace, requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight requests still running {:?} after their cancellation; closing anyway",
+                drain.cancel_grace
+            );
+        }
     }
     connections.close();
     if tokio::time::timeout(Duration::from_secs(2), connections.wait())

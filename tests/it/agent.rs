@@ -430,6 +430,31 @@ fn a_stopping_daemon_reads_no_new_requests() {
 }
 
 #[test]
+fn a_stop_cancels_the_queries_that_outlast_the_drain_and_records_them() {
+    let d = agent_daemon(Behaviour::Hang, "[daemon]\nshutdown_timeout_ms = 300\n");
+    let mut c = d.connect();
+    let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
+    assert_eq!(c.recv().unwrap()["method"], "query.event");
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    d.call("system.shutdown", json!({})).unwrap();
+    // The caller hears that its query was cancelled, not a dropped connection.
+    let reply = c.reply_to(id);
+    assert_eq!(code(&reply["error"]), -32008, "{reply}");
+    d.log_containing("cancelling the queries still running");
+    d.log_containing("daemon stopped");
+    wait_until(
+        "the agent to be terminated",
+        Duration::from_secs(30),
+        || d.agent_processes().is_empty(),
+    );
+    // The run is recorded as a cancelled turn (read straight from the database).
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    let sid = sessions[0]["id"].as_str().unwrap();
+    let s: Value = serde_json::from_str(&d.ccd_ok(&["session", "show", sid, "--json"])).unwrap();
+    assert_eq!(s["turns"][0]["status"], "cancelled", "{s}");
+}
+
+#[test]
 fn a_client_that_disconnects_cancels_its_query() {
     let d = agent_daemon(Behaviour::Hang, "");
     {
