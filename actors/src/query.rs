@@ -5,7 +5,7 @@
 //! keeps the agent's own session id, which the next query resumes with `--resume=`. Each query
 //! is cancellable by id (`query.cancel`) and is cancelled when its client disconnects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +71,37 @@ pub struct QueryService {
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    /// Sessions with a query running (see [`SessionBusy`]).
+    busy_sessions: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A session's claim by the query running in it; released when dropped.
+struct SessionBusy {
+    sessions: Arc<Mutex<HashSet<String>>>,
+    id: String,
+}
+
+impl SessionBusy {
+    fn claim(sessions: &Arc<Mutex<HashSet<String>>>, id: &str) -> Result<Self, ActorError> {
+        let mut busy = sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if !busy.insert(id.to_string()) {
+            return Err(ActorError::Conflict(format!(
+                "session `{id}` already has a query running; wait for it to finish, or start a \
+                 new session"
+            )));
+        }
+        Ok(SessionBusy {
+            sessions: sessions.clone(),
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for SessionBusy {
+    fn drop(&mut self) {
+        let mut busy = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        busy.remove(&self.id);
+    }
 }
 
 impl QueryService {
@@ -101,6 +132,7 @@ impl QueryService {
             cfg,
             default_cwd,
             running: Default::default(),
+            busy_sessions: Default::default(),
         }
     }
 
@@ -231,6 +263,12 @@ impl QueryService {
             }
             None => None,
         };
+        // One query at a time per session: two would resume the same conversation at once and
+        // the later turn would silently drop the other's branch of it.
+        let _busy = match &existing {
+            Some(s) => Some(SessionBusy::claim(&self.busy_sessions, &s.id)?),
+            None => None,
+        };
         let project_name = p.project.clone().or_else(|| {
             if p.cwd.is_none() {
                 existing.as_ref().and_then(|s| s.project.clone())
@@ -266,7 +304,7 @@ impl QueryService {
         };
 
         // An open breaker refuses the query before it costs anything: no session to wait for, no
-        // permit. The refused turn is recorded in the background.
+        // permit, no agent; only its refused turn is recorded.
         let model = p
             .model
             .clone()
@@ -287,14 +325,18 @@ impl QueryService {
                 key: breaker_key,
                 retry_after_ms: crate::resilience::ceil_millis(retry_after),
             };
-            actix_rt::spawn(self.clone().record_refusal(
-                existing,
-                project,
-                p.model.clone(),
-                model,
-                p.prompt,
-                error.to_string(),
-            ));
+            // Recorded before the answer, so that the connection's in-flight limit also bounds
+            // these writes (each holds its prompt) when a client keeps asking.
+            self.clone()
+                .record_refusal(
+                    existing,
+                    project,
+                    p.model.clone(),
+                    model,
+                    p.prompt,
+                    error.to_string(),
+                )
+                .await;
             return Err(error);
         }
 

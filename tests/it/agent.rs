@@ -455,6 +455,42 @@ fn a_stop_cancels_the_queries_that_outlast_the_drain_and_records_them() {
 }
 
 #[test]
+fn a_session_runs_one_query_at_a_time() {
+    let d = agent_daemon(Behaviour::Hang, "");
+    let s = d.call("session.create", json!({})).unwrap();
+    let mut c = d.connect();
+    let id = c.request(
+        "query.run",
+        json!({"prompt": "x", "session": s["id"], "stream": true}),
+    );
+    let first = c.recv().unwrap();
+    let query_id = first["params"]["query_id"].clone();
+    assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+    // A second query in the same session would resume the same conversation at once.
+    let e = d
+        .call("query.run", json!({"prompt": "y", "session": s["id"]}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32005, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("already has a query running"),
+        "{e}"
+    );
+    d.call("query.cancel", json!({"query_id": query_id}))
+        .unwrap();
+    assert_eq!(code(&c.reply_to(id)["error"]), -32008);
+    // Once it has ended, the session takes a query again.
+    let mut c2 = d.connect();
+    c2.request(
+        "query.run",
+        json!({"prompt": "z", "session": s["id"], "stream": true}),
+    );
+    assert_eq!(c2.recv().unwrap()["method"], "query.event");
+}
+
+#[test]
 fn a_client_that_disconnects_cancels_its_query() {
     let d = agent_daemon(Behaviour::Hang, "");
     {
