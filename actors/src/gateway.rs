@@ -560,6 +560,12 @@ impl GatewayActor {
                 now::<m::VfsStatus>(p, |_| Ok(self.info.vfs.get().cloned().unwrap_or_default()))
             }
             m::VfsUnseal::NAME => match (parse_params::<m::VfsUnseal>(p), self.vfs_actor.clone()) {
+                (Ok(params), _) if !std::path::Path::new(&params.file).is_absolute() => {
+                    Reply::err(ActorError::from(RpcError::invalid_params(format!(
+                        "invalid params for vfs.unseal: `file`: must be absolute, got `{}`",
+                        params.file
+                    ))))
+                }
                 (Ok(params), Some(vfs)) => Reply::later(async move {
                     let unsealed = vfs
                         .send(Call(crate::vfs::Unseal {
@@ -663,7 +669,7 @@ impl GatewayActor {
         let bus = self.query.bus().clone();
         Some(match method {
             m::EventSubscribe::NAME => match parse_params::<m::EventSubscribe>(p).and_then(|f| {
-                validate::event_types("types", f.types.as_deref().unwrap_or_default())?;
+                validate::event_types("types", f.types.as_deref())?;
                 Ok(f)
             }) {
                 Ok(filter) => {
@@ -696,7 +702,7 @@ impl GatewayActor {
                 })
             }),
             m::EventList::NAME => match parse_params::<m::EventList>(p).and_then(|p| {
-                validate::event_types("types", p.types.as_deref().unwrap_or_default())?;
+                validate::event_types("types", p.types.as_deref())?;
                 let since_ms = match &p.since {
                     None => 0,
                     Some(s) => validate::since("since", s)?,
@@ -1097,6 +1103,10 @@ pub mod validate {
         if path.is_empty() {
             return Err(bad("must not be empty".into()));
         }
+        // Relative to what? The daemon's own directory is `/`, not the client's.
+        if !std::path::Path::new(path).is_absolute() {
+            return Err(bad(format!("must be absolute, got `{path}`")));
+        }
         let canonical = std::fs::canonicalize(path).map_err(|e| bad(format!("{path}: {e}")))?;
         if !canonical.is_dir() {
             return Err(bad(format!("{path} is not a directory")));
@@ -1107,8 +1117,15 @@ pub mod validate {
             .map_err(|_| bad(format!("{path} is not valid UTF-8")))
     }
 
-    /// Known event types only.
-    pub fn event_types(param: &str, types: &[String]) -> Result<(), RpcError> {
+    /// Known event types only, and at least one when given (absent means all; an empty list
+    /// would match nothing, and `event.list` once took it to mean all).
+    pub fn event_types(param: &str, types: Option<&[String]>) -> Result<(), RpcError> {
+        let Some(types) = types else { return Ok(()) };
+        if types.is_empty() {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params: `{param}`: name at least one event type, or leave it out for all"
+            )));
+        }
         match types
             .iter()
             .find(|t| !ccd_protocol::types::EVENT_TYPES.contains(&t.as_str()))
@@ -1127,15 +1144,49 @@ pub mod validate {
                 crate::store::now_ms().saturating_sub(age.as_millis().min(i64::MAX as u128) as i64)
             );
         }
-        match humantime::parse_rfc3339_weak(s) {
-            Ok(t) => Ok(t
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0)),
-            Err(_) => Err(RpcError::invalid_params(format!(
-                "invalid params: `{param}`: `{s}` is neither an age (1h, 7d) nor an RFC 3339 time"
-            ))),
+        rfc3339_ms(s).ok_or_else(|| {
+            RpcError::invalid_params(format!(
+                "invalid params: `{param}`: `{s}` is neither an age (1h, 7d) nor an RFC 3339 time \
+                 (such as 2026-11-28T09:00:00Z or 2026-11-28T10:00:00+01:00)"
+            ))
+        })
+    }
+
+    /// An RFC 3339 time (`Z` or a `±HH:MM` offset, either case of `T` and `Z`, a space for
+    /// `T`), as milliseconds since the epoch. humantime reads only UTC, and its lenient
+    /// parser ignores an offset it does not understand: the offset is taken off here.
+    fn rfc3339_ms(s: &str) -> Option<i64> {
+        let s = s.to_ascii_uppercase();
+        let (utc, offset_min) = match s.strip_suffix('Z') {
+            Some(utc) => (utc, 0),
+            None => {
+                let (utc, offset) = s.split_at_checked(s.len().checked_sub(6)?)?;
+                let b = offset.as_bytes();
+                let sign = match b[0] {
+                    b'+' => 1,
+                    b'-' => -1,
+                    _ => return None,
+                };
+                let digits = |r: std::ops::Range<usize>| {
+                    b[r.clone()]
+                        .iter()
+                        .all(u8::is_ascii_digit)
+                        .then(|| offset[r].parse::<i64>().ok())?
+                };
+                let (h, m) = (digits(1..3)?, digits(4..6)?);
+                if b[3] != b':' || h > 23 || m > 59 {
+                    return None;
+                }
+                (utc, sign * (h * 60 + m))
+            }
+        };
+        // A date alone, or a time without its date, is not a time.
+        if !utc.contains(['T', ' ']) {
+            return None;
         }
+        let t = humantime::parse_rfc3339_weak(&format!("{utc}Z")).ok()?;
+        let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+        Some(i64::try_from(ms).ok()? - offset_min * 60_000)
     }
 
     /// Environment variable names and values the OS can take.
@@ -1205,6 +1256,43 @@ pub mod validate {
                     .message
                     .contains("not a directory")
             );
+        }
+
+        #[test]
+        fn since_reads_ages_and_rfc3339_times_with_their_offsets() {
+            let at = |s: &str| since("since", s).unwrap();
+            let utc = at("2026-11-28T10:00:00Z");
+            assert_eq!(utc, 1_795_860_000_000);
+            assert_eq!(at("2026-11-28T10:00:00+00:00"), utc);
+            assert_eq!(at("2026-11-28T11:00:00+01:00"), utc);
+            assert_eq!(at("2026-11-28T05:00:00-05:00"), utc);
+            assert_eq!(at("2026-11-28T10:00:00-00:00"), utc);
+            assert_eq!(at("2026-11-28t10:00:00z"), utc);
+            assert_eq!(at("2026-11-28 10:00:00Z"), utc);
+            assert_eq!(at("2026-11-28T12:00:00.5+02:00"), utc + 500);
+            let age = at("1h");
+            let now = crate::store::now_ms();
+            assert!((now - 3_600_000 - 1_000..=now - 3_600_000).contains(&age));
+            for bad in [
+                "2026-11-28",
+                "yesterday",
+                "2026-11-28T10:00:00+1:00",
+                "2026-11-28T10:00:00+01:60",
+                "2026-11-28T10:00:00+0100",
+                "+01:00",
+                "",
+            ] {
+                let e = since("since", bad).unwrap_err();
+                assert!(e.message.contains("`since`"), "{bad}: {}", e.message);
+            }
+        }
+
+        #[test]
+        fn event_types_are_known_and_never_an_empty_list() {
+            assert!(event_types("types", None).is_ok());
+            assert!(event_types("types", Some(&["turn.completed".to_string()])).is_ok());
+            assert!(event_types("types", Some(&[])).is_err());
+            assert!(event_types("types", Some(&["nope".to_string()])).is_err());
         }
 
         #[test]

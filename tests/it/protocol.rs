@@ -508,3 +508,40 @@ fn url_valued_fields_are_hinted_as_urls() {
         "url"
     );
 }
+
+#[test]
+fn relative_paths_empty_type_lists_and_offset_times() {
+    let d = Daemon::start();
+    // A relative path would be resolved against the daemon's directory (`/`), not the caller's.
+    for (method, params) in [
+        ("project.create", json!({"name": "p", "path": "tmp"})),
+        ("project.create", json!({"name": "p", "path": "."})),
+        ("vfs.unseal", json!({"file": "agents.sealed"})),
+    ] {
+        let e = d.call(method, params.clone()).unwrap_err();
+        assert_eq!(code(&e), -32602, "{method} {params}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("must be absolute"),
+            "{method} {params}: {e}"
+        );
+    }
+    assert!(
+        d.call("project.get_all", json!({})).unwrap()["projects"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // An empty list of event types matches nothing: refused, the same way for both methods.
+    for method in ["event.subscribe", "event.list"] {
+        let e = d.call(method, json!({"types": []})).unwrap_err();
+        assert_eq!(code(&e), -32602, "{method}: {e}");
+    }
+    // A time with an offset is that instant, not the same clock time in UTC.
+    let ahead = d
+        .call("stats.get", json!({"since": "2026-11-28T11:00:00+01:00"}))
+        .unwrap();
+    assert_eq!(
+        ahead["stats"]["since"], "2026-11-28T10:00:00.000Z",
+        "{ahead}"
+    );
+}
