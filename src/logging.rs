@@ -3,7 +3,10 @@
 //! `CCD_LOG` (default `info`); also to stderr when the daemon runs in the foreground.
 
 use file_rotate::{ContentLimit, FileRotate, compression::Compression, suffix::AppendCount};
+use std::io::Write;
 use tracing_appender::non_blocking::WorkerGuard;
+
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriter};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::home::Home;
@@ -33,12 +36,17 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .finish(file);
-    let file_layer = fmt::layer().with_writer(writer).with_ansi(false);
-    // Colours only on a terminal: a redirected log must not carry escape codes.
+    let file_layer = fmt::layer().with_writer(OneLine(writer)).with_ansi(false);
+    // Colours only on a terminal: a redirected log must not carry escape codes, and is kept
+    // to one line per event like the file.
     let stderr_layer = to_stderr.then(|| {
-        fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let layer = fmt::layer().with_ansi(terminal);
+        if terminal {
+            layer.with_writer(BoxMakeWriter::new(std::io::stderr))
+        } else {
+            layer.with_writer(BoxMakeWriter::new(OneLine(std::io::stderr)))
+        }
     });
     tracing_subscriber::registry()
         .with(filter)
@@ -47,4 +55,72 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     Ok(guard)
+}
+
+/// Keeps every event on one line of the log: a control character in what an event says (a
+/// model name, a path, an error from elsewhere, all possibly a client's) is written escaped
+/// (`\n`, `\r`, `\x1b`, ...), so that no client can forge a log line or put a NUL byte into
+/// the file. The formatter hands each event over whole, in one write, ending with its newline.
+struct OneLine<M>(M);
+
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for OneLine<M> {
+    type Writer = OneLine<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        OneLine(self.0.make_writer())
+    }
+}
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let control = |c: u8| c.is_ascii_control() && c != b'\t';
+        if !body.iter().copied().any(control) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut line = Vec::with_capacity(buf.len() + 16);
+        for &c in body {
+            match c {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                c if control(c) => line.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
+                c => line.push(c),
+            }
+        }
+        line.extend_from_slice(&buf[body.len()..]);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_line(event: &[u8]) -> String {
+        let mut out = OneLine(Vec::new());
+        out.write_all(event).unwrap();
+        String::from_utf8(out.0).unwrap()
+    }
+
+    #[test]
+    fn an_event_stays_on_one_line() {
+        assert_eq!(one_line(b"plain \t line\n"), "plain \t line\n");
+        assert_eq!(
+            one_line(b"key=m1\n2026-01-01 ERROR forged\r\n"),
+            "key=m1\\n2026-01-01 ERROR forged\\r\n"
+        );
+        assert_eq!(one_line(b"a\0b\x1b[31m\x7f\n"), "a\\x00b\\x1b[31m\\x7f\n");
+        // Not ASCII is not a control character: UTF-8 passes through whole.
+        assert_eq!(one_line("é\u{2028}→\n".as_bytes()), "é\u{2028}→\n");
+        assert_eq!(
+            one_line(b"no newline\nat the end"),
+            "no newline\\nat the end"
+        );
+    }
 }

@@ -461,3 +461,26 @@ fn restarts_of_limiter_and_executors_neither_leak_nor_add_permits() {
         .unwrap();
     assert_eq!(in_flight(&d), 0);
 }
+
+#[test]
+fn a_client_cannot_forge_a_log_line() {
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", "/nonexistent/claude")
+        .config("[breaker]\nconsecutive_failures = 1\n")
+        .start();
+    // The model is the client's, and is part of the breaker key that the log names.
+    let model = "m1\n2026-01-01T00:00:00.000000Z ERROR ccd::forged: FORGED\r\u{1b}[2K";
+    let e = d
+        .call("query.run", json!({"prompt": "x", "model": model}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    let log = d.log_containing("breaker Closed");
+    let line = log.lines().find(|l| l.contains("breaker Closed")).unwrap();
+    assert!(line.contains(r"m1\n2026-01-01"), "{line}");
+    assert!(line.contains(r"FORGED\r\x1b[2K"), "{line}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'));
+}
