@@ -31,10 +31,17 @@ impl Outbound {
         Outbound { tx, meter }
     }
 
-    /// Queue one line for the connection's writer; waits while the queue is full.
+    /// Queue one line for the connection's writer; waits while the queue is full. A line that
+    /// is not queued (the queue closed, or this future was dropped while it waited for room,
+    /// as when a `select!` takes another branch) is not counted.
     pub async fn send(&self, line: Bytes) -> Result<(), mpsc::error::SendError<Bytes>> {
         let n = line.len();
         self.meter.unwritten.fetch_add(n, Ordering::SeqCst);
+        let mut counted = Counted {
+            meter: &self.meter,
+            n,
+            queued: false,
+        };
         // Most lines find room at once: only a full queue waits, in a boxed future, which keeps
         // the future of every reply small.
         let sent = match self.tx.try_send(line) {
@@ -42,9 +49,7 @@ impl Outbound {
             Err(mpsc::error::TrySendError::Full(line)) => Box::pin(self.tx.send(line)).await,
             Err(mpsc::error::TrySendError::Closed(line)) => Err(mpsc::error::SendError(line)),
         };
-        if sent.is_err() {
-            self.meter.wrote(n);
-        }
+        counted.queued = sent.is_ok();
         sent
     }
 
@@ -52,6 +57,21 @@ impl Outbound {
     /// last sender is gone).
     pub fn meter(&self) -> Arc<Meter> {
         self.meter.clone()
+    }
+}
+
+/// A line's bytes counted by [`Outbound::send`]: uncounted when dropped unless queued.
+struct Counted<'a> {
+    meter: &'a Meter,
+    n: usize,
+    queued: bool,
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            self.meter.wrote(self.n);
+        }
     }
 }
 
@@ -111,6 +131,20 @@ mod tests {
         assert_eq!(meter.unwritten(), 3);
         meter.wrote(100);
         assert_eq!(meter.unwritten(), 0, "never below zero");
+    }
+
+    #[tokio::test]
+    async fn a_send_given_up_while_waiting_for_room_takes_its_bytes_back() {
+        let (tx, _rx) = mpsc::channel(1);
+        let out = Outbound::new(tx);
+        out.send(Bytes::from_static(b"queued\n")).await.unwrap();
+        // The queue is full: this send waits, and is dropped for the branch that is ready.
+        tokio::select! {
+            biased;
+            _ = out.send(Bytes::from_static(b"given up\n")) => panic!("the queue was full"),
+            _ = std::future::ready(()) => {}
+        }
+        assert_eq!(out.meter().unwritten(), 7);
     }
 
     #[tokio::test]
