@@ -688,26 +688,6 @@ impl AgentService {
             .unwrap_or_else(|_| Err(ActorError::internal("writer", "mailbox closed")))
     }
 
-    fn seal_json(&self, file: &str, value: &impl serde::Serialize) -> Result<Vec<u8>, ActorError> {
-        let json = serde_json::to_vec(value).map_err(|e| ActorError::internal("encoding", e))?;
-        seal::seal(&self.key, file, &json)
-            .map_err(|e| ActorError::Internal(format!("sealing {file}: {e:#}")))
-    }
-
-    fn open_json<T: serde::de::DeserializeOwned>(
-        &self,
-        file: &str,
-        blob: &[u8],
-    ) -> Result<T, ActorError> {
-        let json = seal::open(&self.key, file, blob).map_err(|e| {
-            ActorError::Internal(format!(
-                "{e:#} (is CCD_MASTER_KEY or master.key the key these were sealed with?)"
-            ))
-        })?;
-        serde_json::from_slice(&json)
-            .map_err(|e| ActorError::internal(&format!("reading {file}"), e))
-    }
-
     /// `agent.import`.
     pub async fn import(
         self,
@@ -720,24 +700,27 @@ impl AgentService {
             ))
             .into());
         }
-        // The path is the client's: read on the blocking pool (see `files`).
+        // The path is the client's: read on the blocking pool (see `files`), and sealed there
+        // too (compressing and encrypting up to 16 MiB a definition).
         let at = p.to_path_buf();
-        let parsed = tokio::task::spawn_blocking(move || load(&at))
-            .await
-            .map_err(|e| ActorError::internal("reading the agent definitions", e))?
-            .map_err(|e| {
+        let key = self.key.clone();
+        let (names, items) = off_loop("importing agent definitions", move || {
+            let parsed = load(&at).map_err(|e| {
                 ActorError::Rpc(RpcError::invalid_params(format!(
                     "agent.import refused, nothing stored: {e}"
                 )))
             })?;
-        let mut items = Vec::new();
-        for p in &parsed {
-            let file = agent_file(&p.def.name);
-            items.push((file.clone(), self.seal_json(&file, &p.def)?));
-        }
+            let mut items = Vec::new();
+            for p in &parsed {
+                let file = agent_file(&p.def.name);
+                items.push((file.clone(), seal_json(&key, &file, &p.def)?));
+            }
+            let names: Vec<String> = parsed.into_iter().map(|p| p.def.name).collect();
+            Ok((names, items))
+        })
+        .await?;
         let replaced = self.write(store::PutSealed { items }).await?;
         self.changed.notify_one();
-        let names: Vec<String> = parsed.iter().map(|p| p.def.name.clone()).collect();
         Ok(ccd_protocol::types::AgentImported {
             imported: names,
             replaced,
@@ -752,9 +735,13 @@ impl AgentService {
                 store::sealed_with_prefix(c, "agents/")
             })
             .await?;
-        rows.iter()
-            .map(|(file, blob)| self.open_json::<AgentDef>(file, blob))
-            .collect()
+        let key = self.key.clone();
+        off_loop("opening agent definitions", move || {
+            rows.iter()
+                .map(|(file, blob)| open_json::<AgentDef>(&key, file, blob))
+                .collect()
+        })
+        .await
     }
 
     pub async fn get(self, name: String) -> Result<ccd_protocol::types::AgentDetail, ActorError> {
@@ -765,11 +752,15 @@ impl AgentService {
             .read("reading an agent", move |c| store::sealed(c, &lookup))
             .await?
             .ok_or_else(|| ActorError::NotFound(format!("no agent named `{name}`")))?;
-        let def: AgentDef = self.open_json(&file, &blob)?;
-        Ok(ccd_protocol::types::AgentDetail {
-            markdown: to_markdown(&def),
-            agent: def,
+        let key = self.key.clone();
+        off_loop("opening an agent definition", move || {
+            let def: AgentDef = open_json(&key, &file, &blob)?;
+            Ok(ccd_protocol::types::AgentDetail {
+                markdown: to_markdown(&def),
+                agent: def,
+            })
         })
+        .await
     }
 
     pub async fn delete(
@@ -790,7 +781,12 @@ impl AgentService {
 
     /// Set a sealed JSON document (rules or hooks).
     pub async fn set_doc(self, file: &'static str, value: Value) -> Result<Value, ActorError> {
-        let blob = self.seal_json(file, &value)?;
+        let key = self.key.clone();
+        let (value, blob) = off_loop("sealing a document", move || {
+            let blob = seal_json(&key, file, &value)?;
+            Ok((value, blob))
+        })
+        .await?;
         self.write(store::PutSealed {
             items: vec![(file.to_string(), blob)],
         })
@@ -805,11 +801,45 @@ impl AgentService {
             .reader
             .read("reading a sealed document", move |c| store::sealed(c, file))
             .await?;
+        let key = self.key.clone();
         match blob {
-            Some(b) => self.open_json(file, &b),
+            Some(b) => off_loop("opening a document", move || open_json(&key, file, &b)).await,
             None => Ok(Value::Null),
         }
     }
+}
+
+/// CPU-heavy work (sealing or opening definitions of up to 16 MiB: zstd and XChaCha20) on the
+/// blocking pool, never on the daemon's event loop.
+pub(crate) async fn off_loop<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, ActorError> + Send + 'static,
+) -> Result<T, ActorError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ActorError::internal(what, e))?
+}
+
+fn seal_json(
+    key: &MasterKey,
+    file: &str,
+    value: &impl serde::Serialize,
+) -> Result<Vec<u8>, ActorError> {
+    let json = serde_json::to_vec(value).map_err(|e| ActorError::internal("encoding", e))?;
+    seal::seal(key, file, &json).map_err(|e| ActorError::Internal(format!("sealing {file}: {e:#}")))
+}
+
+fn open_json<T: serde::de::DeserializeOwned>(
+    key: &MasterKey,
+    file: &str,
+    blob: &[u8],
+) -> Result<T, ActorError> {
+    let json = seal::open(key, file, blob).map_err(|e| {
+        ActorError::Internal(format!(
+            "{e:#} (is CCD_MASTER_KEY or master.key the key these were sealed with?)"
+        ))
+    })?;
+    serde_json::from_slice(&json).map_err(|e| ActorError::internal(&format!("reading {file}"), e))
 }
 
 #[cfg(test)]

@@ -127,13 +127,11 @@ impl Snapshot {
 
 pub type SharedSnapshot = Arc<RwLock<Snapshot>>;
 
-/// Build the snapshot from the sealed store; `boot_key` seals the `*.sealed` bundles.
-pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
-    let mut s = Snapshot {
-        built: Some(SystemTime::now()),
-        ..Default::default()
-    };
-    let outcome: Result<(), String> = async {
+/// Build the snapshot from the sealed store; `boot_key` seals the `*.sealed` bundles. The
+/// definitions are opened, rendered and sealed again on the blocking pool (they may be
+/// hundreds of MiB), never on the event loop.
+pub async fn build(agents: &AgentService, boot_key: &Arc<MasterKey>) -> Snapshot {
+    let fetched: Result<_, String> = async {
         let defs = agents.all().await.map_err(|e| e.to_string())?;
         let rules = agents
             .clone()
@@ -145,6 +143,33 @@ pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
             .get_doc(HOOKS_FILE)
             .await
             .map_err(|e| e.to_string())?;
+        Ok((defs, rules, hooks))
+    }
+    .await;
+    let key = boot_key.clone();
+    let assembled = tokio::task::spawn_blocking(move || assemble(fetched, &key))
+        .await
+        .map_err(|e| format!("building the agent filesystem: {e}"));
+    assembled.unwrap_or_else(|e| assemble(Err(e), boot_key))
+}
+
+/// The snapshot of what was read from the store (or of why it could not be).
+fn assemble(
+    fetched: Result<
+        (
+            Vec<ccd_protocol::types::AgentDef>,
+            serde_json::Value,
+            serde_json::Value,
+        ),
+        String,
+    >,
+    boot_key: &MasterKey,
+) -> Snapshot {
+    let mut s = Snapshot {
+        built: Some(SystemTime::now()),
+        ..Default::default()
+    };
+    let outcome = fetched.and_then(|(defs, rules, hooks)| {
         for d in &defs {
             s.agents.insert(
                 format!("{}.md", d.name),
@@ -175,8 +200,7 @@ pub async fn build(agents: &AgentService, boot_key: &MasterKey) -> Snapshot {
             serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?,
         );
         Ok(())
-    }
-    .await;
+    });
     let health = match &outcome {
         Ok(()) => "OK\n".to_string(),
         Err(e) => format!("ERROR: {}\n", e.replace('\n', " ")),
@@ -560,27 +584,27 @@ impl Handle<Unseal> for VfsActor {
         // bounded size (a FIFO or a device would hold the actor's thread or its memory).
         Reply::later(async move {
             let path = msg.path.clone();
-            let blob = tokio::task::spawn_blocking(move || {
-                crate::files::read_regular(&path, MAX_UNSEAL_BYTES)
+            // Read, then opened (decrypted, decompressed, parsed: up to 64 MiB), off the loop.
+            crate::agents::off_loop("opening the sealed file", move || {
+                let blob = crate::files::read_regular(&path, MAX_UNSEAL_BYTES)
+                    .map_err(|e| bad(format!("{}: {e}", msg.path.display())))?;
+                if !SEALED_FILES.contains(&name.as_str()) {
+                    return Err(bad(format!(
+                        "`{name}` is not one of {}; the name is sealed with the contents, so a \
+                         copy must keep it",
+                        SEALED_FILES.join(", ")
+                    )));
+                }
+                seal::open(&key, &name, &blob)
+                    .and_then(|j| Ok(serde_json::from_slice(&j)?))
+                    .map_err(|e| {
+                        ActorError::Rpc(ccd_protocol::RpcError::invalid_params(format!(
+                            "vfs.unseal refused {}: {e:#}",
+                            msg.path.display()
+                        )))
+                    })
             })
             .await
-            .map_err(|e| ActorError::internal("reading the sealed file", e))?
-            .map_err(|e| bad(format!("{}: {e}", msg.path.display())))?;
-            if !SEALED_FILES.contains(&name.as_str()) {
-                return Err(bad(format!(
-                    "`{name}` is not one of {}; the name is sealed with the contents, so a copy \
-                     must keep it",
-                    SEALED_FILES.join(", ")
-                )));
-            }
-            seal::open(&key, &name, &blob)
-                .and_then(|j| Ok(serde_json::from_slice(&j)?))
-                .map_err(|e| {
-                    ActorError::Rpc(ccd_protocol::RpcError::invalid_params(format!(
-                        "vfs.unseal refused {}: {e:#}",
-                        msg.path.display()
-                    )))
-                })
         })
     }
 }
