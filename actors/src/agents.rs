@@ -284,6 +284,16 @@ fn list(source: &str, e: &Entry) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// A plain or block value without the whitespace around it; a quoted one exactly as quoted
+/// (quotes are how a value keeps its spaces, which is how ccd writes such values back).
+fn unpadded(value: String, e: &Entry) -> String {
+    if e.value.starts_with(['"', '\'']) {
+        value
+    } else {
+        value.trim().to_string()
+    }
+}
+
 /// Parse one Claude Code subagent file.
 pub fn parse_markdown(source: &str, text: &str) -> Result<AgentDef, String> {
     parse_file(source, text).map(|(def, _)| def)
@@ -371,8 +381,8 @@ fn parse_file(source: &str, text: &str) -> Result<(AgentDef, usize), String> {
         let e = entries
             .get(key)
             .ok_or_else(|| bad(source, 1, format!("missing field `{key}`")))?;
-        let value = scalar(source, key, e)?.trim().to_string();
-        if value.is_empty() {
+        let value = unpadded(scalar(source, key, e)?, e);
+        if value.trim().is_empty() {
             return Err(bad(source, e.line, format!("field `{key}` is empty")));
         }
         Ok((value, e.line))
@@ -385,7 +395,7 @@ fn parse_file(source: &str, text: &str) -> Result<(AgentDef, usize), String> {
         None => Vec::new(),
     };
     let model = match entries.get("model") {
-        Some(e) => Some(scalar(source, "model", e)?.trim().to_string()).filter(|m| !m.is_empty()),
+        Some(e) => Some(unpadded(scalar(source, "model", e)?, e)).filter(|m| !m.is_empty()),
         None => None,
     };
     // Fields ccd does not use, kept as written (the value and its continuation lines).
@@ -641,6 +651,9 @@ pub fn load(path: &Path) -> Result<Vec<Parsed>, String> {
                     return Err(format!("{at}: {label}`{field}` is empty"));
                 }
             }
+            if let Some(i) = def.tools.iter().position(|t| t.trim().is_empty()) {
+                return Err(format!("{at}: {label}`tools[{i}]` is empty"));
+            }
             validate_extra(&def).map_err(|e| format!("{at}: {label}{e}"))?;
             add(def, at, &label)?;
         }
@@ -847,6 +860,26 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "---\nname: reviewer\ndescription: Reviews diffs\ntools: Read, Grep\nmodel: sonnet\n---\n\nYou review code.\n";
+
+    #[test]
+    fn quoted_values_keep_their_spaces_and_round_trip() {
+        let text =
+            "---\nname: q1\ndescription: \"  two spaces each side  \"\nmodel: '  m  '\n---\nbody\n";
+        let def = parse_markdown("q.md", text).unwrap();
+        assert_eq!(def.description, "  two spaces each side  ");
+        assert_eq!(def.model.as_deref(), Some("  m  "));
+        // Plain values lose the space around them, as in YAML.
+        let plain = parse_markdown("p.md", "---\nname: p\ndescription:   d  \n---\nb\n").unwrap();
+        assert_eq!(plain.description, "d");
+        // What ccd writes reads back the same, control characters and line separators included.
+        for description in ["  x  ", "a\r\nb", "\u{2028}x\u{85}", "tab\tend "] {
+            let def = AgentDef {
+                description: description.into(),
+                ..def.clone()
+            };
+            assert_eq!(parse_markdown("r.md", &to_markdown(&def)).unwrap(), def);
+        }
+    }
 
     #[test]
     fn parses_and_renders_subagent_files() {
@@ -1108,6 +1141,11 @@ mod tests {
             let err = load(&path).unwrap_err();
             assert!(err.starts_with(&want), "{err}\nwanted {want}");
         }
+        // An empty tool name would vanish on the way to the agent's file.
+        let empty_tool = "{\"agents\": [{\"name\": \"t\", \"description\": \"d\", \"prompt\": \"p\", \"tools\": [\"Read\", \"\"]}]}";
+        std::fs::write(&path, empty_tool).unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(err.ends_with("agents[0]: `tools[1]` is empty"), "{err}");
         // Odd spacing and escapes in the key do not throw the count off.
         std::fs::write(
             &path,
