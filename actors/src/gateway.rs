@@ -759,14 +759,8 @@ impl GatewayActor {
             }),
             m::LimiterConfigure::NAME => {
                 match parse_params::<m::LimiterConfigure>(p).and_then(|c| {
-                    let name = format!(
-                        "limits.{}",
-                        serde_json::to_value(c.scope)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default()
-                    );
-                    c.limits.validate(&name).map_err(|e| {
+                    // Named as the params name them (`limits.burst`), like type errors.
+                    c.limits.validate("limits").map_err(|e| {
                         RpcError::invalid_params(format!(
                             "invalid params for limiter.configure: {e}"
                         ))

@@ -285,7 +285,14 @@ impl QueryService {
                     .reader
                     .read("reading the project", move |c| store::project(c, &lookup))
                     .await?
-                    .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
+                    .ok_or_else(|| match (&p.project, &existing) {
+                        (None, Some(s)) => ActorError::NotFound(format!(
+                            "session `{}` was started in project `{name}`, which no longer \
+                             exists; give `project` or `cwd`, or start a new session",
+                            s.id
+                        )),
+                        _ => ActorError::NotFound(format!("no project named `{name}`")),
+                    })?;
                 (
                     PathBuf::from(&project.path),
                     project.env.clone(),

@@ -125,11 +125,29 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
+/// The longest error message; longer ones are cut, saying how long they were.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str(&format!("… (cut: {total} bytes in all)"));
+    }
+    message
+}
+
 impl RpcError {
+    /// An error with this message, cut at [`MAX_MESSAGE_BYTES`]: messages quote what was
+    /// wrong, and a value a client sent can be megabytes long.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RpcError {
             code: code.code(),
-            message: message.into(),
+            message: clip(message.into()),
             data: None,
         }
     }
@@ -174,5 +192,22 @@ mod tests {
             let std = (-32768..=-32600).contains(&c.code()) || c.code() == -32700;
             assert!(app || std, "{} out of range", c.code());
         }
+    }
+
+    #[test]
+    fn a_message_quoting_a_huge_value_is_cut() {
+        let short = RpcError::invalid_params("`name`: bad");
+        assert_eq!(short.message, "`name`: bad");
+        let name = "é".repeat(100_000);
+        let full = format!("`name`: `{name}` is not valid");
+        let long = RpcError::invalid_params(full.clone());
+        assert!(
+            long.message.len() < MAX_MESSAGE_BYTES + 64,
+            "{}",
+            long.message.len()
+        );
+        assert!(long.message.starts_with("`name`: `éé"));
+        let said = format!("(cut: {} bytes in all)", full.len());
+        assert!(long.message.ends_with(&said), "{}", long.message);
     }
 }

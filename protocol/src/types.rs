@@ -585,12 +585,15 @@ pub struct LimitSpec {
 /// The longest time a token bucket may take to fill, in nanoseconds: about 200 years, well
 /// inside the 64-bit nanoseconds the limiter counts in.
 const MAX_BUCKET_FILL_NS: f64 = 200.0 * 365.25 * 86_400.0 * 1e9;
+/// The longest sliding window a limit may have: a year.
+const MAX_WINDOW_MS: u64 = 365 * 24 * 3600 * 1000;
 
 impl LimitSpec {
     pub fn is_off(&self) -> bool {
         self.rate_per_s <= 0.0 && self.window_max == 0 && self.concurrency == 0
     }
 
+    /// Check the spec; errors name each field as `{name}.field`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
         if !(self.rate_per_s.is_finite()
             && self.rate_per_s >= 0.0
@@ -604,7 +607,7 @@ impl LimitSpec {
             && f64::from(self.burst.max(1)) * 1e9 / self.rate_per_s > MAX_BUCKET_FILL_NS
         {
             return Err(format!(
-                "`{name}.rate_per_s` = {} with `{name}.burst` = {}: the bucket would take more \
+                "`{name}.rate_per_s` = {:?} with `{name}.burst` = {}: the bucket would take more \
                  than 200 years to fill; use a larger rate, a smaller burst, or 0 to turn it off",
                 self.rate_per_s, self.burst
             ));
@@ -612,6 +615,11 @@ impl LimitSpec {
         if self.window_max > 0 && self.window_ms == 0 {
             return Err(format!(
                 "`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"
+            ));
+        }
+        if self.window_ms > MAX_WINDOW_MS {
+            return Err(format!(
+                "`{name}.window_ms` must be at most {MAX_WINDOW_MS} (a year)"
             ));
         }
         Ok(())

@@ -455,6 +455,26 @@ fn a_stop_cancels_the_queries_that_outlast_the_drain_and_records_them() {
 }
 
 #[test]
+fn a_session_whose_project_was_deleted_says_so() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    let _dir = d.project();
+    let s = d
+        .call("session.create", json!({"project": "proj"}))
+        .unwrap();
+    d.call("project.delete", json!({"name": "proj"})).unwrap();
+    let e = d
+        .call("query.run", json!({"prompt": "x", "session": s["id"]}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32004, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains(s["id"].as_str().unwrap()) && msg.contains("no longer exists"),
+        "{msg}"
+    );
+    assert!(d.mock.requests().is_empty());
+}
+
+#[test]
 fn a_session_runs_one_query_at_a_time() {
     let d = agent_daemon(Behaviour::Hang, "");
     let s = d.call("session.create", json!({})).unwrap();
