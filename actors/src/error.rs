@@ -58,8 +58,8 @@ impl From<ActorError> for RpcError {
                 ref reason,
             } => RpcError::new(ErrorCode::Unavailable, e.to_string())
                 .with_data(json!({ "actor": actor, "state": state, "reason": reason })),
-            ActorError::NotFound(m) => RpcError::new(ErrorCode::NotFound, m),
-            ActorError::Conflict(m) => RpcError::new(ErrorCode::Conflict, m),
+            ActorError::NotFound(m) => RpcError::quoting(ErrorCode::NotFound, m),
+            ActorError::Conflict(m) => RpcError::quoting(ErrorCode::Conflict, m),
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
             ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),

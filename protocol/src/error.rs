@@ -125,7 +125,8 @@ pub struct RpcError {
     pub data: Option<Value>,
 }
 
-/// The longest error message; longer ones are cut, saying how long they were.
+/// The longest message of an error that quotes a client's value ([`RpcError::quoting`]);
+/// longer ones are cut, saying how long they were.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 fn clip(mut message: String) -> String {
@@ -142,14 +143,18 @@ fn clip(mut message: String) -> String {
 }
 
 impl RpcError {
-    /// An error with this message, cut at [`MAX_MESSAGE_BYTES`]: messages quote what was
-    /// wrong, and a value a client sent can be megabytes long.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         RpcError {
             code: code.code(),
-            message: clip(message.into()),
+            message: message.into(),
             data: None,
         }
+    }
+
+    /// An error whose message quotes what a client sent (which can be megabytes long): cut at
+    /// [`MAX_MESSAGE_BYTES`]. Invalid params, not found and conflict errors are made so.
+    pub fn quoting(code: ErrorCode, message: impl Into<String>) -> Self {
+        RpcError::new(code, clip(message.into()))
     }
 
     pub fn with_data(mut self, data: Value) -> Self {
@@ -162,7 +167,7 @@ impl RpcError {
     }
 
     pub fn invalid_params(message: impl Into<String>) -> Self {
-        RpcError::new(ErrorCode::InvalidParams, message)
+        RpcError::quoting(ErrorCode::InvalidParams, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
