@@ -272,8 +272,17 @@ impl Connection {
         &self,
         recv: ReadHalf<Stream>,
         out: Outbound,
-        hangup: Option<std::os::fd::OwnedFd>,
+        mut hangup: Option<std::os::fd::OwnedFd>,
     ) {
+        // A client that is gone must be noticed (its queries cancelled) also when nothing is
+        // read from it: at EOF, and as soon as reading stops for backpressure or full slots,
+        // when its EOF would not be read. Watched from then on, once.
+        let closed_token = self.state.closed.clone();
+        let mut watch_hangup_once = move || {
+            if let Some(fd) = hangup.take() {
+                actix_rt::spawn(watch_hangup(fd, closed_token.clone()));
+            }
+        };
         let mut frames = FramedRead::new(recv, NdjsonCodec::new(self.cfg.max_message_bytes));
         let max_inflight = self.cfg.max_inflight_per_connection.max(1);
         let limit = self.cfg.max_message_bytes;
@@ -301,6 +310,9 @@ impl Connection {
             // request read (backpressure). Requests in flight keep running meanwhile.
             let free = used < max_inflight;
             let drained = meter.unwritten() <= limit;
+            if !(free && drained) {
+                watch_hangup_once();
+            }
             let frame = tokio::select! {
                 biased;
                 _ = &mut closing => break,
@@ -342,6 +354,9 @@ impl Connection {
                     (Work::Batch(items), slots)
                 }
             };
+            if used + slots > max_inflight {
+                watch_hangup_once();
+            }
             while used + slots > max_inflight {
                 tokio::select! {
                     biased;
@@ -358,9 +373,7 @@ impl Connection {
         }
         // EOF may be a half-close from a client still waiting for its replies, or a client that
         // is gone. Only the latter cancels its work (queries in flight).
-        if let Some(fd) = hangup {
-            actix_rt::spawn(watch_hangup(fd, self.state.closed.clone()));
-        }
+        watch_hangup_once();
         // Requests still in flight finish, and their replies are queued, before the connection
         // closes.
         while inflight.next().await.is_some() {}

@@ -455,6 +455,23 @@ fn a_stop_cancels_the_queries_that_outlast_the_drain_and_records_them() {
 }
 
 #[test]
+fn a_client_that_disconnects_with_every_slot_taken_cancels_its_query() {
+    let d = agent_daemon(Behaviour::Hang, "[ipc]\nmax_inflight_per_connection = 1\n");
+    {
+        let mut c = d.connect();
+        c.request("query.run", json!({"prompt": "x", "stream": true}));
+        assert_eq!(c.recv().unwrap()["method"], "query.event");
+        assert!(d.mock.wait_for_requests(1, Duration::from_secs(30)));
+        // Its one slot is taken: the daemon reads nothing more from it, not even its EOF.
+    }
+    d.wait_no_agent_processes();
+    let sessions = d.call("session.list", json!({})).unwrap();
+    let id = sessions["sessions"][0]["id"].clone();
+    let s = d.call("session.get", json!({"id": id})).unwrap();
+    assert_eq!(s["turns"][0]["status"], "cancelled");
+}
+
+#[test]
 fn a_session_whose_project_was_deleted_says_so() {
     let d = agent_daemon(Behaviour::Text("ok".into()), "");
     let _dir = d.project();
