@@ -65,7 +65,8 @@ impl Decoder for NdjsonCodec {
         loop {
             let Some(pos) = buf[self.scanned..].iter().position(|b| *b == b'\n') else {
                 self.scanned = buf.len();
-                if buf.len() > self.max_len {
+                // One byte of slack: the `\r` of a `\r\n` not yet complete.
+                if buf.len() > self.max_len + 1 {
                     return Err(FrameError::TooLong {
                         limit: self.max_len,
                     });
@@ -74,7 +75,13 @@ impl Decoder for NdjsonCodec {
             };
             let end = self.scanned + pos;
             self.scanned = 0;
-            if end > self.max_len {
+            // The limit is on the message: a line ending `\r\n` is as long as one ending `\n`.
+            let content = if end > 0 && buf[end - 1] == b'\r' {
+                end - 1
+            } else {
+                end
+            };
+            if content > self.max_len {
                 return Err(FrameError::TooLong {
                     limit: self.max_len,
                 });
@@ -180,12 +187,19 @@ mod tests {
         let got = frames(&mut c, b"0123456789");
         assert_eq!(got.len(), 1);
         assert!(got[0].is_err());
-        // exactly at the limit is fine
+        // exactly at the limit is fine, with either line ending
         let mut c = NdjsonCodec::new(8);
         assert_eq!(
             frames(&mut c, b"01234567\n"),
             vec![Ok(Bytes::from("01234567"))]
         );
+        let mut c = NdjsonCodec::new(8);
+        assert_eq!(
+            frames(&mut c, b"01234567\r\n"),
+            vec![Ok(Bytes::from("01234567"))]
+        );
+        let mut c = NdjsonCodec::new(8);
+        assert!(frames(&mut c, b"012345678\r\n")[0].is_err());
     }
 
     #[test]
