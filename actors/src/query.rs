@@ -73,7 +73,12 @@ pub struct QueryService {
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
     /// Sessions with a query running (see [`SessionBusy`]).
     busy_sessions: Arc<Mutex<HashSet<String>>>,
+    /// Bytes of prompts of refused queries waiting to be recorded in the background.
+    refusal_backlog: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many bytes of refused queries' prompts wait to be recorded in the background.
+const REFUSAL_BACKLOG_BYTES: u32 = 64 * 1024 * 1024;
 
 /// A session's claim by the query running in it; released when dropped.
 struct SessionBusy {
@@ -133,6 +138,7 @@ impl QueryService {
             default_cwd,
             running: Default::default(),
             busy_sessions: Default::default(),
+            refusal_backlog: Arc::new(tokio::sync::Semaphore::new(REFUSAL_BACKLOG_BYTES as usize)),
         }
     }
 
@@ -311,7 +317,7 @@ impl QueryService {
         };
 
         // An open breaker refuses the query before it costs anything: no session to wait for, no
-        // permit, no agent; only its refused turn is recorded.
+        // permit, no agent. Its refused turn is recorded.
         let model = p
             .model
             .clone()
@@ -332,18 +338,29 @@ impl QueryService {
                 key: breaker_key,
                 retry_after_ms: crate::resilience::ceil_millis(retry_after),
             };
-            // Recorded before the answer, so that the connection's in-flight limit also bounds
-            // these writes (each holds its prompt) when a client keeps asking.
-            self.clone()
-                .record_refusal(
-                    existing,
-                    project,
-                    p.model.clone(),
-                    model,
-                    p.prompt,
-                    error.to_string(),
-                )
-                .await;
+            // Recorded after the answer, in the background, while the prompts waiting to be
+            // recorded so take at most REFUSAL_BACKLOG_BYTES; past that, before the answer, so
+            // that the connection's in-flight limit bounds what a client that keeps asking holds.
+            let bytes = u32::try_from(p.prompt.len().max(1))
+                .unwrap_or(u32::MAX)
+                .min(REFUSAL_BACKLOG_BYTES);
+            let record = self.clone().record_refusal(
+                existing,
+                project,
+                p.model.clone(),
+                model,
+                p.prompt,
+                error.to_string(),
+            );
+            match self.refusal_backlog.clone().try_acquire_many_owned(bytes) {
+                Ok(held) => {
+                    actix_rt::spawn(async move {
+                        record.await;
+                        drop(held);
+                    });
+                }
+                Err(_) => record.await,
+            }
             return Err(error);
         }
 
