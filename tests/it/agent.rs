@@ -1172,3 +1172,89 @@ fn session_list_pages_newest_first() {
         assert_eq!(code(&e), -32602, "{bad}: {e}");
     }
 }
+
+/// A stand-in for the CLI that answers `--version`, then runs the shell script `body` with
+/// `$here` set to its own directory (where `files` are written first). Lives as long as the
+/// returned directory.
+fn script_agent(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
+             if [ \"$1\" = \"--version\" ]; then env > \"$here/version.env\"; echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+             {body}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, agent)
+}
+
+/// The variable names in an `env` dump.
+fn env_names(dump: &str) -> Vec<&str> {
+    dump.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn the_daemons_own_variables_reach_no_process_it_starts() {
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\nenv > \"$here/run.env\"\ncat \"$here/transcript.jsonl\"",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let key = "ab".repeat(32);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .env("CCD_MASTER_KEY", &key)
+        .env("CCD_HTTP_TOKEN", "http-token-never-for-agents")
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    // A project may still give its agent a `CCD_` variable of its own.
+    d.call(
+        "project.create",
+        json!({"name": "p", "path": work.path(), "env": {"CCD_FOR_THE_AGENT": "given"}}),
+    )
+    .unwrap();
+    let r = d
+        .call("query.run", json!({"prompt": "x", "project": "p"}))
+        .unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+    let run = std::fs::read_to_string(dir.path().join("run.env")).unwrap();
+    let names = env_names(&run);
+    assert!(
+        !run.contains(&key),
+        "the master key reached the agent:\n{run}"
+    );
+    assert!(!run.contains("http-token-never-for-agents"), "{run}");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.to_ascii_uppercase().starts_with("CCD_"))
+            .collect::<Vec<_>>(),
+        [&"CCD_FOR_THE_AGENT"],
+        "{run}"
+    );
+    assert!(run.contains("CCD_FOR_THE_AGENT=given\n"), "{run}");
+    assert!(
+        names.contains(&"PATH"),
+        "the rest of the environment is kept:\n{run}"
+    );
+    // The start-up `--version` check ran with the same environment.
+    wait_until("the agent check to finish", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let version = std::fs::read_to_string(dir.path().join("version.env")).unwrap();
+    assert!(
+        !env_names(&version)
+            .iter()
+            .any(|n| n.to_ascii_uppercase().starts_with("CCD_")),
+        "{version}"
+    );
+}

@@ -408,7 +408,9 @@ pub type SharedProbe = Arc<Mutex<AgentProbe>>;
 pub async fn probe_agent(probe: SharedProbe) {
     let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
     let outcome = async {
-        let out = tokio::process::Command::new(&command)
+        let mut cmd = tokio::process::Command::new(&command);
+        process::remove_daemon_env(cmd.as_std_mut());
+        let out = cmd
             .arg("--version")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)

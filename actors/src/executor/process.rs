@@ -6,6 +6,7 @@
 //! always waited for, so no zombie is left, and its pipes are dropped with it.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,6 +34,34 @@ pub fn cannot_run_agent(command: &str, e: &std::io::Error) -> String {
          @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then \
          run `ccd daemon restart` (the daemon reads both when it starts)"
     )
+}
+
+/// Whether `name` is one of the daemon's own variables (`CCD_*`, in any case, as the
+/// configuration reads them): its configuration, `CCD_MASTER_KEY`, `CCD_HTTP_TOKEN`, `CCD_SET`.
+fn is_daemon_var(name: &OsStr) -> bool {
+    name.as_encoded_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"CCD_"))
+}
+
+/// Take the daemon's own variables (see [`is_daemon_var`]) out of the environment a child
+/// inherits: no process the daemon starts (agents, the `--version` probe, the agent
+/// filesystem's helpers) sees them. Variables set on `cmd` afterwards (a project's `env`) still
+/// apply.
+pub fn remove_daemon_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (name, _) in std::env::vars_os() {
+        if is_daemon_var(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `Command::new(program)`, less the daemon's own variables (see [`remove_daemon_env`]).
+pub fn child_command(program: impl AsRef<OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    remove_daemon_env(&mut cmd);
+    cmd
 }
 
 /// The per-query options that become CLI flags.
@@ -93,7 +122,7 @@ pub struct AgentSpec {
     pub command: String,
     pub args: Vec<String>,
     pub cwd: PathBuf,
-    /// Added to the daemon's own environment.
+    /// Added to the daemon's own environment (less its `CCD_*` variables).
     pub env: BTreeMap<String, String>,
     pub prompt: String,
     pub deadline: Instant,
@@ -184,11 +213,12 @@ pub async fn run_agent(
     };
 
     let mut cmd = Command::new(&spec.command);
+    // The daemon's own variables (its master key, HTTP token, `--set` values) are not the
+    // agent's; the project's `env`, applied after, may still set any of them.
+    remove_daemon_env(cmd.as_std_mut());
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
-        // The daemon's own `--set` values (see `ccd daemon start`) are not the agent's.
-        .env_remove("CCD_SET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -553,6 +583,22 @@ mod tests {
         ));
         assert!(joined.ends_with("--add-dir /a --add-dir /b"));
         assert!(!joined.contains("--disallowedTools"));
+    }
+
+    #[test]
+    fn daemon_variables_in_any_case() {
+        for name in [
+            "CCD_MASTER_KEY",
+            "CCD_HTTP_TOKEN",
+            "CCD_SET",
+            "ccd_http_token",
+            "Ccd_x",
+        ] {
+            assert!(is_daemon_var(OsStr::new(name)), "{name}");
+        }
+        for name in ["CCD", "CCDTEST_MARKER", "PATH", "XCCD_A", ""] {
+            assert!(!is_daemon_var(OsStr::new(name)), "{name}");
+        }
     }
 
     fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {
