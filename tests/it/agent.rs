@@ -1258,3 +1258,76 @@ fn the_daemons_own_variables_reach_no_process_it_starts() {
         "{version}"
     );
 }
+
+#[test]
+fn a_finished_agent_whose_background_process_holds_stdout_is_not_a_timeout() {
+    // The agent prints a whole successful run, leaves a process behind that keeps its stdout
+    // open, and exits. EOF on stdout would only come when that process ends.
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nsleep 600 &\necho $! > \"$here/bg.pid\"\nexit 0",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[retry]\nmax_retries = 0\n")
+        .start();
+    // A deadline longer than the connection's read timeout: a run held open until then fails
+    // the test on its own.
+    let r = d
+        .call("query.run", json!({"prompt": "x", "timeout_ms": 120_000}))
+        .unwrap_or_else(|e| panic!("the finished run failed: {e}"));
+    assert_eq!(r["result"], "Hello from mock", "{r}");
+    // What the agent left running went with it.
+    let bg = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap();
+    let bg = bg.trim();
+    wait_until(
+        "the agent's background process to be killed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{bg}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        },
+    );
+}
+
+#[test]
+fn cancelling_an_agent_that_closed_its_stdout_but_runs_on_is_prompt() {
+    // The agent prints its output, closes stdout and keeps running: after EOF the daemon waits
+    // for it to exit, and a cancellation must still end that wait.
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nexec >&-\ntouch \"$here/closed\"\nsleep 600",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[retry]\nmax_retries = 0\n")
+        .start();
+    let mut c = d.connect();
+    let id = c.request(
+        "query.run",
+        json!({"prompt": "x", "stream": true, "timeout_ms": 120_000}),
+    );
+    let first = c.recv().unwrap();
+    assert_eq!(first["method"], "query.event", "{first}");
+    let query_id = first["params"]["query_id"].clone();
+    wait_until(
+        "the agent to close its stdout",
+        Duration::from_secs(30),
+        || dir.path().join("closed").exists(),
+    );
+    let r = d
+        .call("query.cancel", json!({"query_id": query_id}))
+        .unwrap();
+    assert_eq!(r["cancelled"], true);
+    // The connection's read timeout (30 s) is far below the query's deadline: a cancellation
+    // that did not end the wait fails here.
+    let reply = c.reply_to(id);
+    assert_eq!(code(&reply["error"]), -32008, "{reply}");
+}

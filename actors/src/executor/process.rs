@@ -3,7 +3,8 @@
 //!
 //! The child runs in a process group of its own, so everything it starts (a tool's `bash`, its
 //! subprocesses) is signalled together: SIGTERM, then SIGKILL after a grace period. The child is
-//! always waited for, so no zombie is left, and its pipes are dropped with it.
+//! always waited for, so no zombie is left, and its pipes are dropped with it. When it exits,
+//! whatever it left running in its group is killed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsStr;
@@ -193,6 +194,10 @@ pub type RunResult = Result<Transcript, Box<AgentFailure>>;
 
 /// Capacity asked for the agent's stdout pipe.
 const STDOUT_PIPE_BYTES: usize = 1 << 20;
+/// After the agent has exited and its process group has been killed, how long reading what is
+/// left in its stdout may take. Its end normally comes at once; only a process that left the
+/// group (`setsid`) can hold it open longer, and is not waited for past this.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// Run the agent once. `on_message` sees every parsed stdout message as it is read.
 /// `started` receives the child's pid (its process-group id) as soon as it runs.
@@ -331,16 +336,57 @@ pub async fn run_agent(
     };
     let mut lines = FramedRead::new(stdout, NdjsonCodec::new(spec.max_line_bytes));
     let mut api_retries = 0u32;
+    // Whether stdout has reached its end.
+    let mut eof = false;
+    // The leader's exit, once it is reaped (`Some(None)`: its status could not be read).
+    let mut exited: Option<Option<std::process::ExitStatus>> = None;
+    // Once the leader has exited: until when what is left in the pipe may still be read.
+    let mut drain_until: Option<Instant> = None;
 
-    // Read until EOF, or stop early for a reason; `stop` says why.
+    // Read until the leader has exited and its output has been read, or stop early for a
+    // reason; `stop` says why. The leader's exit is watched as well as stdout: a process it
+    // left running (`sleep 30 &`) may hold stdout open, and EOF would not come before it ends.
     let stop: Option<(FailureKind, ErrorClass, String)> = loop {
+        if eof && exited.is_some() {
+            break None;
+        }
         let next = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled".into())),
-            _ = tokio::time::sleep_until(spec.deadline) => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
-            next = lines.next() => next,
+            _ = tokio::time::sleep_until(spec.deadline), if exited.is_none() => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(match status {
+                    Ok(status) => {
+                        // Nothing the agent started outlives it. Signalled right after the reap,
+                        // with no other task run in between, so the group's id cannot have been
+                        // taken by another process yet. What it printed is in the pipe, and its
+                        // end comes once the group is gone.
+                        signal_group(pid, libc::SIGKILL);
+                        Some(status)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pid, "waiting for the agent: {e}");
+                        terminate(&mut child, pid, spec.kill_grace).await
+                    }
+                });
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(spec.deadline)), if drain_until.is_some() && !eof => {
+                tracing::warn!(
+                    pid,
+                    "the agent exited, but a process it started outside its process group still \
+                     holds its stdout; judging the run on what was read"
+                );
+                break None;
+            }
+            next = lines.next(), if !eof => next,
         };
         let line = match next {
-            None => break None,
+            None => {
+                eof = true;
+                continue;
+            }
             Some(Ok(line)) => line,
             Some(Err(FrameError::TooLong { limit })) => {
                 break Some((
@@ -423,24 +469,11 @@ pub async fn run_agent(
         }
     };
 
-    let status = match &stop {
-        Some(_) => terminate(&mut child, pid, spec.kill_grace).await,
-        None => match tokio::time::timeout_at(spec.deadline, child.wait()).await {
-            Ok(Ok(status)) => Some(status),
-            Ok(Err(e)) => {
-                tracing::warn!(pid, "waiting for the agent: {e}");
-                terminate(&mut child, pid, spec.kill_grace).await
-            }
-            Err(_) => {
-                terminate(&mut child, pid, spec.kill_grace).await;
-                return fail(
-                    FailureKind::Timeout,
-                    ErrorClass::Retryable,
-                    "the query timed out".into(),
-                    transcript,
-                );
-            }
-        },
+    // A leader already reaped has had its group killed; signalling that id again, later, could
+    // reach a group that has taken it since.
+    let status = match exited {
+        Some(status) => status,
+        None => terminate(&mut child, pid, spec.kill_grace).await,
     };
     if let Some(task) = stderr_task {
         // The pipe closes with the process group; don't wait on a grandchild holding it.
