@@ -1331,3 +1331,47 @@ fn cancelling_an_agent_that_closed_its_stdout_but_runs_on_is_prompt() {
     let reply = c.reply_to(id);
     assert_eq!(code(&reply["error"]), -32008, "{reply}");
 }
+
+#[test]
+fn an_agents_text_is_kept_up_to_a_limit_and_marked_cut() {
+    // One byte, then 17 MiB of assistant text in 1 MiB messages of two-byte characters, and a
+    // result that carries no text of its own: the turn's result is the text, cut at 16 MiB,
+    // which falls inside a character (so the cut is made one byte earlier).
+    const MIB: usize = 1 << 20;
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    let assistant = |text: &str| {
+        serde_json::to_string(&json!({
+            "type": "assistant",
+            "message": {"role": "assistant", "model": "claude-test",
+                        "content": [{"type": "text", "text": text}]},
+        }))
+        .unwrap()
+    };
+    let chunk = assistant(&"é".repeat(MIB / 2));
+    let mut transcript = format!("{}\n{}\n", lines[0], assistant("x"));
+    for _ in 0..17 {
+        transcript.push_str(&chunk);
+        transcript.push('\n');
+    }
+    let mut result: Value = serde_json::from_str(lines[2]).unwrap();
+    result.as_object_mut().unwrap().remove("result");
+    transcript.push_str(&result.to_string());
+    transcript.push('\n');
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let text = r["result"].as_str().unwrap();
+    let cut = text
+        .find("\n\n[ccd: the agent's text was cut here")
+        .unwrap_or_else(|| panic!("no cut mark in a result of {} bytes", text.len()));
+    assert_eq!(cut, 16 * MIB - 1, "what is kept");
+    assert!(text[..cut].starts_with('x'));
+    assert!(text[1..cut].chars().all(|c| c == 'é'));
+    assert!(text.len() < 16 * MIB + 200, "{} bytes", text.len());
+    let s = d
+        .call("session.get", json!({"id": r["session_id"]}))
+        .unwrap();
+    assert_eq!(s["turns"][0]["result"], r["result"], "the turn is recorded");
+}

@@ -22,6 +22,14 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+/// The most assistant text one run keeps (the turn's result when the agent gives none of its
+/// own). Past it the text is cut, at a character boundary, and ends with [`TEXT_CUT_MARK`]: the
+/// agent's output is otherwise unbounded, and a turn too big for SQLite would be lost.
+pub const MAX_TEXT_BYTES: usize = 16 << 20;
+/// What ends a text cut at [`MAX_TEXT_BYTES`].
+pub const TEXT_CUT_MARK: &str =
+    "\n\n[ccd: the agent's text was cut here: only its first 16 MiB were kept]";
+
 /// How many stderr lines are kept for error messages.
 const STDERR_TAIL: usize = 20;
 /// The most of one stderr line kept in that tail.
@@ -165,14 +173,37 @@ pub struct Transcript {
     pub result: Option<ResultMessage>,
     /// Usage summed over assistant messages; replaced by the result's when there is one.
     pub usage: Usage,
-    /// Assistant text, concatenated.
+    /// Assistant text, concatenated: at most [`MAX_TEXT_BYTES`] of it (see
+    /// [`Transcript::push_text`]).
     pub text: String,
+    /// Whether `text` was cut at [`MAX_TEXT_BYTES`] (it then ends with [`TEXT_CUT_MARK`]).
+    pub text_truncated: bool,
     pub model: Option<String>,
     pub messages: u64,
     pub stderr_tail: Vec<String>,
 }
 
 impl Transcript {
+    /// Add assistant text, keeping at most [`MAX_TEXT_BYTES`] of it: what does not fit is
+    /// dropped, and the text ends with [`TEXT_CUT_MARK`].
+    pub fn push_text(&mut self, text: &str) {
+        if self.text_truncated {
+            return;
+        }
+        let room = MAX_TEXT_BYTES.saturating_sub(self.text.len());
+        if text.len() <= room {
+            self.text.push_str(text);
+            return;
+        }
+        let mut cut = room;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.text.push_str(&text[..cut]);
+        self.text.push_str(TEXT_CUT_MARK);
+        self.text_truncated = true;
+    }
+
     pub fn agent_session_id(&self) -> Option<String> {
         self.result
             .as_ref()
@@ -429,7 +460,7 @@ pub async fn run_agent(
                 }
                 for block in &a.message.content {
                     if let ContentBlock::Text { text } = block {
-                        transcript.text.push_str(text);
+                        transcript.push_text(text);
                     }
                 }
             }
@@ -632,6 +663,29 @@ mod tests {
         for name in ["CCD", "CCDTEST_MARKER", "PATH", "XCCD_A", ""] {
             assert!(!is_daemon_var(OsStr::new(name)), "{name}");
         }
+    }
+
+    #[test]
+    fn text_is_cut_at_the_limit_on_a_character_boundary() {
+        let mut t = Transcript::default();
+        t.push_text("x");
+        let big = "é".repeat(MAX_TEXT_BYTES / 2);
+        t.push_text(&big);
+        assert!(t.text_truncated);
+        let kept = t.text.strip_suffix(TEXT_CUT_MARK).unwrap();
+        assert_eq!(kept.len(), MAX_TEXT_BYTES - 1);
+        t.push_text("more");
+        assert!(
+            t.text.ends_with(TEXT_CUT_MARK),
+            "nothing is added after the cut"
+        );
+
+        let mut t = Transcript::default();
+        t.push_text(&"a".repeat(MAX_TEXT_BYTES));
+        assert!(!t.text_truncated, "exactly the limit is kept whole");
+        t.push_text("b");
+        assert!(t.text_truncated);
+        assert_eq!(t.text.len(), MAX_TEXT_BYTES + TEXT_CUT_MARK.len());
     }
 
     fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {
