@@ -1375,3 +1375,30 @@ fn an_agents_text_is_kept_up_to_a_limit_and_marked_cut() {
         .unwrap();
     assert_eq!(s["turns"][0]["result"], r["result"], "the turn is recorded");
 }
+
+#[test]
+fn a_huge_reported_cost_cannot_make_totals_infinite() {
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    let mut result: Value = serde_json::from_str(lines[2]).unwrap();
+    result["total_cost_usd"] = json!(1e308);
+    let transcript = format!("{}\n{}\n{}\n", lines[0], lines[1], result);
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let first = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let second = d
+        .call(
+            "query.run",
+            json!({"prompt": "y", "session": first["session_id"]}),
+        )
+        .unwrap();
+    assert_eq!(second["cost_usd"], json!(1_000_000.0), "{second}");
+    let s = d
+        .call("session.get", json!({"id": first["session_id"]}))
+        .unwrap();
+    assert_eq!(s["session"]["cost_usd"], json!(2_000_000.0), "{s}");
+    // The CLI decodes it.
+    let out = d.ccd(&["session", "show", first["session_id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -29,6 +29,10 @@ pub const MAX_TEXT_BYTES: usize = 16 << 20;
 /// What ends a text cut at [`MAX_TEXT_BYTES`].
 pub const TEXT_CUT_MARK: &str =
     "\n\n[ccd: the agent's text was cut here: only its first 16 MiB were kept]";
+/// The most one run's `total_cost_usd` is taken to be: a larger value (or a negative one) is
+/// not a real cost, and summed into totals it could overflow to infinity, which JSON cannot
+/// carry.
+pub const MAX_COST_USD: f64 = 1_000_000.0;
 
 /// How many stderr lines are kept for error messages.
 const STDERR_TAIL: usize = 20;
@@ -492,7 +496,8 @@ pub async fn run_agent(
                     _ => {}
                 }
             }
-            AgentMessage::Result(r) => {
+            AgentMessage::Result(mut r) => {
+                r.total_cost_usd = sane_cost(r.total_cost_usd, pid);
                 transcript.usage = r.usage;
                 transcript.result = Some(r);
             }
@@ -516,6 +521,23 @@ pub async fn run_agent(
         return fail(kind, class, detail, transcript);
     }
     judge(status, transcript)
+}
+
+/// A result's `total_cost_usd` as ccd counts it: within `[0, MAX_COST_USD]`.
+fn sane_cost(cost: f64, pid: u32) -> f64 {
+    if (0.0..=MAX_COST_USD).contains(&cost) {
+        return cost;
+    }
+    let sane = if cost > MAX_COST_USD {
+        MAX_COST_USD
+    } else {
+        0.0
+    };
+    tracing::warn!(
+        pid,
+        "the agent reported a cost of {cost} USD; counted as {sane}"
+    );
+    sane
 }
 
 /// Decide success or the error class from the result message and the exit status.
@@ -686,6 +708,15 @@ mod tests {
         t.push_text("b");
         assert!(t.text_truncated);
         assert_eq!(t.text.len(), MAX_TEXT_BYTES + TEXT_CUT_MARK.len());
+    }
+
+    #[test]
+    fn costs_are_counted_within_bounds() {
+        assert_eq!(sane_cost(0.25, 1), 0.25);
+        assert_eq!(sane_cost(1e308, 1), MAX_COST_USD);
+        assert_eq!(sane_cost(f64::INFINITY, 1), MAX_COST_USD);
+        assert_eq!(sane_cost(-1.0, 1), 0.0);
+        assert_eq!(sane_cost(f64::NAN, 1), 0.0);
     }
 
     fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {
