@@ -6,7 +6,8 @@
 //! that the [`supervised!`] macro installs runs the actor's [`Handle::handle`] inside
 //! [`guard`], which:
 //!
-//! 1. refuses at once with `Unavailable` while the actor is marked failed;
+//! 1. refuses at once with `Unavailable` while the actor is marked failed (except the actor's
+//!    own bookkeeping, [`Request::WHILE_FAILED`]);
 //! 2. runs the handler under `catch_unwind`; on a panic it answers the in-flight request with
 //!    `Unavailable` (naming the actor), records the restart in the [`HealthRegistry`], and stops
 //!    the actor's context. actix's `Supervisor` then restarts the same actor on the same
@@ -34,6 +35,11 @@ use crate::error::ActorError;
 /// A request an actor serves through the supervision guard.
 pub trait Request: Send + 'static {
     type Output: Send + 'static;
+    /// Whether the actor is handed this message even while it is failed. For an actor's own
+    /// bookkeeping, never for a request from outside: refusing it would lose state the actor
+    /// needs once it recovers (the pool's record of which executor is idle). It still runs
+    /// under `catch_unwind`.
+    const WHILE_FAILED: bool = false;
 }
 
 /// The envelope every supervised actor receives.
@@ -255,7 +261,9 @@ where
     M: Request,
 {
     let sup = act.supervision().clone();
-    if let Some(refusal) = sup.refusal() {
+    if !M::WHILE_FAILED
+        && let Some(refusal) = sup.refusal()
+    {
         return Reply::Ready(Err(refusal));
     }
     match panic::catch_unwind(AssertUnwindSafe(|| act.handle(msg, ctx))) {

@@ -360,7 +360,7 @@ fn clean_stale_mount(path: &Path) {
         matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
     if stale {
         tracing::warn!("cleaning up a stale mount at {}", path.display());
-        let _ = std::process::Command::new("fusermount3")
+        let _ = crate::executor::process::child_command("fusermount3")
             .arg("-u")
             .arg("-z")
             .arg(path)
@@ -391,7 +391,7 @@ pub fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
         "{} still mounted; unmounting it with fusermount3",
         mountpoint.display()
     );
-    let _ = std::process::Command::new("fusermount3")
+    let _ = crate::executor::process::child_command("fusermount3")
         .arg("-u")
         .arg("-z")
         .arg(mountpoint)
@@ -413,8 +413,8 @@ const WATCHDOG_SCRIPT: &str = r#"read -r _ ; [ -e "$1" ] || exec fusermount3 -u 
 impl UnmountWatchdog {
     fn spawn(mountpoint: &Path) -> std::io::Result<Self> {
         use std::os::unix::process::CommandExt as _;
-        use std::process::{Command, Stdio};
-        Command::new("/bin/sh")
+        use std::process::Stdio;
+        crate::executor::process::child_command("/bin/sh")
             .arg("-c")
             .arg(WATCHDOG_SCRIPT)
             .arg("ccd-vfs-unmount-watchdog")

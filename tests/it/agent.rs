@@ -1270,3 +1270,233 @@ fn session_list_pages_newest_first() {
         assert_eq!(code(&e), -32602, "{bad}: {e}");
     }
 }
+
+/// A stand-in for the CLI that answers `--version`, then runs the shell script `body` with
+/// `$here` set to its own directory (where `files` are written first). Lives as long as the
+/// returned directory.
+fn script_agent(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).unwrap();
+    }
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
+             if [ \"$1\" = \"--version\" ]; then env > \"$here/version.env\"; echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+             {body}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (dir, agent)
+}
+
+/// The variable names in an `env` dump.
+fn env_names(dump: &str) -> Vec<&str> {
+    dump.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn the_daemons_own_variables_reach_no_process_it_starts() {
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\nenv > \"$here/run.env\"\ncat \"$here/transcript.jsonl\"",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let key = "ab".repeat(32);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .env("CCD_MASTER_KEY", &key)
+        .env("CCD_HTTP_TOKEN", "http-token-never-for-agents")
+        .start();
+    let work = tempfile::tempdir().unwrap();
+    // A project may still give its agent a `CCD_` variable of its own.
+    d.call(
+        "project.create",
+        json!({"name": "p", "path": work.path(), "env": {"CCD_FOR_THE_AGENT": "given"}}),
+    )
+    .unwrap();
+    let r = d
+        .call("query.run", json!({"prompt": "x", "project": "p"}))
+        .unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+    let run = std::fs::read_to_string(dir.path().join("run.env")).unwrap();
+    let names = env_names(&run);
+    assert!(
+        !run.contains(&key),
+        "the master key reached the agent:\n{run}"
+    );
+    assert!(!run.contains("http-token-never-for-agents"), "{run}");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.to_ascii_uppercase().starts_with("CCD_"))
+            .collect::<Vec<_>>(),
+        [&"CCD_FOR_THE_AGENT"],
+        "{run}"
+    );
+    assert!(run.contains("CCD_FOR_THE_AGENT=given\n"), "{run}");
+    assert!(
+        names.contains(&"PATH"),
+        "the rest of the environment is kept:\n{run}"
+    );
+    // The start-up `--version` check ran with the same environment.
+    wait_until("the agent check to finish", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let version = std::fs::read_to_string(dir.path().join("version.env")).unwrap();
+    assert!(
+        !env_names(&version)
+            .iter()
+            .any(|n| n.to_ascii_uppercase().starts_with("CCD_")),
+        "{version}"
+    );
+}
+
+#[test]
+fn a_finished_agent_whose_background_process_holds_stdout_is_not_a_timeout() {
+    // The agent prints a whole successful run, leaves a process behind that keeps its stdout
+    // open, and exits. EOF on stdout would only come when that process ends.
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nsleep 600 &\necho $! > \"$here/bg.pid\"\nexit 0",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[retry]\nmax_retries = 0\n")
+        .start();
+    // A deadline longer than the connection's read timeout: a run held open until then fails
+    // the test on its own.
+    let r = d
+        .call("query.run", json!({"prompt": "x", "timeout_ms": 120_000}))
+        .unwrap_or_else(|e| panic!("the finished run failed: {e}"));
+    assert_eq!(r["result"], "Hello from mock", "{r}");
+    // What the agent left running went with it.
+    let bg = std::fs::read_to_string(dir.path().join("bg.pid")).unwrap();
+    let bg = bg.trim();
+    wait_until(
+        "the agent's background process to be killed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(format!("/proc/{bg}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        },
+    );
+}
+
+#[test]
+fn cancelling_an_agent_that_closed_its_stdout_but_runs_on_is_prompt() {
+    // The agent prints its output, closes stdout and keeps running: after EOF the daemon waits
+    // for it to exit, and a cancellation must still end that wait.
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nexec >&-\ntouch \"$here/closed\"\nsleep 600",
+        &[("transcript.jsonl", TEXT_TRANSCRIPT)],
+    );
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config("[retry]\nmax_retries = 0\n")
+        .start();
+    let mut c = d.connect();
+    let id = c.request(
+        "query.run",
+        json!({"prompt": "x", "stream": true, "timeout_ms": 120_000}),
+    );
+    let first = c.recv().unwrap();
+    assert_eq!(first["method"], "query.event", "{first}");
+    let query_id = first["params"]["query_id"].clone();
+    wait_until(
+        "the agent to close its stdout",
+        Duration::from_secs(30),
+        || dir.path().join("closed").exists(),
+    );
+    let r = d
+        .call("query.cancel", json!({"query_id": query_id}))
+        .unwrap();
+    assert_eq!(r["cancelled"], true);
+    // The connection's read timeout (30 s) is far below the query's deadline: a cancellation
+    // that did not end the wait fails here.
+    let reply = c.reply_to(id);
+    assert_eq!(code(&reply["error"]), -32008, "{reply}");
+}
+
+#[test]
+fn an_agents_text_is_kept_up_to_a_limit_and_marked_cut() {
+    // One byte, then 17 MiB of assistant text in 1 MiB messages of two-byte characters, and a
+    // result that carries no text of its own: the turn's result is the text, cut at 16 MiB,
+    // which falls inside a character (so the cut is made one byte earlier).
+    const MIB: usize = 1 << 20;
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    let assistant = |text: &str| {
+        serde_json::to_string(&json!({
+            "type": "assistant",
+            "message": {"role": "assistant", "model": "claude-test",
+                        "content": [{"type": "text", "text": text}]},
+        }))
+        .unwrap()
+    };
+    let chunk = assistant(&"é".repeat(MIB / 2));
+    let mut transcript = format!("{}\n{}\n", lines[0], assistant("x"));
+    for _ in 0..17 {
+        transcript.push_str(&chunk);
+        transcript.push('\n');
+    }
+    let mut result: Value = serde_json::from_str(lines[2]).unwrap();
+    result.as_object_mut().unwrap().remove("result");
+    transcript.push_str(&result.to_string());
+    transcript.push('\n');
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let text = r["result"].as_str().unwrap();
+    let cut = text
+        .find("\n\n[ccd: the agent's text was cut here")
+        .unwrap_or_else(|| panic!("no cut mark in a result of {} bytes", text.len()));
+    assert_eq!(cut, 16 * MIB - 1, "what is kept");
+    assert!(text[..cut].starts_with('x'));
+    assert!(text[1..cut].chars().all(|c| c == 'é'));
+    assert!(text.len() < 16 * MIB + 200, "{} bytes", text.len());
+    let s = d
+        .call("session.get", json!({"id": r["session_id"]}))
+        .unwrap();
+    assert_eq!(s["turns"][0]["result"], r["result"], "the turn is recorded");
+}
+
+#[test]
+fn a_huge_reported_cost_cannot_make_totals_infinite() {
+    let lines: Vec<&str> = TEXT_TRANSCRIPT.lines().collect();
+    let mut result: Value = serde_json::from_str(lines[2]).unwrap();
+    result["total_cost_usd"] = json!(1e308);
+    let transcript = format!("{}\n{}\n{}\n", lines[0], lines[1], result);
+    let (_dir, agent) = stub_agent(&transcript);
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let first = d.call("query.run", json!({"prompt": "x"})).unwrap();
+    let second = d
+        .call(
+            "query.run",
+            json!({"prompt": "y", "session": first["session_id"]}),
+        )
+        .unwrap();
+    assert_eq!(second["cost_usd"], json!(1_000_000.0), "{second}");
+    let s = d
+        .call("session.get", json!({"id": first["session_id"]}))
+        .unwrap();
+    assert_eq!(s["session"]["cost_usd"], json!(2_000_000.0), "{s}");
+    // The CLI decodes it.
+    let out = d.ccd(&["session", "show", first["session_id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -596,3 +596,86 @@ fn a_panic_in_each_actor_restarts_it_while_every_other_request_is_answered() {
         crash_under_traffic(&rig, name, serves_again);
     }
 }
+
+#[test]
+fn runs_that_end_while_the_pool_is_failed_give_their_executors_back() {
+    // Two agents that wait for a file, so the test decides when they end.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("transcript.jsonl"),
+        include_str!("../../protocol/fixtures/text.jsonl"),
+    )
+    .unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
+         if [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
+         cat > /dev/null\ntouch \"$here/started.$$\"\n\
+         while [ ! -e \"$here/release\" ]; do sleep 0.05; done\n\
+         cat \"$here/transcript.jsonl\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The failed pool is retried after 3 s: the runs end well before that.
+    let d = Daemon::builder()
+        .fault_injection()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config(
+            "[executor]\npool_size = 2\n[retry]\nmax_retries = 0\n\
+             [supervisor]\nmax_restarts = 2\nwindow_ms = 600000\n\
+             backoff_initial_ms = 3000\nbackoff_max_ms = 3000\n",
+        )
+        .start();
+    let mut clients: Vec<(Conn, u64)> = (0..2)
+        .map(|i| {
+            let mut c = d.connect();
+            let id = c.request("query.run", json!({"prompt": format!("q{i}")}));
+            (c, id)
+        })
+        .collect();
+    let started = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("started."))
+            .count()
+    };
+    wait_until("both agents to run", Duration::from_secs(30), || {
+        started() == 2
+    });
+    for expected in ["restarting", "restarting", "failed"] {
+        let e = d
+            .call("debug.crash", json!({"actor": "executor"}))
+            .unwrap_err();
+        assert_eq!(e["data"]["state"], expected, "{e}");
+    }
+    // The runs end while the pool is failed: their executors must still be given back to it.
+    std::fs::write(dir.path().join("release"), "").unwrap();
+    for (c, id) in &mut clients {
+        let reply = c.reply_to(*id);
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    wait_until("the pool to recover", Duration::from_secs(60), || {
+        actor(&d.call("system.health", json!({})).unwrap(), "executor")["state"] == "running"
+    });
+    let health = d.call("system.health", json!({})).unwrap();
+    assert_eq!(
+        (&health["executor"]["busy"], &health["executor"]["queued"]),
+        (&json!(0), &json!(0)),
+        "{health}"
+    );
+    // Both executors take work again (a lost one would leave a query queued for good: the
+    // connection's read timeout ends the test).
+    let mut again: Vec<(Conn, u64)> = (0..2)
+        .map(|i| {
+            let mut c = d.connect();
+            let id = c.request("query.run", json!({"prompt": format!("again {i}")}));
+            (c, id)
+        })
+        .collect();
+    for (c, id) in &mut again {
+        let reply = c.reply_to(*id);
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+}

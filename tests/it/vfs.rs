@@ -570,3 +570,42 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
             .is_ok_and(|l| l.contains("stale mount"))
     });
 }
+
+#[test]
+fn the_unmount_watchdog_does_not_inherit_the_daemons_secrets() {
+    if !fuse_available() {
+        return;
+    }
+    let key = "cd".repeat(32);
+    let d = Daemon::builder()
+        .env("CCD_VFS_ENABLED", "true")
+        .env("CCD_MASTER_KEY", &key)
+        .start();
+    let st = d.call("vfs.status", json!({})).unwrap();
+    assert_eq!(st["mounted"], true, "{st}");
+    let mount = st["mountpoint"].as_str().unwrap().to_string();
+    let environs: Vec<Vec<u8>> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("ccd-vfs-unmount-watchdog") && cmd.contains(&mount))
+                .then(|| std::fs::read(format!("/proc/{pid}/environ")).ok())?
+        })
+        .collect();
+    assert_eq!(environs.len(), 1, "one watchdog for {mount}");
+    let names: Vec<String> = environs[0]
+        .split(|b| *b == 0)
+        .filter_map(|kv| kv.split(|b| *b == b'=').next())
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.to_ascii_uppercase().starts_with("CCD_")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+}

@@ -66,17 +66,22 @@ pub struct PoolInfo {
     pub queued: usize,
 }
 
+/// A member is done with the run it was given: it is idle again. Handled even while the pool
+/// is failed: refused, the member would never be handed work again.
 struct Finished(usize);
 
 impl Request for Finished {
     type Output = ();
+    const WHILE_FAILED: bool = true;
 }
 
 /// A queued query was cancelled: take it out of the queue now (see [`ExecutorPool::prune`]).
+/// Handled even while the pool is failed, so that the query is answered at once.
 struct Prune;
 
 impl Request for Prune {
     type Output = ();
+    const WHILE_FAILED: bool = true;
 }
 
 fn failure(kind: FailureKind, class: ErrorClass, detail: String) -> Box<AgentFailure> {
@@ -408,7 +413,9 @@ pub type SharedProbe = Arc<Mutex<AgentProbe>>;
 pub async fn probe_agent(probe: SharedProbe) {
     let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
     let outcome = async {
-        let out = tokio::process::Command::new(&command)
+        let mut cmd = tokio::process::Command::new(&command);
+        process::remove_daemon_env(cmd.as_std_mut());
+        let out = cmd
             .arg("--version")
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)

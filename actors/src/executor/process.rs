@@ -3,9 +3,11 @@
 //!
 //! The child runs in a process group of its own, so everything it starts (a tool's `bash`, its
 //! subprocesses) is signalled together: SIGTERM, then SIGKILL after a grace period. The child is
-//! always waited for, so no zombie is left, and its pipes are dropped with it.
+//! always waited for, so no zombie is left, and its pipes are dropped with it. When it exits,
+//! whatever it left running in its group is killed.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,6 +22,18 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+/// The most assistant text one run keeps (the turn's result when the agent gives none of its
+/// own). Past it the text is cut, at a character boundary, and ends with [`TEXT_CUT_MARK`]: the
+/// agent's output is otherwise unbounded, and a turn too big for SQLite would be lost.
+pub const MAX_TEXT_BYTES: usize = 16 << 20;
+/// What ends a text cut at [`MAX_TEXT_BYTES`].
+pub const TEXT_CUT_MARK: &str =
+    "\n\n[ccd: the agent's text was cut here: only its first 16 MiB were kept]";
+/// The most one run's `total_cost_usd` is taken to be: a larger value (or a negative one) is
+/// not a real cost, and summed into totals it could overflow to infinity, which JSON cannot
+/// carry.
+pub const MAX_COST_USD: f64 = 1_000_000.0;
+
 /// How many stderr lines are kept for error messages.
 const STDERR_TAIL: usize = 20;
 /// The most of one stderr line kept in that tail.
@@ -33,6 +47,34 @@ pub fn cannot_run_agent(command: &str, e: &std::io::Error) -> String {
          @anthropic-ai/claude-code) or set executor.command in config.toml or CCD_AGENT_CMD, then \
          run `ccd daemon restart` (the daemon reads both when it starts)"
     )
+}
+
+/// Whether `name` is one of the daemon's own variables (`CCD_*`, in any case, as the
+/// configuration reads them): its configuration, `CCD_MASTER_KEY`, `CCD_HTTP_TOKEN`, `CCD_SET`.
+fn is_daemon_var(name: &OsStr) -> bool {
+    name.as_encoded_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"CCD_"))
+}
+
+/// Take the daemon's own variables (see [`is_daemon_var`]) out of the environment a child
+/// inherits: no process the daemon starts (agents, the `--version` probe, the agent
+/// filesystem's helpers) sees them. Variables set on `cmd` afterwards (a project's `env`) still
+/// apply.
+pub fn remove_daemon_env(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (name, _) in std::env::vars_os() {
+        if is_daemon_var(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `Command::new(program)`, less the daemon's own variables (see [`remove_daemon_env`]).
+pub fn child_command(program: impl AsRef<OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    remove_daemon_env(&mut cmd);
+    cmd
 }
 
 /// The per-query options that become CLI flags.
@@ -93,7 +135,7 @@ pub struct AgentSpec {
     pub command: String,
     pub args: Vec<String>,
     pub cwd: PathBuf,
-    /// Added to the daemon's own environment.
+    /// Added to the daemon's own environment (less its `CCD_*` variables).
     pub env: BTreeMap<String, String>,
     pub prompt: String,
     pub deadline: Instant,
@@ -135,14 +177,37 @@ pub struct Transcript {
     pub result: Option<ResultMessage>,
     /// Usage summed over assistant messages; replaced by the result's when there is one.
     pub usage: Usage,
-    /// Assistant text, concatenated.
+    /// Assistant text, concatenated: at most [`MAX_TEXT_BYTES`] of it (see
+    /// [`Transcript::push_text`]).
     pub text: String,
+    /// Whether `text` was cut at [`MAX_TEXT_BYTES`] (it then ends with [`TEXT_CUT_MARK`]).
+    pub text_truncated: bool,
     pub model: Option<String>,
     pub messages: u64,
     pub stderr_tail: Vec<String>,
 }
 
 impl Transcript {
+    /// Add assistant text, keeping at most [`MAX_TEXT_BYTES`] of it: what does not fit is
+    /// dropped, and the text ends with [`TEXT_CUT_MARK`].
+    pub fn push_text(&mut self, text: &str) {
+        if self.text_truncated {
+            return;
+        }
+        let room = MAX_TEXT_BYTES.saturating_sub(self.text.len());
+        if text.len() <= room {
+            self.text.push_str(text);
+            return;
+        }
+        let mut cut = room;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.text.push_str(&text[..cut]);
+        self.text.push_str(TEXT_CUT_MARK);
+        self.text_truncated = true;
+    }
+
     pub fn agent_session_id(&self) -> Option<String> {
         self.result
             .as_ref()
@@ -164,6 +229,10 @@ pub type RunResult = Result<Transcript, Box<AgentFailure>>;
 
 /// Capacity asked for the agent's stdout pipe.
 const STDOUT_PIPE_BYTES: usize = 1 << 20;
+/// After the agent has exited and its process group has been killed, how long reading what is
+/// left in its stdout may take. Its end normally comes at once; only a process that left the
+/// group (`setsid`) can hold it open longer, and is not waited for past this.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 
 /// Run the agent once. `on_message` sees every parsed stdout message as it is read.
 /// `started` receives the child's pid (its process-group id) as soon as it runs.
@@ -184,11 +253,12 @@ pub async fn run_agent(
     };
 
     let mut cmd = Command::new(&spec.command);
+    // The daemon's own variables (its master key, HTTP token, `--set` values) are not the
+    // agent's; the project's `env`, applied after, may still set any of them.
+    remove_daemon_env(cmd.as_std_mut());
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
-        // The daemon's own `--set` values (see `ccd daemon start`) are not the agent's.
-        .env_remove("CCD_SET")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -301,16 +371,57 @@ pub async fn run_agent(
     };
     let mut lines = FramedRead::new(stdout, NdjsonCodec::new(spec.max_line_bytes));
     let mut api_retries = 0u32;
+    // Whether stdout has reached its end.
+    let mut eof = false;
+    // The leader's exit, once it is reaped (`Some(None)`: its status could not be read).
+    let mut exited: Option<Option<std::process::ExitStatus>> = None;
+    // Once the leader has exited: until when what is left in the pipe may still be read.
+    let mut drain_until: Option<Instant> = None;
 
-    // Read until EOF, or stop early for a reason; `stop` says why.
+    // Read until the leader has exited and its output has been read, or stop early for a
+    // reason; `stop` says why. The leader's exit is watched as well as stdout: a process it
+    // left running (`sleep 30 &`) may hold stdout open, and EOF would not come before it ends.
     let stop: Option<(FailureKind, ErrorClass, String)> = loop {
+        if eof && exited.is_some() {
+            break None;
+        }
         let next = tokio::select! {
+            biased;
             _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled".into())),
-            _ = tokio::time::sleep_until(spec.deadline) => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
-            next = lines.next() => next,
+            _ = tokio::time::sleep_until(spec.deadline), if exited.is_none() => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
+            status = child.wait(), if exited.is_none() => {
+                exited = Some(match status {
+                    Ok(status) => {
+                        // Nothing the agent started outlives it. Signalled right after the reap,
+                        // with no other task run in between, so the group's id cannot have been
+                        // taken by another process yet. What it printed is in the pipe, and its
+                        // end comes once the group is gone.
+                        signal_group(pid, libc::SIGKILL);
+                        Some(status)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pid, "waiting for the agent: {e}");
+                        terminate(&mut child, pid, spec.kill_grace).await
+                    }
+                });
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                continue;
+            }
+            _ = tokio::time::sleep_until(drain_until.unwrap_or(spec.deadline)), if drain_until.is_some() && !eof => {
+                tracing::warn!(
+                    pid,
+                    "the agent exited, but a process it started outside its process group still \
+                     holds its stdout; judging the run on what was read"
+                );
+                break None;
+            }
+            next = lines.next(), if !eof => next,
         };
         let line = match next {
-            None => break None,
+            None => {
+                eof = true;
+                continue;
+            }
             Some(Ok(line)) => line,
             Some(Err(FrameError::TooLong { limit })) => {
                 break Some((
@@ -353,7 +464,7 @@ pub async fn run_agent(
                 }
                 for block in &a.message.content {
                     if let ContentBlock::Text { text } = block {
-                        transcript.text.push_str(text);
+                        transcript.push_text(text);
                     }
                 }
             }
@@ -385,7 +496,8 @@ pub async fn run_agent(
                     _ => {}
                 }
             }
-            AgentMessage::Result(r) => {
+            AgentMessage::Result(mut r) => {
+                r.total_cost_usd = sane_cost(r.total_cost_usd, pid);
                 transcript.usage = r.usage;
                 transcript.result = Some(r);
             }
@@ -393,24 +505,11 @@ pub async fn run_agent(
         }
     };
 
-    let status = match &stop {
-        Some(_) => terminate(&mut child, pid, spec.kill_grace).await,
-        None => match tokio::time::timeout_at(spec.deadline, child.wait()).await {
-            Ok(Ok(status)) => Some(status),
-            Ok(Err(e)) => {
-                tracing::warn!(pid, "waiting for the agent: {e}");
-                terminate(&mut child, pid, spec.kill_grace).await
-            }
-            Err(_) => {
-                terminate(&mut child, pid, spec.kill_grace).await;
-                return fail(
-                    FailureKind::Timeout,
-                    ErrorClass::Retryable,
-                    "the query timed out".into(),
-                    transcript,
-                );
-            }
-        },
+    // A leader already reaped has had its group killed; signalling that id again, later, could
+    // reach a group that has taken it since.
+    let status = match exited {
+        Some(status) => status,
+        None => terminate(&mut child, pid, spec.kill_grace).await,
     };
     if let Some(task) = stderr_task {
         // The pipe closes with the process group; don't wait on a grandchild holding it.
@@ -422,6 +521,23 @@ pub async fn run_agent(
         return fail(kind, class, detail, transcript);
     }
     judge(status, transcript)
+}
+
+/// A result's `total_cost_usd` as ccd counts it: within `[0, MAX_COST_USD]`.
+fn sane_cost(cost: f64, pid: u32) -> f64 {
+    if (0.0..=MAX_COST_USD).contains(&cost) {
+        return cost;
+    }
+    let sane = if cost > MAX_COST_USD {
+        MAX_COST_USD
+    } else {
+        0.0
+    };
+    tracing::warn!(
+        pid,
+        "the agent reported a cost of {cost} USD; counted as {sane}"
+    );
+    sane
 }
 
 /// Decide success or the error class from the result message and the exit status.
@@ -553,6 +669,54 @@ mod tests {
         ));
         assert!(joined.ends_with("--add-dir /a --add-dir /b"));
         assert!(!joined.contains("--disallowedTools"));
+    }
+
+    #[test]
+    fn daemon_variables_in_any_case() {
+        for name in [
+            "CCD_MASTER_KEY",
+            "CCD_HTTP_TOKEN",
+            "CCD_SET",
+            "ccd_http_token",
+            "Ccd_x",
+        ] {
+            assert!(is_daemon_var(OsStr::new(name)), "{name}");
+        }
+        for name in ["CCD", "CCDTEST_MARKER", "PATH", "XCCD_A", ""] {
+            assert!(!is_daemon_var(OsStr::new(name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn text_is_cut_at_the_limit_on_a_character_boundary() {
+        let mut t = Transcript::default();
+        t.push_text("x");
+        let big = "é".repeat(MAX_TEXT_BYTES / 2);
+        t.push_text(&big);
+        assert!(t.text_truncated);
+        let kept = t.text.strip_suffix(TEXT_CUT_MARK).unwrap();
+        assert_eq!(kept.len(), MAX_TEXT_BYTES - 1);
+        t.push_text("more");
+        assert!(
+            t.text.ends_with(TEXT_CUT_MARK),
+            "nothing is added after the cut"
+        );
+
+        let mut t = Transcript::default();
+        t.push_text(&"a".repeat(MAX_TEXT_BYTES));
+        assert!(!t.text_truncated, "exactly the limit is kept whole");
+        t.push_text("b");
+        assert!(t.text_truncated);
+        assert_eq!(t.text.len(), MAX_TEXT_BYTES + TEXT_CUT_MARK.len());
+    }
+
+    #[test]
+    fn costs_are_counted_within_bounds() {
+        assert_eq!(sane_cost(0.25, 1), 0.25);
+        assert_eq!(sane_cost(1e308, 1), MAX_COST_USD);
+        assert_eq!(sane_cost(f64::INFINITY, 1), MAX_COST_USD);
+        assert_eq!(sane_cost(-1.0, 1), 0.0);
+        assert_eq!(sane_cost(f64::NAN, 1), 0.0);
     }
 
     fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {
