@@ -437,8 +437,15 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Launch { args } => crate::launch::run(&home, autostart, args),
         Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics when its writer fails, and a reader
+            // that leaves early (`| head`) is not an error (main exits 0 on a broken pipe).
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "ccd", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ccd", &mut script);
+            std::io::stdout()
+                .lock()
+                .write_all(&script)
+                .context("writing the completion script")?;
             Ok(exit::OK)
         }
         Command::Agent(cmd) => {

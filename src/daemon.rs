@@ -550,7 +550,7 @@ pub fn start(
         READY => {
             let pid: u32 = rest.parse().unwrap_or(child.id());
             if !quiet {
-                println!("ccd daemon started (pid {pid})");
+                writeln!(std::io::stdout().lock(), "ccd daemon started (pid {pid})")?;
             }
             Ok((pid, true))
         }
@@ -558,7 +558,10 @@ pub fn start(
             let _ = child.wait();
             let pid: u32 = rest.parse().unwrap_or(0);
             if !quiet {
-                println!("ccd daemon is already running (pid {pid})");
+                writeln!(
+                    std::io::stdout().lock(),
+                    "ccd daemon is already running (pid {pid})"
+                )?;
             }
             Ok((pid, false))
         }

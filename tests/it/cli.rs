@@ -118,6 +118,25 @@ fn shell_completions() {
 }
 
 #[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    let d = Daemon::builder().prepare();
+    for args in [&["completions", "bash"][..], &["--help"], &["events"]] {
+        // A pipe whose read end is closed before ccd writes: every write fails with EPIPE,
+        // as with `ccd ... | head` once head has exited.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = d
+            .command(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", describe(&out));
+    }
+}
+
+#[test]
 fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let d = Daemon::builder().prepare();
     let cases: [&[&str]; 7] = [
