@@ -57,7 +57,9 @@ pub struct QueryOpts {
     /// Tools the agent may not use, comma-separated.
     #[arg(long, value_delimiter = ',')]
     disallowed_tools: Vec<String>,
-    #[arg(long, value_enum)]
+    /// Claude Code's permission mode for the run (its --permission-mode); default: the
+    /// agent's own setting.
+    #[arg(long, value_enum, value_name = "MODE")]
     permission_mode: Option<Permission>,
     /// Text appended to the agent's system prompt.
     #[arg(long)]
@@ -70,11 +72,19 @@ pub struct QueryOpts {
     no_wait: bool,
 }
 
+/// The values are spelled as query.run's `permission_mode` and Claude Code spell them; the
+/// kebab-case forms clap would derive are kept as aliases.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Permission {
+    /// Ask before tools that need permission (in a headless run: refuse them).
     Default,
+    /// Accept file edits without asking.
+    #[value(name = "acceptEdits", alias = "accept-edits")]
     AcceptEdits,
+    /// Plan only: read and analyse, change nothing.
     Plan,
+    /// Run every tool without asking.
+    #[value(name = "bypassPermissions", alias = "bypass-permissions")]
     BypassPermissions,
 }
 

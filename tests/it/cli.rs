@@ -284,3 +284,34 @@ fn config_show_says_where_the_running_daemon_differs() {
         describe(&out)
     );
 }
+
+#[test]
+fn permission_modes_are_spelled_as_the_api_spells_them() {
+    let (dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    for (given, passed) in [
+        ("default", "default"),
+        ("acceptEdits", "acceptEdits"),
+        ("plan", "plan"),
+        ("bypassPermissions", "bypassPermissions"),
+        ("accept-edits", "acceptEdits"),
+        ("bypass-permissions", "bypassPermissions"),
+    ] {
+        d.ccd_ok(&["query", "hi", "--permission-mode", given]);
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        let args: Vec<&str> = args.lines().collect();
+        assert!(
+            args.windows(2).any(|w| w == ["--permission-mode", passed]),
+            "{given}: {args:?}"
+        );
+    }
+    let out = d.ccd(&["query", "hi", "--permission-mode", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default, acceptEdits, plan, bypassPermissions"),
+        "{err}"
+    );
+}
