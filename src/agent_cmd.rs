@@ -64,8 +64,9 @@ pub struct QueryOpts {
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     append_system_prompt: Option<String>,
-    /// Give up after this long (e.g. 90s, 10m); default: the daemon's executor.timeout_ms.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Give up after this long: a duration (90s, 500ms, 10m) or seconds; default: the daemon's
+    /// executor.timeout_ms.
+    #[arg(long, value_parser = crate::cli::parse_timeout)]
     timeout: Option<Duration>,
     /// Fail at once (exit 4) instead of waiting when the rate limiter says wait.
     #[arg(long)]
@@ -121,6 +122,7 @@ impl QueryOpts {
             allowed_tools: (!self.allowed_tools.is_empty()).then(|| self.allowed_tools.clone()),
             disallowed_tools: (!self.disallowed_tools.is_empty())
                 .then(|| self.disallowed_tools.clone()),
+            // Never zero (parse_timeout refuses it); less than a millisecond rounds up to one.
             timeout_ms: self.timeout.map(|d| d.as_millis().max(1) as u64),
             stream: true,
             no_wait: self.no_wait,

@@ -232,9 +232,9 @@ enum ConfigCmd {
 enum DaemonCmd {
     /// Start the daemon in the background; returns once it answers (prints its pid).
     Start {
-        /// How long to wait for the daemon to be ready, in seconds.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for the daemon to be ready: a duration (10s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+        timeout: Duration,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
         set: Vec<(String, String)>,
@@ -250,9 +250,9 @@ enum DaemonCmd {
     },
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
     Stop {
-        /// How long to wait for it to exit, in seconds.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for it to exit: a duration (30s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// Show pid, uptime, per-actor health, the agent CLI, the HTTP API and the agent
     /// filesystem; exit 3 when the daemon is not running.
@@ -264,9 +264,9 @@ enum DaemonCmd {
     /// Stop the daemon if it runs, then start it (flags given to the old one's start are not
     /// kept: pass them again, or put them in config.toml).
     Restart {
-        /// How long to wait for the old daemon to exit, in seconds.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for the old daemon to exit: a duration (30s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        timeout: Duration,
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
         set: Vec<(String, String)>,
@@ -357,6 +357,19 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
     }
+}
+
+/// A `--timeout`: a duration (`30s`, `500ms`, `2m`) or a bare number of seconds; never zero.
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{e}: give a duration (30s, 500ms, 2m) or a number of seconds"))?,
+    };
+    if d.is_zero() {
+        return Err("a timeout must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 /// A usage error found after parsing (exit 2).
@@ -788,7 +801,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
         DaemonCmd::Start { timeout, set } => {
-            daemon::start(home, Duration::from_secs(timeout), false, &set)?;
+            daemon::start(home, timeout, false, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Run {
@@ -805,7 +818,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         DaemonCmd::Stop { timeout } => {
-            if daemon::stop(home, Duration::from_secs(timeout))? {
+            if daemon::stop(home, timeout)? {
                 outln!("ccd daemon stopped");
             } else {
                 outln!("ccd daemon is not running");
@@ -813,7 +826,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         DaemonCmd::Restart { timeout, set } => {
-            daemon::stop(home, Duration::from_secs(timeout))?;
+            daemon::stop(home, timeout)?;
             daemon::start(home, Duration::from_secs(10), false, &set)?;
             Ok(exit::OK)
         }

@@ -139,7 +139,7 @@ fn a_reader_that_leaves_early_is_not_an_error() {
 #[test]
 fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let d = Daemon::builder().prepare();
-    let cases: [&[&str]; 7] = [
+    let cases: [&[&str]; 13] = [
         &["api", "system.ping", "null"],
         &["api", "system.ping", "\"text\""],
         &["session", "list", "--status", "bogus"],
@@ -147,6 +147,12 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
         &["daemon", "start", "--timeout", "0"],
         &["daemon", "stop", "--timeout", "0"],
         &["daemon", "restart", "--timeout", "0"],
+        &["daemon", "stop", "--timeout", "0s"],
+        &["daemon", "start", "--timeout", "soon"],
+        &["query", "x", "--timeout", "0s"],
+        &["query", "x", "--timeout", "0"],
+        &["query", "x", "--timeout", "-5"],
+        &["batch", "prompts.txt", "--timeout", "0ms"],
     ];
     for args in cases {
         let out = d.ccd(args);
@@ -163,6 +169,30 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
     assert!(!d.socket().exists(), "a usage error started the daemon");
     // An empty event log says so (nothing to read yet: no database either).
     assert_eq!(d.ccd_ok(&["events"]).trim(), "no events");
+}
+
+#[test]
+fn every_timeout_takes_a_duration_or_seconds() {
+    let d = Daemon::builder().prepare();
+    // Seconds and durations alike; nothing runs, so each stop finds no daemon.
+    for t in ["5", "5s", "1500ms", "1m"] {
+        let out = d.ccd_ok(&["daemon", "stop", "--timeout", t]);
+        assert_eq!(out.trim(), "ccd daemon is not running", "{t}");
+    }
+    d.ccd_ok(&["daemon", "start", "--timeout", "20"]);
+    d.ccd_ok(&["daemon", "restart", "--timeout", "20s"]);
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    for t in ["30", "30s", "2m"] {
+        d.ccd_ok(&["query", "hi", "--timeout", t]);
+    }
+    let help = d.ccd_ok(&["query", "--help"]);
+    assert!(
+        help.contains("a duration (90s, 500ms, 10m) or seconds"),
+        "{help}"
+    );
 }
 
 #[test]
