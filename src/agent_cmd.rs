@@ -155,6 +155,9 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 return;
             };
             match parsed.message {
+                // A message Claude Code makes up to report an error (not logged in, an API
+                // error) is no part of the answer: the query's error says it, on stderr.
+                AgentMessage::Assistant(a) if a.error.is_some() => {}
                 AgentMessage::Assistant(a) => {
                     for block in &a.message.content {
                         match block {

@@ -345,3 +345,24 @@ fn permission_modes_are_spelled_as_the_api_spells_them() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failed_query_prints_no_answer_and_one_plain_error() {
+    // Claude Code not logged in: a made-up assistant message with the error's text, then a
+    // result with subtype "success" and is_error.
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/not_logged_in.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let out = d.ccd(&["query", "hi"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "ccd: agent failed: the agent reported an error: Not logged in · Please run /login"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("(success)"), "{err}");
+}

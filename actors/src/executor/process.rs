@@ -437,9 +437,17 @@ fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> Ru
             (None, "error_max_turns" | "error_max_budget_usd") => ErrorClass::NonRetryable,
             (None, _) => ErrorClass::NonRetryable,
         };
-        let detail = match r.api_error_status {
-            Some(s) => format!("the API answered {s}: {text}"),
-            None => format!("the agent reported an error ({}): {text}", r.subtype),
+        // Claude Code ends some failures (not logged in, an API error) with a result whose
+        // subtype is "success" beside `is_error`: that subtype says nothing, and is left out.
+        let what = match (r.api_error_status, r.subtype.as_str()) {
+            (Some(s), _) => format!("the API answered {s}"),
+            (None, "success" | "") => "the agent reported an error".to_string(),
+            (None, subtype) => format!("the agent reported an error ({subtype})"),
+        };
+        let detail = if text.trim().is_empty() {
+            what
+        } else {
+            format!("{what}: {text}")
         };
         return fail(class, detail, transcript);
     }
