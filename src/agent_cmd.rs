@@ -66,7 +66,7 @@ pub struct QueryOpts {
     append_system_prompt: Option<String>,
     /// Give up after this long: a duration (90s, 500ms, 10m) or seconds; default: the daemon's
     /// executor.timeout_ms.
-    #[arg(long, value_parser = crate::cli::parse_timeout)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_timeout)]
     timeout: Option<Duration>,
     /// Fail at once (exit 4) instead of waiting when the rate limiter says wait.
     #[arg(long)]
@@ -273,11 +273,13 @@ fn summary(r: &QueryResult) -> String {
 pub enum SessionCmd {
     /// Create an empty session and print its id.
     New {
+        /// The project its queries run in unless they name another (see `ccd project list`).
         #[arg(long, short)]
         project: Option<String>,
-        /// A tag (repeatable).
+        /// A tag to find it by with `ccd session list --tag` (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// The model its queries use unless they name another, e.g. sonnet.
         #[arg(long, short)]
         model: Option<String>,
     },
@@ -286,21 +288,29 @@ pub enum SessionCmd {
         /// Only sessions in this state.
         #[arg(long, value_parser = ["open", "closed", "expired"])]
         status: Option<String>,
+        /// Only sessions with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only sessions of this project.
         #[arg(long, short)]
         project: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show a session and its turns (reads the database directly).
     Show {
+        /// The session's id (see `ccd session list`, or the summary after `ccd query`).
         id: String,
+        /// Print the session and its turns as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Close a session: it takes no more queries.
-    Close { id: String },
+    Close {
+        /// The session's id (see `ccd session list`).
+        id: String,
+    },
     /// Delete closed and expired sessions not used for a while.
     Cleanup {
         /// Age, e.g. 7d, 12h, 0s.

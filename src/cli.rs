@@ -233,7 +233,7 @@ enum DaemonCmd {
     /// Start the daemon in the background; returns once it answers (prints its pid).
     Start {
         /// How long to wait for the daemon to be ready: a duration (10s, 500ms, 2m) or seconds.
-        #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -251,7 +251,7 @@ enum DaemonCmd {
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
     Stop {
         /// How long to wait for it to exit: a duration (30s, 500ms, 2m) or seconds.
-        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
     },
     /// Show pid, uptime, per-actor health, the agent CLI, the HTTP API and the agent
@@ -265,7 +265,7 @@ enum DaemonCmd {
     /// kept: pass them again, or put them in config.toml).
     Restart {
         /// How long to wait for the old daemon to exit: a duration (30s, 500ms, 2m) or seconds.
-        #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -286,7 +286,8 @@ enum DaemonCmd {
 enum ProjectCmd {
     /// Register a project: NAME for the directory PATH (which must exist).
     Add {
-        /// The project's name: letters, digits, `-`, `_` and `.`.
+        /// The project's name: 1 to 64 ASCII letters, digits, `.`, `_` and `-`, not starting
+        /// with `.` or `-`.
         name: String,
         /// Its working directory (must exist; a relative path is resolved here).
         path: PathBuf,
@@ -1084,4 +1085,36 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 fn format_ms(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {}: (no about)", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help for:\n{}", missing.join("\n"));
+    }
 }
