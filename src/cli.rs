@@ -223,7 +223,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
         /// Show the effect of a flag override too (as `ccd daemon start --set` would apply it).
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
 }
@@ -236,7 +236,7 @@ enum DaemonCmd {
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
@@ -245,7 +245,7 @@ enum DaemonCmd {
         #[arg(long, hide = true)]
         notify_ready: bool,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
@@ -268,7 +268,7 @@ enum DaemonCmd {
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
@@ -357,6 +357,19 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// A `--set SECTION.KEY=VALUE` config override. Whether the key exists is the configuration's
+/// to say (as for config.toml and the environment); its shape is a usage error here.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (key, value) = parse_env(s)?;
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match key.split_once('.') {
+        Some((section, name)) if word(section) && word(name) => Ok((key, value)),
+        _ => Err(format!(
+            "`{key}` is not SECTION.KEY: give e.g. executor.pool_size=8 (`ccd config show` lists the keys)"
+        )),
     }
 }
 

@@ -139,7 +139,7 @@ fn a_reader_that_leaves_early_is_not_an_error() {
 #[test]
 fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let d = Daemon::builder().prepare();
-    let cases: [&[&str]; 13] = [
+    let cases: [&[&str]; 17] = [
         &["api", "system.ping", "null"],
         &["api", "system.ping", "\"text\""],
         &["session", "list", "--status", "bogus"],
@@ -153,6 +153,10 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
         &["query", "x", "--timeout", "0"],
         &["query", "x", "--timeout", "-5"],
         &["batch", "prompts.txt", "--timeout", "0ms"],
+        &["config", "show", "--set", "pool_size=3"],
+        &["daemon", "start", "--set", "foo=1"],
+        &["daemon", "run", "--set", "executor.pool.size=1"],
+        &["daemon", "restart", "--set", "=1"],
     ];
     for args in cases {
         let out = d.ccd(args);
@@ -163,6 +167,21 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
     assert!(
         String::from_utf8_lossy(&out.stderr)
             .contains("JSON_PARAMS must be a JSON object (or an array)"),
+        "{}",
+        describe(&out)
+    );
+    let out = d.ccd(&["daemon", "start", "--set", "foo=1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`foo` is not SECTION.KEY"),
+        "{}",
+        describe(&out)
+    );
+    // A key of the right shape that does not exist is the configuration's error, as it would
+    // be in config.toml or the environment.
+    let out = d.ccd(&["config", "show", "--set", "executor.foo=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`executor.foo`: unknown key"),
         "{}",
         describe(&out)
     );
