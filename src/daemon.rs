@@ -590,14 +590,16 @@ pub fn start(
     }
 }
 
-/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited.
+/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited, all within
+/// `timeout` (asking included: a daemon that is stopped or hung does not get to hold it up).
 pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
-    let pid = match Client::connect(home).map(|c| c.with_timeout(Duration::from_secs(10))) {
-        Ok(mut client) => {
-            let pid = client
-                .call::<m::SystemHealth>(&NoParams {})
-                .ok()
-                .map(|h| h.pid);
+    let deadline = Instant::now() + timeout;
+    let pid = match Client::connect(home) {
+        Ok(client) => {
+            // The pid from the lock file: asking the daemon would be one more call to wait on.
+            let pid = PidLock::probe(&home.pid_file()).flatten();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut client = client.with_timeout(left.max(Duration::from_millis(1)));
             match client.call::<m::SystemShutdown>(&NoParams {}) {
                 Ok(_) => pid,
                 // The gateway cannot take the request (failed, restarting, stuck): signal
@@ -618,13 +620,16 @@ pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
         },
         Err(e) => return Err(e.into()),
     };
-    let deadline = Instant::now() + timeout;
     while PidLock::probe(&home.pid_file()).is_some() {
         if Instant::now() > deadline {
-            bail!(
-                "the daemon (pid {}) did not stop within {timeout:?}",
-                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            );
+            let within = humantime::format_duration(timeout);
+            match pid {
+                Some(pid) => bail!(
+                    "the daemon (pid {pid}) did not stop within {within}; it may still be \
+                     finishing requests (`ccd daemon logs`), or be stuck: `kill -9 {pid}` ends it"
+                ),
+                None => bail!("the daemon did not stop within {within} (see `ccd daemon logs`)"),
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
