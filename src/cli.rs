@@ -207,7 +207,8 @@ enum BreakerCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Close a breaker (all when no KEY), forgetting its history.
+    /// Close a breaker (all when no KEY), forgetting its history. Never starts the daemon:
+    /// breakers live in its memory, so with no daemon none is open (exit 0).
     Reset {
         /// The breaker's key as `ccd breaker status` shows it; all breakers when omitted.
         key: Option<String>,
@@ -624,8 +625,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Breaker(BreakerCmd::Reset { key }) => {
-            let r = Client::connect(&home)?
-                .call::<m::BreakerReset>(&types::BreakerReset { key: key.clone() })?;
+            // Breakers live in the daemon's memory: with no daemon there is none to reset (and
+            // starting one to reset nothing would be a side effect nobody asked for).
+            let mut client = match Client::connect(&home) {
+                Err(CallError::NotRunning(_))
+                    if crate::home::PidLock::probe(&home.pid_file()).is_none() =>
+                {
+                    outln!("ccd daemon is not running, so no breaker is open");
+                    return Ok(exit::OK);
+                }
+                other => other?,
+            };
+            let r = client.call::<m::BreakerReset>(&types::BreakerReset { key: key.clone() })?;
             if let Some(key) = key.filter(|_| r.reset == 0) {
                 anyhow::bail!("no breaker `{key}` (`ccd breaker status` lists them)");
             }

@@ -385,3 +385,28 @@ fn a_failed_query_prints_no_answer_and_one_plain_error() {
     );
     assert!(!err.contains("(success)"), "{err}");
 }
+
+#[test]
+fn breaker_reset_without_a_daemon_resets_nothing_and_starts_nothing() {
+    let d = Daemon::builder().prepare();
+    for args in [&["breaker", "reset"][..], &["breaker", "reset", "claude"]] {
+        let out = d.ccd_ok(args);
+        assert_eq!(
+            out.trim(),
+            "ccd daemon is not running, so no breaker is open",
+            "{args:?}"
+        );
+    }
+    assert!(!d.socket().exists(), "breaker reset started the daemon");
+    let out = d.ccd(&["breaker", "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    // A daemon that holds the lock but does not answer may have open breakers: not "none".
+    d.ccd_ok(&["daemon", "start"]);
+    std::fs::remove_file(d.socket()).unwrap();
+    let out = d.ccd(&["breaker", "reset"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    d.ccd_ok(&["daemon", "restart"]);
+    assert_eq!(d.ccd_ok(&["breaker", "reset"]).trim(), "reset 0 breaker(s)");
+}
