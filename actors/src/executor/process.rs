@@ -97,6 +97,8 @@ pub struct AgentSpec {
     pub env: BTreeMap<String, String>,
     pub prompt: String,
     pub deadline: Instant,
+    /// The query's timeout that `deadline` ends, for messages.
+    pub timeout: Duration,
     pub kill_grace: Duration,
     pub max_line_bytes: usize,
     pub cli_retry_limit: u32,
@@ -296,8 +298,8 @@ pub async fn run_agent(
     // Read until EOF, or stop early for a reason; `stop` says why.
     let stop: Option<(FailureKind, ErrorClass, String)> = loop {
         let next = tokio::select! {
-            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled".into())),
-            _ = tokio::time::sleep_until(spec.deadline) => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
+            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "stopped while the agent ran".into())),
+            _ = tokio::time::sleep_until(spec.deadline) => break Some((FailureKind::Timeout, ErrorClass::Retryable, no_result_within(spec.timeout))),
             next = lines.next() => next,
         };
         let line = match next {
@@ -397,7 +399,7 @@ pub async fn run_agent(
                 return fail(
                     FailureKind::Timeout,
                     ErrorClass::Retryable,
-                    "the query timed out".into(),
+                    no_result_within(spec.timeout),
                     transcript,
                 );
             }
@@ -413,6 +415,11 @@ pub async fn run_agent(
         return fail(kind, class, detail, transcript);
     }
     judge(status, transcript)
+}
+
+/// Why a query timed out ("query timed out: no result within 30s").
+fn no_result_within(timeout: Duration) -> String {
+    format!("no result within {}", humantime::format_duration(timeout))
 }
 
 /// Decide success or the error class from the result message and the exit status.
