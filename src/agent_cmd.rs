@@ -410,8 +410,11 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 writeln!(out, "  last used:     {}", s.last_used_at)?;
                 writeln!(
                     out,
-                    "  totals:        {} turns, {} in / {} out tokens, ${:.4}",
-                    s.turns, s.usage.input_tokens, s.usage.output_tokens, s.cost_usd
+                    "  totals:        {}, {} in / {} out tokens, ${:.4}",
+                    crate::cli::count(s.turns, "turn"),
+                    s.usage.input_tokens,
+                    s.usage.output_tokens,
+                    s.cost_usd
                 )?;
                 writeln!(out)?;
                 let mut t =
@@ -447,7 +450,7 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             };
             let r =
                 Client::connect_or_start(home, autostart)?.call::<m::SessionCleanup>(&params)?;
-            writeln!(out, "removed {} sessions", r.removed)?;
+            writeln!(out, "removed {}", crate::cli::count(r.removed, "session"))?;
         }
     }
     Ok(exit::OK)

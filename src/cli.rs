@@ -61,7 +61,8 @@ enum Command {
     Api {
         /// The method, e.g. system.health (see `ccd api system.describe`).
         method: String,
-        /// Params as a JSON object (or an array of positional params).
+        /// Params as a JSON object, by name, e.g. '{"key":"k"}'; leave out (or give {}) for a
+        /// method without params.
         #[arg(value_name = "JSON_PARAMS")]
         params: Option<String>,
     },
@@ -387,6 +388,12 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// "1 session", "2 sessions": a count with its noun.
+pub(crate) fn count(n: impl TryInto<u64> + std::fmt::Display + Copy, noun: &str) -> String {
+    let one = n.try_into().is_ok_and(|n: u64| n == 1);
+    format!("{n} {noun}{}", if one { "" } else { "s" })
+}
+
 /// A usage error found after parsing (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -403,9 +410,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 Some(text) => {
                     let value = serde_json::from_str::<serde_json::Value>(&text)
                         .map_err(|e| UsageError(format!("JSON_PARAMS is not valid JSON: {e}")))?;
-                    if !(value.is_object() || value.is_array()) {
+                    // The daemon takes params by name only; `[]` is its "no params" too.
+                    let empty_array = value.as_array().is_some_and(Vec::is_empty);
+                    if !(value.is_object() || empty_array) {
                         return Err(UsageError(format!(
-                            "JSON_PARAMS must be a JSON object (or an array), not `{text}`"
+                            "JSON_PARAMS must be a JSON object of params by name (positional \
+                             params are not taken), not `{text}`"
                         ))
                         .into());
                     }
@@ -491,8 +501,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         path: path.to_string_lossy().into_owned(),
                     })?;
                     outln!(
-                        "imported {} agent(s): {}",
-                        r.imported.len(),
+                        "imported {}: {}",
+                        count(r.imported.len(), "agent"),
                         r.imported.join(", ")
                     );
                     if !r.replaced.is_empty() {
@@ -640,7 +650,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(key) = key.filter(|_| r.reset == 0) {
                 anyhow::bail!("no breaker `{key}` (`ccd breaker status` lists them)");
             }
-            outln!("reset {} breaker(s)", r.reset);
+            outln!("reset {}", count(r.reset, "breaker"));
             Ok(exit::OK)
         }
         Command::Events {
@@ -899,8 +909,10 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 let x = &health.executor;
                 writeln!(
                     out,
-                    "  executor: {} slot(s), {} busy, {} queued",
-                    x.size, x.busy, x.queued
+                    "  executor: {}, {} busy, {} queued",
+                    count(x.size, "slot"),
+                    x.busy,
+                    x.queued
                 )?;
                 let http = health.http.as_deref().unwrap_or(
                     "off (disabled by http.enabled, or its address was taken: see `ccd daemon logs`)",

@@ -86,7 +86,7 @@ fn no_answer(peer: &Peer) -> String {
 pub fn lock_holder(home: &Home) -> Option<String> {
     let pid = crate::home::PidLock::probe(&home.pid_file())?;
     Some(format!(
-        "ccd daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
+        "the daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
          stopping, stuck, or its socket was deleted; `ccd daemon restart` replaces it",
         pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
         home.socket().display()

@@ -74,7 +74,7 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
             }
             // A foreground run that did not run is a failure: a service manager must not
             // read it as a clean exit.
-            bail!("ccd daemon is already running (pid {pid}); not starting a second one");
+            bail!("the daemon is already running (pid {pid}); not starting a second one");
         }
     };
     let mut config = Config::load_with(&home.root, overrides)?;
@@ -423,7 +423,7 @@ async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("expired {n} idle sessions"),
+            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::cli::count(n, "session")),
             Ok(Err(e)) => tracing::warn!("expiring idle sessions: {e}"),
             Err(e) => tracing::warn!("expiring idle sessions: {e}"),
         }

@@ -23,6 +23,11 @@ fn api_prints_results_as_json_and_errors_on_stderr_with_exit_codes() {
     let d = Daemon::start();
     let out = d.ccd_ok(&["api", "system.ping"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "pong");
+    // No params: nothing, {} or [] alike.
+    for none in ["{}", "[]"] {
+        let out = d.ccd_ok(&["api", "system.ping", none]);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "pong");
+    }
     let out = d.ccd_ok(&["api", "setting.upsert", r#"{"key":"a","value":"b"}"#]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["value"], "b");
 
@@ -139,9 +144,10 @@ fn a_reader_that_leaves_early_is_not_an_error() {
 #[test]
 fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let d = Daemon::builder().prepare();
-    let cases: [&[&str]; 17] = [
+    let cases: [&[&str]; 18] = [
         &["api", "system.ping", "null"],
         &["api", "system.ping", "\"text\""],
+        &["api", "setting.get", "[\"k\"]"],
         &["session", "list", "--status", "bogus"],
         &["batch", "prompts.txt", "--concurrency", "0"],
         &["daemon", "start", "--timeout", "0"],
@@ -166,7 +172,7 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let out = d.ccd(&["api", "system.ping", "3"]);
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("JSON_PARAMS must be a JSON object (or an array)"),
+            .contains("JSON_PARAMS must be a JSON object of params by name"),
         "{}",
         describe(&out)
     );
@@ -224,7 +230,7 @@ fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "ccd daemon (pid {pid}) holds the lock but does not answer"
+            "ccd: the daemon (pid {pid}) holds the lock but does not answer"
         )) && err.contains("`ccd daemon restart` replaces it"),
         "{err}"
     );
@@ -232,7 +238,8 @@ fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
     let out = d.ccd(&["daemon", "run"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("already running (pid {pid})")),
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with(&format!("ccd: the daemon is already running (pid {pid})")),
         "{}",
         describe(&out)
     );
@@ -248,8 +255,11 @@ fn status_shows_the_agent_the_http_api_and_the_filesystem() {
     let health = d.call("system.health", serde_json::json!({})).unwrap();
     let x = &health["executor"];
     let expected_executor = format!(
-        "  executor: {} slot(s), {} busy, {} queued",
-        x["size"], x["busy"], x["queued"]
+        "  executor: {} slot{}, {} busy, {} queued",
+        x["size"],
+        if x["size"] == 1 { "" } else { "s" },
+        x["busy"],
+        x["queued"]
     );
     assert!(out.contains(&expected_executor), "{out}");
     for label in ["  agent:    ", "  http:     ", "  vfs:      "] {
@@ -408,5 +418,23 @@ fn breaker_reset_without_a_daemon_resets_nothing_and_starts_nothing() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
 
     d.ccd_ok(&["daemon", "restart"]);
-    assert_eq!(d.ccd_ok(&["breaker", "reset"]).trim(), "reset 0 breaker(s)");
+    assert_eq!(d.ccd_ok(&["breaker", "reset"]).trim(), "reset 0 breakers");
+}
+
+#[test]
+fn counts_are_said_in_words() {
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    d.ccd_ok(&["query", "hi"]);
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    let show = d.ccd_ok(&["session", "show", &id]);
+    assert!(show.contains("  totals:        1 turn, "), "{show}");
+    d.ccd_ok(&["session", "close", &id]);
+    let out = d.ccd_ok(&["session", "cleanup", "--older-than", "0s"]);
+    assert_eq!(out.trim(), "removed 1 session");
+    let out = d.ccd_ok(&["session", "cleanup", "--older-than", "0s"]);
+    assert_eq!(out.trim(), "removed 0 sessions");
 }
