@@ -140,6 +140,7 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let mut printed_text = false;
+    let mut announced = false;
     let outcome = client.call_streaming(
         m::QueryRun::NAME,
         Some(serde_json::to_value(&params)?),
@@ -147,6 +148,12 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
             let Some(event) = query_event(note) else {
                 return;
             };
+            // The id, as soon as the daemon gives it (with the first event), for a
+            // `query.cancel` from elsewhere; on stderr, so that stdout stays the answer.
+            if !announced && let Some(id) = note.params.get("query_id").and_then(Value::as_str) {
+                let _ = writeln!(err, "query {id}");
+                announced = true;
+            }
             if args.json {
                 let _ = writeln!(out, "{event}");
                 return;

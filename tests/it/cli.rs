@@ -438,3 +438,26 @@ fn counts_are_said_in_words() {
     let out = d.ccd_ok(&["session", "cleanup", "--older-than", "0s"]);
     assert_eq!(out.trim(), "removed 0 sessions");
 }
+
+#[test]
+fn query_names_its_id_on_stderr_and_keeps_stdout_for_the_answer() {
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let out = d.ccd(&["query", "hi"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("query "))
+        .unwrap_or_else(|| panic!("no `query <id>` first on stderr: {err}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(id), "{stdout}");
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    let session = sessions[0]["id"].as_str().unwrap();
+    let detail: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "show", session, "--json"])).unwrap();
+    assert_eq!(detail["turns"][0]["query_id"], id, "{detail}");
+}
