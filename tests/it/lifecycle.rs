@@ -211,6 +211,17 @@ fn a_bad_config_fails_the_start_with_the_key_named() {
         "{err}"
     );
     assert!(!d.socket().exists());
+
+    // An unrelated CCD_ variable is taken for a key, as operations.md warns.
+    let d = Daemon::builder().env("CCD_FOO", "1").prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration: `foo`: unknown key (expected one of ipc, writer, ")
+            && err.contains("(from environment (CCD_FOO))"),
+        "{err}"
+    );
 }
 
 #[test]
