@@ -57,24 +57,35 @@ pub struct QueryOpts {
     /// Tools the agent may not use, comma-separated.
     #[arg(long, value_delimiter = ',')]
     disallowed_tools: Vec<String>,
-    #[arg(long, value_enum)]
+    /// Claude Code's permission mode for the run (its --permission-mode); default: the
+    /// agent's own setting.
+    #[arg(long, value_enum, value_name = "MODE")]
     permission_mode: Option<Permission>,
     /// Text appended to the agent's system prompt.
     #[arg(long)]
     append_system_prompt: Option<String>,
-    /// Give up after this long (e.g. 90s, 10m); default: the daemon's executor.timeout_ms.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Give up after this long: a duration (90s, 500ms, 10m) or seconds; default: the daemon's
+    /// executor.timeout_ms.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::parse_timeout)]
     timeout: Option<Duration>,
     /// Fail at once (exit 4) instead of waiting when the rate limiter says wait.
     #[arg(long)]
     no_wait: bool,
 }
 
+/// The values are spelled as query.run's `permission_mode` and Claude Code spell them; the
+/// kebab-case forms clap would derive are kept as aliases.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Permission {
+    /// Ask before tools that need permission (in a headless run: refuse them).
     Default,
+    /// Accept file edits without asking.
+    #[value(name = "acceptEdits", alias = "accept-edits")]
     AcceptEdits,
+    /// Plan only: read and analyse, change nothing.
     Plan,
+    /// Run every tool without asking.
+    #[value(name = "bypassPermissions", alias = "bypass-permissions")]
     BypassPermissions,
 }
 
@@ -111,6 +122,7 @@ impl QueryOpts {
             allowed_tools: (!self.allowed_tools.is_empty()).then(|| self.allowed_tools.clone()),
             disallowed_tools: (!self.disallowed_tools.is_empty())
                 .then(|| self.disallowed_tools.clone()),
+            // Never zero (parse_timeout refuses it); less than a millisecond rounds up to one.
             timeout_ms: self.timeout.map(|d| d.as_millis().max(1) as u64),
             stream: true,
             no_wait: self.no_wait,
@@ -128,6 +140,7 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let mut printed_text = false;
+    let mut announced = false;
     let outcome = client.call_streaming(
         m::QueryRun::NAME,
         Some(serde_json::to_value(&params)?),
@@ -135,6 +148,12 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
             let Some(event) = query_event(note) else {
                 return;
             };
+            // The id, as soon as the daemon gives it (with the first event), for a
+            // `query.cancel` from elsewhere; on stderr, so that stdout stays the answer.
+            if !announced && let Some(id) = note.params.get("query_id").and_then(Value::as_str) {
+                let _ = writeln!(err, "query {id}");
+                announced = true;
+            }
             if args.json {
                 let _ = writeln!(out, "{event}");
                 return;
@@ -143,6 +162,9 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 return;
             };
             match parsed.message {
+                // A message Claude Code makes up to report an error (not logged in, an API
+                // error) is no part of the answer: the query's error says it, on stderr.
+                AgentMessage::Assistant(a) if a.error.is_some() => {}
                 AgentMessage::Assistant(a) => {
                     for block in &a.message.content {
                         match block {
@@ -258,11 +280,13 @@ fn summary(r: &QueryResult) -> String {
 pub enum SessionCmd {
     /// Create an empty session and print its id.
     New {
+        /// The project its queries run in unless they name another (see `ccd project list`).
         #[arg(long, short)]
         project: Option<String>,
-        /// A tag (repeatable).
+        /// A tag to find it by with `ccd session list --tag` (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// The model its queries use unless they name another, e.g. sonnet.
         #[arg(long, short)]
         model: Option<String>,
     },
@@ -271,21 +295,29 @@ pub enum SessionCmd {
         /// Only sessions in this state.
         #[arg(long, value_parser = ["open", "closed", "expired"])]
         status: Option<String>,
+        /// Only sessions with this tag.
         #[arg(long)]
         tag: Option<String>,
+        /// Only sessions of this project.
         #[arg(long, short)]
         project: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show a session and its turns (reads the database directly).
     Show {
+        /// The session's id (see `ccd session list`, or the summary after `ccd query`).
         id: String,
+        /// Print the session and its turns as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Close a session: it takes no more queries.
-    Close { id: String },
+    Close {
+        /// The session's id (see `ccd session list`).
+        id: String,
+    },
     /// Delete closed and expired sessions not used for a while.
     Cleanup {
         /// Age, e.g. 7d, 12h, 0s.
@@ -385,8 +417,11 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 writeln!(out, "  last used:     {}", s.last_used_at)?;
                 writeln!(
                     out,
-                    "  totals:        {} turns, {} in / {} out tokens, ${:.4}",
-                    s.turns, s.usage.input_tokens, s.usage.output_tokens, s.cost_usd
+                    "  totals:        {}, {} in / {} out tokens, ${:.4}",
+                    crate::cli::count(s.turns, "turn"),
+                    s.usage.input_tokens,
+                    s.usage.output_tokens,
+                    s.cost_usd
                 )?;
                 writeln!(out)?;
                 let mut t =
@@ -422,7 +457,7 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             };
             let r =
                 Client::connect_or_start(home, autostart)?.call::<m::SessionCleanup>(&params)?;
-            writeln!(out, "removed {} sessions", r.removed)?;
+            writeln!(out, "removed {}", crate::cli::count(r.removed, "session"))?;
         }
     }
     Ok(exit::OK)

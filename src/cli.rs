@@ -61,7 +61,8 @@ enum Command {
     Api {
         /// The method, e.g. system.health (see `ccd api system.describe`).
         method: String,
-        /// Params as a JSON object (or an array of positional params).
+        /// Params as a JSON object, by name, e.g. '{"key":"k"}'; leave out (or give {}) for a
+        /// method without params.
         #[arg(value_name = "JSON_PARAMS")]
         params: Option<String>,
     },
@@ -207,7 +208,8 @@ enum BreakerCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Close a breaker (all when no KEY), forgetting its history.
+    /// Close a breaker (all when no KEY), forgetting its history. Never starts the daemon:
+    /// breakers live in its memory, so with no daemon none is open (exit 0).
     Reset {
         /// The breaker's key as `ccd breaker status` shows it; all breakers when omitted.
         key: Option<String>,
@@ -223,7 +225,7 @@ enum ConfigCmd {
         #[arg(long)]
         json: bool,
         /// Show the effect of a flag override too (as `ccd daemon start --set` would apply it).
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
 }
@@ -232,11 +234,11 @@ enum ConfigCmd {
 enum DaemonCmd {
     /// Start the daemon in the background; returns once it answers (prints its pid).
     Start {
-        /// How long to wait for the daemon to be ready, in seconds.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for the daemon to be ready: a duration (10s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Duration,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
@@ -245,14 +247,14 @@ enum DaemonCmd {
         #[arg(long, hide = true)]
         notify_ready: bool,
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
     Stop {
-        /// How long to wait for it to exit, in seconds.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for it to exit: a duration (30s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// Show pid, uptime, per-actor health, the agent CLI, the HTTP API and the agent
     /// filesystem; exit 3 when the daemon is not running.
@@ -264,11 +266,11 @@ enum DaemonCmd {
     /// Stop the daemon if it runs, then start it (flags given to the old one's start are not
     /// kept: pass them again, or put them in config.toml).
     Restart {
-        /// How long to wait for the old daemon to exit, in seconds.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-        timeout: u64,
+        /// How long to wait for the old daemon to exit: a duration (30s, 500ms, 2m) or seconds.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Duration,
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_env)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
     },
     /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
@@ -286,7 +288,8 @@ enum DaemonCmd {
 enum ProjectCmd {
     /// Register a project: NAME for the directory PATH (which must exist).
     Add {
-        /// The project's name: letters, digits, `-`, `_` and `.`.
+        /// The project's name: 1 to 64 ASCII letters, digits, `.`, `_` and `-`, not starting
+        /// with `.` or `-`.
         name: String,
         /// Its working directory (must exist; a relative path is resolved here).
         path: PathBuf,
@@ -359,6 +362,38 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A `--set SECTION.KEY=VALUE` config override. Whether the key exists is the configuration's
+/// to say (as for config.toml and the environment); its shape is a usage error here.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    let (key, value) = parse_env(s)?;
+    let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match key.split_once('.') {
+        Some((section, name)) if word(section) && word(name) => Ok((key, value)),
+        _ => Err(format!(
+            "`{key}` is not SECTION.KEY: give e.g. executor.pool_size=8 (`ccd config show` lists the keys)"
+        )),
+    }
+}
+
+/// A `--timeout`: a duration (`30s`, `500ms`, `2m`) or a bare number of seconds; never zero.
+pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{e}: give a duration (30s, 500ms, 2m) or a number of seconds"))?,
+    };
+    if d.is_zero() {
+        return Err("a timeout must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+/// "1 session", "2 sessions": a count with its noun.
+pub(crate) fn count(n: impl TryInto<u64> + std::fmt::Display + Copy, noun: &str) -> String {
+    let one = n.try_into().is_ok_and(|n: u64| n == 1);
+    format!("{n} {noun}{}", if one { "" } else { "s" })
+}
+
 /// A usage error found after parsing (exit 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -375,9 +410,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 Some(text) => {
                     let value = serde_json::from_str::<serde_json::Value>(&text)
                         .map_err(|e| UsageError(format!("JSON_PARAMS is not valid JSON: {e}")))?;
-                    if !(value.is_object() || value.is_array()) {
+                    // The daemon takes params by name only; `[]` is its "no params" too.
+                    let empty_array = value.as_array().is_some_and(Vec::is_empty);
+                    if !(value.is_object() || empty_array) {
                         return Err(UsageError(format!(
-                            "JSON_PARAMS must be a JSON object (or an array), not `{text}`"
+                            "JSON_PARAMS must be a JSON object of params by name (positional \
+                             params are not taken), not `{text}`"
                         ))
                         .into());
                     }
@@ -437,8 +475,15 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Launch { args } => crate::launch::run(&home, autostart, args),
         Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics when its writer fails, and a reader
+            // that leaves early (`| head`) is not an error (main exits 0 on a broken pipe).
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "ccd", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "ccd", &mut script);
+            std::io::stdout()
+                .lock()
+                .write_all(&script)
+                .context("writing the completion script")?;
             Ok(exit::OK)
         }
         Command::Agent(cmd) => {
@@ -456,8 +501,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         path: path.to_string_lossy().into_owned(),
                     })?;
                     outln!(
-                        "imported {} agent(s): {}",
-                        r.imported.len(),
+                        "imported {}: {}",
+                        count(r.imported.len(), "agent"),
                         r.imported.join(", ")
                     );
                     if !r.replaced.is_empty() {
@@ -590,12 +635,22 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Breaker(BreakerCmd::Reset { key }) => {
-            let r = Client::connect(&home)?
-                .call::<m::BreakerReset>(&types::BreakerReset { key: key.clone() })?;
+            // Breakers live in the daemon's memory: with no daemon there is none to reset (and
+            // starting one to reset nothing would be a side effect nobody asked for).
+            let mut client = match Client::connect(&home) {
+                Err(CallError::NotRunning(_))
+                    if crate::home::PidLock::probe(&home.pid_file()).is_none() =>
+                {
+                    outln!("ccd daemon is not running, so no breaker is open");
+                    return Ok(exit::OK);
+                }
+                other => other?,
+            };
+            let r = client.call::<m::BreakerReset>(&types::BreakerReset { key: key.clone() })?;
             if let Some(key) = key.filter(|_| r.reset == 0) {
                 anyhow::bail!("no breaker `{key}` (`ccd breaker status` lists them)");
             }
-            outln!("reset {} breaker(s)", r.reset);
+            outln!("reset {}", count(r.reset, "breaker"));
             Ok(exit::OK)
         }
         Command::Events {
@@ -781,7 +836,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
         DaemonCmd::Start { timeout, set } => {
-            daemon::start(home, Duration::from_secs(timeout), false, &set)?;
+            daemon::start(home, timeout, false, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Run {
@@ -798,7 +853,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         DaemonCmd::Stop { timeout } => {
-            if daemon::stop(home, Duration::from_secs(timeout))? {
+            if daemon::stop(home, timeout)? {
                 outln!("ccd daemon stopped");
             } else {
                 outln!("ccd daemon is not running");
@@ -806,7 +861,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         DaemonCmd::Restart { timeout, set } => {
-            daemon::stop(home, Duration::from_secs(timeout))?;
+            daemon::stop(home, timeout)?;
             daemon::start(home, Duration::from_secs(10), false, &set)?;
             Ok(exit::OK)
         }
@@ -854,8 +909,10 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 let x = &health.executor;
                 writeln!(
                     out,
-                    "  executor: {} slot(s), {} busy, {} queued",
-                    x.size, x.busy, x.queued
+                    "  executor: {}, {} busy, {} queued",
+                    count(x.size, "slot"),
+                    x.busy,
+                    x.queued
                 )?;
                 let http = health.http.as_deref().unwrap_or(
                     "off (disabled by http.enabled, or its address was taken: see `ccd daemon logs`)",
@@ -1064,4 +1121,36 @@ pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 fn format_ms(ms: u64) -> String {
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path}: {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {}: (no about)", sub.get_name()));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "no help for:\n{}", missing.join("\n"));
+    }
 }

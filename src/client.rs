@@ -1,6 +1,7 @@
 //! The CLI's blocking JSON-RPC client over the Unix socket, with auto-start.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,6 +21,10 @@ pub enum CallError {
     /// The daemon is not running (or not answering on its socket).
     #[error("{0}")]
     NotRunning(String),
+    /// The daemon took the request but did not answer within the client's timeout (it is
+    /// stopped, stuck, or busy past the timeout).
+    #[error("{0}")]
+    NoAnswer(String),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -27,18 +32,51 @@ pub enum CallError {
 pub struct Client {
     reader: BufReader<Stream>,
     next_id: u64,
+    peer: Peer,
+}
+
+/// What a socket error is explained with.
+struct Peer {
+    /// The daemon's pid file (its pid lock).
+    pid_file: PathBuf,
+    /// The receive timeout, if one is set.
+    timeout: Option<Duration>,
 }
 
 /// An I/O error on the daemon's socket: a daemon that went away mid-call (it died, or is
-/// stopping) is "not running", not a failure of this command's own output.
-fn socket_error(e: std::io::Error, doing: &str) -> CallError {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    if matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted) {
-        CallError::NotRunning(format!(
+/// stopping) is "not running", not a failure of this command's own output; a receive timeout
+/// is a daemon that did not answer in time.
+fn socket_error(peer: &Peer, e: std::io::Error, doing: &str) -> CallError {
+    use std::io::ErrorKind::{
+        BrokenPipe, ConnectionAborted, ConnectionReset, TimedOut, WouldBlock,
+    };
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted => CallError::NotRunning(format!(
             "{doing}: the daemon closed the connection ({e}); is it running?"
-        ))
-    } else {
-        CallError::Other(anyhow::Error::new(e).context(doing.to_string()))
+        )),
+        WouldBlock | TimedOut => CallError::NoAnswer(no_answer(peer)),
+        _ => CallError::Other(anyhow::Error::new(e).context(doing.to_string())),
+    }
+}
+
+/// "The daemon (pid N) did not answer within T", and what to do about it.
+fn no_answer(peer: &Peer) -> String {
+    // What is left of a deadline is shown as the whole it was meant to be: 2.9998 s is "3s".
+    let shown = |t: Duration| match t.as_millis() {
+        ms @ 0..1000 => Duration::from_millis(ms as u64),
+        ms => Duration::from_secs(((ms + 500) / 1000) as u64),
+    };
+    let within = peer
+        .timeout
+        .map(|t| format!(" within {}", humantime::format_duration(shown(t))))
+        .unwrap_or_default();
+    match crate::home::PidLock::probe(&peer.pid_file).flatten() {
+        Some(pid) => format!(
+            "the daemon (pid {pid}) did not answer{within}: it may be stopped (SIGSTOP) or hung; \
+             `kill -CONT {pid}` resumes a stopped daemon, `kill -9 {pid}` ends a hung one \
+             (`ccd daemon logs` may say what it was doing)"
+        ),
+        None => format!("the daemon did not answer{within}"),
     }
 }
 
@@ -48,7 +86,7 @@ fn socket_error(e: std::io::Error, doing: &str) -> CallError {
 pub fn lock_holder(home: &Home) -> Option<String> {
     let pid = crate::home::PidLock::probe(&home.pid_file())?;
     Some(format!(
-        "ccd daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
+        "the daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
          stopping, stuck, or its socket was deleted; `ccd daemon restart` replaces it",
         pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
         home.socket().display()
@@ -67,6 +105,10 @@ impl Client {
             Ok(stream) => Ok(Client {
                 reader: BufReader::new(stream),
                 next_id: 1,
+                peer: Peer {
+                    pid_file: home.pid_file(),
+                    timeout: None,
+                },
             }),
             Err(e)
                 if matches!(
@@ -88,10 +130,11 @@ impl Client {
     }
 
     /// Give up on a reply after `timeout` (for calls that must not hang on a stuck daemon).
-    pub fn with_timeout(self, timeout: Duration) -> Self {
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
         use interprocess::local_socket::traits::Stream as _;
-        if let Err(e) = self.reader.get_ref().set_recv_timeout(Some(timeout)) {
-            tracing::debug!("setting a receive timeout: {e}");
+        match self.reader.get_ref().set_recv_timeout(Some(timeout)) {
+            Ok(()) => self.peer.timeout = Some(timeout),
+            Err(e) => tracing::debug!("setting a receive timeout: {e}"),
         }
         self
     }
@@ -132,7 +175,7 @@ impl Client {
         let stream = self.reader.get_mut();
         stream
             .write_all(&line)
-            .map_err(|e| socket_error(e, "sending the request to the daemon"))?;
+            .map_err(|e| socket_error(&self.peer, e, "sending the request to the daemon"))?;
         stream.flush().ok();
         let mut buf = String::new();
         loop {
@@ -140,7 +183,7 @@ impl Client {
             let n = self
                 .reader
                 .read_line(&mut buf)
-                .map_err(|e| socket_error(e, "reading the daemon's reply"))?;
+                .map_err(|e| socket_error(&self.peer, e, "reading the daemon's reply"))?;
             if n == 0 {
                 return Err(CallError::NotRunning(
                     "the daemon closed the connection before answering (is it stopping?)".into(),
@@ -180,7 +223,7 @@ impl Client {
             if self
                 .reader
                 .read_line(&mut buf)
-                .map_err(|e| socket_error(e, "reading from the daemon"))?
+                .map_err(|e| socket_error(&self.peer, e, "reading from the daemon"))?
                 == 0
             {
                 return Err(CallError::NotRunning(

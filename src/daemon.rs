@@ -74,7 +74,7 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
             }
             // A foreground run that did not run is a failure: a service manager must not
             // read it as a clean exit.
-            bail!("ccd daemon is already running (pid {pid}); not starting a second one");
+            bail!("the daemon is already running (pid {pid}); not starting a second one");
         }
     };
     let mut config = Config::load_with(&home.root, overrides)?;
@@ -429,7 +429,7 @@ async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("expired {n} idle sessions"),
+            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::cli::count(n, "session")),
             Ok(Err(e)) => tracing::warn!("expiring idle sessions: {e}"),
             Err(e) => tracing::warn!("expiring idle sessions: {e}"),
         }
@@ -556,7 +556,7 @@ pub fn start(
         READY => {
             let pid: u32 = rest.parse().unwrap_or(child.id());
             if !quiet {
-                println!("ccd daemon started (pid {pid})");
+                writeln!(std::io::stdout().lock(), "ccd daemon started (pid {pid})")?;
             }
             Ok((pid, true))
         }
@@ -564,7 +564,10 @@ pub fn start(
             let _ = child.wait();
             let pid: u32 = rest.parse().unwrap_or(0);
             if !quiet {
-                println!("ccd daemon is already running (pid {pid})");
+                writeln!(
+                    std::io::stdout().lock(),
+                    "ccd daemon is already running (pid {pid})"
+                )?;
             }
             Ok((pid, false))
         }
@@ -593,14 +596,16 @@ pub fn start(
     }
 }
 
-/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited.
+/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited, all within
+/// `timeout` (asking included: a daemon that is stopped or hung does not get to hold it up).
 pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
-    let pid = match Client::connect(home).map(|c| c.with_timeout(Duration::from_secs(10))) {
-        Ok(mut client) => {
-            let pid = client
-                .call::<m::SystemHealth>(&NoParams {})
-                .ok()
-                .map(|h| h.pid);
+    let deadline = Instant::now() + timeout;
+    let pid = match Client::connect(home) {
+        Ok(client) => {
+            // The pid from the lock file: asking the daemon would be one more call to wait on.
+            let pid = PidLock::probe(&home.pid_file()).flatten();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut client = client.with_timeout(left.max(Duration::from_millis(1)));
             match client.call::<m::SystemShutdown>(&NoParams {}) {
                 Ok(_) => pid,
                 // The gateway cannot take the request (failed, restarting, stuck): signal
@@ -621,13 +626,16 @@ pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
         },
         Err(e) => return Err(e.into()),
     };
-    let deadline = Instant::now() + timeout;
     while PidLock::probe(&home.pid_file()).is_some() {
         if Instant::now() > deadline {
-            bail!(
-                "the daemon (pid {}) did not stop within {timeout:?}",
-                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
-            );
+            let within = humantime::format_duration(timeout);
+            match pid {
+                Some(pid) => bail!(
+                    "the daemon (pid {pid}) did not stop within {within}; it may still be \
+                     finishing requests (`ccd daemon logs`), or be stuck: `kill -9 {pid}` ends it"
+                ),
+                None => bail!("the daemon did not stop within {within} (see `ccd daemon logs`)"),
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }

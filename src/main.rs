@@ -69,7 +69,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(call) = cause.downcast_ref::<CallError>() {
             return match call {
-                CallError::NotRunning(_) => exit::NOT_RUNNING,
+                CallError::NotRunning(_) | CallError::NoAnswer(_) => exit::NOT_RUNNING,
                 CallError::Rpc(rpc) => rpc_exit_code(rpc),
                 CallError::Other(_) => exit::ERROR,
             };

@@ -835,8 +835,8 @@ impl App {
         } else {
             lines.push(Line::styled(
                 format!(
-                    "{} turn(s) running{}:",
-                    self.in_flight.len(),
+                    "{} running{}:",
+                    crate::cli::count(self.in_flight.len(), "turn"),
                     if self.lagged {
                         " (events were lost; may be stale)"
                     } else {

@@ -403,6 +403,7 @@ impl QueryService {
             env,
             prompt: p.prompt.clone(),
             deadline,
+            timeout: Duration::from_millis(timeout_ms),
             kill_grace: Duration::from_millis(self.cfg.kill_grace_ms),
             max_line_bytes: self.cfg.max_line_bytes,
             cli_retry_limit: self.cfg.cli_retry_limit,
@@ -844,7 +845,7 @@ impl QueryService {
                     let mut f = *f;
                     f.kind = FailureKind::Cancelled;
                     f.class = ErrorClass::NonRetryable;
-                    f.detail = "cancelled while waiting to retry".into();
+                    f.detail = "stopped while waiting to retry".into();
                     return Attempts::Done { result: Box::new(Err(Box::new(f))), attempts: attempt, spent };
                 }
             }

@@ -328,6 +328,19 @@ mod tests {
         assert!(r.is_error);
         assert_eq!(r.api_error_status, Some(400));
 
+        // Not logged in: a made-up assistant message, then an error result whose subtype is
+        // still "success".
+        let msgs = transcript("not_logged_in");
+        let AgentMessage::Assistant(a) = &msgs[1] else {
+            panic!("{:?}", msgs[1])
+        };
+        assert_eq!(a.error.as_deref(), Some("authentication_failed"));
+        let AgentMessage::Result(r) = msgs.last().unwrap() else {
+            panic!()
+        };
+        assert!(r.is_error);
+        assert_eq!((r.subtype.as_str(), r.api_error_status), ("success", None));
+
         for (name, error, status) in [
             ("401", "authentication_failed", 401),
             ("529", "overloaded", 529),

@@ -372,6 +372,10 @@ fn a_timeout_ends_the_whole_process_group() {
         .call("query.run", json!({"prompt": "x", "timeout_ms": 1500}))
         .unwrap_err();
     assert_eq!(code(&e), -32006, "{e}");
+    assert_eq!(
+        e["message"], "query timed out: no result within 1s 500ms",
+        "{e}"
+    );
     assert_eq!(class(&e), "retryable");
     d.wait_no_agent_processes();
     let s = d
@@ -396,6 +400,10 @@ fn cancel_stops_a_running_query() {
     assert_eq!(r["cancelled"], true);
     let reply = c.reply_to(id);
     assert_eq!(code(&reply["error"]), -32008, "{reply}");
+    assert_eq!(
+        reply["error"]["message"], "query cancelled: stopped while the agent ran",
+        "{reply}"
+    );
     d.wait_no_agent_processes();
     let r = d
         .call("query.cancel", json!({"query_id": query_id}))

@@ -48,7 +48,7 @@ fn import_list_show_remove_and_nothing_in_plain_text_at_rest() {
     let d = Daemon::start();
     let dir = agent_dir();
     let out = d.ccd_ok(&["agent", "import", dir.path().to_str().unwrap()]);
-    assert!(out.contains("imported 2 agent(s)"), "{out}");
+    assert!(out.contains("imported 2 agents"), "{out}");
     let list: Value = serde_json::from_str(&d.ccd_ok(&["agent", "list", "--json"])).unwrap();
     let names: Vec<&str> = list
         .as_array()
@@ -363,7 +363,7 @@ fn one_file_imports_and_reading_definitions_never_starts_the_daemon() {
     let dir = agent_dir();
     let file = dir.path().join("writer.md");
     let out = d.ccd_ok(&["agent", "import", file.to_str().unwrap()]);
-    assert!(out.contains("imported 1 agent(s): writer"), "{out}");
+    assert!(out.contains("imported 1 agent: writer"), "{out}");
     assert!(d.socket().exists());
     let list = d.ccd_ok(&["agent", "list"]);
     assert!(

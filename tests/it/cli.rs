@@ -23,6 +23,11 @@ fn api_prints_results_as_json_and_errors_on_stderr_with_exit_codes() {
     let d = Daemon::start();
     let out = d.ccd_ok(&["api", "system.ping"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "pong");
+    // No params: nothing, {} or [] alike.
+    for none in ["{}", "[]"] {
+        let out = d.ccd_ok(&["api", "system.ping", none]);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), "pong");
+    }
     let out = d.ccd_ok(&["api", "setting.upsert", r#"{"key":"a","value":"b"}"#]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["value"], "b");
 
@@ -118,16 +123,46 @@ fn shell_completions() {
 }
 
 #[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    let d = Daemon::builder().prepare();
+    for args in [&["completions", "bash"][..], &["--help"], &["events"]] {
+        // A pipe whose read end is closed before ccd writes: every write fails with EPIPE,
+        // as with `ccd ... | head` once head has exited.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = d
+            .command(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", describe(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", describe(&out));
+    }
+}
+
+#[test]
 fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let d = Daemon::builder().prepare();
-    let cases: [&[&str]; 7] = [
+    let cases: [&[&str]; 18] = [
         &["api", "system.ping", "null"],
         &["api", "system.ping", "\"text\""],
+        &["api", "setting.get", "[\"k\"]"],
         &["session", "list", "--status", "bogus"],
         &["batch", "prompts.txt", "--concurrency", "0"],
         &["daemon", "start", "--timeout", "0"],
         &["daemon", "stop", "--timeout", "0"],
         &["daemon", "restart", "--timeout", "0"],
+        &["daemon", "stop", "--timeout", "0s"],
+        &["daemon", "start", "--timeout", "soon"],
+        &["query", "x", "--timeout", "0s"],
+        &["query", "x", "--timeout", "0"],
+        &["query", "x", "--timeout", "-5"],
+        &["batch", "prompts.txt", "--timeout", "0ms"],
+        &["config", "show", "--set", "pool_size=3"],
+        &["daemon", "start", "--set", "foo=1"],
+        &["daemon", "run", "--set", "executor.pool.size=1"],
+        &["daemon", "restart", "--set", "=1"],
     ];
     for args in cases {
         let out = d.ccd(args);
@@ -137,13 +172,52 @@ fn values_out_of_range_are_usage_errors_that_start_nothing() {
     let out = d.ccd(&["api", "system.ping", "3"]);
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("JSON_PARAMS must be a JSON object (or an array)"),
+            .contains("JSON_PARAMS must be a JSON object of params by name"),
+        "{}",
+        describe(&out)
+    );
+    let out = d.ccd(&["daemon", "start", "--set", "foo=1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`foo` is not SECTION.KEY"),
+        "{}",
+        describe(&out)
+    );
+    // A key of the right shape that does not exist is the configuration's error, as it would
+    // be in config.toml or the environment.
+    let out = d.ccd(&["config", "show", "--set", "executor.foo=1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`executor.foo`: unknown key"),
         "{}",
         describe(&out)
     );
     assert!(!d.socket().exists(), "a usage error started the daemon");
     // An empty event log says so (nothing to read yet: no database either).
     assert_eq!(d.ccd_ok(&["events"]).trim(), "no events");
+}
+
+#[test]
+fn every_timeout_takes_a_duration_or_seconds() {
+    let d = Daemon::builder().prepare();
+    // Seconds and durations alike; nothing runs, so each stop finds no daemon.
+    for t in ["5", "5s", "1500ms", "1m"] {
+        let out = d.ccd_ok(&["daemon", "stop", "--timeout", t]);
+        assert_eq!(out.trim(), "ccd daemon is not running", "{t}");
+    }
+    d.ccd_ok(&["daemon", "start", "--timeout", "20"]);
+    d.ccd_ok(&["daemon", "restart", "--timeout", "20s"]);
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    for t in ["30", "30s", "2m"] {
+        d.ccd_ok(&["query", "hi", "--timeout", t]);
+    }
+    let help = d.ccd_ok(&["query", "--help"]);
+    assert!(
+        help.contains("a duration (90s, 500ms, 10m) or seconds"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -156,7 +230,7 @@ fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "ccd daemon (pid {pid}) holds the lock but does not answer"
+            "ccd: the daemon (pid {pid}) holds the lock but does not answer"
         )) && err.contains("`ccd daemon restart` replaces it"),
         "{err}"
     );
@@ -164,7 +238,8 @@ fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
     let out = d.ccd(&["daemon", "run"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("already running (pid {pid})")),
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with(&format!("ccd: the daemon is already running (pid {pid})")),
         "{}",
         describe(&out)
     );
@@ -180,8 +255,11 @@ fn status_shows_the_agent_the_http_api_and_the_filesystem() {
     let health = d.call("system.health", serde_json::json!({})).unwrap();
     let x = &health["executor"];
     let expected_executor = format!(
-        "  executor: {} slot(s), {} busy, {} queued",
-        x["size"], x["busy"], x["queued"]
+        "  executor: {} slot{}, {} busy, {} queued",
+        x["size"],
+        if x["size"] == 1 { "" } else { "s" },
+        x["busy"],
+        x["queued"]
     );
     assert!(out.contains(&expected_executor), "{out}");
     for label in ["  agent:    ", "  http:     ", "  vfs:      "] {
@@ -264,4 +342,122 @@ fn config_show_says_where_the_running_daemon_differs() {
         "{}",
         describe(&out)
     );
+}
+
+#[test]
+fn permission_modes_are_spelled_as_the_api_spells_them() {
+    let (dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    for (given, passed) in [
+        ("default", "default"),
+        ("acceptEdits", "acceptEdits"),
+        ("plan", "plan"),
+        ("bypassPermissions", "bypassPermissions"),
+        ("accept-edits", "acceptEdits"),
+        ("bypass-permissions", "bypassPermissions"),
+    ] {
+        d.ccd_ok(&["query", "hi", "--permission-mode", given]);
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        let args: Vec<&str> = args.lines().collect();
+        assert!(
+            args.windows(2).any(|w| w == ["--permission-mode", passed]),
+            "{given}: {args:?}"
+        );
+    }
+    let out = d.ccd(&["query", "hi", "--permission-mode", "bogus"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("default, acceptEdits, plan, bypassPermissions"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failed_query_prints_no_answer_and_one_plain_error() {
+    // Claude Code not logged in: a made-up assistant message with the error's text, then a
+    // result with subtype "success" and is_error.
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/not_logged_in.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let out = d.ccd(&["query", "hi"]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert!(out.stdout.is_empty(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "ccd: agent failed: the agent reported an error: Not logged in · Please run /login"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("(success)"), "{err}");
+}
+
+#[test]
+fn breaker_reset_without_a_daemon_resets_nothing_and_starts_nothing() {
+    let d = Daemon::builder().prepare();
+    for args in [&["breaker", "reset"][..], &["breaker", "reset", "claude"]] {
+        let out = d.ccd_ok(args);
+        assert_eq!(
+            out.trim(),
+            "ccd daemon is not running, so no breaker is open",
+            "{args:?}"
+        );
+    }
+    assert!(!d.socket().exists(), "breaker reset started the daemon");
+    let out = d.ccd(&["breaker", "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    // A daemon that holds the lock but does not answer may have open breakers: not "none".
+    d.ccd_ok(&["daemon", "start"]);
+    std::fs::remove_file(d.socket()).unwrap();
+    let out = d.ccd(&["breaker", "reset"]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+
+    d.ccd_ok(&["daemon", "restart"]);
+    assert_eq!(d.ccd_ok(&["breaker", "reset"]).trim(), "reset 0 breakers");
+}
+
+#[test]
+fn counts_are_said_in_words() {
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    d.ccd_ok(&["query", "hi"]);
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    let show = d.ccd_ok(&["session", "show", &id]);
+    assert!(show.contains("  totals:        1 turn, "), "{show}");
+    d.ccd_ok(&["session", "close", &id]);
+    let out = d.ccd_ok(&["session", "cleanup", "--older-than", "0s"]);
+    assert_eq!(out.trim(), "removed 1 session");
+    let out = d.ccd_ok(&["session", "cleanup", "--older-than", "0s"]);
+    assert_eq!(out.trim(), "removed 0 sessions");
+}
+
+#[test]
+fn query_names_its_id_on_stderr_and_keeps_stdout_for_the_answer() {
+    let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let out = d.ccd(&["query", "hi"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let id = err
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("query "))
+        .unwrap_or_else(|| panic!("no `query <id>` first on stderr: {err}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(id), "{stdout}");
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    let session = sessions[0]["id"].as_str().unwrap();
+    let detail: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "show", session, "--json"])).unwrap();
+    assert_eq!(detail["turns"][0]["query_id"], id, "{detail}");
 }

@@ -364,8 +364,9 @@ pub fn describe(out: &Output) -> String {
 }
 
 /// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
-/// `done` beside itself. For what the real CLI cannot be made to print: floods, garbage and
-/// oversized lines. Lives as long as the returned directory.
+/// `done` beside itself; its arguments, one per line, are in `args` beside it. For what the
+/// real CLI cannot be made to print: floods, garbage and oversized lines. Lives as long as the
+/// returned directory.
 pub fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("transcript.jsonl"), transcript).unwrap();
@@ -374,6 +375,7 @@ pub fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         &agent,
         "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
          if [ \"$1\" = \"--version\" ]; then echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
+         printf '%s\\n' \"$@\" > \"$here/args\"\n\
          cat > /dev/null\ncat \"$here/transcript.jsonl\"\ntouch \"$here/done\"\n",
     )
     .unwrap();

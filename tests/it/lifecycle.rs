@@ -139,6 +139,51 @@ fn sigterm_stops_gracefully() {
 }
 
 #[test]
+fn stopping_a_frozen_daemon_gives_up_at_the_timeout_and_says_what_to_do() {
+    let d = Daemon::start();
+    let pid = d.pid().to_string();
+    /// Resumes the daemon however the test ends, so that it can be stopped.
+    struct Thaw(String);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0])
+                .status();
+        }
+    }
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status();
+    assert!(st.unwrap().success());
+    let thaw = Thaw(pid.clone());
+
+    let started = std::time::Instant::now();
+    let out = d.ccd(&["daemon", "stop", "--timeout", "2"]);
+    // One deadline for the whole stop (it used to wait 10 s on each of two calls, whatever the
+    // timeout). A generous bound: this is about 2 s against 20 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        &format!("the daemon (pid {pid}) did not answer within 2s"),
+        "it may be stopped (SIGSTOP) or hung",
+        &format!("`kill -CONT {pid}`"),
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in {err}");
+    }
+    assert!(!err.contains("Resource temporarily unavailable"), "{err}");
+
+    // Resumed, it stops as asked.
+    drop(thaw);
+    d.stop();
+    assert!(!d.path().join("ccd.pid").exists());
+}
+
+#[test]
 fn a_bad_config_fails_the_start_with_the_key_named() {
     let d = Daemon::builder()
         .config("[ipc]\nmax_conections = 3\n")
@@ -166,6 +211,17 @@ fn a_bad_config_fails_the_start_with_the_key_named() {
         "{err}"
     );
     assert!(!d.socket().exists());
+
+    // An unrelated CCD_ variable is taken for a key, as operations.md warns.
+    let d = Daemon::builder().env("CCD_FOO", "1").prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid configuration: `foo`: unknown key (expected one of ipc, writer, ")
+            && err.contains("(from environment (CCD_FOO))"),
+        "{err}"
+    );
 }
 
 #[test]

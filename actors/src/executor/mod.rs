@@ -178,7 +178,7 @@ fn still_wanted(pending: Pending) -> Option<Pending> {
         let _ = pending.tx.send(Err(failure(
             FailureKind::Cancelled,
             ErrorClass::NonRetryable,
-            "cancelled while queued".into(),
+            "stopped while queued".into(),
         )));
         return None;
     }
@@ -344,7 +344,7 @@ impl Handle<Submit> for ExecutorPool {
                     pool.do_send(Call(Prune));
                     match tokio::time::timeout(grace, rx).await {
                         Ok(r) => Ok(r.unwrap_or_else(|_| restarted())),
-                        Err(_) => Ok(Err(failure(FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled while queued".into()))),
+                        Err(_) => Ok(Err(failure(FailureKind::Cancelled, ErrorClass::NonRetryable, "stopped while queued".into()))),
                     }
                 }
             }

@@ -139,6 +139,8 @@ pub struct AgentSpec {
     pub env: BTreeMap<String, String>,
     pub prompt: String,
     pub deadline: Instant,
+    /// The query's timeout that `deadline` ends, for messages.
+    pub timeout: Duration,
     pub kill_grace: Duration,
     pub max_line_bytes: usize,
     pub cli_retry_limit: u32,
@@ -387,8 +389,8 @@ pub async fn run_agent(
         }
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "cancelled".into())),
-            _ = tokio::time::sleep_until(spec.deadline), if exited.is_none() => break Some((FailureKind::Timeout, ErrorClass::Retryable, "the query timed out".into())),
+            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "stopped while the agent ran".into())),
+            _ = tokio::time::sleep_until(spec.deadline), if exited.is_none() => break Some((FailureKind::Timeout, ErrorClass::Retryable, no_result_within(spec.timeout))),
             status = child.wait(), if exited.is_none() => {
                 exited = Some(match status {
                     Ok(status) => {
@@ -540,6 +542,11 @@ fn sane_cost(cost: f64, pid: u32) -> f64 {
     sane
 }
 
+/// Why a query timed out ("query timed out: no result within 30s").
+fn no_result_within(timeout: Duration) -> String {
+    format!("no result within {}", humantime::format_duration(timeout))
+}
+
 /// Decide success or the error class from the result message and the exit status.
 fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> RunResult {
     use std::os::unix::process::ExitStatusExt;
@@ -562,9 +569,17 @@ fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> Ru
             (None, "error_max_turns" | "error_max_budget_usd") => ErrorClass::NonRetryable,
             (None, _) => ErrorClass::NonRetryable,
         };
-        let detail = match r.api_error_status {
-            Some(s) => format!("the API answered {s}: {text}"),
-            None => format!("the agent reported an error ({}): {text}", r.subtype),
+        // Claude Code ends some failures (not logged in, an API error) with a result whose
+        // subtype is "success" beside `is_error`: that subtype says nothing, and is left out.
+        let what = match (r.api_error_status, r.subtype.as_str()) {
+            (Some(s), _) => format!("the API answered {s}"),
+            (None, "success" | "") => "the agent reported an error".to_string(),
+            (None, subtype) => format!("the agent reported an error ({subtype})"),
+        };
+        let detail = if text.trim().is_empty() {
+            what
+        } else {
+            format!("{what}: {text}")
         };
         return fail(class, detail, transcript);
     }
