@@ -177,17 +177,18 @@ fn the_dashboard_shows_actors_and_events_and_follows_the_daemon_through_a_restar
     let d = Daemon::start();
     let tui = Tmux::start(&d, true);
 
-    let screen = tui.wait_for("the actors and their state", shows_actors);
-    for panel in [
+    // Every panel, once the screen is drawn whole (a capture can catch a redraw half done).
+    let panels = [
         "Actors",
         "Queries in flight",
         "Today",
         "Circuit breakers",
         "Rate limits",
         "Events",
-    ] {
-        assert!(screen.contains(panel), "no {panel} panel:\n{screen}");
-    }
+    ];
+    tui.wait_for("the actors and their state, in every panel", |s| {
+        shows_actors(s) && panels.iter().all(|p| s.contains(p))
+    });
 
     let first = create_session(&d);
     tui.wait_for("the session.created event", |s| {
