@@ -1,7 +1,8 @@
 //! The agent commands: `ccd query`, `ccd session ...`, `ccd batch`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -558,16 +559,27 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let interrupted = Arc::new(AtomicBool::new(false));
-    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let live: Arc<Mutex<Live>> = Arc::default();
     {
-        let (interrupted, running, home) = (interrupted.clone(), running.clone(), home.clone());
+        let (interrupted, live, home) = (interrupted.clone(), live.clone(), home.clone());
         ctrlc::set_handler(move || {
             interrupted.store(true, Ordering::SeqCst);
-            // Cancel what runs; finished results are already written.
-            let ids: Vec<String> = running
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default();
+            // Cancel what runs; finished results are already written. A worker whose query
+            // has no id here yet (queued, waiting for the limiter, or an agent that has printed
+            // nothing) hangs up, which cancels it on the daemon's side; a query with an id is
+            // cancelled by id, so that its record says -32008.
+            let ids: Vec<String> = match live.lock() {
+                Ok(live) => {
+                    for fd in live.idle_sockets.values() {
+                        if let Ok(fd) = fd.try_clone() {
+                            let _ = std::os::unix::net::UnixStream::from(fd)
+                                .shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    live.ids.iter().cloned().collect()
+                }
+                Err(_) => Vec::new(),
+            };
             if let Ok(mut c) = Client::connect(&home) {
                 for id in ids {
                     let _ = c.call::<m::QueryCancel>(&types::QueryCancel { query_id: id });
@@ -581,19 +593,31 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::scope(|s| -> anyhow::Result<()> {
-        for _ in 0..concurrency.min(items.len()) {
+        for worker in 0..concurrency.min(items.len()) {
             let tx = tx.clone();
-            let (items, next, interrupted, running, ok, failed) =
-                (&items, &next, &interrupted, &running, &ok, &failed);
+            let (items, next, interrupted, live, ok, failed) =
+                (&items, &next, &interrupted, &live, &ok, &failed);
             s.spawn(move || {
-                let mut client = None;
+                let mut client: Option<Client> = None;
                 loop {
                     if interrupted.load(Ordering::SeqCst) {
                         return;
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(item) = items.get(i) else { return };
-                    let record = run_one(home, &mut client, item, running);
+                    if client.is_none()
+                        && let Ok(c) = Client::connect(home)
+                    {
+                        if let (Some(fd), Ok(mut live)) = (c.socket(), live.lock()) {
+                            live.idle_sockets.insert(worker, fd);
+                        }
+                        client = Some(c);
+                        // A Ctrl-C before the registration did not see this connection.
+                        if interrupted.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                    let record = run_one(home, &mut client, item, worker, live);
                     if record["ok"] == true {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -639,14 +663,25 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     })
 }
 
+/// What a batch's Ctrl-C handler cancels: the ids of the queries known to run, and the
+/// connections of the workers whose query has no id yet (or that are between queries).
+#[derive(Default)]
+struct Live {
+    ids: HashSet<String>,
+    idle_sockets: HashMap<usize, OwnedFd>,
+}
+
 /// Run one prompt on this worker's connection; returns its JSONL record.
 fn run_one(
     home: &Home,
     client: &mut Option<Client>,
     item: &Item,
-    running: &Mutex<HashSet<String>>,
+    worker: usize,
+    live: &Mutex<Live>,
 ) -> Value {
     let mut query_id: Option<String> = None;
+    // The worker's connection while its query has an id (cancelled by id, not by hanging up).
+    let mut socket: Option<OwnedFd> = None;
     let conn = match client {
         Some(c) => Ok(c),
         None => Client::connect(home).map(|c| client.insert(c)),
@@ -658,14 +693,18 @@ fn run_one(
                 && let Some(id) = note.params.get("query_id").and_then(Value::as_str)
             {
                 query_id = Some(id.to_string());
-                if let Ok(mut r) = running.lock() {
-                    r.insert(id.to_string());
+                if let Ok(mut live) = live.lock() {
+                    live.ids.insert(id.to_string());
+                    socket = live.idle_sockets.remove(&worker);
                 }
             }
         })
     });
-    if let (Some(id), Ok(mut r)) = (&query_id, running.lock()) {
-        r.remove(id);
+    if let (Some(id), Ok(mut live)) = (&query_id, live.lock()) {
+        live.ids.remove(id);
+        if let Some(fd) = socket {
+            live.idle_sockets.insert(worker, fd);
+        }
     }
     match outcome {
         Ok(result) => {

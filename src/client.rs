@@ -129,6 +129,15 @@ impl Client {
         }
     }
 
+    /// A duplicate of the connection's socket, to shut it down from another thread: a client
+    /// that hangs up has its queries cancelled by the daemon, and a call blocked on the
+    /// connection returns.
+    pub fn socket(&self) -> Option<std::os::fd::OwnedFd> {
+        match self.reader.get_ref() {
+            Stream::UdSocket(s) => std::os::fd::AsFd::as_fd(s).try_clone_to_owned().ok(),
+        }
+    }
+
     /// Give up on a reply after `timeout` (for calls that must not hang on a stuck daemon).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         use interprocess::local_socket::traits::Stream as _;

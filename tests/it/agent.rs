@@ -1508,3 +1508,64 @@ fn a_huge_reported_cost_cannot_make_totals_infinite() {
     let out = d.ccd(&["session", "show", first["session_id"].as_str().unwrap()]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+#[test]
+fn ctrl_c_in_batch_cancels_queries_that_have_not_said_anything_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    // An agent that prints nothing for a long time: the batch never learns its query's id.
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
+         cat > /dev/null\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let d = Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .start();
+    let file = dir.path().join("prompts.txt");
+    std::fs::write(&file, "one\ntwo\n").unwrap();
+    let out_file = dir.path().join("results.jsonl");
+    let mut child = d
+        .command(&[
+            "batch",
+            file.to_str().unwrap(),
+            "--concurrency",
+            "2",
+            "--timeout",
+            "90s",
+            "--output",
+            out_file.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("both queries to run", Duration::from_secs(60), || {
+        d.call("system.health", json!({})).unwrap()["executor"]["busy"] == 2
+    });
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "an interrupted batch is an error");
+    // The daemon saw the batch hang up and cancelled both runs.
+    wait_until("both runs to be cancelled", Duration::from_secs(30), || {
+        let sessions = d.call("session.list", json!({})).unwrap();
+        let cancelled = sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| {
+                let s = d.call("session.get", json!({"id": s["id"]})).unwrap();
+                s["turns"][0]["status"] == "cancelled"
+            })
+            .count();
+        cancelled == 2
+    });
+    assert_eq!(
+        d.call("system.health", json!({})).unwrap()["executor"]["busy"],
+        0
+    );
+}
