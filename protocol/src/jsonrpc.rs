@@ -398,9 +398,19 @@ fn id_from_text(text: &[u8]) -> Result<Id, ()> {
 /// Check a request object's members.
 fn check_members(members: Members) -> Result<Request, Response> {
     // The id is echoed even when something else is wrong, when it is itself valid.
+    let id_is_string = members
+        .id
+        .as_ref()
+        .is_some_and(|r| r.get().starts_with('"'));
     let id = match members.id.map(|raw| id_from_text(raw.get().as_bytes())) {
         None => None,
         Some(Ok(id)) => Some(id),
+        Some(Err(())) if id_is_string => {
+            return Err(invalid(
+                Id::Null,
+                "`id` is a string that cannot be read (a lone UTF-16 surrogate escape such as \\ud800?)",
+            ));
+        }
         Some(Err(())) => {
             return Err(invalid(Id::Null, "`id` must be a string, a number or null"));
         }
@@ -799,6 +809,24 @@ mod tests {
     fn invalid_request_keeps_a_valid_id() {
         let err = single(&json!({"jsonrpc": "2.0", "id": "abc"})).unwrap_err();
         assert_eq!(err.id, Id::String("abc".into()));
+    }
+
+    #[test]
+    fn an_unreadable_string_id_is_called_a_string() {
+        let message = |frame: &[u8]| {
+            let Incoming::Single(Err(resp)) = parse_incoming(frame, DEFAULT_MAX_BATCH) else {
+                panic!("accepted")
+            };
+            let Payload::Error(e) = resp.payload else {
+                panic!("no error")
+            };
+            assert_eq!(e.code, -32600);
+            e.message
+        };
+        let m = message(br#"{"jsonrpc":"2.0","id":"\ud800","method":"system.ping"}"#);
+        assert!(m.contains("is a string that cannot be read"), "{m}");
+        let m = message(br#"{"jsonrpc":"2.0","id":true,"method":"system.ping"}"#);
+        assert!(m.contains("must be a string, a number or null"), "{m}");
     }
 
     #[test]
