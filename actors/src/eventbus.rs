@@ -9,7 +9,9 @@
 //!
 //! The [`EventBusActor`] (`eventbus`) owns the bus's background work: it writes published events
 //! to the database in batches through the writer, and prunes them past the retention. The bus's
-//! state lives in a shared core, so a restart of the actor loses no subscriber and no event.
+//! state lives in a shared core, so a restart of the actor loses no subscriber and no event: a
+//! write under way runs outside the actor's context and keeps its batch through a restart; the
+//! batch is written, or put back at the front of the buffer when the write fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -328,7 +330,11 @@ impl EventBusActor {
 
     /// Write the oldest batch of what was published since the last flush, in one write (one
     /// transaction), unless a write is still under way.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
+    ///
+    /// The write runs as a task of its own, not in the actor's context: a restart drops the
+    /// context's futures, and a batch dropped with one (say, its write failed after the
+    /// restart) would be neither written nor put back.
+    fn flush(&mut self) {
         let Ok(slot) = self.bus.flush_slot.clone().try_acquire_owned() else {
             return;
         };
@@ -337,10 +343,10 @@ impl EventBusActor {
         }
         let bus = self.bus.clone();
         let writer = self.writer.clone();
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(async move {
+        actix_rt::spawn(async move {
             // A failure is logged, and the batch is back in the buffer for the next flush.
             let _ = bus.write_batch(&writer, &slot).await;
-        }));
+        });
     }
 
     fn prune(&mut self) {
@@ -366,14 +372,15 @@ impl Supervise for EventBusActor {
     }
 
     fn reset(&mut self, _: &mut Context<Self>) -> anyhow::Result<()> {
-        // Events in a flush that was under way went back to the bus on failure, or were written.
+        // Nothing to rebuild: a write under way is not the actor's (see `flush`); it still
+        // holds the bus's flush slot, and its batch is written or put back in the buffer.
         Ok(())
     }
 
     fn on_started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(
             Duration::from_millis(self.cfg.flush_interval_ms.max(10)),
-            |act, ctx| act.flush(ctx),
+            |act, _| act.flush(),
         );
         self.prune();
         ctx.run_interval(
@@ -481,6 +488,89 @@ mod tests {
             "in order, with the late one last"
         );
         assert_eq!(all.last().map(|e| e.seq), Some(MAX_PENDING as u64 + 6));
+    }
+
+    /// Wait until `cond` holds; fail after a minute (which only bounds a hang).
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The count of events with sequence number `seq` in the log.
+    fn logged(conn: &rusqlite::Connection, seq: u64) -> i64 {
+        conn.query_row("SELECT count(*) FROM events WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    /// A restart of the actor while its write is at the writer loses nothing, even when that
+    /// write then fails: the batch is put back, and written by a later flush.
+    #[actix_rt::test]
+    async fn a_restart_during_a_write_loses_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::db_path(dir.path());
+        let health = crate::supervise::HealthRegistry::new(Default::default());
+        // The writer on a thread of its own (as in the daemon), since it will block on a lock.
+        let writer = crate::writer::WriterActor::new(
+            health.register("writer"),
+            db.clone(),
+            crate::config::WriterConfig {
+                busy_timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let arbiter = Arbiter::new();
+        let writer = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| writer);
+        // Hold the database's write lock: the writer's next write waits for it.
+        let lock = rusqlite::Connection::open(&db).unwrap();
+        lock.busy_timeout(Duration::from_secs(30)).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let bus = Bus::new();
+        let actor = EventBusActor::new(
+            health.register("eventbus"),
+            bus.clone(),
+            writer.clone(),
+            EventsConfig {
+                flush_interval_ms: 10,
+                ..Default::default()
+            },
+        );
+        let actor = Supervisor::start(move |_| actor);
+        bus.publish(turn("a"));
+        // Taken by a flush: its write is at the writer, which waits for the lock.
+        until("a flush to take the event", || {
+            bus.lock().pending.is_empty()
+        })
+        .await;
+        actor
+            .send(Call(crate::supervise::Crash))
+            .await
+            .unwrap()
+            .unwrap_err();
+        // The write now fails (and would go on failing), then, once the trigger is gone,
+        // succeeds.
+        lock.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END;
+             COMMIT",
+        )
+        .unwrap();
+        until("the failed batch to be back in the buffer", || {
+            !bus.lock().pending.is_empty()
+        })
+        .await;
+        assert_eq!(logged(&lock, 1), 0);
+        lock.execute_batch("DROP TRIGGER refuse").unwrap();
+        until("the event to be in the log", || logged(&lock, 1) == 1).await;
+        arbiter.stop();
     }
 
     #[test]
