@@ -28,6 +28,8 @@ use bytes::Bytes;
 use ccd_protocol::types::{self, ActorState, EventFilter, EventKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -282,7 +284,8 @@ struct State {
     reader: Reader,
     bus: Bus,
     metrics: Arc<Metrics>,
-    token: Arc<str>,
+    /// SHA-256 of `Bearer <http.token>`; `None` without a token.
+    token: Option<[u8; 32]>,
     /// `/api/events` streams open now, and the most allowed.
     streams: Arc<AtomicUsize>,
     max_streams: usize,
@@ -314,7 +317,7 @@ impl State {
     /// The answer refusing `req`, if it may not be answered: with no token, only requests
     /// addressed to a loopback name are; with a token, only those that carry it.
     fn refusal(&self, req: &HttpRequest) -> Option<HttpResponse> {
-        if self.token.is_empty() {
+        let Some(expected) = &self.token else {
             return match req.headers().get("host").and_then(|h| h.to_str().ok()) {
                 Some(host) if is_loopback_host(host) => None,
                 other => Some(HttpResponse::Forbidden().json(json!({
@@ -326,17 +329,23 @@ impl State {
                     )
                 }))),
             };
-        }
-        (!self.authorized(req)).then(unauthorized)
+        };
+        (!authorized(req, expected)).then(unauthorized)
     }
+}
 
-    fn authorized(&self, req: &HttpRequest) -> bool {
-        let expected = format!("Bearer {}", self.token);
-        req.headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == expected)
-    }
+/// `req` carries the bearer token whose `Bearer <token>` hashes to `expected`. The digests are
+/// compared in constant time, so the time taken says nothing about how much of a guess was
+/// right; hashing first hides the token's length too.
+fn authorized(req: &HttpRequest, expected: &[u8; 32]) -> bool {
+    req.headers().get("authorization").is_some_and(|v| {
+        let given: [u8; 32] = Sha256::digest(v.as_bytes()).into();
+        bool::from(given.ct_eq(expected))
+    })
+}
+
+fn bearer_digest(token: &str) -> Option<[u8; 32]> {
+    (!token.is_empty()).then(|| Sha256::digest(format!("Bearer {token}")).into())
 }
 
 /// `host` (a Host header: name and optional port) names this machine's loopback interface.
@@ -684,7 +693,7 @@ pub fn start(
         reader,
         bus,
         metrics,
-        token: Arc::from(cfg.token.as_str()),
+        token: bearer_digest(&cfg.token),
         streams: Arc::default(),
         max_streams: cfg.max_event_streams,
         started: Instant::now(),

@@ -223,6 +223,9 @@ fn a_token_guards_every_request() {
     let (_d, addr) = http_daemon("token = \"s3cret\"\n");
     assert_eq!(get(&addr, "/health", None).0, 401);
     assert_eq!(get(&addr, "/metrics", Some("wrong")).0, 401);
+    // A prefix of it, or it with more after it, is just as wrong.
+    assert_eq!(get(&addr, "/metrics", Some("s3cre")).0, 401);
+    assert_eq!(get(&addr, "/metrics", Some("s3cret2")).0, 401);
     assert_eq!(get(&addr, "/health", Some("s3cret")).0, 200);
 }
 
