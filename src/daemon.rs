@@ -102,17 +102,18 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
     outcome
 }
 
-/// Descriptors kept for everything but IPC connections: the database and its read pool, logs,
-/// the FUSE device, epoll instances, HTTP clients, and three pipes per running agent.
+/// Descriptors kept for everything but IPC and HTTP connections: the database and its read
+/// pool, logs, the FUSE device, epoll instances, listeners, and three pipes per running agent.
 fn reserved_fds(config: &Config) -> u64 {
     64 + 4 * config.executor.pool_size as u64
 }
 
 /// Raises the soft limit on open files to the hard limit (many distributions start processes
-/// at 1024), then makes sure `ipc.max_connections` fits in what is left after
-/// [`reserved_fds`]: each connection holds two descriptors (its socket, and a duplicate that
-/// notices a peer hanging up). A limit past which `accept` would fail instead of closing an
-/// idle connection would let idle connections lock new clients out.
+/// at 1024), then makes sure the HTTP API's connections (`http.max_connections`, one descriptor
+/// each, at most half of what is left after [`reserved_fds`]) and then `ipc.max_connections`
+/// fit: each IPC connection holds two descriptors (its socket, and a duplicate that notices a
+/// peer hanging up). A limit past which `accept` would fail instead of closing an idle
+/// connection would let idle connections lock new clients out.
 fn fit_connections_to_fd_limit(config: &mut Config) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -128,7 +129,15 @@ fn fit_connections_to_fd_limit(config: &mut Config) {
     let Some(soft) = getrlimit(Resource::Nofile).current else {
         return; // unlimited
     };
-    let fits = usize::try_from(soft.saturating_sub(reserved_fds(config)) / 2)
+    let room = soft.saturating_sub(reserved_fds(config));
+    if let Some(lowered) = config.http.fit_connections(room / 2) {
+        tracing::warn!(
+            "the open-file limit ({soft}) leaves room for {} HTTP connections: {lowered} \
+             (raise `ulimit -n` for more)",
+            config.http.max_connections
+        );
+    }
+    let fits = usize::try_from(room.saturating_sub(config.http.connection_fds()) / 2)
         .unwrap_or(usize::MAX)
         .max(1);
     if config.ipc.max_connections > fits {

@@ -297,7 +297,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 15] = [
+        let checks: [(&str, bool, &str); 17] = [
             (
                 "events.subscriber_queue",
                 self.events.subscriber_queue >= 1,
@@ -359,6 +359,16 @@ impl Config {
                 "at least 1",
             ),
             ("writer.max_batch", self.writer.max_batch >= 1, "at least 1"),
+            (
+                "http.max_connections",
+                self.http.max_connections >= 2,
+                "at least 2",
+            ),
+            (
+                "http.max_event_streams",
+                (1..self.http.max_connections).contains(&self.http.max_event_streams),
+                "at least 1 and less than `http.max_connections`",
+            ),
             (
                 "supervisor.window_ms",
                 self.supervisor.window_ms >= 1,

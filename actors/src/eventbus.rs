@@ -2,14 +2,16 @@
 //! and to the persisted event log.
 //!
 //! Publishing never blocks and never waits on a subscriber: [`Bus::publish`] takes a short lock,
-//! numbers the event, and appends it to each matching subscriber's bounded queue. A queue that
-//! is full loses its oldest event; the subscriber is then told how many it missed with a
-//! `lagged` event before its next ones. A stalled subscriber therefore costs a publisher nothing
-//! but a queue push.
+//! numbers the event, and appends a shared reference to it (an `Arc`, not a copy) to each
+//! matching subscriber's bounded queue and to the log's buffer. A queue that is full loses its
+//! oldest event; the subscriber is then told how many it missed with a `lagged` event before its
+//! next ones. A stalled subscriber therefore costs a publisher nothing but a pointer push.
 //!
 //! The [`EventBusActor`] (`eventbus`) owns the bus's background work: it writes published events
 //! to the database in batches through the writer, and prunes them past the retention. The bus's
-//! state lives in a shared core, so a restart of the actor loses no subscriber and no event.
+//! state lives in a shared core, so a restart of the actor loses no subscriber and no event: a
+//! write under way runs outside the actor's context and keeps its batch through a restart; the
+//! batch is written, or put back at the front of the buffer when the write fails.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,7 +20,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use ccd_protocol::types::{Event, EventFilter, EventKind};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::store;
@@ -27,6 +29,10 @@ use crate::writer::{Write, WriterActor};
 
 /// Most events kept for persistence while the writer is unavailable; older ones are dropped.
 const MAX_PENDING: usize = 100_000;
+
+/// Most events written to the log in one write (one op in the writer's group transaction), so
+/// that a backlog after a failing spell does not hold the writer for one long statement run.
+const FLUSH_BATCH: usize = 10_000;
 
 /// `[events]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,18 +66,18 @@ pub struct Subscriber {
     pub conn: u64,
     filter: EventFilter,
     capacity: usize,
-    queue: Mutex<(VecDeque<Event>, u64)>,
+    queue: Mutex<(VecDeque<Arc<Event>>, u64)>,
     ready: Notify,
     /// Cancelled by `event.unsubscribe`.
     pub ended: CancellationToken,
 }
 
 impl Subscriber {
-    fn lock(&self) -> MutexGuard<'_, (VecDeque<Event>, u64)> {
+    fn lock(&self) -> MutexGuard<'_, (VecDeque<Arc<Event>>, u64)> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, event: &Event) {
+    fn push(&self, event: &Arc<Event>) {
         let mut q = self.lock();
         if q.0.len() >= self.capacity {
             q.0.pop_front();
@@ -84,6 +90,16 @@ impl Subscriber {
 
     /// Wait for events: those queued, and how many were missed before them.
     pub async fn next_batch(&self) -> (Vec<Event>, u64) {
+        let (events, missed) = self.next_shared().await;
+        (
+            events.into_iter().map(Arc::unwrap_or_clone).collect(),
+            missed,
+        )
+    }
+
+    /// As [`Subscriber::next_batch`], without copying the events (every subscriber and the
+    /// log's buffer share them). Cancel-safe: nothing is taken from the queue until it returns.
+    pub async fn next_shared(&self) -> (Vec<Arc<Event>>, u64) {
         loop {
             {
                 let mut q = self.lock();
@@ -102,13 +118,28 @@ struct Inner {
     next_seq: u64,
     next_sub: u64,
     subscribers: HashMap<u64, Arc<Subscriber>>,
-    pending: Vec<Event>,
+    /// Events not yet written to the log, oldest first.
+    pending: VecDeque<Arc<Event>>,
+    /// Events dropped from `pending` for want of room since it was last reported.
+    dropped: u64,
 }
 
 /// The bus: cheap to clone, shared by every publisher.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Bus {
     inner: Arc<Mutex<Inner>>,
+    /// One write of the log at a time: held by the write under way (a periodic flush, or the
+    /// final one at stop), and released when its batch is written or back in `pending`.
+    flush_slot: Arc<Semaphore>,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            inner: Arc::default(),
+            flush_slot: Arc::new(Semaphore::new(1)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -136,20 +167,21 @@ impl Bus {
     pub fn publish(&self, kind: EventKind) {
         let mut inner = self.lock();
         inner.next_seq += 1;
-        let event = Event {
+        let event = Arc::new(Event {
             seq: inner.next_seq,
             ts: store::rfc3339(store::now_ms()),
             kind,
-        };
+        });
         for sub in inner.subscribers.values() {
             if sub.filter.matches(&event.kind) {
                 sub.push(&event);
             }
         }
         if inner.pending.len() >= MAX_PENDING {
-            inner.pending.remove(0);
+            inner.pending.pop_front();
+            inner.dropped += 1;
         }
-        inner.pending.push(event);
+        inner.pending.push_back(event);
     }
 
     pub fn subscribe(&self, conn: u64, filter: EventFilter, capacity: usize) -> Arc<Subscriber> {
@@ -212,16 +244,65 @@ impl Bus {
         self.lock().subscribers.len()
     }
 
-    fn take_pending(&self) -> Vec<Event> {
-        std::mem::take(&mut self.lock().pending)
+    /// The oldest `max` events waiting for the log, and how many were dropped for want of room
+    /// since the last call.
+    fn take_batch(&self, max: usize) -> (Vec<Arc<Event>>, u64) {
+        let mut inner = self.lock();
+        let n = inner.pending.len().min(max);
+        let batch = inner.pending.drain(..n).collect();
+        (batch, std::mem::take(&mut inner.dropped))
     }
 
-    fn requeue(&self, mut events: Vec<Event>) {
+    /// Put a batch whose write failed back in front of what was published since, in order.
+    /// Past [`MAX_PENDING`] the oldest events are dropped, as by `publish`.
+    fn requeue(&self, batch: Vec<Arc<Event>>) {
         let mut inner = self.lock();
-        events.append(&mut inner.pending);
-        let excess = events.len().saturating_sub(MAX_PENDING);
-        events.drain(..excess);
-        inner.pending = events;
+        for event in batch.into_iter().rev() {
+            inner.pending.push_front(event);
+        }
+        let excess = inner.pending.len().saturating_sub(MAX_PENDING);
+        inner.pending.drain(..excess);
+        inner.dropped += excess as u64;
+    }
+
+    /// Write the oldest batch of pending events to the log, holding `slot` until it is written
+    /// or back in the buffer. Returns false when there was nothing to write.
+    async fn write_batch(
+        &self,
+        writer: &Addr<WriterActor>,
+        _slot: &OwnedSemaphorePermit,
+    ) -> Result<bool, crate::ActorError> {
+        let (batch, dropped) = self.take_batch(FLUSH_BATCH);
+        if dropped > 0 {
+            tracing::warn!(
+                "{dropped} events were dropped from the log's buffer ({MAX_PENDING} at most) \
+                 while they could not be written; they were still delivered to subscribers"
+            );
+        }
+        if batch.is_empty() {
+            return Ok(false);
+        }
+        let n = batch.len();
+        // The writer consumes its op; the batch is shared with it rather than copied, so that
+        // a failed write can put it back as it was.
+        let batch = Arc::new(batch);
+        let written = writer
+            .send(Call(Write(store::InsertEvents {
+                events: batch.clone(),
+            })))
+            .await
+            .map_err(|e| crate::ActorError::internal("sending events to the writer", e))
+            .and_then(|r| r);
+        match written {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!("writing {n} events to the log: {e}; will retry");
+                // The writer has dropped its share by the time it answers; if not, copy the
+                // pointers.
+                self.requeue(Arc::unwrap_or_clone(batch));
+                Err(e)
+            }
+        }
     }
 }
 
@@ -233,7 +314,6 @@ pub struct EventBusActor {
     bus: Bus,
     writer: Addr<WriterActor>,
     cfg: EventsConfig,
-    flushing: bool,
 }
 
 supervised!(EventBusActor);
@@ -245,42 +325,28 @@ impl EventBusActor {
             bus,
             writer,
             cfg,
-            flushing: false,
         }
     }
 
-    /// Write what was published since the last flush, in one write (one transaction).
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing {
+    /// Write the oldest batch of what was published since the last flush, in one write (one
+    /// transaction), unless a write is still under way.
+    ///
+    /// The write runs as a task of its own, not in the actor's context: a restart drops the
+    /// context's futures, and a batch dropped with one (say, its write failed after the
+    /// restart) would be neither written nor put back.
+    fn flush(&mut self) {
+        let Ok(slot) = self.bus.flush_slot.clone().try_acquire_owned() else {
             return;
-        }
-        let events = self.bus.take_pending();
-        if events.is_empty() {
-            return;
-        }
-        self.flushing = true;
-        let writer = self.writer.clone();
-        let bus = self.bus.clone();
-        let done = async move {
-            let n = events.len();
-            match writer
-                .send(Call(Write(store::InsertEvents {
-                    events: events.clone(),
-                })))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!("writing {n} events to the log: {e}; will retry");
-                    bus.requeue(events);
-                }
-                Err(e) => {
-                    tracing::warn!("writing {n} events to the log: {e}; will retry");
-                    bus.requeue(events);
-                }
-            }
         };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(done).map(|_, act, _| act.flushing = false));
+        if self.bus.lock().pending.is_empty() {
+            return;
+        }
+        let bus = self.bus.clone();
+        let writer = self.writer.clone();
+        actix_rt::spawn(async move {
+            // A failure is logged, and the batch is back in the buffer for the next flush.
+            let _ = bus.write_batch(&writer, &slot).await;
+        });
     }
 
     fn prune(&mut self) {
@@ -306,15 +372,15 @@ impl Supervise for EventBusActor {
     }
 
     fn reset(&mut self, _: &mut Context<Self>) -> anyhow::Result<()> {
-        // Events in a flush that was under way went back to the bus on failure, or were written.
-        self.flushing = false;
+        // Nothing to rebuild: a write under way is not the actor's (see `flush`); it still
+        // holds the bus's flush slot, and its batch is written or put back in the buffer.
         Ok(())
     }
 
     fn on_started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(
             Duration::from_millis(self.cfg.flush_interval_ms.max(10)),
-            |act, ctx| act.flush(ctx),
+            |act, _| act.flush(),
         );
         self.prune();
         ctx.run_interval(
@@ -333,15 +399,18 @@ impl crate::supervise::Request for FlushEvents {
 
 impl Handle<FlushEvents> for EventBusActor {
     fn handle(&mut self, _: FlushEvents, _: &mut Context<Self>) -> Reply<()> {
-        let events = self.bus.take_pending();
+        let bus = self.bus.clone();
         let writer = self.writer.clone();
         Reply::later(async move {
-            if !events.is_empty() {
-                writer
-                    .send(Call(Write(store::InsertEvents { events })))
-                    .await
-                    .map_err(|e| crate::ActorError::internal("flushing events", e))??;
-            }
+            // After the write under way, if any: a batch it fails to write is back in the
+            // buffer by then, and is written here.
+            let slot = bus
+                .flush_slot
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| crate::ActorError::internal("flushing events", e))?;
+            while bus.write_batch(&writer, &slot).await? {}
             Ok(())
         })
     }
@@ -395,7 +464,113 @@ mod tests {
         assert_eq!(q.0.iter().map(|e| e.seq).collect::<Vec<_>>(), [42, 43]);
         assert_eq!(only_breakers.lock().0.len(), 1);
         assert_eq!(other_project.lock().0.len(), 0);
-        assert_eq!(bus.take_pending().len(), 2);
+        assert_eq!(bus.take_batch(usize::MAX).0.len(), 2);
+    }
+
+    #[test]
+    fn the_log_buffer_keeps_the_newest_and_a_failed_batch_goes_back_in_front() {
+        let bus = Bus::new();
+        for i in 0..MAX_PENDING + 5 {
+            bus.publish(turn(&i.to_string()));
+        }
+        let seqs = |events: &[Arc<Event>]| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        let (batch, dropped) = bus.take_batch(3);
+        assert_eq!(dropped, 5);
+        assert_eq!(seqs(&batch), [6, 7, 8], "the oldest five were dropped");
+        bus.publish(turn("late"));
+        bus.requeue(batch);
+        let (all, dropped) = bus.take_batch(usize::MAX);
+        assert_eq!(dropped, 1, "putting the batch back made one too many");
+        assert_eq!(all.len(), MAX_PENDING);
+        assert_eq!(all.first().map(|e| e.seq), Some(7));
+        assert!(
+            all.windows(2).all(|w| w[0].seq + 1 == w[1].seq),
+            "in order, with the late one last"
+        );
+        assert_eq!(all.last().map(|e| e.seq), Some(MAX_PENDING as u64 + 6));
+    }
+
+    /// Wait until `cond` holds; fail after a minute (which only bounds a hang).
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The count of events with sequence number `seq` in the log.
+    fn logged(conn: &rusqlite::Connection, seq: u64) -> i64 {
+        conn.query_row("SELECT count(*) FROM events WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    /// A restart of the actor while its write is at the writer loses nothing, even when that
+    /// write then fails: the batch is put back, and written by a later flush.
+    #[actix_rt::test]
+    async fn a_restart_during_a_write_loses_no_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = store::db_path(dir.path());
+        let health = crate::supervise::HealthRegistry::new(Default::default());
+        // The writer on a thread of its own (as in the daemon), since it will block on a lock.
+        let writer = crate::writer::WriterActor::new(
+            health.register("writer"),
+            db.clone(),
+            crate::config::WriterConfig {
+                busy_timeout_ms: 60_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let arbiter = Arbiter::new();
+        let writer = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| writer);
+        // Hold the database's write lock: the writer's next write waits for it.
+        let lock = rusqlite::Connection::open(&db).unwrap();
+        lock.busy_timeout(Duration::from_secs(30)).unwrap();
+        lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+        let bus = Bus::new();
+        let actor = EventBusActor::new(
+            health.register("eventbus"),
+            bus.clone(),
+            writer.clone(),
+            EventsConfig {
+                flush_interval_ms: 10,
+                ..Default::default()
+            },
+        );
+        let actor = Supervisor::start(move |_| actor);
+        bus.publish(turn("a"));
+        // Taken by a flush: its write is at the writer, which waits for the lock.
+        until("a flush to take the event", || {
+            bus.lock().pending.is_empty()
+        })
+        .await;
+        actor
+            .send(Call(crate::supervise::Crash))
+            .await
+            .unwrap()
+            .unwrap_err();
+        // The write now fails (and would go on failing), then, once the trigger is gone,
+        // succeeds.
+        lock.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'refused'); END;
+             COMMIT",
+        )
+        .unwrap();
+        until("the failed batch to be back in the buffer", || {
+            !bus.lock().pending.is_empty()
+        })
+        .await;
+        assert_eq!(logged(&lock, 1), 0);
+        lock.execute_batch("DROP TRIGGER refuse").unwrap();
+        until("the event to be in the log", || logged(&lock, 1) == 1).await;
+        arbiter.stop();
     }
 
     #[test]

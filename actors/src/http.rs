@@ -6,11 +6,20 @@
 //! from a bus subscription. It binds 127.0.0.1:3000 by default; a non-loopback address is
 //! refused at start unless `http.token` is set, and with a token every request must carry
 //! `Authorization: Bearer <token>`.
+//!
+//! What a client can make it hold is bounded, since without a token any local user may connect:
+//! at most `http.max_connections` connections (one descriptor each, counted in the daemon's
+//! open-file budget; past it new ones wait in the listen backlog), of which at most
+//! `http.max_event_streams` are `/api/events` streams (past it: 503). A stream's queue holds
+//! [`STREAM_QUEUE`] events, shared with the bus rather than copied, and an idle stream is sent a
+//! comment every [`KEEPALIVE`], so that a client that went away is noticed (the write fails) and
+//! its slot and subscription are freed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::http::StatusCode;
@@ -19,6 +28,8 @@ use bytes::Bytes;
 use ccd_protocol::types::{self, ActorState, EventFilter, EventKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +47,12 @@ pub struct HttpConfig {
     pub bind: String,
     /// Required for a non-loopback bind; when set, every request must send it as a bearer token.
     pub token: String,
+    /// Most connections open at once (one file descriptor each); past it new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
+    /// Most `/api/events` streams open at once; past it, 503. Less than `max_connections`, so
+    /// that streams never take every connection.
+    pub max_event_streams: usize,
 }
 
 impl Default for HttpConfig {
@@ -44,11 +61,42 @@ impl Default for HttpConfig {
             enabled: true,
             bind: "127.0.0.1:3000".into(),
             token: String::new(),
+            max_connections: 256,
+            max_event_streams: 64,
         }
     }
 }
 
 impl HttpConfig {
+    /// File descriptors the API may hold for connections: one each, when it is on.
+    pub fn connection_fds(&self) -> u64 {
+        if self.enabled {
+            self.max_connections as u64
+        } else {
+            0
+        }
+    }
+
+    /// Lower `max_connections` to `room` (at least 2) if it is more, and `max_event_streams`
+    /// below it; says what was lowered.
+    pub fn fit_connections(&mut self, room: u64) -> Option<String> {
+        let room = usize::try_from(room).unwrap_or(usize::MAX).max(2);
+        if !self.enabled || self.max_connections <= room {
+            return None;
+        }
+        let was = (self.max_connections, self.max_event_streams);
+        self.max_connections = room;
+        self.max_event_streams = self.max_event_streams.min(room - 1);
+        let mut said = format!("http.max_connections lowered from {} to {room}", was.0);
+        if self.max_event_streams != was.1 {
+            said.push_str(&format!(
+                ", http.max_event_streams from {} to {}",
+                was.1, self.max_event_streams
+            ));
+        }
+        Some(said)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if !self.enabled {
             return Ok(());
@@ -213,7 +261,7 @@ impl Metrics {
         let bus = bus.clone();
         actix_rt::spawn(async move {
             loop {
-                let (events, missed) = sub.next_batch().await;
+                let (events, missed) = sub.next_shared().await;
                 if missed > 0 {
                     tracing::warn!(missed, "metrics fell behind the event bus");
                 }
@@ -236,7 +284,11 @@ struct State {
     reader: Reader,
     bus: Bus,
     metrics: Arc<Metrics>,
-    token: Arc<str>,
+    /// SHA-256 of `Bearer <http.token>`; `None` without a token.
+    token: Option<[u8; 32]>,
+    /// `/api/events` streams open now, and the most allowed.
+    streams: Arc<AtomicUsize>,
+    max_streams: usize,
     started: Instant,
 }
 
@@ -265,7 +317,7 @@ impl State {
     /// The answer refusing `req`, if it may not be answered: with no token, only requests
     /// addressed to a loopback name are; with a token, only those that carry it.
     fn refusal(&self, req: &HttpRequest) -> Option<HttpResponse> {
-        if self.token.is_empty() {
+        let Some(expected) = &self.token else {
             return match req.headers().get("host").and_then(|h| h.to_str().ok()) {
                 Some(host) if is_loopback_host(host) => None,
                 other => Some(HttpResponse::Forbidden().json(json!({
@@ -277,17 +329,23 @@ impl State {
                     )
                 }))),
             };
-        }
-        (!self.authorized(req)).then(unauthorized)
+        };
+        (!authorized(req, expected)).then(unauthorized)
     }
+}
 
-    fn authorized(&self, req: &HttpRequest) -> bool {
-        let expected = format!("Bearer {}", self.token);
-        req.headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == expected)
-    }
+/// `req` carries the bearer token whose `Bearer <token>` hashes to `expected`. The digests are
+/// compared in constant time, so the time taken says nothing about how much of a guess was
+/// right; hashing first hides the token's length too.
+fn authorized(req: &HttpRequest, expected: &[u8; 32]) -> bool {
+    req.headers().get("authorization").is_some_and(|v| {
+        let given: [u8; 32] = Sha256::digest(v.as_bytes()).into();
+        bool::from(given.ct_eq(expected))
+    })
+}
+
+fn bearer_digest(token: &str) -> Option<[u8; 32]> {
+    (!token.is_empty()).then(|| Sha256::digest(format!("Bearer {token}")).into())
 }
 
 /// `host` (a Host header: name and optional port) names this machine's loopback interface.
@@ -438,6 +496,11 @@ async fn prometheus(req: HttpRequest, st: web::Data<State>) -> HttpResponse {
         "ccd_event_subscribers {}\n",
         st.bus.subscriber_count()
     ));
+    out.push_str("# HELP ccd_http_event_streams Open /api/events streams (at most http.max_event_streams).\n# TYPE ccd_http_event_streams gauge\n");
+    out.push_str(&format!(
+        "ccd_http_event_streams {}\n",
+        st.streams.load(Ordering::Relaxed)
+    ));
     out.push_str("# HELP ccd_uptime_seconds Time since the daemon started.\n# TYPE ccd_uptime_seconds gauge\n");
     out.push_str(&format!(
         "ccd_uptime_seconds {}\n",
@@ -494,6 +557,15 @@ struct EventsQuery {
     types: Option<String>,
 }
 
+/// How often an event stream with nothing to send gets an SSE comment line. A client that went
+/// away is noticed only when a write to it fails, so this bounds how long its stream keeps its
+/// slot and its bus subscription (one or two of these).
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// Undelivered events an event stream may have before it loses the oldest (and is sent
+/// `lagged`). Smaller than `events.subscriber_queue`: anyone local may open a stream.
+const STREAM_QUEUE: usize = 256;
+
 async fn api_events(
     req: HttpRequest,
     st: web::Data<State>,
@@ -516,38 +588,38 @@ async fn api_events(
         return HttpResponse::BadRequest()
             .json(json!({ "error": format!("unknown event type `{bad}`") }));
     }
+    let Some(slot) = StreamSlot::take(&st.streams, st.max_streams) else {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("retry-after", "5"))
+            .json(json!({
+                "error": format!(
+                    "too many event streams: {} are open, the most http.max_event_streams \
+                     allows; try again when one closes",
+                    st.max_streams
+                )
+            }));
+    };
     let sub = st.bus.subscribe(
         u64::MAX - 2,
         EventFilter {
             types,
             ..Default::default()
         },
-        4096,
+        STREAM_QUEUE,
     );
-    // The stream owns the subscription: when actix-web drops it (the client went away, noticed
-    // at the latest on the next write), the guard takes the subscriber off the bus.
+    // The stream owns the subscription and the slot: when actix-web drops it (the client went
+    // away, noticed when a write to it fails), the guard takes the subscriber off the bus.
     let sub = Subscription {
         sub,
         bus: st.bus.clone(),
+        _slot: slot,
     };
     let stream = futures_util::stream::unfold(sub, |sub| async move {
-        let (events, missed) = sub.sub.next_batch().await;
-        let mut chunk = String::new();
-        if missed > 0 {
-            chunk.push_str(&format!(
-                "event: lagged\ndata: {}\n\n",
-                json!({ "missed": missed })
-            ));
-        }
-        for e in events {
-            let data = serde_json::to_string(&e).unwrap_or_default();
-            chunk.push_str(&format!(
-                "id: {}\nevent: {}\ndata: {data}\n\n",
-                e.seq,
-                e.kind.type_name()
-            ));
-        }
-        Some((Ok::<_, actix_web::Error>(Bytes::from(chunk)), sub))
+        let chunk = match tokio::time::timeout(KEEPALIVE, sub.sub.next_shared()).await {
+            Ok((events, missed)) => sse_chunk(&events, missed),
+            Err(_) => Bytes::from_static(b": keep-alive\n\n"),
+        };
+        Some((Ok::<_, actix_web::Error>(chunk), sub))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -555,10 +627,50 @@ async fn api_events(
         .streaming(stream)
 }
 
+/// Events (after a `lagged` notice if some were missed) as Server-Sent Events.
+fn sse_chunk(events: &[Arc<types::Event>], missed: u64) -> Bytes {
+    let mut chunk = String::new();
+    if missed > 0 {
+        chunk.push_str(&format!(
+            "event: lagged\ndata: {}\n\n",
+            json!({ "missed": missed })
+        ));
+    }
+    for e in events {
+        let data = serde_json::to_string(&**e).unwrap_or_default();
+        chunk.push_str(&format!(
+            "id: {}\nevent: {}\ndata: {data}\n\n",
+            e.seq,
+            e.kind.type_name()
+        ));
+    }
+    Bytes::from(chunk)
+}
+
+/// One of the `http.max_event_streams` places, given back when dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<StreamSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| StreamSlot(open.clone()))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An SSE client's place on the bus, removed when the response stream is dropped.
 struct Subscription {
     sub: Arc<crate::eventbus::Subscriber>,
     bus: Bus,
+    _slot: StreamSlot,
 }
 
 impl Drop for Subscription {
@@ -581,7 +693,9 @@ pub fn start(
         reader,
         bus,
         metrics,
-        token: Arc::from(cfg.token.as_str()),
+        token: bearer_digest(&cfg.token),
+        streams: Arc::default(),
+        max_streams: cfg.max_event_streams,
         started: Instant::now(),
     };
     let server = HttpServer::new(move || {
@@ -593,6 +707,9 @@ pub fn start(
             .route("/api/events", web::get().to(api_events))
     })
     .workers(1)
+    // Per worker, and there is one: the API's descriptors stay within what the daemon keeps
+    // for it (`reserved_fds` in src/daemon.rs).
+    .max_connections(cfg.max_connections)
     .disable_signals()
     .shutdown_timeout(1)
     .bind(&cfg.bind)
@@ -632,5 +749,35 @@ mod tests {
         ] {
             assert!(!super::is_loopback_host(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn stream_slots_are_counted_and_given_back() {
+        let open = std::sync::Arc::default();
+        let a = super::StreamSlot::take(&open, 2).unwrap();
+        let _b = super::StreamSlot::take(&open, 2).unwrap();
+        assert!(super::StreamSlot::take(&open, 2).is_none());
+        drop(a);
+        assert!(super::StreamSlot::take(&open, 2).is_some());
+    }
+
+    #[test]
+    fn fitting_lowers_connections_and_keeps_streams_below_them() {
+        let mut cfg = super::HttpConfig::default();
+        assert_eq!(cfg.fit_connections(1_000), None);
+        assert_eq!(
+            cfg.fit_connections(60).as_deref(),
+            Some(
+                "http.max_connections lowered from 256 to 60, http.max_event_streams from 64 to 59"
+            )
+        );
+        assert_eq!((cfg.max_connections, cfg.max_event_streams), (60, 59));
+        assert_eq!(
+            cfg.fit_connections(0).as_deref(),
+            Some("http.max_connections lowered from 60 to 2, http.max_event_streams from 59 to 1")
+        );
+        cfg.enabled = false;
+        assert_eq!(cfg.connection_fds(), 0);
+        assert_eq!(cfg.fit_connections(0), None);
     }
 }

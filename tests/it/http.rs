@@ -223,6 +223,9 @@ fn a_token_guards_every_request() {
     let (_d, addr) = http_daemon("token = \"s3cret\"\n");
     assert_eq!(get(&addr, "/health", None).0, 401);
     assert_eq!(get(&addr, "/metrics", Some("wrong")).0, 401);
+    // A prefix of it, or it with more after it, is just as wrong.
+    assert_eq!(get(&addr, "/metrics", Some("s3cre")).0, 401);
+    assert_eq!(get(&addr, "/metrics", Some("s3cret2")).0, 401);
     assert_eq!(get(&addr, "/health", Some("s3cret")).0, 200);
 }
 
@@ -259,4 +262,175 @@ fn without_a_token_only_requests_to_a_loopback_name_are_answered() {
     // Addressed to 127.0.0.1 (as `get` does) it is served.
     let (status, _, _) = get(&addr, "/api/stats", None);
     assert_eq!(status, 200);
+}
+
+/// Open `/api/events` on a connection of its own: the status, and the stream, its head read
+/// (so a stream that should have been refused cannot hang the test).
+fn open_events(addr: &str) -> (u16, BufReader<TcpStream>) {
+    let (status, _, r) = open_events_head(addr);
+    (status, r)
+}
+
+/// [`open_events`], with the head's lines (lowercase).
+fn open_events_head(addr: &str) -> (u16, String, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+    let mut head = String::new();
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "the head ended early");
+        if line == "\r\n" {
+            return (status, head, r);
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+}
+
+/// A gauge's value from /metrics.
+fn gauge(addr: &str, name: &str) -> u64 {
+    let (status, _, body) = get(addr, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn event_streams_are_capped_and_a_client_that_left_makes_room() {
+    let (d, addr) = http_daemon("max_event_streams = 2\n");
+    let mut streams: Vec<_> = (0..2)
+        .map(|_| {
+            let (status, r) = open_events(&addr);
+            assert_eq!(status, 200);
+            r
+        })
+        .collect();
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    let (status, head, mut r) = open_events_head(&addr);
+    assert_eq!(status, 503, "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .unwrap_or_else(|| panic!("no content-length in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).unwrap();
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains("http.max_event_streams"), "{body}");
+    // Other requests are still answered, on the socket and over HTTP.
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    assert_eq!(get(&addr, "/health", None).0, 200);
+    assert_eq!(gauge(&addr, "ccd_http_event_streams"), 2);
+
+    // A client that goes away without a word, while nothing is published: the keep-alive
+    // comments written to its stream find out, and free its place.
+    drop(streams.pop());
+    let mut reopened = None;
+    wait_until(
+        "the departed client's stream to make room",
+        Duration::from_secs(60),
+        || {
+            assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+            match open_events(&addr) {
+                (200, r) => reopened = Some(r),
+                (503, _) => std::thread::sleep(Duration::from_millis(100)),
+                (other, _) => panic!("status {other}"),
+            }
+            reopened.is_some()
+        },
+    );
+    let mut reopened = reopened.unwrap();
+    assert_eq!(gauge(&addr, "ccd_http_event_streams"), 2);
+    // An idle stream is sent comments (which SSE clients ignore).
+    let mut line = String::new();
+    while !line.starts_with(": keep-alive") {
+        line.clear();
+        assert!(
+            reopened.read_line(&mut line).unwrap() > 0,
+            "the stream ended"
+        );
+    }
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+/// Connections to the HTTP API the daemon has accepted: those on its port with a socket
+/// (connections still in the listen backlog have none, inode 0). Counted by inode, since a
+/// read of /proc/net/tcp while sockets come and go may show one twice.
+fn accepted_http_connections(addr: &str) -> usize {
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next()?;
+            (u16::from_str_radix(local_port, 16) == Ok(port) && f[3] == "01" && f[9] != "0")
+                .then(|| f[9].to_string())
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+#[test]
+fn http_connections_are_capped_and_the_rest_wait() {
+    let (d, addr) = http_daemon("max_connections = 4\nmax_event_streams = 2\n");
+    let _streams: Vec<_> = (0..2).map(|_| open_events(&addr).1).collect();
+    // More idle connections than are left: the daemon takes two, the rest wait for room.
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    wait_until(
+        "the daemon to accept up to its limit",
+        Duration::from_secs(30),
+        || accepted_http_connections(&addr) >= 4,
+    );
+    for _ in 0..20 {
+        let n = accepted_http_connections(&addr);
+        assert!(
+            n <= 4,
+            "{n} connections accepted, past http.max_connections"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+    // Once they leave, a waiting client is served.
+    drop(idle);
+    assert_eq!(get(&addr, "/health", None).0, 200);
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+#[test]
+fn http_limits_are_validated() {
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .config("[http]\nbind = \"127.0.0.1:0\"\nmax_connections = 8\nmax_event_streams = 8\n")
+        .prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "`http.max_event_streams` must be at least 1 and less than `http.max_connections`"
+        ),
+        "{err}"
+    );
+    let d = Daemon::builder().prepare();
+    let shown = d.ccd_ok(&["config", "show"]);
+    for key in ["http.max_connections", "http.max_event_streams"] {
+        assert!(shown.contains(key), "{key} missing from:\n{shown}");
+    }
 }

@@ -11,9 +11,8 @@ use crate::common::*;
 /// (64 + 4 per executor; 4 executors), room for (200 - 80) / 2 = 60 connections.
 const NOFILE: u64 = 200;
 
-#[test]
-fn idle_connections_never_lock_new_clients_out_under_a_low_open_file_limit() {
-    let d = Daemon::builder().prepare();
+/// Start `d`'s daemon under an open-file limit of [`NOFILE`].
+fn start_under_nofile(d: &Daemon) {
     let mut start = d.command(&["daemon", "start"]);
     // SAFETY: the closure runs in the child between fork and exec; it only calls setrlimit(2),
     // which is async-signal-safe, on a value on its own stack.
@@ -31,6 +30,12 @@ fn idle_connections_never_lock_new_clients_out_under_a_low_open_file_limit() {
     }
     let out = start.output().expect("running ccd daemon start");
     assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn idle_connections_never_lock_new_clients_out_under_a_low_open_file_limit() {
+    let d = Daemon::builder().prepare();
+    start_under_nofile(&d);
 
     // More connections than the 200 descriptors could hold even at one each: without the cap,
     // accept(2) fails with EMFILE, the backlog fills, and new clients wait forever. The clients
@@ -52,6 +57,43 @@ fn idle_connections_never_lock_new_clients_out_under_a_low_open_file_limit() {
     // The idle ones were closed oldest first to make room; the newest are still served.
     let mut newest = idle.into_iter().last().expect("connections");
     assert_eq!(newest.call("system.ping", json!({})).unwrap(), "pong");
+}
+
+/// The HTTP API's connections (one descriptor each) come out of the same budget: it gets at most
+/// half of the 120 left, 60, and the socket's connections (two each) share the other half.
+#[test]
+fn http_connections_are_counted_in_the_open_file_budget() {
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", "127.0.0.1:0")
+        .prepare();
+    start_under_nofile(&d);
+    let config = d.call("system.config", json!({})).unwrap();
+    let value = |key: &str| {
+        config["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {config}"))
+            .clone()
+    };
+    for (key, now, was) in [
+        ("http.max_connections", 60, 256),
+        ("http.max_event_streams", 59, 64),
+        ("ipc.max_connections", 30, 1024),
+    ] {
+        let v = value(key);
+        assert_eq!(v["value"], now, "{v}");
+        assert!(
+            v["source"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("then lowered at start (was {was})")),
+            "{v}"
+        );
+    }
+    d.log_containing("http.max_connections lowered from 256 to 60");
 }
 
 /// Settings committed so far, read straight from the database.

@@ -1,14 +1,17 @@
 //! The persisted event log: batched inserts from the event bus, pruning, and reads.
 
+use std::sync::Arc;
+
 use ccd_protocol::types::Event;
 use rusqlite::{Connection, params};
 
 use super::{ExecCached, WriteOp, db_err, rfc3339_to_ms};
 use crate::error::ActorError;
 
-/// A batch of published events, written in one transaction.
+/// A batch of published events, written in one transaction. The batch is shared (the bus
+/// shares each event with its subscribers, and keeps the batch to put back if the write fails).
 pub struct InsertEvents {
-    pub events: Vec<Event>,
+    pub events: Arc<Vec<Arc<Event>>>,
 }
 
 impl WriteOp for InsertEvents {
@@ -18,7 +21,7 @@ impl WriteOp for InsertEvents {
     }
 }
 
-pub fn insert_events(conn: &Connection, events: &[Event]) -> Result<(), ActorError> {
+pub fn insert_events(conn: &Connection, events: &[Arc<Event>]) -> Result<(), ActorError> {
     let mut st = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO events (seq, ts, type, session_id, project, subject, data)
@@ -26,7 +29,7 @@ pub fn insert_events(conn: &Connection, events: &[Event]) -> Result<(), ActorErr
         )
         .map_err(db_err("preparing the event insert"))?;
     for e in events {
-        let data = serde_json::to_string(e)
+        let data = serde_json::to_string(&**e)
             .map_err(|err| ActorError::internal("encoding an event", err))?;
         st.execute(params![
             e.seq as i64,
