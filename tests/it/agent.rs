@@ -1041,15 +1041,10 @@ fn non_json_lines_from_the_agent_are_skipped_and_logged() {
 
 #[test]
 fn the_agents_stderr_reaches_the_error_and_the_log() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("agent");
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
-         cat > /dev/null\necho 'warming up' >&2\necho 'fatal: no credentials found' >&2\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (_dir, agent) = script_agent(
+        "cat > /dev/null\necho 'warming up' >&2\necho 'fatal: no credentials found' >&2\nexit 3",
+        &[],
+    );
     let d = Daemon::builder()
         .env("CCD_AGENT_CMD", agent.to_str().unwrap())
         .start();
@@ -1075,20 +1070,15 @@ fn the_agents_stderr_reaches_the_error_and_the_log() {
 
 #[test]
 fn stderr_that_is_not_utf8_or_floods_is_read_to_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("agent");
     // A byte that is not UTF-8, then far more than a pipe holds (reading that stopped at the
     // bad byte left the agent to die of SIGPIPE), a line over the kept length, the reason.
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
-         cat > /dev/null\nprintf 'caf\\351\\n' >&2\n\
+    let (_dir, agent) = script_agent(
+        "cat > /dev/null\nprintf 'caf\\351\\n' >&2\n\
          i=0; while [ $i -lt 3000 ]; do echo \"flood line $i: 0123456789012345678901234567890123456789012345678901234567890123456789\" >&2; i=$((i+1)); done\n\
          head -c 10000 /dev/zero | tr '\\0' y >&2; echo >&2\n\
-         echo 'fatal: after the flood' >&2\nexit 3\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+         echo 'fatal: after the flood' >&2\nexit 3",
+        &[],
+    );
     let d = Daemon::builder()
         .env("CCD_AGENT_CMD", agent.to_str().unwrap())
         .start();
@@ -1191,30 +1181,18 @@ fn ctrl_c_in_batch_cancels_what_runs_and_keeps_what_finished() {
     let file = dir.path().join("prompts.txt");
     std::fs::write(&file, "one\ntwo\nthree\nfour\n").unwrap();
     let out_file = dir.path().join("results.jsonl");
-    let mut child = d
-        .command(&[
-            "batch",
-            file.to_str().unwrap(),
-            "--concurrency",
-            "1",
-            "--output",
-            out_file.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_batch(&d, &file, &out_file, &["--concurrency", "1"]);
     // Once the first result is written, the API starts hanging: the second prompt never ends.
     wait_until("the first result", Duration::from_secs(60), || {
         std::fs::read_to_string(&out_file).is_ok_and(|t| t.lines().count() >= 1)
     });
     d.mock.set_behaviour(Behaviour::Hang);
     assert!(d.mock.wait_for_requests(2, Duration::from_secs(60)));
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "an interrupted batch is an error");
+    assert_eq!(
+        interrupt(&mut child),
+        Some(1),
+        "an interrupted batch is an error"
+    );
     let results: Vec<Value> = std::fs::read_to_string(&out_file)
         .unwrap()
         .lines()
@@ -1277,28 +1255,6 @@ fn session_list_pages_newest_first() {
         let e = d.call("session.list", bad.clone()).unwrap_err();
         assert_eq!(code(&e), -32602, "{bad}: {e}");
     }
-}
-
-/// A stand-in for the CLI that answers `--version`, then runs the shell script `body` with
-/// `$here` set to its own directory (where `files` are written first). Lives as long as the
-/// returned directory.
-fn script_agent(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, contents) in files {
-        std::fs::write(dir.path().join(name), contents).unwrap();
-    }
-    let agent = dir.path().join("agent");
-    std::fs::write(
-        &agent,
-        format!(
-            "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
-             if [ \"$1\" = \"--version\" ]; then env > \"$here/version.env\"; echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
-             {body}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (dir, agent)
 }
 
 /// The variable names in an `env` dump.
@@ -1511,45 +1467,28 @@ fn a_huge_reported_cost_cannot_make_totals_infinite() {
 
 #[test]
 fn ctrl_c_in_batch_cancels_queries_that_have_not_said_anything_yet() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = dir.path().join("agent");
     // An agent that prints nothing for a long time: the batch never learns its query's id.
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nif [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
-         cat > /dev/null\nexec sleep 600\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (dir, agent) = script_agent("cat > /dev/null\nexec sleep 600", &[]);
     let d = Daemon::builder()
         .env("CCD_AGENT_CMD", agent.to_str().unwrap())
         .start();
     let file = dir.path().join("prompts.txt");
     std::fs::write(&file, "one\ntwo\n").unwrap();
     let out_file = dir.path().join("results.jsonl");
-    let mut child = d
-        .command(&[
-            "batch",
-            file.to_str().unwrap(),
-            "--concurrency",
-            "2",
-            "--timeout",
-            "90s",
-            "--output",
-            out_file.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_batch(
+        &d,
+        &file,
+        &out_file,
+        &["--concurrency", "2", "--timeout", "90s"],
+    );
     wait_until("both queries to run", Duration::from_secs(60), || {
         d.call("system.health", json!({})).unwrap()["executor"]["busy"] == 2
     });
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(1), "an interrupted batch is an error");
+    assert_eq!(
+        interrupt(&mut child),
+        Some(1),
+        "an interrupted batch is an error"
+    );
     // The daemon saw the batch hang up and cancelled both runs.
     wait_until("both runs to be cancelled", Duration::from_secs(30), || {
         let sessions = d.call("session.list", json!({})).unwrap();
@@ -1568,4 +1507,33 @@ fn ctrl_c_in_batch_cancels_queries_that_have_not_said_anything_yet() {
         d.call("system.health", json!({})).unwrap()["executor"]["busy"],
         0
     );
+}
+
+/// `ccd batch FILE --output OUT ARGS...`, running.
+fn spawn_batch(
+    d: &Daemon,
+    file: &std::path::Path,
+    out: &std::path::Path,
+    args: &[&str],
+) -> std::process::Child {
+    let mut all = vec![
+        "batch",
+        file.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    d.command(&all)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C (SIGINT) to `child`; its exit code.
+fn interrupt(child: &mut std::process::Child) -> Option<i32> {
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap().code()
 }

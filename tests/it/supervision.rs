@@ -600,23 +600,15 @@ fn a_panic_in_each_actor_restarts_it_while_every_other_request_is_answered() {
 #[test]
 fn runs_that_end_while_the_pool_is_failed_give_their_executors_back() {
     // Two agents that wait for a file, so the test decides when they end.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("transcript.jsonl"),
-        include_str!("../../protocol/fixtures/text.jsonl"),
-    )
-    .unwrap();
-    let agent = dir.path().join("agent");
-    std::fs::write(
-        &agent,
-        "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
-         if [ \"$1\" = \"--version\" ]; then echo 0.0.0; exit 0; fi\n\
-         cat > /dev/null\ntouch \"$here/started.$$\"\n\
+    let (dir, agent) = script_agent(
+        "cat > /dev/null\ntouch \"$here/started.$$\"\n\
          while [ ! -e \"$here/release\" ]; do sleep 0.05; done\n\
-         cat \"$here/transcript.jsonl\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+         cat \"$here/transcript.jsonl\"",
+        &[(
+            "transcript.jsonl",
+            include_str!("../../protocol/fixtures/text.jsonl"),
+        )],
+    );
     // The failed pool is retried after 3 s: the runs end well before that.
     let d = Daemon::builder()
         .fault_injection()
