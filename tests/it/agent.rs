@@ -710,10 +710,7 @@ fn arguments_over_the_kernels_limit_fail_the_query_without_blaming_the_agent() {
     // The project's environment is not bounded by ccd; the kernel refuses to start the agent
     // with it. That is no fault of the agent's: not retried, not counted by its breaker.
     let (_dir, agent) = stub_agent(TEXT_TRANSCRIPT);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config("[breaker]\nconsecutive_failures = 2\n")
-        .start();
+    let d = agent_at(&agent, "[breaker]\nconsecutive_failures = 2\n");
     let work = tempfile::tempdir().unwrap();
     d.call(
         "project.create",
@@ -976,10 +973,7 @@ fn a_client_slow_to_read_still_gets_every_event() {
     transcript.push_str(fixture[4]);
     transcript.push('\n');
     let (dir, agent) = stub_agent(&transcript);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config("[ipc]\nmax_inflight_per_connection = 1\n")
-        .start();
+    let d = agent_at(&agent, "[ipc]\nmax_inflight_per_connection = 1\n");
 
     let mut c = d.connect();
     let id = c.request("query.run", json!({"prompt": "x", "stream": true}));
@@ -1020,9 +1014,7 @@ fn non_json_lines_from_the_agent_are_skipped_and_logged() {
         lines[0], lines[1], lines[2]
     );
     let (_dir, agent) = stub_agent(&transcript);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
     let expected: Value = serde_json::from_str(lines[2]).unwrap();
     assert_eq!(r["result"], expected["result"]);
@@ -1045,9 +1037,7 @@ fn the_agents_stderr_reaches_the_error_and_the_log() {
         "cat > /dev/null\necho 'warming up' >&2\necho 'fatal: no credentials found' >&2\nexit 3",
         &[],
     );
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
     assert_eq!(code(&e), -32007, "{e}");
     assert!(
@@ -1079,9 +1069,7 @@ fn stderr_that_is_not_utf8_or_floods_is_read_to_the_end() {
          echo 'fatal: after the flood' >&2\nexit 3",
         &[],
     );
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
     assert_eq!(code(&e), -32007, "{e}");
     assert!(
@@ -1112,10 +1100,10 @@ fn an_agent_line_over_the_limit_fails_the_query_clearly() {
     );
     let transcript = format!("{}\n{huge}\n{}\n", lines[0], lines[2]);
     let (_dir, agent) = stub_agent(&transcript);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config("[executor]\nmax_line_bytes = 1048576\n[retry]\nmax_retries = 0\n")
-        .start();
+    let d = agent_at(
+        &agent,
+        "[executor]\nmax_line_bytes = 1048576\n[retry]\nmax_retries = 0\n",
+    );
     let e = d.call("query.run", json!({"prompt": "x"})).unwrap_err();
     assert_eq!(code(&e), -32007, "{e}");
     assert_eq!(class(&e), "non_retryable", "{e}");
@@ -1329,10 +1317,7 @@ fn a_finished_agent_whose_background_process_holds_stdout_is_not_a_timeout() {
         "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nsleep 600 &\necho $! > \"$here/bg.pid\"\nexit 0",
         &[("transcript.jsonl", TEXT_TRANSCRIPT)],
     );
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config("[retry]\nmax_retries = 0\n")
-        .start();
+    let d = agent_at(&agent, "[retry]\nmax_retries = 0\n");
     // A deadline longer than the connection's read timeout: a run held open until then fails
     // the test on its own.
     let r = d
@@ -1345,17 +1330,7 @@ fn a_finished_agent_whose_background_process_holds_stdout_is_not_a_timeout() {
     wait_until(
         "the agent's background process to be killed",
         Duration::from_secs(30),
-        || {
-            std::fs::read_to_string(format!("/proc/{bg}/stat"))
-                .map(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(true)
-        },
+        || is_zombie(bg.parse().unwrap()),
     );
 }
 
@@ -1367,10 +1342,7 @@ fn cancelling_an_agent_that_closed_its_stdout_but_runs_on_is_prompt() {
         "cat > /dev/null\ncat \"$here/transcript.jsonl\"\nexec >&-\ntouch \"$here/closed\"\nsleep 600",
         &[("transcript.jsonl", TEXT_TRANSCRIPT)],
     );
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config("[retry]\nmax_retries = 0\n")
-        .start();
+    let d = agent_at(&agent, "[retry]\nmax_retries = 0\n");
     let mut c = d.connect();
     let id = c.request(
         "query.run",
@@ -1420,9 +1392,7 @@ fn an_agents_text_is_kept_up_to_a_limit_and_marked_cut() {
     transcript.push_str(&result.to_string());
     transcript.push('\n');
     let (_dir, agent) = stub_agent(&transcript);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
     let text = r["result"].as_str().unwrap();
     let cut = text
@@ -1445,9 +1415,7 @@ fn a_huge_reported_cost_cannot_make_totals_infinite() {
     result["total_cost_usd"] = json!(1e308);
     let transcript = format!("{}\n{}\n{}\n", lines[0], lines[1], result);
     let (_dir, agent) = stub_agent(&transcript);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let first = d.call("query.run", json!({"prompt": "x"})).unwrap();
     let second = d
         .call(
@@ -1469,9 +1437,7 @@ fn a_huge_reported_cost_cannot_make_totals_infinite() {
 fn ctrl_c_in_batch_cancels_queries_that_have_not_said_anything_yet() {
     // An agent that prints nothing for a long time: the batch never learns its query's id.
     let (dir, agent) = script_agent("cat > /dev/null\nexec sleep 600", &[]);
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = agent_at(&agent, "");
     let file = dir.path().join("prompts.txt");
     std::fs::write(&file, "one\ntwo\n").unwrap();
     let out_file = dir.path().join("results.jsonl");
@@ -1536,4 +1502,12 @@ fn interrupt(child: &mut std::process::Child) -> Option<i32> {
         .status()
         .unwrap();
     child.wait().unwrap().code()
+}
+
+/// A daemon whose agent command is `agent`, with `config` as its config.toml.
+fn agent_at(agent: &std::path::Path, config: &str) -> Daemon {
+    Daemon::builder()
+        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .config(config)
+        .start()
 }

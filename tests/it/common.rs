@@ -187,7 +187,8 @@ impl Daemon {
     }
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// Whether `pid` is gone or a zombie (exited, not yet reaped).
+pub fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| s.split_whitespace().nth(2) == Some("Z"))
         .unwrap_or(true)
