@@ -526,17 +526,7 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
     }
     let (d, mount) = vfs_daemon();
     // Kill the unmount watchdog first, then the daemon: the mount is left behind, dead.
-    let helpers: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().into_string().ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("ccd-vfs-unmount-watchdog") && cmd.contains(mount.to_str().unwrap()))
-                .then_some(pid)
-        })
-        .collect();
+    let helpers = watchdogs(mount.to_str().unwrap());
     assert!(
         !helpers.is_empty(),
         "no unmount watchdog found for {}",
@@ -584,16 +574,9 @@ fn the_unmount_watchdog_does_not_inherit_the_daemons_secrets() {
     let st = d.call("vfs.status", json!({})).unwrap();
     assert_eq!(st["mounted"], true, "{st}");
     let mount = st["mountpoint"].as_str().unwrap().to_string();
-    let environs: Vec<Vec<u8>> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().into_string().ok()?;
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("ccd-vfs-unmount-watchdog") && cmd.contains(&mount))
-                .then(|| std::fs::read(format!("/proc/{pid}/environ")).ok())?
-        })
+    let environs: Vec<Vec<u8>> = watchdogs(&mount)
+        .iter()
+        .filter_map(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
         .collect();
     assert_eq!(environs.len(), 1, "one watchdog for {mount}");
     let names: Vec<String> = environs[0]
@@ -608,4 +591,18 @@ fn the_unmount_watchdog_does_not_inherit_the_daemons_secrets() {
         "{names:?}"
     );
     assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+}
+
+/// The pids of the unmount watchdogs of `mount`.
+fn watchdogs(mount: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().into_string().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("ccd-vfs-unmount-watchdog") && cmd.contains(mount)).then_some(pid)
+        })
+        .collect()
 }
