@@ -527,6 +527,12 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
             base.append(&mut obj);
             params = serde_json::from_value(Value::Object(base))
                 .map_err(|e| crate::cli::UsageError(format!("{}:{n}: {e}", args.file.display())))?;
+            // A line's `cwd` is the user's, relative to where `ccd batch` runs; the daemon takes
+            // only absolute paths.
+            if let Some(cwd) = &params.cwd {
+                let abs = std::path::absolute(cwd).with_context(|| format!("resolving {cwd}"))?;
+                params.cwd = Some(abs.to_string_lossy().into_owned());
+            }
         } else {
             params.prompt = trimmed.to_string();
         }

@@ -387,7 +387,10 @@ async fn serve(
         shutdown,
         ccd_actors::server::Drain {
             timeout: drain,
-            cancel: Box::new(move || query.cancel_all()),
+            cancel: Box::new({
+                let query = query.clone();
+                move || query.cancel_all()
+            }),
             // A cancelled agent gets its kill grace to exit, then its turn is recorded.
             cancel_grace: Duration::from_millis(config.executor.kill_grace_ms)
                 + Duration::from_secs(2),
@@ -403,6 +406,7 @@ async fn serve(
         });
         tracing::info!("agent filesystem unmounted");
     }
+    query.refusals_recorded(drain).await;
     bus.publish(EventKind::DaemonStopping {
         pid: std::process::id(),
     });

@@ -306,6 +306,19 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// Write what is pending, batch after batch, so that a flush keeps up with however many
+    /// events were published since the last one. A failure is logged, and its batch is back
+    /// in the buffer for the next flush.
+    async fn write_pending(&self, writer: &Addr<WriterActor>, slot: &OwnedSemaphorePermit) {
+        while let Ok(true) = self.write_batch(writer, slot).await {
+            if self.lock().pending.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The actor
 
@@ -344,8 +357,7 @@ impl EventBusActor {
         let bus = self.bus.clone();
         let writer = self.writer.clone();
         actix_rt::spawn(async move {
-            // A failure is logged, and the batch is back in the buffer for the next flush.
-            let _ = bus.write_batch(&writer, &slot).await;
+            bus.write_pending(&writer, &slot).await;
         });
     }
 
@@ -508,6 +520,26 @@ mod tests {
             r.get(0)
         })
         .unwrap()
+    }
+
+    /// One flush writes everything pending, however many batches that takes.
+    #[actix_rt::test]
+    async fn a_flush_keeps_up_with_more_than_a_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, db) = crate::writer::start_for_test(dir.path());
+        let bus = Bus::new();
+        let n = FLUSH_BATCH * 2 + 5;
+        for i in 0..n {
+            bus.publish(turn(&i.to_string()));
+        }
+        let slot = bus.flush_slot.clone().try_acquire_owned().unwrap();
+        bus.write_pending(&writer, &slot).await;
+        assert!(bus.lock().pending.is_empty());
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let count: i64 = conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, n as i64);
     }
 
     /// A restart of the actor while its write is at the writer loses nothing, even when that

@@ -1151,8 +1151,12 @@ pub mod validate {
     /// parser ignores an offset it does not understand: the offset is taken off here.
     fn rfc3339_ms(s: &str) -> Option<i64> {
         let s = s.to_ascii_uppercase();
+        // The time of day, after the date: where a zone would be.
+        let time = s.split_once(['T', ' ']).map_or("", |(_, t)| t);
         let (utc, offset_min) = match s.strip_suffix('Z') {
             Some(utc) => (utc, 0),
+            // No zone at all: read as UTC, as before offsets were read.
+            None if !time.contains(['+', '-']) => (s.as_str(), 0),
             None => {
                 let (utc, offset) = s.split_at_checked(s.len().checked_sub(6)?)?;
                 let b = offset.as_bytes();
@@ -1263,6 +1267,8 @@ pub mod validate {
             assert_eq!(at("2026-11-28T10:00:00-00:00"), utc);
             assert_eq!(at("2026-11-28t10:00:00z"), utc);
             assert_eq!(at("2026-11-28 10:00:00Z"), utc);
+            assert_eq!(at("2026-11-28T10:00:00"), utc, "no zone: UTC");
+            assert_eq!(at("2026-11-28 10:00:00"), utc);
             assert_eq!(at("2026-11-28T12:00:00.5+02:00"), utc + 500);
             let age = at("1h");
             let now = crate::store::now_ms();

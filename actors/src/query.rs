@@ -75,6 +75,8 @@ pub struct QueryService {
     busy_sessions: Arc<Mutex<HashSet<String>>>,
     /// Bytes of prompts of refused queries waiting to be recorded in the background.
     refusal_backlog: Arc<tokio::sync::Semaphore>,
+    /// Set by [`QueryService::cancel_all`]: the daemon is stopping.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// At most this many bytes of refused queries' prompts wait to be recorded in the background.
@@ -139,6 +141,7 @@ impl QueryService {
             running: Default::default(),
             busy_sessions: Default::default(),
             refusal_backlog: Arc::new(tokio::sync::Semaphore::new(REFUSAL_BACKLOG_BYTES as usize)),
+            stopping: Default::default(),
         }
     }
 
@@ -250,6 +253,13 @@ impl QueryService {
             ));
         }
 
+        // One query at a time per session: two would resume the same conversation at once and
+        // the later turn would silently drop the other's branch of it. Claimed before the
+        // session is read, so that what is read is what the last run left.
+        let mut _busy = match &p.session {
+            Some(id) => Some(SessionBusy::claim(&self.busy_sessions, id)?),
+            None => None,
+        };
         // An existing session to continue, if any: its project is the default place to run.
         let existing = match &p.session {
             Some(id) => {
@@ -267,12 +277,6 @@ impl QueryService {
                 }
                 Some(s)
             }
-            None => None,
-        };
-        // One query at a time per session: two would resume the same conversation at once and
-        // the later turn would silently drop the other's branch of it.
-        let _busy = match &existing {
-            Some(s) => Some(SessionBusy::claim(&self.busy_sessions, &s.id)?),
             None => None,
         };
         let project_name = p.project.clone().or_else(|| {
@@ -368,6 +372,8 @@ impl QueryService {
             Some(s) => s,
             None => {
                 let id = uuid::Uuid::new_v4().to_string();
+                // Claimed before anyone can learn of it (its creation is published).
+                _busy = Some(SessionBusy::claim(&self.busy_sessions, &id)?);
                 let s = self
                     .write(store::CreateSession {
                         id,
@@ -411,7 +417,14 @@ impl QueryService {
 
         // Cancelled by query.cancel, or when the client goes away.
         let cancel = conn.closed.child_token();
-        self.lock_running().insert(query_id.clone(), cancel.clone());
+        {
+            let mut running = self.lock_running();
+            // A query that gets here after a stop's `cancel_all` is cancelled at once.
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                cancel.cancel();
+            }
+            running.insert(query_id.clone(), cancel.clone());
+        }
         let started_at_ms = store::now_ms();
         let started = std::time::Instant::now();
         tracing::info!(query_id, session = %session.id, "query started");
@@ -921,6 +934,8 @@ impl QueryService {
     /// Cancel every running or queued query (the daemon is stopping): each ends as a
     /// cancelled run, its agent terminated, its turn recorded and its caller answered.
     pub fn cancel_all(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let running = self.lock_running();
         if !running.is_empty() {
             tracing::warn!(
@@ -930,6 +945,15 @@ impl QueryService {
         }
         for token in running.values() {
             token.cancel();
+        }
+    }
+
+    /// Wait (up to `limit`) until the refused queries being recorded in the background are
+    /// written: a stop calls this before it drains the writer.
+    pub async fn refusals_recorded(&self, limit: Duration) {
+        let all = self.refusal_backlog.acquire_many(REFUSAL_BACKLOG_BYTES);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("refused queries still being recorded after {limit:?}");
         }
     }
 

@@ -457,7 +457,8 @@ async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
             }),
         )
         .map(|_| fds[0].revents().intersects(PollFlags::HUP | PollFlags::ERR))
-        .unwrap_or(true);
+        // A failed poll (EINTR while a signal is handled) says nothing about the peer.
+        .unwrap_or(false);
         if hung_up {
             closed.cancel();
             return;

@@ -515,6 +515,28 @@ fn a_session_runs_one_query_at_a_time() {
     d.call("query.cancel", json!({"query_id": query_id}))
         .unwrap();
     assert_eq!(code(&c.reply_to(id)["error"]), -32008);
+    // A session the query made itself is claimed too, as soon as anyone can learn its id.
+    let mut c3 = d.connect();
+    let id3 = c3.request("query.run", json!({"prompt": "w", "stream": true}));
+    let first = c3.recv().unwrap();
+    let sessions = d.call("session.list", json!({})).unwrap();
+    let made = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].clone())
+        .find(|id| *id != s["id"])
+        .unwrap_or_else(|| panic!("no session made by the query: {sessions}"));
+    let e = d
+        .call("query.run", json!({"prompt": "v", "session": made}))
+        .unwrap_err();
+    assert_eq!(code(&e), -32005, "{e}");
+    d.call(
+        "query.cancel",
+        json!({"query_id": first["params"]["query_id"]}),
+    )
+    .unwrap();
+    assert_eq!(code(&c3.reply_to(id3)["error"]), -32008);
     // Once it has ended, the session takes a query again.
     let mut c2 = d.connect();
     c2.request(

@@ -389,7 +389,9 @@ pub async fn run_agent(
         }
         let next = tokio::select! {
             biased;
-            _ = cancel.cancelled() => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "stopped while the agent ran".into())),
+            // Once the agent has exited with its result read, the run is over: what is left is
+            // the drain, which a cancellation no longer turns into a cancelled run.
+            _ = cancel.cancelled(), if !(exited.is_some() && transcript.result.is_some()) => break Some((FailureKind::Cancelled, ErrorClass::NonRetryable, "stopped while the agent ran".into())),
             _ = tokio::time::sleep_until(spec.deadline), if exited.is_none() => break Some((FailureKind::Timeout, ErrorClass::Retryable, no_result_within(spec.timeout))),
             status = child.wait(), if exited.is_none() => {
                 exited = Some(match status {
