@@ -611,19 +611,8 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
                     }
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(item) = items.get(i) else { return };
-                    if client.is_none()
-                        && let Ok(c) = Client::connect(home)
-                    {
-                        if let (Some(fd), Ok(mut live)) = (c.socket(), live.lock()) {
-                            live.idle_sockets.insert(worker, fd);
-                        }
-                        client = Some(c);
-                        // A Ctrl-C before the registration did not see this connection.
-                        if interrupted.load(Ordering::SeqCst) {
-                            return;
-                        }
-                    }
-                    let record = run_one(home, &mut client, item, worker, live);
+                    let record = run_one(home, &mut client, item, worker, live, interrupted);
+                    let Some(record) = record else { return };
                     if record["ok"] == true {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -678,20 +667,31 @@ struct Live {
 }
 
 /// Run one prompt on this worker's connection; returns its JSONL record.
+/// `None` when a Ctrl-C came before the prompt was sent.
 fn run_one(
     home: &Home,
     client: &mut Option<Client>,
     item: &Item,
     worker: usize,
     live: &Mutex<Live>,
-) -> Value {
+    interrupted: &AtomicBool,
+) -> Option<Value> {
     let mut query_id: Option<String> = None;
     // The worker's connection while its query has an id (cancelled by id, not by hanging up).
     let mut socket: Option<OwnedFd> = None;
     let conn = match client {
         Some(c) => Ok(c),
-        None => Client::connect(home).map(|c| client.insert(c)),
+        None => Client::connect(home).map(|c| {
+            // Registered for a Ctrl-C to hang up; one that came before did not see it.
+            if let (Some(fd), Ok(mut live)) = (c.socket(), live.lock()) {
+                live.idle_sockets.insert(worker, fd);
+            }
+            client.insert(c)
+        }),
     };
+    if interrupted.load(Ordering::SeqCst) {
+        return None;
+    }
     let outcome = conn.and_then(|c| {
         let params = serde_json::to_value(&item.params).map_err(|e| CallError::Other(e.into()))?;
         c.call_streaming(m::QueryRun::NAME, Some(params), |note| {
@@ -712,19 +712,27 @@ fn run_one(
             live.idle_sockets.insert(worker, fd);
         }
     }
-    match outcome {
+    Some(match outcome {
         Ok(result) => {
             json!({ "line": item.line, "prompt": item.params.prompt, "ok": true, "result": result })
         }
         Err(e) => {
             if !matches!(e, CallError::Rpc(_)) {
-                *client = None; // reconnect for the next prompt
+                // Reconnect for the next prompt; the old connection is not Ctrl-C's to close.
+                *client = None;
+                if let Ok(mut live) = live.lock() {
+                    live.idle_sockets.remove(&worker);
+                }
             }
             let error = match e {
                 CallError::Rpc(e) => serde_json::to_value(e).unwrap_or_default(),
+                // Ctrl-C hung up on this query: that is what ended it.
+                _ if interrupted.load(Ordering::SeqCst) => {
+                    json!({ "message": "interrupted (Ctrl-C): the batch hung up, which cancelled the query" })
+                }
                 other => json!({ "message": other.to_string() }),
             };
             json!({ "line": item.line, "prompt": item.params.prompt, "ok": false, "error": error })
         }
-    }
+    })
 }

@@ -1489,6 +1489,15 @@ fn ctrl_c_in_batch_cancels_queries_that_have_not_said_anything_yet() {
         d.call("system.health", json!({})).unwrap()["executor"]["busy"],
         0
     );
+    // Their records say what ended them.
+    let results = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(results.lines().count(), 2, "{results}");
+    for line in results.lines() {
+        let r: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["ok"], false, "{r}");
+        let message = r["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("interrupted"), "{r}");
+    }
 }
 
 /// `ccd batch FILE --output OUT ARGS...`, running.
