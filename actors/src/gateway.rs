@@ -460,7 +460,8 @@ impl GatewayActor {
                         // long: both on the blocking pool.
                         let (dest, size) = tokio::task::spawn_blocking(move || {
                             let named = params.path.is_some();
-                            let mut dest = backup_destination(&home, params.path.as_deref())?;
+                            let first = backup_destination(&home, params.path.as_deref())?;
+                            let mut dest = first.clone();
                             let failed = |dest: &Path, e: anyhow::Error| {
                                 ActorError::Internal(format!(
                                     "creating backup {}: {e:#}",
@@ -479,7 +480,7 @@ impl GatewayActor {
                                     Ok(size) => return Ok((dest, size)),
                                     Err(back) if !named && n <= 1000 => {
                                         snapshot = back;
-                                        dest = default_backup_name(&dir, &dest, n);
+                                        dest = default_backup_name(&first, n);
                                     }
                                     Err(_) => break,
                                 }
@@ -707,12 +708,7 @@ impl GatewayActor {
                     None => 0,
                     Some(s) => validate::since("since", s)?,
                 };
-                let limit = p.limit.unwrap_or(1000);
-                if !(1..=100_000).contains(&limit) {
-                    return Err(RpcError::invalid_params(
-                        "invalid params for event.list: `limit`: must be between 1 and 100000",
-                    ));
-                }
+                let limit = validate::page_limit("event.list", p.limit)?;
                 Ok((
                     p.after_seq.unwrap_or(0),
                     since_ms,
@@ -1061,13 +1057,9 @@ fn backup_destination(home: &Path, path: Option<&str>) -> Result<PathBuf, ActorE
 
 /// The `n`th alternative to the default backup name `first` (`ccd-<time>.db`):
 /// `ccd-<time>-<n>.db`.
-fn default_backup_name(dir: &Path, first: &Path, n: u32) -> PathBuf {
+fn default_backup_name(first: &Path, n: u32) -> PathBuf {
     let stem = first.file_stem().and_then(|s| s.to_str()).unwrap_or("ccd");
-    let stem = match n {
-        1 => stem,
-        _ => stem.rsplit_once('-').map_or(stem, |(base, _)| base),
-    };
-    dir.join(format!("{stem}-{n}.db"))
+    first.with_file_name(format!("{stem}-{n}.db"))
 }
 
 /// Checks of params beyond their JSON types; errors are -32602 naming the parameter.
@@ -1109,6 +1101,17 @@ pub mod validate {
             .into_os_string()
             .into_string()
             .map_err(|_| bad(format!("{path} is not valid UTF-8")))
+    }
+
+    /// A listing's `limit`: at most this many per call, 1000 when not given.
+    pub fn page_limit(method: &str, limit: Option<u32>) -> Result<u32, RpcError> {
+        let limit = limit.unwrap_or(1000);
+        if !(1..=100_000).contains(&limit) {
+            return Err(RpcError::invalid_params(format!(
+                "invalid params for {method}: `limit`: must be between 1 and 100000"
+            )));
+        }
+        Ok(limit)
     }
 
     /// Known event types only, and at least one when given (absent means all; an empty list

@@ -188,70 +188,29 @@ impl QueryService {
             ));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-        // Options that become the agent's arguments: Linux takes at most 128 KiB in one
-        // argument (and about 2 MiB in all); past that the agent cannot even be started.
-        let joined = |v: &Option<Vec<String>>| v.as_ref().map_or(0, |v| v.join(",").len());
-        let arg_sizes = [
-            (
-                "append_system_prompt",
-                p.append_system_prompt.as_ref().map_or(0, String::len),
-            ),
-            ("mcp_config", p.mcp_config.as_ref().map_or(0, String::len)),
-            ("model", p.model.as_ref().map_or(0, String::len)),
-            ("allowed_tools", joined(&p.allowed_tools)),
-            ("disallowed_tools", joined(&p.disallowed_tools)),
-            (
-                "add_dirs",
-                p.add_dirs
-                    .iter()
-                    .flatten()
-                    .map(String::len)
-                    .max()
-                    .unwrap_or(0),
-            ),
-        ];
-        no_nul_in_args(
+        agent_args_fit(
             M,
             &[
-                ("append_system_prompt", p.append_system_prompt.as_slice()),
-                ("mcp_config", p.mcp_config.as_slice()),
-                ("model", p.model.as_slice()),
+                (
+                    "append_system_prompt",
+                    p.append_system_prompt.as_slice(),
+                    false,
+                ),
+                ("mcp_config", p.mcp_config.as_slice(), false),
+                ("model", p.model.as_slice(), false),
                 (
                     "allowed_tools",
                     p.allowed_tools.as_deref().unwrap_or_default(),
+                    true,
                 ),
                 (
                     "disallowed_tools",
                     p.disallowed_tools.as_deref().unwrap_or_default(),
+                    true,
                 ),
-                ("add_dirs", p.add_dirs.as_deref().unwrap_or_default()),
+                ("add_dirs", p.add_dirs.as_deref().unwrap_or_default(), false),
             ],
         )?;
-        if let Some((name, len)) = arg_sizes.iter().find(|(_, len)| *len > MAX_ARG_BYTES) {
-            return Err(invalid(
-                M,
-                &format!(
-                    "`{name}`: {len} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in \
-                     one argument"
-                ),
-            ));
-        }
-        // Every directory is an argument of its own: count them all, not just the longest.
-        let total: usize = arg_sizes
-            .iter()
-            .filter(|(name, _)| *name != "add_dirs")
-            .map(|(_, len)| len)
-            .sum::<usize>()
-            + p.add_dirs.iter().flatten().map(String::len).sum::<usize>();
-        if total > MAX_ARGS_BYTES {
-            return Err(invalid(
-                M,
-                &format!(
-                    "the options that become the agent's arguments add up to {total} bytes; at \
-                     most {MAX_ARGS_BYTES}"
-                ),
-            ));
-        }
 
         // One query at a time per session: two would resume the same conversation at once and
         // the later turn would silently drop the other's branch of it. Claimed before the
@@ -963,18 +922,7 @@ impl QueryService {
 
     pub async fn create_session(self, p: SessionCreate) -> Result<Session, ActorError> {
         // The session's model becomes an argument of every agent run in it.
-        no_nul_in_args("session.create", &[("model", p.model.as_slice())])?;
-        if let Some(len) = p.model.as_ref().map(String::len)
-            && len > MAX_ARG_BYTES
-        {
-            return Err(invalid(
-                "session.create",
-                &format!(
-                    "`model`: {len} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in one \
-                     argument"
-                ),
-            ));
-        }
+        agent_args_fit("session.create", &[("model", p.model.as_slice(), false)])?;
         if let Some(name) = &p.project {
             let lookup = name.clone();
             self.reader
@@ -1022,13 +970,7 @@ impl QueryService {
                 "`status`: must be open, closed or expired",
             ));
         }
-        let limit = p.limit.unwrap_or(1000);
-        if !(1..=100_000).contains(&limit) {
-            return Err(invalid(
-                "session.list",
-                "`limit`: must be between 1 and 100000",
-            ));
-        }
+        let limit = validate::page_limit("session.list", p.limit)?;
         let (sessions, more) = self
             .reader
             .read("listing sessions", move |c| {
@@ -1266,17 +1208,52 @@ fn agent_error(
     }
 }
 
-/// Refuse a NUL byte in options that become the agent's arguments: no program can be given
-/// one, and finding out at spawn would fail the query as if the agent were missing.
-fn no_nul_in_args(method: &str, args: &[(&str, &[String])]) -> Result<(), ActorError> {
-    match args
+/// Check options that become the agent's arguments, each `(name, values, joined)`: a value
+/// per argument, or (`joined`, the tool lists) all values in one, separated by commas. No
+/// program can be given a NUL byte, and Linux takes at most 128 KiB in one argument (and
+/// about 2 MiB in all): past that the agent could not even be started, and finding out at
+/// spawn would fail the query as if the agent were missing.
+fn agent_args_fit(method: &str, args: &[(&str, &[String], bool)]) -> Result<(), ActorError> {
+    if let Some((name, ..)) = args
         .iter()
-        .find(|(_, values)| values.iter().any(|v| v.contains('\0')))
+        .find(|(_, values, _)| values.iter().any(|v| v.contains('\0')))
     {
-        Some((name, _)) => Err(invalid(
+        return Err(invalid(
             method,
             &format!("`{name}`: must not contain a NUL byte (it becomes an argument of the agent)"),
-        )),
-        None => Ok(()),
+        ));
     }
+    // The length of each option's longest argument, and of all its arguments.
+    let lengths = args.iter().map(|(name, values, joined)| {
+        let all: usize = values.iter().map(String::len).sum();
+        let longest = if *joined {
+            all + values.len().saturating_sub(1)
+        } else {
+            values.iter().map(String::len).max().unwrap_or(0)
+        };
+        (name, longest, if *joined { longest } else { all })
+    });
+    let mut total = 0;
+    for (name, longest, all) in lengths {
+        if longest > MAX_ARG_BYTES {
+            return Err(invalid(
+                method,
+                &format!(
+                    "`{name}`: {longest} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in \
+                     one argument"
+                ),
+            ));
+        }
+        total += all;
+    }
+    if total > MAX_ARGS_BYTES {
+        return Err(invalid(
+            method,
+            &format!(
+                "the options that become the agent's arguments add up to {total} bytes; at most \
+                 {MAX_ARGS_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
 }
