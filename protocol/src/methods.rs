@@ -247,7 +247,9 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         }
         Some(v) => v,
     };
-    if let Err(param) = arrays_only_for_lists(&params, M::params_schema()) {
+    if contains_array(&params)
+        && let Err(param) = arrays_only_for_lists(&params, M::params_schema())
+    {
         return Err(RpcError::invalid_params(format!(
             "invalid params for {}: `{param}`: expected an object (fields by name), not an array",
             M::NAME
@@ -265,6 +267,16 @@ pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcEr
         };
         RpcError::invalid_params(msg).with_data(json!({ "param": param }))
     })
+}
+
+/// Whether `value` holds an array anywhere: only then can [`arrays_only_for_lists`] refuse it,
+/// and most params (flat objects of scalars) skip its walk of the schema.
+fn contains_array(value: &Value) -> bool {
+    match value {
+        Value::Array(_) => true,
+        Value::Object(fields) => fields.values().any(contains_array),
+        _ => false,
+    }
 }
 
 /// Refuse an array wherever the schema expects an object, at any depth: serde's derived
@@ -437,6 +449,15 @@ pub fn openrpc_document(methods: &[MethodInfo], version: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_anywhere_in_the_params_is_found() {
+        assert!(!contains_array(&json!({"key": "k", "value": "[1]", "n": 2})));
+        assert!(!contains_array(&json!({"a": {"b": {"c": null}}})));
+        assert!(contains_array(&json!({"a": {"b": [1]}})));
+        assert!(contains_array(&json!({"a": 1, "b": []})));
+        assert!(contains_array(&json!([])));
+    }
 
     #[test]
     fn every_method_has_a_description_and_a_schema() {
