@@ -343,7 +343,8 @@ impl Connection {
                     break;
                 }
             };
-            self.state.last_active.set(Instant::now());
+            // `last_active` is not set here: the request counts in flight until its reply is
+            // queued (a connection with one is never idle), and then sets it.
             let (work, slots) = match parse_incoming(&frame, self.cfg.max_batch_requests) {
                 Incoming::Invalid(resp) => (Work::Invalid(to_line(&resp)), 1),
                 Incoming::Single(item) => (Work::Single(item), 1),
