@@ -75,18 +75,28 @@ impl<W: Write> Write for OneLine<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let body = buf.strip_suffix(b"\n").unwrap_or(buf);
         let control = |c: u8| c.is_ascii_control() && c != b'\t';
-        if !body.iter().copied().any(control) {
+        // A C1 control character (U+0080 to U+009F, UTF-8 `C2 80` to `C2 9F`): some terminals
+        // act on U+009B as they do on `ESC [`.
+        let c1 = |pair: &[u8]| pair[0] == 0xc2 && (0x80..=0x9f).contains(&pair[1]);
+        if !body.iter().copied().any(control) && !body.windows(2).any(c1) {
             self.0.write_all(buf)?;
             return Ok(buf.len());
         }
         let mut line = Vec::with_capacity(buf.len() + 16);
-        for &c in body {
+        let mut rest = body;
+        while let Some((&c, after)) = rest.split_first() {
             match c {
                 b'\n' => line.extend_from_slice(b"\\n"),
                 b'\r' => line.extend_from_slice(b"\\r"),
                 c if control(c) => line.extend_from_slice(format!("\\x{c:02x}").as_bytes()),
+                0xc2 if after.first().is_some_and(|&n| c1(&[c, n])) => {
+                    line.extend_from_slice(format!("\\u{{{:x}}}", after[0]).as_bytes());
+                    rest = &after[1..];
+                    continue;
+                }
                 c => line.push(c),
             }
+            rest = after;
         }
         line.extend_from_slice(&buf[body.len()..]);
         self.0.write_all(&line)?;
@@ -116,8 +126,16 @@ mod tests {
             "key=m1\\n2026-01-01 ERROR forged\\r\n"
         );
         assert_eq!(one_line(b"a\0b\x1b[31m\x7f\n"), "a\\x00b\\x1b[31m\\x7f\n");
-        // Not ASCII is not a control character: UTF-8 passes through whole.
-        assert_eq!(one_line("é\u{2028}→\n".as_bytes()), "é\u{2028}→\n");
+        // Not ASCII is not a control character: UTF-8 passes through whole...
+        assert_eq!(
+            one_line("é\u{2028}→\u{a0}\n".as_bytes()),
+            "é\u{2028}→\u{a0}\n"
+        );
+        // ...except the C1 controls.
+        assert_eq!(
+            one_line("a\u{9b}31mb\u{85}é\u{80}\n".as_bytes()),
+            "a\\u{9b}31mb\\u{85}é\\u{80}\n"
+        );
         assert_eq!(
             one_line(b"no newline\nat the end"),
             "no newline\\nat the end"
