@@ -15,6 +15,7 @@ use actix::prelude::*;
 use ccd_protocol::methods as m;
 use ccd_protocol::types::{self, ActorState};
 use ccd_protocol::{ErrorCode, Method, RpcError, parse_params};
+use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
@@ -84,13 +85,10 @@ impl std::ops::Deref for ConnCtx {
     }
 }
 
-/// A request's params, as the client wrote them (see [`ccd_protocol::Request::params`]).
-pub type Params = Option<Box<serde_json::value::RawValue>>;
-
 /// One JSON-RPC call to route.
 pub struct Route {
     pub method: String,
-    pub params: Params,
+    pub params: Option<Value>,
     pub conn: ConnCtx,
 }
 
@@ -283,7 +281,7 @@ impl GatewayActor {
     }
 
     /// `system.*` and `rpc.discover`.
-    fn system(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn system(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::SystemPing::NAME => now::<m::SystemPing>(p, |_| Ok("pong".to_string())),
             m::SystemVersion::NAME => now::<m::SystemVersion>(p, |_| {
@@ -318,11 +316,11 @@ impl GatewayActor {
     }
 
     /// `debug.*` (only with fault injection).
-    fn debug(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn debug(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         if method != m::DebugCrash::NAME || !self.info.fault_injection {
             return None;
         }
-        Some(match parse_params::<m::DebugCrash>(p.as_deref()) {
+        Some(match parse_params::<m::DebugCrash>(p) {
             Ok(params) => self.crash(&params.actor),
             Err(e) => Reply::err(e),
         })
@@ -379,7 +377,7 @@ impl GatewayActor {
         }
     }
 
-    fn project(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn project(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::ProjectCreate::NAME => self.write_method_checked::<m::ProjectCreate, _>(p, |params| {
                 validate::project_name("name", &params.name)?;
@@ -417,7 +415,7 @@ impl GatewayActor {
         })
     }
 
-    fn setting(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn setting(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::SettingUpsert::NAME => self.write_method::<m::SettingUpsert, _>(p, |params| {
                 validate::setting(&params.key, Some(&params.value))?;
@@ -450,9 +448,9 @@ impl GatewayActor {
         })
     }
 
-    fn backup(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn backup(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
-            m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p.as_deref()) {
+            m::BackupCreate::NAME => match parse_params::<m::BackupCreate>(p) {
                 Ok(params) => {
                     let home = self.info.home.clone();
                     let db = store::db_path(&self.info.home);
@@ -514,7 +512,7 @@ impl GatewayActor {
                     Ok(types::BackupList { backups })
                 })
             }
-            m::BackupDelete::NAME => match parse_params::<m::BackupDelete>(p.as_deref()) {
+            m::BackupDelete::NAME => match parse_params::<m::BackupDelete>(p) {
                 Ok(params) => {
                     let fut = self.write(store::DeleteBackup { id: params.id });
                     Reply::later(async move {
@@ -540,7 +538,7 @@ impl GatewayActor {
     }
 
     /// `query.*` and `session.*`.
-    fn query(&mut self, method: &str, p: Params, conn: ConnCtx) -> Option<Reply<Answer>> {
+    fn query(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Answer>> {
         let q = self.query.clone();
         Some(match method {
             m::QueryRun::NAME => later::<m::QueryRun, _>(p, move |p| q.run(p, conn)),
@@ -557,15 +555,12 @@ impl GatewayActor {
     }
 
     /// `vfs.*`.
-    fn vfs(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn vfs(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
             m::VfsStatus::NAME => {
                 now::<m::VfsStatus>(p, |_| Ok(self.info.vfs.get().cloned().unwrap_or_default()))
             }
-            m::VfsUnseal::NAME => match (
-                parse_params::<m::VfsUnseal>(p.as_deref()),
-                self.vfs_actor.clone(),
-            ) {
+            m::VfsUnseal::NAME => match (parse_params::<m::VfsUnseal>(p), self.vfs_actor.clone()) {
                 (Ok(params), _) if !std::path::Path::new(&params.file).is_absolute() => {
                     Reply::err(ActorError::from(RpcError::invalid_params(format!(
                         "invalid params for vfs.unseal: `file`: must be absolute, got `{}`",
@@ -593,7 +588,7 @@ impl GatewayActor {
     }
 
     /// `agent.*`, `orchestrator.*`, `hooks.*`.
-    fn agents(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn agents(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         use crate::agents::{HOOKS_FILE, RULES_FILE};
         let a = self.agents.clone();
         Some(match method {
@@ -644,11 +639,11 @@ impl GatewayActor {
 
     /// `event.*`.
     /// `stats.get`: the same figures as `ccd stats` and `/api/stats`.
-    fn stats(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn stats(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         if method != m::StatsGet::NAME {
             return None;
         }
-        let params = parse_params::<m::StatsGet>(p.as_deref()).and_then(|p| {
+        let params = parse_params::<m::StatsGet>(p).and_then(|p| {
             let since_ms = validate::since("since", p.since.as_deref().unwrap_or("7d"))?;
             Ok((since_ms, p.project))
         });
@@ -671,14 +666,13 @@ impl GatewayActor {
         }))
     }
 
-    fn events(&mut self, method: &str, p: Params, conn: ConnCtx) -> Option<Reply<Answer>> {
+    fn events(&mut self, method: &str, p: Option<Value>, conn: ConnCtx) -> Option<Reply<Answer>> {
         let bus = self.query.bus().clone();
         Some(match method {
-            m::EventSubscribe::NAME => match parse_params::<m::EventSubscribe>(p.as_deref())
-                .and_then(|f| {
-                    validate::event_types("types", f.types.as_deref())?;
-                    Ok(f)
-                }) {
+            m::EventSubscribe::NAME => match parse_params::<m::EventSubscribe>(p).and_then(|f| {
+                validate::event_types("types", f.types.as_deref())?;
+                Ok(f)
+            }) {
                 Ok(filter) => {
                     let Some(sub) = bus.try_subscribe(
                         conn.id,
@@ -695,7 +689,7 @@ impl GatewayActor {
                     conn.subscriptions
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     actix_rt::spawn(deliver(bus, sub, conn));
-                    now::<m::EventSubscribe>(None, |_| {
+                    now::<m::EventSubscribe>(Some(Value::Object(Default::default())), |_| {
                         Ok(types::Subscribed {
                             subscription_id: id,
                         })
@@ -708,7 +702,7 @@ impl GatewayActor {
                     unsubscribed: bus.unsubscribe(conn.id, p.subscription_id),
                 })
             }),
-            m::EventList::NAME => match parse_params::<m::EventList>(p.as_deref()).and_then(|p| {
+            m::EventList::NAME => match parse_params::<m::EventList>(p).and_then(|p| {
                 validate::event_types("types", p.types.as_deref())?;
                 let since_ms = match &p.since {
                     None => 0,
@@ -740,7 +734,7 @@ impl GatewayActor {
     }
 
     /// `limiter.*` and `breaker.*`.
-    fn resilience(&mut self, method: &str, p: Params) -> Option<Reply<Answer>> {
+    fn resilience(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         fn status(limits: LimiterConfig, keys: Vec<types::KeyStatus>) -> types::LimiterStatus {
             let limits = types::ScopeLimits {
                 global: limits.spec(Scope::Global),
@@ -760,7 +754,7 @@ impl GatewayActor {
                 Ok(status(limits, keys))
             }),
             m::LimiterConfigure::NAME => {
-                match parse_params::<m::LimiterConfigure>(p.as_deref()).and_then(|c| {
+                match parse_params::<m::LimiterConfigure>(p).and_then(|c| {
                     // Named as the params name them (`limits.burst`), like type errors.
                     c.limits.validate("limits").map_err(|e| {
                         RpcError::invalid_params(format!(
@@ -808,13 +802,13 @@ impl GatewayActor {
     /// commit it and answer with its output. Bad params change nothing.
     fn write_method<M: Method, O: WriteOp>(
         &self,
-        params: Params,
+        params: Option<Value>,
         op: impl FnOnce(M::Params) -> Result<O, RpcError>,
     ) -> Reply<Answer>
     where
         O::Output: serde::Serialize,
     {
-        match parse_params::<M>(params.as_deref()).and_then(op) {
+        match parse_params::<M>(params).and_then(op) {
             Ok(op) => {
                 let fut = self.write(op);
                 Reply::later(async move { to_answer(fut.await?) })
@@ -828,14 +822,14 @@ impl GatewayActor {
     /// the event loop.
     fn write_method_checked<M: Method, O: WriteOp + Send + 'static>(
         &self,
-        params: Params,
+        params: Option<Value>,
         op: impl FnOnce(M::Params) -> Result<O, RpcError> + Send + 'static,
     ) -> Reply<Answer>
     where
         M::Params: Send + 'static,
         O::Output: serde::Serialize,
     {
-        match parse_params::<M>(params.as_deref()) {
+        match parse_params::<M>(params) {
             Ok(params) => {
                 let writer = self.writer.clone();
                 Reply::later(async move {
@@ -964,29 +958,29 @@ fn mailbox_closed(actor: &str) -> ActorError {
 
 /// A method answered synchronously by the gateway itself.
 fn now<M: Method>(
-    params: Params,
+    params: Option<Value>,
     f: impl FnOnce(M::Params) -> Result<M::Result, ActorError>,
 ) -> Reply<Answer> {
-    match parse_params::<M>(params.as_deref()) {
+    match parse_params::<M>(params) {
         Ok(p) => Reply::Ready(f(p).and_then(to_answer)),
         Err(e) => Reply::err(e),
     }
 }
 
 /// A method whose answer never changes, serialized once.
-fn cached<M: Method>(params: Params, answer: &Result<Answer, ActorError>) -> Reply<Answer> {
-    match parse_params::<M>(params.as_deref()) {
+fn cached<M: Method>(params: Option<Value>, answer: &Result<Answer, ActorError>) -> Reply<Answer> {
+    match parse_params::<M>(params) {
         Ok(_) => Reply::Ready(answer.clone()),
         Err(e) => Reply::err(e),
     }
 }
 
 /// A method whose answer comes from elsewhere (another actor, a blocking read).
-fn later<M: Method, Fut>(params: Params, f: impl FnOnce(M::Params) -> Fut) -> Reply<Answer>
+fn later<M: Method, Fut>(params: Option<Value>, f: impl FnOnce(M::Params) -> Fut) -> Reply<Answer>
 where
     Fut: Future<Output = Result<M::Result, ActorError>> + Send + 'static,
 {
-    match parse_params::<M>(params.as_deref()) {
+    match parse_params::<M>(params) {
         Ok(p) => {
             let fut = f(p);
             Reply::later(async move { to_answer(fut.await?) })
@@ -1396,9 +1390,7 @@ mod tests {
             subscriptions: Default::default(),
         });
         for name in m::ALL_METHODS {
-            let params = Some(ccd_protocol::jsonrpc::raw_params(&serde_json::json!({
-                "definitely_not_a_param": 1
-            })));
+            let params = Some(serde_json::json!({ "definitely_not_a_param": 1 }));
             let route = Route {
                 method: name.to_string(),
                 params,

@@ -305,7 +305,7 @@ impl State {
         });
         let route = Route {
             method: method.into(),
-            params: Some(ccd_protocol::jsonrpc::raw_params(&params)),
+            params: Some(params),
             conn,
         };
         let answer = crate::gateway::route(&self.gateway, route).await?;

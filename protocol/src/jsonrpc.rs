@@ -203,29 +203,15 @@ impl<'de> Deserialize<'de> for RawNumber {
 }
 
 /// One request or notification, after the envelope checks.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Request {
     pub jsonrpc: &'static str,
     pub method: String,
-    /// As the client wrote it (an object or an array, checked to be valid JSON): each method
-    /// reads its own params type straight from this text ([`crate::parse_params`]), without
-    /// a `Value` tree in between.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub params: Option<Box<RawValue>>,
+    pub params: Option<Value>,
     /// `None` for a notification: the server sends no reply.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<Id>,
-}
-
-/// Params compare by their JSON text.
-impl PartialEq for Request {
-    fn eq(&self, other: &Self) -> bool {
-        self.jsonrpc == other.jsonrpc
-            && self.method == other.method
-            && self.params.as_deref().map(RawValue::get)
-                == other.params.as_deref().map(RawValue::get)
-            && self.id == other.id
-    }
 }
 
 impl Request {
@@ -233,7 +219,7 @@ impl Request {
         Request {
             jsonrpc: "2.0",
             method: method.into(),
-            params: params.map(|p| raw_params(&p)),
+            params,
             id: Some(id.into()),
         }
     }
@@ -242,7 +228,7 @@ impl Request {
         Request {
             jsonrpc: "2.0",
             method: method.into(),
-            params: params.map(|p| raw_params(&p)),
+            params,
             id: None,
         }
     }
@@ -440,7 +426,7 @@ fn check_members(members: Members) -> Result<Request, Response> {
     };
     let params = match members.params {
         None => None,
-        Some(p) if p.get().starts_with(['{', '[']) => Some(p),
+        Some(p @ (Value::Object(_) | Value::Array(_))) => Some(p),
         Some(_) => {
             return Err(invalid(
                 reply_id(),
@@ -460,12 +446,6 @@ fn check_members(members: Members) -> Result<Request, Response> {
         params,
         id,
     })
-}
-
-/// A `Value` as params text.
-pub fn raw_params(params: &Value) -> Box<RawValue> {
-    // A `Value` is always valid JSON: its text always makes a `RawValue`.
-    RawValue::from_string(params.to_string()).unwrap_or_default()
 }
 
 fn invalid(id: Id, why: &str) -> Response {
@@ -541,7 +521,7 @@ struct Members {
     jsonrpc: Option<bool>,
     /// `method`, when present: `None` when it is not a string.
     method: Option<Option<String>>,
-    params: Option<Box<RawValue>>,
+    params: Option<Value>,
     /// The first member that has no place in a request.
     extra: Option<String>,
 }
@@ -629,51 +609,6 @@ impl<'de> Deserialize<'de> for MaybeString {
     }
 }
 
-/// Any JSON value, read in full (every number converted, every string unescaped) and kept
-/// nowhere: a check that text a `RawValue` holds would also make a `Value`.
-struct Checked;
-
-impl<'de> Deserialize<'de> for Checked {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct CheckVisitor;
-        impl<'de> Visitor<'de> for CheckVisitor {
-            type Value = Checked;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_unit<E>(self) -> Result<Checked, E> {
-                Ok(Checked)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
-                while seq.next_element::<Checked>()?.is_some() {}
-                Ok(Checked)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
-                while map.next_key::<Checked>()?.is_some() {
-                    map.next_value::<Checked>()?;
-                }
-                Ok(Checked)
-            }
-        }
-        d.deserialize_any(CheckVisitor)
-    }
-}
-
 fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
     let mut m = Members::default();
     while let Some(key) = map.next_key::<Key>()? {
@@ -684,13 +619,7 @@ fn object<'de, A: MapAccess<'de>>(mut map: A) -> Result<Item, A::Error> {
                 m.jsonrpc = Some(v.as_deref() == Some("2.0"));
             }
             Key::Method => m.method = Some(map.next_value::<MaybeString>()?.0),
-            Key::Params => {
-                let raw: Box<RawValue> = map.next_value()?;
-                // Kept as text, but checked as strictly as a `Value` would be: a number beyond
-                // f64 or a lone surrogate escape is a parse error here, as anywhere else.
-                serde_json::from_str::<Checked>(raw.get()).map_err(de::Error::custom)?;
-                m.params = Some(raw);
-            }
+            Key::Params => m.params = Some(map.next_value()?),
             Key::Other(name) => {
                 // Parsed in full all the same: a bad number in it is a parse error.
                 map.next_value::<Value>()?;

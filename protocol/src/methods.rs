@@ -5,8 +5,7 @@
 //! the same markers, so a method cannot be served without being described.
 
 use schemars::{JsonSchema, generate::SchemaSettings};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use serde_json::value::RawValue;
+use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 
 use crate::error::{ErrorCode, RpcError};
@@ -236,38 +235,17 @@ pub fn error_codes() -> Vec<ErrorCodeInfo> {
 ///
 /// Absent, null and `[]` mean "no params" (an empty object); other arrays are refused, since
 /// ccd's methods take their params by name.
-///
-/// Params with no array in their text are read straight into `M::Params`; that cannot differ
-/// from the full path below, which takes everything else: arrays (checked against the schema),
-/// and whatever the direct read refuses, read again for the full path's error message and its
-/// reading of a repeated member (the last one counts, where serde's derive refuses it).
-pub fn parse_params<M: Method>(params: Option<&RawValue>) -> Result<M::Params, RpcError> {
-    let text = params.map_or("{}", RawValue::get);
-    if !text.as_bytes().contains(&b'[') {
-        let mut de = serde_json::Deserializer::from_str(text);
-        if let Ok(p) = M::Params::deserialize(&mut de)
-            && de.end().is_ok()
-        {
-            return Ok(p);
-        }
-    }
-    let params: Value = serde_json::from_str(text)
-        .map_err(|e| RpcError::invalid_params(format!("invalid params for {}: {e}", M::NAME)))?;
-    parse_params_value::<M>(params)
-}
-
-/// [`parse_params`] of params already read into a `Value`.
-fn parse_params_value<M: Method>(params: Value) -> Result<M::Params, RpcError> {
+pub fn parse_params<M: Method>(params: Option<Value>) -> Result<M::Params, RpcError> {
     let params = match params {
-        Value::Null => Value::Object(Default::default()),
-        Value::Array(a) if a.is_empty() => Value::Object(Default::default()),
-        Value::Array(_) => {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(Value::Array(a)) if a.is_empty() => Value::Object(Default::default()),
+        Some(Value::Array(_)) => {
             return Err(RpcError::invalid_params(format!(
                 "invalid params for {}: params must be an object (by name), not an array",
                 M::NAME
             )));
         }
-        v => v,
+        Some(v) => v,
     };
     if contains_array(&params)
         && let Err(param) = arrays_only_for_lists(&params, M::params_schema())
@@ -472,11 +450,6 @@ pub fn openrpc_document(methods: &[MethodInfo], version: &str) -> Value {
 mod tests {
     use super::*;
 
-    /// [`parse_params`] of a `Value`, as a client would send it.
-    fn parse<M: Method>(params: Value) -> Result<M::Params, RpcError> {
-        parse_params::<M>(Some(&crate::jsonrpc::raw_params(&params)))
-    }
-
     #[test]
     fn an_array_anywhere_in_the_params_is_found() {
         assert!(!contains_array(
@@ -515,41 +488,22 @@ mod tests {
 
     #[test]
     fn invalid_params_name_the_parameter() {
-        let err = parse::<ProjectCreate>(json!({"name": 5, "path": "/"})).unwrap_err();
+        let err = parse_params::<ProjectCreate>(Some(json!({"name": 5, "path": "/"}))).unwrap_err();
         assert_eq!(err.code, -32602);
         assert!(err.message.contains("`name`"), "{}", err.message);
-        let err = parse::<ProjectCreate>(json!({"name": "a"})).unwrap_err();
+        let err = parse_params::<ProjectCreate>(Some(json!({"name": "a"}))).unwrap_err();
         assert_eq!(err.data.as_ref().unwrap()["param"], "path");
         assert!(
             err.message.contains("missing field `path`"),
             "{}",
             err.message
         );
-        let err = parse::<SystemPing>(json!({"x": 1})).unwrap_err();
+        let err = parse_params::<SystemPing>(Some(json!({"x": 1}))).unwrap_err();
         assert!(err.message.contains("unknown field `x`"), "{}", err.message);
-        let err = parse::<SettingGet>(json!(["a"])).unwrap_err();
+        let err = parse_params::<SettingGet>(Some(json!(["a"]))).unwrap_err();
         assert!(err.message.contains("by name"), "{}", err.message);
         assert!(parse_params::<SystemPing>(None).is_ok());
-        assert!(parse::<SystemPing>(json!([])).is_ok());
-    }
-
-    #[test]
-    fn params_read_from_their_text_as_from_a_value() {
-        let text = |t: &str| {
-            parse_params::<SettingUpsert>(Some(&RawValue::from_string(t.into()).unwrap()))
-        };
-        let p = text(r#"{"value":"v\u00e9 [x]","key":"k"}"#).unwrap();
-        assert_eq!((p.key.as_str(), p.value.as_str()), ("k", "v\u{e9} [x]"));
-        // A repeated member: the last one counts, as in a JSON object read whole.
-        let p = text(r#"{"key":"a","value":"1","key":"b"}"#).unwrap();
-        assert_eq!(p.key, "b");
-        // The direct read's refusal gives the same message as the full path's, with no
-        // position in it.
-        let err = text(r#"{"key":5,"value":"1"}"#).unwrap_err();
-        assert_eq!(err.data.as_ref().unwrap()["param"], "key");
-        assert!(!err.message.contains("line"), "{}", err.message);
-        let err = text(r#"{"key":"k","value":"1","x":null}"#).unwrap_err();
-        assert!(err.message.contains("unknown field `x`"), "{}", err.message);
+        assert!(parse_params::<SystemPing>(Some(json!([]))).is_ok());
     }
 
     /// A method with nested params, to check the paths of `data.param`.
@@ -575,7 +529,7 @@ mod tests {
     }
 
     fn param_of<M: Method>(params: Value) -> String {
-        let Err(err) = parse::<M>(params.clone()) else {
+        let Err(err) = parse_params::<M>(Some(params.clone())) else {
             panic!("{params} was accepted")
         };
         assert_eq!(err.code, -32602);
@@ -619,7 +573,7 @@ mod tests {
         assert_eq!(param_of::<Nested>(in_list), "list[1]");
         let limits = json!({"scope": "global", "limits": [1, 2, 3, 4, 5]});
         assert_eq!(param_of::<LimiterConfigure>(limits), "limits");
-        let err = parse::<LimiterConfigure>(json!({"scope": "global", "limits": [1]}));
+        let err = parse_params::<LimiterConfigure>(Some(json!({"scope": "global", "limits": [1]})));
         let err = err.unwrap_err();
         assert!(
             err.message.contains("`limits`: expected an object"),
@@ -628,11 +582,11 @@ mod tests {
         );
         // Lists stay lists.
         let list = json!({"outer": {"inner": 1}, "list": [{"inner": 2}]});
-        assert!(parse::<Nested>(list).is_ok());
+        assert!(parse_params::<Nested>(Some(list)).is_ok());
         let types = json!({"types": ["query.started"]});
-        assert!(parse::<EventSubscribe>(types).is_ok());
+        assert!(parse_params::<EventSubscribe>(Some(types)).is_ok());
         // The message names the same place.
-        let err = parse::<Nested>(json!({"outer": {}})).unwrap_err();
+        let err = parse_params::<Nested>(Some(json!({"outer": {}}))).unwrap_err();
         assert!(
             err.message.contains("`outer`: missing field `inner`"),
             "{}",
