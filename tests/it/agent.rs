@@ -36,7 +36,7 @@ fn agent_daemon(behaviour: Behaviour, config: &str) -> AgentDaemon {
         .fault_injection()
         .env("ANTHROPIC_BASE_URL", &mock.url())
         .env("ANTHROPIC_API_KEY", "test-key")
-        .env("CCD_AGENT_CMD", claude.to_str().unwrap())
+        .agent(claude)
         .env("CCDTEST_MARKER", &marker)
         .config(config)
         .start();
@@ -1277,7 +1277,7 @@ fn the_daemons_own_variables_reach_no_process_it_starts() {
     );
     let key = "ab".repeat(32);
     let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .agent(agent)
         .env("CCD_MASTER_KEY", &key)
         .env("CCD_HTTP_TOKEN", "http-token-never-for-agents")
         .start();
@@ -1531,8 +1531,5 @@ fn interrupt(child: &mut std::process::Child) -> Option<i32> {
 
 /// A daemon whose agent command is `agent`, with `config` as its config.toml.
 fn agent_at(agent: &std::path::Path, config: &str) -> Daemon {
-    Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .config(config)
-        .start()
+    Daemon::builder().agent(agent).config(config).start()
 }

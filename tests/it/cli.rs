@@ -207,9 +207,7 @@ fn every_timeout_takes_a_duration_or_seconds() {
     d.ccd_ok(&["daemon", "start", "--timeout", "20"]);
     d.ccd_ok(&["daemon", "restart", "--timeout", "20s"]);
     let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = Daemon::builder().agent(agent).start();
     for t in ["30", "30s", "2m"] {
         d.ccd_ok(&["query", "hi", "--timeout", t]);
     }
@@ -347,9 +345,7 @@ fn config_show_says_where_the_running_daemon_differs() {
 #[test]
 fn permission_modes_are_spelled_as_the_api_spells_them() {
     let (dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = Daemon::builder().agent(agent).start();
     for (given, passed) in [
         ("default", "default"),
         ("acceptEdits", "acceptEdits"),
@@ -380,9 +376,7 @@ fn a_failed_query_prints_no_answer_and_one_plain_error() {
     // Claude Code not logged in: a made-up assistant message with the error's text, then a
     // result with subtype "success" and is_error.
     let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/not_logged_in.jsonl"));
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = Daemon::builder().agent(agent).start();
     let out = d.ccd(&["query", "hi"]);
     assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
     assert!(out.stdout.is_empty(), "{}", describe(&out));
@@ -424,9 +418,7 @@ fn breaker_reset_without_a_daemon_resets_nothing_and_starts_nothing() {
 #[test]
 fn counts_are_said_in_words() {
     let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = Daemon::builder().agent(agent).start();
     d.ccd_ok(&["query", "hi"]);
     let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
     let id = sessions[0]["id"].as_str().unwrap().to_string();
@@ -442,9 +434,7 @@ fn counts_are_said_in_words() {
 #[test]
 fn query_names_its_id_on_stderr_and_keeps_stdout_for_the_answer() {
     let (_dir, agent) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
-    let d = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d = Daemon::builder().agent(agent).start();
     let out = d.ccd(&["query", "hi"]);
     assert!(out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);

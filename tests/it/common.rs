@@ -31,6 +31,12 @@ impl Builder {
         self
     }
 
+    /// Run `path` as the agent CLI (`CCD_AGENT_CMD`).
+    pub fn agent(self, path: impl AsRef<std::path::Path>) -> Self {
+        let path = path.as_ref().to_str().expect("a UTF-8 agent path");
+        self.env("CCD_AGENT_CMD", path)
+    }
+
     pub fn fault_injection(self) -> Self {
         self.env("CCD_FAULT_INJECTION", "1")
     }

@@ -37,7 +37,7 @@ fn a_full_query_publishes_its_events_in_order() {
     let d = Daemon::builder()
         .env("ANTHROPIC_BASE_URL", &mock.url())
         .env("ANTHROPIC_API_KEY", "k")
-        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .agent(claude_bin())
         .start();
     let mut all = subscribe(&d, json!({}));
     let mut completed = subscribe(&d, json!({"types": ["turn.completed"]}));
@@ -307,7 +307,7 @@ fn events_and_stats_from_the_cli() {
     let d = Daemon::builder()
         .env("ANTHROPIC_BASE_URL", &mock.url())
         .env("ANTHROPIC_API_KEY", "k")
-        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .agent(claude_bin())
         .start();
     let dir = tempfile::tempdir().unwrap();
     d.call("project.create", json!({"name": "web", "path": dir.path()}))

@@ -61,7 +61,7 @@ esac
     fn daemon(&self, config: &str) -> Daemon {
         Daemon::builder()
             .fault_injection()
-            .env("CCD_AGENT_CMD", self.path().to_str().unwrap())
+            .agent(self.path())
             .config(config)
             .start()
     }
@@ -167,7 +167,7 @@ fn non_retryable_errors_do_not_trip_the_breaker() {
     let d = Daemon::builder()
         .env("ANTHROPIC_BASE_URL", &mock.url())
         .env("ANTHROPIC_API_KEY", "k")
-        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .agent(claude_bin())
         .config("[breaker]\nconsecutive_failures = 2\n")
         .start();
     for _ in 0..3 {
@@ -195,7 +195,7 @@ fn the_real_cli_on_529_is_retried_with_backoff_then_trips_the_breaker() {
     let d = Daemon::builder()
         .env("ANTHROPIC_BASE_URL", &mock.url())
         .env("ANTHROPIC_API_KEY", "k")
-        .env("CCD_AGENT_CMD", claude_bin().to_str().unwrap())
+        .agent(claude_bin())
         .config(
             "[executor]\ncli_retry_limit = 0\n[retry]\nmax_retries = 2\nbase_delay_ms = 50\nmax_delay_ms = 200\n\
              [breaker]\nconsecutive_failures = 3\nwait_ms = 60000\n",

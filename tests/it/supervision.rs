@@ -543,7 +543,7 @@ fn a_panic_in_each_actor_restarts_it_while_every_other_request_is_answered() {
     let (agent, agent_cmd) = stub_agent(include_str!("../../protocol/fixtures/text.jsonl"));
     let mut builder = Daemon::builder()
         .fault_injection()
-        .env("CCD_AGENT_CMD", agent_cmd.to_str().unwrap())
+        .agent(agent_cmd)
         .config("[executor]\npool_size = 1\n[retry]\nmax_retries = 0\n");
     if fuse {
         builder = builder.env("CCD_VFS_ENABLED", "true");
@@ -612,20 +612,30 @@ fn runs_that_end_while_the_pool_is_failed_give_their_executors_back() {
     // The failed pool is retried after 3 s: the runs end well before that.
     let d = Daemon::builder()
         .fault_injection()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .agent(agent)
         .config(
             "[executor]\npool_size = 2\n[retry]\nmax_retries = 0\n\
              [supervisor]\nmax_restarts = 2\nwindow_ms = 600000\n\
              backoff_initial_ms = 3000\nbackoff_max_ms = 3000\n",
         )
         .start();
-    let mut clients: Vec<(Conn, u64)> = (0..2)
-        .map(|i| {
-            let mut c = d.connect();
-            let id = c.request("query.run", json!({"prompt": format!("q{i}")}));
-            (c, id)
-        })
-        .collect();
+    // Two queries, each on a connection of its own, and then each answered with a result.
+    let two_queries = |prefix: &str| -> Vec<(Conn, u64)> {
+        (0..2)
+            .map(|i| {
+                let mut c = d.connect();
+                let id = c.request("query.run", json!({"prompt": format!("{prefix}{i}")}));
+                (c, id)
+            })
+            .collect()
+    };
+    let each_has_a_result = |queries: &mut Vec<(Conn, u64)>| {
+        for (c, id) in queries {
+            let reply = c.reply_to(*id);
+            assert!(reply.get("result").is_some(), "{reply}");
+        }
+    };
+    let mut clients = two_queries("q");
     let started = || {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -644,10 +654,7 @@ fn runs_that_end_while_the_pool_is_failed_give_their_executors_back() {
     }
     // The runs end while the pool is failed: their executors must still be given back to it.
     std::fs::write(dir.path().join("release"), "").unwrap();
-    for (c, id) in &mut clients {
-        let reply = c.reply_to(*id);
-        assert!(reply.get("result").is_some(), "{reply}");
-    }
+    each_has_a_result(&mut clients);
     wait_until("the pool to recover", Duration::from_secs(60), || {
         actor(&d.call("system.health", json!({})).unwrap(), "executor")["state"] == "running"
     });
@@ -659,15 +666,5 @@ fn runs_that_end_while_the_pool_is_failed_give_their_executors_back() {
     );
     // Both executors take work again (a lost one would leave a query queued for good: the
     // connection's read timeout ends the test).
-    let mut again: Vec<(Conn, u64)> = (0..2)
-        .map(|i| {
-            let mut c = d.connect();
-            let id = c.request("query.run", json!({"prompt": format!("again {i}")}));
-            (c, id)
-        })
-        .collect();
-    for (c, id) in &mut again {
-        let reply = c.reply_to(*id);
-        assert!(reply.get("result").is_some(), "{reply}");
-    }
+    each_has_a_result(&mut two_queries("again "));
 }

@@ -486,7 +486,7 @@ fn launch_runs_the_agent_with_the_orchestrator_environment() {
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let d = Daemon::builder()
         .env("CCD_VFS_ENABLED", "true")
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
+        .agent(&agent)
         .prepare();
     let out = d.ccd(&["launch", "--", "--model", "sonnet"]);
     assert!(out.status.success(), "{}", describe(&out));
@@ -505,9 +505,7 @@ fn launch_runs_the_agent_with_the_orchestrator_environment() {
     assert!(text.contains("ORCHESTRATOR_RULES="), "{text}");
 
     // Without the filesystem, launch says what is wrong.
-    let d2 = Daemon::builder()
-        .env("CCD_AGENT_CMD", agent.to_str().unwrap())
-        .start();
+    let d2 = Daemon::builder().agent(agent).start();
     let out = d2.ccd(&["launch"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
