@@ -718,7 +718,7 @@ impl MuxConn {
         let mut inflight: std::collections::HashMap<u64, Instant> =
             std::collections::HashMap::with_capacity(depth as usize);
         let mut batch = String::new();
-        let broken = loop {
+        let broken = 'drive: loop {
             batch.clear();
             while sent < n && sent - answered < depth {
                 if deadline.is_some_and(|d| Instant::now() >= d) || interrupted() {
@@ -749,27 +749,19 @@ impl MuxConn {
             // Wait for one reply, then take every reply that has already arrived before the
             // window is refilled: the freed slots then go out in one write, as a pipelining
             // client's would, instead of one system call per reply.
-            let mut failed = None;
             loop {
                 let (id, attempt) = match self.read_reply(p.limits.timeout, p.expect).await {
                     Ok(r) => r,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                    Err(e) => break 'drive e,
                 };
                 let Some(t0) = inflight.remove(&id) else {
-                    failed = Some(anyhow!(
-                        "a reply has id {id}, which is not a request in flight"
-                    ));
-                    break;
+                    break 'drive anyhow!("a reply has id {id}, which is not a request in flight");
                 };
                 answered += 1;
                 match stage {
                     Stage::Measure => {
                         if !out.record(attempt, t0.elapsed(), 1) {
-                            failed = Some(anyhow!("protocol violation"));
-                            break;
+                            break 'drive anyhow!("protocol violation");
                         }
                     }
                     Stage::Warmup => match attempt {
@@ -778,18 +770,12 @@ impl MuxConn {
                             out.warmup_failed += 1;
                             out.note(format!("warm-up: {msg}"));
                         }
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
+                        Err(e) => break 'drive e,
                     },
                 }
                 if answered == sent || !self.reader.buffer().contains(&b'\n') {
                     break;
                 }
-            }
-            if let Some(e) = failed {
-                break e;
             }
         };
         if matches!(stage, Stage::Measure) {
