@@ -25,13 +25,21 @@ use crate::table::Table;
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
-    /// The prompt.
-    prompt: String,
+    /// The prompt; `-` (or none, with input piped in) reads it from standard input.
+    #[arg(value_name = "PROMPT", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: Option<PathBuf>,
     #[command(flatten)]
     opts: QueryOpts,
-    /// Continue this session (its agent conversation is resumed).
-    #[arg(long, conflicts_with = "new_session")]
+    /// Continue this session (its agent conversation is resumed, in the directory it started
+    /// in unless --cwd or --project says otherwise); any unique prefix of its id works.
+    #[arg(long, short = 's', conflicts_with_all = ["new_session", "continue_"])]
     session: Option<String>,
+    /// Continue the most recent open session of this directory (or of --project).
+    #[arg(long = "continue", short = 'c', conflicts_with = "new_session")]
+    continue_: bool,
     /// Start a new session (the default when --session is not given).
     #[arg(long)]
     new_session: bool,
@@ -40,12 +48,109 @@ pub struct QueryArgs {
     json: bool,
 }
 
+/// The prompt of `ccd query`: the argument, `-` or piped input, or `-f FILE`.
+fn read_prompt(prompt: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Read};
+    let text = match (prompt, file) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prompt from {}", path.display()))?,
+        (Some(p), None) if p != "-" => p,
+        (p, None) => {
+            let stdin = std::io::stdin();
+            if p.is_none() && stdin.is_terminal() {
+                return Err(crate::cli::UsageError(
+                    "no prompt: give it as an argument, with -f FILE, or on standard input \
+                     (`ccd query -`)"
+                        .into(),
+                )
+                .into());
+            }
+            let mut text = String::new();
+            stdin
+                .lock()
+                .read_to_string(&mut text)
+                .context("reading the prompt from standard input")?;
+            text
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(crate::cli::UsageError("the prompt is empty".into()).into());
+    }
+    Ok(text)
+}
+
+/// The caller's environment as a query carries it: the daemon takes from it the variables
+/// `executor.pass_env` names. Never ccd's own `CCD_*` variables; names and values that are
+/// not UTF-8 cannot be carried.
+pub fn caller_env() -> std::collections::BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("CCD_")))
+        .collect()
+}
+
+/// The most recent open session of --project (a name), else of --cwd or the current
+/// directory (a project given as a path is its directory): what `--continue` continues.
+fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
+    let dir = match (&opts.cwd, &opts.project) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(p)) if p.contains('/') || p == "." || p == ".." => Some(PathBuf::from(p)),
+        (None, Some(_)) => None,
+        (None, None) => Some(std::env::current_dir().context("reading the current directory")?),
+    };
+    let (what, project, cwd) = match dir {
+        // Sessions record their directory canonical, as the daemon resolved it.
+        Some(d) => {
+            let d = std::fs::canonicalize(&d)
+                .with_context(|| format!("resolving {}", d.display()))?
+                .to_string_lossy()
+                .into_owned();
+            (d.clone(), None, Some(d))
+        }
+        None => {
+            let name = opts.project.clone().unwrap_or_default();
+            (format!("project `{name}`"), Some(name), None)
+        }
+    };
+    let (found, _) = read(home, move |c| {
+        store::sessions(
+            c,
+            store::SessionFilter {
+                status: Some("open"),
+                project: project.as_deref(),
+                cwd: cwd.as_deref(),
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+    })?;
+    match found.into_iter().next() {
+        Some(s) => Ok(s.id),
+        None => Err(crate::cli::UsageError(format!(
+            "--continue: no open session in {what}; start one with `ccd query PROMPT` (see \
+             `ccd session list`)"
+        ))
+        .into()),
+    }
+}
+
+/// `dir` as an absolute path (relative to the current directory), as the daemon wants it.
+fn absolute(dir: &std::path::Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(abs.to_string_lossy().into_owned())
+}
+
 /// Options shared by `query` and `batch`.
 #[derive(Debug, Args, Clone)]
 pub struct QueryOpts {
-    /// Run in this project's directory (see `ccd project list`); default: the current directory.
-    #[arg(long, short)]
+    /// Run in this project's directory, with its env (see `ccd project list`): its name, or
+    /// the path of its directory; default: the current directory (for --session: the
+    /// session's own directory).
+    #[arg(long, short, conflicts_with = "cwd")]
     project: Option<String>,
+    /// Run in this directory instead.
+    #[arg(long, short = 'C', value_name = "DIR")]
+    cwd: Option<PathBuf>,
     /// The model, e.g. sonnet or a full model name.
     #[arg(long, short)]
     model: Option<String>,
@@ -102,10 +207,21 @@ impl From<Permission> for PermissionMode {
 }
 
 impl QueryOpts {
-    fn params(&self, prompt: String) -> anyhow::Result<types::QueryRun> {
-        let cwd = match &self.project {
-            Some(_) => None,
-            None => Some(
+    /// The params of one query. `continuing`: it continues a session, which runs where the
+    /// session's conversation is unless --cwd or --project says otherwise.
+    fn params(&self, prompt: String, continuing: bool) -> anyhow::Result<types::QueryRun> {
+        let project = match &self.project {
+            // A path names the project whose directory it is.
+            Some(p) if p.contains('/') || p == "." || p == ".." => {
+                Some(absolute(std::path::Path::new(p))?)
+            }
+            p => p.clone(),
+        };
+        let cwd = match (&self.cwd, &project) {
+            (Some(dir), _) => Some(absolute(dir)?),
+            (None, Some(_)) => None,
+            (None, None) if continuing => None,
+            (None, None) => Some(
                 std::env::current_dir()
                     .context("reading the current directory")?
                     .to_string_lossy()
@@ -114,7 +230,7 @@ impl QueryOpts {
         };
         Ok(types::QueryRun {
             prompt,
-            project: self.project.clone(),
+            project,
             cwd,
             model: self.model.clone(),
             max_turns: self.max_turns,
@@ -127,6 +243,7 @@ impl QueryOpts {
             timeout_ms: self.timeout.map(|d| d.as_millis().max(1) as u64),
             stream: true,
             no_wait: self.no_wait,
+            env: Some(caller_env()),
             ..Default::default()
         })
     }
@@ -134,14 +251,23 @@ impl QueryOpts {
 
 /// `ccd query`: stream the answer to stdout, tool calls and a summary to stderr.
 pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8> {
-    let mut params = args.opts.params(args.prompt)?;
-    params.session = args.session;
+    let prompt = read_prompt(args.prompt, args.file.as_deref())?;
+    let session = match (args.session, args.continue_) {
+        (Some(id), _) => Some(id),
+        (None, true) => Some(latest_session(home, &args.opts)?),
+        (None, false) => None,
+    };
+    let mut params = args.opts.params(prompt, session.is_some())?;
+    params.session = session;
     params.new_session = args.new_session;
     let mut client = Client::connect_or_start(home, autostart)?;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let mut printed_text = false;
     let mut announced = false;
+    // Messages whose text was printed delta by delta, so not again whole.
+    let mut streamed: HashSet<String> = HashSet::new();
+    let mut current: Option<String> = None;
     let outcome = client.call_streaming(
         m::QueryRun::NAME,
         Some(serde_json::to_value(&params)?),
@@ -163,12 +289,31 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 return;
             };
             match parsed.message {
+                // The answer as it is written: a text delta of the main conversation (not a
+                // subagent's), printed at once.
+                AgentMessage::StreamEvent(ev) if parsed.raw["parent_tool_use_id"].is_null() => {
+                    if let Some(id) = ev["message"]["id"].as_str() {
+                        current = Some(id.to_string());
+                    }
+                    if let Some(text) = text_delta(&ev) {
+                        let _ = write!(out, "{text}");
+                        let _ = out.flush();
+                        printed_text = true;
+                        streamed.extend(current.clone());
+                    }
+                }
                 // A message Claude Code makes up to report an error (not logged in, an API
                 // error) is no part of the answer: the query's error says it, on stderr.
                 AgentMessage::Assistant(a) if a.error.is_some() => {}
                 AgentMessage::Assistant(a) => {
+                    let seen = a
+                        .message
+                        .id
+                        .as_ref()
+                        .is_some_and(|id| streamed.contains(id));
                     for block in &a.message.content {
                         match block {
+                            ContentBlock::Text { .. } if seen => {}
                             ContentBlock::Text { text } => {
                                 let _ = write!(out, "{text}");
                                 printed_text = true;
@@ -235,6 +380,13 @@ fn query_exit_code(e: &RpcError) -> u8 {
         }
         _ => crate::rpc_exit_code(e),
     }
+}
+
+/// The text of a `content_block_delta` stream event with a `text_delta`.
+fn text_delta(event: &Value) -> Option<&str> {
+    (event["type"] == "content_block_delta" && event["delta"]["type"] == "text_delta")
+        .then(|| event["delta"]["text"].as_str())
+        .flatten()
 }
 
 fn query_event(note: &Notification) -> Option<&Value> {
@@ -335,8 +487,15 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             tags,
             model,
         } => {
+            let cwd = match &project {
+                Some(_) => None,
+                None => Some(absolute(
+                    &std::env::current_dir().context("reading the current directory")?,
+                )?),
+            };
             let params = types::SessionCreate {
                 project,
+                cwd,
                 tags: Some(tags),
                 model,
             };
@@ -385,19 +544,22 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             }
         }
         SessionCmd::Show { id, json } => {
-            let lookup = id.clone();
+            let missing = format!("no session `{id}`");
+            // None: no database yet.
             let found = read(home, move |c| {
-                let Some(session) = store::session(c, &lookup)? else {
-                    return Ok(None);
+                let id = match store::resolve_session_id(c, &id) {
+                    Ok(id) => id,
+                    Err(e) => return Ok(Some(Err(e.to_string()))),
                 };
-                Ok(Some(types::SessionDetail {
-                    turns: store::turns(c, &lookup)?,
+                let Some(session) = store::session(c, &id)? else {
+                    return Ok(Some(Err(format!("no session `{id}`"))));
+                };
+                Ok(Some(Ok(types::SessionDetail {
+                    turns: store::turns(c, &id)?,
                     session,
-                }))
+                })))
             })?;
-            let Some(detail) = found else {
-                anyhow::bail!("no session `{id}`")
-            };
+            let detail = found.unwrap_or(Err(missing)).map_err(anyhow::Error::msg)?;
             if json {
                 print_json(&detail)?;
             } else {
@@ -478,8 +640,8 @@ fn clip(s: &str, n: usize) -> String {
 
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// One prompt per line, or JSONL objects with `prompt` and any query.run option.
-    /// Blank lines and lines starting with `#` are skipped.
+    /// One prompt per line, or JSONL objects with `prompt` and any query.run option; `-`
+    /// reads standard input. Blank lines and lines starting with `#` are skipped.
     file: PathBuf,
     /// How many prompts run at once (1 to 256).
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -497,17 +659,23 @@ struct Item {
 }
 
 fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
-    let file = std::fs::File::open(&args.file)
-        .with_context(|| format!("opening {}", args.file.display()))?;
+    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(&args.file)
+            .with_context(|| format!("opening {}", args.file.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let base = args.opts.params(String::new(), false)?;
     let mut items = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+    for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", args.file.display()))?;
         let n = i + 1;
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let mut params = args.opts.params(String::new())?;
+        let mut params = base.clone();
         if trimmed.starts_with('{') {
             let mut obj: serde_json::Map<String, Value> =
                 serde_json::from_str(trimmed).map_err(|e| {
@@ -517,15 +685,19 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
                     ))
                 })?;
             // The line's options win over the command line's.
-            let mut base = serde_json::to_value(&params)?
+            let mut fields = serde_json::to_value(&params)?
                 .as_object()
                 .cloned()
                 .unwrap_or_default();
-            if obj.contains_key("project") {
-                base.remove("cwd");
+            // A line that names a project, or a session (which runs where its conversation
+            // is), does not run in the current directory.
+            if (obj.contains_key("project") || obj.contains_key("session"))
+                && args.opts.cwd.is_none()
+            {
+                fields.remove("cwd");
             }
-            base.append(&mut obj);
-            params = serde_json::from_value(Value::Object(base))
+            fields.append(&mut obj);
+            params = serde_json::from_value(Value::Object(fields))
                 .map_err(|e| crate::cli::UsageError(format!("{}:{n}: {e}", args.file.display())))?;
             // A line's `cwd` is the user's, relative to where `ccd batch` runs; the daemon takes
             // only absolute paths.

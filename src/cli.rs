@@ -900,7 +900,12 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 writeln!(out, "  home:     {}", home.root.display())?;
                 let agent = &health.agent;
                 let agent_line = match (agent.available, &agent.version, &agent.reason) {
-                    (Some(true), Some(v), _) => format!("{} ({v})", agent.command),
+                    (Some(true), Some(v), _) => match &agent.path {
+                        Some(path) if *path != agent.command => {
+                            format!("{} ({v}) at {path}", agent.command)
+                        }
+                        _ => format!("{} ({v})", agent.command),
+                    },
                     (Some(false), _, Some(why)) => format!("unavailable: {why}"),
                     (Some(false), _, None) => format!("`{}` unavailable", agent.command),
                     _ => format!("{} (being checked)", agent.command),

@@ -260,6 +260,13 @@ async fn serve(
         breaker,
         retry: config.retry.clone(),
     };
+    // The agent command is resolved once, with the daemon's own PATH (probe_agent, below, and
+    // again only if that file disappears): never through a caller's or a project's PATH.
+    let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
+        command: config.executor.command.clone(),
+        path: None,
+        version: None,
+    }));
     let query = QueryService::new(
         writer.clone(),
         reader.clone(),
@@ -267,6 +274,7 @@ async fn serve(
         resilience,
         bus.clone(),
         config.executor.clone(),
+        agent.clone(),
         default_cwd,
     );
     let eventbus = EventBusActor::new(
@@ -276,10 +284,6 @@ async fn serve(
         config.events.clone(),
     );
     let eventbus = Supervisor::start(move |_| eventbus);
-    let agent: SharedProbe = Arc::new(Mutex::new(AgentProbe {
-        command: config.executor.command.clone(),
-        version: None,
-    }));
     let http_url = info.clone();
     let reader_for_http = reader.clone();
     let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)

@@ -59,6 +59,53 @@ pub struct ExecutorConfig {
     /// this many `api_retry` messages and fails the query as retryable (ccd's own retry,
     /// with limiter and breaker, takes over). 0 stops it at the first.
     pub cli_retry_limit: u32,
+    /// The variables a query takes from its caller's environment instead of the daemon's:
+    /// names, or prefixes ending in `*`. `CCD_*` never passes.
+    pub pass_env: Vec<String>,
+}
+
+/// The default `executor.pass_env`: what Claude Code reads for its API, credentials, cloud
+/// providers (Bedrock, Vertex), proxies and certificates, and `PATH` for the tools it runs.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "ANTHROPIC_*",
+    "CLAUDE_*",
+    "DISABLE_*",
+    "MAX_THINKING_TOKENS",
+    "MCP_*",
+    "AWS_*",
+    "GOOGLE_*",
+    "GCLOUD_*",
+    "CLOUDSDK_*",
+    "CLOUD_ML_REGION",
+    "VERTEX_*",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "PATH",
+];
+
+impl ExecutorConfig {
+    /// Whether `executor.pass_env` takes `name` from the caller.
+    pub fn passes_env(&self, name: &str) -> bool {
+        !name
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("CCD_"))
+            && self
+                .pass_env
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == pattern,
+                })
+    }
 }
 
 impl Default for ExecutorConfig {
@@ -71,6 +118,7 @@ impl Default for ExecutorConfig {
             kill_grace_ms: 3_000,
             max_line_bytes: 8 * 1024 * 1024,
             cli_retry_limit: 2,
+            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
         }
     }
 }

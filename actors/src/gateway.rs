@@ -247,6 +247,7 @@ impl GatewayActor {
             };
             let agent = types::AgentHealth {
                 command: agent.command,
+                path: agent.path.map(|p| p.to_string_lossy().into_owned()),
                 available: agent.version.as_ref().map(|v| v.is_ok()),
                 version: agent
                     .version
@@ -1356,6 +1357,7 @@ mod tests {
             breaker: Supervisor::start(move |_| breaker),
             retry: Default::default(),
         };
+        let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
         let query = QueryService::new(
             writer.clone(),
             reader.clone(),
@@ -1363,9 +1365,9 @@ mod tests {
             resilience,
             bus,
             Default::default(),
+            probe.clone(),
             dir.path().into(),
         );
-        let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
         let agents = crate::agents::AgentService::new(
             writer.clone(),
             reader.clone(),

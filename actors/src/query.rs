@@ -25,7 +25,7 @@ use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::{
     AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage, Run,
-    RunResult, Submit, Transcript, agent_args,
+    RunResult, SharedProbe, Submit, Transcript, agent_args,
 };
 use crate::gateway::{ConnCtx, validate};
 use crate::reader::Reader;
@@ -68,6 +68,8 @@ pub struct QueryService {
     retry: RetryConfig,
     bus: Bus,
     cfg: ExecutorConfig,
+    /// The agent command, resolved to the program every query runs.
+    agent: SharedProbe,
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
@@ -119,6 +121,7 @@ impl QueryService {
         resilience: Resilience,
         bus: Bus,
         cfg: ExecutorConfig,
+        agent: SharedProbe,
         default_cwd: PathBuf,
     ) -> Self {
         let Resilience {
@@ -137,6 +140,7 @@ impl QueryService {
             retry,
             bus,
             cfg,
+            agent,
             default_cwd,
             running: Default::default(),
             busy_sessions: Default::default(),
@@ -169,7 +173,7 @@ impl QueryService {
     }
 
     /// `query.run`.
-    pub async fn run(self, p: QueryRun, conn: ConnCtx) -> Result<QueryResult, ActorError> {
+    pub async fn run(self, mut p: QueryRun, conn: ConnCtx) -> Result<QueryResult, ActorError> {
         const M: &str = "query.run";
         if p.prompt.trim().is_empty() {
             return Err(invalid(M, "`prompt`: must not be empty"));
@@ -185,6 +189,19 @@ impl QueryService {
             return Err(invalid(
                 M,
                 &format!("`timeout_ms`: must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        if let Some(env) = &p.env
+            && let Some(bad) = env.iter().find(|(k, v)| {
+                k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0')
+            })
+        {
+            return Err(invalid(
+                M,
+                &format!(
+                    "`env`: `{}`: a name must be non-empty without `=` or NUL, a value without NUL",
+                    bad.0.escape_debug()
+                ),
             ));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -215,6 +232,9 @@ impl QueryService {
         // One query at a time per session: two would resume the same conversation at once and
         // the later turn would silently drop the other's branch of it. Claimed before the
         // session is read, so that what is read is what the last run left.
+        if let Some(prefix) = &p.session {
+            p.session = Some(self.resolve_session(prefix).await?);
+        }
         let mut _busy = match &p.session {
             Some(id) => Some(SessionBusy::claim(&self.busy_sessions, id)?),
             None => None,
@@ -238,45 +258,15 @@ impl QueryService {
             }
             None => None,
         };
-        let project_name = p.project.clone().or_else(|| {
-            if p.cwd.is_none() {
-                existing.as_ref().and_then(|s| s.project.clone())
-            } else {
-                None
-            }
-        });
-
-        // Where it runs, and with which environment.
-        let (cwd, env, project) = match (&project_name, &p.cwd) {
-            (Some(name), _) => {
-                let lookup = name.clone();
-                let project = self
-                    .reader
-                    .read("reading the project", move |c| store::project(c, &lookup))
-                    .await?
-                    .ok_or_else(|| match (&p.project, &existing) {
-                        (None, Some(s)) => ActorError::NotFound(format!(
-                            "session `{}` was started in project `{name}`, which no longer \
-                             exists; give `project` or `cwd`, or start a new session",
-                            s.id
-                        )),
-                        _ => ActorError::NotFound(format!("no project named `{name}`")),
-                    })?;
-                (
-                    PathBuf::from(&project.path),
-                    project.env.clone(),
-                    Some(project.name),
-                )
-            }
-            (None, Some(dir)) => {
-                // The client's path, perhaps on a slow mount: resolved off the event loop.
-                let dir = dir.clone();
-                let resolved = tokio::task::spawn_blocking(move || validate::dir("cwd", &dir))
-                    .await
-                    .map_err(|e| ActorError::internal("checking `cwd`", e))??;
-                (PathBuf::from(resolved), BTreeMap::new(), None)
-            }
-            (None, None) => (self.default_cwd.clone(), BTreeMap::new(), None),
+        // Where it runs, and with which environment: refused here, before anything runs or
+        // counts against a breaker, when that place is gone.
+        let Placement { cwd, env, project } = self.place(&p, existing.as_ref()).await?;
+        let (env_remove, env) = self.agent_env(p.env.as_ref(), env);
+        let program = {
+            let probe = self.agent.clone();
+            tokio::task::spawn_blocking(move || crate::executor::agent_program(&probe))
+                .await
+                .map_err(|e| ActorError::internal("resolving the agent command", e))?
         };
 
         // An open breaker refuses the query before it costs anything: no session to wait for, no
@@ -310,6 +300,7 @@ impl QueryService {
             let record = self.clone().record_refusal(
                 existing,
                 project,
+                cwd.to_string_lossy().into_owned(),
                 p.model.clone(),
                 model,
                 p.prompt,
@@ -337,6 +328,7 @@ impl QueryService {
                     .write(store::CreateSession {
                         id,
                         project: project.clone(),
+                        cwd: Some(cwd.to_string_lossy().into_owned()),
                         tags: vec![],
                         model: p.model.clone(),
                     })
@@ -361,10 +353,12 @@ impl QueryService {
             mcp_config: p.mcp_config.clone(),
             add_dirs: p.add_dirs.clone().unwrap_or_default(),
         };
+        let turn_cwd = cwd.to_string_lossy().into_owned();
         let spec = AgentSpec {
-            command: self.cfg.command.clone(),
+            command: program.to_string_lossy().into_owned(),
             args: agent_args(&options),
             cwd,
+            env_remove,
             env,
             prompt: p.prompt.clone(),
             deadline,
@@ -467,6 +461,7 @@ impl QueryService {
             model: transcript.model.clone().or(model),
             started_at_ms,
             agent_session_id: transcript.agent_session_id(),
+            cwd: Some(turn_cwd),
         };
         let (status, usage, cost, model_used) =
             (turn.status, turn.usage, turn.cost_usd, turn.model.clone());
@@ -578,6 +573,7 @@ impl QueryService {
         self,
         existing: Option<Session>,
         project: Option<String>,
+        cwd: String,
         session_model: Option<String>,
         model: Option<String>,
         prompt: String,
@@ -591,6 +587,7 @@ impl QueryService {
                     .write(store::CreateSession {
                         id: uuid::Uuid::new_v4().to_string(),
                         project: project.clone(),
+                        cwd: Some(cwd),
                         tags: vec![],
                         model: session_model,
                     })
@@ -627,6 +624,7 @@ impl QueryService {
             model: model.clone(),
             started_at_ms,
             agent_session_id: None,
+            cwd: None,
         };
         if let Err(e) = self.write(turn).await {
             tracing::error!(query_id, "recording a refused query: {e}");
@@ -921,20 +919,26 @@ impl QueryService {
     }
 
     pub async fn create_session(self, p: SessionCreate) -> Result<Session, ActorError> {
+        const M: &str = "session.create";
         // The session's model becomes an argument of every agent run in it.
-        agent_args_fit("session.create", &[("model", p.model.as_slice(), false)])?;
-        if let Some(name) = &p.project {
-            let lookup = name.clone();
-            self.reader
-                .read("reading the project", move |c| store::project(c, &lookup))
-                .await?
-                .ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))?;
+        agent_args_fit(M, &[("model", p.model.as_slice(), false)])?;
+        if p.project.is_some() && p.cwd.is_some() {
+            return Err(invalid(M, "give `project` or `cwd`, not both"));
         }
+        let project = match &p.project {
+            Some(name) => Some(self.find_project(name).await?.name),
+            None => None,
+        };
+        let cwd = match p.cwd {
+            Some(dir) => Some(checked_dir("cwd", dir).await?),
+            None => None,
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let s = self
             .write(store::CreateSession {
                 id,
-                project: p.project,
+                project,
+                cwd,
                 tags: p.tags.unwrap_or_default(),
                 model: p.model,
             })
@@ -946,7 +950,140 @@ impl QueryService {
         Ok(s)
     }
 
+    /// A project by name, or by the path of its directory (any path that resolves to it).
+    async fn find_project(&self, name: &str) -> Result<ccd_protocol::types::Project, ActorError> {
+        let lookup = name.to_string();
+        let found = self
+            .reader
+            .read("reading the project", move |c| {
+                if let Some(p) = store::project(c, &lookup)? {
+                    return Ok(Some(p));
+                }
+                if !lookup.starts_with('/') {
+                    return Ok(None);
+                }
+                let Ok(canonical) = std::fs::canonicalize(&lookup) else {
+                    return Ok(None);
+                };
+                let canonical = canonical.to_string_lossy();
+                Ok(store::projects(c)?
+                    .into_iter()
+                    .find(|p| p.path == canonical))
+            })
+            .await?;
+        found.ok_or_else(|| ActorError::NotFound(format!("no project named `{name}`")))
+    }
+
+    /// Where a query runs. In order: the caller's `project`, the caller's `cwd`, the
+    /// session's own directory (Claude Code finds a conversation only in the directory it was
+    /// started in), the session's project, the daemon's default. A place that is gone is the
+    /// caller's error, named with what to do: nothing has run, and no breaker counts it.
+    async fn place(
+        &self,
+        p: &QueryRun,
+        existing: Option<&Session>,
+    ) -> Result<Placement, ActorError> {
+        if let Some(name) = &p.project {
+            let project = self.find_project(name).await?;
+            let what = format!("project `{}`", project.name);
+            let fix = format!(
+                "point it at a directory that exists with `ccd project set {0} --path DIR`, or \
+                 remove it with `ccd project rm {0}`",
+                project.name
+            );
+            return Ok(Placement {
+                cwd: existing_dir(&project.path, &what, &fix).await?,
+                env: project.env,
+                project: Some(project.name),
+            });
+        }
+        if let Some(dir) = &p.cwd {
+            return Ok(Placement {
+                cwd: PathBuf::from(checked_dir("cwd", dir.clone()).await?),
+                env: BTreeMap::new(),
+                project: None,
+            });
+        }
+        let Some(s) = existing else {
+            return Ok(Placement {
+                cwd: self.default_cwd.clone(),
+                env: BTreeMap::new(),
+                project: None,
+            });
+        };
+        let project = match &s.project {
+            Some(name) => {
+                let lookup = name.clone();
+                let found = self
+                    .reader
+                    .read("reading the project", move |c| store::project(c, &lookup))
+                    .await?;
+                Some(found.ok_or_else(|| {
+                    ActorError::NotFound(format!(
+                        "session `{}` was started in project `{name}`, which no longer exists; \
+                         give `project` or `cwd`, or start a new session",
+                        s.id
+                    ))
+                })?)
+            }
+            None => None,
+        };
+        let dir = s
+            .cwd
+            .clone()
+            .or_else(|| project.as_ref().map(|p| p.path.clone()))
+            .unwrap_or_else(|| self.default_cwd.to_string_lossy().into_owned());
+        let what = format!("session `{}`", s.id);
+        let fix = "its conversation is kept by Claude Code per directory: restore the directory, \
+                   or give `cwd`/`project` to run elsewhere (the agent then starts without the \
+                   earlier turns), or start a new session";
+        let (env, project) = match project {
+            Some(p) => (p.env, Some(p.name)),
+            None => (BTreeMap::new(), None),
+        };
+        Ok(Placement {
+            cwd: existing_dir(&dir, &what, fix).await?,
+            env,
+            project,
+        })
+    }
+
+    /// The agent's environment for a query: what to take out of the daemon's and what to set.
+    /// With the caller's environment, every variable `executor.pass_env` names comes from it
+    /// (or is not set, when the caller has none); a project's `env` applies on top.
+    fn agent_env(
+        &self,
+        caller: Option<&BTreeMap<String, String>>,
+        project_env: BTreeMap<String, String>,
+    ) -> (Vec<String>, BTreeMap<String, String>) {
+        let Some(caller) = caller else {
+            return (Vec::new(), project_env);
+        };
+        let remove = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| self.cfg.passes_env(name))
+            .collect();
+        let mut env: BTreeMap<String, String> = caller
+            .iter()
+            .filter(|(name, _)| self.cfg.passes_env(name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(project_env);
+        (remove, env)
+    }
+
+    /// A session's full id from any unique prefix of it.
+    pub async fn resolve_session(&self, prefix: &str) -> Result<String, ActorError> {
+        let lookup = prefix.to_string();
+        self.reader
+            .read("finding a session", move |c| {
+                Ok(store::resolve_session_id(c, &lookup))
+            })
+            .await?
+    }
+
     pub async fn get_session(self, id: String) -> Result<SessionDetail, ActorError> {
+        let id = self.resolve_session(&id).await?;
         let lookup = id.clone();
         let found = self
             .reader
@@ -980,6 +1117,7 @@ impl QueryService {
                         status: p.status.as_deref(),
                         tag: p.tag.as_deref(),
                         project: p.project.as_deref(),
+                        cwd: None,
                         limit: Some(limit),
                         offset: p.offset.unwrap_or(0),
                     },
@@ -990,6 +1128,7 @@ impl QueryService {
     }
 
     pub async fn close_session(self, id: String) -> Result<Session, ActorError> {
+        let id = self.resolve_session(&id).await?;
         let s = self.write(store::CloseSession { id }).await?;
         self.bus.publish(EventKind::SessionClosed {
             session_id: s.id.clone(),
@@ -1018,6 +1157,39 @@ fn invalid(method: &str, why: &str) -> ActorError {
     ActorError::Rpc(RpcError::invalid_params(format!(
         "invalid params for {method}: {why}"
     )))
+}
+
+/// Where a query runs: its directory, its project's `env`, its project.
+struct Placement {
+    cwd: PathBuf,
+    env: BTreeMap<String, String>,
+    project: Option<String>,
+}
+
+/// A client's directory parameter, checked and made canonical (off the event loop: it may be
+/// on a slow mount).
+async fn checked_dir(param: &'static str, dir: String) -> Result<String, ActorError> {
+    tokio::task::spawn_blocking(move || validate::dir(param, &dir))
+        .await
+        .map_err(|e| ActorError::internal("checking a directory", e))?
+        .map_err(ActorError::Rpc)
+}
+
+/// `dir` if it is a directory; else a not-found error that names `what` it belongs to and the
+/// `fix`.
+async fn existing_dir(dir: &str, what: &str, fix: &str) -> Result<PathBuf, ActorError> {
+    let path = PathBuf::from(dir);
+    let probe = path.clone();
+    let is_dir = tokio::task::spawn_blocking(move || probe.is_dir())
+        .await
+        .map_err(|e| ActorError::internal("checking a directory", e))?;
+    if is_dir {
+        Ok(path)
+    } else {
+        Err(ActorError::NotFound(format!(
+            "{what} runs in {dir}, which does not exist (or is not a directory); {fix}"
+        )))
+    }
 }
 
 /// The resilience inputs of one query.

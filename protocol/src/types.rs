@@ -105,7 +105,13 @@ pub struct VfsUnseal {
 /// The agent CLI, as checked with `--version` at start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentHealth {
+    /// As configured (`executor.command`, `CCD_AGENT_CMD`).
     pub command: String,
+    /// The program every query runs: `command` resolved once with the daemon's `PATH`; null
+    /// when it was not found.
+    #[serde(default)]
+    #[schemars(extend("x-hint" = "path"))]
+    pub path: Option<String>,
     /// Null while the check runs.
     pub available: Option<bool>,
     pub version: Option<String>,
@@ -414,6 +420,12 @@ pub struct QueryRun {
     /// Refuse at once with -32002 instead of waiting for the rate limiter.
     #[serde(default)]
     pub no_wait: bool,
+    /// The caller's environment (`ccd query` sends its own). The variables that
+    /// `executor.pass_env` names are taken from here instead of from the daemon's environment
+    /// (one the caller does not have is not set at all); the rest is ignored. Absent: the
+    /// agent gets the daemon's own environment. A project's `env` still applies on top.
+    #[serde(default)]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -465,6 +477,11 @@ pub struct QueryEvent {
 pub struct SessionCreate {
     #[serde(default)]
     pub project: Option<String>,
+    /// The directory its queries run in (when no project is given); default: decided by its
+    /// first query.
+    #[serde(default)]
+    #[schemars(extend("x-hint" = "path"))]
+    pub cwd: Option<String>,
     #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// Default model for the session's queries.
@@ -489,6 +506,11 @@ pub struct Session {
     pub turns: u64,
     pub usage: Usage,
     pub cost_usd: f64,
+    /// The directory its turns run in (Claude Code keeps a conversation per directory): set
+    /// when it is created with a `cwd`, else by its first turn.
+    #[serde(default)]
+    #[schemars(extend("x-hint" = "path"))]
+    pub cwd: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -12,9 +12,9 @@ use crate::mock_api::{Behaviour, MockApi, claude_bin};
 
 /// A daemon whose agent is the real CLI talking to `mock`. Every process it starts carries a
 /// marker in its environment, so the test can find (and count) its agent processes.
-struct AgentDaemon {
-    d: Daemon,
-    mock: MockApi,
+pub struct AgentDaemon {
+    pub d: Daemon,
+    pub mock: MockApi,
     marker: String,
 }
 
@@ -25,7 +25,7 @@ impl std::ops::Deref for AgentDaemon {
     }
 }
 
-fn agent_daemon(behaviour: Behaviour, config: &str) -> AgentDaemon {
+pub fn agent_daemon(behaviour: Behaviour, config: &str) -> AgentDaemon {
     let mock = MockApi::start(behaviour);
     let marker = format!(
         "ccd-test-{}",

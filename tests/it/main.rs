@@ -21,6 +21,7 @@
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 //! | `tui`         | `ccd tui` in tmux: panels, live events, daemon down and back, keys    |
+//! | `workflow`    | the daily query workflow through the CLI with the real Claude Code CLI |
 
 mod common;
 mod mock_api;
@@ -39,4 +40,5 @@ mod resilience;
 mod supervision;
 mod tui;
 mod vfs;
+mod workflow;
 mod writes;

@@ -71,6 +71,10 @@ pub enum Behaviour {
     },
     /// Read the request and never answer (until the mock is dropped).
     Hang,
+    /// A streamed answer: `first` as one `text_delta`, then nothing until the test calls
+    /// [`MockApi::open_gate`], then `rest` as another. A client that shows `first` before the
+    /// gate opens streams for real, with no timing involved.
+    Gated { first: String, rest: String },
 }
 
 impl Behaviour {
@@ -239,6 +243,8 @@ struct State {
     http_log: Vec<String>,
     /// Clones of the open connections, shut down on drop to wake their threads.
     conns: Vec<(u64, TcpStream)>,
+    /// Whether [`Behaviour::Gated`] answers may go on past their first piece.
+    gate_open: bool,
 }
 
 /// `now + d`, or a year from now if that overflows.
@@ -264,6 +270,23 @@ impl Shared {
 
     fn is_shutdown(&self) -> bool {
         self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the gate is open or the mock shuts down; true if it shut down.
+    fn wait_for_gate(&self) -> bool {
+        let mut state = self.lock();
+        loop {
+            if self.is_shutdown() {
+                return true;
+            }
+            if state.gate_open {
+                return false;
+            }
+            state = match self.changed.wait(state) {
+                Ok(s) => s,
+                Err(e) => e.into_inner(),
+            };
+        }
     }
 
     /// Sleep for `d` unless the mock shuts down first; true if it did.
@@ -297,6 +320,7 @@ impl MockApi {
                 requests: Vec::new(),
                 http_log: Vec::new(),
                 conns: Vec::new(),
+                gate_open: false,
             }),
             changed: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -350,6 +374,12 @@ impl MockApi {
     /// How many conversation turns were received so far.
     pub fn request_count(&self) -> usize {
         self.shared.lock().turns()
+    }
+
+    /// Let [`Behaviour::Gated`] answers (waiting or to come) go on past their first piece.
+    pub fn open_gate(&self) {
+        self.shared.lock().gate_open = true;
+        self.shared.changed.notify_all();
     }
 
     /// What later requests get.
@@ -761,10 +791,12 @@ fn handle_request(shared: &Shared, conn: &mut Conn, conn_id: u64, req: Request) 
 
 /// One answer: content blocks and a stop reason.
 enum Block {
-    /// Text, streamed in these pieces, sleeping `delay` before each.
+    /// Text, streamed in these pieces, sleeping `delay` before each; with `gated`, waiting for
+    /// [`MockApi::open_gate`] before every piece after the first.
     Text {
         pieces: Vec<String>,
         delay: Duration,
+        gated: bool,
     },
     ToolUse {
         id: String,
@@ -812,6 +844,7 @@ fn messages(shared: &Shared, conn: &mut Conn, req: Request, close: bool) -> io::
     let text_block = |text: &str| Block::Text {
         pieces: vec![text.to_string()],
         delay: Duration::ZERO,
+        gated: false,
     };
     let (block, stop_reason) = match behaviour {
         _ if kind == RequestKind::Structured => (
@@ -836,6 +869,15 @@ fn messages(shared: &Shared, conn: &mut Conn, req: Request, close: bool) -> io::
             Block::Text {
                 pieces: split_text(&text, chunks),
                 delay,
+                gated: false,
+            },
+            "end_turn",
+        ),
+        Behaviour::Gated { first, rest } => (
+            Block::Text {
+                pieces: vec![first, rest],
+                delay: Duration::ZERO,
+                gated: true,
             },
             "end_turn",
         ),
@@ -885,7 +927,7 @@ fn messages(shared: &Shared, conn: &mut Conn, req: Request, close: bool) -> io::
         };
         stream_answer(shared, conn, &answer, close)
     } else {
-        if let Block::Text { pieces, delay } = &block
+        if let Block::Text { pieces, delay, .. } = &block
             && shared.sleep_or_shutdown(delay.saturating_mul(pieces.len() as u32))
         {
             return Err(io::Error::other("mock API shut down"));
@@ -1004,13 +1046,20 @@ fn stream_answer(shared: &Shared, conn: &mut Conn, answer: &Answer, close: bool)
         },
     }))?;
     match block {
-        Block::Text { pieces, delay } => {
+        Block::Text {
+            pieces,
+            delay,
+            gated,
+        } => {
             events.event(json!({
                 "type": "content_block_start", "index": 0,
                 "content_block": {"type": "text", "text": ""},
             }))?;
-            for piece in pieces {
+            for (i, piece) in pieces.iter().enumerate() {
                 if !delay.is_zero() && shared.sleep_or_shutdown(*delay) {
+                    return Err(io::Error::other("mock API shut down"));
+                }
+                if *gated && i > 0 && shared.wait_for_gate() {
                     return Err(io::Error::other("mock API shut down"));
                 }
                 events.event(json!({

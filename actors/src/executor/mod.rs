@@ -11,6 +11,7 @@ pub mod process;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -399,21 +400,76 @@ impl Handle<Member> for ExecutorPool {
 // ---------------------------------------------------------------------------------------------
 // The agent CLI's availability
 
-/// What `<command> --version` said at start, shared with `system.health`.
+/// The agent command as the daemon runs it, and what `<path> --version` said at start; shared
+/// with the query path and `system.health`.
 #[derive(Debug, Clone, Default)]
 pub struct AgentProbe {
+    /// As configured (`executor.command`, `CCD_AGENT_CMD`): the breaker's key names it.
     pub command: String,
+    /// `command` resolved to an absolute path with the daemon's own `PATH`, once at start
+    /// (and again when that file disappears): what every query runs, whatever `PATH` the
+    /// caller or a project has. `None`: not found.
+    pub path: Option<PathBuf>,
     /// `None` while the check runs.
     pub version: Option<Result<String, String>>,
 }
 
 pub type SharedProbe = Arc<Mutex<AgentProbe>>;
 
-/// Run `<command> --version` (bounded) and record the outcome.
+/// `command` as an absolute path: a name is looked up on `path_var` (the daemon's `PATH`), a
+/// relative path is taken from the daemon's current directory. `None` when there is no
+/// executable file there.
+pub fn resolve_command(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.is_empty() {
+        return None;
+    }
+    if command.contains('/') {
+        let p = std::path::absolute(command).ok()?;
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path_var?)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(command))
+        .find(|p| executable(p))
+}
+
+/// The program a query runs: the resolved path, resolved again (with the daemon's `PATH`) if
+/// it was not found at start or has since disappeared; the configured command when it cannot
+/// be found at all (the spawn then fails and says so). Touches the filesystem: call it off
+/// the event loop.
+pub fn agent_program(probe: &SharedProbe) -> PathBuf {
+    let (command, path) = match probe.lock() {
+        Ok(p) => (p.command.clone(), p.path.clone()),
+        Err(_) => return PathBuf::new(),
+    };
+    if let Some(path) = path
+        && path.is_file()
+    {
+        return path;
+    }
+    let found = resolve_command(&command, std::env::var_os("PATH").as_deref());
+    if let Some(found) = &found {
+        tracing::info!("agent command `{command}` resolved to {}", found.display());
+        if let Ok(mut p) = probe.lock() {
+            p.path = Some(found.clone());
+        }
+    }
+    found.unwrap_or_else(|| PathBuf::from(command))
+}
+
+/// Resolve the agent command, run `<path> --version` (bounded) and record the outcome.
 pub async fn probe_agent(probe: SharedProbe) {
     let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
+    let resolving = probe.clone();
+    let program = tokio::task::spawn_blocking(move || agent_program(&resolving))
+        .await
+        .unwrap_or_else(|_| PathBuf::from(&command));
     let outcome = async {
-        let mut cmd = tokio::process::Command::new(&command);
+        let mut cmd = tokio::process::Command::new(&program);
         process::remove_daemon_env(cmd.as_std_mut());
         let out = cmd
             .arg("--version")
@@ -431,10 +487,35 @@ pub async fn probe_agent(probe: SharedProbe) {
     }
     .await;
     match &outcome {
-        Ok(v) => tracing::info!("agent CLI `{command}`: {v}"),
+        Ok(v) => tracing::info!("agent CLI `{command}` ({}): {v}", program.display()),
         Err(e) => tracing::warn!("agent CLI unavailable: {e}"),
     }
     if let Ok(mut p) = probe.lock() {
         p.version = Some(outcome);
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve_command;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn names_are_found_on_the_given_path_and_paths_are_made_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("agent");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "").unwrap();
+        let path_var =
+            std::env::join_paths(["relative/dir", dir.path().to_str().unwrap()]).unwrap();
+        assert_eq!(resolve_command("agent", Some(&path_var)), Some(bin.clone()));
+        // Not executable, not there, no PATH, empty.
+        assert_eq!(resolve_command("plain", Some(&path_var)), None);
+        assert_eq!(resolve_command("missing", Some(&path_var)), None);
+        assert_eq!(resolve_command("agent", None), None);
+        assert_eq!(resolve_command("", Some(&path_var)), None);
+        assert_eq!(resolve_command(bin.to_str().unwrap(), None), Some(bin));
     }
 }

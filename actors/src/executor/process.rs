@@ -93,9 +93,17 @@ pub struct AgentOptions {
 
 /// The argument list, never a shell string. Each option only when set.
 pub fn agent_args(o: &AgentOptions) -> Vec<String> {
-    let mut args: Vec<String> = ["-p", "--output-format", "stream-json", "--verbose"]
-        .map(String::from)
-        .into();
+    // Partial messages: every API stream event as it arrives, so text reaches the caller
+    // delta by delta instead of a whole message at a time.
+    let mut args: Vec<String> = [
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ]
+    .map(String::from)
+    .into();
     if let Some(id) = &o.resume {
         // The `=` form, so an id can never be read as a flag.
         args.push(format!("--resume={id}"));
@@ -135,7 +143,10 @@ pub struct AgentSpec {
     pub command: String,
     pub args: Vec<String>,
     pub cwd: PathBuf,
-    /// Added to the daemon's own environment (less its `CCD_*` variables).
+    /// Taken out of the daemon's own environment (besides its `CCD_*` variables): what the
+    /// caller's environment decides instead.
+    pub env_remove: Vec<String>,
+    /// Added to the daemon's own environment (less `env_remove` and its `CCD_*` variables).
     pub env: BTreeMap<String, String>,
     pub prompt: String,
     pub deadline: Instant,
@@ -258,6 +269,9 @@ pub async fn run_agent(
     // The daemon's own variables (its master key, HTTP token, `--set` values) are not the
     // agent's; the project's `env`, applied after, may still set any of them.
     remove_daemon_env(cmd.as_std_mut());
+    for name in &spec.env_remove {
+        cmd.env_remove(name);
+    }
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
         .envs(&spec.env)
@@ -273,11 +287,15 @@ pub async fn run_agent(
             // Std's own refusal of an argument or environment value with a NUL byte: about
             // this query's options, not the agent.
             let nul = e.kind() == std::io::ErrorKind::InvalidInput;
+            // A working directory that went away since the query checked it fails the spawn
+            // with ENOENT too: that is about this query, not the agent, and must not count
+            // against the agent's breaker.
+            let no_cwd = !spec.cwd.is_dir();
             let class = match e.kind() {
+                _ if too_long || nul || no_cwd => ErrorClass::NonRetryable,
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
                     ErrorClass::Unavailable
                 }
-                _ if too_long || nul || !spec.cwd.is_dir() => ErrorClass::NonRetryable,
                 _ => ErrorClass::Unavailable,
             };
             let detail = if nul {
@@ -293,6 +311,13 @@ pub async fn run_agent(
                     "cannot run `{}`: its arguments and environment are over the kernel's \
                      limit ({e}); shorten the query's options or the project's env",
                     spec.command
+                )
+            } else if no_cwd {
+                format!(
+                    "cannot run `{}`: its working directory {} does not exist (or is not a \
+                     directory)",
+                    spec.command,
+                    spec.cwd.display()
                 )
             } else if class == ErrorClass::Unavailable {
                 cannot_run_agent(&spec.command, &e)
@@ -549,6 +574,37 @@ fn no_result_within(timeout: Duration) -> String {
     format!("no result within {}", humantime::format_duration(timeout))
 }
 
+/// The most of the agent's own words an error message carries.
+const MAX_DETAIL_CHARS: usize = 2000;
+
+/// `errors` of a result message (a list of strings), joined; empty when there are none.
+fn error_strings(errors: &serde_json::Value) -> String {
+    errors
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|e| e.as_str().map(str::trim))
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of the agent's stderr, on one line.
+fn last_stderr_lines(t: &Transcript, n: usize) -> String {
+    let lines = &t.stderr_tail[t.stderr_tail.len().saturating_sub(n)..];
+    lines.join(" | ")
+}
+
+/// `s` cut to at most `max` characters, with an ellipsis when cut.
+fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// Decide success or the error class from the result message and the exit status.
 fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> RunResult {
     use std::os::unix::process::ExitStatusExt;
@@ -578,26 +634,26 @@ fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> Ru
             (None, "success" | "") => "the agent reported an error".to_string(),
             (None, subtype) => format!("the agent reported an error ({subtype})"),
         };
-        let detail = if text.trim().is_empty() {
-            what
-        } else {
-            format!("{what}: {text}")
+        // The cause in the agent's words: its result text, else its `errors` ("No
+        // conversation found with session ID ..."), else the end of its stderr.
+        let cause = [
+            text.trim().to_string(),
+            error_strings(&r.errors),
+            last_stderr_lines(&transcript, 5),
+        ]
+        .into_iter()
+        .find(|c| !c.is_empty());
+        let detail = match cause {
+            Some(cause) => format!("{what}: {}", bounded(&cause, MAX_DETAIL_CHARS)),
+            None => what,
         };
         return fail(class, detail, transcript);
     }
-    let tail = transcript
-        .stderr_tail
-        .iter()
-        .rev()
-        .take(5)
-        .rev()
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" | ");
+    let tail = last_stderr_lines(&transcript, 5);
     let tail = if tail.is_empty() {
         String::new()
     } else {
-        format!("; stderr: {tail}")
+        format!("; stderr: {}", bounded(&tail, MAX_DETAIL_CHARS))
     };
     match status {
         Some(s) if s.signal().is_some() => {

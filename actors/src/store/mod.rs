@@ -119,6 +119,9 @@ const MIGRATIONS: &[M<'static>] = &[
     DROP TABLE settings;
     ALTER TABLE settings_by_key RENAME TO settings;",
     ),
+    // The directory a session's conversation lives in: Claude Code keeps conversations per
+    // working directory, so every turn after the first must run where the first ran.
+    M::up("ALTER TABLE sessions ADD COLUMN cwd TEXT;"),
 ];
 
 /// The schema version this build migrates to.

@@ -7,7 +7,7 @@ use super::{ExecCached, WriteOp, db_err, now_ms, rfc3339};
 use crate::error::ActorError;
 
 const SESSION_COLUMNS: &str = "id, project, tags, model, agent_session_id, status, created_at, last_used_at, turns, \
-     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd";
+     input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd, cwd";
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
     let tags: String = r.get(2)?;
@@ -28,6 +28,7 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
             cache_read_input_tokens: r.get::<_, i64>(12)?.max(0) as u64,
         },
         cost_usd: r.get(13)?,
+        cwd: r.get(14)?,
     })
 }
 
@@ -74,6 +75,8 @@ pub struct SessionFilter<'a> {
     pub status: Option<&'a str>,
     pub tag: Option<&'a str>,
     pub project: Option<&'a str>,
+    /// Only sessions whose conversation is in this directory.
+    pub cwd: Option<&'a str>,
     /// At most this many (`None`: all).
     pub limit: Option<u32>,
     pub offset: u64,
@@ -86,6 +89,7 @@ pub fn sessions(conn: &Connection, f: SessionFilter<'_>) -> anyhow::Result<(Vec<
          WHERE (?1 IS NULL OR status = ?1)
            AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE value = ?2))
            AND (?3 IS NULL OR project = ?3)
+           AND (?6 IS NULL OR cwd = ?6)
          ORDER BY last_used_at DESC, created_at DESC, id DESC
          LIMIT ?4 OFFSET ?5"
     ))?;
@@ -94,7 +98,7 @@ pub fn sessions(conn: &Connection, f: SessionFilter<'_>) -> anyhow::Result<(Vec<
     let offset = i64::try_from(f.offset).unwrap_or(i64::MAX);
     let mut rows: Vec<Session> = st
         .query_map(
-            params![f.status, f.tag, f.project, limit, offset],
+            params![f.status, f.tag, f.project, limit, offset, f.cwd],
             session_row,
         )?
         .collect::<Result<_, _>>()?;
@@ -103,6 +107,45 @@ pub fn sessions(conn: &Connection, f: SessionFilter<'_>) -> anyhow::Result<(Vec<
         rows.truncate(l as usize);
     }
     Ok((rows, more))
+}
+
+/// The full id of the one session whose id starts with `prefix` (an id is its own prefix), as
+/// git and docker take ids: an error that names the matches when there are several, not
+/// found when none.
+pub fn resolve_session_id(conn: &Connection, prefix: &str) -> Result<String, ActorError> {
+    const SHOWN: usize = 10;
+    let mut st = conn
+        .prepare_cached(
+            "SELECT id FROM sessions WHERE id >= ?1 AND substr(id, 1, length(?1)) = ?1
+             ORDER BY id LIMIT ?2",
+        )
+        .map_err(db_err("finding a session by id"))?;
+    let matches: Vec<String> = st
+        .query_map(params![prefix, SHOWN as i64 + 1], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(db_err("finding a session by id"))?;
+    match matches.as_slice() {
+        _ if prefix.is_empty() => Err(ActorError::NotFound("no session ``".into())),
+        [] => Err(ActorError::NotFound(format!("no session `{prefix}`"))),
+        [one] => Ok(one.clone()),
+        // An exact id wins over the longer ids it is a prefix of.
+        [first, ..] if first == prefix => Ok(first.clone()),
+        many => {
+            let shown = many
+                .iter()
+                .take(SHOWN)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = if many.len() > SHOWN { ", ..." } else { "" };
+            Err(ActorError::Rpc(ccd_protocol::RpcError::invalid_params(
+                format!(
+                    "session id prefix `{prefix}` is ambiguous: it matches {shown}{more}; give more \
+                 of the id"
+                ),
+            )))
+        }
+    }
 }
 
 pub fn turns(conn: &Connection, session_id: &str) -> anyhow::Result<Vec<Turn>> {
@@ -124,6 +167,8 @@ fn read_session(conn: &Connection, id: &str) -> Result<Session, ActorError> {
 pub struct CreateSession {
     pub id: String,
     pub project: Option<String>,
+    /// Where its turns run (`None`: decided by its first turn).
+    pub cwd: Option<String>,
     pub tags: Vec<String>,
     pub model: Option<String>,
 }
@@ -134,9 +179,9 @@ impl WriteOp for CreateSession {
         let now = now_ms();
         let tags = serde_json::to_string(&self.tags).unwrap_or_else(|_| "[]".into());
         conn.execute_cached(
-            "INSERT INTO sessions (id, project, tags, model, status, created_at, last_used_at)
-             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?5)",
-            params![self.id, self.project, tags, self.model, now],
+            "INSERT INTO sessions (id, project, tags, model, status, created_at, last_used_at, cwd)
+             VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?5, ?6)",
+            params![self.id, self.project, tags, self.model, now, self.cwd],
         )
         .map_err(db_err("creating session"))?;
         read_session(conn, &self.id)
@@ -178,6 +223,8 @@ pub struct RecordTurn {
     pub model: Option<String>,
     pub started_at_ms: i64,
     pub agent_session_id: Option<String>,
+    /// The directory the turn ran in: the session's from now on if it had none.
+    pub cwd: Option<String>,
 }
 
 /// A count from the agent as SQLite's integer: saturating, never wrapping to a negative.
@@ -203,7 +250,8 @@ impl WriteOp for RecordTurn {
                      cache_read_input_tokens = cache_read_input_tokens
                          + MIN(?5, 9223372036854775807 - cache_read_input_tokens),
                      cost_usd = cost_usd + ?6, last_used_at = ?7,
-                     agent_session_id = COALESCE(?8, agent_session_id)
+                     agent_session_id = COALESCE(?8, agent_session_id),
+                     cwd = COALESCE(cwd, ?9)
                  WHERE id = ?1",
                 params![
                     self.session_id,
@@ -214,6 +262,7 @@ impl WriteOp for RecordTurn {
                     self.cost_usd,
                     now_ms(),
                     self.agent_session_id,
+                    self.cwd,
                 ],
             )
             .map_err(db_err("updating session totals"))?;

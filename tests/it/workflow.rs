@@ -1,0 +1,411 @@
+//! The daily query workflow as a user runs it: `ccd query` and `ccd session` from the shell, in
+//! whatever directory the user happens to be, with the real Claude Code CLI against the mock
+//! Messages API. Each test here was a bug a new user hit.
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::agent::agent_daemon;
+use crate::common::*;
+use crate::mock_api::{Behaviour, MockApi, claude_bin};
+
+/// The session id from the summary `ccd query` prints on stderr.
+fn session_of(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.split("session ")
+        .last()
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.len() == 36)
+        .unwrap_or_else(|| panic!("no session id in the summary:\n{}", describe(out)))
+}
+
+/// The `cwd` of the agent's `init` message in `ccd query --json` output.
+fn init_cwd(stdout: &[u8]) -> String {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|m| m["type"] == "system" && m["subtype"] == "init")
+        .and_then(|m| m["cwd"].as_str().map(String::from))
+        .expect("an init message")
+}
+
+fn canonical(p: &std::path::Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn a_session_resumes_in_its_own_directory_from_anywhere() {
+    let d = agent_daemon(Behaviour::text("Answer."), "");
+    let web = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    d.ccd_ok(&["project", "add", "web", web.path().to_str().unwrap()]);
+
+    // The README's two steps: the second from another directory.
+    let first = d
+        .command(&["query", "explain src/main.rs", "--project", "web"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{}", describe(&first));
+    let id = session_of(&first);
+    let second = d
+        .command(&["query", "now add a test", "--session", &id, "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", describe(&second));
+    assert_eq!(init_cwd(&second.stdout), canonical(web.path()));
+    // The conversation really was resumed: the second turn carries the first.
+    let turns = d.mock.requests();
+    assert_eq!(turns.last().unwrap().message_count(), 4, "{turns:?}");
+    assert!(
+        turns
+            .last()
+            .unwrap()
+            .messages
+            .to_string()
+            .contains("explain src/main.rs")
+    );
+
+    // A session made empty with a project runs its first query there, from anywhere; any
+    // unique prefix of its id works.
+    let new = d.ccd_ok(&["session", "new", "--project", "web"]);
+    let new = new.trim();
+    let out = d
+        .command(&["query", "hello", "--session", &new[..8], "--json"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(init_cwd(&out.stdout), canonical(web.path()));
+    let shown: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "show", &new[..8], "--json"])).unwrap();
+    assert_eq!(shown["session"]["id"], new);
+    assert_eq!(shown["session"]["cwd"], canonical(web.path()));
+
+    // A session started in a plain directory resumes there too, and --continue finds it.
+    let plain = tempfile::tempdir().unwrap();
+    let out = d
+        .command(&["query", "first"])
+        .current_dir(plain.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let plain_id = session_of(&out);
+    let out = d
+        .command(&["query", "second", "--continue", "--json"])
+        .current_dir(plain.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(init_cwd(&out.stdout), canonical(plain.path()));
+    let result: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(result["result"]["session_id"], plain_id.as_str());
+    // --continue where no session is open is a usage error that says so.
+    let empty = tempfile::tempdir().unwrap();
+    let out = d
+        .command(&["query", "x", "--continue"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no open session"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn an_ambiguous_session_prefix_lists_the_matches() {
+    let d = agent_daemon(Behaviour::text("x"), "");
+    // Enough sessions that two share a first hex digit.
+    let mut ids: Vec<String> = (0..17)
+        .map(|_| d.ccd_ok(&["session", "new"]).trim().to_string())
+        .collect();
+    ids.sort();
+    let pair = ids
+        .windows(2)
+        .find(|w| w[0][..1] == w[1][..1])
+        .expect("17 ids over 16 digits share one");
+    let err = d
+        .call("session.get", json!({"id": &pair[0][..1]}))
+        .unwrap_err();
+    assert_eq!(code(&err), -32602, "{err}");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("ambiguous") && message.contains(&pair[0]) && message.contains(&pair[1]),
+        "{message}"
+    );
+    let err = d.call("session.get", json!({"id": "zzzz"})).unwrap_err();
+    assert_eq!(code(&err), -32004, "{err}");
+}
+
+#[test]
+fn the_agents_own_error_reaches_the_user() {
+    let d = agent_daemon(Behaviour::text("Answer."), "");
+    let here = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let out = d
+        .command(&["query", "hello"])
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = session_of(&out);
+    // Resumed explicitly somewhere else, Claude Code finds no such conversation: the user is
+    // told so, not only an error class.
+    let out = d.ccd(&[
+        "query",
+        "again",
+        "--session",
+        &id,
+        "--cwd",
+        other.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No conversation found"), "{err}");
+
+    let e = d
+        .call(
+            "query.run",
+            json!({"prompt": "again", "session": id, "cwd": other.path()}),
+        )
+        .unwrap_err();
+    assert_eq!(code(&e), -32007, "{e}");
+    assert!(
+        e["data"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("No conversation found"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_project_directory_is_the_callers_error_and_trips_no_breaker() {
+    let d = agent_daemon(Behaviour::text("Fine."), "");
+    let gone = tempfile::tempdir().unwrap();
+    let gone_path = canonical(gone.path());
+    d.ccd_ok(&["project", "add", "gone", &gone_path]);
+    let good = tempfile::tempdir().unwrap();
+    d.ccd_ok(&["project", "add", "good", good.path().to_str().unwrap()]);
+    drop(gone);
+    // More than the breaker's threshold of tries.
+    for _ in 0..6 {
+        let out = d.ccd(&["query", "hi", "--project", "gone"]);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("project `gone`") && err.contains(&gone_path) && !err.contains("install"),
+            "{err}"
+        );
+    }
+    assert_eq!(d.mock.request_count(), 0, "no agent may have run");
+    let breakers = d.call("breaker.status", json!({})).unwrap();
+    assert!(
+        breakers.to_string().matches("OPEN").count() == 0,
+        "{breakers}"
+    );
+    // Every other project's queries still run.
+    let out = d.ccd(&["query", "hi", "--project", "good"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // A project is also found by the path of its directory.
+    let out = d
+        .command(&["query", "hi", "--project", ".", "--json"])
+        .current_dir(good.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let sessions: Value = serde_json::from_str(&d.ccd_ok(&["session", "list", "--json"])).unwrap();
+    assert_eq!(sessions[0]["project"], "good", "{sessions}");
+}
+
+#[test]
+fn each_query_carries_its_callers_environment() {
+    // The daemon's own ANTHROPIC_BASE_URL points at a mock that fails every request; the
+    // caller's at one that answers.
+    let d = agent_daemon(Behaviour::status(400), "");
+    let callers = MockApi::start(Behaviour::text("From the caller's API."));
+    let out = d
+        .command(&["query", "hello"])
+        .env("ANTHROPIC_BASE_URL", callers.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "From the caller's API."
+    );
+    assert_eq!(callers.request_count(), 1);
+    assert_eq!(d.mock.request_count(), 0);
+
+    // A variable the caller does not have is not taken from the daemon either: with no
+    // ANTHROPIC_BASE_URL the CLI would go to the real API, so unset the key instead and see
+    // the agent refuse for want of credentials, not use the daemon's key.
+    let out = d
+        .command(&["query", "hello"])
+        .env("ANTHROPIC_BASE_URL", callers.url())
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert_eq!(callers.request_count(), 1, "no request without a key");
+}
+
+#[test]
+fn the_agent_command_is_resolved_by_the_daemon_not_by_a_projects_path() {
+    let mock = MockApi::start(Behaviour::text("The real one."));
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(claude_bin(), bin.path().join("claude")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::builder()
+        .env("PATH", &path)
+        .env("CCD_AGENT_CMD", "claude")
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .start();
+    wait_until("the agent check", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let health = d.call("system.health", json!({})).unwrap();
+    assert_eq!(
+        health["agent"]["path"],
+        bin.path().join("claude").to_str().unwrap(),
+        "{health}"
+    );
+    // A project whose PATH holds another `claude`, and a caller whose PATH does too.
+    let evil = tempfile::tempdir().unwrap();
+    let marker = evil.path().join("ran");
+    let fake = evil.path().join("claude");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    d.call(
+        "project.create",
+        json!({"name": "p", "path": work.path(), "env": {"PATH": evil.path()}}),
+    )
+    .unwrap();
+    let out = d.ccd(&["query", "hi", "--project", "p"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = d
+        .command(&["query", "hi"])
+        .env("PATH", format!("{}:{path}", evil.path().display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!marker.exists(), "the project's or caller's `claude` ran");
+    let status = d.ccd_ok(&["daemon", "status"]);
+    assert!(
+        status.contains("2.1.197") && status.contains(bin.path().to_str().unwrap()),
+        "{status}"
+    );
+}
+
+#[test]
+fn answers_stream_delta_by_delta() {
+    let d = agent_daemon(
+        Behaviour::Gated {
+            first: "First part, ".into(),
+            rest: "then the rest.".into(),
+        },
+        "",
+    );
+    let mut child = d
+        .command(&["query", "stream please"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    // The mock holds the rest back until the first part has been printed: a CLI that prints
+    // whole messages only would never print it, and this read would wait for EOF.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("First part, ") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stdout ended before the first part: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    d.mock.open_gate();
+    stdout.read_to_end(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    // Exactly the answer, once.
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "First part, then the rest.\n"
+    );
+}
+
+#[test]
+fn prompts_come_from_stdin_and_files_of_any_size() {
+    let d = agent_daemon(Behaviour::text("Read it."), "");
+    let big: String = "All work and no play makes a long prompt. ".repeat(300 * 1024 / 42 + 1);
+    assert!(big.len() > 300 * 1024);
+    let run_with_stdin = |args: &[&str], input: &str| {
+        let mut child = d
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        out
+    };
+    for args in [&["query", "-"][..], &["query"][..]] {
+        let out = run_with_stdin(args, &big);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        let sent = d.mock.requests().last().unwrap().last_user_text();
+        assert!(
+            sent.trim_end().ends_with(big.trim()),
+            "{args:?}: the agent got {} bytes, not the whole prompt",
+            sent.len()
+        );
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "from a file").unwrap();
+    let out = d.ccd(&["query", "-f", file.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let sent = d.mock.requests().last().unwrap().last_user_text();
+    assert!(sent.trim_end().ends_with("from a file"), "{sent}");
+    // No prompt at all, or an empty one: a usage error, and nothing runs.
+    let before = d.mock.request_count();
+    let out = run_with_stdin(&["query"], "  \n");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert_eq!(d.mock.request_count(), before);
+
+    // `ccd batch -` reads its prompts from stdin.
+    let out = run_with_stdin(&["batch", "-"], "one\ntwo\n");
+    assert!(out.status.success(), "{}", describe(&out));
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "{results:?}");
+}
