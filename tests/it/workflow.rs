@@ -218,6 +218,35 @@ fn a_missing_project_directory_is_the_callers_error_and_trips_no_breaker() {
     // Every other project's queries still run.
     let out = d.ccd(&["query", "hi", "--project", "good"]);
     assert!(out.status.success(), "{}", describe(&out));
+    // What the error says to do works: the project pointed at a directory that exists.
+    let moved = tempfile::tempdir().unwrap();
+    let set: Value = serde_json::from_str(&d.ccd_ok(&[
+        "project",
+        "set",
+        "gone",
+        "--path",
+        moved.path().to_str().unwrap(),
+        "--env",
+        "A=1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(set["path"], canonical(moved.path()));
+    assert_eq!(set["env"], json!({"A": "1"}));
+    let set: Value = serde_json::from_str(&d.ccd_ok(&[
+        "project",
+        "set",
+        "gone",
+        "--unset-env",
+        "A",
+        "--env",
+        "B=2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(set["env"], json!({"B": "2"}));
+    let out = d.ccd(&["query", "hi", "--project", "gone"]);
+    assert!(out.status.success(), "{}", describe(&out));
     // A project is also found by the path of its directory.
     let out = d
         .command(&["query", "hi", "--project", ".", "--json"])
