@@ -442,6 +442,9 @@ pub enum SessionCmd {
         /// The model its queries use unless they name another, e.g. sonnet.
         #[arg(long, short)]
         model: Option<String>,
+        /// Print the session as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List sessions (reads the database directly).
     List {
@@ -454,6 +457,12 @@ pub enum SessionCmd {
         /// Only sessions of this project.
         #[arg(long, short)]
         project: Option<String>,
+        /// Show at most this many, newest first.
+        #[arg(long, short = 'n', default_value_t = 20, conflicts_with = "all")]
+        limit: u32,
+        /// Show every session.
+        #[arg(long)]
+        all: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -468,8 +477,19 @@ pub enum SessionCmd {
     },
     /// Close a session: it takes no more queries.
     Close {
-        /// The session's id (see `ccd session list`).
+        /// The session's id (see `ccd session list`), or any unique prefix of it.
         id: String,
+        /// Print the session as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a session and its turns (not while a query runs in it).
+    Rm {
+        /// The session's id, or any unique prefix of it.
+        id: String,
+        /// Print the removed session as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Delete closed and expired sessions not used for a while.
     Cleanup {
@@ -486,6 +506,7 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             project,
             tags,
             model,
+            json,
         } => {
             let cwd = match &project {
                 Some(_) => None,
@@ -500,19 +521,26 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 model,
             };
             let s = Client::connect_or_start(home, autostart)?.call::<m::SessionCreate>(&params)?;
-            writeln!(out, "{}", s.id)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                writeln!(out, "{}", s.id)?;
+            }
         }
         SessionCmd::List {
             status,
             tag,
             project,
+            limit,
+            all,
             json,
         } => {
-            let (sessions, _) = read(home, move |c| {
+            let (sessions, more) = read(home, move |c| {
                 let filter = store::SessionFilter {
                     status: status.as_deref(),
                     tag: tag.as_deref(),
                     project: project.as_deref(),
+                    limit: (!all).then_some(limit),
                     ..Default::default()
                 };
                 store::sessions(c, filter)
@@ -541,6 +569,12 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                     ]);
                 }
                 t.print_or_empty(&mut out, "no sessions")?;
+                if more {
+                    writeln!(
+                        std::io::stderr(),
+                        "(the newest {limit}; --limit N or --all for more)"
+                    )?;
+                }
             }
         }
         SessionCmd::Show { id, json } => {
@@ -609,10 +643,28 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 t.print_or_empty(&mut out, "no turns yet")?;
             }
         }
-        SessionCmd::Close { id } => {
+        SessionCmd::Close { id, json } => {
             let s = Client::connect_or_start(home, autostart)?
                 .call::<m::SessionClose>(&types::SessionId { id })?;
-            writeln!(out, "closed session {}", s.id)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                writeln!(out, "closed session {}", s.id)?;
+            }
+        }
+        SessionCmd::Rm { id, json } => {
+            let s = Client::connect_or_start(home, autostart)?
+                .call::<m::SessionDelete>(&types::SessionId { id })?;
+            if json {
+                print_json(&s)?;
+            } else {
+                writeln!(
+                    out,
+                    "removed session {} ({})",
+                    s.id,
+                    crate::cli::count(s.turns, "turn")
+                )?;
+            }
         }
         SessionCmd::Cleanup { older_than } => {
             let params = types::SessionCleanup {
@@ -622,6 +674,43 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 Client::connect_or_start(home, autostart)?.call::<m::SessionCleanup>(&params)?;
             writeln!(out, "removed {}", crate::cli::count(r.removed, "session"))?;
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `ccd ps`.
+pub fn ps(home: &Home, json: bool) -> anyhow::Result<u8> {
+    let list = Client::connect(home)?.call::<m::QueryList>(&types::NoParams {})?;
+    if json {
+        print_json(&list.queries)?;
+        return Ok(exit::OK);
+    }
+    let mut t = Table::new(["QUERY", "SESSION", "PROJECT", "MODEL", "ELAPSED", "STATE"]);
+    for q in list.queries {
+        t.row([
+            q.query_id,
+            q.session_id.chars().take(8).collect(),
+            q.project.unwrap_or_else(|| "-".into()),
+            q.model.unwrap_or_else(|| "-".into()),
+            format!("{:.1}s", q.elapsed_ms as f64 / 1000.0),
+            q.state,
+        ]);
+    }
+    t.print_or_empty(&mut std::io::stdout().lock(), "no queries running")?;
+    Ok(exit::OK)
+}
+
+/// `ccd cancel`.
+pub fn cancel(home: &Home, query_id: &str, json: bool) -> anyhow::Result<u8> {
+    let r = Client::connect(home)?.call::<m::QueryCancel>(&types::QueryCancel {
+        query_id: query_id.to_string(),
+    })?;
+    if json {
+        print_json(&r)?;
+    } else if r.cancelled {
+        writeln!(std::io::stdout(), "cancelling query {}", r.query_id)?;
+    } else {
+        anyhow::bail!("no query `{query_id}` is running (see `ccd ps`)");
     }
     Ok(exit::OK)
 }

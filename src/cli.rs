@@ -85,6 +85,31 @@ enum Command {
     Session(crate::agent_cmd::SessionCmd),
     /// Run many prompts through the executor pool, with progress; results as JSONL.
     Batch(crate::agent_cmd::BatchArgs),
+    /// Check what a first run needs, and say how to fix each problem: the agent command and its
+    /// version, credentials (never shown), FUSE, the HTTP port, the daemon, the database, disk
+    /// space. Exit 0 only when every check passes. Never starts the daemon.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The queries running, queued or waiting for the rate limiter (needs the running daemon;
+    /// never starts it).
+    Ps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a running or queued query: its agent is stopped, its turn recorded as cancelled.
+    #[command(after_help = "Example: ccd cancel 9b51  (any unique prefix of an id from `ccd ps`)")]
+    Cancel {
+        /// The query's id (from `ccd ps`, or the `query ID` line `ccd query` prints), or any
+        /// unique prefix of it.
+        query_id: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Agent definitions (Claude Code subagents), kept sealed by the daemon.
     #[command(subcommand)]
     Agent(AgentCmd),
@@ -471,6 +496,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Query(args) => crate::agent_cmd::query(&home, autostart, args),
         Command::Session(cmd) => crate::agent_cmd::session(&home, autostart, cmd),
         Command::Batch(args) => crate::agent_cmd::batch(&home, autostart, args),
+        Command::Doctor { json } => crate::doctor::run(&home, json),
+        Command::Ps { json } => crate::agent_cmd::ps(&home, json),
+        Command::Cancel { query_id, json } => crate::agent_cmd::cancel(&home, &query_id, json),
         Command::Vfs(VfsCmd::Status { json }) => {
             let st = Client::connect(&home)?.call::<m::VfsStatus>(&NoParams {})?;
             if json {

@@ -9,6 +9,7 @@ mod agent_cmd;
 mod cli;
 mod client;
 mod daemon;
+mod doctor;
 mod home;
 mod launch;
 mod logging;

@@ -543,7 +543,11 @@ impl GatewayActor {
         let q = self.query.clone();
         Some(match method {
             m::QueryRun::NAME => later::<m::QueryRun, _>(p, move |p| q.run(p, conn)),
-            m::QueryCancel::NAME => now::<m::QueryCancel>(p, |p| Ok(q.cancel(&p.query_id))),
+            m::QueryCancel::NAME => now::<m::QueryCancel>(p, |p| q.cancel(&p.query_id)),
+            m::QueryList::NAME => now::<m::QueryList>(p, |_| Ok(q.list())),
+            m::SessionDelete::NAME => {
+                later::<m::SessionDelete, _>(p, move |p| q.delete_session(p.id))
+            }
             m::SessionCreate::NAME => later::<m::SessionCreate, _>(p, move |p| q.create_session(p)),
             m::SessionGet::NAME => later::<m::SessionGet, _>(p, move |p| q.get_session(p.id)),
             m::SessionList::NAME => later::<m::SessionList, _>(p, move |p| q.list_sessions(p)),

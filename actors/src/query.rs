@@ -72,7 +72,7 @@ pub struct QueryService {
     agent: SharedProbe,
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
-    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    running: Arc<Mutex<HashMap<String, Running>>>,
     /// Sessions with a query running (see [`SessionBusy`]).
     busy_sessions: Arc<Mutex<HashSet<String>>>,
     /// Bytes of prompts of refused queries waiting to be recorded in the background.
@@ -83,6 +83,30 @@ pub struct QueryService {
 
 /// At most this many bytes of refused queries' prompts wait to be recorded in the background.
 const REFUSAL_BACKLOG_BYTES: u32 = 64 * 1024 * 1024;
+
+/// A query from its start to its reply: how to cancel it, and what `query.list` shows.
+struct Running {
+    cancel: CancellationToken,
+    session_id: String,
+    project: Option<String>,
+    model: Option<String>,
+    started_at_ms: i64,
+    started: std::time::Instant,
+    stage: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// Where a query is: the `state` of `query.list`.
+const STAGE_WAITING: u8 = 0;
+const STAGE_QUEUED: u8 = 1;
+const STAGE_RUNNING: u8 = 2;
+
+fn stage_name(stage: u8) -> &'static str {
+    match stage {
+        STAGE_WAITING => "waiting",
+        STAGE_QUEUED => "queued",
+        _ => "running",
+    }
+}
 
 /// A session's claim by the query running in it; released when dropped.
 struct SessionBusy {
@@ -370,16 +394,28 @@ impl QueryService {
 
         // Cancelled by query.cancel, or when the client goes away.
         let cancel = conn.closed.child_token();
+        let stage = Arc::new(std::sync::atomic::AtomicU8::new(STAGE_WAITING));
+        let started_at_ms = store::now_ms();
+        let started = std::time::Instant::now();
         {
             let mut running = self.lock_running();
             // A query that gets here after a stop's `cancel_all` is cancelled at once.
             if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
                 cancel.cancel();
             }
-            running.insert(query_id.clone(), cancel.clone());
+            running.insert(
+                query_id.clone(),
+                Running {
+                    cancel: cancel.clone(),
+                    session_id: session.id.clone(),
+                    project: project.clone(),
+                    model: model.clone(),
+                    started_at_ms,
+                    started,
+                    stage: stage.clone(),
+                },
+            );
         }
-        let started_at_ms = store::now_ms();
-        let started = std::time::Instant::now();
         tracing::info!(query_id, session = %session.id, "query started");
         self.bus.publish(EventKind::TurnStarted {
             session_id: session.id.clone(),
@@ -395,6 +431,7 @@ impl QueryService {
             breaker_key,
             deadline,
             no_wait: p.no_wait,
+            stage,
         };
         let outcome = self
             .run_attempts(&guarded, spec, &cancel, p.stream, &query_id, &conn)
@@ -706,6 +743,8 @@ impl QueryService {
                     };
                 }
             }
+            g.stage
+                .store(STAGE_QUEUED, std::sync::atomic::Ordering::Relaxed);
             let t0 = std::time::Instant::now();
             let (on_message, relay) = streamer(stream, g, conn, self.bus.clone());
             let run = Run {
@@ -809,6 +848,8 @@ impl QueryService {
                 }),
             )
             .await;
+            g.stage
+                .store(STAGE_WAITING, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => {
@@ -877,15 +918,61 @@ impl QueryService {
     }
 
     /// `query.cancel`: true when the query was running (or queued) and is now being stopped.
-    pub fn cancel(&self, query_id: &str) -> QueryCancelled {
-        let token = self.lock_running().get(query_id).cloned();
+    /// Any unique prefix of its id works; a prefix of several is an error naming them.
+    pub fn cancel(&self, query_id: &str) -> Result<QueryCancelled, ActorError> {
+        let running = self.lock_running();
+        let (id, token) = match running.get(query_id) {
+            Some(r) => (query_id.to_string(), Some(r.cancel.clone())),
+            None => {
+                let mut matches: Vec<&String> = running
+                    .keys()
+                    .filter(|id| !query_id.is_empty() && id.starts_with(query_id))
+                    .collect();
+                matches.sort();
+                match matches.as_slice() {
+                    [] => (query_id.to_string(), None),
+                    [one] => ((*one).clone(), running.get(*one).map(|r| r.cancel.clone())),
+                    many => {
+                        let ids: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+                        return Err(invalid(
+                            "query.cancel",
+                            &format!(
+                                "`query_id`: `{query_id}` is ambiguous: it matches {}; give more \
+                                 of the id",
+                                ids.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        drop(running);
         if let Some(t) = &token {
             t.cancel();
         }
-        QueryCancelled {
-            query_id: query_id.to_string(),
+        Ok(QueryCancelled {
+            query_id: id,
             cancelled: token.is_some(),
-        }
+        })
+    }
+
+    /// `query.list`: the queries running, queued or waiting for the rate limiter, oldest first.
+    pub fn list(&self) -> ccd_protocol::types::QueryList {
+        let running = self.lock_running();
+        let mut queries: Vec<ccd_protocol::types::RunningQuery> = running
+            .iter()
+            .map(|(id, r)| ccd_protocol::types::RunningQuery {
+                query_id: id.clone(),
+                session_id: r.session_id.clone(),
+                project: r.project.clone(),
+                model: r.model.clone(),
+                state: stage_name(r.stage.load(std::sync::atomic::Ordering::Relaxed)).into(),
+                started_at: store::rfc3339(r.started_at_ms),
+                elapsed_ms: r.started.elapsed().as_millis() as u64,
+            })
+            .collect();
+        queries.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms));
+        ccd_protocol::types::QueryList { queries }
     }
 
     /// Cancel every running or queued query (the daemon is stopping): each ends as a
@@ -900,8 +987,8 @@ impl QueryService {
                 "cancelling the queries still running"
             );
         }
-        for token in running.values() {
-            token.cancel();
+        for r in running.values() {
+            r.cancel.cancel();
         }
     }
 
@@ -914,7 +1001,7 @@ impl QueryService {
         }
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1136,6 +1223,14 @@ impl QueryService {
         Ok(s)
     }
 
+    /// `session.delete`: a session and its turns, unless a query is running in it.
+    pub async fn delete_session(self, id: String) -> Result<Session, ActorError> {
+        let id = self.resolve_session(&id).await?;
+        // Claimed while it is deleted: no query can start in it meanwhile.
+        let _busy = SessionBusy::claim(&self.busy_sessions, &id)?;
+        self.write(store::DeleteSession { id }).await
+    }
+
     pub async fn cleanup_sessions(
         self,
         older_than_s: u64,
@@ -1201,6 +1296,8 @@ struct Guarded {
     breaker_key: String,
     deadline: tokio::time::Instant,
     no_wait: bool,
+    /// Where the query is, for `query.list`.
+    stage: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// Tokens and cost over all attempts of a query.
@@ -1281,6 +1378,7 @@ fn streamer(
     let query_id = g.query_id.clone();
     let session_id = g.session_id.clone();
     let project = g.project.clone();
+    let stage = g.stage.clone();
     let (relay_tx, relay) = if stream {
         let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
         let (out, closed) = (conn.outbound.clone(), conn.closed.clone());
@@ -1297,6 +1395,7 @@ fn streamer(
         (None, None)
     };
     let callback = Box::new(move |parsed: &ccd_protocol::agent::Parsed| {
+        stage.store(STAGE_RUNNING, std::sync::atomic::Ordering::Relaxed);
         // Tool calls and their results go to the bus whatever the client asked.
         match &parsed.message {
             AgentMessage::Assistant(a) => {

@@ -102,6 +102,8 @@ methods! {
     QueryRun = "query.run", types::QueryRun => types::QueryResult;
     /// Cancel a running or queued query: its agent process group is terminated.
     QueryCancel = "query.cancel", types::QueryCancel => types::QueryCancelled;
+    /// The queries running, queued or waiting for the rate limiter, oldest first.
+    QueryList = "query.list", types::NoParams => types::QueryList;
     /// Create an empty session; queries continue it with `session`.
     SessionCreate = "session.create", types::SessionCreate => types::Session;
     /// One session with its turns.
@@ -110,6 +112,8 @@ methods! {
     SessionList = "session.list", types::SessionListParams => types::SessionList;
     /// Close a session: it takes no more queries.
     SessionClose = "session.close", types::SessionId => types::Session;
+    /// Delete a session and its turns, whatever its state (not while a query runs in it).
+    SessionDelete = "session.delete", types::SessionId => types::Session;
     /// Delete closed and expired sessions older than the given age.
     SessionCleanup = "session.cleanup", types::SessionCleanup => types::SessionCleanupResult;
     /// The rate limits in force and every key's tokens, window, in-flight, waiting and throttled counts.

@@ -461,6 +461,27 @@ pub struct QueryCancelled {
     pub cancelled: bool,
 }
 
+/// One query in flight, as `query.list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunningQuery {
+    pub query_id: String,
+    pub session_id: String,
+    pub project: Option<String>,
+    pub model: Option<String>,
+    /// `waiting` (for the rate limiter, or to retry), `queued` (for a free executor, or the
+    /// agent starting up), `running` (the agent has spoken).
+    pub state: String,
+    #[schemars(extend("x-hint" = "datetime"))]
+    pub started_at: String,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueryList {
+    /// Oldest first.
+    pub queries: Vec<RunningQuery>,
+}
+
 /// Params of the `query.event` server-to-client notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct QueryEvent {

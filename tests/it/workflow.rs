@@ -438,3 +438,146 @@ fn prompts_come_from_stdin_and_files_of_any_size() {
         .collect();
     assert_eq!(results.len(), 2, "{results:?}");
 }
+
+#[test]
+fn ps_lists_what_runs_and_cancel_takes_a_prefix() {
+    let d = agent_daemon(
+        Behaviour::Gated {
+            first: "Thinking".into(),
+            rest: " never sent".into(),
+        },
+        "",
+    );
+    let out = d.ccd(&["ps"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no queries running"));
+
+    let child = d
+        .command(&["query", "hold on", "--model", "opus"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Value::Null;
+    wait_until("the query to be running", Duration::from_secs(60), || {
+        let list: Value = serde_json::from_str(&d.ccd_ok(&["ps", "--json"])).unwrap();
+        running = list[0].clone();
+        running["state"] == "running"
+    });
+    assert_eq!(running["model"], "opus");
+    let id = running["query_id"].as_str().unwrap();
+    let table = d.ccd_ok(&["ps"]);
+    assert!(table.contains(id) && table.contains("running"), "{table}");
+
+    let cancelled: Value =
+        serde_json::from_str(&d.ccd_ok(&["cancel", &id[..6], "--json"])).unwrap();
+    assert_eq!(cancelled, json!({"query_id": id, "cancelled": true}));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
+    // Nothing left to cancel: said so, exit 1.
+    let out = d.ccd(&["cancel", id]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    d.mock.open_gate();
+}
+
+#[test]
+fn sessions_list_newest_first_by_default_and_rm_removes_one() {
+    let d = agent_daemon(Behaviour::text("x"), "");
+    let ids: Vec<String> = (0..22)
+        .map(|_| d.ccd_ok(&["session", "new"]).trim().to_string())
+        .collect();
+    let list = d.ccd(&["session", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert_eq!(text.lines().count(), 21, "a header and 20 rows:\n{text}");
+    assert!(String::from_utf8_lossy(&list.stderr).contains("--all"));
+    let all: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "list", "--all", "--json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 22);
+    let two: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "list", "-n", "2", "--json"])).unwrap();
+    assert_eq!(two.as_array().unwrap().len(), 2);
+
+    let removed: Value =
+        serde_json::from_str(&d.ccd_ok(&["session", "rm", &ids[0], "--json"])).unwrap();
+    assert_eq!(removed["id"], ids[0].as_str());
+    let out = d.ccd(&["session", "show", &ids[0]]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let out = d.ccd(&["session", "rm", &ids[0]]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
+
+#[test]
+fn doctor_says_what_is_missing_and_how_to_fix_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let d = Daemon::builder()
+        .agent(claude_bin())
+        .env("ANTHROPIC_API_KEY", "sk-ant-secret-value")
+        .prepare();
+    // Not running, and the HTTP port it would use is taken by someone else.
+    let out = d
+        .command(&["doctor", "--json"])
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("secret-value"));
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |name: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {checks}"))
+            .clone()
+    };
+    assert_eq!(check("daemon")["ok"], false);
+    assert!(
+        check("daemon")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ccd daemon start")
+    );
+    assert_eq!(check("http")["ok"], false, "{checks}");
+    assert!(
+        check("http")["fix"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1:0")
+    );
+    assert_eq!(check("agent")["ok"], true, "{checks}");
+    assert!(
+        check("agent")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("2.1.197")
+    );
+    assert_eq!(check("credentials")["ok"], true);
+
+    // Without credentials: that check fails, and says how to log in.
+    let out = d
+        .command(&["doctor", "--json"])
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    let checks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let creds = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "credentials")
+        .unwrap();
+    assert_eq!(creds["ok"], false);
+    assert!(creds["fix"].as_str().unwrap().contains("ANTHROPIC_API_KEY"));
+
+    // Running, with the API and the agent filesystem off: every check passes.
+    d.ccd_ok(&["daemon", "start"]);
+    wait_until("the agent check", Duration::from_secs(60), || {
+        !d.call("system.health", json!({})).unwrap()["agent"]["available"].is_null()
+    });
+    let out = d.ccd(&["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
+}

@@ -605,6 +605,16 @@ fn bounded(s: &str, max: usize) -> String {
     }
 }
 
+/// The last `max` characters of `s` (its most recent lines), after an ellipsis when cut.
+fn bounded_end(s: &str, max: usize) -> String {
+    let chars = s.chars().count();
+    if chars <= max {
+        return s.to_string();
+    }
+    let start = s.char_indices().nth(chars - max).map_or(0, |(at, _)| at);
+    format!("…{}", &s[start..])
+}
+
 /// Decide success or the error class from the result message and the exit status.
 fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> RunResult {
     use std::os::unix::process::ExitStatusExt;
@@ -637,14 +647,14 @@ fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> Ru
         // The cause in the agent's words: its result text, else its `errors` ("No
         // conversation found with session ID ..."), else the end of its stderr.
         let cause = [
-            text.trim().to_string(),
-            error_strings(&r.errors),
-            last_stderr_lines(&transcript, 5),
+            bounded(text.trim(), MAX_DETAIL_CHARS),
+            bounded(&error_strings(&r.errors), MAX_DETAIL_CHARS),
+            bounded_end(&last_stderr_lines(&transcript, 5), MAX_DETAIL_CHARS),
         ]
         .into_iter()
         .find(|c| !c.is_empty());
         let detail = match cause {
-            Some(cause) => format!("{what}: {}", bounded(&cause, MAX_DETAIL_CHARS)),
+            Some(cause) => format!("{what}: {cause}"),
             None => what,
         };
         return fail(class, detail, transcript);
@@ -653,7 +663,7 @@ fn judge(status: Option<std::process::ExitStatus>, transcript: Transcript) -> Ru
     let tail = if tail.is_empty() {
         String::new()
     } else {
-        format!("; stderr: {}", bounded(&tail, MAX_DETAIL_CHARS))
+        format!("; stderr: {}", bounded_end(&tail, MAX_DETAIL_CHARS))
     };
     match status {
         Some(s) if s.signal().is_some() => {
@@ -723,7 +733,13 @@ mod tests {
     fn args_only_for_set_options() {
         assert_eq!(
             agent_args(&AgentOptions::default()),
-            ["-p", "--output-format", "stream-json", "--verbose"]
+            [
+                "-p",
+                "--output-format",
+                "stream-json",
+                "--verbose",
+                "--include-partial-messages"
+            ]
         );
         let o = AgentOptions {
             resume: Some("-abc".into()),
@@ -790,6 +806,25 @@ mod tests {
         assert_eq!(sane_cost(f64::INFINITY, 1), MAX_COST_USD);
         assert_eq!(sane_cost(-1.0, 1), 0.0);
         assert_eq!(sane_cost(f64::NAN, 1), 0.0);
+    }
+
+    #[test]
+    fn the_agents_own_words_are_kept_within_bounds() {
+        assert_eq!(bounded("héllo", 2), "hé…");
+        assert_eq!(bounded("hi", 2), "hi");
+        assert_eq!(bounded_end("héllo", 2), "…lo");
+        assert_eq!(bounded_end("hé", 2), "hé");
+        let mut t = result(true, None, "error_during_execution");
+        if let Some(r) = &mut t.result {
+            r.result = None;
+            r.errors = serde_json::json!(["No conversation found with session ID: x", 5]);
+        }
+        let f = judge(None, t).unwrap_err();
+        assert_eq!(
+            f.detail,
+            "the agent reported an error (error_during_execution): No conversation found with \
+             session ID: x"
+        );
     }
 
     fn result(is_error: bool, status: Option<u16>, subtype: &str) -> Transcript {

@@ -205,6 +205,21 @@ impl WriteOp for CloseSession {
     }
 }
 
+/// Delete one session and its turns (they cascade); returns it as it was.
+pub struct DeleteSession {
+    pub id: String,
+}
+
+impl WriteOp for DeleteSession {
+    type Output = Session;
+    fn apply(self, conn: &Connection) -> Result<Session, ActorError> {
+        let s = read_session(conn, &self.id)?;
+        conn.execute_cached("DELETE FROM sessions WHERE id = ?1", [&self.id])
+            .map_err(db_err("deleting a session"))?;
+        Ok(s)
+    }
+}
+
 /// One finished (or failed) query, recorded as a turn of its session, with the session's
 /// totals and its agent session id updated in the same transaction.
 pub struct RecordTurn {
@@ -440,6 +455,7 @@ mod tests {
             model: Some("m".into()),
             started_at_ms: now_ms(),
             agent_session_id: Some("agent-1".into()),
+            cwd: Some("/first".into()),
         }
     }
 
@@ -450,6 +466,7 @@ mod tests {
         let s = CreateSession {
             id: "s1".into(),
             project: None,
+            cwd: None,
             tags: vec!["a".into()],
             model: None,
         }
@@ -503,6 +520,7 @@ mod tests {
         CreateSession {
             id: "s".into(),
             project: None,
+            cwd: None,
             tags: vec![],
             model: None,
         }
@@ -514,6 +532,8 @@ mod tests {
         turn("s", 7).apply(&conn).unwrap();
         let s = session(&conn, "s").unwrap().unwrap();
         assert_eq!((s.turns, s.usage.input_tokens), (3, i64::MAX as u64));
+        // The first turn's directory stays the session's.
+        assert_eq!(s.cwd.as_deref(), Some("/first"));
         assert_eq!(s.usage.output_tokens, 3);
     }
 
@@ -525,6 +545,7 @@ mod tests {
             CreateSession {
                 id: id.into(),
                 project: None,
+                cwd: None,
                 tags: vec![],
                 model: None,
             }
@@ -542,5 +563,44 @@ mod tests {
         );
         assert_eq!(session(&conn, "a").unwrap().unwrap().status, "expired");
         assert_eq!(session(&conn, "b").unwrap().unwrap().status, "closed");
+    }
+
+    #[test]
+    fn a_session_is_found_by_any_unique_prefix_of_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
+        for id in ["abc1", "abc2", "abd", "ab"] {
+            CreateSession {
+                id: id.into(),
+                project: None,
+                cwd: None,
+                tags: vec![],
+                model: None,
+            }
+            .apply(&conn)
+            .unwrap();
+        }
+        assert_eq!(resolve_session_id(&conn, "abd").unwrap(), "abd");
+        assert_eq!(resolve_session_id(&conn, "abc1").unwrap(), "abc1");
+        // An exact id wins over the longer ones it starts.
+        assert_eq!(resolve_session_id(&conn, "ab").unwrap(), "ab");
+        let err = resolve_session_id(&conn, "abc").unwrap_err().to_string();
+        assert!(
+            err.contains("abc1") && err.contains("abc2") && err.contains("ambiguous"),
+            "{err}"
+        );
+        assert!(matches!(
+            resolve_session_id(&conn, "x"),
+            Err(ActorError::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve_session_id(&conn, ""),
+            Err(ActorError::NotFound(_))
+        ));
+        // LIKE's wildcards are plain characters here.
+        assert!(matches!(
+            resolve_session_id(&conn, "a%"),
+            Err(ActorError::NotFound(_))
+        ));
     }
 }
