@@ -510,6 +510,7 @@ pub fn start(
     quiet: bool,
     overrides: &[(String, String)],
 ) -> anyhow::Result<(u32, bool)> {
+    let deadline = Instant::now() + timeout;
     home.ensure()?;
     let exe = std::env::current_exe().context("finding the ccd executable")?;
     let stderr = std::fs::OpenOptions::new()
@@ -576,6 +577,9 @@ pub fn start(
         ALREADY => {
             let _ = child.wait();
             let pid: u32 = rest.parse().unwrap_or(0);
+            // Running is not enough: a daemon nothing can reach (its socket file deleted) must
+            // not pass for one that serves, as `daemon status` would not.
+            wait_answering(home, deadline)?;
             if !quiet {
                 writeln!(
                     std::io::stdout().lock(),
@@ -606,6 +610,33 @@ pub fn start(
                 tail
             )
         }
+    }
+}
+
+/// After a start found a daemon already running: wait until it answers on its socket (it may
+/// still be starting), failing as "not running" (exit 3, as `daemon status` would) at once when
+/// its socket file is gone, or at `deadline`.
+fn wait_answering(home: &Home, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        match Client::connect(home) {
+            Ok(_) => return Ok(()),
+            Err(CallError::NotRunning(why)) => {
+                let gone = crate::client::socket_orphaned(&home.socket());
+                if gone || Instant::now() >= deadline {
+                    return Err(CallError::NotRunning(why).into());
+                }
+                if PidLock::probe(&home.pid_file()).is_none() {
+                    return Err(CallError::NotRunning(
+                        "the daemon that was running stopped while this start waited for it; \
+                         run `ccd daemon start` again"
+                            .into(),
+                    )
+                    .into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
