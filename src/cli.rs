@@ -914,9 +914,16 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                     x.busy,
                     x.queued
                 )?;
-                let http = health.http.as_deref().unwrap_or(
-                    "off (disabled by http.enabled, or its address was taken: see `ccd daemon logs`)",
-                );
+                let api = &health.http_api;
+                let http = match (&health.http, &api.reason) {
+                    (Some(url), _) => url.clone(),
+                    // An older daemon reports no `http_api` (an empty bind).
+                    (None, _) if !api.enabled && !api.bind.is_empty() => {
+                        "off (disabled by http.enabled)".to_string()
+                    }
+                    (None, Some(why)) => format!("off: {why}"),
+                    (None, None) => "off".to_string(),
+                };
                 writeln!(out, "  http:     {http}")?;
                 let vfs = &health.vfs;
                 let vfs_line = match (vfs.enabled, vfs.mounted, &vfs.reason) {

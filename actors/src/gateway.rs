@@ -45,8 +45,8 @@ pub struct DaemonInfo {
     pub shutdown: CancellationToken,
     /// Queue length of each event subscriber (`events.subscriber_queue`).
     pub subscriber_queue: usize,
-    /// The HTTP API's base URL, once it serves.
-    pub http_url: std::sync::OnceLock<String>,
+    /// The HTTP API's state, once its bind was tried (or it is disabled).
+    pub http: std::sync::OnceLock<types::HttpStatus>,
     /// The agent filesystem's state, once the mount was tried.
     pub vfs: std::sync::OnceLock<types::VfsStatus>,
     /// The configuration it runs with, every value with its source (`system.config`).
@@ -274,7 +274,8 @@ impl GatewayActor {
                 actors,
                 agent,
                 executor,
-                http: info.http_url.get().cloned(),
+                http: info.http.get().and_then(|h| h.url.clone()),
+                http_api: info.http.get().cloned().unwrap_or_default(),
                 vfs: info.vfs.get().cloned().unwrap_or_default(),
             })
         }
@@ -1327,7 +1328,7 @@ mod tests {
             home: dir.path().to_path_buf(),
             shutdown: CancellationToken::new(),
             subscriber_queue: 16,
-            http_url: Default::default(),
+            http: Default::default(),
             vfs: Default::default(),
             config: Vec::new(),
         });

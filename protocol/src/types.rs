@@ -79,8 +79,25 @@ pub struct Health {
     #[serde(default)]
     #[schemars(extend("x-hint" = "url"))]
     pub http: Option<String>,
+    /// The HTTP API: where it was asked to bind, where it serves, or why it does not.
+    #[serde(default)]
+    pub http_api: HttpStatus,
     #[serde(default)]
     pub vfs: VfsStatus,
+}
+
+/// The HTTP API's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpStatus {
+    /// `http.enabled`.
+    pub enabled: bool,
+    /// `http.bind`, as configured (port 0: any free port).
+    pub bind: String,
+    /// The base URL it serves on (the port actually bound); null when it does not serve.
+    #[schemars(extend("x-hint" = "url"))]
+    pub url: Option<String>,
+    /// Why it does not serve: disabled, or the bind failed (e.g. the address is in use).
+    pub reason: Option<String>,
 }
 
 /// The agent filesystem.
