@@ -251,10 +251,23 @@ impl Client {
         &mut self,
         method: &str,
         params: Option<Value>,
+        on_note: impl FnMut(&Notification) -> bool,
+    ) -> Result<(), CallError> {
+        self.follow_with(method, params, |_| {}, on_note)
+    }
+
+    /// As [`Client::follow`], handing `method`'s result to `on_result` when it comes (the
+    /// notifications that came before it went to `on_note` already).
+    pub fn follow_with(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        on_result: impl FnOnce(&Value),
         mut on_note: impl FnMut(&Notification) -> bool,
     ) -> Result<(), CallError> {
         let mut keep = true;
-        self.call_streaming(method, params, |n| keep = keep && on_note(n))?;
+        let result = self.call_streaming(method, params, |n| keep = keep && on_note(n))?;
+        on_result(&result);
         let mut buf = String::new();
         while keep {
             buf.clear();

@@ -979,6 +979,11 @@ pub struct EventFilter {
     pub session: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
+    /// Subscriptions only: first replay the logged events after this sequence number (those
+    /// that match), then go on live, with no event missed or repeated in between. A follower
+    /// that lost its connection resumes with the last `seq` it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
 }
 
 impl EventFilter {
@@ -1003,6 +1008,11 @@ impl EventFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Subscribed {
     pub subscription_id: u64,
+    /// The sequence number of the last event published before the subscription: live events
+    /// come after it (replayed ones, with `after_seq`, up to it). Lower than a follower's
+    /// `after_seq` when the log was started afresh (a new database).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
