@@ -182,9 +182,17 @@ impl Client {
         match Client::connect(home) {
             Err(CallError::NotRunning(_)) if autostart => {
                 crate::daemon::start(home, Duration::from_secs(10), true, &[]).map_err(|e| {
-                    CallError::Other(
-                        e.context("the ccd daemon was not running; starting it failed"),
-                    )
+                    match e.downcast::<CallError>() {
+                        // A daemon runs but cannot be reached: say that, as `connect` would.
+                        Ok(call @ CallError::NotRunning(_)) => call,
+                        Ok(other) => CallError::Other(
+                            anyhow::Error::new(other)
+                                .context("the ccd daemon was not running; starting it failed"),
+                        ),
+                        Err(e) => CallError::Other(
+                            e.context("the ccd daemon was not running; starting it failed"),
+                        ),
+                    }
                 })?;
                 Client::connect(home)
             }

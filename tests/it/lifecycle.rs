@@ -131,7 +131,7 @@ fn a_daemon_whose_socket_was_deleted_is_reported_by_start_and_status_and_replace
     assert!(v["reason"].as_str().unwrap().contains("is gone"), "{v}");
     // An autostarting command says the same instead of hanging or starting a second daemon.
     let call = d.ccd(&["setting", "set", "k", "v"]);
-    assert_ne!(call.status.code(), Some(0), "{}", describe(&call));
+    assert_eq!(call.status.code(), Some(3), "{}", describe(&call));
     assert!(
         String::from_utf8_lossy(&call.stderr).contains("ccd daemon restart"),
         "{}",
