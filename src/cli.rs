@@ -140,7 +140,7 @@ enum Command {
     },
     /// Events: the recent log (read directly), or live with --follow.
     Events {
-        /// Keep printing events as they happen (until Ctrl-C).
+        /// Keep printing events as they happen (until Ctrl-C), across daemon restarts.
         #[arg(long, short)]
         follow: bool,
         /// Only this event type (repeatable), e.g. --type turn.completed.
@@ -742,31 +742,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 types: (!types.is_empty()).then_some(types),
                 ..Default::default()
             };
-            let mut client = Client::connect(&home)?;
-            let mut failed = None;
-            client.follow(
-                m::EventSubscribe::NAME,
-                Some(serde_json::to_value(&filter)?),
-                |note| {
-                    if note.method != "event" {
-                        return true;
-                    }
-                    match serde_json::from_value::<types::Event>(note.params.clone()) {
-                        Ok(e) => match print_event(&mut out, &e, json) {
-                            Ok(()) => true,
-                            Err(err) => {
-                                failed = Some(err);
-                                false
-                            }
-                        },
-                        Err(_) => true,
-                    }
-                },
-            )?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            Ok(exit::OK)
+            follow_events(&home, filter, json, &mut out)
         }
         Command::Stats {
             project,
@@ -887,6 +863,118 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// `ccd events --follow`: print events live until interrupted. When the daemon goes away (a
+/// restart, a stop) it waits for it to come back, trying again with a backoff, and resumes
+/// after the last event it saw (`after_seq`): each event is printed once, in order.
+fn follow_events(
+    home: &Home,
+    filter: types::EventFilter,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<u8> {
+    const FIRST_RETRY: Duration = Duration::from_millis(100);
+    const MAX_RETRY: Duration = Duration::from_secs(2);
+    // The last event seen (printed, or passed over by the daemon's filter): where to resume.
+    let seen = std::cell::Cell::new(None::<u64>);
+    let mut retry = FIRST_RETRY;
+    let mut lost: Option<String> = None;
+    loop {
+        let mut client = match Client::connect(home) {
+            Ok(c) => c,
+            // Not running when the command starts: say so (exit 3), as every command does.
+            Err(e) if lost.is_none() => return Err(e.into()),
+            Err(CallError::NotRunning(_) | CallError::NoAnswer(_)) => {
+                std::thread::sleep(retry);
+                retry = (retry * 2).min(MAX_RETRY);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let filter = types::EventFilter {
+            after_seq: seen.get(),
+            ..filter.clone()
+        };
+        let mut failed = None;
+        let resumed = lost.take().is_some();
+        let outcome = client.follow_with(
+            m::EventSubscribe::NAME,
+            Some(serde_json::to_value(&filter)?),
+            |result| {
+                let Ok(sub) = serde_json::from_value::<types::Subscribed>(result.clone()) else {
+                    return;
+                };
+                if resumed {
+                    eprintln!(
+                        "ccd: reconnected to the daemon; resuming after event {}",
+                        filter.after_seq.unwrap_or(0)
+                    );
+                }
+                match filter.after_seq {
+                    // The log was started afresh (a new database): its numbers start again.
+                    Some(after) if after > sub.last_seq => {
+                        eprintln!(
+                            "ccd: the daemon's event log restarted its numbering (now at {}); \
+                             following from there",
+                            sub.last_seq
+                        );
+                        seen.set(Some(sub.last_seq));
+                    }
+                    // Resuming: replayed events may still be on their way; `seen` follows them.
+                    Some(_) => {}
+                    // The first subscription: live events (some may have come before this
+                    // answer) are all after `last_seq`, where a later resumption starts.
+                    None => seen.set(Some(seen.get().unwrap_or(sub.last_seq))),
+                }
+            },
+            |note| {
+                if note.method != "event" {
+                    return true;
+                }
+                let Ok(e) = serde_json::from_value::<types::Event>(note.params.clone()) else {
+                    return true; // an event type newer than this CLI: skip it
+                };
+                let lagged = matches!(e.kind, types::EventKind::Lagged { .. });
+                if !lagged {
+                    if seen.get().is_some_and(|s| e.seq <= s) {
+                        return true; // printed already
+                    }
+                    seen.set(Some(e.seq));
+                }
+                match print_event(out, &e, json) {
+                    Ok(()) => true,
+                    Err(err) => {
+                        failed = Some(err);
+                        false
+                    }
+                }
+            },
+        );
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match outcome {
+            Ok(()) => return Ok(exit::OK),
+            Err(CallError::NotRunning(why) | CallError::NoAnswer(why)) => {
+                eprintln!("ccd: lost the daemon ({why}); waiting for it to come back…");
+                lost = Some(why);
+                retry = FIRST_RETRY;
+            }
+            // The daemon is there but cannot take the subscription now (its gateway is
+            // restarting, say): try again.
+            Err(CallError::Rpc(e)) if seen.get().is_some() => {
+                eprintln!(
+                    "ccd: {}: {}; trying again…",
+                    m::EventSubscribe::NAME,
+                    e.message
+                );
+                lost = Some(e.message);
+                std::thread::sleep(MAX_RETRY);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
         DaemonCmd::Start { timeout, set } => {
@@ -973,9 +1061,16 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                     x.busy,
                     x.queued
                 )?;
-                let http = health.http.as_deref().unwrap_or(
-                    "off (disabled by http.enabled, or its address was taken: see `ccd daemon logs`)",
-                );
+                let api = &health.http_api;
+                let http = match (&health.http, &api.reason) {
+                    (Some(url), _) => url.clone(),
+                    // An older daemon reports no `http_api` (an empty bind).
+                    (None, _) if !api.enabled && !api.bind.is_empty() => {
+                        "off (disabled by http.enabled)".to_string()
+                    }
+                    (None, Some(why)) => format!("off: {why}"),
+                    (None, None) => "off".to_string(),
+                };
                 writeln!(out, "  http:     {http}")?;
                 let vfs = &health.vfs;
                 let vfs_line = match (vfs.enabled, vfs.mounted, &vfs.reason) {

@@ -82,15 +82,44 @@ fn no_answer(peer: &Peer) -> String {
 
 /// When nothing answers on the socket but a process holds the pid lock (a daemon starting or
 /// stopping, stuck, or whose socket file was deleted): what to tell the user. `ccd daemon
-/// start` would only say it is already running; `restart` signals it and starts a new one.
+/// start` refuses to start a second daemon; `restart` signals this one and starts a new one.
 pub fn lock_holder(home: &Home) -> Option<String> {
     let pid = crate::home::PidLock::probe(&home.pid_file())?;
-    Some(format!(
-        "the daemon (pid {}) holds the lock but does not answer on {}: it is starting or \
-         stopping, stuck, or its socket was deleted; `ccd daemon restart` replaces it",
-        pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-        home.socket().display()
-    ))
+    let pid = pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
+    let socket = home.socket();
+    Some(if socket_orphaned(&socket) {
+        format!(
+            "a daemon is running (pid {pid}) but its socket {} is gone, so nothing can reach \
+             it; run `ccd daemon restart` (or `ccd daemon stop`) to replace it",
+            socket.display()
+        )
+    } else {
+        format!(
+            "the daemon (pid {pid}) holds the lock but does not answer on {}: it is starting or \
+             stopping, or stuck; `ccd daemon restart` replaces it",
+            socket.display()
+        )
+    })
+}
+
+/// Whether a process listens on a Unix socket bound to `path` while that path no longer leads
+/// to it (the file was deleted or replaced): the kernel still lists the listener under the name
+/// it was bound to (Linux: /proc/net/unix), and connecting by the path fails.
+pub fn socket_orphaned(path: &std::path::Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let Some(want) = path.to_str() else {
+        return false;
+    };
+    // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is a listening socket.
+    let listening = table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8
+            && fields[7] == want
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & 0x10000 != 0)
+    });
+    listening && std::os::unix::net::UnixStream::connect(path).is_err()
 }
 
 impl Client {
@@ -153,9 +182,17 @@ impl Client {
         match Client::connect(home) {
             Err(CallError::NotRunning(_)) if autostart => {
                 crate::daemon::start(home, Duration::from_secs(10), true, &[]).map_err(|e| {
-                    CallError::Other(
-                        e.context("the ccd daemon was not running; starting it failed"),
-                    )
+                    match e.downcast::<CallError>() {
+                        // A daemon runs but cannot be reached: say that, as `connect` would.
+                        Ok(call @ CallError::NotRunning(_)) => call,
+                        Ok(other) => CallError::Other(
+                            anyhow::Error::new(other)
+                                .context("the ccd daemon was not running; starting it failed"),
+                        ),
+                        Err(e) => CallError::Other(
+                            e.context("the ccd daemon was not running; starting it failed"),
+                        ),
+                    }
                 })?;
                 Client::connect(home)
             }
@@ -222,10 +259,23 @@ impl Client {
         &mut self,
         method: &str,
         params: Option<Value>,
+        on_note: impl FnMut(&Notification) -> bool,
+    ) -> Result<(), CallError> {
+        self.follow_with(method, params, |_| {}, on_note)
+    }
+
+    /// As [`Client::follow`], handing `method`'s result to `on_result` when it comes (the
+    /// notifications that came before it went to `on_note` already).
+    pub fn follow_with(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+        on_result: impl FnOnce(&Value),
         mut on_note: impl FnMut(&Notification) -> bool,
     ) -> Result<(), CallError> {
         let mut keep = true;
-        self.call_streaming(method, params, |n| keep = keep && on_note(n))?;
+        let result = self.call_streaming(method, params, |n| keep = keep && on_note(n))?;
+        on_result(&result);
         let mut buf = String::new();
         while keep {
             buf.clear();

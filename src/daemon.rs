@@ -40,6 +40,8 @@ use crate::home::{Home, Lock, PidLock};
 const READY: &str = "READY";
 const ALREADY: &str = "ALREADY";
 const ERROR: &str = "ERROR";
+/// A warning for the user, before READY (any number of them).
+const WARN: &str = "WARN";
 
 /// `ccd daemon run`: run in the foreground until SIGTERM/SIGINT or `system.shutdown`.
 /// With `notify`, report READY/ALREADY/ERROR on stdout for a parent `daemon start`.
@@ -94,6 +96,7 @@ fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyho
     drop(system);
     // The socket first: once it is gone, no client can think this daemon still answers.
     let _ = std::fs::remove_file(home.socket());
+    let _ = std::fs::remove_file(home.http_url_file());
     lock.release();
     match &outcome {
         Ok(()) => tracing::info!("daemon stopped"),
@@ -222,7 +225,7 @@ async fn serve(
         home: home.root.clone(),
         shutdown: shutdown.clone(),
         subscriber_queue: config.events.subscriber_queue,
-        http_url: Default::default(),
+        http: Default::default(),
         vfs: Default::default(),
         config: effective,
     });
@@ -284,7 +287,7 @@ async fn serve(
         config.events.clone(),
     );
     let eventbus = Supervisor::start(move |_| eventbus);
-    let http_url = info.clone();
+    let http_info = info.clone();
     let reader_for_http = reader.clone();
     let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
         .context("loading the master key")?;
@@ -352,26 +355,23 @@ async fn serve(
     let _ = vfs_info.vfs.set(vfs_status);
     let metrics = Metrics::new();
     metrics.clone().follow(&bus);
-    if config.http.enabled {
-        // The API is an extra: a port already in use is reported, not fatal.
-        match http::start(
-            &config.http,
-            gateway.clone(),
-            reader_for_http,
-            bus.clone(),
-            metrics.clone(),
-        ) {
-            Ok(addr) => {
-                tracing::info!("HTTP API on http://{addr}");
-                let _ = http_url.http_url.set(format!("http://{addr}"));
-            }
-            Err(e) => tracing::error!("the HTTP API is off: {e:#}"),
-        }
-    }
+    let warnings = start_http(
+        home,
+        &config.http,
+        &http_info,
+        gateway.clone(),
+        reader_for_http,
+        bus.clone(),
+        metrics.clone(),
+    );
 
     let listener = bind(home)?;
     spawn_signal_handlers(shutdown.clone())?;
     if notify {
+        // What the user starting it should hear about: `daemon start` prints these on stderr.
+        for warning in &warnings {
+            report(&format!("{WARN} {warning}"));
+        }
         report(&format!("{READY} {}", std::process::id()));
     }
     tracing::info!(socket = %home.socket().display(), "listening");
@@ -430,6 +430,65 @@ async fn serve(
     writer_arbiter.stop();
     let _ = writer_arbiter.join();
     Ok(())
+}
+
+/// Start the HTTP API if it is enabled, and publish its state: in `system.health`, and its URL
+/// in `$CCD_HOME/http.url` (removed at stop). The API is an extra: a bind that fails leaves it
+/// off, with the reason, and the daemon runs; what is returned are warnings for the user.
+fn start_http(
+    home: &Home,
+    cfg: &http::HttpConfig,
+    info: &DaemonInfo,
+    gateway: Addr<GatewayActor>,
+    reader: Reader,
+    bus: Bus,
+    metrics: Arc<Metrics>,
+) -> Vec<String> {
+    let url_file = home.http_url_file();
+    // We hold the pid lock: a file left here is a dead daemon's.
+    let _ = std::fs::remove_file(&url_file);
+    let mut status = ccd_protocol::types::HttpStatus {
+        enabled: cfg.enabled,
+        bind: cfg.bind.clone(),
+        url: None,
+        reason: None,
+    };
+    let mut warnings = Vec::new();
+    if !cfg.enabled {
+        status.reason = Some("disabled (http.enabled = false)".into());
+    } else {
+        match http::start(cfg, gateway, reader, bus, metrics) {
+            Ok(addr) => {
+                let url = format!("http://{addr}");
+                tracing::info!("HTTP API on {url}");
+                if let Err(e) = std::fs::write(&url_file, format!("{url}\n")) {
+                    tracing::warn!("writing {}: {e}", url_file.display());
+                }
+                status.url = Some(url);
+            }
+            Err(e) => {
+                let in_use = e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+                });
+                let reason = if in_use {
+                    format!(
+                        "{} is in use by another process (another ccd daemon, or a dev \
+                         server); set http.bind to a free port, or to 127.0.0.1:0 for any free \
+                         one",
+                        cfg.bind
+                    )
+                } else {
+                    format!("{e:#}")
+                };
+                tracing::warn!("the HTTP API is off: {reason}");
+                warnings.push(format!("the HTTP API is off: {reason}"));
+                status.reason = Some(reason);
+            }
+        }
+    }
+    let _ = info.http.set(status);
+    warnings
 }
 
 /// The session TTL sweep: open sessions unused for `ttl_s` expire.
@@ -514,6 +573,7 @@ pub fn start(
     quiet: bool,
     overrides: &[(String, String)],
 ) -> anyhow::Result<(u32, bool)> {
+    let deadline = Instant::now() + timeout;
     home.ensure()?;
     let exe = std::env::current_exe().context("finding the ccd executable")?;
     let stderr = std::fs::OpenOptions::new()
@@ -551,20 +611,33 @@ pub fn start(
     let mut child = cmd.spawn().context("spawning the daemon")?;
     let stdout = child.stdout.take().context("the daemon's stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
+    // Line by line until the outcome (or EOF, sent as an empty line): warnings come first.
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        let mut reader = BufReader::new(stdout);
+        loop {
+            let mut line = String::new();
+            let eof = !matches!(reader.read_line(&mut line), Ok(n) if n > 0);
+            let outcome = !line.starts_with(WARN);
+            if tx.send(line).is_err() || eof || outcome {
+                break;
+            }
+        }
     });
-    let line = match rx.recv_timeout(timeout) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "the daemon did not report ready within {timeout:?}; see {}",
-                home.log_file().display()
-            );
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => match line.trim().strip_prefix(WARN) {
+                Some(warning) => eprintln!("ccd: warning: {}", warning.trim()),
+                None => break line,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the daemon did not report ready within {timeout:?}; see {}",
+                    home.log_file().display()
+                );
+            }
         }
     };
     let line = line.trim();
@@ -580,6 +653,9 @@ pub fn start(
         ALREADY => {
             let _ = child.wait();
             let pid: u32 = rest.parse().unwrap_or(0);
+            // Running is not enough: a daemon nothing can reach (its socket file deleted) must
+            // not pass for one that serves, as `daemon status` would not.
+            wait_answering(home, deadline)?;
             if !quiet {
                 writeln!(
                     std::io::stdout().lock(),
@@ -610,6 +686,33 @@ pub fn start(
                 tail
             )
         }
+    }
+}
+
+/// After a start found a daemon already running: wait until it answers on its socket (it may
+/// still be starting), failing as "not running" (exit 3, as `daemon status` would) at once when
+/// its socket file is gone, or at `deadline`.
+fn wait_answering(home: &Home, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        match Client::connect(home) {
+            Ok(_) => return Ok(()),
+            Err(CallError::NotRunning(why)) => {
+                let gone = crate::client::socket_orphaned(&home.socket());
+                if gone || Instant::now() >= deadline {
+                    return Err(CallError::NotRunning(why).into());
+                }
+                if PidLock::probe(&home.pid_file()).is_none() {
+                    return Err(CallError::NotRunning(
+                        "the daemon that was running stopped while this start waited for it; \
+                         run `ccd daemon start` again"
+                            .into(),
+                    )
+                    .into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

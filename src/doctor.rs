@@ -265,7 +265,10 @@ fn http_check(http: &ccd_actors::http::HttpConfig, health: Option<&Health>) -> C
             Some(url) => Check::pass(NAME, format!("this daemon serves {url}")),
             None => Check::fail(
                 NAME,
-                format!("the daemon is not serving on {}", http.bind),
+                match &h.http_api.reason {
+                    Some(why) => format!("the daemon is not serving: {why}"),
+                    None => format!("the daemon is not serving on {}", http.bind),
+                },
                 "see `ccd daemon status` and the log for why; another process may hold the \
                  port: set http.bind = \"127.0.0.1:0\" for a free one, then `ccd daemon restart`",
             ),

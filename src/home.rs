@@ -43,6 +43,11 @@ impl Home {
         self.root.join("ccd.pid")
     }
 
+    /// The HTTP API's base URL while the daemon serves it (written at bind, removed at stop).
+    pub fn http_url_file(&self) -> PathBuf {
+        self.root.join("http.url")
+    }
+
     pub fn db(&self) -> PathBuf {
         ccd_actors::store::db_path(&self.root)
     }

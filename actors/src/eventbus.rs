@@ -113,6 +113,17 @@ impl Subscriber {
     }
 }
 
+/// A new subscription, with what a replay needs ([`Bus::try_subscribe_from`]).
+pub struct Subscription {
+    pub sub: Arc<Subscriber>,
+    /// The last event published before it.
+    pub last_seq: u64,
+    /// The first event not yet in the log.
+    pub logged_before: u64,
+    /// Events after the replay's start, matching, not yet in the log (oldest first).
+    pub pending: Vec<Arc<Event>>,
+}
+
 #[derive(Default)]
 struct Inner {
     next_seq: u64,
@@ -205,6 +216,55 @@ impl Bus {
             .filter(|s| s.conn == conn)
             .count();
         (held < max).then(|| Self::add(&mut inner, conn, filter, capacity))
+    }
+
+    /// As [`Bus::try_subscribe`], and what a replay from `after_seq` needs, all taken under the
+    /// bus's lock: the subscription gets every event published after `last_seq`; the events
+    /// still waiting for the log after `after_seq` that match the filter; and `logged_before`,
+    /// the first event not yet in the log (every earlier one is there, unless dropped or
+    /// pruned, once no write of the log is under way: see [`Bus::hold_log`]).
+    pub fn try_subscribe_from(
+        &self,
+        conn: u64,
+        filter: EventFilter,
+        capacity: usize,
+        max: usize,
+        after_seq: u64,
+    ) -> Option<Subscription> {
+        let mut inner = self.lock();
+        let held = inner
+            .subscribers
+            .values()
+            .filter(|s| s.conn == conn)
+            .count();
+        if held >= max {
+            return None;
+        }
+        let pending = inner
+            .pending
+            .iter()
+            .filter(|e| e.seq > after_seq && filter.matches(&e.kind))
+            .cloned()
+            .collect();
+        let last_seq = inner.next_seq;
+        let logged_before = inner.pending.front().map_or(last_seq + 1, |e| e.seq);
+        let sub = Self::add(&mut inner, conn, filter, capacity);
+        Some(Subscription {
+            sub,
+            last_seq,
+            logged_before,
+            pending,
+        })
+    }
+
+    /// Wait until no write of the log is under way, and keep any from starting until the
+    /// permit is dropped: meanwhile every published event is either in the log or pending.
+    pub async fn hold_log(&self) -> OwnedSemaphorePermit {
+        self.flush_slot
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the log's write slot is never closed")
     }
 
     fn add(inner: &mut Inner, conn: u64, filter: EventFilter, capacity: usize) -> Arc<Subscriber> {

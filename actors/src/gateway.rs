@@ -45,8 +45,8 @@ pub struct DaemonInfo {
     pub shutdown: CancellationToken,
     /// Queue length of each event subscriber (`events.subscriber_queue`).
     pub subscriber_queue: usize,
-    /// The HTTP API's base URL, once it serves.
-    pub http_url: std::sync::OnceLock<String>,
+    /// The HTTP API's state, once its bind was tried (or it is disabled).
+    pub http: std::sync::OnceLock<types::HttpStatus>,
     /// The agent filesystem's state, once the mount was tried.
     pub vfs: std::sync::OnceLock<types::VfsStatus>,
     /// The configuration it runs with, every value with its source (`system.config`).
@@ -275,7 +275,8 @@ impl GatewayActor {
                 actors,
                 agent,
                 executor,
-                http: info.http_url.get().cloned(),
+                http: info.http.get().and_then(|h| h.url.clone()),
+                http_api: info.http.get().cloned().unwrap_or_default(),
                 vfs: info.vfs.get().cloned().unwrap_or_default(),
             })
         }
@@ -679,25 +680,80 @@ impl GatewayActor {
                 Ok(f)
             }) {
                 Ok(filter) => {
-                    let Some(sub) = bus.try_subscribe(
-                        conn.id,
-                        filter,
-                        self.info.subscriber_queue,
-                        MAX_SUBSCRIPTIONS_PER_CONNECTION,
-                    ) else {
-                        return Some(Reply::err(ActorError::Overloaded(format!(
+                    let queue = self.info.subscriber_queue;
+                    let overloaded = || {
+                        ActorError::Overloaded(format!(
                             "this connection has {MAX_SUBSCRIPTIONS_PER_CONNECTION} event \
                              subscriptions, the most one may have; unsubscribe one first"
-                        ))));
+                        ))
                     };
-                    let id = sub.id;
-                    conn.subscriptions
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    actix_rt::spawn(deliver(bus, sub, conn));
-                    now::<m::EventSubscribe>(Some(Value::Object(Default::default())), |_| {
-                        Ok(types::Subscribed {
-                            subscription_id: id,
-                        })
+                    let Some(after) = filter.after_seq else {
+                        let Some(s) = bus.try_subscribe_from(
+                            conn.id,
+                            filter,
+                            queue,
+                            MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                            u64::MAX,
+                        ) else {
+                            return Some(Reply::err(overloaded()));
+                        };
+                        let answer = types::Subscribed {
+                            subscription_id: s.sub.id,
+                            last_seq: s.last_seq,
+                        };
+                        conn.subscriptions
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        actix_rt::spawn(deliver(bus, s.sub, conn, Vec::new()));
+                        return Some(Reply::Ready(to_answer(answer)));
+                    };
+                    // Replay, then live: no write of the log may run between the subscription
+                    // and the read of the log, or a batch being written would be in neither.
+                    let reader = self.reader.clone();
+                    Reply::later(async move {
+                        let hold = bus.hold_log().await;
+                        let types = filter.types.clone().unwrap_or_default();
+                        let wanted = filter.clone();
+                        let s = bus
+                            .try_subscribe_from(
+                                conn.id,
+                                filter,
+                                queue,
+                                MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                                after,
+                            )
+                            .ok_or_else(overloaded)?;
+                        let before = s.logged_before;
+                        let logged = reader
+                            .read("replaying events", move |c| {
+                                store::events_between(c, after, before, &types, REPLAY_MAX)
+                            })
+                            .await;
+                        drop(hold);
+                        let (logged, left_out) = match logged {
+                            Ok(r) => r,
+                            Err(e) => {
+                                bus.remove(s.sub.id);
+                                return Err(e);
+                            }
+                        };
+                        let mut replay: Vec<types::Event> = Vec::new();
+                        if left_out > 0 {
+                            replay.push(types::Event {
+                                seq: logged.first().map_or(before, |e| e.seq).saturating_sub(1),
+                                ts: store::rfc3339(store::now_ms()),
+                                kind: types::EventKind::Lagged { missed: left_out },
+                            });
+                        }
+                        replay.extend(logged.into_iter().filter(|e| wanted.matches(&e.kind)));
+                        replay.extend(s.pending.iter().map(|e| (**e).clone()));
+                        let answer = types::Subscribed {
+                            subscription_id: s.sub.id,
+                            last_seq: s.last_seq,
+                        };
+                        conn.subscriptions
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        actix_rt::spawn(deliver(bus, s.sub, conn, replay));
+                        to_answer(answer)
                     })
                 }
                 Err(e) => Reply::err(e),
@@ -905,41 +961,64 @@ impl Handle<Route> for GatewayActor {
 /// Event subscriptions one connection may hold at once (each has its own queue and task).
 const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
+/// Most logged events one subscription replays (`after_seq`); older ones are reported as a
+/// `lagged` event.
+const REPLAY_MAX: u32 = 100_000;
+
 /// Deliver a subscription's events as `event` notifications until it ends or the client goes.
 /// Waiting on a slow client blocks only this task: the bus drops the subscriber's oldest events
 /// and reports them as `lagged`.
-async fn deliver(bus: crate::eventbus::Bus, sub: Arc<crate::eventbus::Subscriber>, conn: ConnCtx) {
-    'deliver: loop {
-        let (events, missed) = tokio::select! {
-            batch = sub.next_batch() => batch,
-            _ = conn.closed.cancelled() => break,
-            _ = conn.closing.cancelled() => break,
-            _ = sub.ended.cancelled() => break,
-        };
-        let lagged = (missed > 0).then(|| types::Event {
-            seq: events.first().map(|e| e.seq.saturating_sub(1)).unwrap_or(0),
-            ts: store::rfc3339(store::now_ms()),
-            kind: types::EventKind::Lagged { missed },
-        });
-        for event in lagged.iter().chain(events.iter()) {
-            let note = ccd_protocol::Notification::new(
-                "event",
-                serde_json::to_value(event).unwrap_or_default(),
-            );
-            let sent = tokio::select! {
-                r = conn.outbound.send(ccd_protocol::to_line(&note)) => r.is_ok(),
-                _ = conn.closed.cancelled() => false,
-                _ = conn.closing.cancelled() => false,
-                _ = sub.ended.cancelled() => false,
-            };
-            if !sent {
+async fn deliver(
+    bus: crate::eventbus::Bus,
+    sub: Arc<crate::eventbus::Subscriber>,
+    conn: ConnCtx,
+    replay: Vec<types::Event>,
+) {
+    'deliver: {
+        for event in &replay {
+            if !send_event(&sub, &conn, event).await {
                 break 'deliver;
+            }
+        }
+        drop(replay);
+        loop {
+            let (events, missed) = tokio::select! {
+                batch = sub.next_batch() => batch,
+                _ = conn.closed.cancelled() => break,
+                _ = conn.closing.cancelled() => break,
+                _ = sub.ended.cancelled() => break,
+            };
+            let lagged = (missed > 0).then(|| types::Event {
+                seq: events.first().map(|e| e.seq.saturating_sub(1)).unwrap_or(0),
+                ts: store::rfc3339(store::now_ms()),
+                kind: types::EventKind::Lagged { missed },
+            });
+            for event in lagged.iter().chain(events.iter()) {
+                if !send_event(&sub, &conn, event).await {
+                    break 'deliver;
+                }
             }
         }
     }
     bus.remove(sub.id);
     conn.subscriptions
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Send one `event` notification; false when the subscription or the connection ended.
+async fn send_event(
+    sub: &crate::eventbus::Subscriber,
+    conn: &ConnCtx,
+    event: &types::Event,
+) -> bool {
+    let note =
+        ccd_protocol::Notification::new("event", serde_json::to_value(event).unwrap_or_default());
+    tokio::select! {
+        r = conn.outbound.send(ccd_protocol::to_line(&note)) => r.is_ok(),
+        _ = conn.closed.cancelled() => false,
+        _ = conn.closing.cancelled() => false,
+        _ = sub.ended.cancelled() => false,
+    }
 }
 
 fn unknown_actor(name: &str) -> ActorError {
@@ -1332,7 +1411,7 @@ mod tests {
             home: dir.path().to_path_buf(),
             shutdown: CancellationToken::new(),
             subscriber_queue: 16,
-            http_url: Default::default(),
+            http: Default::default(),
             vfs: Default::default(),
             config: Vec::new(),
         });

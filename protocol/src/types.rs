@@ -79,8 +79,25 @@ pub struct Health {
     #[serde(default)]
     #[schemars(extend("x-hint" = "url"))]
     pub http: Option<String>,
+    /// The HTTP API: where it was asked to bind, where it serves, or why it does not.
+    #[serde(default)]
+    pub http_api: HttpStatus,
     #[serde(default)]
     pub vfs: VfsStatus,
+}
+
+/// The HTTP API's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpStatus {
+    /// `http.enabled`.
+    pub enabled: bool,
+    /// `http.bind`, as configured (port 0: any free port).
+    pub bind: String,
+    /// The base URL it serves on (the port actually bound); null when it does not serve.
+    #[schemars(extend("x-hint" = "url"))]
+    pub url: Option<String>,
+    /// Why it does not serve: disabled, or the bind failed (e.g. the address is in use).
+    pub reason: Option<String>,
 }
 
 /// The agent filesystem.
@@ -1005,6 +1022,11 @@ pub struct EventFilter {
     pub session: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
+    /// Subscriptions only: first replay the logged events after this sequence number (those
+    /// that match), then go on live, with no event missed or repeated in between. A follower
+    /// that lost its connection resumes with the last `seq` it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
 }
 
 impl EventFilter {
@@ -1029,6 +1051,11 @@ impl EventFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Subscribed {
     pub subscription_id: u64,
+    /// The sequence number of the last event published before the subscription: live events
+    /// come after it (replayed ones, with `after_seq`, up to it). Lower than a follower's
+    /// `after_seq` when the log was started afresh (a new database).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

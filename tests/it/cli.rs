@@ -228,8 +228,9 @@ fn a_daemon_that_lost_its_socket_is_named_and_restart_replaces_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
-            "ccd: the daemon (pid {pid}) holds the lock but does not answer"
-        )) && err.contains("`ccd daemon restart` replaces it"),
+            "ccd: a daemon is running (pid {pid}) but its socket {} is gone",
+            d.socket().display()
+        )) && err.contains("run `ccd daemon restart`"),
         "{err}"
     );
     // A foreground run beside it refuses to run, and says so with a failing exit code.

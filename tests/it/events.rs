@@ -423,3 +423,130 @@ fn a_subscriber_does_not_hold_up_a_stop() {
     let log = d.log_containing("daemon stopped");
     assert!(!log.contains("did not close in time"), "{log}");
 }
+
+/// `ccd events --follow --json` as a child, its stdout lines parsed as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Follower {
+    fn start(d: &Daemon, args: &[&str]) -> Follower {
+        let mut child = d
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running ccd events --follow");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn next(&self, within: Duration) -> Option<Value> {
+        self.lines.recv_timeout(within).ok()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn follow_carries_on_across_a_restart_with_every_event_once_in_order() {
+    let d = Daemon::start();
+    let old_pid = d.pid();
+    let f = Follower::start(
+        &d,
+        &[
+            "events",
+            "--follow",
+            "--json",
+            "--type",
+            "session.created",
+            "--type",
+            "daemon.stopping",
+            "--type",
+            "daemon.started",
+        ],
+    );
+    let new_session = || {
+        d.call("session.create", json!({})).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Once one session the follower was not subscribed for yet is past, every later one shows.
+    let mut got = Vec::new();
+    let mut expected = Vec::new();
+    while got.is_empty() {
+        let id = new_session();
+        if let Some(e) = f.next(Duration::from_millis(500)) {
+            assert_eq!(e["session_id"], id.as_str(), "{e}");
+            expected.push(json!(["session.created", id]));
+            got.push(e);
+        }
+    }
+    for _ in 0..3 {
+        expected.push(json!(["session.created", new_session()]));
+    }
+
+    d.ccd_ok(&["daemon", "restart"]);
+    let new_pid = d.pid();
+    expected.push(json!(["daemon.stopping", old_pid]));
+    expected.push(json!(["daemon.started", new_pid]));
+    for _ in 0..3 {
+        expected.push(json!(["session.created", new_session()]));
+    }
+    while got.len() < expected.len() {
+        match f.next(Duration::from_secs(30)) {
+            Some(e) => got.push(e),
+            None => panic!(
+                "only {} of {} events came: {got:#?}",
+                got.len(),
+                expected.len()
+            ),
+        }
+    }
+    // Nothing more: no event repeated after the last one.
+    if let Some(extra) = f.next(Duration::from_millis(500)) {
+        panic!("an event more than expected: {extra}; before it: {got:#?}");
+    }
+    let seen: Vec<Value> = got
+        .iter()
+        .map(|e| {
+            let subject = match e["type"].as_str().unwrap() {
+                "session.created" => e["session_id"].clone(),
+                _ => e["pid"].clone(),
+            };
+            json!([e["type"], subject])
+        })
+        .collect();
+    assert_eq!(seen, expected, "{got:#?}");
+    let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    let mut f = f;
+    assert!(
+        f.child.try_wait().unwrap().is_none(),
+        "the follower exited across the restart"
+    );
+    f.child.kill().unwrap();
+    f.child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut f.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("reconnected"), "{err}");
+}

@@ -230,6 +230,84 @@ fn a_token_guards_every_request() {
 }
 
 #[test]
+fn a_taken_port_leaves_the_api_off_and_start_status_and_health_say_why() {
+    // Some other process (a dev server, another ccd) holds the port.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = squatter.local_addr().unwrap().to_string();
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", &bind)
+        .prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains(&bind) && err.contains("in use"),
+        "{err}"
+    );
+    d.log_containing(&format!("the HTTP API is off: {bind} is in use"));
+
+    let v: Value = serde_json::from_str(&d.ccd_ok(&["daemon", "status", "--json"])).unwrap();
+    assert_eq!(v["http"], Value::Null, "{v}");
+    let api = &v["http_api"];
+    assert_eq!(
+        (api["enabled"].clone(), api["bind"].clone()),
+        (json!(true), json!(bind))
+    );
+    assert_eq!(api["url"], Value::Null, "{v}");
+    let reason = api["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason in {v}"));
+    assert!(
+        reason.contains(&bind) && reason.contains("in use"),
+        "{reason}"
+    );
+    // The same in system.health, for scripts (and `ccd doctor`).
+    let h = d.call("system.health", json!({})).unwrap();
+    assert_eq!(h["http_api"], *api);
+    let text = d.ccd_ok(&["daemon", "status"]);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("http:") && l.contains("off: ") && l.contains("in use")),
+        "{text}"
+    );
+    assert!(!d.path().join("http.url").exists());
+    drop(squatter);
+}
+
+#[test]
+fn port_0_serves_on_a_free_port_published_in_status_health_and_http_url() {
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", "127.0.0.1:0")
+        .start();
+    let file = d.path().join("http.url");
+    let url = std::fs::read_to_string(&file).expect("$CCD_HOME/http.url");
+    let url = url.trim();
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{url}"));
+    assert_ne!(port, 0);
+    let v: Value = serde_json::from_str(&d.ccd_ok(&["daemon", "status", "--json"])).unwrap();
+    assert_eq!(v["http"], url, "{v}");
+    assert_eq!(v["http_api"]["url"], url, "{v}");
+    assert_eq!(v["http_api"]["bind"], "127.0.0.1:0", "{v}");
+    assert_eq!(v["http_api"]["reason"], Value::Null, "{v}");
+    assert!(
+        d.ccd_ok(&["daemon", "status"])
+            .contains(&format!("http:     {url}"))
+    );
+    let (status, _, body) = get(url.trim_start_matches("http://"), "/health", None);
+    assert_eq!(status, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["pid"], d.pid());
+
+    d.stop();
+    assert!(!file.exists(), "http.url left behind after stop");
+}
+
+#[test]
 fn a_non_loopback_bind_without_a_token_refuses_to_start() {
     let d = Daemon::builder()
         .env("CCD_HTTP_ENABLED", "true")

@@ -107,6 +107,54 @@ fn garbage_pid_file_and_stray_socket_file_do_not_block_a_start() {
 }
 
 #[test]
+fn a_daemon_whose_socket_was_deleted_is_reported_by_start_and_status_and_replaced_by_restart() {
+    let d = Daemon::start();
+    let old = d.pid();
+    std::fs::remove_file(d.socket()).unwrap();
+
+    // start and status agree: exit 3, naming the pid, the missing socket, and what to do.
+    let start = d.ccd(&["daemon", "start"]);
+    assert_eq!(start.status.code(), Some(3), "{}", describe(&start));
+    let err = String::from_utf8_lossy(&start.stderr);
+    for want in [
+        format!("pid {old}"),
+        format!("{} is gone", d.socket().display()),
+        "ccd daemon restart".into(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in {err}");
+    }
+    assert!(!String::from_utf8_lossy(&start.stdout).contains("already running"));
+    let status = d.ccd(&["daemon", "status", "--json"]);
+    assert_eq!(status.status.code(), Some(3), "{}", describe(&status));
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["running"], false);
+    assert!(v["reason"].as_str().unwrap().contains("is gone"), "{v}");
+    // An autostarting command says the same instead of hanging or starting a second daemon.
+    let call = d.ccd(&["setting", "set", "k", "v"]);
+    assert_eq!(call.status.code(), Some(3), "{}", describe(&call));
+    assert!(
+        String::from_utf8_lossy(&call.stderr).contains("ccd daemon restart"),
+        "{}",
+        describe(&call)
+    );
+
+    // restart signals the daemon through its pid file, and a new one serves.
+    d.ccd_ok(&["daemon", "restart"]);
+    let new = d.pid();
+    assert_ne!(new, old);
+    assert!(is_zombie(old), "the old daemon {old} still runs");
+    assert_eq!(d.call("system.ping", json!({})).unwrap(), "pong");
+
+    // So does stop.
+    std::fs::remove_file(d.socket()).unwrap();
+    let out = d.ccd_ok(&["daemon", "stop"]);
+    assert!(out.contains("stopped"), "{out}");
+    assert!(is_zombie(new), "the daemon {new} still runs");
+    assert!(!d.path().join("ccd.pid").exists());
+    assert_eq!(d.ccd(&["daemon", "status"]).status.code(), Some(3));
+}
+
+#[test]
 fn restart_gives_a_new_daemon_and_keeps_data() {
     let d = Daemon::start();
     d.call("setting.upsert", json!({"key": "k", "value": "v"}))

@@ -518,6 +518,62 @@ fn launch_runs_the_agent_with_the_orchestrator_environment() {
 }
 
 #[test]
+fn launch_exports_the_http_api_only_when_it_is_this_daemons_and_up() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent");
+    std::fs::write(&agent, "#!/bin/sh\nenv | grep '^ORCHESTRATOR_' | sort\n").unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // Ours and up: its URL (the port 0 picked) and its token.
+    let d = Daemon::builder()
+        .env("CCD_VFS_ENABLED", "true")
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", "127.0.0.1:0")
+        .env("CCD_HTTP_TOKEN", "tok-3141")
+        .agent(&agent)
+        .start();
+    let url = std::fs::read_to_string(d.path().join("http.url")).unwrap();
+    let out = d.ccd(&["launch"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("ORCHESTRATOR_API_URL={}", url.trim())),
+        "{text}"
+    );
+    assert!(text.contains("ORCHESTRATOR_API_TOKEN=tok-3141"), "{text}");
+
+    // The configured port is another process's: nothing about the API is exported (not even
+    // a URL inherited from the caller's environment), and launch says why.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bind = squatter.local_addr().unwrap().to_string();
+    let d2 = Daemon::builder()
+        .env("CCD_VFS_ENABLED", "true")
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", &bind)
+        .env("CCD_HTTP_TOKEN", "tok-3141")
+        .agent(&agent)
+        .start();
+    let out = d2
+        .command(&["launch"])
+        .env("ORCHESTRATOR_API_URL", format!("http://{bind}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ORCHESTRATOR_ENABLED=true"), "{text}");
+    assert!(!text.contains("ORCHESTRATOR_API_"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ORCHESTRATOR_API_URL") && err.contains("in use"),
+        "{err}"
+    );
+    drop(squatter);
+}
+
+#[test]
 fn a_stale_mount_found_at_start_is_cleaned_up() {
     if !fuse_available() {
         return;

@@ -74,6 +74,49 @@ pub fn events(
     select_events(conn, Order::OldestFirst, after_seq, since_ms, types, limit)
 }
 
+/// The logged events with `after_seq < seq < before_seq` of the given types, oldest first: the
+/// newest `limit` of them, and how many older ones that leaves out.
+pub fn events_between(
+    conn: &Connection,
+    after_seq: u64,
+    before_seq: u64,
+    types: &[String],
+    limit: u32,
+) -> anyhow::Result<(Vec<Event>, u64)> {
+    let types_json = serde_json::to_string(types)?;
+    let seq = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    let mut st = conn.prepare_cached(
+        "SELECT data FROM events
+         WHERE seq > ?1 AND seq < ?2
+           AND (json_array_length(?3) = 0 OR type IN (SELECT value FROM json_each(?3)))
+         ORDER BY seq DESC LIMIT ?4",
+    )?;
+    let rows = st.query_map(
+        params![seq(after_seq), seq(before_seq), types_json, limit],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        if let Ok(e) = serde_json::from_str::<Event>(&row?) {
+            out.push(e);
+        }
+    }
+    out.reverse();
+    let mut left_out = 0;
+    if out.len() >= limit as usize {
+        let oldest = out.first().map_or(before_seq, |e| e.seq);
+        let n: i64 = conn.query_row(
+            "SELECT count(*) FROM events
+             WHERE seq > ?1 AND seq < ?2
+               AND (json_array_length(?3) = 0 OR type IN (SELECT value FROM json_each(?3)))",
+            params![seq(after_seq), seq(oldest), serde_json::to_string(types)?],
+            |r| r.get(0),
+        )?;
+        left_out = n.max(0) as u64;
+    }
+    Ok((out, left_out))
+}
+
 /// The newest `limit` events (of the given types, newer than `since_ms`), oldest first.
 pub fn recent_events(
     conn: &Connection,
