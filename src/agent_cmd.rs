@@ -415,12 +415,12 @@ fn compact(input: &Value) -> String {
 
 fn summary(r: &QueryResult) -> String {
     format!(
-        "turns {} · tokens {} in, {} out, {} cache · ${:.4} · {:.1}s · session {}",
+        "turns {} · tokens {} in, {} out, {} cache · {} · {:.1}s · session {}",
         r.num_turns,
         r.usage.input_tokens,
         r.usage.output_tokens,
         r.usage.cache_creation_input_tokens + r.usage.cache_read_input_tokens,
-        r.cost_usd,
+        dollars(r.cost_usd),
         r.duration_ms as f64 / 1000.0,
         r.session_id
     )
@@ -494,7 +494,7 @@ pub enum SessionCmd {
     /// Delete closed and expired sessions not used for a while.
     Cleanup {
         /// Age, e.g. 7d, 12h, 0s.
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = crate::cli::parse_duration)]
         older_than: Duration,
     },
 }
@@ -564,8 +564,8 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                         s.project.unwrap_or_else(|| "-".into()),
                         s.turns.to_string(),
                         s.usage.total().to_string(),
-                        format!("${:.4}", s.cost_usd),
-                        s.last_used_at,
+                        dollars(s.cost_usd),
+                        crate::table::local_time(&s.last_used_at),
                     ]);
                 }
                 t.print_or_empty(&mut out, "no sessions")?;
@@ -598,49 +598,66 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 print_json(&detail)?;
             } else {
                 let s = &detail.session;
+                let safe = crate::table::terminal_safe;
+                let local = crate::table::local_time;
                 writeln!(out, "session {}", s.id)?;
                 writeln!(out, "  status:        {}", s.status)?;
                 writeln!(
                     out,
                     "  project:       {}",
-                    s.project.as_deref().unwrap_or("-")
+                    safe(s.project.as_deref().unwrap_or("-"))
+                )?;
+                writeln!(
+                    out,
+                    "  directory:     {}",
+                    safe(s.cwd.as_deref().unwrap_or("-"))
                 )?;
                 writeln!(
                     out,
                     "  agent session: {}",
-                    s.agent_session_id.as_deref().unwrap_or("-")
+                    safe(s.agent_session_id.as_deref().unwrap_or("-"))
                 )?;
-                writeln!(out, "  created:       {}", s.created_at)?;
-                writeln!(out, "  last used:     {}", s.last_used_at)?;
+                writeln!(out, "  created:       {}", local(&s.created_at))?;
+                writeln!(out, "  last used:     {}", local(&s.last_used_at))?;
                 writeln!(
                     out,
-                    "  totals:        {}, {} in / {} out tokens, ${:.4}",
+                    "  totals:        {}, {} in / {} out tokens, {}",
                     crate::cli::count(s.turns, "turn"),
                     s.usage.input_tokens,
                     s.usage.output_tokens,
-                    s.cost_usd
+                    dollars(s.cost_usd)
                 )?;
-                writeln!(out)?;
-                let mut t =
-                    Table::new(["#", "STATUS", "PROMPT", "RESULT", "TOKENS", "COST", "TIME"]);
-                for (i, turn) in detail.turns.iter().enumerate() {
-                    t.row([
-                        (i + 1).to_string(),
-                        turn.status.clone(),
-                        clip(&turn.prompt, 40),
-                        clip(
-                            turn.result
-                                .as_deref()
-                                .or(turn.error.as_deref())
-                                .unwrap_or("-"),
-                            50,
-                        ),
-                        turn.usage.total().to_string(),
-                        format!("${:.4}", turn.cost_usd),
-                        format!("{:.1}s", turn.duration_ms as f64 / 1000.0),
-                    ]);
+                if detail.turns.is_empty() {
+                    writeln!(out, "\nno turns yet")?;
                 }
-                t.print_or_empty(&mut out, "no turns yet")?;
+                // Each turn whole: its prompt and its answer (or error), wrapped, with
+                // anything that would drive the terminal shown instead.
+                for (i, turn) in detail.turns.iter().enumerate() {
+                    writeln!(
+                        out,
+                        "\nturn {} · {} · {} · {:.1}s · {} tokens · {}",
+                        i + 1,
+                        turn.status,
+                        local(&turn.started_at),
+                        turn.duration_ms as f64 / 1000.0,
+                        turn.usage.total(),
+                        dollars(turn.cost_usd)
+                    )?;
+                    writeln!(out, "  prompt:")?;
+                    write!(
+                        out,
+                        "{}",
+                        crate::table::wrap(&safe(&turn.prompt), 96, "    ")
+                    )?;
+                    if let Some(result) = &turn.result {
+                        writeln!(out, "  result:")?;
+                        write!(out, "{}", crate::table::wrap(&safe(result), 96, "    "))?;
+                    }
+                    if let Some(error) = &turn.error {
+                        writeln!(out, "  error:")?;
+                        write!(out, "{}", crate::table::wrap(&safe(error), 96, "    "))?;
+                    }
+                }
             }
         }
         SessionCmd::Close { id, json } => {
@@ -715,12 +732,18 @@ pub fn cancel(home: &Home, query_id: &str, json: bool) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-fn clip(s: &str, n: usize) -> String {
-    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > n {
-        format!("{}…", one_line.chars().take(n).collect::<String>())
+/// A cost for people: cents and more to the cent, less to two significant digits ($0.0008),
+/// nothing as $0.
+pub fn dollars(usd: f64) -> String {
+    if usd == 0.0 {
+        "$0".into()
+    } else if usd >= 0.01 {
+        format!("${usd:.2}")
     } else {
-        one_line
+        // Two significant digits, without trailing zeros.
+        let digits = (-usd.log10().floor()).clamp(0.0, 12.0) as usize + 1;
+        let text = format!("{usd:.digits$}");
+        format!("${}", text.trim_end_matches('0').trim_end_matches('.'))
     }
 }
 
@@ -996,4 +1019,18 @@ fn run_one(
             json!({ "line": item.line, "prompt": item.params.prompt, "ok": false, "error": error })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dollars;
+
+    #[test]
+    fn costs_read_as_people_write_them() {
+        assert_eq!(dollars(0.0), "$0");
+        assert_eq!(dollars(0.0008), "$0.0008");
+        assert_eq!(dollars(0.000812), "$0.00081");
+        assert_eq!(dollars(0.0123), "$0.01");
+        assert_eq!(dollars(12.345), "$12.35");
+    }
 }

@@ -147,7 +147,7 @@ enum Command {
         #[arg(long = "type", value_name = "TYPE")]
         types: Vec<String>,
         /// Only events newer than this (e.g. 1h, 7d).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
         /// How many recent events to print (without --follow).
         #[arg(short = 'n', long, default_value_t = 50)]
@@ -163,7 +163,7 @@ enum Command {
         #[arg(long, short)]
         project: Option<String>,
         /// How far back (e.g. 24h, 7d, 30d).
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
         since: Duration,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -428,6 +428,7 @@ fn parse_set(s: &str) -> Result<(String, String), String> {
 
 /// A `--timeout`: a duration (`30s`, `500ms`, `2m`) or a bare number of seconds; never zero.
 pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(24 * 3600);
     let d = match s.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(s)
@@ -436,7 +437,17 @@ pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("a timeout must be longer than zero".into());
     }
+    if d > MAX {
+        return Err("a timeout is at most 24h (86400 seconds)".into());
+    }
     Ok(d)
+}
+
+/// An age or a span of time, as `--since`/`--older-than` take it.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{e}: give a duration such as 90s, 10m, 12h, 7d or 2w (units ms, s, m, h, d, w)")
+    })
 }
 
 /// "1 session", "2 sessions": a count with its noun.

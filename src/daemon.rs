@@ -17,7 +17,7 @@ use ccd_actors::eventbus::{Bus, EventBusActor, FlushEvents, supervision_publishe
 use ccd_actors::executor::{AgentProbe, ExecutorPool, SharedProbe, probe_agent};
 use ccd_actors::gateway::{DaemonInfo, GatewayActor};
 use ccd_actors::http::{self, Metrics};
-use ccd_actors::query::{QueryService, Resilience};
+use ccd_actors::query::{AgentSetup, QueryService, Resilience};
 use ccd_actors::reader::Reader;
 use ccd_actors::resilience::breaker::BreakerCore;
 use ccd_actors::resilience::limiter::LimiterCore;
@@ -276,9 +276,11 @@ async fn serve(
         pool,
         resilience,
         bus.clone(),
-        config.executor.clone(),
-        agent.clone(),
-        default_cwd,
+        AgentSetup {
+            cfg: config.executor.clone(),
+            probe: agent.clone(),
+            default_cwd,
+        },
     );
     let eventbus = EventBusActor::new(
         health.register("eventbus"),

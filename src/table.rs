@@ -16,9 +16,10 @@ impl<const N: usize> Table<N> {
     }
 
     pub fn row(&mut self, cells: [String; N]) {
-        // One line per row: newlines and tabs in a cell would break the columns.
+        // One line per row: newlines and tabs in a cell would break the columns; other control
+        // characters are shown, not sent to the terminal.
         self.rows
-            .push(cells.map(|c| c.replace(['\n', '\r', '\t'], " ")));
+            .push(cells.map(|c| terminal_safe(&c.replace(['\n', '\r', '\t'], " "))));
     }
 
     pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
@@ -72,5 +73,85 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "NAME         PATH\na            /x\nlonger name  /y\n"
         );
+    }
+}
+
+/// `s` for a terminal: control characters other than newline and tab (ESC, which starts the
+/// escape sequences that move the cursor, retitle the window or rewrite the clipboard; the C1
+/// controls, which some terminals act on too; carriage return, backspace, ...) are shown as
+/// `\u{1b}`, never sent as they are.
+pub fn terminal_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// An RFC 3339 UTC time as local time for people ("2026-12-07 21:04:05"); as it is when it
+/// cannot be read.
+pub fn local_time(rfc3339: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(rfc3339) {
+        Ok(t) => t
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => rfc3339.to_string(),
+    }
+}
+
+/// `text` wrapped at `width` columns (on spaces; a longer word stands on its own line), each
+/// line after `indent`.
+pub fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    for paragraph in text.split('\n') {
+        let mut line = String::new();
+        for word in paragraph.split(' ') {
+            if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+                out.push_str(indent);
+                out.push_str(&line);
+                out.push('\n');
+                line.clear();
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        out.push_str(indent);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_sent() {
+        assert_eq!(
+            terminal_safe("a\u{1b}]52;c;x\u{7}b\u{9b}2J\r\n\tc"),
+            "a\\u{1b}]52;c;x\\u{7}b\\u{9b}2J\\u{d}\n\tc"
+        );
+    }
+
+    #[test]
+    fn text_wraps_on_spaces() {
+        assert_eq!(wrap("aa bb cc", 5, "> "), "> aa bb\n> cc\n");
+        assert_eq!(wrap("abcdefgh x", 3, ""), "abcdefgh\nx\n");
+        assert_eq!(wrap("a\nb", 10, " "), " a\n b\n");
+    }
+
+    #[test]
+    fn utc_becomes_local_time() {
+        let shown = local_time("2026-12-07T20:00:00.000Z");
+        assert_eq!(shown.len(), "2026-12-07 20:00:00".len(), "{shown}");
+        assert_eq!(local_time("not a time"), "not a time");
     }
 }

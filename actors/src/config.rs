@@ -447,7 +447,9 @@ impl Config {
 /// the config file, or the default.
 fn source_of(figment: &Figment, home: &Path, overrides: &[(String, String)], key: &str) -> String {
     let env_name = format!("CCD_{}", key.replacen('.', "_", 1).to_uppercase());
-    if overrides.iter().any(|(k, _)| k == key) {
+    // A key, or (for an unknown section) any key under it.
+    let names = |k: &str| k == key || k.starts_with(&format!("{key}."));
+    if overrides.iter().any(|(k, _)| names(k)) {
         "flag (--set)".to_string()
     } else if key == "executor.command"
         && std::env::var("CCD_AGENT_CMD").is_ok_and(|c| !c.is_empty())
@@ -455,6 +457,12 @@ fn source_of(figment: &Figment, home: &Path, overrides: &[(String, String)], key
         "environment (CCD_AGENT_CMD)".to_string()
     } else if std::env::var_os(&env_name).is_some() {
         format!("environment ({env_name})")
+    } else if !key.contains('.')
+        && let Some(name) = std::env::vars_os()
+            .filter_map(|(n, _)| n.into_string().ok())
+            .find(|n| n.starts_with(&format!("{env_name}_")))
+    {
+        format!("environment ({name})")
     } else {
         match figment.find_metadata(key) {
             Some(m) if m.name.contains("TOML") => format!("{}", config_path(home).display()),

@@ -1447,9 +1447,11 @@ mod tests {
             pool,
             resilience,
             bus,
-            Default::default(),
-            probe.clone(),
-            dir.path().into(),
+            crate::query::AgentSetup {
+                cfg: Default::default(),
+                probe: probe.clone(),
+                default_cwd: dir.path().into(),
+            },
         );
         let agents = crate::agents::AgentService::new(
             writer.clone(),

@@ -47,6 +47,14 @@ const MAX_ARG_BYTES: usize = 128 * 1024 - 1;
 /// kernel's limit for arguments and environment together (a quarter of the 8 MiB stack).
 const MAX_ARGS_BYTES: usize = 1024 * 1024;
 
+/// What runs the agent: its configuration, the resolved command, where queries without a
+/// place run.
+pub struct AgentSetup {
+    pub cfg: ExecutorConfig,
+    pub probe: SharedProbe,
+    pub default_cwd: PathBuf,
+}
+
 /// What guards every agent run.
 #[derive(Clone)]
 pub struct Resilience {
@@ -144,9 +152,7 @@ impl QueryService {
         pool: Addr<ExecutorPool>,
         resilience: Resilience,
         bus: Bus,
-        cfg: ExecutorConfig,
-        agent: SharedProbe,
-        default_cwd: PathBuf,
+        agent: AgentSetup,
     ) -> Self {
         let Resilience {
             limiter,
@@ -154,6 +160,11 @@ impl QueryService {
             breaker,
             retry,
         } = resilience;
+        let AgentSetup {
+            cfg,
+            probe: agent,
+            default_cwd,
+        } = agent;
         QueryService {
             writer,
             reader,
@@ -321,15 +332,15 @@ impl QueryService {
             let bytes = u32::try_from(p.prompt.len().max(1))
                 .unwrap_or(u32::MAX)
                 .min(REFUSAL_BACKLOG_BYTES);
-            let record = self.clone().record_refusal(
+            let record = self.clone().record_refusal(Refusal {
                 existing,
                 project,
-                cwd.to_string_lossy().into_owned(),
-                p.model.clone(),
+                cwd: cwd.to_string_lossy().into_owned(),
+                session_model: p.model.clone(),
                 model,
-                p.prompt,
-                error.to_string(),
-            );
+                prompt: p.prompt,
+                error: error.to_string(),
+            });
             match self.refusal_backlog.clone().try_acquire_many_owned(bytes) {
                 Ok(held) => {
                     actix_rt::spawn(async move {
@@ -606,16 +617,16 @@ impl QueryService {
 
     /// Record a query the breaker refused before it started: its session (a new one unless it
     /// continues one), a `refused` turn, and the events a refused query publishes.
-    async fn record_refusal(
-        self,
-        existing: Option<Session>,
-        project: Option<String>,
-        cwd: String,
-        session_model: Option<String>,
-        model: Option<String>,
-        prompt: String,
-        error: String,
-    ) {
+    async fn record_refusal(self, r: Refusal) {
+        let Refusal {
+            existing,
+            project,
+            cwd,
+            session_model,
+            model,
+            prompt,
+            error,
+        } = r;
         let started_at_ms = store::now_ms();
         let session_id = match existing {
             Some(s) => s.id,
@@ -971,7 +982,7 @@ impl QueryService {
                 elapsed_ms: r.started.elapsed().as_millis() as u64,
             })
             .collect();
-        queries.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms));
+        queries.sort_by_key(|q| std::cmp::Reverse(q.elapsed_ms));
         ccd_protocol::types::QueryList { queries }
     }
 
@@ -1252,6 +1263,20 @@ fn invalid(method: &str, why: &str) -> ActorError {
     ActorError::Rpc(RpcError::invalid_params(format!(
         "invalid params for {method}: {why}"
     )))
+}
+
+/// A query the breaker refused before it started, to be recorded.
+struct Refusal {
+    /// The session it continued; `None`: a new one is made for it.
+    existing: Option<Session>,
+    project: Option<String>,
+    cwd: String,
+    /// The model asked for, the new session's default.
+    session_model: Option<String>,
+    /// The model it would have run with.
+    model: Option<String>,
+    prompt: String,
+    error: String,
 }
 
 /// Where a query runs: its directory, its project's `env`, its project.

@@ -581,3 +581,45 @@ fn doctor_says_what_is_missing_and_how_to_fix_it() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("all checks passed"));
 }
+
+#[test]
+fn session_show_prints_whole_turns_without_driving_the_terminal() {
+    let long = "word ".repeat(100);
+    let answer = format!("{long}\u{1b}]0;pwned\u{7}\u{1b}[2J the end");
+    let d = agent_daemon(Behaviour::text(answer), "");
+    let out = d.ccd(&["query", "show me"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let id = session_of(&out);
+    let show = d.ccd_ok(&["session", "show", &id[..8]]);
+    assert!(
+        !show.contains('\u{1b}') && !show.contains('\u{7}'),
+        "{show:?}"
+    );
+    assert!(show.contains("\\u{1b}]0;pwned"), "{show}");
+    // Whole, wrapped: every word is there, no line is longer than the wrap width.
+    assert_eq!(show.matches("word").count(), 100, "{show}");
+    assert!(show.contains("the end"));
+    assert!(show.lines().all(|l| l.chars().count() <= 100), "{show}");
+    // Times for people, in local time; JSON keeps UTC.
+    let created = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("created:"))
+        .unwrap();
+    assert!(
+        !created.contains('T') && !created.ends_with('Z'),
+        "{created}"
+    );
+    let json: Value = serde_json::from_str(&d.ccd_ok(&["session", "show", &id, "--json"])).unwrap();
+    assert!(
+        json["session"]["created_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(
+        json["turns"][0]["result"]
+            .as_str()
+            .unwrap()
+            .contains('\u{1b}')
+    );
+}
