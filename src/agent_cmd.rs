@@ -285,6 +285,13 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 let _ = writeln!(out, "{event}");
                 return;
             }
+            // ccd's own notes: what the query waits for, a retry.
+            if event["type"] == "ccd" {
+                if let Some(note) = ccd_note(event) {
+                    let _ = writeln!(err, "  {note}");
+                }
+                return;
+            }
             let Ok(parsed) = agent::parse_line(event.to_string().as_bytes()) else {
                 return;
             };
@@ -379,6 +386,29 @@ fn query_exit_code(e: &RpcError) -> u8 {
             exit::AGENT_FAILED
         }
         _ => crate::rpc_exit_code(e),
+    }
+}
+
+/// One of ccd's own `query.event`s (`type` `ccd`) as a line for people.
+fn ccd_note(event: &Value) -> Option<String> {
+    let ms = |v: &Value| v.as_u64().unwrap_or(0);
+    match (event["subtype"].as_str()?, event["for"].as_str()) {
+        ("waiting", Some("rate_limiter")) => Some(format!(
+            "waiting for the rate limiter: ~{} s",
+            ms(&event["retry_after_ms"]).div_ceil(1000)
+        )),
+        ("waiting", Some("executor")) => Some(format!(
+            "waiting for a free executor: {} busy, {} queued (executor.pool_size)",
+            ms(&event["busy"]),
+            ms(&event["queued"])
+        )),
+        ("retry", _) => Some(format!(
+            "[retry {} in {:.1} s] {}",
+            ms(&event["attempt"]),
+            ms(&event["delay_ms"]) as f64 / 1000.0,
+            event["error"].as_str().unwrap_or("")
+        )),
+        _ => None,
     }
 }
 

@@ -24,8 +24,8 @@ use crate::config::ExecutorConfig;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::{
-    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage, Run,
-    RunResult, SharedProbe, Submit, Transcript, agent_args,
+    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage,
+    PoolStatus, Run, RunResult, SharedProbe, Submit, Transcript, agent_args,
 };
 use crate::gateway::{ConnCtx, validate};
 use crate::reader::Reader;
@@ -107,14 +107,20 @@ struct Running {
 const STAGE_WAITING: u8 = 0;
 const STAGE_QUEUED: u8 = 1;
 const STAGE_RUNNING: u8 = 2;
+/// Handed to a free executor, the agent not yet heard from (shown as `queued`).
+const STAGE_STARTING: u8 = 3;
 
 fn stage_name(stage: u8) -> &'static str {
     match stage {
         STAGE_WAITING => "waiting",
-        STAGE_QUEUED => "queued",
+        STAGE_QUEUED | STAGE_STARTING => "queued",
         _ => "running",
     }
 }
+
+/// How long a query waits (for the rate limiter, or for a free executor) before its client
+/// is told so.
+const WAIT_NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 /// A session's claim by the query running in it; released when dropped.
 struct SessionBusy {
@@ -443,11 +449,19 @@ impl QueryService {
             deadline,
             no_wait: p.no_wait,
             stage,
+            wait_ends_ms: Default::default(),
         };
+        // A streaming client that has waited a second is told what for.
+        let notices = p
+            .stream
+            .then(|| wait_notices(&guarded, &conn, self.pool.clone(), cancel.clone()));
         let outcome = self
             .run_attempts(&guarded, spec, &cancel, p.stream, &query_id, &conn)
             .await;
         self.lock_running().remove(&query_id);
+        if let Some(n) = notices {
+            n.abort();
+        }
         let duration_ms = started.elapsed().as_millis() as u64;
 
         let (transcript, failure, attempts, spent) = match outcome {
@@ -754,8 +768,15 @@ impl QueryService {
                     };
                 }
             }
-            g.stage
-                .store(STAGE_QUEUED, std::sync::atomic::Ordering::Relaxed);
+            // Queued when every executor is busy (a notice tells a waiting client so).
+            let full = matches!(
+                self.pool.send(Call(PoolStatus)).await,
+                Ok(Ok(p)) if p.busy >= p.size
+            );
+            g.stage.store(
+                if full { STAGE_QUEUED } else { STAGE_STARTING },
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let t0 = std::time::Instant::now();
             let (on_message, relay) = streamer(stream, g, conn, self.bus.clone());
             let run = Run {
@@ -900,6 +921,13 @@ impl QueryService {
             {
                 return Err(refused);
             }
+            g.wait_ends_ms.store(
+                (store::now_ms().max(0) as u64)
+                    .saturating_add(crate::resilience::ceil_millis(throttled.retry_after)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            g.stage
+                .store(STAGE_WAITING, std::sync::atomic::Ordering::Relaxed);
             if waiting.is_none() {
                 self.bus.publish(EventKind::LimiterThrottled {
                     session_id: g.session_id.clone(),
@@ -1323,6 +1351,8 @@ struct Guarded {
     no_wait: bool,
     /// Where the query is, for `query.list`.
     stage: Arc<std::sync::atomic::AtomicU8>,
+    /// While it waits for the rate limiter: when that wait ends (ms since the epoch).
+    wait_ends_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Tokens and cost over all attempts of a query.
@@ -1359,6 +1389,58 @@ enum Attempts {
 enum Failure {
     Agent(Box<AgentFailure>),
     Refused(ActorError),
+}
+
+/// Tell a streaming client, once it has waited [`WAIT_NOTICE_AFTER`], what its query waits
+/// for: `{"type":"ccd","subtype":"waiting","for":"rate_limiter","retry_after_ms":N}` or
+/// `{"type":"ccd","subtype":"waiting","for":"executor","busy":N,"queued":M}`; each kind once
+/// per wait. Aborted when the query ends.
+fn wait_notices(
+    g: &Guarded,
+    conn: &ConnCtx,
+    pool: Addr<ExecutorPool>,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (stage, wait_ends_ms) = (g.stage.clone(), g.wait_ends_ms.clone());
+    let (query_id, conn) = (g.query_id.clone(), conn.clone());
+    actix_rt::spawn(async move {
+        let mut told: Option<u8> = None;
+        let mut since = (
+            stage.load(std::sync::atomic::Ordering::Relaxed),
+            tokio::time::Instant::now(),
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let now = stage.load(std::sync::atomic::Ordering::Relaxed);
+            if now != since.0 {
+                since = (now, tokio::time::Instant::now());
+                told = None;
+            }
+            if told == Some(now) || since.1.elapsed() < WAIT_NOTICE_AFTER {
+                continue;
+            }
+            let event = match now {
+                STAGE_WAITING => {
+                    let ends = wait_ends_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    let left = ends.saturating_sub(store::now_ms().max(0) as u64);
+                    json!({"type": "ccd", "subtype": "waiting", "for": "rate_limiter", "retry_after_ms": left})
+                }
+                STAGE_QUEUED => {
+                    let (busy, queued) = match pool.send(Call(PoolStatus)).await {
+                        Ok(Ok(p)) => (p.busy, p.queued),
+                        _ => (0, 0),
+                    };
+                    json!({"type": "ccd", "subtype": "waiting", "for": "executor", "busy": busy, "queued": queued})
+                }
+                _ => continue,
+            };
+            told = Some(now);
+            notify(true, &query_id, &conn, event).await;
+        }
+    })
 }
 
 /// Send one `query.event` notification (when streaming), waiting for room in the client's

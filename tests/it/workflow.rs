@@ -623,3 +623,56 @@ fn session_show_prints_whole_turns_without_driving_the_terminal() {
             .contains('\u{1b}')
     );
 }
+
+#[test]
+fn a_query_that_waits_for_an_executor_says_so() {
+    let d = agent_daemon(
+        Behaviour::Gated {
+            first: "Busy".into(),
+            rest: " done.".into(),
+        },
+        "[executor]\npool_size = 1\n",
+    );
+    let first = d
+        .command(&["query", "one"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first query to run", Duration::from_secs(60), || {
+        let list: Value = serde_json::from_str(&d.ccd_ok(&["ps", "--json"])).unwrap();
+        list[0]["state"] == "running"
+    });
+    let mut second = d
+        .command(&["query", "two"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stderr, line by line, until it says what it waits for (the first query holds the
+    // only executor until the gate opens, which only happens after that).
+    let stderr = second.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no waiting notice; stderr so far: {seen:?}"));
+        seen.push(line.clone());
+        if line.contains("waiting for a free executor") {
+            break;
+        }
+    }
+    assert!(seen.last().unwrap().contains("1 busy"), "{seen:?}");
+    d.mock.open_gate();
+    assert!(first.wait_with_output().unwrap().status.success());
+    assert!(second.wait().unwrap().success());
+}
