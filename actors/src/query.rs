@@ -114,6 +114,7 @@ impl Drop for SessionBusy {
 }
 
 impl QueryService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Addr<WriterActor>,
         reader: Reader,
@@ -569,6 +570,7 @@ impl QueryService {
 
     /// Record a query the breaker refused before it started: its session (a new one unless it
     /// continues one), a `refused` turn, and the events a refused query publishes.
+    #[allow(clippy::too_many_arguments)]
     async fn record_refusal(
         self,
         existing: Option<Session>,

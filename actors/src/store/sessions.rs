@@ -440,6 +440,7 @@ mod tests {
             model: Some("m".into()),
             started_at_ms: now_ms(),
             agent_session_id: Some("agent-1".into()),
+            cwd: Some("/first".into()),
         }
     }
 
@@ -450,6 +451,7 @@ mod tests {
         let s = CreateSession {
             id: "s1".into(),
             project: None,
+            cwd: None,
             tags: vec!["a".into()],
             model: None,
         }
@@ -503,6 +505,7 @@ mod tests {
         CreateSession {
             id: "s".into(),
             project: None,
+            cwd: None,
             tags: vec![],
             model: None,
         }
@@ -525,6 +528,7 @@ mod tests {
             CreateSession {
                 id: id.into(),
                 project: None,
+                cwd: None,
                 tags: vec![],
                 model: None,
             }
