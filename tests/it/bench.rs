@@ -55,3 +55,32 @@ fn ping_runs_against_the_echo_baseline_without_a_failed_request() {
         assert!(out.contains(row), "no `{row}` in:\n{out}");
     }
 }
+
+#[test]
+fn stream_times_every_delta_without_a_failed_query() {
+    let out = bench(&[
+        "stream",
+        "-q",
+        "2",
+        "-d",
+        "20",
+        "--interval",
+        "1ms",
+        "--warmup",
+        "1",
+    ]);
+    for label in ["bare stub (agent → pipe", "ccd query (agent → ccd"] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` line in:\n{out}"));
+        assert!(
+            line.contains(" 2 ok, 0 failed,") && line.contains(" 40 deltas; p50 "),
+            "{line}\nin:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("target: a delta printed by `ccd query`"),
+        "{out}"
+    );
+}

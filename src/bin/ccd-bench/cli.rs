@@ -43,6 +43,7 @@ make ccd-bench exit with status 1.",
   ccd-bench upsert -c 64 -r 200 --synchronous full
   ccd-bench startup --runs 10
   ccd-bench query -r 200 -q 400 --pool-sizes 1,2,4,8
+  ccd-bench stream -q 10 -d 200 --interval 3ms
   ccd-bench breaker -c 1 -c 8 -r 2000
   ccd-bench events -s 100 -e 5000 -p 8 -r 2000
   ccd-bench vfs --health-reads 2000 --big-reads 200
@@ -93,6 +94,24 @@ pub(crate) enum Cmd {
     /// pool size P a fresh daemon with CCD_EXECUTOR_POOL_SIZE=P and 2×P connections in a closed
     /// loop sharing Q queries, compared with 2×P threads running the stub directly.
     Query(QueryArgs),
+    /// Streaming: the time from the agent writing a text delta to `ccd query` printing it.
+    ///
+    /// The stub agent is ccd-bench itself in a hidden agent mode (a two-line shell script
+    /// execs it, since the daemon runs CCD_AGENT_CMD with the agent arguments only). It answers
+    /// `--version`, reads the prompt to EOF, prints an init message, a `message_start` stream
+    /// event and then D text deltas (`content_block_delta`) --interval apart, each delta's
+    /// text being the CLOCK_MONOTONIC time taken just before its write (one clock for all
+    /// processes on Linux), then the whole assistant message and a `result`. ccd-bench starts
+    /// a daemon on a fresh temporary home with CCD_AGENT_CMD pointing at the script and runs
+    /// the real `ccd query PROMPT` (the `ccd` next to ccd-bench, or --ccd) with its stdout
+    /// piped, reads what it prints as it arrives, takes the clock after every read and
+    /// subtracts each delta's time. A run counts as failed unless `ccd query` exits 0 and
+    /// prints every delta exactly once and a newline (so the whole message printed again is
+    /// a failure too). As a floor, ccd-bench also runs the stub directly the same way and reads
+    /// its own stdout (a pipe and a process wake-up); bare runs and `ccd query` runs
+    /// alternate. Prints p50/p90/p99/max over all deltas of the measured queries, against a
+    /// target of at most 2 ms at p50.
+    Stream(StreamArgs),
     /// `query.run` refused by an open circuit breaker, next to `system.ping` on the same daemon.
     ///
     /// Writes a stub agent that reads its prompt to EOF and kills itself with SIGKILL (a
@@ -156,9 +175,12 @@ pub(crate) enum Cmd {
     /// pool sizes 1, 2, 4, 8), breaker (refused `query.run` next to `system.ping`, 1 and 8
     /// connections), the agent filesystem reads (vfs; skipped without /dev/fuse) and startup.
     /// Progress goes to stderr; the markdown report goes to stdout. With --home/--no-start,
-    /// ping and upsert use the running daemon; events, query, breaker, vfs and startup always
+    /// ping and upsert use the running daemon; events, query, stream, breaker, vfs and startup always
     /// start their own daemons on fresh temporary homes.
     All(AllArgs),
+    /// The stub agent of `stream` (what its daemon runs as the agent); not for direct use.
+    #[command(hide = true)]
+    StreamAgent(StreamAgentArgs),
     /// Only the bare NDJSON echo baseline (no daemon needed); for testing ccd-bench itself.
     #[command(hide = true)]
     Echo(EchoArgs),
@@ -348,6 +370,47 @@ pub(crate) struct QueryArgs {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct StreamArgs {
+    /// Measured `ccd query` runs (and as many runs of the bare stub, alternating with them)
+    #[arg(short, long, value_name = "Q", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) queries: u32,
+    /// Text deltas the stub agent writes per query
+    #[arg(short, long, value_name = "D", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) deltas: u32,
+    /// The stub agent's pause between two deltas
+    #[arg(long, value_name = "DURATION", default_value = "3ms", value_parser = parse_duration)]
+    pub(crate) interval: Duration,
+    /// Unmeasured warm-up queries (each path), before the measured ones
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub(crate) warmup: u32,
+    /// Give up on a run that has not ended this long after the stub's deltas should have
+    /// (D × --interval); `ccd daemon start|stop` get at least 30s
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Start no more measured queries after this much wall-clock time
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
+    pub(crate) max_time: Duration,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonOpts,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StreamAgentArgs {
+    /// Text deltas to print
+    #[arg(long, default_value_t = 200)]
+    pub(crate) deltas: u32,
+    /// Pause between two deltas, in microseconds
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) interval_us: u64,
+    /// The arguments the daemon gives the agent (after `--`)
+    #[arg(last = true)]
+    pub(crate) args: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub(crate) struct BreakerArgs {
     /// Connection counts to measure (repeatable, or comma-separated), each with refused
     /// `query.run` and then `system.ping`
@@ -447,6 +510,11 @@ pub(crate) struct AllArgs {
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub(crate) query_warmup: u32,
+    /// Measured `ccd query` runs of the streaming benchmark, each with 200 deltas 3 ms apart
+    /// (0 skips the streaming benchmark)
+    #[arg(long, value_name = "Q", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub(crate) stream_queries: u32,
     /// Measured requests per connection of the breaker benchmark, for refused `query.run` and
     /// for `system.ping` each (0 skips the breaker benchmark)
     #[arg(long, value_name = "R", default_value_t = 2000,

@@ -245,6 +245,17 @@ impl Daemon {
         })
     }
 
+    /// `ccd` (the binary that started this daemon) as a command on this daemon's CCD_HOME.
+    pub(crate) fn ccd_command(&self) -> Result<Command> {
+        let ccd = self
+            .ccd
+            .as_deref()
+            .context("no ccd binary known for this daemon")?;
+        let mut cmd = Command::new(ccd);
+        cmd.env("CCD_HOME", &self.home);
+        Ok(cmd)
+    }
+
     pub(crate) fn describe(&self) -> String {
         let pid = self.pid.map_or_else(|| "?".to_string(), |p| p.to_string());
         if self.owned {

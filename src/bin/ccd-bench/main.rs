@@ -2,15 +2,16 @@
 //! closed-loop JSON-RPC traffic (`system.ping`, `setting.upsert`, `query.run`, `session.create`)
 //! over persistent NDJSON connections, prints throughput and exact p50/p99/max latency next to
 //! baselines (a bare NDJSON echo server; SQLite with one transaction per write; running the stub
-//! agent directly), measures how fast an open circuit breaker refuses `query.run`, event-bus
-//! fan-out to many subscribers and what a stalled subscriber costs a publisher, times daemon
-//! startup and idle memory, and times reads from the daemon's FUSE agent filesystem. It never
-//! talks to anything but local Unix sockets, the `ccd` binary, a stub agent script it writes
-//! itself and the daemon's own mount.
+//! agent directly), times a streamed text delta from the agent to `ccd query`'s stdout,
+//! measures how fast an open circuit breaker refuses `query.run`, event-bus fan-out to many
+//! subscribers and what a stalled subscriber costs a publisher, times daemon startup and idle
+//! memory, and times reads from the daemon's FUSE agent filesystem. It never talks to anything
+//! but local Unix sockets, the `ccd` binary, the stub agent scripts it writes itself (one of
+//! which runs ccd-bench again, in its hidden `stream-agent` mode) and the daemon's own mount.
 //!
 //! This file has the entry point and one function per subcommand; `phase` is the load engine
-//! that the suites (`suites`, `query`, `breaker`, `events`, `vfs`) run, `daemon` starts and
-//! stops what they measure, and `report` renders `all` as markdown.
+//! that the suites (`suites`, `query`, `breaker`, `events`, `vfs`) run (`stream` times its own
+//! reads), `daemon` starts and stops what they measure, and `report` renders `all` as markdown.
 
 mod breaker;
 mod cli;
@@ -22,12 +23,14 @@ mod fmt;
 mod phase;
 mod query;
 mod report;
+mod stream;
 mod suites;
 mod vfs;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Result, bail, ensure};
 use clap::Parser;
@@ -35,13 +38,14 @@ use clap::Parser;
 use crate::breaker::{BreakerPlan, BreakerSuite, breaker_suite, breaker_summary};
 use crate::cli::{
     AllArgs, BreakerArgs, Cli, ClientOpts, Cmd, EchoArgs, EventsArgs, MAX_TOTAL_REQUESTS, PingArgs,
-    QueryArgs, StartupArgs, UpsertArgs, VfsArgs,
+    QueryArgs, StartupArgs, StreamArgs, UpsertArgs, VfsArgs,
 };
 use crate::daemon::Daemon;
 use crate::echo::run_echo_phase;
 use crate::events::{EventsPlan, EventsSuite, events_suite};
 use crate::query::{QueryPlan, query_suite};
 use crate::report::{MarkdownInput, environment_line, markdown_report};
+use crate::stream::{StreamPlan, StreamSuite, stream_agent, stream_suite};
 use crate::suites::{UpsertPlan, ping_suite, startup_rows, startup_suite, upsert_suite};
 use crate::vfs::{VFS_PROMPT_BYTES, VfsPlan, VfsReport, vfs_suite};
 
@@ -53,6 +57,8 @@ fn main() -> ExitCode {
         Cmd::Upsert(a) => cmd_upsert(&a),
         Cmd::Startup(a) => cmd_startup(&a),
         Cmd::Query(a) => cmd_query(&a),
+        Cmd::Stream(a) => cmd_stream(&a),
+        Cmd::StreamAgent(a) => stream_agent(&a).map(|()| Outcome::Clean),
         Cmd::Breaker(a) => cmd_breaker(&a),
         Cmd::Events(a) => cmd_events(&a),
         Cmd::Vfs(a) => cmd_vfs(&a),
@@ -199,6 +205,20 @@ fn cmd_query(a: &QueryArgs) -> Result<Outcome> {
     Ok(Outcome::from_failures(suite.failures()))
 }
 
+fn cmd_stream(a: &StreamArgs) -> Result<Outcome> {
+    let plan = StreamPlan {
+        queries: a.queries,
+        warmup: a.warmup,
+        deltas: a.deltas,
+        interval: a.interval,
+        timeout: a.timeout,
+        max_time: a.max_time,
+    };
+    println!("{}", environment_line());
+    let suite = stream_suite(&plan, &a.daemon, &mut Out::Stdout)?;
+    Ok(Outcome::from_failures(suite.failures()))
+}
+
 fn cmd_breaker(a: &BreakerArgs) -> Result<Outcome> {
     let plan = BreakerPlan {
         connections: a.connections.clone(),
@@ -321,6 +341,22 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         &a.target.daemon,
         &mut out,
     )?;
+    let stream = if a.stream_queries > 0 {
+        Some(stream_suite(
+            &StreamPlan {
+                queries: a.stream_queries,
+                warmup: 2,
+                deltas: 200,
+                interval: Duration::from_millis(3),
+                timeout: a.limits.timeout,
+                max_time: a.limits.max_time,
+            },
+            &a.target.daemon,
+            &mut out,
+        )?)
+    } else {
+        None
+    };
     let breaker = if a.breaker_requests > 0 {
         Some(breaker_suite(
             &BreakerPlan {
@@ -369,6 +405,7 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         upsert: &upsert,
         events: events.as_ref(),
         query: &query,
+        stream: stream.as_ref(),
         breaker: breaker.as_ref(),
         vfs: vfs.as_ref(),
         startup: &startup,
@@ -380,6 +417,7 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
         + upsert.failures()
         + events.as_ref().map_or(0, EventsSuite::failures)
         + query.failures()
+        + stream.as_ref().map_or(0, StreamSuite::failures)
         + breaker.as_ref().map_or(0, BreakerSuite::failures)
         + match &vfs {
             Some(VfsReport::Ran(v)) => v.failures(),

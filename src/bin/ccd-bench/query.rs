@@ -32,7 +32,13 @@ exec cat \"$(dirname \"$0\")/transcript.jsonl\"
 ";
 
 /// The arguments the daemon gives the agent for a plain query (no resume, model or options).
-const AGENT_ARGS: [&str; 4] = ["-p", "--output-format", "stream-json", "--verbose"];
+const AGENT_ARGS: [&str; 5] = [
+    "-p",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+];
 
 /// CCD_EXECUTOR_QUEUE_SIZE of the daemons the query benchmark starts: never the limit.
 const QUERY_QUEUE_SIZE: u32 = 100_000;

@@ -11,6 +11,7 @@ use crate::events::{EventsSuite, events_markdown};
 use crate::fmt::{fmt_ratio, group_thousands};
 use crate::phase::PhaseResult;
 use crate::query::{QuerySuite, fmt_lat, query_markdown};
+use crate::stream::{StreamSuite, stream_markdown};
 use crate::suites::{PingSuite, StartupSample, UpsertSuite, startup_rows};
 use crate::vfs::{VfsReport, vfs_markdown};
 
@@ -22,6 +23,7 @@ pub(crate) struct MarkdownInput<'a> {
     pub(crate) upsert: &'a UpsertSuite,
     pub(crate) events: Option<&'a EventsSuite>,
     pub(crate) query: &'a QuerySuite,
+    pub(crate) stream: Option<&'a StreamSuite>,
     pub(crate) breaker: Option<&'a BreakerSuite>,
     pub(crate) vfs: Option<&'a VfsReport>,
     pub(crate) startup: &'a [StartupSample],
@@ -121,6 +123,9 @@ pub(crate) fn markdown_report(m: &MarkdownInput<'_>) -> String {
         s.push_str(&events_markdown(e));
     }
     s.push_str(&query_markdown(m.query));
+    if let Some(st) = m.stream {
+        s.push_str(&stream_markdown(st));
+    }
     if let Some(b) = m.breaker {
         s.push_str(&breaker_markdown(b));
     }
