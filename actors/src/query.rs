@@ -138,6 +138,7 @@ impl Drop for SessionBusy {
 }
 
 impl QueryService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Addr<WriterActor>,
         reader: Reader,
@@ -973,7 +974,7 @@ impl QueryService {
                 elapsed_ms: r.started.elapsed().as_millis() as u64,
             })
             .collect();
-        queries.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms));
+        queries.sort_by_key(|q| std::cmp::Reverse(q.elapsed_ms));
         ccd_protocol::types::QueryList { queries }
     }
 
