@@ -788,12 +788,37 @@ pub struct BatchArgs {
     /// How many prompts run at once (1 to 256).
     #[arg(long, short, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
-    /// Write results (JSONL) here instead of stdout.
-    #[arg(long, short)]
+    /// Write results (JSONL) here instead of stdout. Never the input file; a file that
+    /// exists and is not empty only with --force (overwrite it) or --resume (add to it).
+    #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
+    /// Overwrite the --output file if it exists.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Carry on an earlier run into the --output file: skip every prompt that already has a
+    /// result there (a record with status `ok` for its line and the same prompt), run the rest
+    /// (failed, cancelled, never run, or changed since) and append their records.
+    #[arg(long, requires = "output")]
+    resume: bool,
+    /// Tag every session the batch creates, for `ccd session list --tag T` (repeatable; a
+    /// line that continues a `session` keeps that session's tags).
+    #[arg(long = "tag", value_name = "T")]
+    tags: Vec<String>,
     #[command(flatten)]
     opts: QueryOpts,
 }
+
+/// `ccd batch --help`'s epilogue: the records and the summary.
+pub const BATCH_HELP: &str = "\
+Each prompt's record is one JSON line: {\"line\": N (its line in FILE), \"prompt\", \"status\",
+\"ok\", \"result\" (query.run's result) or \"error\" (the JSON-RPC error)}. status is
+`ok`, `failed`, or `cancelled` (Ctrl-C, or `ccd cancel`; counted as not run). The summary on
+stderr counts them: N ok, N failed, N not run (never started or cancelled), N skipped (--resume).
+Exit: 0 all ok; 5 any failed or cancelled; 1 interrupted (Ctrl-C); 2 usage errors.
+
+Examples:
+  ccd batch prompts.txt -c 8 -o results.jsonl --tag nightly
+  ccd batch prompts.txt -o results.jsonl --resume    # after Ctrl-C or failures: only the rest";
 
 struct Item {
     line: usize,
@@ -808,7 +833,8 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
             .with_context(|| format!("opening {}", args.file.display()))?;
         Box::new(std::io::BufReader::new(file))
     };
-    let base = args.opts.params(String::new(), false)?;
+    let mut base = args.opts.params(String::new(), false)?;
+    base.tags = (!args.tags.is_empty()).then(|| args.tags.clone());
     let mut items = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", args.file.display()))?;
@@ -838,6 +864,10 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
             {
                 fields.remove("cwd");
             }
+            // --tag tags the sessions the batch creates; one a line continues keeps its own.
+            if obj.contains_key("session") {
+                fields.remove("tags");
+            }
             fields.append(&mut obj);
             params = serde_json::from_value(Value::Object(fields))
                 .map_err(|e| crate::cli::UsageError(format!("{}:{n}: {e}", args.file.display())))?;
@@ -856,16 +886,129 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
     Ok(items)
 }
 
+/// What `--output` may be: never the input file, and a file that already holds results only
+/// with --force or --resume. With --resume, the results it holds: the line and prompt of each
+/// `ok` record.
+fn check_output(args: &BatchArgs, out: &std::path::Path) -> anyhow::Result<HashSet<(u64, String)>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", out.display())),
+    };
+    // A device or a pipe (/dev/null, /dev/stdout) is written to as it is: nothing in it to lose.
+    if !meta.is_file() {
+        return Ok(HashSet::new());
+    }
+    let input = if args.file.as_os_str() == "-" {
+        std::path::Path::new("/dev/stdin")
+    } else {
+        args.file.as_path()
+    };
+    if let Ok(input_meta) = std::fs::metadata(input)
+        && (input_meta.dev(), input_meta.ino()) == (meta.dev(), meta.ino())
+    {
+        return Err(crate::cli::UsageError(format!(
+            "--output {} is the input file{}: the results would replace the prompts; give \
+             another -o FILE",
+            out.display(),
+            if args.file.as_os_str() == "-" {
+                " (standard input)".to_string()
+            } else {
+                format!(" {}", args.file.display())
+            }
+        ))
+        .into());
+    }
+    if meta.len() == 0 || args.force {
+        return Ok(HashSet::new());
+    }
+    if !args.resume {
+        return Err(crate::cli::UsageError(format!(
+            "--output {} exists: give --force to overwrite it, --resume to run only the prompts \
+             it has no result for (and add theirs to it), or another -o FILE",
+            out.display()
+        ))
+        .into());
+    }
+    let file = std::fs::File::open(out).with_context(|| format!("opening {}", out.display()))?;
+    let mut done = HashSet::new();
+    let mut unreadable = 0usize;
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", out.display()))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Ok(record) = serde_json::from_slice::<Value>(&line) else {
+            unreadable += 1;
+            continue;
+        };
+        // Records written before `status` existed say it with `ok` alone.
+        let ok = match record.get("status") {
+            Some(status) => status == "ok",
+            None => record["ok"] == true,
+        };
+        if let (true, Some(n), Some(prompt)) =
+            (ok, record["line"].as_u64(), record["prompt"].as_str())
+        {
+            done.insert((n, prompt.to_string()));
+        }
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "--resume: {} of {} are not JSON records; ignored",
+            crate::cli::count(unreadable, "line"),
+            out.display()
+        );
+    }
+    Ok(done)
+}
+
 pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8> {
-    let items = load_batch(&args)?;
+    let done = match &args.output {
+        Some(out) => check_output(&args, out)?,
+        None => HashSet::new(),
+    };
+    let mut items = load_batch(&args)?;
     if items.is_empty() {
         anyhow::bail!("{} has no prompts", args.file.display());
+    }
+    let total = items.len();
+    items.retain(|i| !done.contains(&(i.line as u64, i.params.prompt.clone())));
+    let skipped = total - items.len();
+    if let (true, Some(out)) = (args.resume, &args.output) {
+        eprintln!(
+            "--resume: {} of {} already {} a result in {}: skipped",
+            skipped,
+            crate::cli::count(total, "prompt"),
+            if skipped == 1 { "has" } else { "have" },
+            out.display()
+        );
+    }
+    if items.is_empty() {
+        eprintln!("batch: nothing to run, {skipped} skipped");
+        return Ok(exit::OK);
     }
     let concurrency = usize::from(args.concurrency);
     // Fail early, before any thread starts, when the daemon cannot be reached.
     drop(Client::connect_or_start(home, autostart)?);
 
     let mut sink: Box<dyn Write + Send> = match &args.output {
+        Some(p) if args.resume => {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?;
+            // A record cut short (the batch was killed while writing it) ends its line, so that
+            // the next one starts on a line of its own.
+            if ends_without_newline(&mut file)? {
+                file.write_all(b"\n")
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            Box::new(std::io::BufWriter::new(file))
+        }
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
@@ -910,13 +1053,13 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     }
 
     let next = AtomicUsize::new(0);
-    let (ok, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let counts = Counts::default();
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::scope(|s| -> anyhow::Result<()> {
         for worker in 0..concurrency.min(items.len()) {
             let tx = tx.clone();
-            let (items, next, interrupted, live, ok, failed) =
-                (&items, &next, &interrupted, &live, &ok, &failed);
+            let (items, next, interrupted, live, counts) =
+                (&items, &next, &interrupted, &live, &counts);
             s.spawn(move || {
                 let mut client: Option<Client> = None;
                 loop {
@@ -927,11 +1070,12 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
                     let Some(item) = items.get(i) else { return };
                     let record = run_one(home, &mut client, item, worker, live, interrupted);
                     let Some(record) = record else { return };
-                    if record["ok"] == true {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    match record["status"].as_str() {
+                        Some(STATUS_OK) => &counts.ok,
+                        Some(STATUS_CANCELLED) => &counts.cancelled,
+                        _ => &counts.failed,
                     }
+                    .fetch_add(1, Ordering::Relaxed);
                     if tx.send(record).is_err() {
                         return;
                     }
@@ -943,33 +1087,78 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
             writeln!(sink, "{record}").context("writing results")?;
             sink.flush().ok();
             bar.inc(1);
-            bar.set_message(format!(
-                "{} ok, {} failed",
-                ok.load(Ordering::Relaxed),
-                failed.load(Ordering::Relaxed)
-            ));
+            bar.set_message(counts.summary(0, 0));
         }
         Ok(())
     })?;
     bar.finish_and_clear();
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    let skipped = items.len() - ok - failed;
-    eprintln!(
-        "batch: {ok} ok, {failed} failed{}",
-        if skipped > 0 {
-            format!(", {skipped} not run")
-        } else {
-            String::new()
-        }
-    );
+    let (ok, failed, cancelled) = counts.get();
+    let never_started = items.len() - ok - failed - cancelled;
+    eprintln!("batch: {}", counts.summary(never_started, skipped));
     // contract.md's codes: an interrupted batch did not do its job (1), whatever finished.
     Ok(if interrupted.load(Ordering::SeqCst) {
         exit::ERROR
-    } else if failed > 0 {
+    } else if failed > 0 || cancelled > 0 {
         exit::AGENT_FAILED
     } else {
         exit::OK
     })
+}
+
+/// Whether `file` is not empty and its last byte is not a newline.
+fn ends_without_newline(file: &mut std::fs::File) -> anyhow::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// A record's `status`: its query answered; failed (any error but a cancellation); or was
+/// cancelled (Ctrl-C, `ccd cancel`), which counts as not run and runs again with --resume.
+const STATUS_OK: &str = "ok";
+const STATUS_FAILED: &str = "failed";
+const STATUS_CANCELLED: &str = "cancelled";
+
+/// How the batch's prompts ended, as the workers count them.
+#[derive(Default)]
+struct Counts {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    cancelled: AtomicUsize,
+}
+
+impl Counts {
+    fn get(&self) -> (usize, usize, usize) {
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.cancelled.load(Ordering::Relaxed),
+        )
+    }
+
+    /// "N ok, N failed[, N not run (N cancelled)][, N skipped]": cancelled prompts did not run,
+    /// like those that never started.
+    fn summary(&self, never_started: usize, skipped: usize) -> String {
+        let (ok, failed, cancelled) = self.get();
+        let mut s = format!("{ok} ok, {failed} failed");
+        let not_run = never_started + cancelled;
+        if not_run > 0 {
+            s.push_str(&format!(", {not_run} not run"));
+            if cancelled > 0 {
+                s.push_str(&format!(" ({cancelled} cancelled)"));
+            }
+        }
+        if skipped > 0 {
+            s.push_str(&format!(
+                ", {skipped} skipped (a result already in the output)"
+            ));
+        }
+        s
+    }
 }
 
 /// What a batch's Ctrl-C handler cancels: the ids of the queries known to run, and the
@@ -1027,9 +1216,13 @@ fn run_one(
         }
     }
     Some(match outcome {
-        Ok(result) => {
-            json!({ "line": item.line, "prompt": item.params.prompt, "ok": true, "result": result })
-        }
+        Ok(result) => json!({
+            "line": item.line,
+            "prompt": item.params.prompt,
+            "status": STATUS_OK,
+            "ok": true,
+            "result": result,
+        }),
         Err(e) => {
             if !matches!(e, CallError::Rpc(_)) {
                 // Reconnect for the next prompt; the old connection is not Ctrl-C's to close.
@@ -1038,15 +1231,26 @@ fn run_one(
                     live.idle_sockets.remove(&worker);
                 }
             }
-            let error = match e {
-                CallError::Rpc(e) => serde_json::to_value(e).unwrap_or_default(),
+            let (status, error) = match e {
+                CallError::Rpc(e) if e.kind() == Some(ErrorCode::Cancelled) => (
+                    STATUS_CANCELLED,
+                    serde_json::to_value(e).unwrap_or_default(),
+                ),
+                CallError::Rpc(e) => (STATUS_FAILED, serde_json::to_value(e).unwrap_or_default()),
                 // Ctrl-C hung up on this query: that is what ended it.
-                _ if interrupted.load(Ordering::SeqCst) => {
-                    json!({ "message": "interrupted (Ctrl-C): the batch hung up, which cancelled the query" })
-                }
-                other => json!({ "message": other.to_string() }),
+                _ if interrupted.load(Ordering::SeqCst) => (
+                    STATUS_CANCELLED,
+                    json!({ "message": "interrupted (Ctrl-C): the batch hung up, which cancelled the query" }),
+                ),
+                other => (STATUS_FAILED, json!({ "message": other.to_string() })),
             };
-            json!({ "line": item.line, "prompt": item.params.prompt, "ok": false, "error": error })
+            json!({
+                "line": item.line,
+                "prompt": item.params.prompt,
+                "status": status,
+                "ok": false,
+                "error": error,
+            })
         }
     })
 }

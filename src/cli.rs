@@ -84,6 +84,7 @@ enum Command {
     #[command(subcommand)]
     Session(crate::agent_cmd::SessionCmd),
     /// Run many prompts through the executor pool, with progress; results as JSONL.
+    #[command(after_help = crate::agent_cmd::BATCH_HELP)]
     Batch(crate::agent_cmd::BatchArgs),
     /// Check what a first run needs, and say how to fix each problem: the agent command and its
     /// version, credentials (never shown), FUSE, the HTTP port, the daemon, the database, disk

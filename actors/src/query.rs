@@ -152,6 +152,7 @@ impl Drop for SessionBusy {
 }
 
 impl QueryService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Addr<WriterActor>,
         reader: Reader,
@@ -224,6 +225,12 @@ impl QueryService {
         }
         if p.project.is_some() && p.cwd.is_some() {
             return Err(invalid(M, "give `project` or `cwd`, not both"));
+        }
+        if p.session.is_some() && p.tags.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err(invalid(
+                M,
+                "`tags`: tags a new session; `session` continues one, whose tags stay as they are",
+            ));
         }
         let timeout_ms = p.timeout_ms.unwrap_or(self.cfg.timeout_ms);
         if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
@@ -340,9 +347,13 @@ impl QueryService {
                 .min(REFUSAL_BACKLOG_BYTES);
             let record = self.clone().record_refusal(Refusal {
                 existing,
-                project,
-                cwd: cwd.to_string_lossy().into_owned(),
-                session_model: p.model.clone(),
+                create: store::CreateSession {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    project,
+                    cwd: Some(cwd.to_string_lossy().into_owned()),
+                    tags: p.tags.unwrap_or_default(),
+                    model: p.model.clone(),
+                },
                 model,
                 prompt: p.prompt,
                 error: error.to_string(),
@@ -370,7 +381,7 @@ impl QueryService {
                         id,
                         project: project.clone(),
                         cwd: Some(cwd.to_string_lossy().into_owned()),
-                        tags: vec![],
+                        tags: p.tags.clone().unwrap_or_default(),
                         model: p.model.clone(),
                     })
                     .await?;
@@ -630,30 +641,22 @@ impl QueryService {
     }
 
     /// Record a query the breaker refused before it started: its session (a new one unless it
-    /// continues one), a `refused` turn, and the events a refused query publishes.
+    /// continues one: `create` when it does not; its `project` is where the query would have
+    /// run), a `refused` turn, and the events a refused query publishes.
     async fn record_refusal(self, r: Refusal) {
         let Refusal {
             existing,
-            project,
-            cwd,
-            session_model,
+            create,
             model,
             prompt,
             error,
         } = r;
         let started_at_ms = store::now_ms();
+        let project = create.project.clone();
         let session_id = match existing {
             Some(s) => s.id,
             None => {
-                let created = self
-                    .write(store::CreateSession {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        project: project.clone(),
-                        cwd: Some(cwd),
-                        tags: vec![],
-                        model: session_model,
-                    })
-                    .await;
+                let created = self.write(create).await;
                 match created {
                     Ok(s) => {
                         self.bus.publish(EventKind::SessionCreated {
@@ -1295,12 +1298,9 @@ fn invalid(method: &str, why: &str) -> ActorError {
 
 /// A query the breaker refused before it started, to be recorded.
 struct Refusal {
-    /// The session it continued; `None`: a new one is made for it.
+    /// The session it continued; `None`: `create` makes one for it.
     existing: Option<Session>,
-    project: Option<String>,
-    cwd: String,
-    /// The model asked for, the new session's default.
-    session_model: Option<String>,
+    create: store::CreateSession,
     /// The model it would have run with.
     model: Option<String>,
     prompt: String,

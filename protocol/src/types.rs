@@ -443,6 +443,10 @@ pub struct QueryRun {
     /// agent gets the daemon's own environment. A project's `env` still applies on top.
     #[serde(default)]
     pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Tags for the new session this query creates (what `session.list`'s `tag` finds); not
+    /// with `session`.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
