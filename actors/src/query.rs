@@ -152,7 +152,6 @@ impl Drop for SessionBusy {
 }
 
 impl QueryService {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Addr<WriterActor>,
         reader: Reader,
