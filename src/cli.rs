@@ -182,6 +182,9 @@ enum AgentCmd {
     Import {
         /// The directory, .md file or JSON bundle to import.
         path: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List agent definitions (needs the running daemon, which holds the key; never starts it).
     List(ListArgs),
@@ -239,6 +242,9 @@ enum BreakerCmd {
     Reset {
         /// The breaker's key as `ccd breaker status` shows it; all breakers when omitted.
         key: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -366,6 +372,9 @@ enum SettingCmd {
         key: String,
         /// Its value (any text).
         value: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print one setting's value (reads the database directly).
     Get {
@@ -390,6 +399,9 @@ enum BackupCmd {
     Create {
         /// Where to write the backup (a new file); default: $CCD_HOME/backups/ccd-<time>.db.
         path: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List backups (reads the database directly).
     List(ListArgs),
@@ -560,12 +572,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 _ => Client::connect_or_start(&home, autostart)?,
             };
             match cmd {
-                AgentCmd::Import { path } => {
+                AgentCmd::Import { path, json } => {
                     let path = std::path::absolute(&path)
                         .with_context(|| format!("resolving {}", path.display()))?;
                     let r = client.call::<m::AgentImport>(&types::AgentImport {
                         path: path.to_string_lossy().into_owned(),
                     })?;
+                    if json {
+                        print_json(&r)?;
+                        return Ok(exit::OK);
+                    }
                     outln!(
                         "imported {}: {}",
                         count(r.imported.len(), "agent"),
@@ -700,14 +716,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             t.print_or_empty(&mut std::io::stdout().lock(), "no breakers yet")?;
             Ok(exit::OK)
         }
-        Command::Breaker(BreakerCmd::Reset { key }) => {
+        Command::Breaker(BreakerCmd::Reset { key, json }) => {
             // Breakers live in the daemon's memory: with no daemon there is none to reset (and
             // starting one to reset nothing would be a side effect nobody asked for).
             let mut client = match Client::connect(&home) {
                 Err(CallError::NotRunning(_))
                     if crate::home::PidLock::probe(&home.pid_file()).is_none() =>
                 {
-                    outln!("ccd daemon is not running, so no breaker is open");
+                    if json {
+                        print_json(&types::BreakerResetResult { reset: 0 })?;
+                    } else {
+                        outln!("ccd daemon is not running, so no breaker is open");
+                    }
                     return Ok(exit::OK);
                 }
                 other => other?,
@@ -716,7 +736,11 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             if let Some(key) = key.filter(|_| r.reset == 0) {
                 anyhow::bail!("no breaker `{key}` (`ccd breaker status` lists them)");
             }
-            outln!("reset {}", count(r.reset, "breaker"));
+            if json {
+                print_json(&r)?;
+            } else {
+                outln!("reset {}", count(r.reset, "breaker"));
+            }
             Ok(exit::OK)
         }
         Command::Events {
@@ -1213,10 +1237,14 @@ fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<
 
 fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<u8> {
     match cmd {
-        SettingCmd::Set { key, value } => {
+        SettingCmd::Set { key, value, json } => {
             let s = Client::connect_or_start(home, autostart)?
                 .call::<m::SettingUpsert>(&types::SettingUpsert { key, value })?;
-            outln!("{} = {}", s.key, s.value);
+            if json {
+                print_json(&s)?;
+            } else {
+                outln!("{} = {}", s.key, s.value);
+            }
         }
         SettingCmd::Get { key, json } => {
             let lookup = key.clone();
@@ -1254,7 +1282,7 @@ fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<
 
 fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8> {
     match cmd {
-        BackupCmd::Create { path } => {
+        BackupCmd::Create { path, json } => {
             let path = path
                 .map(|p| {
                     std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
@@ -1263,6 +1291,10 @@ fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8
                 .map(|p| p.to_string_lossy().into_owned());
             let b = Client::connect_or_start(home, autostart)?
                 .call::<m::BackupCreate>(&types::BackupCreate { path })?;
+            if json {
+                print_json(&b)?;
+                return Ok(exit::OK);
+            }
             outln!(
                 "backup {} written to {} ({} bytes)",
                 b.id,
