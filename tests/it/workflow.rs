@@ -676,3 +676,24 @@ fn a_query_that_waits_for_an_executor_says_so() {
     assert!(first.wait_with_output().unwrap().status.success());
     assert!(second.wait().unwrap().success());
 }
+
+#[test]
+fn commands_that_change_something_print_the_object_with_json() {
+    let d = Daemon::start();
+    let s: Value =
+        serde_json::from_str(&d.ccd_ok(&["setting", "set", "editor", "vim", "--json"])).unwrap();
+    assert_eq!(
+        (s["key"].as_str(), s["value"].as_str()),
+        (Some("editor"), Some("vim"))
+    );
+    let b: Value = serde_json::from_str(&d.ccd_ok(&["backup", "create", "--json"])).unwrap();
+    assert!(
+        std::path::Path::new(b["path"].as_str().unwrap()).is_file(),
+        "{b}"
+    );
+    let s: Value = serde_json::from_str(&d.ccd_ok(&["session", "new", "--json"])).unwrap();
+    assert_eq!(s["status"], "open");
+    assert!(s["project"].is_null() && s["cwd"].is_string(), "{s}");
+    let r: Value = serde_json::from_str(&d.ccd_ok(&["breaker", "reset", "--json"])).unwrap();
+    assert_eq!(r["reset"], 0);
+}
