@@ -138,6 +138,7 @@ impl Drop for SessionBusy {
 }
 
 impl QueryService {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         writer: Addr<WriterActor>,
         reader: Reader,
@@ -606,6 +607,7 @@ impl QueryService {
 
     /// Record a query the breaker refused before it started: its session (a new one unless it
     /// continues one), a `refused` turn, and the events a refused query publishes.
+    #[allow(clippy::too_many_arguments)]
     async fn record_refusal(
         self,
         existing: Option<Session>,
@@ -971,7 +973,7 @@ impl QueryService {
                 elapsed_ms: r.started.elapsed().as_millis() as u64,
             })
             .collect();
-        queries.sort_by(|a, b| b.elapsed_ms.cmp(&a.elapsed_ms));
+        queries.sort_by_key(|q| std::cmp::Reverse(q.elapsed_ms));
         ccd_protocol::types::QueryList { queries }
     }
 
