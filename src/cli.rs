@@ -265,6 +265,10 @@ enum DaemonCmd {
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// Print nothing when it starts or already runs (errors still go to stderr): for a
+        /// login shell's profile.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
     Run {
@@ -297,6 +301,21 @@ enum DaemonCmd {
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+    },
+    /// Start the daemon at login: write and enable a systemd user service
+    /// (~/.config/systemd/user/ccd.service) that runs `ccd daemon run` and restarts it if it
+    /// fails. Without a systemd user manager, writes nothing and prints the line to add to
+    /// ~/.profile instead (exit 1).
+    Install {
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable and remove the systemd user service (stopping the daemon it runs).
+    Uninstall {
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
     Logs {
@@ -977,8 +996,12 @@ fn follow_events(
 
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
-        DaemonCmd::Start { timeout, set } => {
-            daemon::start(home, timeout, false, &set)?;
+        DaemonCmd::Start {
+            timeout,
+            set,
+            quiet,
+        } => {
+            daemon::start(home, timeout, quiet, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Run {
@@ -1016,10 +1039,15 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 Err(CallError::NotRunning(_)) => {
                     let why = crate::client::lock_holder(home)
                         .unwrap_or_else(|| "ccd daemon is not running".to_string());
+                    let service = crate::service::status();
                     if json {
-                        outln!("{}", serde_json::json!({ "running": false, "reason": why }));
+                        outln!(
+                            "{}",
+                            serde_json::json!({ "running": false, "reason": why, "service": service })
+                        );
                     } else {
                         outln!("{why}");
+                        outln!("service: {}", service.line());
                     }
                     return Ok(exit::NOT_RUNNING);
                 }
@@ -1030,6 +1058,10 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 let mut v = serde_json::to_value(&health)?;
                 if let Some(map) = v.as_object_mut() {
                     map.insert("running".into(), true.into());
+                    map.insert(
+                        "service".into(),
+                        serde_json::to_value(crate::service::status())?,
+                    );
                 }
                 print_json(&v)?;
             } else {
@@ -1080,6 +1112,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                     (true, false, None) => format!("not mounted at {}", vfs.mountpoint),
                 };
                 writeln!(out, "  vfs:      {vfs_line}")?;
+                writeln!(out, "  service:  {}", crate::service::status().line())?;
                 writeln!(out)?;
                 let mut t = Table::new(["ACTOR", "STATE", "RESTARTS", "UPTIME", "LAST PANIC"]);
                 for a in &health.actors {
@@ -1102,6 +1135,8 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             daemon::logs(home, lines, follow)?;
             Ok(exit::OK)
         }
+        DaemonCmd::Install { json } => crate::service::install(home, json),
+        DaemonCmd::Uninstall { json } => crate::service::uninstall(json),
     }
 }
 

@@ -13,6 +13,7 @@ mod doctor;
 mod home;
 mod launch;
 mod logging;
+mod service;
 mod table;
 mod tui;
 
