@@ -133,7 +133,9 @@ enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Print a shell completion script, e.g. `ccd completions bash > ~/.local/share/bash-completion/completions/ccd`.
+    /// Print a shell completion script that completes commands, flags, project names, session
+    /// ids and agent names (it calls back into ccd), e.g. `source <(ccd completions bash)` in
+    /// ~/.bashrc.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -160,7 +162,7 @@ enum Command {
     /// directly from the database).
     Stats {
         /// Only this project's queries.
-        #[arg(long, short)]
+        #[arg(long, short, add = crate::complete::projects())]
         project: Option<String>,
         /// How far back (e.g. 24h, 7d, 30d).
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
@@ -187,6 +189,7 @@ enum AgentCmd {
     /// Print one definition as its subagent file (needs the running daemon; never starts it).
     Show {
         /// The agent's name (see `ccd agent list`).
+        #[arg(add = crate::complete::agents())]
         name: String,
         /// Print the definition as JSON instead.
         #[arg(long)]
@@ -195,6 +198,7 @@ enum AgentCmd {
     /// Remove a definition.
     Rm {
         /// The agent's name.
+        #[arg(add = crate::complete::agents())]
         name: String,
     },
 }
@@ -350,6 +354,7 @@ enum ProjectCmd {
     )]
     Set {
         /// The project's name.
+        #[arg(add = crate::complete::projects())]
         name: String,
         /// Its new working directory (must exist; a relative path is resolved here).
         #[arg(long, value_name = "DIR")]
@@ -372,6 +377,7 @@ enum ProjectCmd {
     /// Remove a project.
     Rm {
         /// The project's name.
+        #[arg(add = crate::complete::projects())]
         name: String,
     },
 }
@@ -548,15 +554,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Launch { args } => crate::launch::run(&home, autostart, args),
         Command::Completions { shell } => {
-            // Into a buffer first: clap_complete panics when its writer fails, and a reader
-            // that leaves early (`| head`) is not an error (main exits 0 on a broken pipe).
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "ccd", &mut script);
-            std::io::stdout()
-                .lock()
-                .write_all(&script)
-                .context("writing the completion script")?;
+            crate::complete::print_script(shell)?;
             Ok(exit::OK)
         }
         Command::Agent(cmd) => {
