@@ -35,7 +35,7 @@ pub struct QueryArgs {
     opts: QueryOpts,
     /// Continue this session (its agent conversation is resumed, in the directory it started
     /// in unless --cwd or --project says otherwise); any unique prefix of its id works.
-    #[arg(long, short = 's', conflicts_with_all = ["new_session", "continue_"])]
+    #[arg(long, short = 's', conflicts_with_all = ["new_session", "continue_"], add = crate::complete::sessions())]
     session: Option<String>,
     /// Continue the most recent open session of this directory (or of --project).
     #[arg(long = "continue", short = 'c', conflicts_with = "new_session")]
@@ -146,7 +146,7 @@ pub struct QueryOpts {
     /// Run in this project's directory, with its env (see `ccd project list`): its name, or
     /// the path of its directory; default: the current directory (for --session: the
     /// session's own directory).
-    #[arg(long, short, conflicts_with = "cwd")]
+    #[arg(long, short, conflicts_with = "cwd", add = crate::complete::projects())]
     project: Option<String>,
     /// Run in this directory instead.
     #[arg(long, short = 'C', value_name = "DIR")]
@@ -464,7 +464,7 @@ pub enum SessionCmd {
     /// Create an empty session and print its id.
     New {
         /// The project its queries run in unless they name another (see `ccd project list`).
-        #[arg(long, short)]
+        #[arg(long, short, add = crate::complete::projects())]
         project: Option<String>,
         /// A tag to find it by with `ccd session list --tag` (repeatable).
         #[arg(long = "tag")]
@@ -485,7 +485,7 @@ pub enum SessionCmd {
         #[arg(long)]
         tag: Option<String>,
         /// Only sessions of this project.
-        #[arg(long, short)]
+        #[arg(long, short, add = crate::complete::projects())]
         project: Option<String>,
         /// Show at most this many, newest first.
         #[arg(long, short = 'n', default_value_t = 20, conflicts_with = "all")]
@@ -500,6 +500,7 @@ pub enum SessionCmd {
     /// Show a session and its turns (reads the database directly).
     Show {
         /// The session's id (see `ccd session list`, or the summary after `ccd query`).
+        #[arg(add = crate::complete::sessions())]
         id: String,
         /// Print the session and its turns as JSON.
         #[arg(long)]
@@ -508,6 +509,7 @@ pub enum SessionCmd {
     /// Close a session: it takes no more queries.
     Close {
         /// The session's id (see `ccd session list`), or any unique prefix of it.
+        #[arg(add = crate::complete::sessions())]
         id: String,
         /// Print the session as JSON.
         #[arg(long)]
@@ -516,6 +518,7 @@ pub enum SessionCmd {
     /// Delete a session and its turns (not while a query runs in it).
     Rm {
         /// The session's id, or any unique prefix of it.
+        #[arg(add = crate::complete::sessions())]
         id: String,
         /// Print the removed session as JSON.
         #[arg(long)]

@@ -134,7 +134,9 @@ enum Command {
     /// The daemon's configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
-    /// Print a shell completion script, e.g. `ccd completions bash > ~/.local/share/bash-completion/completions/ccd`.
+    /// Print a shell completion script that completes commands, flags, project names, session
+    /// ids and agent names (it calls back into ccd), e.g. `source <(ccd completions bash)` in
+    /// ~/.bashrc.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -161,7 +163,7 @@ enum Command {
     /// directly from the database).
     Stats {
         /// Only this project's queries.
-        #[arg(long, short)]
+        #[arg(long, short, add = crate::complete::projects())]
         project: Option<String>,
         /// How far back (e.g. 24h, 7d, 30d).
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
@@ -191,6 +193,7 @@ enum AgentCmd {
     /// Print one definition as its subagent file (needs the running daemon; never starts it).
     Show {
         /// The agent's name (see `ccd agent list`).
+        #[arg(add = crate::complete::agents())]
         name: String,
         /// Print the definition as JSON instead.
         #[arg(long)]
@@ -199,6 +202,7 @@ enum AgentCmd {
     /// Remove a definition.
     Rm {
         /// The agent's name.
+        #[arg(add = crate::complete::agents())]
         name: String,
     },
 }
@@ -272,6 +276,10 @@ enum DaemonCmd {
         /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+        /// Print nothing when it starts or already runs (errors still go to stderr): for a
+        /// login shell's profile.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Run the daemon in the foreground (SIGTERM or Ctrl-C stops it gracefully).
     Run {
@@ -304,6 +312,21 @@ enum DaemonCmd {
         /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
         set: Vec<(String, String)>,
+    },
+    /// Start the daemon at login: write and enable a systemd user service
+    /// (~/.config/systemd/user/ccd.service) that runs `ccd daemon run` and restarts it if it
+    /// fails. Without a systemd user manager, writes nothing and prints the line to add to
+    /// ~/.profile instead (exit 1).
+    Install {
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable and remove the systemd user service (stopping the daemon it runs).
+    Uninstall {
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the daemon's log ($CCD_HOME/logs/ccd.log).
     Logs {
@@ -338,6 +361,7 @@ enum ProjectCmd {
     )]
     Set {
         /// The project's name.
+        #[arg(add = crate::complete::projects())]
         name: String,
         /// Its new working directory (must exist; a relative path is resolved here).
         #[arg(long, value_name = "DIR")]
@@ -360,6 +384,7 @@ enum ProjectCmd {
     /// Remove a project.
     Rm {
         /// The project's name.
+        #[arg(add = crate::complete::projects())]
         name: String,
     },
 }
@@ -553,15 +578,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Launch { args } => crate::launch::run(&home, autostart, args),
         Command::Completions { shell } => {
-            // Into a buffer first: clap_complete panics when its writer fails, and a reader
-            // that leaves early (`| head`) is not an error (main exits 0 on a broken pipe).
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "ccd", &mut script);
-            std::io::stdout()
-                .lock()
-                .write_all(&script)
-                .context("writing the completion script")?;
+            crate::complete::print_script(shell)?;
             Ok(exit::OK)
         }
         Command::Agent(cmd) => {
@@ -1013,8 +1030,12 @@ fn follow_events(
 
 fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
     match cmd {
-        DaemonCmd::Start { timeout, set } => {
-            daemon::start(home, timeout, false, &set)?;
+        DaemonCmd::Start {
+            timeout,
+            set,
+            quiet,
+        } => {
+            daemon::start(home, timeout, quiet, &set)?;
             Ok(exit::OK)
         }
         DaemonCmd::Run {
@@ -1052,10 +1073,15 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 Err(CallError::NotRunning(_)) => {
                     let why = crate::client::lock_holder(home)
                         .unwrap_or_else(|| "ccd daemon is not running".to_string());
+                    let service = crate::service::status();
                     if json {
-                        outln!("{}", serde_json::json!({ "running": false, "reason": why }));
+                        outln!(
+                            "{}",
+                            serde_json::json!({ "running": false, "reason": why, "service": service })
+                        );
                     } else {
                         outln!("{why}");
+                        outln!("service: {}", service.line());
                     }
                     return Ok(exit::NOT_RUNNING);
                 }
@@ -1066,6 +1092,10 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                 let mut v = serde_json::to_value(&health)?;
                 if let Some(map) = v.as_object_mut() {
                     map.insert("running".into(), true.into());
+                    map.insert(
+                        "service".into(),
+                        serde_json::to_value(crate::service::status())?,
+                    );
                 }
                 print_json(&v)?;
             } else {
@@ -1116,6 +1146,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
                     (true, false, None) => format!("not mounted at {}", vfs.mountpoint),
                 };
                 writeln!(out, "  vfs:      {vfs_line}")?;
+                writeln!(out, "  service:  {}", crate::service::status().line())?;
                 writeln!(out)?;
                 let mut t = Table::new(["ACTOR", "STATE", "RESTARTS", "UPTIME", "LAST PANIC"]);
                 for a in &health.actors {
@@ -1138,6 +1169,8 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             daemon::logs(home, lines, follow)?;
             Ok(exit::OK)
         }
+        DaemonCmd::Install { json } => crate::service::install(home, json),
+        DaemonCmd::Uninstall { json } => crate::service::uninstall(json),
     }
 }
 

@@ -8,11 +8,13 @@
 mod agent_cmd;
 mod cli;
 mod client;
+mod complete;
 mod daemon;
 mod doctor;
 mod home;
 mod launch;
 mod logging;
+mod service;
 mod table;
 mod tui;
 
@@ -51,6 +53,8 @@ pub mod exit {
 }
 
 fn main() -> ExitCode {
+    // `COMPLETE=SHELL ccd -- WORDS...`: the completion script asking for candidates.
+    complete::answer_if_asked();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),

@@ -113,13 +113,117 @@ fn shell_completions() {
     let d = Daemon::builder().prepare();
     let bash = d.ccd_ok(&["completions", "bash"]);
     assert!(
-        bash.contains("_ccd()") && bash.contains("daemon") && bash.contains("query"),
+        bash.contains("_clap_complete_ccd") && bash.contains("COMPLETE=\"bash\""),
         "{}",
         &bash[..bash.len().min(400)]
     );
     let zsh = d.ccd_ok(&["completions", "zsh"]);
-    assert!(zsh.contains("#compdef ccd"));
+    assert!(zsh.contains("#compdef ccd"), "{zsh}");
+    assert!(d.ccd_ok(&["completions", "fish"]).contains("complete"));
     assert_eq!(d.ccd(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+/// What bash offers for `WORDS` with the cursor on the last (partial) word: the script from
+/// `ccd completions bash` sourced into a real bash, its function called as `complete -F`
+/// would (COMP_WORDS, COMP_CWORD; $1 the command, $2 the word, $3 the one before).
+fn bash_complete(d: &Daemon, words: &[&str]) -> Vec<String> {
+    let script = d.ccd_ok(&["completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ccd.bash");
+    std::fs::write(&file, script).unwrap();
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', "'\\''")))
+        .collect();
+    let cword = words.len() - 1;
+    let program = format!(
+        "source '{}'\n\
+         COMP_WORDS=({})\n\
+         COMP_CWORD={cword}\n\
+         COMP_TYPE=9\n\
+         _clap_complete_ccd \"${{COMP_WORDS[0]}}\" \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        file.display(),
+        quoted.join(" "),
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .env_clear()
+        .envs(d.command(&[]).get_envs().filter_map(|(k, v)| Some((k, v?))))
+        // The daemon's hermetic environment (CCD_HOME, HOME, PATH); the script runs `ccd` by
+        // the path it was printed by.
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completes_projects_and_sessions_from_the_database() {
+    let d = Daemon::start();
+    let dir = d.path().join("web");
+    std::fs::create_dir(&dir).unwrap();
+    d.ccd_ok(&["project", "add", "webapp", dir.to_str().unwrap()]);
+    d.ccd_ok(&["project", "add", "api", dir.to_str().unwrap()]);
+    let session = d
+        .ccd_ok(&["session", "new", "-p", "webapp"])
+        .trim()
+        .to_string();
+    let closed = d.ccd_ok(&["session", "new"]).trim().to_string();
+    d.ccd_ok(&["session", "close", &closed]);
+    d.stop();
+
+    // Read from the database: the daemon stays stopped.
+    let got = bash_complete(&d, &["ccd", "query", "--project", ""]);
+    assert_eq!(got, ["api", "webapp"], "{got:?}");
+    let got = bash_complete(&d, &["ccd", "query", "-p", "we"]);
+    assert_eq!(got, ["webapp"]);
+    let got = bash_complete(&d, &["ccd", "batch", "f.txt", "--project", "a"]);
+    assert_eq!(got, ["api"]);
+    let got = bash_complete(&d, &["ccd", "project", "rm", "w"]);
+    assert_eq!(got, ["webapp"]);
+    // Open sessions only.
+    let got = bash_complete(&d, &["ccd", "query", "--session", ""]);
+    assert_eq!(got, [session.as_str()], "{got:?}");
+    let got = bash_complete(&d, &["ccd", "session", "close", &session[..4]]);
+    assert_eq!(got, [session.as_str()]);
+    // Subcommands as before.
+    let got = bash_complete(&d, &["ccd", "sess"]);
+    assert_eq!(got, ["session"]);
+    assert!(
+        d.ccd(&["daemon", "status"]).status.code() == Some(3),
+        "completing started the daemon"
+    );
+    // No database yet: nothing to offer, and no error.
+    let fresh = Daemon::builder().prepare();
+    assert!(bash_complete(&fresh, &["ccd", "query", "--project", ""]).is_empty());
+    assert!(!fresh.path().join("ccd.db").exists());
+}
+
+/// Agent names need the daemon (it holds the key): offered while it runs.
+#[test]
+fn bash_completes_agent_names_while_the_daemon_runs() {
+    let d = Daemon::start();
+    let dir = d.path().join("agents");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("reviewer.md"),
+        "---\nname: reviewer\ndescription: Reviews code\n---\nYou review code.\n",
+    )
+    .unwrap();
+    d.ccd_ok(&["agent", "import", dir.to_str().unwrap()]);
+    assert_eq!(
+        bash_complete(&d, &["ccd", "agent", "show", "rev"]),
+        ["reviewer"]
+    );
+    d.stop();
+    assert!(bash_complete(&d, &["ccd", "agent", "rm", "rev"]).is_empty());
+    assert_eq!(d.ccd(&["daemon", "status"]).status.code(), Some(3));
 }
 
 #[test]

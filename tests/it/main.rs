@@ -19,6 +19,7 @@
 //! | `events`      | the event bus: a query's events, filters, lagged subscribers, retention |
 //! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
+//! | `service`     | `daemon install/uninstall`: the systemd user unit, the no-systemd fallback |
 //! | `mock_api`    | the mock Messages API the CLI talks to, and its own checks             |
 //! | `tui`         | `ccd tui` in tmux: panels, live events, daemon down and back, keys    |
 //! | `workflow`    | the daily query workflow through the CLI with the real Claude Code CLI |
@@ -37,6 +38,7 @@ mod lifecycle;
 mod limits;
 mod protocol;
 mod resilience;
+mod service;
 mod supervision;
 mod tui;
 mod vfs;
