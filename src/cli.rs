@@ -834,8 +834,16 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     } else {
                         r.day.clone()
                     },
-                    r.project.clone(),
-                    r.model.clone(),
+                    match (&r.project, r.day.is_empty()) {
+                        (Some(p), _) => p.clone(),
+                        (None, true) => "all".into(),
+                        (None, false) => "-".into(),
+                    },
+                    match (&r.model, r.day.is_empty()) {
+                        (Some(m), _) => m.clone(),
+                        (None, true) => "all".into(),
+                        (None, false) => "-".into(),
+                    },
                     r.queries.to_string(),
                     r.ok.to_string(),
                     format!(

@@ -1103,8 +1103,10 @@ pub struct EventList {
 pub struct StatsRow {
     /// UTC day, YYYY-MM-DD (empty in totals).
     pub day: String,
-    pub project: String,
-    pub model: String,
+    /// Null for queries without a project; in totals, the project filtered on (null: all).
+    pub project: Option<String>,
+    /// Null when the model is not known; null in totals (all models).
+    pub model: Option<String>,
     pub queries: u64,
     pub ok: u64,
     /// Failed queries by error class: retryable, non_retryable, unavailable; and timeouts,

@@ -697,3 +697,16 @@ fn commands_that_change_something_print_the_object_with_json() {
     let r: Value = serde_json::from_str(&d.ccd_ok(&["breaker", "reset", "--json"])).unwrap();
     assert_eq!(r["reset"], 0);
 }
+
+#[test]
+fn absent_values_are_null_in_json_not_a_dash() {
+    let d = agent_daemon(Behaviour::text("x"), "");
+    let out = d.ccd(&["query", "no project"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stats: Value = serde_json::from_str(&d.ccd_ok(&["stats", "--json"])).unwrap();
+    assert!(stats["rows"][0]["project"].is_null(), "{stats}");
+    assert!(stats["totals"]["project"].is_null() && stats["totals"]["model"].is_null());
+    let table = d.ccd_ok(&["stats"]);
+    assert!(table.contains("all") && table.contains(" - "), "{table}");
+    assert!(!d.ccd_ok(&["session", "list", "--json"]).contains("\"-\""));
+}

@@ -363,7 +363,7 @@ pub fn stats(
 ) -> anyhow::Result<ccd_protocol::types::Stats> {
     use ccd_protocol::types::{Stats, StatsRow};
     let mut st = conn.prepare_cached(
-        "SELECT date(t.started_at / 1000, 'unixepoch'), COALESCE(s.project, '-'), COALESCE(t.model, '-'),
+        "SELECT date(t.started_at / 1000, 'unixepoch'), s.project, t.model,
                 count(*), sum(t.status = 'ok'),
                 sum(t.status = 'error' AND t.error_class = 'retryable'),
                 sum(t.status = 'error' AND t.error_class = 'non_retryable'),
@@ -404,8 +404,8 @@ pub fn stats(
         })?
         .collect::<Result<_, _>>()?;
     let mut totals = StatsRow {
-        project: project.unwrap_or("all").into(),
-        model: "all".into(),
+        project: project.map(String::from),
+        model: None,
         ..Default::default()
     };
     for r in &rows {
