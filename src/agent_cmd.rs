@@ -591,9 +591,16 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                     "LAST USED",
                 ]);
                 for s in sessions {
+                    // Turns, but no agent conversation: every query was refused or failed
+                    // before the agent began one; there is nothing to resume.
+                    let status = if s.turns > 0 && s.agent_session_id.is_none() {
+                        format!("{} (nothing to resume)", s.status)
+                    } else {
+                        s.status
+                    };
                     t.row([
                         s.id,
-                        s.status,
+                        status,
                         s.project.unwrap_or_else(|| "-".into()),
                         s.turns.to_string(),
                         s.usage.total().to_string(),

@@ -710,3 +710,22 @@ fn absent_values_are_null_in_json_not_a_dash() {
     assert!(table.contains("all") && table.contains(" - "), "{table}");
     assert!(!d.ccd_ok(&["session", "list", "--json"]).contains("\"-\""));
 }
+
+#[test]
+fn a_session_whose_first_query_never_reached_the_agent_is_marked() {
+    // One query's worth of tokens an hour: the second is refused at once (--no-wait).
+    let d = agent_daemon(
+        Behaviour::text("x"),
+        "[limiter]\nglobal_rate_per_s = 0.0003\nglobal_burst = 1\n",
+    );
+    let out = d.ccd(&["query", "first"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = d.ccd(&["query", "refused", "--no-wait"]);
+    assert_eq!(out.status.code(), Some(4), "{}", describe(&out));
+    let list = d.ccd_ok(&["session", "list"]);
+    let marked: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("nothing to resume"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{list}");
+}
