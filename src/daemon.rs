@@ -728,6 +728,25 @@ pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
             let pid = PidLock::probe(&home.pid_file()).flatten();
             let left = deadline.saturating_duration_since(Instant::now());
             let mut client = client.with_timeout(left.max(Duration::from_millis(1)));
+            // Queries still running are given time to finish: say so, and which.
+            if let Ok(list) = client.call::<m::QueryList>(&NoParams {})
+                && !list.queries.is_empty()
+            {
+                let ids: Vec<String> = list
+                    .queries
+                    .iter()
+                    .map(|q| q.query_id.chars().take(8).collect())
+                    .collect();
+                let what = match ids.len() {
+                    1 => "1 running query".to_string(),
+                    n => format!("{n} running queries"),
+                };
+                eprintln!(
+                    "waiting for {what} to finish ({}; up to daemon.shutdown_timeout_ms, then \
+                     they are cancelled)",
+                    ids.join(", ")
+                );
+            }
             match client.call::<m::SystemShutdown>(&NoParams {}) {
                 Ok(_) => pid,
                 // The gateway cannot take the request (failed, restarting, stuck): signal

@@ -729,3 +729,53 @@ fn a_session_whose_first_query_never_reached_the_agent_is_marked() {
         .collect();
     assert_eq!(marked.len(), 1, "{list}");
 }
+
+#[test]
+fn a_stop_says_which_queries_it_waits_for() {
+    let d = agent_daemon(
+        Behaviour::Gated {
+            first: "Working".into(),
+            rest: " done.".into(),
+        },
+        "[daemon]\nshutdown_timeout_ms = 60000\n",
+    );
+    let query = d
+        .command(&["query", "long"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut id = String::new();
+    wait_until("the query to run", Duration::from_secs(60), || {
+        let list: Value = serde_json::from_str(&d.ccd_ok(&["ps", "--json"])).unwrap();
+        id = list[0]["query_id"].as_str().unwrap_or_default().to_string();
+        list[0]["state"] == "running"
+    });
+    let mut stop = d
+        .command(&["daemon", "stop"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stop says what it waits for before it waits: read that, then let the query finish.
+    let stderr = stop.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stop said nothing");
+    assert!(
+        line.contains("waiting for 1 running query") && line.contains(&id[..8]),
+        "{line}"
+    );
+    d.mock.open_gate();
+    assert!(stop.wait().unwrap().success());
+    assert!(query.wait_with_output().unwrap().status.success());
+}
