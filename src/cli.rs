@@ -1043,7 +1043,7 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             set,
             quiet,
         } => {
-            daemon::start(home, timeout, quiet, &set)?;
+            daemon::start(home, timeout, quiet, &set, daemon::How::Explicit)?;
             Ok(exit::OK)
         }
         DaemonCmd::Run {
@@ -1069,7 +1069,13 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
         }
         DaemonCmd::Restart { timeout, set } => {
             daemon::stop(home, timeout)?;
-            daemon::start(home, Duration::from_secs(10), false, &set)?;
+            daemon::start(
+                home,
+                Duration::from_secs(10),
+                false,
+                &set,
+                daemon::How::Explicit,
+            )?;
             Ok(exit::OK)
         }
         DaemonCmd::Status { json } => {

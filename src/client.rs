@@ -181,19 +181,29 @@ impl Client {
     pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
         match Client::connect(home) {
             Err(CallError::NotRunning(_)) if autostart => {
-                crate::daemon::start(home, Duration::from_secs(10), true, &[]).map_err(|e| {
-                    match e.downcast::<CallError>() {
-                        // A daemon runs but cannot be reached: say that, as `connect` would.
-                        Ok(call @ CallError::NotRunning(_)) => call,
-                        Ok(other) => CallError::Other(
-                            anyhow::Error::new(other)
-                                .context("the ccd daemon was not running; starting it failed"),
-                        ),
-                        Err(e) => CallError::Other(
-                            e.context("the ccd daemon was not running; starting it failed"),
-                        ),
-                    }
-                })?;
+                if std::env::var_os("CCD_AGENT_CMD").is_some_and(|v| !v.is_empty()) {
+                    eprintln!(
+                        "ccd: note: starting the daemon without this shell's CCD_AGENT_CMD (it is \
+                         for this command only); for every query set executor.command in \
+                         config.toml, or run `CCD_AGENT_CMD=... ccd daemon start`"
+                    );
+                }
+                let how = crate::daemon::How::Auto;
+                crate::daemon::start(home, Duration::from_secs(10), true, &[], how).map_err(
+                    |e| {
+                        match e.downcast::<CallError>() {
+                            // A daemon runs but cannot be reached: say that, as `connect` would.
+                            Ok(call @ CallError::NotRunning(_)) => call,
+                            Ok(other) => CallError::Other(
+                                anyhow::Error::new(other)
+                                    .context("the ccd daemon was not running; starting it failed"),
+                            ),
+                            Err(e) => CallError::Other(
+                                e.context("the ccd daemon was not running; starting it failed"),
+                            ),
+                        }
+                    },
+                )?;
                 Client::connect(home)
             }
             other => other,

@@ -563,6 +563,14 @@ fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who starts the daemon: `ccd daemon start|restart`, or a command that needs it
+/// (auto-start), which does not hand it `CCD_AGENT_CMD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    Explicit,
+    Auto,
+}
+
 /// How `daemon start` hands its `--set` values to the `daemon run` it spawns: a JSON array of
 /// `[key, value]` pairs.
 pub const OVERRIDES_ENV: &str = "CCD_SET";
@@ -574,6 +582,7 @@ pub fn start(
     timeout: Duration,
     quiet: bool,
     overrides: &[(String, String)],
+    how: How,
 ) -> anyhow::Result<(u32, bool)> {
     let deadline = Instant::now() + timeout;
     home.ensure()?;
@@ -593,6 +602,11 @@ pub fn start(
             OVERRIDES_ENV,
             serde_json::to_string(overrides).context("encoding the --set values")?,
         );
+    }
+    // `CCD_AGENT_CMD` also means "the agent this command runs" (`ccd launch`, `ccd doctor`): a
+    // one-off value for such a command is not the agent every later query should run.
+    if how == How::Auto {
+        cmd.env_remove("CCD_AGENT_CMD");
     }
     cmd.env("CCD_HOME", &home.root)
         .current_dir("/")

@@ -779,3 +779,37 @@ fn a_stop_says_which_queries_it_waits_for() {
     assert!(stop.wait().unwrap().success());
     assert!(query.wait_with_output().unwrap().status.success());
 }
+
+#[test]
+fn a_one_off_agent_command_does_not_become_the_auto_started_daemons() {
+    let mock = MockApi::start(Behaviour::text("Configured agent."));
+    let d = Daemon::builder()
+        .config(&format!(
+            "[executor]\ncommand = \"{}\"\n",
+            claude_bin().display()
+        ))
+        .env("ANTHROPIC_BASE_URL", &mock.url())
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .prepare();
+    // A command run with a one-off CCD_AGENT_CMD starts the daemon...
+    let out = d
+        .command(&["setting", "set", "k", "v"])
+        .env("CCD_AGENT_CMD", "/nonexistent/agent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without this shell's CCD_AGENT_CMD"),
+        "{}",
+        describe(&out)
+    );
+    // ...which runs the configured agent for every later query.
+    let out = d.ccd(&["query", "hi"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "Configured agent."
+    );
+    let health = d.call("system.health", json!({})).unwrap();
+    assert_eq!(health["agent"]["command"], claude_bin().to_str().unwrap());
+}
