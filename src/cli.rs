@@ -231,6 +231,34 @@ enum LimiterCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change one scope's limits while the daemon runs (until it restarts: [limiter] in
+    /// config.toml holds the lasting ones). Limits not given stay as they are; 0 turns one off.
+    #[command(
+        after_help = "Examples:\n  ccd limiter set global --rate 0.5 --burst 2\n  ccd limiter set model --concurrency 2\n  ccd limiter set project --window-max 100 --window 1h"
+    )]
+    Set {
+        /// global (every query), model (each model apart) or project (each project apart).
+        #[arg(value_parser = ["global", "model", "project"])]
+        scope: String,
+        /// Token bucket: sustained queries per second (e.g. 0.5; 0: off).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Token bucket: how many may start at once after a quiet spell (at least 1).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Sliding window: at most this many queries in any --window (0: off).
+        #[arg(long, requires = "window")]
+        window_max: Option<u32>,
+        /// The sliding window's length, e.g. 1m, 1h.
+        #[arg(long, value_parser = parse_duration)]
+        window: Option<Duration>,
+        /// At most this many queries at once (0: off).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Print the limiter's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -637,6 +665,69 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     let d = client.call::<m::AgentDelete>(&types::AgentName { name })?;
                     outln!("removed agent {}", d.name);
                 }
+            }
+            Ok(exit::OK)
+        }
+        Command::Limiter(LimiterCmd::Set {
+            scope,
+            rate,
+            burst,
+            window_max,
+            window,
+            concurrency,
+            json,
+        }) => {
+            if rate.is_none()
+                && burst.is_none()
+                && window_max.is_none()
+                && window.is_none()
+                && concurrency.is_none()
+            {
+                return Err(UsageError(
+                    "nothing to change: give --rate, --burst, --window-max with --window, or \
+                     --concurrency"
+                        .into(),
+                )
+                .into());
+            }
+            let mut client = Client::connect_or_start(&home, autostart)?;
+            let st = client.call::<m::LimiterStatus>(&NoParams {})?;
+            let (scope_enum, mut spec) = match scope.as_str() {
+                "global" => (types::Scope::Global, st.limits.global),
+                "model" => (types::Scope::Model, st.limits.model),
+                _ => (types::Scope::Project, st.limits.project),
+            };
+            if let Some(r) = rate {
+                spec.rate_per_s = r;
+            }
+            if let Some(b) = burst {
+                spec.burst = b;
+            }
+            if let Some(n) = window_max {
+                spec.window_max = n;
+            }
+            if let Some(w) = window {
+                spec.window_ms = u64::try_from(w.as_millis()).unwrap_or(u64::MAX);
+            }
+            if let Some(c) = concurrency {
+                spec.concurrency = c;
+            }
+            let st = client.call::<m::LimiterConfigure>(&types::LimiterConfigure {
+                scope: scope_enum,
+                limits: spec.clone(),
+            })?;
+            if json {
+                print_json(&st)?;
+            } else {
+                outln!(
+                    "{scope}: rate {}/s, burst {}, window {} per {} ms, concurrency {} (until the \
+                     daemon restarts)",
+                    spec.rate_per_s,
+                    spec.burst,
+                    spec.window_max,
+                    spec.window_ms,
+                    spec.concurrency
+                );
             }
             Ok(exit::OK)
         }

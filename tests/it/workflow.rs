@@ -813,3 +813,47 @@ fn a_one_off_agent_command_does_not_become_the_auto_started_daemons() {
     let health = d.call("system.health", json!({})).unwrap();
     assert_eq!(health["agent"]["command"], claude_bin().to_str().unwrap());
 }
+
+#[test]
+fn limiter_set_changes_only_the_limits_given() {
+    let d = Daemon::start();
+    let st: Value = serde_json::from_str(&d.ccd_ok(&[
+        "limiter",
+        "set",
+        "model",
+        "--concurrency",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(st["limits"]["model"]["concurrency"], 2, "{st}");
+    let st: Value = serde_json::from_str(&d.ccd_ok(&[
+        "limiter",
+        "set",
+        "model",
+        "--window-max",
+        "10",
+        "--window",
+        "1m",
+        "--json",
+    ]))
+    .unwrap();
+    let model = &st["limits"]["model"];
+    assert_eq!(
+        (
+            &model["concurrency"],
+            &model["window_max"],
+            &model["window_ms"]
+        ),
+        (&json!(2), &json!(10), &json!(60000)),
+        "{st}"
+    );
+    for bad in [
+        &["limiter", "set", "model"][..],
+        &["limiter", "set", "model", "--window-max", "3"][..],
+        &["limiter", "set", "planet", "--rate", "1"][..],
+    ] {
+        let out = d.ccd(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", describe(&out));
+    }
+}
