@@ -714,7 +714,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let st = client.call::<m::LimiterConfigure>(&types::LimiterConfigure {
                 scope: scope_enum,
-                limits: spec.clone(),
+                limits: spec,
             })?;
             if json {
                 print_json(&st)?;
