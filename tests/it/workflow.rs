@@ -32,6 +32,20 @@ fn init_cwd(stdout: &[u8]) -> String {
         .expect("an init message")
 }
 
+/// The lines a child writes to `pipe`, as they come, from a thread of their own.
+fn lines_of(pipe: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 fn canonical(p: &std::path::Path) -> String {
     std::fs::canonicalize(p)
         .unwrap()
@@ -651,16 +665,7 @@ fn a_query_that_waits_for_an_executor_says_so() {
         .unwrap();
     // Its stderr, line by line, until it says what it waits for (the first query holds the
     // only executor until the gate opens, which only happens after that).
-    let stderr = second.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(second.stderr.take().unwrap());
     let mut seen = Vec::new();
     loop {
         let line = rx
@@ -758,16 +763,7 @@ fn a_stop_says_which_queries_it_waits_for() {
         .spawn()
         .unwrap();
     // The stop says what it waits for before it waits: read that, then let the query finish.
-    let stderr = stop.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stop.stderr.take().unwrap());
     let line = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("the stop said nothing");
