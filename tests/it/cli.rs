@@ -462,10 +462,8 @@ fn permission_modes_are_spelled_as_the_api_spells_them() {
         d.ccd_ok(&["query", "hi", "--permission-mode", given]);
         let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
         let args: Vec<&str> = args.lines().collect();
-        assert!(
-            args.windows(2).any(|w| w == ["--permission-mode", passed]),
-            "{given}: {args:?}"
-        );
+        let want = format!("--permission-mode={passed}");
+        assert!(args.contains(&want.as_str()), "{given}: {args:?}");
     }
     let out = d.ccd(&["query", "hi", "--permission-mode", "bogus"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
