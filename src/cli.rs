@@ -718,7 +718,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             for b in st.breakers {
                 t.row([
                     b.key,
-                    format!("{:?}", b.state).to_uppercase(),
+                    b.state.as_str().to_string(),
                     if b.retry_after_ms > 0 {
                         format!("{:.1}s", b.retry_after_ms as f64 / 1000.0)
                     } else {

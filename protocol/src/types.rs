@@ -747,6 +747,17 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+impl BreakerState {
+    /// As on the wire: `CLOSED`, `OPEN`, `HALF_OPEN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "CLOSED",
+            BreakerState::Open => "OPEN",
+            BreakerState::HalfOpen => "HALF_OPEN",
+        }
+    }
+}
+
 /// One breaker's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BreakerStatus {
@@ -1253,4 +1264,20 @@ pub struct HooksSet {
 pub struct Hooks {
     /// Null when never set.
     pub hooks: serde_json::Value,
+}
+
+#[cfg(test)]
+mod breaker_state_tests {
+    use super::BreakerState;
+
+    #[test]
+    fn breaker_states_are_named_as_on_the_wire() {
+        for s in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }

@@ -120,6 +120,10 @@ fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
         Duration::from_secs(30),
         || breaker(&d)["retry_after_ms"] == 0,
     );
+    // Its wait is over: it lets a trial call through, and says so before any call arrives.
+    assert_eq!(breaker(&d)["state"], "HALF_OPEN", "{}", breaker(&d));
+    let status = d.ccd_ok(&["breaker", "status"]);
+    assert!(status.contains("HALF_OPEN"), "{status}");
     let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
     assert_eq!(r["result"], "Hello from mock");
     assert_eq!(breaker(&d)["state"], "CLOSED");
