@@ -923,6 +923,7 @@ impl QueryService {
                 model: g.model.clone(),
                 project: g.project.clone(),
                 wait: waiting.is_none() && !g.no_wait,
+                again: waiting.is_some(),
             };
             let (throttled, guard) = match self.limiter.send(Call(request)).await {
                 Ok(Ok(Ok(permit))) => return Ok(permit),
@@ -933,6 +934,8 @@ impl QueryService {
             let now = tokio::time::Instant::now();
             let refused = ActorError::RateLimited {
                 retry_after_ms: crate::resilience::ceil_millis(throttled.retry_after).max(1),
+                key: throttled.key.clone(),
+                concurrency: throttled.concurrency,
             };
             if g.no_wait
                 || (!throttled.concurrency && now + throttled.retry_after > g.deadline)
