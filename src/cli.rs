@@ -288,8 +288,7 @@ enum ConfigCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Show the effect of a flag override too (as `ccd daemon start --set` would apply it).
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set, help = SET_HELP)]
         set: Vec<(String, String)>,
     },
 }
@@ -301,8 +300,7 @@ enum DaemonCmd {
         /// How long to wait for the daemon to be ready: a duration (10s, 500ms, 2m) or seconds.
         #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
-        /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set, help = SET_HELP)]
         set: Vec<(String, String)>,
         /// Print nothing when it starts or already runs (errors still go to stderr): for a
         /// login shell's profile.
@@ -314,8 +312,7 @@ enum DaemonCmd {
         /// Report READY/ALREADY/ERROR on stdout for a parent `daemon start` (internal).
         #[arg(long, hide = true)]
         notify_ready: bool,
-        /// Override a config value for this daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set, help = SET_HELP)]
         set: Vec<(String, String)>,
     },
     /// Stop the daemon: finish in-flight requests, flush the writer, remove socket and pid file.
@@ -337,8 +334,7 @@ enum DaemonCmd {
         /// How long to wait for the old daemon to exit: a duration (30s, 500ms, 2m) or seconds.
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_timeout)]
         timeout: Duration,
-        /// Override a config value for the new daemon (repeatable), e.g. --set executor.pool_size=8.
-        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set)]
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE", value_parser = parse_set, help = SET_HELP)]
         set: Vec<(String, String)>,
     },
     /// Start the daemon at login: write and enable a systemd user service
@@ -479,17 +475,52 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// What `--help` says of `--set`, wherever it is taken.
+const SET_HELP: &str = "Override a config value (repeatable), e.g. --set executor.pool_size=8. \
+    A VALUE of @FILE is read from FILE, @- from stdin (one trailing newline dropped; @@ for a \
+    value that starts with @): for secrets such as http.token, which on the command line any \
+    local user could read with ps.";
+
 /// A `--set SECTION.KEY=VALUE` config override. Whether the key exists is the configuration's
-/// to say (as for config.toml and the environment); its shape is a usage error here.
+/// to say (as for config.toml and the environment); its shape is a usage error here. A value
+/// `@FILE` is read from FILE (`@-`: stdin), so that a secret need not be on the command line,
+/// which every local user can read; `@@...` is a value that starts with `@`.
 fn parse_set(s: &str) -> Result<(String, String), String> {
     let (key, value) = parse_env(s)?;
     let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     match key.split_once('.') {
-        Some((section, name)) if word(section) && word(name) => Ok((key, value)),
+        Some((section, name)) if word(section) && word(name) => {
+            let value = set_value(&key, value)?;
+            Ok((key, value))
+        }
         _ => Err(format!(
             "`{key}` is not SECTION.KEY: give e.g. executor.pool_size=8 (`ccd config show` lists the keys)"
         )),
     }
+}
+
+/// A `--set` value as given, or read from the file (or stdin) that `@FILE` (`@-`) names.
+fn set_value(key: &str, value: String) -> Result<String, String> {
+    let Some(source) = value.strip_prefix('@') else {
+        return Ok(value);
+    };
+    if source.starts_with('@') {
+        return Ok(source.to_string());
+    }
+    let text = if source == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("{key}=@-: reading stdin: {e}"))?;
+        text
+    } else if source.is_empty() {
+        return Err(format!(
+            "{key}=@: give @FILE or @- (stdin), or @@ for a value that starts with @"
+        ));
+    } else {
+        std::fs::read_to_string(source).map_err(|e| format!("{key}=@{source}: {e}"))?
+    };
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 /// A `--timeout`: a duration (`30s`, `500ms`, `2m`) or a bare number of seconds; never zero.
@@ -809,7 +840,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             for b in st.breakers {
                 t.row([
                     b.key,
-                    format!("{:?}", b.state).to_uppercase(),
+                    b.state.as_str().to_string(),
                     if b.retry_after_ms > 0 {
                         format!("{:.1}s", b.retry_after_ms as f64 / 1000.0)
                     } else {
@@ -1521,6 +1552,26 @@ fn format_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn set_values_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret=x\n").unwrap();
+        let arg = format!("http.token=@{}", file.display());
+        assert_eq!(
+            super::parse_set(&arg).unwrap(),
+            ("http.token".to_string(), "s3cret=x".to_string())
+        );
+        // Only one trailing newline is dropped; `@@` is a literal `@`.
+        std::fs::write(&file, "two\n\n").unwrap();
+        assert_eq!(super::parse_set(&arg).unwrap().1, "two\n");
+        assert_eq!(super::parse_set("a.b=@@x").unwrap().1, "@x");
+        assert_eq!(super::parse_set("a.b=x@y").unwrap().1, "x@y");
+        let err = super::parse_set("a.b=@/no/such/file").unwrap_err();
+        assert!(err.contains("a.b=@/no/such/file"), "{err}");
+        assert!(super::parse_set("a.b=@").is_err());
+    }
+
     use clap::CommandFactory;
 
     use super::Cli;

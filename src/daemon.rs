@@ -855,18 +855,53 @@ pub fn logs(home: &Home, n: usize, follow: bool) -> anyhow::Result<()> {
     }
 }
 
-/// The last `n` lines of a file (reads at most the last 4 MiB).
+/// The last `n` lines of a file (reads at most the last 4 MiB). Never fails on what the file
+/// holds: bytes that are not UTF-8 (a line cut off mid-character when the disk filled, or
+/// garbage) are shown as U+FFFD, a line without its end is shown as it is, and when the read
+/// starts inside the file its first, partial line is dropped.
 pub fn tail_lines(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<String>> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(4 * 1024 * 1024);
     file.seek(SeekFrom::Start(start))?;
-    let mut text = String::new();
-    BufReader::new(file).read_to_string(&mut text).ok();
-    let lines: Vec<&str> = text.lines().collect();
-    Ok(lines[lines.len().saturating_sub(n)..]
+    let mut bytes = Vec::new();
+    BufReader::new(file).read_to_end(&mut bytes).ok();
+    Ok(last_lines(&bytes, n, start > 0))
+}
+
+/// The last `n` lines of `bytes`, read lossily; `mid_file`: `bytes` may begin inside a line,
+/// which is then left out.
+fn last_lines(bytes: &[u8], n: usize, mid_file: bool) -> Vec<String> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if bytes.is_empty() || bytes.ends_with(b"\n") {
+        lines.pop();
+    }
+    if mid_file && !lines.is_empty() {
+        lines.remove(0);
+    }
+    lines[lines.len().saturating_sub(n)..]
         .iter()
-        .map(|s| s.to_string())
-        .collect())
+        .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_lines;
+
+    #[test]
+    fn a_cut_or_garbled_line_is_shown_not_fatal() {
+        let log = b"one\ntwo cut \xe2\x82 off\xff\xfethree\nfour\n";
+        assert_eq!(
+            last_lines(log, 10, false),
+            ["one", "two cut \u{fffd} off\u{fffd}\u{fffd}three", "four"]
+        );
+        assert_eq!(last_lines(log, 1, false), ["four"]);
+        // No newline at the end: the last line as it is.
+        assert_eq!(last_lines(b"a\nb", 5, false), ["a", "b"]);
+        // Read from inside the file: its first, partial line is dropped.
+        assert_eq!(last_lines(b"tail of a line\nb\n", 5, true), ["b"]);
+        assert!(last_lines(b"", 5, false).is_empty());
+    }
 }

@@ -35,7 +35,7 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
     );
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(file);
+        .finish(LineAfterCut::new(file));
     let file_layer = fmt::layer().with_writer(OneLine(writer)).with_ansi(false);
     // Colours only on a terminal: a redirected log must not carry escape codes, and is kept
     // to one line per event like the file.
@@ -55,6 +55,49 @@ pub fn init(home: &Home, to_stderr: bool) -> anyhow::Result<WorkerGuard> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
     Ok(guard)
+}
+
+/// Writes whole lines to the log file, and when a write fails partway (the disk filled, say),
+/// starts the next write on a new line, so that a cut-off line is never glued to the next one.
+struct LineAfterCut<W> {
+    inner: W,
+    /// The file ends inside a line that a failed write left unfinished.
+    cut: bool,
+}
+
+impl<W> LineAfterCut<W> {
+    fn new(inner: W) -> Self {
+        LineAfterCut { inner, cut: false }
+    }
+}
+
+impl<W: Write> Write for LineAfterCut<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cut {
+            self.inner.write_all(b"\n")?;
+            self.cut = false;
+        }
+        let mut written = 0;
+        while written < buf.len() {
+            match self.inner.write(&buf[written..]) {
+                Ok(0) => {
+                    self.cut = written > 0;
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.cut = written > 0;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Keeps every event on one line of the log: a control character in what an event says (a
@@ -111,6 +154,46 @@ impl<W: Write> Write for OneLine<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that takes `room` more bytes, then fails as a full disk does.
+    struct Disk {
+        bytes: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room).min(4);
+            self.bytes.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_full_disk_is_not_glued_to_the_next() {
+        let mut w = LineAfterCut::new(Disk {
+            bytes: Vec::new(),
+            room: 20,
+        });
+        w.write_all(b"first line\n").unwrap();
+        assert!(w.write_all(b"second line, cut off\n").is_err());
+        // Nothing at all fits: no new line for it either, and the cut is still pending.
+        assert!(w.write_all(b"lost\n").is_err());
+        w.inner.room = 100;
+        w.write_all(b"third line\n").unwrap();
+        w.write_all(b"fourth line\n").unwrap();
+        assert_eq!(
+            String::from_utf8(w.inner.bytes).unwrap(),
+            "first line\nsecond li\nthird line\nfourth line\n"
+        );
+    }
 
     fn one_line(event: &[u8]) -> String {
         let mut out = OneLine(Vec::new());

@@ -57,6 +57,7 @@ fn resilience(c: &mut Criterion) {
                     model: Some("m".into()),
                     project: Some("p".into()),
                     wait: false,
+                    again: false,
                 };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
                 drop(permit);
@@ -90,6 +91,7 @@ fn resilience(c: &mut Criterion) {
                     model: Some("m".into()),
                     project: Some("p".into()),
                     wait: false,
+                    again: false,
                 };
                 let permit = limiter.send(Call(request)).await.unwrap().unwrap().unwrap();
                 breaker

@@ -633,4 +633,63 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn limiter_errors_name_the_real_key_its_value_and_source() {
+        figment::Jail::expect_with(|jail| {
+            let home = jail.directory().to_path_buf();
+            jail.create_file(
+                "config.toml",
+                "[limiter]
+model_rate_per_s = 2000000.0
+",
+            )?;
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
+            assert!(
+                err.contains("`limiter.model_rate_per_s` must be between 0 and 1000000")
+                    && err.contains("`limiter.model_rate_per_s` = 2000000.0 from")
+                    && err.contains("config.toml")
+                    && !err.contains("limiter.model.rate_per_s"),
+                "{err}"
+            );
+            jail.create_file("config.toml", "")?;
+            let set = [
+                ("limiter.global_window_max".to_string(), "3".to_string()),
+                ("limiter.global_window_ms".to_string(), "0".to_string()),
+            ];
+            let err = format!("{:#}", Config::load_with(&home, &set).unwrap_err());
+            assert!(
+                err.contains(
+                    "`limiter.global_window_ms` must be at least 1 when \
+                     `limiter.global_window_max` is set"
+                ) && err.contains("`limiter.global_window_ms` = 0 from flag (--set)"),
+                "{err}"
+            );
+
+            // A burst of 0 with a rate is refused, not read as 1.
+            jail.create_file(
+                "config.toml",
+                "[limiter]
+project_rate_per_s = 5.0
+project_burst = 0
+",
+            )?;
+            let err = format!("{:#}", Config::load(&home).unwrap_err());
+            assert!(
+                err.contains("`limiter.project_burst` must be at least 1 when")
+                    && err.contains("`limiter.project_burst` = 0 from"),
+                "{err}"
+            );
+            // Without a rate it means nothing, and stays accepted.
+            jail.create_file(
+                "config.toml",
+                "[limiter]
+project_burst = 0
+",
+            )?;
+            assert!(Config::load(&home).is_ok());
+            Ok(())
+        });
+    }
 }

@@ -21,9 +21,14 @@ pub enum ActorError {
     InvalidParams(String),
     #[error("{0}")]
     Internal(String),
-    /// Refused by the rate limiter.
-    #[error("rate limited: retry in {}", wait(*retry_after_ms))]
-    RateLimited { retry_after_ms: u64 },
+    /// Refused by the rate limiter: by `key`'s rate or window, for `retry_after_ms`, or
+    /// (`concurrency`) by its limit on queries at once, until one of them finishes.
+    #[error("{}", rate_limited(key, *concurrency, *retry_after_ms))]
+    RateLimited {
+        retry_after_ms: u64,
+        key: String,
+        concurrency: bool,
+    },
     /// Refused by an open circuit breaker.
     #[error("circuit open for `{key}`: the agent keeps failing; retry in {}", wait(*retry_after_ms))]
     CircuitOpen { key: String, retry_after_ms: u64 },
@@ -63,10 +68,15 @@ impl From<ActorError> for RpcError {
             ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
             ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),
-            ActorError::RateLimited { retry_after_ms } => {
-                RpcError::new(ErrorCode::RateLimited, e.to_string())
-                    .with_data(json!({ "retry_after_ms": retry_after_ms }))
-            }
+            ActorError::RateLimited {
+                retry_after_ms,
+                ref key,
+                concurrency,
+            } => RpcError::new(ErrorCode::RateLimited, e.to_string()).with_data(json!({
+                "retry_after_ms": retry_after_ms,
+                "key": key,
+                "waits_for": if concurrency { "a running query to finish" } else { "time" },
+            })),
             ActorError::CircuitOpen {
                 ref key,
                 retry_after_ms,
@@ -85,6 +95,20 @@ impl From<ActorError> for RpcError {
 impl From<RpcError> for ActorError {
     fn from(e: RpcError) -> Self {
         ActorError::Rpc(e)
+    }
+}
+
+/// The message of a rate-limiter refusal. A concurrency limit frees up when a query finishes,
+/// which no figure can promise: the message says so rather than quote the 50 ms the waiting
+/// queries poll at.
+fn rate_limited(key: &str, concurrency: bool, retry_after_ms: u64) -> String {
+    if concurrency {
+        format!(
+            "rate limited: `{key}` already runs as many queries at once as its concurrency limit \
+             allows; retry when one of them finishes"
+        )
+    } else {
+        format!("rate limited by `{key}`: retry in {}", wait(retry_after_ms))
     }
 }
 
@@ -111,8 +135,30 @@ mod tests {
         assert_eq!(wait(90_001), "1m 31s");
         let e = RpcError::from(ActorError::RateLimited {
             retry_after_ms: 599_993,
+            key: "global".into(),
+            concurrency: false,
         });
-        assert_eq!(e.message, "rate limited: retry in 10m");
-        assert_eq!(e.data.unwrap()["retry_after_ms"], 599_993);
+        assert_eq!(e.message, "rate limited by `global`: retry in 10m");
+        let data = e.data.unwrap();
+        assert_eq!(data["retry_after_ms"], 599_993);
+        assert_eq!(data["key"], "global");
+        assert_eq!(data["waits_for"], "time");
+    }
+
+    #[test]
+    fn a_concurrency_refusal_says_what_it_waits_for() {
+        let e = RpcError::from(ActorError::RateLimited {
+            retry_after_ms: 50,
+            key: "model:opus".into(),
+            concurrency: true,
+        });
+        assert!(
+            e.message.contains("`model:opus`")
+                && e.message.contains("retry when one of them finishes")
+                && !e.message.contains("50"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.data.unwrap()["waits_for"], "a running query to finish");
     }
 }

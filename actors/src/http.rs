@@ -284,7 +284,7 @@ struct State {
     reader: Reader,
     bus: Bus,
     metrics: Arc<Metrics>,
-    /// SHA-256 of `Bearer <http.token>`; `None` without a token.
+    /// SHA-256 of `http.token`; `None` without a token.
     token: Option<[u8; 32]>,
     /// `/api/events` streams open now, and the most allowed.
     streams: Arc<AtomicUsize>,
@@ -334,18 +334,34 @@ impl State {
     }
 }
 
-/// `req` carries the bearer token whose `Bearer <token>` hashes to `expected`. The digests are
-/// compared in constant time, so the time taken says nothing about how much of a guess was
-/// right; hashing first hides the token's length too.
+/// `req` carries the bearer token whose SHA-256 is `expected`: `Authorization: <scheme> <token>`
+/// where the scheme is `Bearer` in any case (RFC 7235: auth schemes are case-insensitive),
+/// followed by one or more spaces. The digests are compared in constant time, so the time
+/// taken says nothing about how much of a guess was right; hashing first hides the token's
+/// length too.
 fn authorized(req: &HttpRequest, expected: &[u8; 32]) -> bool {
-    req.headers().get("authorization").is_some_and(|v| {
-        let given: [u8; 32] = Sha256::digest(v.as_bytes()).into();
-        bool::from(given.ct_eq(expected))
-    })
+    req.headers()
+        .get("authorization")
+        .and_then(|v| bearer_token(v.as_bytes()))
+        .is_some_and(|token| {
+            let given: [u8; 32] = Sha256::digest(token).into();
+            bool::from(given.ct_eq(expected))
+        })
+}
+
+/// The token of an `Authorization` header value using the `Bearer` scheme (in any case), or
+/// `None` for another scheme or no token.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 fn bearer_digest(token: &str) -> Option<[u8; 32]> {
-    (!token.is_empty()).then(|| Sha256::digest(format!("Bearer {token}")).into())
+    (!token.is_empty()).then(|| Sha256::digest(token).into())
 }
 
 /// `host` (a Host header: name and optional port) names this machine's loopback interface.
@@ -725,6 +741,30 @@ pub fn start(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_scheme_in_any_case() {
+        let token = |v: &str| super::bearer_token(v.as_bytes()).map(|t| t.to_vec());
+        for ok in ["Bearer t0k", "bearer t0k", "BEARER t0k", "Bearer  t0k"] {
+            assert_eq!(token(ok), Some(b"t0k".to_vec()), "{ok}");
+        }
+        for bad in [
+            "Basic t0k",
+            "Bearert0k",
+            "t0k",
+            "Bearer",
+            "Bearer ",
+            "Bear t0k",
+            "",
+        ] {
+            assert_eq!(token(bad), None, "{bad}");
+        }
+        assert_eq!(
+            token("Bearer T0K"),
+            Some(b"T0K".to_vec()),
+            "the token keeps its case"
+        );
+    }
+
     #[test]
     fn loopback_hosts() {
         for ok in [

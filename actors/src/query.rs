@@ -257,24 +257,41 @@ impl QueryService {
             &[
                 (
                     "append_system_prompt",
+                    "--append-system-prompt",
                     p.append_system_prompt.as_slice(),
                     false,
                 ),
-                ("mcp_config", p.mcp_config.as_slice(), false),
-                ("model", p.model.as_slice(), false),
+                ("mcp_config", "--mcp-config", p.mcp_config.as_slice(), false),
+                ("model", "--model", p.model.as_slice(), false),
                 (
                     "allowed_tools",
+                    "--allowedTools",
                     p.allowed_tools.as_deref().unwrap_or_default(),
                     true,
                 ),
                 (
                     "disallowed_tools",
+                    "--disallowedTools",
                     p.disallowed_tools.as_deref().unwrap_or_default(),
                     true,
                 ),
-                ("add_dirs", p.add_dirs.as_deref().unwrap_or_default(), false),
+                (
+                    "add_dirs",
+                    "--add-dir",
+                    p.add_dirs.as_deref().unwrap_or_default(),
+                    false,
+                ),
             ],
         )?;
+        // Each directory the agent may also use: existing and absolute (the daemon's own
+        // directory is not the client's), passed on canonical.
+        if let Some(dirs) = p.add_dirs.take() {
+            let mut checked = Vec::with_capacity(dirs.len());
+            for dir in dirs {
+                checked.push(checked_dir("add_dirs", dir).await?);
+            }
+            p.add_dirs = Some(checked);
+        }
 
         // One query at a time per session: two would resume the same conversation at once and
         // the later turn would silently drop the other's branch of it. Claimed before the
@@ -906,6 +923,7 @@ impl QueryService {
                 model: g.model.clone(),
                 project: g.project.clone(),
                 wait: waiting.is_none() && !g.no_wait,
+                again: waiting.is_some(),
             };
             let (throttled, guard) = match self.limiter.send(Call(request)).await {
                 Ok(Ok(Ok(permit))) => return Ok(permit),
@@ -916,6 +934,8 @@ impl QueryService {
             let now = tokio::time::Instant::now();
             let refused = ActorError::RateLimited {
                 retry_after_ms: crate::resilience::ceil_millis(throttled.retry_after).max(1),
+                key: throttled.key.clone(),
+                concurrency: throttled.concurrency,
             };
             if g.no_wait
                 || (!throttled.concurrency && now + throttled.retry_after > g.deadline)
@@ -1049,7 +1069,7 @@ impl QueryService {
     pub async fn create_session(self, p: SessionCreate) -> Result<Session, ActorError> {
         const M: &str = "session.create";
         // The session's model becomes an argument of every agent run in it.
-        agent_args_fit(M, &[("model", p.model.as_slice(), false)])?;
+        agent_args_fit(M, &[("model", "--model", p.model.as_slice(), false)])?;
         if p.project.is_some() && p.cwd.is_some() {
             return Err(invalid(M, "give `project` or `cwd`, not both"));
         }
@@ -1585,43 +1605,53 @@ fn agent_error(
     }
 }
 
-/// Check options that become the agent's arguments, each `(name, values, joined)`: a value
-/// per argument, or (`joined`, the tool lists) all values in one, separated by commas. No
-/// program can be given a NUL byte, and Linux takes at most 128 KiB in one argument (and
-/// about 2 MiB in all): past that the agent could not even be started, and finding out at
-/// spawn would fail the query as if the agent were missing.
-fn agent_args_fit(method: &str, args: &[(&str, &[String], bool)]) -> Result<(), ActorError> {
-    if let Some((name, ..)) = args
-        .iter()
-        .find(|(_, values, _)| values.iter().any(|v| v.contains('\0')))
-    {
-        return Err(invalid(
-            method,
-            &format!("`{name}`: must not contain a NUL byte (it becomes an argument of the agent)"),
-        ));
+/// Check options that become the agent's arguments, each `(name, flag, values, joined)`: a
+/// value per argument, or (`joined`, the tool lists) all values in one, separated by commas;
+/// each argument is `flag=value`. No value may be empty (nor, in a list, any entry): the flag
+/// would then mean something else or nothing. No program can be given a NUL byte, and Linux
+/// takes at most 128 KiB in one argument (and about 2 MiB in all): past that the agent could
+/// not even be started, and finding out at spawn would fail the query as if the agent were
+/// missing. A value that starts with `-` is fine: it is part of its `flag=value` argument.
+fn agent_args_fit(method: &str, args: &[(&str, &str, &[String], bool)]) -> Result<(), ActorError> {
+    for (name, _, values, joined) in args {
+        if values.iter().any(String::is_empty) {
+            let what = if *joined || values.len() > 1 || *name == "add_dirs" {
+                "an entry must not be empty"
+            } else {
+                "must not be empty"
+            };
+            return Err(invalid(method, &format!("`{name}`: {what}")));
+        }
+        if values.iter().any(|v| v.contains('\0')) {
+            return Err(invalid(
+                method,
+                &format!(
+                    "`{name}`: must not contain a NUL byte (it becomes an argument of the agent)"
+                ),
+            ));
+        }
     }
     // The length of each option's longest argument, and of all its arguments.
-    let lengths = args.iter().map(|(name, values, joined)| {
+    let mut total = 0;
+    for (name, flag, values, joined) in args {
         let all: usize = values.iter().map(String::len).sum();
         let longest = if *joined {
             all + values.len().saturating_sub(1)
         } else {
             values.iter().map(String::len).max().unwrap_or(0)
         };
-        (name, longest, if *joined { longest } else { all })
-    });
-    let mut total = 0;
-    for (name, longest, all) in lengths {
-        if longest > MAX_ARG_BYTES {
+        // The argument is `flag=value`.
+        let room = MAX_ARG_BYTES - flag.len() - 1;
+        if longest > room {
             return Err(invalid(
                 method,
                 &format!(
                     "`{name}`: {longest} bytes; the agent takes at most {MAX_ARG_BYTES} bytes in \
-                     one argument"
+                     one argument, {room} of them for this value after `{flag}=`"
                 ),
             ));
         }
-        total += all;
+        total += if *joined { longest } else { all };
     }
     if total > MAX_ARGS_BYTES {
         return Err(invalid(

@@ -659,11 +659,19 @@ impl LimitSpec {
 
     /// Check the spec; errors name each field as `{name}.field`.
     pub fn validate(&self, name: &str) -> Result<(), String> {
+        self.validate_keys(|field| format!("{name}.{field}"))
+    }
+
+    /// Check the spec; errors name each field as `key(field)` says (the configuration's
+    /// `limiter.global_rate_per_s`, `limiter.configure`'s `limits.rate_per_s`).
+    pub fn validate_keys(&self, key: impl Fn(&str) -> String) -> Result<(), String> {
+        let (rate, burst) = (key("rate_per_s"), key("burst"));
+        let (window_max, window_ms) = (key("window_max"), key("window_ms"));
         if !(self.rate_per_s.is_finite()
             && self.rate_per_s >= 0.0
             && self.rate_per_s <= 1_000_000.0)
         {
-            return Err(format!("`{name}.rate_per_s` must be between 0 and 1000000"));
+            return Err(format!("`{rate}` must be between 0 and 1000000"));
         }
         // The bucket refills one token per 1/rate seconds; a full bucket (`burst` tokens) must
         // be a time the limiter can count in 64-bit nanoseconds (about 584 years).
@@ -671,19 +679,19 @@ impl LimitSpec {
             && f64::from(self.burst.max(1)) * 1e9 / self.rate_per_s > MAX_BUCKET_FILL_NS
         {
             return Err(format!(
-                "`{name}.rate_per_s` = {:?} with `{name}.burst` = {}: the bucket would take more \
-                 than 200 years to fill; use a larger rate, a smaller burst, or 0 to turn it off",
+                "`{rate}` = {:?} with `{burst}` = {}: the bucket would take more than 200 years \
+                 to fill; use a larger rate, a smaller burst, or 0 to turn it off",
                 self.rate_per_s, self.burst
             ));
         }
         if self.window_max > 0 && self.window_ms == 0 {
             return Err(format!(
-                "`{name}.window_ms` must be at least 1 when `{name}.window_max` is set"
+                "`{window_ms}` must be at least 1 when `{window_max}` is set"
             ));
         }
         if self.window_ms > MAX_WINDOW_MS {
             return Err(format!(
-                "`{name}.window_ms` must be at most {MAX_WINDOW_MS} (a year)"
+                "`{window_ms}` must be at most {MAX_WINDOW_MS} (a year)"
             ));
         }
         Ok(())
@@ -745,6 +753,17 @@ pub enum BreakerState {
     Closed,
     Open,
     HalfOpen,
+}
+
+impl BreakerState {
+    /// As on the wire: `CLOSED`, `OPEN`, `HALF_OPEN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "CLOSED",
+            BreakerState::Open => "OPEN",
+            BreakerState::HalfOpen => "HALF_OPEN",
+        }
+    }
 }
 
 /// One breaker's state.
@@ -1255,4 +1274,20 @@ pub struct HooksSet {
 pub struct Hooks {
     /// Null when never set.
     pub hooks: serde_json::Value,
+}
+
+#[cfg(test)]
+mod breaker_state_tests {
+    use super::BreakerState;
+
+    #[test]
+    fn breaker_states_are_named_as_on_the_wire() {
+        for s in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
 }

@@ -754,8 +754,102 @@ fn arguments_over_the_kernels_limit_fail_the_query_without_blaming_the_agent() {
 }
 
 #[test]
+fn option_values_that_look_like_flags_stay_values() {
+    // Each option is one `--flag=value` argument: a value that starts with `-` cannot become a
+    // flag of its own, whatever parser the agent command uses.
+    let (dir, agent) = stub_agent(TEXT_TRANSCRIPT);
+    let d = agent_at(&agent, "");
+    let extra = tempfile::tempdir().unwrap();
+    let extra_dir = std::fs::canonicalize(extra.path()).unwrap();
+    let r = d
+        .call(
+            "query.run",
+            json!({
+                "prompt": "x",
+                "model": "--dangerously-skip-permissions",
+                "append_system_prompt": "-p",
+                "allowed_tools": ["-Bash"],
+                "disallowed_tools": ["--verbose"],
+                "mcp_config": "--debug",
+                "max_turns": 2,
+                "add_dirs": [extra.path()],
+            }),
+        )
+        .unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    let args: Vec<&str> = args.lines().collect();
+    for want in [
+        "--model=--dangerously-skip-permissions".to_string(),
+        "--append-system-prompt=-p".into(),
+        "--allowedTools=-Bash".into(),
+        "--disallowedTools=--verbose".into(),
+        "--mcp-config=--debug".into(),
+        "--max-turns=2".into(),
+        format!("--add-dir={}", extra_dir.display()),
+    ] {
+        assert!(args.contains(&want.as_str()), "{want}: {args:?}");
+    }
+    for flag in ["--dangerously-skip-permissions", "--debug", "-Bash"] {
+        assert!(!args.contains(&flag), "{flag} became an argument: {args:?}");
+    }
+    assert_eq!(
+        args.iter()
+            .filter(|a| **a == "-p" || **a == "--verbose")
+            .count(),
+        2,
+        "only ccd's own -p and --verbose: {args:?}"
+    );
+
+    // A session's model too.
+    let s = d.call("session.create", json!({"model": "-m"})).unwrap();
+    d.call("query.run", json!({"prompt": "x", "session": s["id"]}))
+        .unwrap();
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert!(args.lines().any(|a| a == "--model=-m"), "{args}");
+}
+
+#[test]
+fn the_real_cli_reads_every_option_in_the_equals_form() {
+    let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    let extra = tempfile::tempdir().unwrap();
+    let extra_dir = std::fs::canonicalize(extra.path()).unwrap();
+    let r = d
+        .call(
+            "query.run",
+            json!({
+                "prompt": "x",
+                "model": "-dash-model",
+                "append_system_prompt": "-APPENDED-MARK",
+                "add_dirs": [extra.path()],
+                "disallowed_tools": ["Bash"],
+                "max_turns": 3,
+            }),
+        )
+        .unwrap();
+    assert_eq!(r["is_error"], false, "{r}");
+    let reqs = d.mock.requests();
+    let first = reqs.first().expect("a request");
+    assert_eq!(first.model, "-dash-model");
+    let system = first.body["system"].to_string();
+    assert!(system.contains("-APPENDED-MARK"), "{system}");
+    assert!(
+        system.contains(&extra_dir.display().to_string()),
+        "{system}"
+    );
+    let tools: Vec<&str> = first.body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(!tools.is_empty() && !tools.contains(&"Bash"), "{tools:?}");
+}
+
+#[test]
 fn bad_query_params_are_refused_before_anything_runs() {
     let d = agent_daemon(Behaviour::Text("ok".into()), "");
+    let file = tempfile::NamedTempFile::new().unwrap();
     for (params, needle) in [
         (json!({"prompt": ""}), "prompt"),
         (json!({"prompt": "x", "project": "nope"}), "nope"),
@@ -792,6 +886,43 @@ fn bad_query_params_are_refused_before_anything_runs() {
             json!({"prompt": "x", "add_dirs": ["/tmp\u{0}"]}),
             "`add_dirs`",
         ),
+        // Empty values, and directories that are not existing absolute ones.
+        (
+            json!({"prompt": "x", "model": ""}),
+            "`model`: must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "mcp_config": ""}),
+            "`mcp_config`: must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "append_system_prompt": ""}),
+            "`append_system_prompt`: must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "allowed_tools": ["Bash", ""]}),
+            "`allowed_tools`: an entry must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "disallowed_tools": [""]}),
+            "`disallowed_tools`: an entry must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": [""]}),
+            "`add_dirs`: an entry must not be empty",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": ["-x"]}),
+            "`add_dirs`: must be absolute",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": ["/no/such/dir"]}),
+            "`add_dirs`: /no/such/dir",
+        ),
+        (
+            json!({"prompt": "x", "add_dirs": [file.path()]}),
+            "is not a directory",
+        ),
     ] {
         let e = d.call("query.run", params.clone()).unwrap_err();
         assert!([-32602, -32004].contains(&code(&e)), "{params} -> {e}");
@@ -813,6 +944,15 @@ fn bad_query_params_are_refused_before_anything_runs() {
         .unwrap_err();
     assert_eq!(code(&e), -32602, "{e}");
     assert!(e["message"].as_str().unwrap().contains("`model`"), "{e}");
+    let e = d.call("session.create", json!({"model": ""})).unwrap_err();
+    assert_eq!(code(&e), -32602, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("`model`: must not be empty"),
+        "{e}"
+    );
     // None of it counted against a breaker.
     let breakers = d.call("breaker.status", json!({})).unwrap();
     let failures: Vec<&Value> = breakers["breakers"]

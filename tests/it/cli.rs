@@ -375,6 +375,76 @@ fn status_shows_the_agent_the_http_api_and_the_filesystem() {
 }
 
 #[test]
+fn a_secret_set_value_can_come_from_a_file_or_stdin_and_stays_out_of_ps() {
+    let d = Daemon::builder()
+        .env("CCD_HTTP_ENABLED", "true")
+        .env("CCD_HTTP_BIND", "127.0.0.1:0")
+        .prepare();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "s3cret-fr0m-file\n").unwrap();
+    let set_token = format!("http.token=@{}", file.display());
+    // The pool size from stdin, the token from a file: neither is on any command line.
+    let mut child = d
+        .command(&[
+            "daemon",
+            "start",
+            "--set",
+            &set_token,
+            "--set",
+            "executor.pool_size=@-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"3\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let config: Value = serde_json::from_str(&d.ccd_ok(&["config", "show", "--json"])).unwrap();
+    assert_eq!(
+        config["executor.pool_size"]["daemon"]["value"], 3,
+        "{config}"
+    );
+    assert_eq!(config["http.token"]["daemon"]["value"], "(set)", "{config}");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.pid())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret"));
+    // The HTTP API takes the token read from the file, without its newline.
+    let url = std::fs::read_to_string(d.path().join("http.url")).unwrap();
+    let addr = url.trim().trim_start_matches("http://").to_string();
+    let status = |auth: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {auth}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(status("s3cret-fr0m-file"), "200");
+    assert_eq!(status("wrong"), "401");
+
+    // A file that cannot be read is a usage error naming it.
+    let out = d.ccd(&["config", "show", "--set", "http.token=@/no/such/file"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("http.token=@/no/such/file"),
+        "{}",
+        describe(&out)
+    );
+    // And --help says how.
+    let help = d.ccd_ok(&["daemon", "restart", "--help"]);
+    assert!(help.contains("@FILE") && help.contains("@-"), "{help}");
+}
+
+#[test]
 fn config_show_says_where_the_running_daemon_differs() {
     let d = Daemon::builder().prepare();
     d.ccd_ok(&[
@@ -462,10 +532,8 @@ fn permission_modes_are_spelled_as_the_api_spells_them() {
         d.ccd_ok(&["query", "hi", "--permission-mode", given]);
         let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
         let args: Vec<&str> = args.lines().collect();
-        assert!(
-            args.windows(2).any(|w| w == ["--permission-mode", passed]),
-            "{given}: {args:?}"
-        );
+        let want = format!("--permission-mode={passed}");
+        assert!(args.contains(&want.as_str()), "{given}: {args:?}");
     }
     let out = d.ccd(&["query", "hi", "--permission-mode", "bogus"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));

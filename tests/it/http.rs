@@ -25,10 +25,15 @@ fn http_daemon(extra_config: &str) -> (Daemon, String) {
 
 /// A GET with `Connection: close`: (status, headers, body).
 fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+    get_authorized(addr, path, token.map(|t| format!("Bearer {t}")).as_deref())
+}
+
+/// A GET with `Connection: close` and this `Authorization` header, if any.
+fn get_authorized(addr: &str, path: &str, authorization: Option<&str>) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     write!(
         s,
@@ -227,6 +232,34 @@ fn a_token_guards_every_request() {
     assert_eq!(get(&addr, "/metrics", Some("s3cre")).0, 401);
     assert_eq!(get(&addr, "/metrics", Some("s3cret2")).0, 401);
     assert_eq!(get(&addr, "/health", Some("s3cret")).0, 200);
+    // The scheme is case-insensitive (RFC 7235), and one or more spaces may follow it; the
+    // token itself is compared exactly.
+    for auth in [
+        "bearer s3cret",
+        "BEARER s3cret",
+        "bEaReR s3cret",
+        "Bearer   s3cret",
+    ] {
+        assert_eq!(
+            get_authorized(&addr, "/health", Some(auth)).0,
+            200,
+            "{auth}"
+        );
+    }
+    for auth in [
+        "Bearer S3CRET",
+        "Basic s3cret",
+        "Bearers3cret",
+        "s3cret",
+        "Bearer",
+        "Bearer ",
+    ] {
+        assert_eq!(
+            get_authorized(&addr, "/health", Some(auth)).0,
+            401,
+            "{auth}"
+        );
+    }
 }
 
 #[test]

@@ -287,6 +287,65 @@ fn logs_prints_the_daemon_log() {
 }
 
 #[test]
+fn logs_shows_a_cut_off_or_garbled_line_instead_of_failing() {
+    // The disk filled mid-line (cut inside a UTF-8 character), then the daemon went on.
+    let d = Daemon::builder().prepare();
+    let logs = d.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut log = b"2026-12-01T10:00:00Z  INFO ccd: first\n".to_vec();
+    log.extend_from_slice(b"2026-12-01T10:00:01Z  INFO ccd: cut \xe2\x82");
+    log.extend_from_slice(b"\xff garbage\n2026-12-01T10:00:02Z  INFO ccd: after\n");
+    std::fs::write(logs.join("ccd.log"), &log).unwrap();
+    let out = d.ccd(&["daemon", "logs", "-n", "10"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = String::from_utf8(out.stdout.clone()).expect("UTF-8 out");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].ends_with("first"), "{text}");
+    assert!(lines[1].contains("cut \u{fffd}"), "{text}");
+    assert!(lines[2].ends_with("after"), "{text}");
+    let two = d.ccd_ok(&["daemon", "logs", "-n", "1"]);
+    assert!(two.trim_end().ends_with("after"), "{two}");
+
+    // Following: garbage arriving later is passed on as it is, and what follows it too.
+    let mut child = d
+        .command(&["daemon", "logs", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut reader, b'\n', &mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("after"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(logs.join("ccd.log"))
+            .unwrap();
+        f.write_all(b"half a line \xc3").unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        f.write_all(b"\nlast line\n").unwrap();
+    }
+    let mut rest = Vec::new();
+    while !String::from_utf8_lossy(&rest).contains("last line") {
+        let mut line = Vec::new();
+        let n = std::io::BufRead::read_until(&mut reader, b'\n', &mut line).unwrap();
+        assert!(n > 0, "logs -f ended: {}", String::from_utf8_lossy(&rest));
+        rest.extend(line);
+    }
+    assert!(rest.starts_with(b"half a line \xc3\n"), "{rest:?}");
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "logs -f is still following"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
 fn foreground_run_stops_on_shutdown_request() {
     let d = Daemon::builder().prepare();
     let mut child = d

@@ -120,6 +120,10 @@ fn a_failing_agent_opens_the_breaker_and_a_healed_one_closes_it() {
         Duration::from_secs(30),
         || breaker(&d)["retry_after_ms"] == 0,
     );
+    // Its wait is over: it lets a trial call through, and says so before any call arrives.
+    assert_eq!(breaker(&d)["state"], "HALF_OPEN", "{}", breaker(&d));
+    let status = d.ccd_ok(&["breaker", "status"]);
+    assert!(status.contains("HALF_OPEN"), "{status}");
     let r = d.call("query.run", json!({"prompt": "x"})).unwrap();
     assert_eq!(r["result"], "Hello from mock");
     assert_eq!(breaker(&d)["state"], "CLOSED");
@@ -483,4 +487,94 @@ fn a_client_cannot_forge_a_log_line() {
         "a forged line:\n{log}"
     );
     assert!(!log.contains('\u{1b}'));
+}
+
+#[test]
+fn a_query_waiting_for_a_concurrency_slot_is_throttled_once_and_no_wait_says_what_it_waits_for() {
+    // An agent that takes a second, under a limit of one query at once.
+    let (_dir, agent) = script_agent(
+        "cat > /dev/null\nsleep 1\ncat \"$here/transcript.jsonl\"",
+        &[(
+            "transcript.jsonl",
+            include_str!("../../protocol/fixtures/text.jsonl"),
+        )],
+    );
+    let d = Daemon::builder()
+        .agent(agent)
+        .config("[limiter]\nglobal_concurrency = 1\n")
+        .start();
+    std::thread::scope(|s| {
+        let first = s.spawn(|| d.call("query.run", json!({"prompt": "one"})));
+        wait_until("the first query to run", Duration::from_secs(30), || {
+            d.call("limiter.status", json!({})).unwrap()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["key"] == "global" && k["in_flight"] == 1)
+        });
+        // Refused at once: the message says what it waits for, not "retry in 50 ms".
+        let e = d
+            .call("query.run", json!({"prompt": "x", "no_wait": true}))
+            .unwrap_err();
+        assert_eq!(code(&e), -32002, "{e}");
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains("`global`")
+                && message.contains("retry when one of them finishes")
+                && !message.contains("50 ms"),
+            "{e}"
+        );
+        assert_eq!(e["data"]["waits_for"], "a running query to finish", "{e}");
+        // Waits about a second, polling meanwhile: one throttled query all the same.
+        let second = d.call("query.run", json!({"prompt": "two"}));
+        assert!(second.is_ok(), "{second:?}");
+        assert!(first.join().unwrap().is_ok());
+    });
+    let st = d.call("limiter.status", json!({})).unwrap();
+    let global = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == "global")
+        .unwrap()
+        .clone();
+    assert_eq!(global["admitted"], 2, "{global}");
+    assert_eq!(
+        global["throttled"], 2,
+        "the no_wait refusal and the waiting query, each once: {global}"
+    );
+}
+
+#[test]
+fn a_bad_limiter_value_names_its_key_its_value_and_where_it_was_set() {
+    let d = Daemon::builder().prepare();
+    let out = d.ccd(&[
+        "daemon",
+        "start",
+        "--set",
+        "limiter.global_rate_per_s=2000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`limiter.global_rate_per_s` must be between 0 and 1000000")
+            && err.contains("`limiter.global_rate_per_s` = 2000000")
+            && err.contains("from flag (--set)")
+            && !err.contains("limiter.global.rate_per_s"),
+        "{err}"
+    );
+    // A burst of 0 with a rate would admit nothing: refused, not read as 1.
+    let d = Daemon::builder()
+        .config("[limiter]\nglobal_rate_per_s = 5.0\nglobal_burst = 0\n")
+        .prepare();
+    let out = d.ccd(&["daemon", "start"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "`limiter.global_burst` must be at least 1 when `limiter.global_rate_per_s` is set"
+        ) && err.contains("`limiter.global_burst` = 0 from"),
+        "{err}"
+    );
+    assert!(!d.socket().exists());
 }

@@ -91,7 +91,11 @@ pub struct AgentOptions {
     pub add_dirs: Vec<String>,
 }
 
-/// The argument list, never a shell string. Each option only when set.
+/// The argument list, never a shell string. Each option only when set, and each as one
+/// `--flag=value` argument, so that no value, whatever it starts with, can be read as a flag of
+/// its own (`--model --dangerously-skip-permissions` would have been two arguments). Claude
+/// Code 2.1.197 reads every one of these flags in the `=` form (checked against the real CLI;
+/// see docs/security.md).
 pub fn agent_args(o: &AgentOptions) -> Vec<String> {
     // Partial messages: every API stream event as it arrives, so text reaches the caller
     // delta by delta instead of a whole message at a time.
@@ -104,16 +108,12 @@ pub fn agent_args(o: &AgentOptions) -> Vec<String> {
     ]
     .map(String::from)
     .into();
-    if let Some(id) = &o.resume {
-        // The `=` form, so an id can never be read as a flag.
-        args.push(format!("--resume={id}"));
-    }
     let mut opt = |flag: &str, value: Option<String>| {
         if let Some(v) = value {
-            args.push(flag.into());
-            args.push(v);
+            args.push(format!("{flag}={v}"));
         }
     };
+    opt("--resume", o.resume.clone());
     opt("--model", o.model.clone());
     opt("--max-turns", o.max_turns.map(|n| n.to_string()));
     opt("--append-system-prompt", o.append_system_prompt.clone());
@@ -131,8 +131,7 @@ pub fn agent_args(o: &AgentOptions) -> Vec<String> {
     );
     opt("--mcp-config", o.mcp_config.clone());
     for dir in &o.add_dirs {
-        args.push("--add-dir".into());
-        args.push(dir.clone());
+        opt("--add-dir", Some(dir.clone()));
     }
     args
 }
@@ -743,7 +742,7 @@ mod tests {
         );
         let o = AgentOptions {
             resume: Some("-abc".into()),
-            model: Some("m".into()),
+            model: Some("--dangerously-skip-permissions".into()),
             max_turns: Some(3),
             permission_mode: Some(PermissionMode::AcceptEdits),
             allowed_tools: vec!["Bash".into(), "Read".into()],
@@ -751,13 +750,34 @@ mod tests {
             ..Default::default()
         };
         let args = agent_args(&o);
-        assert!(args.contains(&"--resume=-abc".to_string()));
-        let joined = args.join(" ");
-        assert!(joined.contains(
-            "--model m --max-turns 3 --permission-mode acceptEdits --allowedTools Bash,Read"
-        ));
-        assert!(joined.ends_with("--add-dir /a --add-dir /b"));
-        assert!(!joined.contains("--disallowedTools"));
+        assert_eq!(
+            args[5..],
+            [
+                "--resume=-abc",
+                "--model=--dangerously-skip-permissions",
+                "--max-turns=3",
+                "--permission-mode=acceptEdits",
+                "--allowedTools=Bash,Read",
+                "--add-dir=/a",
+                "--add-dir=/b",
+            ]
+        );
+        // Every option is one argument: none of them can be read as a flag of its own.
+        assert!(!args.contains(&"--dangerously-skip-permissions".to_string()));
+        let o = AgentOptions {
+            append_system_prompt: Some("-x".into()),
+            disallowed_tools: vec!["-Bash".into()],
+            mcp_config: Some("-c".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_args(&o)[5..],
+            [
+                "--append-system-prompt=-x",
+                "--disallowedTools=-Bash",
+                "--mcp-config=-c"
+            ]
+        );
     }
 
     #[test]

@@ -149,6 +149,16 @@ impl Breaker {
         self.state
     }
 
+    /// The state as a call arriving at `now` would find it: an OPEN breaker whose wait has
+    /// passed is HALF_OPEN (the next call is a trial), though it moves there only when that call
+    /// comes.
+    pub fn state_at(&self, now: Instant) -> State {
+        match self.state {
+            State::Open if now >= self.open_until => State::HalfOpen,
+            state => state,
+        }
+    }
+
     /// May a call go through now? `Err(retry_after)` when open (or HALF_OPEN is full).
     pub fn allow(&mut self, now: Instant) -> (Result<(), Duration>, Option<Change>) {
         self.last_used = now;
@@ -391,10 +401,13 @@ impl BreakerCore {
             .iter()
             .map(|(key, b)| {
                 let (failure_rate, slow_call_rate) = b.rates();
+                // Computed on read: a breaker whose wait has passed is shown HALF_OPEN, not
+                // OPEN with nothing left to wait.
+                let state = b.state_at(now);
                 BreakerStatus {
                     key: key.clone(),
-                    state: b.state,
-                    retry_after_ms: if b.state == State::Open {
+                    state,
+                    retry_after_ms: if state == State::Open {
                         ceil_millis(b.open_until.saturating_duration_since(now))
                     } else {
                         0
@@ -446,6 +459,32 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn status_shows_half_open_once_the_wait_has_passed() {
+        paused(async {
+            let core = BreakerCore::new();
+            let spec = spec();
+            for _ in 0..3 {
+                assert!(core.allow("k", spec).0.is_ok());
+                core.record("k", Outcome::Failure, Duration::from_millis(1));
+            }
+            let s = &core.status()[0];
+            assert_eq!((s.state, s.retry_after_ms), (State::Open, 1000));
+            tokio::time::advance(Duration::from_millis(999)).await;
+            let s = &core.status()[0];
+            assert_eq!((s.state, s.retry_after_ms), (State::Open, 1));
+            tokio::time::advance(Duration::from_millis(1)).await;
+            // No call has come since: reading alone shows where the next call would find it.
+            let s = &core.status()[0];
+            assert_eq!((s.state, s.retry_after_ms), (State::HalfOpen, 0));
+            assert_eq!(s.rejected, 0, "reading counts nothing");
+            // And the next call is indeed a trial.
+            let (verdict, change) = core.allow("k", spec);
+            assert!(verdict.is_ok());
+            assert_eq!(change.map(|t| t.to), Some(State::HalfOpen));
+        })
     }
 
     #[test]

@@ -127,7 +127,16 @@ impl LimiterCore {
         self: &Arc<Self>,
         keys: &[(String, LimitSpec)],
     ) -> Result<Permit, Throttled> {
-        self.try_acquire_in(&mut self.lock(), keys)
+        self.try_acquire_in(&mut self.lock(), keys, true)
+    }
+
+    /// As [`Self::try_acquire`], for a query already waiting (already counted as throttled):
+    /// a refusal is not counted again, so `throttled` counts queries, not polls.
+    pub fn try_acquire_again(
+        self: &Arc<Self>,
+        keys: &[(String, LimitSpec)],
+    ) -> Result<Permit, Throttled> {
+        self.try_acquire_in(&mut self.lock(), keys, false)
     }
 
     /// As [`Self::try_acquire`], and when refused, count the caller as waiting on these keys
@@ -138,29 +147,33 @@ impl LimiterCore {
         keys: &[(String, LimitSpec)],
     ) -> Result<Permit, (Throttled, WaitingGuard)> {
         let mut map = self.lock();
-        self.try_acquire_in(&mut map, keys).map_err(|throttled| {
-            let names: Vec<String> = keys
-                .iter()
-                .filter(|(_, s)| !s.is_off())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in &names {
-                if let Some(s) = map.get_mut(k) {
-                    s.waiting += 1;
+        self.try_acquire_in(&mut map, keys, true)
+            .map_err(|throttled| {
+                let names: Vec<String> = keys
+                    .iter()
+                    .filter(|(_, s)| !s.is_off())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &names {
+                    if let Some(s) = map.get_mut(k) {
+                        s.waiting += 1;
+                    }
                 }
-            }
-            let guard = WaitingGuard {
-                core: self.clone(),
-                keys: names,
-            };
-            (throttled, guard)
-        })
+                let guard = WaitingGuard {
+                    core: self.clone(),
+                    keys: names,
+                };
+                (throttled, guard)
+            })
     }
 
+    /// `count`: a refusal adds one to each key's `throttled` (a query's first refusal, not
+    /// its later polls).
     fn try_acquire_in(
         self: &Arc<Self>,
         map: &mut HashMap<String, KeyState>,
         keys: &[(String, LimitSpec)],
+        count: bool,
     ) -> Result<Permit, Throttled> {
         let now = Instant::now();
         let active: Vec<&(String, LimitSpec)> = keys.iter().filter(|(_, s)| !s.is_off()).collect();
@@ -236,9 +249,11 @@ impl LimiterCore {
             }
         }
         if let Some(w) = wait {
-            for (key, _) in &active {
-                if let Some(s) = map.get_mut(key) {
-                    s.throttled += 1;
+            if count {
+                for (key, _) in &active {
+                    if let Some(s) = map.get_mut(key) {
+                        s.throttled += 1;
+                    }
                 }
             }
             return Err(w);
@@ -260,9 +275,11 @@ impl LimiterCore {
                         let retry_after = not_until
                             .wait_time_from(TokioClock.now())
                             .max(Duration::from_millis(1));
-                        for (key, _) in &active {
-                            if let Some(s) = map.get_mut(key) {
-                                s.throttled += 1;
+                        if count {
+                            for (key, _) in &active {
+                                if let Some(s) = map.get_mut(key) {
+                                    s.throttled += 1;
+                                }
                             }
                         }
                         return Err(Throttled {
@@ -630,6 +647,35 @@ mod tests {
             drop(a);
             assert_eq!(core.status()[0].in_flight, 1);
             assert!(core.try_acquire(&keys).is_ok());
+        });
+    }
+
+    #[test]
+    fn a_waiting_query_is_throttled_once_however_often_it_asks() {
+        paused(async {
+            let core = LimiterCore::new();
+            let keys = [(
+                "k".to_string(),
+                LimitSpec {
+                    concurrency: 1,
+                    ..Default::default()
+                },
+            )];
+            let held = core.try_acquire(&keys).unwrap();
+            let (_, guard) = core.try_acquire_or_wait(&keys).unwrap_err();
+            for _ in 0..20 {
+                assert!(core.try_acquire_again(&keys).is_err());
+            }
+            assert_eq!(core.status()[0].throttled, 1);
+            drop(held);
+            drop(core.try_acquire_again(&keys).unwrap());
+            drop(guard);
+            let st = &core.status()[0];
+            assert_eq!((st.throttled, st.admitted), (1, 2));
+            // A refusal without waiting (`no_wait`) is a throttled query too.
+            let _held = core.try_acquire(&keys).unwrap();
+            assert!(core.try_acquire(&keys).is_err());
+            assert_eq!(core.status()[0].throttled, 2);
         });
     }
 

@@ -80,6 +80,15 @@ impl Default for LimiterConfig {
 
 impl LimiterConfig {
     pub fn spec(&self, scope: Scope) -> LimitSpec {
+        let spec = self.raw_spec(scope);
+        LimitSpec {
+            burst: spec.burst.max(1),
+            ..spec
+        }
+    }
+
+    /// The scope's values as configured (`spec` makes an unset burst 1).
+    fn raw_spec(&self, scope: Scope) -> LimitSpec {
         let s = match scope {
             Scope::Global => (
                 self.global_rate_per_s,
@@ -105,7 +114,7 @@ impl LimiterConfig {
         };
         LimitSpec {
             rate_per_s: s.0,
-            burst: s.1.max(1),
+            burst: s.1,
             window_max: s.2,
             window_ms: s.3,
             concurrency: s.4,
@@ -143,13 +152,25 @@ impl LimiterConfig {
         *slots.4 = spec.concurrency;
     }
 
+    /// Errors name the configuration's own keys (`limiter.global_rate_per_s`), so that the
+    /// loader can add each one's value and where it came from.
     pub fn validate(&self) -> Result<(), String> {
         for (name, scope) in [
-            ("limiter.global", Scope::Global),
-            ("limiter.model", Scope::Model),
-            ("limiter.project", Scope::Project),
+            ("global", Scope::Global),
+            ("model", Scope::Model),
+            ("project", Scope::Project),
         ] {
-            self.spec(scope).validate(name)?;
+            let key = |field: &str| format!("limiter.{name}_{field}");
+            let spec = self.raw_spec(scope);
+            // A bucket of no tokens would admit nothing; 0 used to be read as 1, silently.
+            if spec.rate_per_s > 0.0 && spec.burst == 0 {
+                return Err(format!(
+                    "`{}` must be at least 1 when `{}` is set (0 would admit nothing)",
+                    key("burst"),
+                    key("rate_per_s")
+                ));
+            }
+            spec.validate_keys(key)?;
         }
         Ok(())
     }
@@ -234,6 +255,9 @@ pub struct TryAcquire {
     /// When refused, count the caller as waiting on its keys (see
     /// [`LimiterCore::try_acquire_or_wait`]): the refusal then carries the guard.
     pub wait: bool,
+    /// The caller is already waiting (its first refusal was counted): a refusal is not counted
+    /// as another throttled query.
+    pub again: bool,
 }
 
 impl Request for TryAcquire {
@@ -266,6 +290,8 @@ impl Handle<TryAcquire> for LimiterActor {
             self.core
                 .try_acquire_or_wait(&keys)
                 .map_err(|(t, guard)| (t, Some(guard)))
+        } else if msg.again {
+            self.core.try_acquire_again(&keys).map_err(|t| (t, None))
         } else {
             self.core.try_acquire(&keys).map_err(|t| (t, None))
         })
@@ -511,6 +537,7 @@ mod tests {
             model: Some("m".into()),
             project: Some("p".into()),
             wait: false,
+            again: false,
         }
         .keys(&cfg);
         let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
