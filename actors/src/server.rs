@@ -44,12 +44,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::IpcConfig;
 use crate::gateway::{ConnCtx, GatewayActor, Route};
-use crate::outbound::{Held, Meter, Outbound, ReplyBudget};
+use crate::outbound::{Held, LARGE_LINE, Meter, Outbound, ReplyBudget, footprint};
 
 /// Replies are written in chunks of up to this many bytes when several are queued.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// A queued line at least this long is written from its own buffer, not copied into a chunk.
-const WRITE_DIRECT: usize = 16 * 1024;
+/// A queued line at least this long is written from its own buffer, not copied into a chunk
+/// (shorter ones are counted at their length, see [`footprint`]).
+const WRITE_DIRECT: usize = LARGE_LINE;
+/// A connection's read buffer is shrunk back to this after a longer line.
+const READ_KEEP: usize = 8 * 1024;
 
 /// How a stop ends the requests in flight.
 pub struct Drain {
@@ -258,7 +261,9 @@ struct Connection {
 /// What each method's reply is expected to weigh, reserved against the reply budgets while a
 /// request runs: the size of its last successful reply, or a bit less than the largest recent
 /// one (an estimate shrinks by an eighth per smaller reply). A method not answered yet is
-/// expected to take [`FIRST_ESTIMATE`]; a name that is no method gets a short error.
+/// expected to take [`FIRST_ESTIMATE`]; a name that is no method gets a short error. Twice
+/// that is reserved: the method's answer and the line made from it exist together for a
+/// moment, and a burst of answers (hundreds of connections let in at once) is that large.
 struct Estimates {
     by_method: HashMap<&'static str, Cell<usize>>,
 }
@@ -282,7 +287,7 @@ impl Estimates {
             return (0, None);
         }
         match self.by_method.get(req.method.as_str()) {
-            Some(cell) => (cell.get(), Some(cell)),
+            Some(cell) => (2 * cell.get(), Some(cell)),
             None => (ERROR_ESTIMATE, None),
         }
     }
@@ -293,7 +298,7 @@ impl Estimates {
 fn learn(estimate: Option<&Cell<usize>>, reply: &Reply, len: usize) {
     if let (Some(cell), Reply::Result(_)) = (estimate, reply) {
         let old = cell.get();
-        cell.set(len.max(old - old / 8));
+        cell.set(footprint(len).max(old - old / 8));
     }
 }
 
@@ -435,6 +440,15 @@ impl Connection {
                     (Work::Batch(items), slots, expect)
                 }
             };
+            drop(frame);
+            // A long line leaves the read buffer grown to its length: that is not kept for as
+            // long as the connection waits (what was read past the line is kept).
+            let buffer = frames.read_buffer_mut();
+            if buffer.capacity() > READ_KEEP && buffer.len() < READ_KEEP {
+                let mut fresh = BytesMut::with_capacity(READ_KEEP);
+                fresh.extend_from_slice(buffer);
+                *buffer = fresh;
+            }
             let ready =
                 |used: usize| used + slots <= max_inflight && admits(&meter, limit, used, expect);
             if !ready(used) {
@@ -452,7 +466,7 @@ impl Connection {
             }
             used += slots;
             let held = match &work {
-                Work::Batch(_) => Held::new(&meter, 0),
+                Work::Batch(items) => Held::new(&meter, batch_bytes(items)),
                 _ => Held::new(&meter, expect),
             };
             inflight.push(self.serve(work, slots, held, ctx.clone()));
@@ -503,6 +517,7 @@ impl Connection {
             Work::Batch(items) => Either::Right(Either::Right(Box::pin(self.answer_batch(
                 items,
                 slots,
+                held,
                 ctx.clone(),
             )))),
         };
@@ -529,22 +544,25 @@ impl Connection {
     /// waits for the batch's earlier items; when none is left to wait for, it and every later
     /// request of the batch are not run and are answered -32009 each (the first request
     /// always runs). Notifications run whatever the budgets, as they reply nothing.
+    ///
+    /// `parsed` counts the parsed requests (see [`batch_bytes`]) until they have all been run.
     async fn answer_batch(
         &self,
         items: Vec<Result<RpcRequest, Response>>,
         slots: usize,
+        parsed: Held,
         ctx: ConnCtx,
     ) -> Option<(Bytes, Held)> {
         let metrics = self.metrics.as_deref();
         let meter = ctx.outbound.meter();
         let limit = self.cfg.max_message_bytes;
-        let mut line = BytesMut::new();
+        let mut line = Vec::new();
         let mut held = Held::new(&meter, 0);
         let mut append = |part: Option<(Vec<u8>, Held)>| {
             if let Some((part, part_held)) = part {
                 line.extend_from_slice(if line.is_empty() { b"[" } else { b"," });
                 line.extend_from_slice(&part);
-                held.resize(line.len());
+                held.resize(footprint(line.len()));
                 drop(part_held);
             }
         };
@@ -578,15 +596,18 @@ impl Connection {
                     let id = req.id.unwrap_or(Id::Null);
                     let err = RpcError::new(
                         ErrorCode::Overloaded,
-                        format!(
-                            "overloaded: not run, as this batch's replies would pass `{key}`; \
-                             send it again, alone or in a smaller batch"
-                        ),
+                        format!("not run: the batch's replies would pass `{key}`"),
                     )
                     .with_data(serde_json::json!({ "limit": key }));
                     let reply = Reply::Other(Response::error(id, err));
                     let part = part(&reply, Held::new(&meter, 0));
-                    running.push_back(Either::Left(ready(Some(part))));
+                    // Joined at once unless earlier replies are still to come (invalid items):
+                    // a thousand refusals must not wait as a thousand buffers.
+                    if running.is_empty() {
+                        append(Some(part));
+                    } else {
+                        running.push_back(Either::Left(ready(Some(part))));
+                    }
                     continue;
                 }
             }
@@ -611,13 +632,27 @@ impl Connection {
             append(done);
         }
         drop(append);
+        // The parsed requests are all gone now.
+        drop(parsed);
         if line.is_empty() {
             return None;
         }
         line.extend_from_slice(b"]\n");
-        held.resize(line.len());
-        Some((line.freeze(), held))
+        // It grew by doubling: what it does not use is given back before it waits to be written.
+        line.shrink_to_fit();
+        held.resize(footprint(line.len()));
+        Some((Bytes::from(line), held))
     }
+}
+
+/// What a batch's parsed requests take while it runs (a thousand of them, about 150 kB, for as
+/// long as the batch runs), counted against the reply budgets with its replies.
+fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
+    let heap: usize = items
+        .iter()
+        .map(|item| item.as_ref().map_or(64, |req| req.method.len() + 64))
+        .sum();
+    std::mem::size_of_val(items) + heap
 }
 
 /// One reply of a batch as JSON text, with `held` counting its bytes until it joins the line.
@@ -628,7 +663,7 @@ fn part(reply: &Reply, mut held: Held) -> (Vec<u8>, Held) {
         )
         .into_bytes()
     });
-    held.resize(text.len());
+    held.resize(footprint(text.capacity()));
     (text, held)
 }
 
@@ -725,13 +760,16 @@ async fn write_loop(
         let mut next = Some(first);
         while let Some(line) = next.take() {
             if line.len() >= WRITE_DIRECT {
-                if !write(id, &mut send, &chunk, &meter, timeout).await {
-                    meter.wrote(line.len());
+                if !write(id, &mut send, &chunk, timeout).await {
+                    meter.wrote(footprint(line.len()));
                     break 'write;
                 }
+                meter.wrote(chunk.len());
                 chunk.clear();
-                if !write(id, &mut send, &line, &meter, timeout).await {
-                    meter.wrote(line.len());
+                let written = write(id, &mut send, &line, timeout).await;
+                meter.wrote(footprint(line.len()));
+                drop(line);
+                if !written {
                     break 'write;
                 }
             } else {
@@ -742,9 +780,10 @@ async fn write_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !write(id, &mut send, &chunk, &meter, timeout).await {
+        if !write(id, &mut send, &chunk, timeout).await {
             break;
         }
+        meter.wrote(chunk.len());
         chunk.clear();
         // A chunk grown for a burst of replies is not kept for the connection's whole life.
         if chunk.capacity() > WRITE_CHUNK {
@@ -756,27 +795,17 @@ async fn write_loop(
     meter.wrote(chunk.len());
     rx.close();
     while let Ok(line) = rx.try_recv() {
-        meter.wrote(line.len());
+        meter.wrote(footprint(line.len()));
     }
 }
 
-/// Write all of `buf`, counting its bytes as written; false if the client is gone or did not
-/// read for `timeout` (the bytes are then still counted).
-async fn write(
-    id: u64,
-    send: &mut WriteHalf<Stream>,
-    buf: &[u8],
-    meter: &Meter,
-    timeout: Duration,
-) -> bool {
+/// Write all of `buf`; false if the client is gone or did not read for `timeout`.
+async fn write(id: u64, send: &mut WriteHalf<Stream>, buf: &[u8], timeout: Duration) -> bool {
     if buf.is_empty() {
         return true;
     }
     match tokio::time::timeout(timeout, send.write_all(buf)).await {
-        Ok(Ok(())) => {
-            meter.wrote(buf.len());
-            true
-        }
+        Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::debug!(conn = id, "client gone: {e}");
             false

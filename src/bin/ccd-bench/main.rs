@@ -23,6 +23,7 @@ mod phase;
 mod query;
 mod report;
 mod suites;
+mod unread;
 mod vfs;
 
 use std::fmt::Write as _;
@@ -35,7 +36,7 @@ use clap::Parser;
 use crate::breaker::{BreakerPlan, BreakerSuite, breaker_suite, breaker_summary};
 use crate::cli::{
     AllArgs, BreakerArgs, Cli, ClientOpts, Cmd, EchoArgs, EventsArgs, MAX_TOTAL_REQUESTS, PingArgs,
-    QueryArgs, StartupArgs, UpsertArgs, VfsArgs,
+    QueryArgs, StartupArgs, UnreadArgs, UpsertArgs, VfsArgs,
 };
 use crate::daemon::Daemon;
 use crate::echo::run_echo_phase;
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Breaker(a) => cmd_breaker(&a),
         Cmd::Events(a) => cmd_events(&a),
         Cmd::Vfs(a) => cmd_vfs(&a),
+        Cmd::Unread(a) => cmd_unread(&a),
         Cmd::All(a) => cmd_all(&a),
         Cmd::Echo(a) => cmd_echo(&a),
     };
@@ -247,6 +249,27 @@ fn cmd_vfs(a: &VfsArgs) -> Result<Outcome> {
         }
         VfsReport::Ran(suite) => Ok(Outcome::from_failures(suite.failures())),
     }
+}
+
+fn cmd_unread(a: &UnreadArgs) -> Result<Outcome> {
+    let plan = crate::unread::UnreadPlan {
+        connections: a.connections,
+        pipeline: a.pipeline,
+        batch: a.batch,
+        budget: a.budget,
+        judged_budget: a.budget.unwrap_or(256 * 1024 * 1024),
+        write_timeout: a.write_timeout,
+        ping_interval: a.ping_interval,
+        settle: a.settle,
+        timeout: a.timeout,
+    };
+    println!("{}", environment_line());
+    let reports = crate::unread::unread_suite(&plan, &a.daemon, &mut Out::Stdout)?;
+    let failed = reports
+        .iter()
+        .filter(|r| !r.passed(plan.judged_budget))
+        .count();
+    Ok(Outcome::from_failures(failed as u64))
 }
 
 fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
