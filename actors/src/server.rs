@@ -631,7 +631,6 @@ impl Connection {
         while let Some(done) = running.next().await {
             append(done);
         }
-        drop(append);
         // The parsed requests are all gone now.
         drop(parsed);
         if line.is_empty() {

@@ -67,6 +67,10 @@ fn main() -> ExitCode {
             eprintln!("ccd-bench: {n} request(s) failed (see above)");
             ExitCode::from(1)
         }
+        Ok(Outcome::Missed(n)) => {
+            eprintln!("ccd-bench: {n} attack(s) missed their targets (see above)");
+            ExitCode::from(1)
+        }
         Err(e) if interrupted() => {
             eprintln!("ccd-bench: interrupted ({e:#})");
             ExitCode::from(130)
@@ -82,6 +86,8 @@ fn main() -> ExitCode {
 enum Outcome {
     Clean,
     Failures(u64),
+    /// `unread`: attacks whose memory, ping or drop target was not met.
+    Missed(u64),
 }
 
 impl Outcome {
@@ -265,11 +271,15 @@ fn cmd_unread(a: &UnreadArgs) -> Result<Outcome> {
     };
     println!("{}", environment_line());
     let reports = crate::unread::unread_suite(&plan, &a.daemon, &mut Out::Stdout)?;
-    let failed = reports
+    let missed = reports
         .iter()
         .filter(|r| !r.passed(plan.judged_budget))
-        .count();
-    Ok(Outcome::from_failures(failed as u64))
+        .count() as u64;
+    Ok(if missed == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Missed(missed)
+    })
 }
 
 fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {

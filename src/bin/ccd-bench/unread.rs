@@ -74,7 +74,7 @@ impl AttackReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "{}: {} connections, {} bytes sent on each, none read",
+            "{}: {} connections, {} bytes of requests on each (as much as the socket takes), none read",
             self.name, self.connections, self.request_bytes
         );
         let _ = writeln!(
@@ -196,10 +196,10 @@ fn attack(
             // The highest VmRSS seen, and when (from the first connection on).
             let mut peak = (0u64, Duration::ZERO);
             while !stop.load(Ordering::SeqCst) {
-                if let Ok(kib) = status_kib(pid, "VmRSS:") {
-                    if kib > peak.0 {
-                        peak = (kib, started.elapsed());
-                    }
+                if let Ok(kib) = status_kib(pid, "VmRSS:")
+                    && kib > peak.0
+                {
+                    peak = (kib, started.elapsed());
                 }
                 thread::sleep(Duration::from_millis(10));
             }
