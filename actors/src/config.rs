@@ -156,6 +156,10 @@ pub struct IpcConfig {
     pub max_batch_requests: usize,
     /// A reply that cannot be written for this long closes the connection.
     pub write_timeout_ms: u64,
+    /// Daemon-wide budget for replies waiting to be written (all connections together, batch
+    /// replies as they are built included); past it the daemon stops reading from connections
+    /// that have replies waiting.
+    pub max_pending_reply_bytes: usize,
 }
 
 impl Default for IpcConfig {
@@ -166,6 +170,7 @@ impl Default for IpcConfig {
             max_inflight_per_connection: 64,
             max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
             write_timeout_ms: 30_000,
+            max_pending_reply_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -345,7 +350,7 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let checks: [(&str, bool, &str); 17] = [
+        let checks: [(&str, bool, &str); 18] = [
             (
                 "events.subscriber_queue",
                 self.events.subscriber_queue >= 1,
@@ -405,6 +410,11 @@ impl Config {
                 "ipc.max_batch_requests",
                 self.ipc.max_batch_requests >= 1,
                 "at least 1",
+            ),
+            (
+                "ipc.max_pending_reply_bytes",
+                self.ipc.max_pending_reply_bytes >= 1024,
+                "at least 1024",
             ),
             ("writer.max_batch", self.writer.max_batch >= 1, "at least 1"),
             (

@@ -8,6 +8,11 @@
 //!   reading from that connection (backpressure) until replies go out;
 //! - replies are queued in a bounded channel and written with a timeout: a client that never
 //!   reads is disconnected after `write_timeout_ms` and stalls nobody else;
+//! - the reply bytes a connection holds (reserved for its requests in flight, a batch's reply
+//!   being built, queued) stay under `max_message_bytes`, and those of all connections under
+//!   the daemon-wide `max_pending_reply_bytes`: past either, the daemon stops reading from the
+//!   connection (a batch answers its remaining requests -32009), except that a connection
+//!   holding nothing may always have one request answered;
 //! - at most `max_connections` connections: at the limit the longest-idle connection is closed
 //!   to make room, and only when none is idle is the new one refused with -32009.
 //!
@@ -27,7 +32,7 @@ use ccd_protocol::{
 };
 use futures_util::StreamExt;
 use futures_util::future::{Either, FutureExt as _, ready};
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::StreamCommon as _;
 use interprocess::local_socket::traits::tokio::Listener as _;
@@ -39,10 +44,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::IpcConfig;
 use crate::gateway::{ConnCtx, GatewayActor, Route};
-use crate::outbound::{Meter, Outbound};
+use crate::outbound::{Held, LARGE_LINE, Meter, Outbound, ReplyBudget, footprint};
 
 /// Replies are written in chunks of up to this many bytes when several are queued.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// A queued line at least this long is written from its own buffer, not copied into a chunk
+/// (shorter ones are counted at their length, see [`footprint`]).
+const WRITE_DIRECT: usize = LARGE_LINE;
+/// A connection's read buffer is shrunk back to this after a longer line.
+const READ_KEEP: usize = 8 * 1024;
 
 /// How a stop ends the requests in flight.
 pub struct Drain {
@@ -70,6 +80,8 @@ pub async fn serve(
     let requests = TaskTracker::new();
     let connections = TaskTracker::new();
     let table = Rc::new(RefCell::new(ConnTable::default()));
+    let budget = Arc::new(ReplyBudget::new(cfg.max_pending_reply_bytes));
+    let estimates = Rc::new(Estimates::new());
     let mut next_id = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -90,7 +102,9 @@ pub async fn serve(
             tracing::warn!(conn = next_id, "refused connection: {why}");
             continue;
         }
-        let admitted = table.borrow_mut().admit(next_id, cfg.max_connections);
+        let admitted = table
+            .borrow_mut()
+            .admit(next_id, cfg.max_connections, &budget);
         let Some(state) = admitted else {
             tracing::warn!(
                 conn = next_id,
@@ -107,6 +121,7 @@ pub async fn serve(
             cfg: cfg.clone(),
             state,
             requests: requests.clone(),
+            estimates: estimates.clone(),
         };
         let table = table.clone();
         connections.spawn_local(async move {
@@ -191,14 +206,15 @@ struct ConnState {
     closed: CancellationToken,
     last_active: Cell<Instant>,
     inflight: Cell<usize>,
-    /// Replies queued for the client and not yet written: such a connection is not idle.
+    /// Reply bytes held for the client (reserved, being built, queued) and not yet written:
+    /// such a connection is not idle.
     unwritten: Arc<Meter>,
     /// Live event subscriptions: such a connection is never idle.
     subscriptions: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ConnTable {
-    fn admit(&mut self, id: u64, max: usize) -> Option<Rc<ConnState>> {
+    fn admit(&mut self, id: u64, max: usize, budget: &Arc<ReplyBudget>) -> Option<Rc<ConnState>> {
         if self.conns.len() >= max {
             let idle = self
                 .conns
@@ -224,7 +240,7 @@ impl ConnTable {
             closed: CancellationToken::new(),
             last_active: Cell::new(Instant::now()),
             inflight: Cell::new(0),
-            unwritten: Arc::default(),
+            unwritten: Arc::new(Meter::new(budget.clone())),
             subscriptions: Default::default(),
         });
         self.conns.insert(id, state.clone());
@@ -239,6 +255,63 @@ struct Connection {
     cfg: IpcConfig,
     state: Rc<ConnState>,
     requests: TaskTracker,
+    estimates: Rc<Estimates>,
+}
+
+/// What each method's reply is expected to weigh, reserved against the reply budgets while a
+/// request runs: the size of its last successful reply, or a bit less than the largest recent
+/// one (an estimate shrinks by an eighth per smaller reply). A method not answered yet is
+/// expected to take [`FIRST_ESTIMATE`]; a name that is no method gets a short error. Twice
+/// that is reserved: the method's answer and the line made from it exist together for a
+/// moment, and a burst of answers (hundreds of connections let in at once) is that large.
+struct Estimates {
+    by_method: HashMap<&'static str, Cell<usize>>,
+}
+
+const FIRST_ESTIMATE: usize = 64 * 1024;
+const ERROR_ESTIMATE: usize = 256;
+
+impl Estimates {
+    fn new() -> Self {
+        let by_method = ccd_protocol::methods::ALL_METHODS
+            .iter()
+            .map(|m| (*m, Cell::new(FIRST_ESTIMATE)))
+            .collect();
+        Estimates { by_method }
+    }
+
+    /// The reply bytes to reserve for `req` (none for a notification), and where to learn its
+    /// real size.
+    fn of(&self, req: &RpcRequest) -> (usize, Option<&Cell<usize>>) {
+        if req.id.is_none() {
+            return (0, None);
+        }
+        match self.by_method.get(req.method.as_str()) {
+            Some(cell) => (2 * cell.get(), Some(cell)),
+            None => (ERROR_ESTIMATE, None),
+        }
+    }
+}
+
+/// Learn a method's reply size from a successful reply (errors are short and say nothing about
+/// the next result).
+fn learn(estimate: Option<&Cell<usize>>, reply: &Reply, len: usize) {
+    if let (Some(cell), Reply::Result(_)) = (estimate, reply) {
+        let old = cell.get();
+        cell.set(footprint(len).max(old - old / 8));
+    }
+}
+
+/// Whether a connection holding `mine` reply bytes with `used` in-flight slots taken may start
+/// work expected to reply `more` bytes: within the per-connection bound and the daemon-wide
+/// budget, or holding nothing at all (so that a client that reads its replies is always served,
+/// one request at a time at worst, whatever the others hold).
+fn admits(meter: &Meter, limit: usize, used: usize, more: usize) -> bool {
+    let mine = meter.unwritten();
+    let budget = meter.budget();
+    (mine == 0 && used == 0)
+        || (mine.saturating_add(more) <= limit
+            && budget.pending().saturating_add(more) <= budget.max())
 }
 
 impl Connection {
@@ -305,11 +378,12 @@ impl Connection {
         let closed = self.state.closed.cancelled();
         tokio::pin!(closing, closed);
         'read: loop {
-            // Read only with a free slot, and only while what is queued for the client stays
-            // under the message size limit: a client that does not read its replies gets no new
-            // request read (backpressure). Requests in flight keep running meanwhile.
+            // Read only with a free slot, and only while the reply bytes held for the client
+            // stay under the message size limit and those of all clients under the daemon-wide
+            // budget: a client that does not read its replies gets no new request read
+            // (backpressure). Requests in flight keep running meanwhile.
             let free = used < max_inflight;
-            let drained = meter.unwritten() <= limit;
+            let drained = admits(&meter, limit, used, 0);
             if !(free && drained) {
                 watch_hangup_once();
             }
@@ -321,7 +395,7 @@ impl Connection {
                     used -= freed;
                     continue;
                 }
-                _ = meter.drained_to(limit), if free && !drained => continue,
+                _ = meter.wait(|m| admits(m, limit, used, 0)), if free && !drained => continue,
                 frame = frames.next(), if free && drained => frame,
             };
             let frame = match frame {
@@ -335,7 +409,8 @@ impl Connection {
                         ),
                     );
                     let line = to_line(&Response::error(Id::Null, err));
-                    inflight.push(self.serve(Work::Invalid(line), 1, ctx.clone()));
+                    let held = Held::new(&meter, 0);
+                    inflight.push(self.serve(Work::Invalid(line), 1, held, ctx.clone()));
                     break;
                 }
                 Some(Err(FrameError::Io(e))) => {
@@ -345,32 +420,56 @@ impl Connection {
             };
             // `last_active` is not set here: the request counts in flight until its reply is
             // queued (a connection with one is never idle), and then sets it.
-            let (work, slots) = match parse_incoming(&frame, self.cfg.max_batch_requests) {
-                Incoming::Invalid(resp) => (Work::Invalid(to_line(&resp)), 1),
-                Incoming::Single(item) => (Work::Single(item), 1),
+            // `expect`: the reply bytes this work is expected to add (a batch: its first
+            // request's; it reserves the rest item by item).
+            let (work, slots, expect) = match parse_incoming(&frame, self.cfg.max_batch_requests) {
+                Incoming::Invalid(resp) => (Work::Invalid(to_line(&resp)), 1, 0),
+                Incoming::Single(Ok(req)) => {
+                    let (expect, estimate) = self.estimates.of(&req);
+                    (Work::Single(Ok(req), estimate), 1, expect)
+                }
+                Incoming::Single(Err(invalid)) => (Work::Single(Err(invalid), None), 1, 0),
                 // A batch's items count against the in-flight limit like single requests, up to
                 // the whole limit: its items then run that many at a time.
                 Incoming::Batch(items) => {
                     let slots = items.len().clamp(1, max_inflight);
-                    (Work::Batch(items), slots)
+                    let expect = items
+                        .iter()
+                        .find_map(|item| item.as_ref().ok().filter(|r| r.id.is_some()))
+                        .map_or(0, |req| self.estimates.of(req).0);
+                    (Work::Batch(items), slots, expect)
                 }
             };
-            if used + slots > max_inflight {
+            drop(frame);
+            // A long line leaves the read buffer grown to its length: that is not kept for as
+            // long as the connection waits (what was read past the line is kept).
+            let buffer = frames.read_buffer_mut();
+            if buffer.capacity() > READ_KEEP && buffer.len() < READ_KEEP {
+                let mut fresh = BytesMut::with_capacity(READ_KEEP);
+                fresh.extend_from_slice(buffer);
+                *buffer = fresh;
+            }
+            let ready =
+                |used: usize| used + slots <= max_inflight && admits(&meter, limit, used, expect);
+            if !ready(used) {
                 watch_hangup_once();
             }
-            while used + slots > max_inflight {
+            while !ready(used) {
                 tokio::select! {
                     biased;
                     _ = &mut closing => break 'read,
                     _ = &mut closed => break 'read,
-                    freed = inflight.next() => match freed {
-                        Some(freed) => used -= freed,
-                        None => break,
-                    },
+                    Some(freed) = inflight.next() => used -= freed,
+                    _ = meter.wait(|m| admits(m, limit, used, expect)),
+                        if used + slots <= max_inflight => {}
                 }
             }
             used += slots;
-            inflight.push(self.serve(work, slots, ctx.clone()));
+            let held = match &work {
+                Work::Batch(items) => Held::new(&meter, batch_bytes(items)),
+                _ => Held::new(&meter, expect),
+            };
+            inflight.push(self.serve(work, slots, held, ctx.clone()));
         }
         // EOF may be a half-close from a client still waiting for its replies, or a client that
         // is gone. Only the latter cancels its work (queries in flight).
@@ -387,28 +486,44 @@ impl Connection {
     /// it is kept small (a few hundred bytes): it is put together from combinators, which hold
     /// each step's state only while it runs (an `async` block would also keep a copy of every
     /// future it captures; this one was 1.5 KiB as one).
-    fn serve(&self, work: Work, slots: usize, ctx: ConnCtx) -> impl Future<Output = usize> + '_ {
+    ///
+    /// `held` is the reply's reservation against the budgets (see [`admits`]); it becomes the
+    /// reply's size once the reply is made, and is given back when the reply is written.
+    fn serve<'a>(
+        &'a self,
+        work: Work<'a>,
+        slots: usize,
+        held: Held,
+        ctx: ConnCtx,
+    ) -> impl Future<Output = usize> + 'a {
         // Tracked from now until its reply is queued, so a graceful stop waits for it, and the
         // connection is not idle meanwhile.
         let tracked = self.requests.token();
         self.state.inflight.set(self.state.inflight.get() + 1);
         let metrics = self.metrics.as_deref();
         let line = match work {
-            Work::Invalid(line) => Either::Left(ready(Some(line))),
-            Work::Single(Err(invalid)) => Either::Left(ready(Some(to_line(&invalid)))),
-            Work::Single(Ok(req)) => Either::Right(Either::Left(
-                answer(&self.gateway, req, ctx.clone(), metrics).map(|r| r.map(|r| to_line(&r))),
+            Work::Invalid(line) => Either::Left(ready(Some((line, held)))),
+            Work::Single(Err(invalid), _) => Either::Left(ready(Some((to_line(&invalid), held)))),
+            Work::Single(Ok(req), estimate) => Either::Right(Either::Left(
+                answer(&self.gateway, req, ctx.clone(), metrics).map(move |r| {
+                    r.map(|r| {
+                        let line = to_line(&r);
+                        learn(estimate, &r, line.len());
+                        (line, held)
+                    })
+                }),
             )),
             // Boxed: a batch's state would make every request's future larger.
             Work::Batch(items) => Either::Right(Either::Right(Box::pin(self.answer_batch(
                 items,
                 slots,
+                held,
                 ctx.clone(),
             )))),
         };
         line.then(move |line| async move {
-            if let Some(line) = line {
-                let _ = ctx.outbound.send(line).await;
+            if let Some((line, held)) = line {
+                let _ = ctx.outbound.send_held(line, held).await;
             }
         })
         .map(move |()| {
@@ -421,27 +536,134 @@ impl Connection {
     }
 
     /// A batch's replies, its items answered `slots` at a time, as one line (none if every
-    /// item was a notification).
+    /// item was a notification), with its bytes counted against the budgets.
+    ///
+    /// The line is built as the items are answered, and counted as it grows: each request
+    /// reserves its expected reply while it runs, and one that would take the connection's
+    /// reply bytes past `max_message_bytes` or the daemon's past `max_pending_reply_bytes`
+    /// waits for the batch's earlier items; when none is left to wait for, it and every later
+    /// request of the batch are not run and are answered -32009 each (the first request
+    /// always runs). Notifications run whatever the budgets, as they reply nothing.
+    ///
+    /// `parsed` counts the parsed requests (see [`batch_bytes`]) until they have all been run.
     async fn answer_batch(
         &self,
         items: Vec<Result<RpcRequest, Response>>,
         slots: usize,
+        parsed: Held,
         ctx: ConnCtx,
-    ) -> Option<Bytes> {
+    ) -> Option<(Bytes, Held)> {
         let metrics = self.metrics.as_deref();
-        let replies: Vec<Option<Reply>> =
-            futures_util::stream::iter(items.into_iter().map(|item| async {
-                match item {
-                    Ok(req) => answer(&self.gateway, req, ctx.clone(), metrics).await,
-                    Err(invalid) => Some(Reply::Other(invalid)),
+        let meter = ctx.outbound.meter();
+        let limit = self.cfg.max_message_bytes;
+        let mut line = Vec::new();
+        let mut held = Held::new(&meter, 0);
+        let mut append = |part: Option<(Vec<u8>, Held)>| {
+            if let Some((part, part_held)) = part {
+                line.extend_from_slice(if line.is_empty() { b"[" } else { b"," });
+                line.extend_from_slice(&part);
+                held.resize(footprint(line.len()));
+                drop(part_held);
+            }
+        };
+        let mut running = FuturesOrdered::new();
+        let mut started = false;
+        let mut refused: Option<&'static str> = None;
+        for item in items {
+            let req = match item {
+                Ok(req) => req,
+                Err(invalid) => {
+                    let part = part(&Reply::Other(invalid), Held::new(&meter, 0));
+                    running.push_back(Either::Left(ready(Some(part))));
+                    continue;
                 }
-            }))
-            .buffered(slots)
-            .collect()
-            .await;
-        let replies: Vec<Reply> = replies.into_iter().flatten().collect();
-        (!replies.is_empty()).then(|| to_line(&replies))
+            };
+            let (expect, estimate) = self.estimates.of(&req);
+            if expect > 0 && started {
+                while refused.is_none() {
+                    let mine = meter.unwritten().saturating_add(expect);
+                    let all = meter.budget().pending().saturating_add(expect);
+                    if mine <= limit && all <= meter.budget().max() {
+                        break;
+                    }
+                    match running.next().await {
+                        Some(done) => append(done),
+                        None if mine > limit => refused = Some("ipc.max_message_bytes"),
+                        None => refused = Some("ipc.max_pending_reply_bytes"),
+                    }
+                }
+                if let Some(key) = refused {
+                    let id = req.id.unwrap_or(Id::Null);
+                    let err = RpcError::new(
+                        ErrorCode::Overloaded,
+                        format!("not run: the batch's replies would pass `{key}`"),
+                    )
+                    .with_data(serde_json::json!({ "limit": key }));
+                    let reply = Reply::Other(Response::error(id, err));
+                    let part = part(&reply, Held::new(&meter, 0));
+                    // Joined at once unless earlier replies are still to come (invalid items):
+                    // a thousand refusals must not wait as a thousand buffers.
+                    if running.is_empty() {
+                        append(Some(part));
+                    } else {
+                        running.push_back(Either::Left(ready(Some(part))));
+                    }
+                    continue;
+                }
+            }
+            started |= expect > 0;
+            while running.len() >= slots {
+                match running.next().await {
+                    Some(done) => append(done),
+                    None => break,
+                }
+            }
+            let reserved = Held::new(&meter, expect);
+            let answered = answer(&self.gateway, req, ctx.clone(), metrics).map(move |r| {
+                r.map(|r| {
+                    let done = part(&r, reserved);
+                    learn(estimate, &r, done.0.len());
+                    done
+                })
+            });
+            running.push_back(Either::Right(answered));
+        }
+        while let Some(done) = running.next().await {
+            append(done);
+        }
+        // The parsed requests are all gone now.
+        drop(parsed);
+        if line.is_empty() {
+            return None;
+        }
+        line.extend_from_slice(b"]\n");
+        // It grew by doubling: what it does not use is given back before it waits to be written.
+        line.shrink_to_fit();
+        held.resize(footprint(line.len()));
+        Some((Bytes::from(line), held))
     }
+}
+
+/// What a batch's parsed requests take while it runs (a thousand of them, about 150 kB, for as
+/// long as the batch runs), counted against the reply budgets with its replies.
+fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
+    let heap: usize = items
+        .iter()
+        .map(|item| item.as_ref().map_or(64, |req| req.method.len() + 64))
+        .sum();
+    std::mem::size_of_val(items) + heap
+}
+
+/// One reply of a batch as JSON text, with `held` counting its bytes until it joins the line.
+fn part(reply: &Reply, mut held: Held) -> (Vec<u8>, Held) {
+    let text = serde_json::to_vec(reply).unwrap_or_else(|e| {
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"could not encode reply: {e}"}},"id":null}}"#
+        )
+        .into_bytes()
+    });
+    held.resize(footprint(text.capacity()));
+    (text, held)
 }
 
 /// Cancel `closed` once the peer has closed its end entirely (POLLHUP), checked every 100 ms
@@ -479,10 +701,11 @@ enum Reply {
     Other(Response),
 }
 
-enum Work {
+enum Work<'a> {
     /// An error reply already made (an invalid line).
     Invalid(Bytes),
-    Single(Result<RpcRequest, Response>),
+    /// A request (and where to learn its method's reply size), or an error reply.
+    Single(Result<RpcRequest, Response>, Option<&'a Cell<usize>>),
     Batch(Vec<Result<RpcRequest, Response>>),
 }
 
@@ -517,6 +740,12 @@ fn answer<'a>(
     })
 }
 
+/// Write the connection's queued lines until the queue closes or a write fails or times out.
+///
+/// Short lines that are queued together are copied into one chunk and written at once (each
+/// dropped as it is copied); a long line is written from its own buffer, so that no reply is
+/// ever held twice. A line's bytes stop counting against the budgets once written, or once it
+/// is clear that they never will be.
 async fn write_loop(
     id: u64,
     mut send: WriteHalf<Stream>,
@@ -526,32 +755,66 @@ async fn write_loop(
     closed: CancellationToken,
 ) {
     let mut chunk = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        chunk.extend_from_slice(&first);
-        // Coalesce replies already queued into one write.
-        while chunk.len() < WRITE_CHUNK {
-            match rx.try_recv() {
-                Ok(more) => chunk.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        match tokio::time::timeout(timeout, send.write_all(&chunk)).await {
-            Ok(Ok(())) => {
+    'write: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(line) = next.take() {
+            if line.len() >= WRITE_DIRECT {
+                if !write(id, &mut send, &chunk, timeout).await {
+                    meter.wrote(footprint(line.len()));
+                    break 'write;
+                }
                 meter.wrote(chunk.len());
                 chunk.clear();
+                let written = write(id, &mut send, &line, timeout).await;
+                meter.wrote(footprint(line.len()));
+                drop(line);
+                if !written {
+                    break 'write;
+                }
+            } else {
+                chunk.extend_from_slice(&line);
             }
-            Ok(Err(e)) => {
-                tracing::debug!(conn = id, "client gone: {e}");
-                break;
+            // Coalesce replies already queued into one write.
+            if chunk.len() < WRITE_CHUNK {
+                next = rx.try_recv().ok();
             }
-            Err(_) => {
-                tracing::warn!(
-                    conn = id,
-                    "client did not read its replies for {timeout:?}; closing the connection"
-                );
-                break;
-            }
+        }
+        if !write(id, &mut send, &chunk, timeout).await {
+            break;
+        }
+        meter.wrote(chunk.len());
+        chunk.clear();
+        // A chunk grown for a burst of replies is not kept for the connection's whole life.
+        if chunk.capacity() > WRITE_CHUNK {
+            chunk = BytesMut::new();
         }
     }
     closed.cancel();
+    // What is still queued will not be written: it no longer counts.
+    meter.wrote(chunk.len());
+    rx.close();
+    while let Ok(line) = rx.try_recv() {
+        meter.wrote(footprint(line.len()));
+    }
+}
+
+/// Write all of `buf`; false if the client is gone or did not read for `timeout`.
+async fn write(id: u64, send: &mut WriteHalf<Stream>, buf: &[u8], timeout: Duration) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    match tokio::time::timeout(timeout, send.write_all(buf)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(conn = id, "client gone: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                conn = id,
+                "client did not read its replies for {timeout:?}; closing the connection"
+            );
+            false
+        }
+    }
 }

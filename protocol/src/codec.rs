@@ -133,8 +133,18 @@ pub fn to_line<T: serde::Serialize>(value: &T) -> Bytes {
             .into_bytes()
     });
     out.push(b'\n');
+    // The vector grew by doubling: a reply of 61 kB could sit in 122 kB (the `\n`, or the
+    // `"id"` after a long result, doubling a vector sized to the result), held for as long as
+    // the reply waits to be written. Large leftovers are given back (in place, for large
+    // allocations); small replies are left as they are.
+    if out.capacity() - out.len() >= SHRINK_SLACK {
+        out.shrink_to_fit();
+    }
     Bytes::from(out)
 }
+
+/// Unused capacity from which [`to_line`] shrinks a reply's buffer.
+const SHRINK_SLACK: usize = 4096;
 
 #[cfg(test)]
 mod tests {

@@ -169,3 +169,148 @@ fn a_client_that_does_not_read_its_big_replies_is_not_read_either() {
     writing.join().unwrap();
     assert_eq!(settings_count(&d), N as u64);
 }
+
+/// `VmHWM` (peak resident memory) or `VmRSS` of a process, in bytes, from /proc.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable {line}"));
+    kib * 1024
+}
+
+/// Open a connection, send it `bytes` without blocking (what the daemon does not read stays
+/// unsent) and never read from it.
+fn never_reading(d: &Daemon, bytes: &[u8]) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).expect("connect");
+    s.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match s.write(&bytes[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("sending: {e}"),
+        }
+    }
+    s
+}
+
+#[test]
+fn replies_nobody_reads_stay_within_the_daemon_wide_budget() {
+    // rpc.discover replies are about 60 kB. Sixteen connections pipeline 2,000 of them each and
+    // two send a batch of 1,000, and none reads a byte. Before the budget, each pipelining
+    // connection held its unread replies up to `ipc.max_message_bytes` (8 MiB) plus 64 in
+    // flight, and each batch built all of its 1,000 replies (about 120 MB): about 500 MB in all.
+    // With a budget of 4 MiB the daemon stops reading them (and cuts the batches short) at
+    // about that, plus one reply per connection.
+    const BUDGET: u64 = 4 * 1024 * 1024;
+    const MARGIN: u64 = 96 * 1024 * 1024;
+    let d = Daemon::builder()
+        .env("CCD_IPC_MAX_PENDING_REPLY_BYTES", &BUDGET.to_string())
+        .env("CCD_IPC_WRITE_TIMEOUT_MS", "2000")
+        .start();
+    let pid = d.pid();
+    let discover = r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#;
+    // Warm up (the first replies allocate what the daemon keeps), then take the baseline.
+    let mut warm = d.connect();
+    for _ in 0..3 {
+        assert!(warm.call("rpc.discover", json!({})).is_ok());
+    }
+    let idle = proc_status_bytes(pid, "VmRSS:");
+
+    let pipeline = format!("{discover}\n").repeat(2000);
+    let batch = format!("[{}]\n", vec![discover; 1000].join(","));
+    let mut hogs = Vec::new();
+    for _ in 0..16 {
+        hogs.push(never_reading(&d, pipeline.as_bytes()));
+    }
+    for _ in 0..2 {
+        hogs.push(never_reading(&d, batch.as_bytes()));
+    }
+    // Other clients are still served: a fresh connection, and one that was open before.
+    let mut fresh = d.connect();
+    fresh.set_read_timeout(Duration::from_secs(30));
+    assert_eq!(fresh.call("system.ping", json!({})).unwrap(), "pong");
+    assert_eq!(warm.call("system.ping", json!({})).unwrap(), "pong");
+
+    // Every connection that does not read is dropped after the write timeout.
+    wait_until(
+        "the daemon to drop every connection that does not read",
+        Duration::from_secs(120),
+        || {
+            let log = std::fs::read_to_string(d.path().join("logs/ccd.log")).unwrap_or_default();
+            log.matches("did not read its replies").count() >= hogs.len()
+        },
+    );
+    let peak = proc_status_bytes(pid, "VmHWM:");
+    eprintln!("idle RSS {} MiB, peak {} MiB", idle >> 20, peak >> 20);
+    assert!(
+        peak < idle + BUDGET + MARGIN,
+        "peak RSS {} MiB with {} MiB idle: more than the {} MiB budget plus {} MiB",
+        peak >> 20,
+        idle >> 20,
+        BUDGET >> 20,
+        MARGIN >> 20
+    );
+    drop(hogs);
+
+    // The budget is whole again once they are gone: a batch of 50 (about 3 MB, under the
+    // budget) is answered in full, in order.
+    let small_batch: Vec<_> = (0..50)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
+        .collect();
+    fresh.send(&json!(small_batch));
+    let replies = fresh.recv().expect("the batch's reply");
+    let replies = replies.as_array().expect("an array");
+    assert_eq!(replies.len(), 50);
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["id"], i, "in order");
+        assert!(r.get("result").is_some(), "{}", r["error"]);
+    }
+}
+
+#[test]
+fn a_batch_whose_replies_would_pass_the_per_connection_bound_is_cut_short() {
+    // 1,000 rpc.discover (about 60 kB each) would make a 60 MB reply line; with 1 MiB of
+    // replies allowed per connection, those that would pass it are not run and get -32009.
+    const LIMIT: usize = 1024 * 1024;
+    let d = Daemon::builder()
+        .config(&format!("[ipc]\nmax_message_bytes = {LIMIT}\n"))
+        .start();
+    let mut c = d.connect();
+    c.set_read_timeout(Duration::from_secs(30));
+    let batch: Vec<_> = (0..1000)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "rpc.discover"}))
+        .collect();
+    c.send(&json!(batch));
+    let replies = c.recv().expect("the batch's reply");
+    let replies = replies.as_array().expect("an array");
+    assert_eq!(replies.len(), 1000, "one reply per request");
+    let mut ran = 0;
+    let mut bytes = 0;
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["id"], i, "in order");
+        if r.get("result").is_some() {
+            assert_eq!(ran, i, "the requests that ran come first");
+            ran += 1;
+            bytes += r.to_string().len();
+        } else {
+            assert_eq!(code(&r["error"]), -32009, "{r}");
+            assert_eq!(r["error"]["data"]["limit"], "ipc.max_message_bytes", "{r}");
+        }
+    }
+    assert!(ran >= 1, "the first request always runs");
+    assert!(
+        bytes <= LIMIT,
+        "{ran} replies of {bytes} bytes in all passed the bound"
+    );
+    // The connection stays usable, and a request on its own is answered in full.
+    assert!(c.call("rpc.discover", json!({})).is_ok());
+}

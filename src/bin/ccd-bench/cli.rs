@@ -167,6 +167,20 @@ pub(crate) enum Cmd {
     /// 5 ms). Finally stops the daemon and checks that its mount is gone. Skipped (exit
     /// status 0) when /dev/fuse does not exist.
     Vfs(VfsArgs),
+    /// The daemon's memory under clients that ask for large replies and never read them.
+    ///
+    /// Two attacks, each on a fresh daemon started with CCD_IPC_MAX_CONNECTIONS raised to
+    /// N + 64 (and ccd-bench's soft open-file limit raised to its hard limit, which the daemon
+    /// inherits): N connections that each pipeline K `rpc.discover` requests (a reply of about
+    /// 60 kB each), then N connections that each send one batch of B of them; none of them ever
+    /// reads. Meanwhile one well-behaved connection sends `system.ping` every --ping-interval
+    /// and times the replies. Reads the daemon's VmRSS before (idle, after a warm-up),
+    /// VmHWM once the daemon has dropped every connection (after `ipc.write_timeout_ms`), and
+    /// VmRSS once they are gone. Targets: peak under the reply budget
+    /// (`ipc.max_pending_reply_bytes`) + 64 MiB, ping p99 under 50 ms, every connection
+    /// dropped. Not part of `all` (it takes over a minute and, on a daemon without the budget,
+    /// gigabytes).
+    Unread(UnreadArgs),
     /// Everything, with defaults, as a markdown report for docs/benchmarks.md.
     ///
     /// Runs ping with 1 and 16 connections (each with its echo baseline), upsert with 64
@@ -460,6 +474,42 @@ pub(crate) struct EventsArgs {
     pub(crate) subscriber_queue: Option<u32>,
     #[command(flatten)]
     pub(crate) limits: Limits,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonOpts,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct UnreadArgs {
+    /// Never-reading connections of each attack
+    #[arg(short, long, value_name = "N", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub(crate) connections: u32,
+    /// `rpc.discover` requests each connection of the first attack pipelines (what the socket
+    /// takes without blocking is sent)
+    #[arg(short = 'k', long, value_name = "K", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) pipeline: u32,
+    /// `rpc.discover` requests in each connection's batch in the second attack
+    #[arg(short, long, value_name = "B", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) batch: u32,
+    /// `ipc.max_pending_reply_bytes` given to the daemons (CCD_IPC_MAX_PENDING_REPLY_BYTES)
+    /// [default: not set, so the daemon's own default, 256 MiB, against which the peak is
+    /// judged]
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) budget: Option<u64>,
+    /// `ipc.write_timeout_ms` given to the daemons [default: not set, so 30 s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) write_timeout: Option<Duration>,
+    /// Pause between the well-behaved client's pings
+    #[arg(long, value_name = "DURATION", default_value = "10ms", value_parser = parse_duration)]
+    pub(crate) ping_interval: Duration,
+    /// How long to wait, after the connections are gone, for the RSS to come back near idle
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub(crate) settle: Duration,
+    /// Give up on a ping, or a start, after this long
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
     #[command(flatten)]
     pub(crate) daemon: DaemonOpts,
 }

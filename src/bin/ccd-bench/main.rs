@@ -25,6 +25,7 @@ mod query;
 mod report;
 mod stream;
 mod suites;
+mod unread;
 mod vfs;
 
 use std::fmt::Write as _;
@@ -38,7 +39,7 @@ use clap::Parser;
 use crate::breaker::{BreakerPlan, BreakerSuite, breaker_suite, breaker_summary};
 use crate::cli::{
     AllArgs, BreakerArgs, Cli, ClientOpts, Cmd, EchoArgs, EventsArgs, MAX_TOTAL_REQUESTS, PingArgs,
-    QueryArgs, StartupArgs, StreamArgs, UpsertArgs, VfsArgs,
+    QueryArgs, StartupArgs, StreamArgs, UnreadArgs, UpsertArgs, VfsArgs,
 };
 use crate::daemon::Daemon;
 use crate::echo::run_echo_phase;
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Breaker(a) => cmd_breaker(&a),
         Cmd::Events(a) => cmd_events(&a),
         Cmd::Vfs(a) => cmd_vfs(&a),
+        Cmd::Unread(a) => cmd_unread(&a),
         Cmd::All(a) => cmd_all(&a),
         Cmd::Echo(a) => cmd_echo(&a),
     };
@@ -69,6 +71,10 @@ fn main() -> ExitCode {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Failures(n)) => {
             eprintln!("ccd-bench: {n} request(s) failed (see above)");
+            ExitCode::from(1)
+        }
+        Ok(Outcome::Missed(n)) => {
+            eprintln!("ccd-bench: {n} attack(s) missed their targets (see above)");
             ExitCode::from(1)
         }
         Err(e) if interrupted() => {
@@ -86,6 +92,8 @@ fn main() -> ExitCode {
 enum Outcome {
     Clean,
     Failures(u64),
+    /// `unread`: attacks whose memory, ping or drop target was not met.
+    Missed(u64),
 }
 
 impl Outcome {
@@ -267,6 +275,31 @@ fn cmd_vfs(a: &VfsArgs) -> Result<Outcome> {
         }
         VfsReport::Ran(suite) => Ok(Outcome::from_failures(suite.failures())),
     }
+}
+
+fn cmd_unread(a: &UnreadArgs) -> Result<Outcome> {
+    let plan = crate::unread::UnreadPlan {
+        connections: a.connections,
+        pipeline: a.pipeline,
+        batch: a.batch,
+        budget: a.budget,
+        judged_budget: a.budget.unwrap_or(256 * 1024 * 1024),
+        write_timeout: a.write_timeout,
+        ping_interval: a.ping_interval,
+        settle: a.settle,
+        timeout: a.timeout,
+    };
+    println!("{}", environment_line());
+    let reports = crate::unread::unread_suite(&plan, &a.daemon, &mut Out::Stdout)?;
+    let missed = reports
+        .iter()
+        .filter(|r| !r.passed(plan.judged_budget))
+        .count() as u64;
+    Ok(if missed == 0 {
+        Outcome::Clean
+    } else {
+        Outcome::Missed(missed)
+    })
 }
 
 fn cmd_echo(a: &EchoArgs) -> Result<Outcome> {
