@@ -114,6 +114,14 @@ impl Subscriber {
 }
 
 /// A new subscription, with what a replay needs ([`Bus::try_subscribe_from`]).
+/// Where a replaying subscription starts: after this event, with at most this many logged
+/// events replayed.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayFrom {
+    pub after_seq: u64,
+    pub max_events: u32,
+}
+
 pub struct Subscription {
     pub sub: Arc<Subscriber>,
     /// The last event published before it.
@@ -255,6 +263,59 @@ impl Bus {
             logged_before,
             pending,
         })
+    }
+
+    /// Subscribe with a replay: the events logged after `after_seq` (at most `replay_max`; the
+    /// older ones are reported by a `lagged` event first), then those still waiting for the
+    /// log, then every event published from now on. Returns the subscription and the replay,
+    /// oldest first, with nothing missing or repeated between the two. `None` when `conn`
+    /// already holds `max` subscriptions.
+    pub async fn subscribe_replaying(
+        &self,
+        reader: &crate::reader::Reader,
+        conn: u64,
+        filter: EventFilter,
+        capacity: usize,
+        max: usize,
+        from: ReplayFrom,
+    ) -> Result<Option<(Subscription, Vec<Event>)>, crate::ActorError> {
+        let ReplayFrom {
+            after_seq,
+            max_events: replay_max,
+        } = from;
+        // No write of the log may run between the subscription and the read of the log, or a
+        // batch being written would be in neither.
+        let hold = self.hold_log().await;
+        let types = filter.types.clone().unwrap_or_default();
+        let wanted = filter.clone();
+        let Some(s) = self.try_subscribe_from(conn, filter, capacity, max, after_seq) else {
+            return Ok(None);
+        };
+        let before = s.logged_before;
+        let logged = reader
+            .read("replaying events", move |c| {
+                store::events_between(c, after_seq, before, &types, replay_max)
+            })
+            .await;
+        drop(hold);
+        let (logged, left_out) = match logged {
+            Ok(r) => r,
+            Err(e) => {
+                self.remove(s.sub.id);
+                return Err(e);
+            }
+        };
+        let mut replay: Vec<Event> = Vec::new();
+        if left_out > 0 {
+            replay.push(Event {
+                seq: logged.first().map_or(before, |e| e.seq).saturating_sub(1),
+                ts: store::rfc3339(store::now_ms()),
+                kind: EventKind::Lagged { missed: left_out },
+            });
+        }
+        replay.extend(logged.into_iter().filter(|e| wanted.matches(&e.kind)));
+        replay.extend(s.pending.iter().map(|e| (**e).clone()));
+        Ok(Some((s, replay)))
     }
 
     /// Wait until no write of the log is under way, and keep any from starting until the

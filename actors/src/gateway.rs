@@ -706,46 +706,23 @@ impl GatewayActor {
                         actix_rt::spawn(deliver(bus, s.sub, conn, Vec::new()));
                         return Some(Reply::Ready(to_answer(answer)));
                     };
-                    // Replay, then live: no write of the log may run between the subscription
-                    // and the read of the log, or a batch being written would be in neither.
+                    // Replay, then live.
                     let reader = self.reader.clone();
                     Reply::later(async move {
-                        let hold = bus.hold_log().await;
-                        let types = filter.types.clone().unwrap_or_default();
-                        let wanted = filter.clone();
-                        let s = bus
-                            .try_subscribe_from(
+                        let (s, replay) = bus
+                            .subscribe_replaying(
+                                &reader,
                                 conn.id,
                                 filter,
                                 queue,
                                 MAX_SUBSCRIPTIONS_PER_CONNECTION,
-                                after,
+                                crate::eventbus::ReplayFrom {
+                                    after_seq: after,
+                                    max_events: REPLAY_MAX,
+                                },
                             )
+                            .await?
                             .ok_or_else(overloaded)?;
-                        let before = s.logged_before;
-                        let logged = reader
-                            .read("replaying events", move |c| {
-                                store::events_between(c, after, before, &types, REPLAY_MAX)
-                            })
-                            .await;
-                        drop(hold);
-                        let (logged, left_out) = match logged {
-                            Ok(r) => r,
-                            Err(e) => {
-                                bus.remove(s.sub.id);
-                                return Err(e);
-                            }
-                        };
-                        let mut replay: Vec<types::Event> = Vec::new();
-                        if left_out > 0 {
-                            replay.push(types::Event {
-                                seq: logged.first().map_or(before, |e| e.seq).saturating_sub(1),
-                                ts: store::rfc3339(store::now_ms()),
-                                kind: types::EventKind::Lagged { missed: left_out },
-                            });
-                        }
-                        replay.extend(logged.into_iter().filter(|e| wanted.matches(&e.kind)));
-                        replay.extend(s.pending.iter().map(|e| (**e).clone()));
                         let answer = types::Subscribed {
                             subscription_id: s.sub.id,
                             last_seq: s.last_seq,
@@ -963,7 +940,7 @@ const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 64;
 
 /// Most logged events one subscription replays (`after_seq`); older ones are reported as a
 /// `lagged` event.
-const REPLAY_MAX: u32 = 100_000;
+pub const REPLAY_MAX: u32 = 100_000;
 
 /// Deliver a subscription's events as `event` notifications until it ends or the client goes.
 /// Waiting on a slow client blocks only this task: the bus drops the subscriber's oldest events

@@ -615,14 +615,63 @@ async fn api_events(
                 )
             }));
     };
-    let sub = st.bus.subscribe(
-        u64::MAX - 2,
-        EventFilter {
-            types,
-            ..Default::default()
+    let filter = EventFilter {
+        types,
+        ..Default::default()
+    };
+    // A reconnecting EventSource sends the last id it saw: what happened since comes first,
+    // from the event log, then the live events, none missing or repeated.
+    let last_id = match req.headers().get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if v.trim().is_empty() => None,
+        Some(Ok(v)) => match v.trim().parse::<u64>() {
+            Ok(seq) => Some(seq),
+            Err(_) => {
+                return HttpResponse::BadRequest().json(json!({
+                    "error": format!("Last-Event-ID must be an event's seq (a number), got `{v}`")
+                }));
+            }
         },
-        STREAM_QUEUE,
-    );
+        Some(Err(_)) => {
+            return HttpResponse::BadRequest()
+                .json(json!({ "error": "Last-Event-ID must be an event's seq (a number)" }));
+        }
+    };
+    let (sub, replay) = match last_id {
+        None => (
+            st.bus.subscribe(u64::MAX - 2, filter, STREAM_QUEUE),
+            Vec::new(),
+        ),
+        Some(after) => {
+            let replayed = st
+                .bus
+                .subscribe_replaying(
+                    &st.reader,
+                    u64::MAX - 2,
+                    filter,
+                    STREAM_QUEUE,
+                    usize::MAX,
+                    crate::eventbus::ReplayFrom {
+                        after_seq: after,
+                        max_events: crate::gateway::REPLAY_MAX,
+                    },
+                )
+                .await;
+            match replayed {
+                Ok(Some((s, replay))) => (s.sub, replay),
+                // Only a connection holding `max` subscriptions is refused, and HTTP streams
+                // have no such limit (their slots are counted above): answered all the same.
+                Ok(None) => {
+                    return HttpResponse::ServiceUnavailable()
+                        .json(json!({ "error": "too many event streams" }));
+                }
+                Err(e) => {
+                    return HttpResponse::InternalServerError()
+                        .json(json!({ "error": format!("replaying events: {e}") }));
+                }
+            }
+        }
+    };
     // The stream owns the subscription and the slot: when actix-web drops it (the client went
     // away, noticed when a write to it fails), the guard takes the subscriber off the bus.
     let sub = Subscription {
@@ -630,12 +679,19 @@ async fn api_events(
         bus: st.bus.clone(),
         _slot: slot,
     };
-    let stream = futures_util::stream::unfold(sub, |sub| async move {
+    let first = (!replay.is_empty()).then(|| {
+        let replay: Vec<Arc<types::Event>> = replay.into_iter().map(Arc::new).collect();
+        sse_chunk(&replay, 0)
+    });
+    let stream = futures_util::stream::unfold((sub, first), |(sub, first)| async move {
+        if let Some(chunk) = first {
+            return Some((Ok::<_, actix_web::Error>(chunk), (sub, None)));
+        }
         let chunk = match tokio::time::timeout(KEEPALIVE, sub.sub.next_shared()).await {
             Ok((events, missed)) => sse_chunk(&events, missed),
             Err(_) => Bytes::from_static(b": keep-alive\n\n"),
         };
-        Some((Ok::<_, actix_web::Error>(chunk), sub))
+        Some((Ok::<_, actix_web::Error>(chunk), (sub, None)))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")

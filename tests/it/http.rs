@@ -545,3 +545,94 @@ fn http_limits_are_validated() {
         assert!(shown.contains(key), "{key} missing from:\n{shown}");
     }
 }
+
+#[test]
+fn an_event_stream_resumes_after_last_event_id() {
+    let (d, addr) = http_daemon("");
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            d.call("session.create", json!({})).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // The first one's seq, once the log has it.
+    let mut first = 0;
+    wait_until("the events to be logged", Duration::from_secs(30), || {
+        let events = d
+            .call("event.list", json!({"types": ["session.created"]}))
+            .unwrap();
+        let found = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["session_id"] == ids[0].as_str())
+            .and_then(|e| e["seq"].as_u64());
+        first = found.unwrap_or(0);
+        found.is_some()
+    });
+    // A reconnecting EventSource: what came after the id it saw, then what happens live.
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /api/events?types=session.created HTTP/1.1\r\nHost: {addr}\r\nLast-Event-ID: {first}\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let live = d.call("session.create", json!({})).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    let mut id = 0;
+    while seen.len() < 3 {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the event stream ended"
+        );
+        if let Some(v) = line.trim_end().strip_prefix("id: ") {
+            id = v.parse().unwrap();
+        }
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            let e: Value = serde_json::from_str(data).unwrap();
+            seen.push((id, e["session_id"].as_str().unwrap().to_string()));
+        }
+    }
+    let sessions: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(sessions, [ids[1].as_str(), ids[2].as_str(), live.as_str()]);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert!(seen[0].0 > first);
+    // An id that is not a seq is refused, not ignored.
+    let (status, _, body) = get_with(&addr, "/api/events", &[("Last-Event-ID", "yesterday")]);
+    assert_eq!(status, 400, "{body}");
+}
+
+/// A GET with extra headers: status, head, body.
+fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = String::new();
+    let _ = s.read_to_string(&mut all);
+    let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
