@@ -534,17 +534,35 @@ impl WriteOp for DeleteBackup {
     }
 }
 
+/// A copy of the database made by [`snapshot_in`], waiting for [`place_snapshot`] to give it its
+/// name. It lives in a private directory (0700) of its own beside the destination: SQLite
+/// names its journal after the file (`<name>-journal`), and in a directory other users may
+/// write (a shared backups folder, /tmp) one of them could plant a symlink by that name; in a
+/// directory only we can enter, nobody can. Dropped unplaced, it is removed.
+#[derive(Debug)]
+pub struct Snapshot {
+    file: tempfile::NamedTempFile,
+    _dir: tempfile::TempDir,
+}
+
 /// A consistent copy of the database at `src`, made with SQLite's online backup API in one
 /// step from a read-only connection (WAL readers never block the writer, which keeps
-/// committing), into a new temporary file of `dir` with a name of its own (so concurrent
-/// backups never share one, and no file already there is touched). Dropped, it is removed.
-pub fn snapshot_in(src: &Path, dir: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
+/// committing), into a new file in a private directory made inside `dir` (the destination's
+/// directory, so that placing it is a rename; concurrent backups never share one, and no file
+/// already there is touched).
+pub fn snapshot_in(src: &Path, dir: &Path) -> anyhow::Result<Snapshot> {
+    use std::os::unix::fs::PermissionsExt;
     let from = open_reader(src)?.context("the database does not exist yet")?;
-    let tmp = tempfile::Builder::new()
+    let private = tempfile::Builder::new()
         .prefix(".ccd-backup-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a private directory in {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("backup-")
         .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .tempfile_in(private.path())
+        .with_context(|| format!("creating a temporary file in {}", private.path().display()))?;
     let mut to = Connection::open(tmp.path())
         .with_context(|| format!("opening {}", tmp.path().display()))?;
     {
@@ -554,24 +572,28 @@ pub fn snapshot_in(src: &Path, dir: &Path) -> anyhow::Result<tempfile::NamedTemp
     to.close()
         .map_err(|(_, e)| e)
         .context("closing backup file")?;
-    Ok(tmp)
+    Ok(Snapshot {
+        file: tmp,
+        _dir: private,
+    })
 }
 
 /// Give `snapshot` the name `dest` if nothing has it, not even a dangling symlink (in one step,
 /// so of two backups to the same name exactly one wins): its size. When the name is taken,
 /// the snapshot comes back untouched, to try another name or drop.
-pub fn place_snapshot(
-    snapshot: tempfile::NamedTempFile,
-    dest: &Path,
-) -> anyhow::Result<Result<u64, tempfile::NamedTempFile>> {
-    let size = snapshot
+pub fn place_snapshot(snapshot: Snapshot, dest: &Path) -> anyhow::Result<Result<u64, Snapshot>> {
+    let Snapshot { file, _dir } = snapshot;
+    let size = file
         .as_file()
         .metadata()
         .context("reading the backup's size")?
         .len();
-    match snapshot.persist_noclobber(dest) {
+    match file.persist_noclobber(dest) {
         Ok(_) => Ok(Ok(size)),
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(e.file)),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(Snapshot {
+            file: e.file,
+            _dir,
+        })),
         Err(e) => {
             Err(e.error).with_context(|| format!("moving backup into place at {}", dest.display()))
         }
@@ -765,7 +787,13 @@ mod tests {
         for taken in [&dest, &nowhere] {
             let snap = snapshot_in(&db_path(dir.path()), dir.path()).unwrap();
             let back = place_snapshot(snap, taken).unwrap().unwrap_err();
-            assert!(back.path().exists());
+            assert!(back.file.path().exists());
+            // Made where only we can enter: nobody else can plant its journal's name.
+            use std::os::unix::fs::PermissionsExt;
+            let private = back.file.path().parent().unwrap();
+            assert_ne!(private, dir.path());
+            let mode = std::fs::metadata(private).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
         }
         assert_eq!(std::fs::metadata(&dest).unwrap().len(), size);
         assert!(nowhere.symlink_metadata().unwrap().is_symlink());
@@ -773,7 +801,7 @@ mod tests {
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".partial"))
+            .filter(|n| n.ends_with(".partial") || n.starts_with(".ccd-backup-"))
             .collect();
         left.sort();
         assert_eq!(left, ["b.db.partial"]);
