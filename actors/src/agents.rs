@@ -675,8 +675,65 @@ pub struct AgentService {
     writer: Addr<WriterActor>,
     reader: Reader,
     key: Arc<MasterKey>,
-    /// Told after every change (the VFS rebuilds its view).
-    changed: Arc<tokio::sync::Notify>,
+    /// Told after every change (the VFS rebuilds its view), and told back when it serves it.
+    changed: Arc<Changes>,
+}
+
+/// Changes of definitions, rules or hooks, counted: the writer of a change asks for a view of
+/// generation N ([`Changes::changed`]), the agent filesystem says which generation it serves
+/// ([`Changes::served`]), so an import or removal answers only once the mount shows it.
+#[derive(Debug)]
+pub struct Changes {
+    requested: tokio::sync::watch::Sender<u64>,
+    served: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            requested: tokio::sync::watch::Sender::new(0),
+            served: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// How long a change waits for the agent filesystem to serve it before answering anyway (the
+/// filesystem restarting, or failed: the change is stored, and shows once it is back).
+const SERVE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Changes {
+    /// A change was stored: ask for a new view; returns its generation.
+    pub fn changed(&self) -> u64 {
+        let mut generation = 0;
+        self.requested.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
+    }
+
+    /// The generation the next view must show, once it changes (for the view's builder).
+    pub fn requested(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.requested.subscribe()
+    }
+
+    /// The view of `generation` (or a later one) is served.
+    pub fn served(&self, generation: u64) {
+        self.served.send_modify(|g| *g = (*g).max(generation));
+    }
+
+    /// Wait until a view of `generation` is served, at most [`SERVE_WAIT`].
+    pub async fn wait_served(&self, generation: u64) {
+        let mut rx = self.served.subscribe();
+        let served = tokio::time::timeout(SERVE_WAIT, rx.wait_for(|g| *g >= generation)).await;
+        if served.is_err() {
+            tracing::warn!(
+                generation,
+                "the agent filesystem did not show a change within {SERVE_WAIT:?}; it shows once \
+                 the filesystem is back"
+            );
+        }
+    }
 }
 
 impl AgentService {
@@ -689,9 +746,15 @@ impl AgentService {
         }
     }
 
-    /// Notified after every change of definitions, rules or hooks.
-    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+    /// Told of every change of definitions, rules or hooks.
+    pub fn changes(&self) -> Arc<Changes> {
         self.changed.clone()
+    }
+
+    /// A change was stored: wait until the agent filesystem serves it.
+    async fn publish_change(&self) {
+        let generation = self.changed.changed();
+        self.changed.wait_served(generation).await;
     }
 
     async fn write<O: store::WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
@@ -733,7 +796,7 @@ impl AgentService {
         })
         .await?;
         let replaced = self.write(store::PutSealed { items }).await?;
-        self.changed.notify_one();
+        self.publish_change().await;
         Ok(ccd_protocol::types::AgentImported {
             imported: names,
             replaced,
@@ -788,7 +851,7 @@ impl AgentService {
         if !removed {
             return Err(ActorError::NotFound(format!("no agent named `{name}`")));
         }
-        self.changed.notify_one();
+        self.publish_change().await;
         Ok(ccd_protocol::types::AgentDeleted { name })
     }
 
@@ -804,7 +867,7 @@ impl AgentService {
             items: vec![(file.to_string(), blob)],
         })
         .await?;
-        self.changed.notify_one();
+        self.publish_change().await;
         Ok(value)
     }
 

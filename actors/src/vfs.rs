@@ -502,7 +502,7 @@ pub struct VfsActor {
     snapshot: SharedSnapshot,
     agents: AgentService,
     boot_key: Arc<MasterKey>,
-    changed: Arc<tokio::sync::Notify>,
+    changed: Arc<crate::agents::Changes>,
 }
 
 supervised!(VfsActor);
@@ -513,7 +513,7 @@ impl VfsActor {
         snapshot: SharedSnapshot,
         agents: AgentService,
         boot_key: Arc<MasterKey>,
-        changed: Arc<tokio::sync::Notify>,
+        changed: Arc<crate::agents::Changes>,
     ) -> Self {
         VfsActor {
             sup,
@@ -540,12 +540,19 @@ impl Supervise for VfsActor {
         );
         ctx.spawn(
             async move {
+                let mut requested = changed.requested();
                 loop {
+                    // The generation asked for before this build reads the store: the view
+                    // built shows it (and perhaps later ones).
+                    let generation = *requested.borrow_and_update();
                     let fresh = build(&agents, &key).await;
                     if let Ok(mut s) = snapshot.write() {
                         *s = fresh;
                     }
-                    changed.notified().await;
+                    changed.served(generation);
+                    if requested.changed().await.is_err() {
+                        return;
+                    }
                 }
             }
             .into_actor(self),

@@ -660,3 +660,35 @@ fn watchdogs(mount: &str) -> Vec<String> {
         })
         .collect()
 }
+
+#[test]
+fn an_import_or_removal_answers_once_the_mount_shows_it() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    // `ccd agent import X && ccd launch` must see X: no wait between the answer and the look.
+    for i in 0..40 {
+        let name = format!("agent-{i}");
+        let file = dir.path().join(format!("{name}.md"));
+        std::fs::write(
+            &file,
+            format!("---\nname: {name}\ndescription: Number {i}\n---\nDo {i}.\n"),
+        )
+        .unwrap();
+        d.ccd_ok(&["agent", "import", file.to_str().unwrap()]);
+        let shown = mount.join(format!("agents/{name}.md"));
+        assert!(
+            shown.exists(),
+            "{} absent right after the import",
+            shown.display()
+        );
+        d.ccd_ok(&["agent", "rm", &name]);
+        assert!(
+            !shown.exists(),
+            "{} still there right after rm",
+            shown.display()
+        );
+    }
+}

@@ -590,10 +590,9 @@ pub fn place_snapshot(snapshot: Snapshot, dest: &Path) -> anyhow::Result<Result<
         .len();
     match file.persist_noclobber(dest) {
         Ok(_) => Ok(Ok(size)),
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(Err(Snapshot {
-            file: e.file,
-            _dir,
-        })),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(Err(Snapshot { file: e.file, _dir }))
+        }
         Err(e) => {
             Err(e.error).with_context(|| format!("moving backup into place at {}", dest.display()))
         }
