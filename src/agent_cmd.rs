@@ -94,7 +94,7 @@ pub fn caller_env() -> std::collections::BTreeMap<String, String> {
 fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
     let dir = match (&opts.cwd, &opts.project) {
         (Some(dir), _) => Some(dir.clone()),
-        (None, Some(p)) if p.contains('/') || p == "." || p == ".." => Some(PathBuf::from(p)),
+        (None, Some(p)) if names_a_path(p) => Some(PathBuf::from(p)),
         (None, Some(_)) => None,
         (None, None) => Some(std::env::current_dir().context("reading the current directory")?),
     };
@@ -132,6 +132,12 @@ fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
         ))
         .into()),
     }
+}
+
+/// Whether a `--project` value is a path (of a project's directory) rather than a name:
+/// project names hold no `/` and are never `.` or `..`.
+fn names_a_path(project: &str) -> bool {
+    project.contains('/') || project == "." || project == ".."
 }
 
 /// `dir` as an absolute path (relative to the current directory), as the daemon wants it.
@@ -212,7 +218,7 @@ impl QueryOpts {
     fn params(&self, prompt: String, continuing: bool) -> anyhow::Result<types::QueryRun> {
         let project = match &self.project {
             // A path names the project whose directory it is.
-            Some(p) if p.contains('/') || p == "." || p == ".." => {
+            Some(p) if names_a_path(p) => {
                 Some(absolute(std::path::Path::new(p))?)
             }
             p => p.clone(),
