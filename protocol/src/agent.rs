@@ -386,6 +386,20 @@ mod tests {
         assert_eq!(kinds[5], AgentMessage::Unknown);
     }
 
+    /// Found by the `agent` fuzz target: a float in a message (read inexactly without
+    /// serde_json's `float_roundtrip`) changed when the raw message was passed on and read back.
+    #[test]
+    fn floats_are_read_exactly_and_read_back_the_same() {
+        let line = br#"{"type":"system","subtype":"api_retry","attempt":2,"retry_delay_ms":1104.8419866584922}"#;
+        let parsed = parse_line(line).unwrap();
+        let AgentMessage::ApiRetry(retry) = &parsed.message else {
+            panic!("{:?}", parsed.message)
+        };
+        assert_eq!(retry.retry_delay_ms, 1104.8419866584922);
+        let again = parse_line(&serde_json::to_vec(&parsed.raw).unwrap()).unwrap();
+        assert_eq!(again, parsed);
+    }
+
     #[test]
     fn truncated_and_garbled_lines_are_errors_not_panics() {
         let line = std::fs::read_to_string(format!(

@@ -102,8 +102,14 @@ impl Decoder for NdjsonCodec {
         if let Some(frame) = self.decode(buf)? {
             return Ok(Some(frame));
         }
-        // A last line without its `\n` still counts, as with `lines()`.
+        // A last line without its `\n` still counts, as with `lines()`, and has the same
+        // limit: `decode` allowed one byte of slack for a `\r` that no `\n` will follow now.
         self.scanned = 0;
+        if buf.len() > self.max_len {
+            return Err(FrameError::TooLong {
+                limit: self.max_len,
+            });
+        }
         if buf.iter().all(u8::is_ascii_whitespace) {
             buf.clear();
             return Ok(None);
@@ -222,5 +228,29 @@ mod tests {
             Some(Bytes::from("{\"x\":1}"))
         );
         assert!(c.decode_eof(&mut buf).unwrap().is_none());
+    }
+
+    /// Found by the `codec` fuzz target: at the end of the stream, a last line one byte over
+    /// the limit (the slack `decode` keeps for a `\r\n` in progress) was yielded as a frame.
+    #[test]
+    fn the_unterminated_last_line_has_the_same_limit() {
+        for tail in [&b"012345678"[..], b"0123\r5678", b"         "] {
+            let mut c = NdjsonCodec::new(8);
+            let mut buf = BytesMut::from(tail);
+            assert!(c.decode(&mut buf).unwrap().is_none());
+            assert!(
+                matches!(
+                    c.decode_eof(&mut buf),
+                    Err(FrameError::TooLong { limit: 8 })
+                ),
+                "{tail:?}"
+            );
+        }
+        let mut c = NdjsonCodec::new(8);
+        let mut buf = BytesMut::from(&b"01234567"[..]);
+        assert_eq!(
+            c.decode_eof(&mut buf).unwrap(),
+            Some(Bytes::from("01234567"))
+        );
     }
 }

@@ -1036,6 +1036,23 @@ mod tests {
         assert_eq!(serde_json::to_value(Id::from(3)).unwrap(), json!(3));
     }
 
+    /// Found by the `jsonrpc` fuzz target: serde_json's default float parsing is not exact
+    /// (`9.7e43` was read as the next double up), so params passed on did not read back the
+    /// same; the workspace enables its `float_roundtrip`.
+    #[test]
+    fn float_params_are_read_exactly_and_read_back_the_same() {
+        let line = br#"{"jsonrpc":"2.0","method":"t","id":1,"params":[9.7e43,1104.8419866584922]}"#;
+        let Incoming::Single(Ok(req)) = parse_incoming(line, DEFAULT_MAX_BATCH) else {
+            panic!("not a request")
+        };
+        assert_eq!(req.params, Some(json!([9.7e43, 1104.8419866584922])));
+        let again = serde_json::to_vec(&req).unwrap();
+        let Incoming::Single(Ok(back)) = parse_incoming(&again, DEFAULT_MAX_BATCH) else {
+            panic!("not a request")
+        };
+        assert_eq!(back, req);
+    }
+
     #[test]
     fn response_round_trip() {
         let ok = Response::result(Id::from(7), json!("pong"));
