@@ -218,9 +218,7 @@ impl QueryOpts {
     fn params(&self, prompt: String, continuing: bool) -> anyhow::Result<types::QueryRun> {
         let project = match &self.project {
             // A path names the project whose directory it is.
-            Some(p) if names_a_path(p) => {
-                Some(absolute(std::path::Path::new(p))?)
-            }
+            Some(p) if names_a_path(p) => Some(absolute(std::path::Path::new(p))?),
             p => p.clone(),
         };
         let cwd = match (&self.cwd, &project) {

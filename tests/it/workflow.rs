@@ -853,3 +853,29 @@ fn limiter_set_changes_only_the_limits_given() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", describe(&out));
     }
 }
+
+#[test]
+fn bad_flag_values_are_usage_errors_that_say_the_accepted_form() {
+    let d = Daemon::builder().prepare();
+    for (args, form) in [
+        (&["query", "x", "--timeout", "25h"][..], "at most 24h"),
+        (&["session", "cleanup", "--older-than", "bogus"][..], "7d"),
+        (&["events", "--since", "1x"][..], "units"),
+    ] {
+        let out = d.ccd(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(form),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    // An unknown key given with --set is blamed on --set, not on a config file.
+    let out = d.ccd(&["config", "show", "--set", "bogus.key=1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--set") && !err.contains("config.toml"),
+        "{err}"
+    );
+}
