@@ -613,6 +613,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 print_json(&st)?;
             } else if st.mounted {
                 outln!("mounted at {}", st.mountpoint);
+                if !st.damaged.is_empty() {
+                    outln!(
+                        "damaged, left out: {} (restore a backup, or `ccd agent rm` and import \
+                         them again)",
+                        st.damaged.join(", ")
+                    );
+                }
             } else {
                 outln!(
                     "not mounted ({}): {}",
@@ -682,6 +689,13 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                             ]);
                         }
                         t.print_or_empty(&mut std::io::stdout().lock(), "no agents")?;
+                    }
+                    if !list.damaged.is_empty() {
+                        eprintln!(
+                            "ccd: damaged, left out: {} (restore a backup, or `ccd agent rm` \
+                             and import them again)",
+                            list.damaged.join(", ")
+                        );
                     }
                 }
                 AgentCmd::Show { name, json } => {

@@ -333,6 +333,7 @@ async fn serve(
         mounted: false,
         mountpoint: mountpoint.display().to_string(),
         reason: (!config.vfs.enabled).then(|| "disabled (vfs.enabled = false)".to_string()),
+        damaged: Vec::new(),
     };
     // Held until the daemon stops: dropping it unmounts.
     let vfs_session = if config.vfs.enabled {

@@ -30,7 +30,7 @@ pub fn run(home: &Home, autostart: bool, args: Vec<String>) -> anyhow::Result<u8
     let mount = Path::new(&vfs.mountpoint);
     let health = std::fs::read_to_string(mount.join("health"))
         .with_context(|| format!("reading {}/health", mount.display()))?;
-    if health.trim() != "OK" {
+    if !health.starts_with("OK") {
         bail!(
             "the agent filesystem reports {}; see `ccd daemon logs`",
             health.trim()

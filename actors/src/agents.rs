@@ -677,6 +677,8 @@ pub struct AgentService {
     key: Arc<MasterKey>,
     /// Told after every change (the VFS rebuilds its view), and told back when it serves it.
     changed: Arc<Changes>,
+    /// Definitions that did not open when last read (see [`AgentService::all`]).
+    damaged: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Changes of definitions, rules or hooks, counted: the writer of a change asks for a view of
@@ -743,6 +745,7 @@ impl AgentService {
             reader,
             key,
             changed: Default::default(),
+            damaged: Default::default(),
         }
     }
 
@@ -804,6 +807,8 @@ impl AgentService {
     }
 
     /// Every definition, opened.
+    /// Every definition that opens. One that does not (a damaged row) is left out, logged and
+    /// named by [`AgentService::damaged`]: it must not take the others with it.
     pub async fn all(&self) -> Result<Vec<AgentDef>, ActorError> {
         let rows = self
             .reader
@@ -812,12 +817,34 @@ impl AgentService {
             })
             .await?;
         let key = self.key.clone();
-        off_loop("opening agent definitions", move || {
-            rows.iter()
-                .map(|(file, blob)| open_json::<AgentDef>(&key, file, blob))
-                .collect()
+        let (defs, damaged) = off_loop("opening agent definitions", move || {
+            let mut defs = Vec::new();
+            let mut damaged = Vec::new();
+            for (file, blob) in &rows {
+                match open_json::<AgentDef>(&key, file, blob) {
+                    Ok(d) => defs.push(d),
+                    Err(e) => {
+                        let name = file
+                            .strip_prefix("agents/")
+                            .and_then(|f| f.strip_suffix(".md"))
+                            .unwrap_or(file);
+                        tracing::error!("agent definition `{name}` is damaged and left out: {e}");
+                        damaged.push(name.to_string());
+                    }
+                }
+            }
+            Ok((defs, damaged))
         })
-        .await
+        .await?;
+        if let Ok(mut d) = self.damaged.lock() {
+            *d = damaged;
+        }
+        Ok(defs)
+    }
+
+    /// The definitions the last [`AgentService::all`] found damaged, by name.
+    pub fn damaged(&self) -> Vec<String> {
+        self.damaged.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     pub async fn get(self, name: String) -> Result<ccd_protocol::types::AgentDetail, ActorError> {

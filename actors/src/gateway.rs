@@ -227,8 +227,16 @@ impl GatewayActor {
         }
     }
 
+    /// The agent filesystem's state, with the definitions it leaves out for being damaged.
+    fn vfs_status(&self) -> types::VfsStatus {
+        let mut st = self.info.vfs.get().cloned().unwrap_or_default();
+        st.damaged = self.agents.damaged();
+        st
+    }
+
     fn health(&self) -> impl Future<Output = Result<types::Health, ActorError>> + 'static {
         let actors = self.health.snapshot();
+        let vfs = self.vfs_status();
         let agent = self.agent.lock().map(|p| p.clone()).unwrap_or_default();
         let info = self.info.clone();
         let pool = self.query.pool().clone();
@@ -277,7 +285,7 @@ impl GatewayActor {
                 executor,
                 http: info.http.get().and_then(|h| h.url.clone()),
                 http_api: info.http.get().cloned().unwrap_or_default(),
-                vfs: info.vfs.get().cloned().unwrap_or_default(),
+                vfs,
             })
         }
     }
@@ -563,9 +571,7 @@ impl GatewayActor {
     /// `vfs.*`.
     fn vfs(&mut self, method: &str, p: Option<Value>) -> Option<Reply<Answer>> {
         Some(match method {
-            m::VfsStatus::NAME => {
-                now::<m::VfsStatus>(p, |_| Ok(self.info.vfs.get().cloned().unwrap_or_default()))
-            }
+            m::VfsStatus::NAME => now::<m::VfsStatus>(p, |_| Ok(self.vfs_status())),
             m::VfsUnseal::NAME => match (parse_params::<m::VfsUnseal>(p), self.vfs_actor.clone()) {
                 (Ok(params), _) if !std::path::Path::new(&params.file).is_absolute() => {
                     Reply::err(ActorError::from(RpcError::invalid_params(format!(
@@ -611,7 +617,10 @@ impl GatewayActor {
                         model: d.model,
                     })
                     .collect();
-                Ok(types::AgentList { agents })
+                Ok(types::AgentList {
+                    agents,
+                    damaged: a.damaged(),
+                })
             }),
             m::AgentGet::NAME => later::<m::AgentGet, _>(p, move |p| a.get(p.name)),
             m::AgentDelete::NAME => later::<m::AgentDelete, _>(p, move |p| a.delete(p.name)),

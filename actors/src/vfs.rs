@@ -133,6 +133,7 @@ pub type SharedSnapshot = Arc<RwLock<Snapshot>>;
 pub async fn build(agents: &AgentService, boot_key: &Arc<MasterKey>) -> Snapshot {
     let fetched: Result<_, String> = async {
         let defs = agents.all().await.map_err(|e| e.to_string())?;
+        let damaged = agents.damaged();
         let rules = agents
             .clone()
             .get_doc(RULES_FILE)
@@ -143,7 +144,7 @@ pub async fn build(agents: &AgentService, boot_key: &Arc<MasterKey>) -> Snapshot
             .get_doc(HOOKS_FILE)
             .await
             .map_err(|e| e.to_string())?;
-        Ok((defs, rules, hooks))
+        Ok((defs, rules, hooks, damaged))
     }
     .await;
     let key = boot_key.clone();
@@ -160,6 +161,7 @@ fn assemble(
             Vec<ccd_protocol::types::AgentDef>,
             serde_json::Value,
             serde_json::Value,
+            Vec<String>,
         ),
         String,
     >,
@@ -169,7 +171,9 @@ fn assemble(
         built: Some(SystemTime::now()),
         ..Default::default()
     };
-    let outcome = fetched.and_then(|(defs, rules, hooks)| {
+    let mut damaged = Vec::new();
+    let outcome = fetched.and_then(|(defs, rules, hooks, left_out)| {
+        damaged = left_out;
         for d in &defs {
             s.agents.insert(
                 format!("{}.md", d.name),
@@ -202,7 +206,9 @@ fn assemble(
         Ok(())
     });
     let health = match &outcome {
-        Ok(()) => "OK\n".to_string(),
+        Ok(()) if damaged.is_empty() => "OK\n".to_string(),
+        // Served, but without these: the first word stays OK for `ccd launch`.
+        Ok(()) => format!("OK (damaged, left out: {})\n", damaged.join(", ")),
         Err(e) => format!("ERROR: {}\n", e.replace('\n', " ")),
     };
     s.files.insert("health".into(), health.into_bytes());

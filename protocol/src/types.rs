@@ -109,6 +109,10 @@ pub struct VfsStatus {
     pub mountpoint: String,
     /// Why it is not mounted.
     pub reason: Option<String>,
+    /// Agent definitions that do not open (damaged rows), by name: the filesystem serves the
+    /// others.
+    #[serde(default)]
+    pub damaged: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1229,6 +1233,10 @@ pub struct AgentSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentList {
     pub agents: Vec<AgentSummary>,
+    /// Definitions that are stored but do not open (a damaged row), by name: left out of
+    /// `agents` and of the agent filesystem.
+    #[serde(default)]
+    pub damaged: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

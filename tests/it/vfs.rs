@@ -692,3 +692,50 @@ fn an_import_or_removal_answers_once_the_mount_shows_it() {
         );
     }
 }
+
+#[test]
+fn a_damaged_definition_is_named_and_the_others_are_still_served() {
+    if !fuse_available() {
+        return;
+    }
+    let (d, mount) = vfs_daemon();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["good", "broken"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.md")),
+            format!("---\nname: {name}\ndescription: The {name} one\n---\nPrompt.\n"),
+        )
+        .unwrap();
+    }
+    d.call("agent.import", json!({"path": dir.path()})).unwrap();
+    // One sealed row damaged on disk, behind the daemon's back.
+    let db = rusqlite::Connection::open(d.path().join("ccd.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute(
+        "UPDATE sealed SET blob = X'00010203' WHERE name = 'agents/broken.md'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    // The next change rebuilds the view: the intact definitions stay, the damaged one is named.
+    d.call("hooks.set", json!({"hooks": {}})).unwrap();
+    assert!(mount.join("agents/good.md").exists());
+    assert!(!mount.join("agents/broken.md").exists());
+    assert!(mount.join(".manifest").exists());
+    let health = std::fs::read_to_string(mount.join("health")).unwrap();
+    assert!(
+        health.starts_with("OK") && health.contains("broken"),
+        "{health}"
+    );
+    let list = d.call("agent.list", json!({})).unwrap();
+    assert_eq!(list["agents"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["damaged"], json!(["broken"]));
+    let out = d.ccd(&["agent", "list"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken"));
+    let st = d.call("vfs.status", json!({})).unwrap();
+    assert_eq!(st["damaged"], json!(["broken"]));
+    let health = d.call("system.health", json!({})).unwrap();
+    assert_eq!(health["vfs"]["damaged"], json!(["broken"]));
+    assert!(d.ccd_ok(&["vfs", "status"]).contains("broken"));
+}
