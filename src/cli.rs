@@ -1204,6 +1204,19 @@ fn run_daemon(home: &Home, cmd: DaemonCmd) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         DaemonCmd::Restart { timeout, set } => {
+            if crate::service::manages(home) {
+                if !set.is_empty() {
+                    return Err(UsageError(
+                        "the daemon runs as the systemd service ccd.service, which --set does \
+                         not reach: put the values in config.toml, then `ccd daemon restart`"
+                            .into(),
+                    )
+                    .into());
+                }
+                crate::service::restart(home, timeout)?;
+                outln!("restarted ccd.service");
+                return Ok(exit::OK);
+            }
             daemon::stop(home, timeout)?;
             daemon::start(
                 home,

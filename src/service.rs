@@ -194,6 +194,41 @@ pub fn status() -> ServiceStatus {
     st
 }
 
+/// Whether this home's daemon runs under the systemd service: the unit is installed for this
+/// `CCD_HOME` and systemd says it is active. Then `ccd daemon restart` goes through systemd
+/// (stopping it by hand would leave the service stopped, and the new daemon outside it).
+pub fn manages(home: &Home) -> bool {
+    let Ok(unit) = unit_path() else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(&unit) else {
+        return false;
+    };
+    let ours = format!("CCD_HOME={}\"", home.root.display());
+    text.lines()
+        .any(|l| l.starts_with("Environment=") && l.ends_with(&ours))
+        && status().active == Some(true)
+}
+
+/// `systemctl --user restart ccd.service`, then wait (up to `timeout`) for the new daemon.
+pub fn restart(home: &Home, timeout: std::time::Duration) -> anyhow::Result<()> {
+    systemctl(&["restart", UNIT]).map_err(anyhow::Error::msg)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if crate::client::Client::connect(home).is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "systemd restarted {UNIT}, but the daemon did not answer within {}; see \
+                 `journalctl --user -u {UNIT}` and `ccd daemon logs`",
+                humantime::format_duration(timeout)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The line for a login shell's profile that starts the daemon when systemd cannot.
 pub fn profile_line(exe: &Path, home: &Home) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));

@@ -115,6 +115,7 @@ fn install_enables_the_unit_after_stopping_a_daemon_run_outside_systemd() {
              case \"$*\" in\n\
              '--user enable --now ccd.service') exec '{bin}' daemon start --quiet ;;\n\
              '--user disable --now ccd.service') exec '{bin}' daemon stop >/dev/null ;;\n\
+             '--user restart ccd.service') '{bin}' daemon stop >/dev/null; exec '{bin}' daemon start --quiet ;;\n\
              '--user is-enabled ccd.service') echo enabled ;;\n\
              '--user is-active ccd.service') echo active ;;\n\
              '--user show -p MainPID --value ccd.service') echo 0 ;;\n\
@@ -166,6 +167,27 @@ fn install_enables_the_unit_after_stopping_a_daemon_run_outside_systemd() {
         "{}",
         describe(&out)
     );
+
+    // A restart goes through systemd (stopping by hand would leave the service stopped), and
+    // --set, which cannot reach a service, is refused.
+    let out = ccd(
+        &d,
+        &config,
+        &path,
+        &["daemon", "restart", "--set", "executor.pool_size=2"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let before = d.pid();
+    let out = ccd(&d, &config, &path, &["daemon", "restart"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restarted ccd.service"));
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("--user restart ccd.service")
+    );
+    assert_ne!(d.pid(), before);
+    d.call("system.ping", serde_json::json!({})).unwrap();
 
     let out = ccd(&d, &config, &path, &["daemon", "uninstall"]);
     assert!(out.status.success(), "{}", describe(&out));
