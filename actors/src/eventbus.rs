@@ -208,26 +208,9 @@ impl Bus {
         Self::add(&mut inner, conn, filter, capacity)
     }
 
-    /// As [`Bus::subscribe`], unless connection `conn` already holds `max` subscriptions.
-    /// Counted under the bus's lock, so an `unsubscribe` makes room at once.
-    pub fn try_subscribe(
-        &self,
-        conn: u64,
-        filter: EventFilter,
-        capacity: usize,
-        max: usize,
-    ) -> Option<Arc<Subscriber>> {
-        let mut inner = self.lock();
-        let held = inner
-            .subscribers
-            .values()
-            .filter(|s| s.conn == conn)
-            .count();
-        (held < max).then(|| Self::add(&mut inner, conn, filter, capacity))
-    }
-
-    /// As [`Bus::try_subscribe`], and what a replay from `after_seq` needs, all taken under the
-    /// bus's lock: the subscription gets every event published after `last_seq`; the events
+    /// As [`Bus::subscribe`], unless connection `conn` already holds `max` subscriptions
+    /// (counted under the bus's lock, so an `unsubscribe` makes room at once); with what a
+    /// replay from `after_seq` needs, all taken under that lock: the subscription gets every event published after `last_seq`; the events
     /// still waiting for the log after `after_seq` that match the filter; and `logged_before`,
     /// the first event not yet in the log (every earlier one is there, unless dropped or
     /// pruned, once no write of the log is under way: see [`Bus::hold_log`]).

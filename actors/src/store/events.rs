@@ -95,12 +95,7 @@ pub fn events_between(
         params![seq(after_seq), seq(before_seq), types_json, limit],
         |r| r.get::<_, String>(0),
     )?;
-    let mut out = Vec::new();
-    for row in rows {
-        if let Ok(e) = serde_json::from_str::<Event>(&row?) {
-            out.push(e);
-        }
-    }
+    let mut out = readable(rows)?;
     out.reverse();
     let mut left_out = 0;
     if out.len() >= limit as usize {
@@ -109,7 +104,7 @@ pub fn events_between(
             "SELECT count(*) FROM events
              WHERE seq > ?1 AND seq < ?2
                AND (json_array_length(?3) = 0 OR type IN (SELECT value FROM json_each(?3)))",
-            params![seq(after_seq), seq(oldest), serde_json::to_string(types)?],
+            params![seq(after_seq), seq(oldest), types_json],
             |r| r.get(0),
         )?;
         left_out = n.max(0) as u64;
@@ -164,9 +159,14 @@ fn select_events(
         ],
         |r| r.get::<_, String>(0),
     )?;
+    readable(rows)
+}
+
+/// The events of logged rows (their `data`), in order. A row this build cannot read (written
+/// by a newer one) is skipped, not an error.
+fn readable(rows: impl Iterator<Item = rusqlite::Result<String>>) -> anyhow::Result<Vec<Event>> {
     let mut out = Vec::new();
     for row in rows {
-        // A row this build cannot read (written by a newer one) is skipped, not an error.
         if let Ok(e) = serde_json::from_str::<Event>(&row?) {
             out.push(e);
         }
