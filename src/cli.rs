@@ -13,13 +13,13 @@ use ccd_protocol::Method;
 use ccd_protocol::methods as m;
 use ccd_protocol::types::{self, NoParams};
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 
 use crate::client::{CallError, Client};
 use crate::daemon;
 use crate::exit;
 use crate::home::Home;
 use crate::table::Table;
+pub(crate) use crate::table::{count, print_json};
 
 /// `println!` that returns broken-pipe and other write errors instead of panicking.
 macro_rules! outln {
@@ -545,12 +545,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| {
         format!("{e}: give a duration such as 90s, 10m, 12h, 7d or 2w (units ms, s, m, h, d, w)")
     })
-}
-
-/// "1 session", "2 sessions": a count with its noun.
-pub(crate) fn count(n: impl TryInto<u64> + std::fmt::Display + Copy, noun: &str) -> String {
-    let one = n.try_into().is_ok_and(|n: u64| n == 1);
-    format!("{n} {noun}{}", if one { "" } else { "s" })
 }
 
 /// A usage error found after parsing (exit 2).
@@ -1563,13 +1557,6 @@ fn print_event(out: &mut impl Write, e: &types::Event, json: bool) -> anyhow::Re
         )?;
     }
     out.flush()?;
-    Ok(())
-}
-
-pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
-    writeln!(out)?;
     Ok(())
 }
 

@@ -100,7 +100,7 @@ pub fn run(home: &Home, json: bool) -> anyhow::Result<u8> {
         }
         let failed = checks.iter().filter(|c| !c.ok).count();
         if failed > 0 {
-            writeln!(out, "\n{} to fix", crate::cli::count(failed, "check"))?;
+            writeln!(out, "\n{} to fix", crate::table::count(failed, "check"))?;
         } else {
             writeln!(out, "\nall checks passed")?;
         }

@@ -282,7 +282,7 @@ pub fn install(home: &Home, json: bool) -> anyhow::Result<u8> {
         outcome.reason = Some(why.clone());
         outcome.profile_line = Some(line.clone());
         if json {
-            crate::cli::print_json(&outcome)?;
+            crate::table::print_json(&outcome)?;
         }
         eprintln!(
             "ccd: cannot install the systemd user service: {why}; nothing was written.\n\
@@ -357,7 +357,7 @@ pub fn install(home: &Home, json: bool) -> anyhow::Result<u8> {
     };
     outcome.pid = pid;
     if json {
-        crate::cli::print_json(&outcome)?;
+        crate::table::print_json(&outcome)?;
     } else {
         let mut out = std::io::stdout().lock();
         writeln!(out, "installed {}", unit_file.display())?;
@@ -383,7 +383,7 @@ pub fn uninstall(json: bool) -> anyhow::Result<u8> {
     let unit = unit_file.display().to_string();
     if !unit_file.exists() {
         if json {
-            crate::cli::print_json(&serde_json::json!({
+            crate::table::print_json(&serde_json::json!({
                 "removed": false, "unit": unit, "reason": "not installed"
             }))?;
         } else {
@@ -407,7 +407,7 @@ pub fn uninstall(json: bool) -> anyhow::Result<u8> {
         if let Err(why) = &manager {
             v["reason"] = why.clone().into();
         }
-        crate::cli::print_json(&v)?;
+        crate::table::print_json(&v)?;
     } else {
         let mut out = std::io::stdout().lock();
         match &manager {

@@ -76,6 +76,21 @@ mod tests {
     }
 }
 
+/// "1 session", "2 sessions": a count with its noun.
+pub fn count(n: impl TryInto<u64> + std::fmt::Display + Copy, noun: &str) -> String {
+    let one = n.try_into().is_ok_and(|n: u64| n == 1);
+    format!("{n} {noun}{}", if one { "" } else { "s" })
+}
+
+/// `value` as pretty JSON on stdout, then a newline.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
 /// `s` for a terminal: control characters other than newline and tab (ESC, which starts the
 /// escape sequences that move the cursor, retitle the window or rewrite the clipboard; the C1
 /// controls, which some terminals act on too; carriage return, backspace, ...) are shown as
