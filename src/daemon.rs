@@ -826,14 +826,15 @@ pub fn logs(home: &Home, n: usize, follow: bool) -> anyhow::Result<()> {
         bail!("no log yet at {}", path.display());
     }
     let mut out = std::io::stdout().lock();
-    for line in tail_lines(&path, n).unwrap_or_default() {
+    // Following starts exactly where the tail ended, so nothing appended in between is lost.
+    let (lines, mut pos) = tail(&path, n, follow).unwrap_or_default();
+    for line in lines {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
     if !follow {
         return Ok(());
     }
-    let mut pos = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut buf = Vec::new();
     loop {
         std::thread::sleep(Duration::from_millis(200));
@@ -861,6 +862,12 @@ pub fn logs(home: &Home, n: usize, follow: bool) -> anyhow::Result<()> {
 /// garbage) are shown as U+FFFD, a line without its end is shown as it is, and when the read
 /// starts inside the file its first, partial line is dropped.
 pub fn tail_lines(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<String>> {
+    tail(path, n, false).map(|(lines, _)| lines)
+}
+
+/// [`tail_lines`], and the offset where following should go on. With `whole_lines`, a last
+/// line still being written is left for the follower (which prints it once, as it grows).
+fn tail(path: &std::path::Path, n: usize, whole_lines: bool) -> anyhow::Result<(Vec<String>, u64)> {
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
@@ -868,7 +875,12 @@ pub fn tail_lines(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<String
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
     BufReader::new(file).read_to_end(&mut bytes).ok();
-    Ok(last_lines(&bytes, n, start > 0))
+    if whole_lines {
+        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(keep);
+    }
+    let end = start + bytes.len() as u64;
+    Ok((last_lines(&bytes, n, start > 0), end))
 }
 
 /// The last `n` lines of `bytes`, read lossily; `mid_file`: `bytes` may begin inside a line,
