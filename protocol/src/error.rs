@@ -3,116 +3,62 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Every error code ccd answers with. The table in `ErrorCode::ALL` is the single source for the
-/// documentation and `system.describe`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    ParseError,
-    InvalidRequest,
-    MethodNotFound,
-    InvalidParams,
-    InternalError,
-    Unavailable,
-    RateLimited,
-    CircuitOpen,
-    NotFound,
-    Conflict,
-    Timeout,
-    AgentFailed,
-    Cancelled,
-    Overloaded,
+/// The one table of error codes: one line per code (variant, number, name, description).
+macro_rules! error_codes {
+    ($($variant:ident = $code:literal, $name:literal, $description:literal;)+) => {
+        /// Every error code ccd answers with. This table is the single source for the
+        /// documentation and `system.describe`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)+
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub const fn code(self) -> i64 {
+                match self {
+                    $(ErrorCode::$variant => $code,)+
+                }
+            }
+
+            /// A short machine-friendly name, as used in docs and `system.describe`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)+
+                }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $description,)+
+                }
+            }
+        }
+    };
+}
+
+#[rustfmt::skip]
+error_codes! {
+    ParseError     = -32700, "parse_error",      "the line is not valid JSON";
+    InvalidRequest = -32600, "invalid_request",  "not a valid JSON-RPC 2.0 request, an empty batch, or a message over the size limit";
+    MethodNotFound = -32601, "method_not_found", "no such method (debug.* exists only with CCD_FAULT_INJECTION=1)";
+    InvalidParams  = -32602, "invalid_params",   "params do not match the method; the message names the parameter";
+    InternalError  = -32603, "internal_error",   "a bug or an unexpected I/O failure inside the daemon";
+    Unavailable    = -32001, "unavailable",      "the subsystem is restarting or failed; data: actor, state, reason";
+    RateLimited    = -32002, "rate_limited",     "refused by the rate limiter; data: retry_after_ms";
+    CircuitOpen    = -32003, "circuit_open",     "refused by an open circuit breaker; data: retry_after_ms, key";
+    NotFound       = -32004, "not_found",        "the named object does not exist";
+    Conflict       = -32005, "conflict",         "the object already exists";
+    Timeout        = -32006, "timeout",          "the operation did not finish in time";
+    AgentFailed    = -32007, "agent_failed",     "the agent run failed; data: class, detail";
+    Cancelled      = -32008, "cancelled",        "the operation was cancelled";
+    Overloaded     = -32009, "overloaded",       "too many connections, too many requests in flight, or a full queue";
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
-        ErrorCode::ParseError,
-        ErrorCode::InvalidRequest,
-        ErrorCode::MethodNotFound,
-        ErrorCode::InvalidParams,
-        ErrorCode::InternalError,
-        ErrorCode::Unavailable,
-        ErrorCode::RateLimited,
-        ErrorCode::CircuitOpen,
-        ErrorCode::NotFound,
-        ErrorCode::Conflict,
-        ErrorCode::Timeout,
-        ErrorCode::AgentFailed,
-        ErrorCode::Cancelled,
-        ErrorCode::Overloaded,
-    ];
-
-    pub const fn code(self) -> i64 {
-        match self {
-            ErrorCode::ParseError => -32700,
-            ErrorCode::InvalidRequest => -32600,
-            ErrorCode::MethodNotFound => -32601,
-            ErrorCode::InvalidParams => -32602,
-            ErrorCode::InternalError => -32603,
-            ErrorCode::Unavailable => -32001,
-            ErrorCode::RateLimited => -32002,
-            ErrorCode::CircuitOpen => -32003,
-            ErrorCode::NotFound => -32004,
-            ErrorCode::Conflict => -32005,
-            ErrorCode::Timeout => -32006,
-            ErrorCode::AgentFailed => -32007,
-            ErrorCode::Cancelled => -32008,
-            ErrorCode::Overloaded => -32009,
-        }
-    }
-
-    /// A short machine-friendly name, as used in docs and `system.describe`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ErrorCode::ParseError => "parse_error",
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::MethodNotFound => "method_not_found",
-            ErrorCode::InvalidParams => "invalid_params",
-            ErrorCode::InternalError => "internal_error",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::CircuitOpen => "circuit_open",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::Timeout => "timeout",
-            ErrorCode::AgentFailed => "agent_failed",
-            ErrorCode::Cancelled => "cancelled",
-            ErrorCode::Overloaded => "overloaded",
-        }
-    }
-
-    pub const fn description(self) -> &'static str {
-        match self {
-            ErrorCode::ParseError => "the line is not valid JSON",
-            ErrorCode::InvalidRequest => {
-                "not a valid JSON-RPC 2.0 request, an empty batch, or a message over the size limit"
-            }
-            ErrorCode::MethodNotFound => {
-                "no such method (debug.* exists only with CCD_FAULT_INJECTION=1)"
-            }
-            ErrorCode::InvalidParams => {
-                "params do not match the method; the message names the parameter"
-            }
-            ErrorCode::InternalError => "a bug or an unexpected I/O failure inside the daemon",
-            ErrorCode::Unavailable => {
-                "the subsystem is restarting or failed; data: actor, state, reason"
-            }
-            ErrorCode::RateLimited => "refused by the rate limiter; data: retry_after_ms",
-            ErrorCode::CircuitOpen => {
-                "refused by an open circuit breaker; data: retry_after_ms, key"
-            }
-            ErrorCode::NotFound => "the named object does not exist",
-            ErrorCode::Conflict => "the object already exists",
-            ErrorCode::Timeout => "the operation did not finish in time",
-            ErrorCode::AgentFailed => "the agent run failed; data: class, detail",
-            ErrorCode::Cancelled => "the operation was cancelled",
-            ErrorCode::Overloaded => {
-                "too many connections, too many requests in flight, or a full queue"
-            }
-        }
-    }
-
     pub fn from_code(code: i64) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|c| c.code() == code)
+        ErrorCode::ALL.iter().copied().find(|c| c.code() == code)
     }
 }
 
@@ -190,7 +136,7 @@ mod tests {
     #[test]
     fn codes_are_unique_and_in_range() {
         let mut seen = std::collections::HashSet::new();
-        for c in ErrorCode::ALL {
+        for &c in ErrorCode::ALL {
             assert!(seen.insert(c.code()), "duplicate {}", c.code());
             assert_eq!(ErrorCode::from_code(c.code()), Some(c));
             let app = (-32099..=-32000).contains(&c.code());
