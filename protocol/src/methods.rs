@@ -226,7 +226,7 @@ fn type_name(schema: &Value) -> String {
 /// The table of error codes, for `system.describe`.
 pub fn error_codes() -> Vec<ErrorCodeInfo> {
     ErrorCode::ALL
-        .into_iter()
+        .iter()
         .map(|c| ErrorCodeInfo {
             code: c.code(),
             name: c.name().into(),
