@@ -26,6 +26,7 @@ pub mod procstat;
 pub mod query;
 pub mod reader;
 pub mod resilience;
+pub mod routing;
 pub mod seal;
 pub mod server;
 pub mod store;

@@ -9,6 +9,7 @@
 //! - [`methods`]: every method as a typed marker ([`Method`]) plus the registry that
 //!   `system.describe` and `rpc.discover` publish;
 //! - [`types`]: the params and results of those methods;
+//! - [`routing`]: routing rules and decisions (which agent takes a task);
 //! - [`agent`]: the agent CLI's stream-json messages, parsed defensively.
 //!
 //! Architecture invariant: this crate knows nothing about actix, SQLite or sockets. Its types
@@ -28,6 +29,7 @@ pub mod codec;
 pub mod error;
 pub mod jsonrpc;
 pub mod methods;
+pub mod routing;
 pub mod types;
 
 pub use codec::{DEFAULT_MAX_MESSAGE_BYTES, FrameError, NdjsonCodec, to_line};
