@@ -19,6 +19,7 @@ pub mod error;
 pub mod eventbus;
 pub mod executor;
 pub mod files;
+pub mod fingerprint;
 pub mod gateway;
 pub mod http;
 pub mod outbound;
