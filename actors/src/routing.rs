@@ -67,6 +67,32 @@ struct Scan<T> {
     rule_of: Vec<usize>,
 }
 
+impl<T> Scan<T> {
+    /// `None` when no rule gives a pattern for it.
+    fn build(
+        rule_of: Vec<usize>,
+        field: &'static str,
+        set: impl FnOnce() -> Result<T, String>,
+    ) -> Result<Option<Self>, RuleError> {
+        if rule_of.is_empty() {
+            return Ok(None);
+        }
+        let set = set().map_err(|e| Self::error(field, e))?;
+        Ok(Some(Scan { set, rule_of }))
+    }
+
+    /// Each pattern was compiled alone first, which names the rule of a bad one; this is what
+    /// is left (the patterns of all rules together over a size limit).
+    fn error(field: &'static str, reason: impl ToString) -> RuleError {
+        RuleError {
+            index: 0,
+            name: "all rules together".into(),
+            field,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Compiled rules.
 #[derive(Default)]
 pub struct Router {
@@ -94,12 +120,6 @@ impl Router {
             .enumerate()
             .map(|(i, rule)| compile_rule(i, rule))
             .collect::<Result<Vec<_>, _>>()?;
-        let internal = |field: &'static str, e: String| RuleError {
-            index: 0,
-            name: "all rules".into(),
-            field,
-            reason: e,
-        };
         let mut keywords = (Vec::new(), Vec::new());
         let mut regex = (Vec::new(), Vec::new());
         let mut globs = (GlobSetBuilder::new(), Vec::new());
@@ -115,47 +135,25 @@ impl Router {
             }
             for g in &m.files {
                 // Each glob was compiled alone by `compile_rule`, which named a bad one.
-                let one = file_globs(g).map_err(|e| internal("match.files", e.to_string()))?;
+                let one = file_globs(g).map_err(|e| Scan::<()>::error("match.files", e))?;
                 for glob in one {
                     globs.0.add(glob);
                     globs.1.push(i);
                 }
             }
         }
-        let keywords = if keywords.0.is_empty() {
-            None
-        } else {
-            let set = AhoCorasick::new(&keywords.0)
-                .map_err(|e| internal("match.keywords", e.to_string()))?;
-            Some(Scan {
-                set,
-                rule_of: keywords.1,
-            })
-        };
-        let regex = if regex.0.is_empty() {
-            None
-        } else {
-            let set = regex::RegexSetBuilder::new(&regex.0)
+        let keywords = Scan::build(keywords.1, "match.keywords", || {
+            AhoCorasick::new(&keywords.0).map_err(|e| e.to_string())
+        })?;
+        let regex = Scan::build(regex.1, "match.regex", || {
+            regex::RegexSetBuilder::new(&regex.0)
                 .size_limit(64 << 20)
                 .build()
-                .map_err(|e| internal("match.regex", e.to_string()))?;
-            Some(Scan {
-                set,
-                rule_of: regex.1,
-            })
-        };
-        let files = if globs.1.is_empty() {
-            None
-        } else {
-            let set = globs
-                .0
-                .build()
-                .map_err(|e| internal("match.files", e.to_string()))?;
-            Some(Scan {
-                set,
-                rule_of: globs.1,
-            })
-        };
+                .map_err(|e| e.to_string())
+        })?;
+        let files = Scan::build(globs.1, "match.files", || {
+            globs.0.build().map_err(|e| e.to_string())
+        })?;
         Ok(Router {
             rules: compiled,
             keywords,
