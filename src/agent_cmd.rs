@@ -17,11 +17,11 @@ use ccd_protocol::{ErrorCode, Method, Notification, RpcError};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::cli::{print_json, read};
 use crate::client::{CallError, Client};
 use crate::exit;
-use crate::home::Home;
-use crate::table::Table;
+use crate::exit::UsageError;
+use crate::home::{Home, read};
+use crate::table::{Table, count, print_json};
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -58,7 +58,7 @@ fn read_prompt(prompt: Option<String>, file: Option<&std::path::Path>) -> anyhow
         (p, None) => {
             let stdin = std::io::stdin();
             if p.is_none() && stdin.is_terminal() {
-                return Err(crate::cli::UsageError(
+                return Err(UsageError(
                     "no prompt: give it as an argument, with -f FILE, or on standard input \
                      (`ccd query -`)"
                         .into(),
@@ -74,7 +74,7 @@ fn read_prompt(prompt: Option<String>, file: Option<&std::path::Path>) -> anyhow
         }
     };
     if text.trim().is_empty() {
-        return Err(crate::cli::UsageError("the prompt is empty".into()).into());
+        return Err(UsageError("the prompt is empty".into()).into());
     }
     Ok(text)
 }
@@ -126,7 +126,7 @@ fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
     })?;
     match found.into_iter().next() {
         Some(s) => Ok(s.id),
-        None => Err(crate::cli::UsageError(format!(
+        None => Err(UsageError(format!(
             "--continue: no open session in {what}; start one with `ccd query PROMPT` (see \
              `ccd session list`)"
         ))
@@ -264,7 +264,7 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
     let mut params = args.opts.params(prompt, session.is_some())?;
     params.session = session;
     params.new_session = args.new_session;
-    let mut client = Client::connect_or_start(home, autostart)?;
+    let mut client = crate::daemon::connect_or_start(home, autostart)?;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     let mut printed_text = false;
@@ -389,7 +389,7 @@ fn query_exit_code(e: &RpcError) -> u8 {
         Some(ErrorCode::AgentFailed | ErrorCode::Timeout | ErrorCode::Cancelled) => {
             exit::AGENT_FAILED
         }
-        _ => crate::rpc_exit_code(e),
+        _ => crate::exit::rpc_code(e),
     }
 }
 
@@ -557,7 +557,8 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 tags: Some(tags),
                 model,
             };
-            let s = Client::connect_or_start(home, autostart)?.call::<m::SessionCreate>(&params)?;
+            let s = crate::daemon::connect_or_start(home, autostart)?
+                .call::<m::SessionCreate>(&params)?;
             if json {
                 print_json(&s)?;
             } else {
@@ -666,7 +667,7 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
                 writeln!(
                     out,
                     "  totals:        {}, {} in / {} out tokens, {}",
-                    crate::cli::count(s.turns, "turn"),
+                    count(s.turns, "turn"),
                     s.usage.input_tokens,
                     s.usage.output_tokens,
                     dollars(s.cost_usd)
@@ -705,7 +706,7 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             }
         }
         SessionCmd::Close { id, json } => {
-            let s = Client::connect_or_start(home, autostart)?
+            let s = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::SessionClose>(&types::SessionId { id })?;
             if json {
                 print_json(&s)?;
@@ -714,26 +715,21 @@ pub fn session(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<
             }
         }
         SessionCmd::Rm { id, json } => {
-            let s = Client::connect_or_start(home, autostart)?
+            let s = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::SessionDelete>(&types::SessionId { id })?;
             if json {
                 print_json(&s)?;
             } else {
-                writeln!(
-                    out,
-                    "removed session {} ({})",
-                    s.id,
-                    crate::cli::count(s.turns, "turn")
-                )?;
+                writeln!(out, "removed session {} ({})", s.id, count(s.turns, "turn"))?;
             }
         }
         SessionCmd::Cleanup { older_than } => {
             let params = types::SessionCleanup {
                 older_than_s: older_than.as_secs(),
             };
-            let r =
-                Client::connect_or_start(home, autostart)?.call::<m::SessionCleanup>(&params)?;
-            writeln!(out, "removed {}", crate::cli::count(r.removed, "session"))?;
+            let r = crate::daemon::connect_or_start(home, autostart)?
+                .call::<m::SessionCleanup>(&params)?;
+            writeln!(out, "removed {}", count(r.removed, "session"))?;
         }
     }
     Ok(exit::OK)
@@ -861,7 +857,7 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
         if trimmed.starts_with('{') {
             let mut obj: serde_json::Map<String, Value> =
                 serde_json::from_str(trimmed).map_err(|e| {
-                    crate::cli::UsageError(format!(
+                    UsageError(format!(
                         "{}:{n}: not a JSON object: {e}",
                         args.file.display()
                     ))
@@ -884,7 +880,7 @@ fn load_batch(args: &BatchArgs) -> anyhow::Result<Vec<Item>> {
             }
             fields.append(&mut obj);
             params = serde_json::from_value(Value::Object(fields))
-                .map_err(|e| crate::cli::UsageError(format!("{}:{n}: {e}", args.file.display())))?;
+                .map_err(|e| UsageError(format!("{}:{n}: {e}", args.file.display())))?;
             // A line's `cwd` is the user's, relative to where `ccd batch` runs; the daemon takes
             // only absolute paths.
             if let Some(cwd) = &params.cwd {
@@ -922,7 +918,7 @@ fn check_output(args: &BatchArgs, out: &std::path::Path) -> anyhow::Result<HashS
     if let Ok(input_meta) = std::fs::metadata(input)
         && (input_meta.dev(), input_meta.ino()) == (meta.dev(), meta.ino())
     {
-        return Err(crate::cli::UsageError(format!(
+        return Err(UsageError(format!(
             "--output {} is the input file{}: the results would replace the prompts; give \
              another -o FILE",
             out.display(),
@@ -938,7 +934,7 @@ fn check_output(args: &BatchArgs, out: &std::path::Path) -> anyhow::Result<HashS
         return Ok(HashSet::new());
     }
     if !args.resume {
-        return Err(crate::cli::UsageError(format!(
+        return Err(UsageError(format!(
             "--output {} exists: give --force to overwrite it, --resume to run only the prompts \
              it has no result for (and add theirs to it), or another -o FILE",
             out.display()
@@ -971,7 +967,7 @@ fn check_output(args: &BatchArgs, out: &std::path::Path) -> anyhow::Result<HashS
     if unreadable > 0 {
         eprintln!(
             "--resume: {} of {} are not JSON records; ignored",
-            crate::cli::count(unreadable, "line"),
+            count(unreadable, "line"),
             out.display()
         );
     }
@@ -994,7 +990,7 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
         eprintln!(
             "--resume: {} of {} already {} a result in {}: skipped",
             skipped,
-            crate::cli::count(total, "prompt"),
+            count(total, "prompt"),
             if skipped == 1 { "has" } else { "have" },
             out.display()
         );
@@ -1005,7 +1001,7 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     }
     let concurrency = usize::from(args.concurrency);
     // Fail early, before any thread starts, when the daemon cannot be reached.
-    drop(Client::connect_or_start(home, autostart)?);
+    drop(crate::daemon::connect_or_start(home, autostart)?);
 
     let mut sink: Box<dyn Write + Send> = match &args.output {
         Some(p) if args.resume => {
@@ -1109,7 +1105,7 @@ pub fn batch(home: &Home, autostart: bool, args: BatchArgs) -> anyhow::Result<u8
     let (ok, failed, cancelled) = counts.get();
     let never_started = items.len() - ok - failed - cancelled;
     eprintln!("batch: {}", counts.summary(never_started, skipped));
-    // contract.md's codes: an interrupted batch did not do its job (1), whatever finished.
+    // the exit codes: an interrupted batch did not do its job (1), whatever finished.
     Ok(if interrupted.load(Ordering::SeqCst) {
         exit::ERROR
     } else if failed > 0 || cancelled > 0 {

@@ -17,9 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::{CallError, Client};
 use crate::daemon;
 use crate::exit;
-use crate::home::Home;
-use crate::table::Table;
-pub(crate) use crate::table::{count, print_json};
+use crate::exit::UsageError;
+use crate::home::{Home, read};
+use crate::table::{Table, count, print_json};
 
 /// `println!` that returns broken-pipe and other write errors instead of panicking.
 macro_rules! outln {
@@ -547,11 +547,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// A usage error found after parsing (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     let home = Home::from_env()?;
     let autostart = !cli.no_autostart;
@@ -575,7 +570,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                     Some(value)
                 }
             };
-            let mut client = Client::connect_or_start(&home, autostart)?;
+            let mut client = crate::daemon::connect_or_start(&home, autostart)?;
             match client.call_raw(&method, params) {
                 Ok(result) => {
                     print_json(&result)?;
@@ -587,7 +582,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                         "{}",
                         serde_json::to_string_pretty(&e).unwrap_or_else(|_| e.message.clone())
                     );
-                    Ok(crate::rpc_exit_code(&e))
+                    Ok(crate::exit::rpc_code(&e))
                 }
                 Err(e) => Err(e.into()),
             }
@@ -646,7 +641,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             // listing it never starts it.
             let mut client = match cmd {
                 AgentCmd::List(_) | AgentCmd::Show { .. } => Client::connect(&home)?,
-                _ => Client::connect_or_start(&home, autostart)?,
+                _ => crate::daemon::connect_or_start(&home, autostart)?,
             };
             match cmd {
                 AgentCmd::Import { path, json } => {
@@ -729,7 +724,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 )
                 .into());
             }
-            let mut client = Client::connect_or_start(&home, autostart)?;
+            let mut client = crate::daemon::connect_or_start(&home, autostart)?;
             let st = client.call::<m::LimiterStatus>(&NoParams {})?;
             let (scope_enum, mut spec) = match scope.as_str() {
                 "global" => (types::Scope::Global, st.limits.global),
@@ -1346,7 +1341,8 @@ fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<
                 path: path.to_string_lossy().into_owned(),
                 env: (!env.is_empty()).then(|| env.into_iter().collect()),
             };
-            let p = Client::connect_or_start(home, autostart)?.call::<m::ProjectCreate>(&params)?;
+            let p = crate::daemon::connect_or_start(home, autostart)?
+                .call::<m::ProjectCreate>(&params)?;
             if json {
                 print_json(&p)?;
             } else {
@@ -1376,7 +1372,7 @@ fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<
                 ),
                 None => None,
             };
-            let mut client = Client::connect_or_start(home, autostart)?;
+            let mut client = crate::daemon::connect_or_start(home, autostart)?;
             // The environment is replaced whole: start from the project's own.
             let env = if env.is_empty() && unset_env.is_empty() {
                 None
@@ -1417,7 +1413,7 @@ fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<
             }
         }
         ProjectCmd::Rm { name } => {
-            let p = Client::connect_or_start(home, autostart)?
+            let p = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::ProjectDelete>(&types::ProjectName { name })?;
             outln!("removed project {}", p.name);
         }
@@ -1428,7 +1424,7 @@ fn run_project(home: &Home, autostart: bool, cmd: ProjectCmd) -> anyhow::Result<
 fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<u8> {
     match cmd {
         SettingCmd::Set { key, value, json } => {
-            let s = Client::connect_or_start(home, autostart)?
+            let s = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::SettingUpsert>(&types::SettingUpsert { key, value })?;
             if json {
                 print_json(&s)?;
@@ -1462,7 +1458,7 @@ fn run_setting(home: &Home, autostart: bool, cmd: SettingCmd) -> anyhow::Result<
             }
         }
         SettingCmd::Rm { key } => {
-            let s = Client::connect_or_start(home, autostart)?
+            let s = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::SettingDelete>(&types::SettingKey { key })?;
             outln!("removed setting {}", s.key);
         }
@@ -1479,7 +1475,7 @@ fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8
                 })
                 .transpose()?
                 .map(|p| p.to_string_lossy().into_owned());
-            let b = Client::connect_or_start(home, autostart)?
+            let b = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::BackupCreate>(&types::BackupCreate { path })?;
             if json {
                 print_json(&b)?;
@@ -1510,23 +1506,12 @@ fn run_backup(home: &Home, autostart: bool, cmd: BackupCmd) -> anyhow::Result<u8
             }
         }
         BackupCmd::Rm { id } => {
-            let b = Client::connect_or_start(home, autostart)?
+            let b = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::BackupDelete>(&types::BackupId { id })?;
             outln!("removed backup {} ({})", b.id, b.path);
         }
     }
     Ok(exit::OK)
-}
-
-/// A direct, read-only query of the database; the default (empty) when there is none yet.
-pub(crate) fn read<T: Default>(
-    home: &Home,
-    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    match store::open_reader(&home.db())? {
-        Some(conn) => f(&conn),
-        None => Ok(T::default()),
-    }
 }
 
 /// One event: a JSON line, or `time  #seq  type  key=value ...`.

@@ -508,7 +508,7 @@ async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::cli::count(n, "session")),
+            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::table::count(n, "session")),
             Ok(Err(e)) => tracing::warn!("expiring idle sessions: {e}"),
             Err(e) => tracing::warn!("expiring idle sessions: {e}"),
         }
@@ -575,6 +575,37 @@ pub enum How {
 /// How `daemon start` hands its `--set` values to the `daemon run` it spawns: a JSON array of
 /// `[key, value]` pairs.
 pub const OVERRIDES_ENV: &str = "CCD_SET";
+
+/// Connect, starting the daemon first when it is not running and `autostart` allows.
+pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
+    match Client::connect(home) {
+        Err(CallError::NotRunning(_)) if autostart => {
+            if std::env::var_os("CCD_AGENT_CMD").is_some_and(|v| !v.is_empty()) {
+                eprintln!(
+                    "ccd: note: starting the daemon without this shell's CCD_AGENT_CMD (it is \
+                     for this command only); for every query set executor.command in \
+                     config.toml, or run `CCD_AGENT_CMD=... ccd daemon start`"
+                );
+            }
+            let how = How::Auto;
+            start(home, Duration::from_secs(10), true, &[], how).map_err(|e| {
+                match e.downcast::<CallError>() {
+                    // A daemon runs but cannot be reached: say that, as `connect` would.
+                    Ok(call @ CallError::NotRunning(_)) => call,
+                    Ok(other) => CallError::Other(
+                        anyhow::Error::new(other)
+                            .context("the ccd daemon was not running; starting it failed"),
+                    ),
+                    Err(e) => CallError::Other(
+                        e.context("the ccd daemon was not running; starting it failed"),
+                    ),
+                }
+            })?;
+            Client::connect(home)
+        }
+        other => other,
+    }
+}
 
 /// `ccd daemon start`: start a detached daemon and return once its socket answers.
 /// Returns the pid, and whether this call started it.

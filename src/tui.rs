@@ -241,7 +241,7 @@ fn unreachable_message(e: &CallError) -> String {
 fn today(home: &Home) -> Result<StatsRow, String> {
     let now = store::now_ms();
     let start = now - now.rem_euclid(DAY_MS);
-    crate::cli::read(home, |c| {
+    crate::home::read(home, |c| {
         store::stats(c, start, None).map(|s| Some(s.totals))
     })
     .map(Option::unwrap_or_default)
@@ -287,7 +287,7 @@ fn events(home: &Home, tx: &Sender<Msg>, nudge: &Sender<()>) {
 
 /// The newest events of the log (none when it cannot be read: the live stream still works).
 fn recent(home: &Home) -> Vec<Event> {
-    crate::cli::read(home, |c| store::recent_events(c, 0, &[], BACKFILL)).unwrap_or_default()
+    crate::home::read(home, |c| store::recent_events(c, 0, &[], BACKFILL)).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -836,7 +836,7 @@ impl App {
             lines.push(Line::styled(
                 format!(
                     "{} running{}:",
-                    crate::cli::count(self.in_flight.len(), "turn"),
+                    crate::table::count(self.in_flight.len(), "turn"),
                     if self.lagged {
                         " (events were lost; may be stale)"
                     } else {
