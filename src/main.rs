@@ -5,7 +5,6 @@
 //! write, auto-starting the daemon), or reads SQLite directly (listings: they work while the
 //! daemon is stopped). Exit codes: `exit`.
 
-mod agent_cmd;
 mod cli;
 mod client;
 mod complete;
