@@ -116,64 +116,67 @@ pub fn run(home: &Home, autostart: bool, cmd: LimiterCmd) -> anyhow::Result<u8> 
             }
             Ok(exit::OK)
         }
-        LimiterCmd::Status { json } => {
-            let st = Client::connect(home)?.call::<m::LimiterStatus>(&NoParams {})?;
-            if json {
-                print_json(&st)?;
-                return Ok(exit::OK);
-            }
-            let mut out = std::io::stdout().lock();
-            let spec = |s: &types::LimitSpec| {
-                if s.is_off() {
-                    return "off".to_string();
-                }
-                let mut parts = Vec::new();
-                if s.rate_per_s > 0.0 {
-                    parts.push(format!("{}/s burst {}", s.rate_per_s, s.burst));
-                }
-                if s.window_max > 0 {
-                    parts.push(format!("{} per {} ms", s.window_max, s.window_ms));
-                }
-                if s.concurrency > 0 {
-                    parts.push(format!("{} at once", s.concurrency));
-                }
-                parts.join(", ")
-            };
-            outln!(
-                "limits: global {}; per model {}; per project {}",
-                spec(&st.limits.global),
-                spec(&st.limits.model),
-                spec(&st.limits.project)
-            );
-            outln!();
-            let mut t = Table::new([
-                "KEY",
-                "TOKENS",
-                "WINDOW",
-                "IN FLIGHT",
-                "WAITING",
-                "THROTTLED",
-                "ADMITTED",
-            ]);
-            for k in st.keys {
-                t.row([
-                    k.key,
-                    k.available_tokens
-                        .map(|t| t.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    if k.spec.window_max > 0 {
-                        format!("{}/{}", k.window_count, k.spec.window_max)
-                    } else {
-                        "-".into()
-                    },
-                    k.in_flight.to_string(),
-                    k.waiting.to_string(),
-                    k.throttled.to_string(),
-                    k.admitted.to_string(),
-                ]);
-            }
-            t.print_or_empty(&mut out, "no queries limited yet")?;
-            Ok(exit::OK)
-        }
+        LimiterCmd::Status { json } => status(home, json),
     }
+}
+
+/// `ccd limiter status`: the limits per scope, then each key's state.
+fn status(home: &Home, json: bool) -> anyhow::Result<u8> {
+    let st = Client::connect(home)?.call::<m::LimiterStatus>(&NoParams {})?;
+    if json {
+        print_json(&st)?;
+        return Ok(exit::OK);
+    }
+    let mut out = std::io::stdout().lock();
+    let spec = |s: &types::LimitSpec| {
+        if s.is_off() {
+            return "off".to_string();
+        }
+        let mut parts = Vec::new();
+        if s.rate_per_s > 0.0 {
+            parts.push(format!("{}/s burst {}", s.rate_per_s, s.burst));
+        }
+        if s.window_max > 0 {
+            parts.push(format!("{} per {} ms", s.window_max, s.window_ms));
+        }
+        if s.concurrency > 0 {
+            parts.push(format!("{} at once", s.concurrency));
+        }
+        parts.join(", ")
+    };
+    outln!(
+        "limits: global {}; per model {}; per project {}",
+        spec(&st.limits.global),
+        spec(&st.limits.model),
+        spec(&st.limits.project)
+    );
+    outln!();
+    let mut t = Table::new([
+        "KEY",
+        "TOKENS",
+        "WINDOW",
+        "IN FLIGHT",
+        "WAITING",
+        "THROTTLED",
+        "ADMITTED",
+    ]);
+    for k in st.keys {
+        t.row([
+            k.key,
+            k.available_tokens
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if k.spec.window_max > 0 {
+                format!("{}/{}", k.window_count, k.spec.window_max)
+            } else {
+                "-".into()
+            },
+            k.in_flight.to_string(),
+            k.waiting.to_string(),
+            k.throttled.to_string(),
+            k.admitted.to_string(),
+        ]);
+    }
+    t.print_or_empty(&mut out, "no queries limited yet")?;
+    Ok(exit::OK)
 }

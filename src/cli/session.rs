@@ -139,125 +139,10 @@ pub fn run(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<u8> 
             if json {
                 print_json(&sessions)?;
             } else {
-                let mut t = Table::new([
-                    "ID",
-                    "STATUS",
-                    "PROJECT",
-                    "TURNS",
-                    "TOKENS",
-                    "COST",
-                    "LAST USED",
-                ]);
-                for s in sessions {
-                    // Turns, but no agent conversation: every query was refused or failed
-                    // before the agent began one; there is nothing to resume.
-                    let status = if s.turns > 0 && s.agent_session_id.is_none() {
-                        format!("{} (nothing to resume)", s.status)
-                    } else {
-                        s.status
-                    };
-                    t.row([
-                        s.id,
-                        status,
-                        s.project.unwrap_or_else(|| "-".into()),
-                        s.turns.to_string(),
-                        s.usage.total().to_string(),
-                        dollars(s.cost_usd),
-                        crate::table::local_time(&s.last_used_at),
-                    ]);
-                }
-                t.print_or_empty(&mut out, "no sessions")?;
-                if more {
-                    writeln!(
-                        std::io::stderr(),
-                        "(the newest {limit}; --limit N or --all for more)"
-                    )?;
-                }
+                print_list(&mut out, sessions, more, limit)?;
             }
         }
-        SessionCmd::Show { id, json } => {
-            let missing = format!("no session `{id}`");
-            // None: no database yet.
-            let found = read(home, move |c| {
-                let id = match store::resolve_session_id(c, &id) {
-                    Ok(id) => id,
-                    Err(e) => return Ok(Some(Err(e.to_string()))),
-                };
-                let Some(session) = store::session(c, &id)? else {
-                    return Ok(Some(Err(format!("no session `{id}`"))));
-                };
-                Ok(Some(Ok(types::SessionDetail {
-                    turns: store::turns(c, &id)?,
-                    session,
-                })))
-            })?;
-            let detail = found.unwrap_or(Err(missing)).map_err(anyhow::Error::msg)?;
-            if json {
-                print_json(&detail)?;
-            } else {
-                let s = &detail.session;
-                let safe = crate::table::terminal_safe;
-                let local = crate::table::local_time;
-                writeln!(out, "session {}", s.id)?;
-                writeln!(out, "  status:        {}", s.status)?;
-                writeln!(
-                    out,
-                    "  project:       {}",
-                    safe(s.project.as_deref().unwrap_or("-"))
-                )?;
-                writeln!(
-                    out,
-                    "  directory:     {}",
-                    safe(s.cwd.as_deref().unwrap_or("-"))
-                )?;
-                writeln!(
-                    out,
-                    "  agent session: {}",
-                    safe(s.agent_session_id.as_deref().unwrap_or("-"))
-                )?;
-                writeln!(out, "  created:       {}", local(&s.created_at))?;
-                writeln!(out, "  last used:     {}", local(&s.last_used_at))?;
-                writeln!(
-                    out,
-                    "  totals:        {}, {} in / {} out tokens, {}",
-                    count(s.turns, "turn"),
-                    s.usage.input_tokens,
-                    s.usage.output_tokens,
-                    dollars(s.cost_usd)
-                )?;
-                if detail.turns.is_empty() {
-                    writeln!(out, "\nno turns yet")?;
-                }
-                // Each turn whole: its prompt and its answer (or error), wrapped, with
-                // anything that would drive the terminal shown instead.
-                for (i, turn) in detail.turns.iter().enumerate() {
-                    writeln!(
-                        out,
-                        "\nturn {} · {} · {} · {:.1}s · {} tokens · {}",
-                        i + 1,
-                        turn.status,
-                        local(&turn.started_at),
-                        turn.duration_ms as f64 / 1000.0,
-                        turn.usage.total(),
-                        dollars(turn.cost_usd)
-                    )?;
-                    writeln!(out, "  prompt:")?;
-                    write!(
-                        out,
-                        "{}",
-                        crate::table::wrap(&safe(&turn.prompt), 96, "    ")
-                    )?;
-                    if let Some(result) = &turn.result {
-                        writeln!(out, "  result:")?;
-                        write!(out, "{}", crate::table::wrap(&safe(result), 96, "    "))?;
-                    }
-                    if let Some(error) = &turn.error {
-                        writeln!(out, "  error:")?;
-                        write!(out, "{}", crate::table::wrap(&safe(error), 96, "    "))?;
-                    }
-                }
-            }
-        }
+        SessionCmd::Show { id, json } => show(home, &mut out, id, json)?,
         SessionCmd::Close { id, json } => {
             let s = crate::daemon::connect_or_start(home, autostart)?
                 .call::<m::SessionClose>(&types::SessionId { id })?;
@@ -286,4 +171,134 @@ pub fn run(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<u8> 
         }
     }
     Ok(exit::OK)
+}
+
+/// `ccd session list`'s table, and a note on stderr when more sessions than `limit` exist.
+fn print_list(
+    out: &mut impl Write,
+    sessions: Vec<types::Session>,
+    more: bool,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let mut t = Table::new([
+        "ID",
+        "STATUS",
+        "PROJECT",
+        "TURNS",
+        "TOKENS",
+        "COST",
+        "LAST USED",
+    ]);
+    for s in sessions {
+        // Turns, but no agent conversation: every query was refused or failed
+        // before the agent began one; there is nothing to resume.
+        let status = if s.turns > 0 && s.agent_session_id.is_none() {
+            format!("{} (nothing to resume)", s.status)
+        } else {
+            s.status
+        };
+        t.row([
+            s.id,
+            status,
+            s.project.unwrap_or_else(|| "-".into()),
+            s.turns.to_string(),
+            s.usage.total().to_string(),
+            dollars(s.cost_usd),
+            crate::table::local_time(&s.last_used_at),
+        ]);
+    }
+    t.print_or_empty(out, "no sessions")?;
+    if more {
+        writeln!(
+            std::io::stderr(),
+            "(the newest {limit}; --limit N or --all for more)"
+        )?;
+    }
+    Ok(())
+}
+
+/// `ccd session show`: one session and each of its turns whole (read directly).
+fn show(home: &Home, out: &mut impl Write, id: String, json: bool) -> anyhow::Result<()> {
+    let missing = format!("no session `{id}`");
+    // None: no database yet.
+    let found = read(home, move |c| {
+        let id = match store::resolve_session_id(c, &id) {
+            Ok(id) => id,
+            Err(e) => return Ok(Some(Err(e.to_string()))),
+        };
+        let Some(session) = store::session(c, &id)? else {
+            return Ok(Some(Err(format!("no session `{id}`"))));
+        };
+        Ok(Some(Ok(types::SessionDetail {
+            turns: store::turns(c, &id)?,
+            session,
+        })))
+    })?;
+    let detail = found.unwrap_or(Err(missing)).map_err(anyhow::Error::msg)?;
+    if json {
+        print_json(&detail)?;
+    } else {
+        let s = &detail.session;
+        let safe = crate::table::terminal_safe;
+        let local = crate::table::local_time;
+        writeln!(out, "session {}", s.id)?;
+        writeln!(out, "  status:        {}", s.status)?;
+        writeln!(
+            out,
+            "  project:       {}",
+            safe(s.project.as_deref().unwrap_or("-"))
+        )?;
+        writeln!(
+            out,
+            "  directory:     {}",
+            safe(s.cwd.as_deref().unwrap_or("-"))
+        )?;
+        writeln!(
+            out,
+            "  agent session: {}",
+            safe(s.agent_session_id.as_deref().unwrap_or("-"))
+        )?;
+        writeln!(out, "  created:       {}", local(&s.created_at))?;
+        writeln!(out, "  last used:     {}", local(&s.last_used_at))?;
+        writeln!(
+            out,
+            "  totals:        {}, {} in / {} out tokens, {}",
+            count(s.turns, "turn"),
+            s.usage.input_tokens,
+            s.usage.output_tokens,
+            dollars(s.cost_usd)
+        )?;
+        if detail.turns.is_empty() {
+            writeln!(out, "\nno turns yet")?;
+        }
+        // Each turn whole: its prompt and its answer (or error), wrapped, with
+        // anything that would drive the terminal shown instead.
+        for (i, turn) in detail.turns.iter().enumerate() {
+            writeln!(
+                out,
+                "\nturn {} · {} · {} · {:.1}s · {} tokens · {}",
+                i + 1,
+                turn.status,
+                local(&turn.started_at),
+                turn.duration_ms as f64 / 1000.0,
+                turn.usage.total(),
+                dollars(turn.cost_usd)
+            )?;
+            writeln!(out, "  prompt:")?;
+            write!(
+                out,
+                "{}",
+                crate::table::wrap(&safe(&turn.prompt), 96, "    ")
+            )?;
+            if let Some(result) = &turn.result {
+                writeln!(out, "  result:")?;
+                write!(out, "{}", crate::table::wrap(&safe(result), 96, "    "))?;
+            }
+            if let Some(error) = &turn.error {
+                writeln!(out, "  error:")?;
+                write!(out, "{}", crate::table::wrap(&safe(error), 96, "    "))?;
+            }
+        }
+    }
+    Ok(())
 }
