@@ -11,7 +11,7 @@ use clap::Subcommand;
 
 use super::args::ListArgs;
 use crate::client::Client;
-use crate::exit::{self};
+use crate::exit;
 use crate::home::Home;
 use crate::table::{Table, count, print_json};
 

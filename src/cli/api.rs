@@ -21,7 +21,7 @@ pub fn run(
             if !(value.is_object() || empty_array) {
                 return Err(UsageError(format!(
                     "JSON_PARAMS must be a JSON object of params by name (positional \
-                         params are not taken), not `{text}`"
+                     params are not taken), not `{text}`"
                 ))
                 .into());
             }
@@ -40,7 +40,7 @@ pub fn run(
                 "{}",
                 serde_json::to_string_pretty(&e).unwrap_or_else(|_| e.message.clone())
             );
-            Ok(crate::exit::rpc_code(&e))
+            Ok(exit::rpc_code(&e))
         }
         Err(e) => Err(e.into()),
     }

@@ -10,7 +10,7 @@ use ccd_protocol::types::{self};
 use clap::Subcommand;
 
 use super::args::ListArgs;
-use crate::exit::{self};
+use crate::exit;
 use crate::home::{Home, read};
 use crate::table::{Table, print_json};
 

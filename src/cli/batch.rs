@@ -16,8 +16,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use crate::client::{CallError, Client};
-use crate::exit;
-use crate::exit::UsageError;
+use crate::exit::{self, UsageError};
 use crate::home::Home;
 use crate::table::count;
 

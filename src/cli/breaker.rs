@@ -7,7 +7,7 @@ use ccd_protocol::types::{self, NoParams};
 use clap::Subcommand;
 
 use crate::client::{CallError, Client};
-use crate::exit::{self};
+use crate::exit;
 use crate::home::Home;
 use crate::table::{Table, count, print_json};
 

@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::args::{SET_HELP, parse_set};
 use crate::client::Client;
-use crate::exit::{self};
+use crate::exit;
 use crate::home::Home;
 use crate::table::{Table, print_json};
 

@@ -16,8 +16,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::client::{CallError, Client};
-use crate::exit;
-use crate::exit::UsageError;
+use crate::exit::{self, UsageError};
 use crate::home::{Home, read};
 use crate::table::{Table, dollars, print_json};
 
@@ -383,7 +382,7 @@ fn query_exit_code(e: &RpcError) -> u8 {
         Some(ErrorCode::AgentFailed | ErrorCode::Timeout | ErrorCode::Cancelled) => {
             exit::AGENT_FAILED
         }
-        _ => crate::exit::rpc_code(e),
+        _ => exit::rpc_code(e),
     }
 }
 

@@ -8,7 +8,7 @@ use ccd_protocol::types::{self};
 use clap::Args;
 
 use super::args::parse_duration;
-use crate::exit::{self};
+use crate::exit;
 use crate::home::{Home, read};
 use crate::table::{Table, print_json};
 

@@ -9,7 +9,7 @@ use ccd_protocol::types::{self, NoParams};
 use clap::Subcommand;
 
 use crate::client::Client;
-use crate::exit::{self};
+use crate::exit;
 use crate::home::Home;
 use crate::table::print_json;
 
