@@ -1,4 +1,5 @@
-//! The CLI's blocking JSON-RPC client over the Unix socket, with auto-start.
+//! The CLI's blocking JSON-RPC client over the Unix socket. Starting the daemon when it is not
+//! running is `daemon::connect_or_start`'s, above this module.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -175,39 +176,6 @@ impl Client {
             Err(e) => tracing::debug!("setting a receive timeout: {e}"),
         }
         self
-    }
-
-    /// Connect, starting the daemon first when it is not running and `autostart` allows.
-    pub fn connect_or_start(home: &Home, autostart: bool) -> Result<Client, CallError> {
-        match Client::connect(home) {
-            Err(CallError::NotRunning(_)) if autostart => {
-                if std::env::var_os("CCD_AGENT_CMD").is_some_and(|v| !v.is_empty()) {
-                    eprintln!(
-                        "ccd: note: starting the daemon without this shell's CCD_AGENT_CMD (it is \
-                         for this command only); for every query set executor.command in \
-                         config.toml, or run `CCD_AGENT_CMD=... ccd daemon start`"
-                    );
-                }
-                let how = crate::daemon::How::Auto;
-                crate::daemon::start(home, Duration::from_secs(10), true, &[], how).map_err(
-                    |e| {
-                        match e.downcast::<CallError>() {
-                            // A daemon runs but cannot be reached: say that, as `connect` would.
-                            Ok(call @ CallError::NotRunning(_)) => call,
-                            Ok(other) => CallError::Other(
-                                anyhow::Error::new(other)
-                                    .context("the ccd daemon was not running; starting it failed"),
-                            ),
-                            Err(e) => CallError::Other(
-                                e.context("the ccd daemon was not running; starting it failed"),
-                            ),
-                        }
-                    },
-                )?;
-                Client::connect(home)
-            }
-            other => other,
-        }
     }
 
     /// Call a method by name with raw JSON params.

@@ -17,9 +17,8 @@ use ccd_protocol::types::NoParams;
 use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use clap_complete::env::EnvCompleter;
 
-use crate::cli::read;
 use crate::client::Client;
-use crate::home::Home;
+use crate::home::{Home, read};
 
 /// The environment variable of the callback protocol.
 pub const VAR: &str = "COMPLETE";
@@ -28,8 +27,10 @@ pub const VAR: &str = "COMPLETE";
 const SESSIONS: u32 = 50;
 
 /// Answer a completion request (`COMPLETE=SHELL ccd -- ...`) and exit; otherwise return.
-pub fn answer_if_asked() {
-    clap_complete::CompleteEnv::with_factory(<crate::cli::Cli as clap::CommandFactory>::command)
+/// `command` is the whole command line's definition (the CLI's clap types, which name this
+/// module's candidates).
+pub fn answer_if_asked(command: fn() -> clap::Command) {
+    clap_complete::CompleteEnv::with_factory(command)
         .var(VAR)
         .complete();
 }

@@ -1,4 +1,5 @@
-//! `CCD_HOME` and the files in it, and the single-instance lock on `ccd.pid`.
+//! `CCD_HOME` and the files in it, the single-instance lock on `ccd.pid`, and direct reads of
+//! the database in it.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -6,8 +7,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use ccd_actors::store;
 
-/// The daemon's home directory and the paths inside it (contract.md).
+/// The daemon's home directory and the paths inside it.
 #[derive(Debug, Clone)]
 pub struct Home {
     pub root: PathBuf,
@@ -169,4 +171,15 @@ fn read_pid(file: &mut File) -> Option<u32> {
     file.rewind().ok()?;
     file.read_to_string(&mut s).ok()?;
     s.trim().parse().ok()
+}
+
+/// A direct, read-only query of the database; the default (empty) when there is none yet.
+pub fn read<T: Default>(
+    home: &Home,
+    f: impl FnOnce(&rusqlite::Connection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match store::open_reader(&home.db())? {
+        Some(conn) => f(&conn),
+        None => Ok(T::default()),
+    }
 }

@@ -14,11 +14,10 @@ use anyhow::{Context as _, bail};
 use ccd_protocol::methods as m;
 use ccd_protocol::types::NoParams;
 
-use crate::client::Client;
 use crate::home::Home;
 
 pub fn run(home: &Home, autostart: bool, args: Vec<String>) -> anyhow::Result<u8> {
-    let mut client = Client::connect_or_start(home, autostart)?;
+    let mut client = crate::daemon::connect_or_start(home, autostart)?;
     let vfs = client.call::<m::VfsStatus>(&NoParams {})?;
     if !vfs.mounted {
         bail!(

@@ -164,7 +164,7 @@ mod tests {
     impl Write for Disk {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             if self.room == 0 {
-                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+                return Err(std::io::Error::from(rustix::io::Errno::NOSPC));
             }
             let n = buf.len().min(self.room).min(4);
             self.bytes.extend_from_slice(&buf[..n]);

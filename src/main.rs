@@ -3,14 +3,14 @@
 //! The CLI parses arguments (clap), then either runs the daemon (`daemon run`), manages it
 //! (`daemon start|stop|status|restart|logs`), sends a JSON-RPC call over the Unix socket (every
 //! write, auto-starting the daemon), or reads SQLite directly (listings: they work while the
-//! daemon is stopped). Exit codes follow contract.md.
+//! daemon is stopped). Exit codes: `exit`.
 
-mod agent_cmd;
 mod cli;
 mod client;
 mod complete;
 mod daemon;
 mod doctor;
+mod exit;
 mod home;
 mod launch;
 mod logging;
@@ -37,61 +37,24 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 pub static MALLOC_CONF: &[u8; 85] =
     b"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
-use ccd_protocol::ErrorCode;
 use clap::Parser;
 
 use crate::client::CallError;
 
-/// Exit codes (contract.md).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const ERROR: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const NOT_RUNNING: u8 = 3;
-    pub const REFUSED: u8 = 4;
-    pub const AGENT_FAILED: u8 = 5;
-}
-
 fn main() -> ExitCode {
     // `COMPLETE=SHELL ccd -- WORDS...`: the completion script asking for candidates.
-    complete::answer_if_asked();
+    complete::answer_if_asked(<cli::Cli as clap::CommandFactory>::command);
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = exit_code(&e);
+            let code = exit::code(&e);
             if is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
             eprintln!("ccd: {}", render(&e));
             ExitCode::from(code)
         }
-    }
-}
-
-/// The exit code an error maps to.
-fn exit_code(e: &anyhow::Error) -> u8 {
-    for cause in e.chain() {
-        if let Some(call) = cause.downcast_ref::<CallError>() {
-            return match call {
-                CallError::NotRunning(_) | CallError::NoAnswer(_) => exit::NOT_RUNNING,
-                CallError::Rpc(rpc) => rpc_exit_code(rpc),
-                CallError::Other(_) => exit::ERROR,
-            };
-        }
-        if cause.downcast_ref::<cli::UsageError>().is_some() {
-            return exit::USAGE;
-        }
-    }
-    exit::ERROR
-}
-
-/// The exit code for an error answered by the daemon.
-pub fn rpc_exit_code(e: &ccd_protocol::RpcError) -> u8 {
-    match e.kind() {
-        Some(ErrorCode::RateLimited | ErrorCode::CircuitOpen) => exit::REFUSED,
-        Some(ErrorCode::AgentFailed) => exit::AGENT_FAILED,
-        _ => exit::ERROR,
     }
 }
 

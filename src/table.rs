@@ -170,3 +170,32 @@ mod text_tests {
         assert_eq!(local_time("not a time"), "not a time");
     }
 }
+
+/// A cost for people: cents and more to the cent, less to two significant digits ($0.0008),
+/// nothing as $0.
+pub fn dollars(usd: f64) -> String {
+    if usd == 0.0 {
+        "$0".into()
+    } else if usd >= 0.01 {
+        format!("${usd:.2}")
+    } else {
+        // Two significant digits, without trailing zeros.
+        let digits = (-usd.log10().floor()).clamp(0.0, 12.0) as usize + 1;
+        let text = format!("{usd:.digits$}");
+        format!("${}", text.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+#[cfg(test)]
+mod money_tests {
+    use super::dollars;
+
+    #[test]
+    fn costs_read_as_people_write_them() {
+        assert_eq!(dollars(0.0), "$0");
+        assert_eq!(dollars(0.0008), "$0.0008");
+        assert_eq!(dollars(0.000812), "$0.00081");
+        assert_eq!(dollars(0.0123), "$0.01");
+        assert_eq!(dollars(12.345), "$12.35");
+    }
+}

@@ -1,11 +1,10 @@
-//! Daemon lifecycle: run in the foreground, start detached (with a ready handshake), stop,
-//! status, logs; and the wiring of the actors at boot.
+//! `ccd daemon run`: the daemon process itself. `run` takes the pid lock and loads the
+//! configuration; `serve` wires the actors together at boot (the best place to see the whole
+//! daemon on one screen), binds the socket, starts the HTTP API and waits for the stop.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,21 +26,12 @@ use ccd_actors::supervise::HealthRegistry;
 use ccd_actors::vfs;
 use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
 use ccd_actors::{Call, Config};
-use ccd_protocol::methods as m;
 use ccd_protocol::types::EventKind;
-use ccd_protocol::types::NoParams;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{CallError, Client};
+use super::handshake::{ALREADY, ERROR, READY, WARN};
 use crate::home::{Home, Lock, PidLock};
-
-/// What the foreground daemon reports to a `ccd daemon start` waiting on its stdout.
-const READY: &str = "READY";
-const ALREADY: &str = "ALREADY";
-const ERROR: &str = "ERROR";
-/// A warning for the user, before READY (any number of them).
-const WARN: &str = "WARN";
 
 /// `ccd daemon run`: run in the foreground until SIGTERM/SIGINT or `system.shutdown`.
 /// With `notify`, report READY/ALREADY/ERROR on stdout for a parent `daemon start`.
@@ -62,9 +52,8 @@ fn report(line: &str) {
 }
 
 fn run_inner(home: &Home, notify: bool, overrides: &[(String, String)]) -> anyhow::Result<()> {
-    // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail and
-    // touches no memory. Everything the daemon creates (database, logs, backups) is owner-only.
-    unsafe { libc::umask(0o077) };
+    // Everything the daemon creates (database, logs, backups) is owner-only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     home.ensure()?;
     let lock = match PidLock::acquire(&home.pid_file())? {
         Lock::Acquired(lock) => lock,
@@ -508,7 +497,7 @@ async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
             .await
         {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::cli::count(n, "session")),
+            Ok(Ok(n)) => tracing::info!("expired {} idle", crate::table::count(n, "session")),
             Ok(Err(e)) => tracing::warn!("expiring idle sessions: {e}"),
             Err(e) => tracing::warn!("expiring idle sessions: {e}"),
         }
@@ -562,359 +551,4 @@ fn spawn_signal_handlers(shutdown: CancellationToken) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     Ok(())
-}
-
-/// Who starts the daemon: `ccd daemon start|restart`, or a command that needs it
-/// (auto-start), which does not hand it `CCD_AGENT_CMD`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum How {
-    Explicit,
-    Auto,
-}
-
-/// How `daemon start` hands its `--set` values to the `daemon run` it spawns: a JSON array of
-/// `[key, value]` pairs.
-pub const OVERRIDES_ENV: &str = "CCD_SET";
-
-/// `ccd daemon start`: start a detached daemon and return once its socket answers.
-/// Returns the pid, and whether this call started it.
-pub fn start(
-    home: &Home,
-    timeout: Duration,
-    quiet: bool,
-    overrides: &[(String, String)],
-    how: How,
-) -> anyhow::Result<(u32, bool)> {
-    let deadline = Instant::now() + timeout;
-    home.ensure()?;
-    let exe = std::env::current_exe().context("finding the ccd executable")?;
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(home.logs().join("stderr.log"))
-        .context("opening logs/stderr.log")?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["daemon", "run", "--notify-ready"]);
-    // The --set values go by environment, not on the command line: any user can read a
-    // process's command line (/proc/PID/cmdline), only its owner its environment, and a value
-    // may be a secret (http.token).
-    if !overrides.is_empty() {
-        cmd.env(
-            OVERRIDES_ENV,
-            serde_json::to_string(overrides).context("encoding the --set values")?,
-        );
-    }
-    // `CCD_AGENT_CMD` also means "the agent this command runs" (`ccd launch`, `ccd doctor`): a
-    // one-off value for such a command is not the agent every later query should run.
-    if how == How::Auto {
-        cmd.env_remove("CCD_AGENT_CMD");
-    }
-    cmd.env("CCD_HOME", &home.root)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-    // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which
-    // is async-signal-safe and touches no memory of the parent. It detaches the daemon from the
-    // terminal's session so that closing the terminal or Ctrl-C there does not reach it.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("spawning the daemon")?;
-    let stdout = child.stdout.take().context("the daemon's stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Line by line until the outcome (or EOF, sent as an empty line): warnings come first.
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        loop {
-            let mut line = String::new();
-            let eof = !matches!(reader.read_line(&mut line), Ok(n) if n > 0);
-            let outcome = !line.starts_with(WARN);
-            if tx.send(line).is_err() || eof || outcome {
-                break;
-            }
-        }
-    });
-    let line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => match line.trim().strip_prefix(WARN) {
-                Some(warning) => eprintln!("ccd: warning: {}", warning.trim()),
-                None => break line,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "the daemon did not report ready within {timeout:?}; see {}",
-                    home.log_file().display()
-                );
-            }
-        }
-    };
-    let line = line.trim();
-    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-    match word {
-        READY => {
-            let pid: u32 = rest.parse().unwrap_or(child.id());
-            if !quiet {
-                writeln!(std::io::stdout().lock(), "ccd daemon started (pid {pid})")?;
-            }
-            Ok((pid, true))
-        }
-        ALREADY => {
-            let _ = child.wait();
-            let pid: u32 = rest.parse().unwrap_or(0);
-            // Running is not enough: a daemon nothing can reach (its socket file deleted) must
-            // not pass for one that serves, as `daemon status` would not.
-            wait_answering(home, deadline)?;
-            if !quiet {
-                writeln!(
-                    std::io::stdout().lock(),
-                    "ccd daemon is already running (pid {pid})"
-                )?;
-            }
-            Ok((pid, false))
-        }
-        ERROR => {
-            let _ = child.wait();
-            bail!("the daemon failed to start: {rest}")
-        }
-        _ => {
-            let status = child.wait().ok();
-            let tail = tail_lines(&home.logs().join("stderr.log"), 5)
-                .unwrap_or_default()
-                .join("\n");
-            bail!(
-                "the daemon exited before it was ready ({}){}{}",
-                status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "unknown status".into()),
-                if tail.is_empty() {
-                    ""
-                } else {
-                    "; last lines of logs/stderr.log:\n"
-                },
-                tail
-            )
-        }
-    }
-}
-
-/// After a start found a daemon already running: wait until it answers on its socket (it may
-/// still be starting), failing as "not running" (exit 3, as `daemon status` would) at once when
-/// its socket file is gone, or at `deadline`.
-fn wait_answering(home: &Home, deadline: Instant) -> anyhow::Result<()> {
-    loop {
-        match Client::connect(home) {
-            Ok(_) => return Ok(()),
-            Err(CallError::NotRunning(why)) => {
-                let gone = crate::client::socket_orphaned(&home.socket());
-                if gone || Instant::now() >= deadline {
-                    return Err(CallError::NotRunning(why).into());
-                }
-                if PidLock::probe(&home.pid_file()).is_none() {
-                    return Err(CallError::NotRunning(
-                        "the daemon that was running stopped while this start waited for it; \
-                         run `ccd daemon start` again"
-                            .into(),
-                    )
-                    .into());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ccd daemon stop`: ask the daemon to stop and wait until it has exited, all within
-/// `timeout` (asking included: a daemon that is stopped or hung does not get to hold it up).
-pub fn stop(home: &Home, timeout: Duration) -> anyhow::Result<bool> {
-    let deadline = Instant::now() + timeout;
-    let pid = match Client::connect(home) {
-        Ok(client) => {
-            // The pid from the lock file: asking the daemon would be one more call to wait on.
-            let pid = PidLock::probe(&home.pid_file()).flatten();
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut client = client.with_timeout(left.max(Duration::from_millis(1)));
-            // Queries still running are given time to finish: say so, and which.
-            if let Ok(list) = client.call::<m::QueryList>(&NoParams {})
-                && !list.queries.is_empty()
-            {
-                let ids: Vec<String> = list
-                    .queries
-                    .iter()
-                    .map(|q| q.query_id.chars().take(8).collect())
-                    .collect();
-                let what = match ids.len() {
-                    1 => "1 running query".to_string(),
-                    n => format!("{n} running queries"),
-                };
-                eprintln!(
-                    "waiting for {what} to finish ({}; up to daemon.shutdown_timeout_ms, then \
-                     they are cancelled)",
-                    ids.join(", ")
-                );
-            }
-            match client.call::<m::SystemShutdown>(&NoParams {}) {
-                Ok(_) => pid,
-                // The gateway cannot take the request (failed, restarting, stuck): signal
-                // instead, if a daemon still holds the lock.
-                Err(CallError::Rpc(_) | CallError::NotRunning(_)) => {
-                    match PidLock::probe(&home.pid_file()) {
-                        None => pid,
-                        Some(_) => Some(terminate_locked(home)?),
-                    }
-                }
-                Err(e) => return Err(anyhow::Error::new(e).context("asking the daemon to stop")),
-            }
-        }
-        Err(CallError::NotRunning(_)) => match PidLock::probe(&home.pid_file()) {
-            None => return Ok(false),
-            // Holding the lock but not answering: signal it.
-            Some(_) => Some(terminate_locked(home)?),
-        },
-        Err(e) => return Err(e.into()),
-    };
-    while PidLock::probe(&home.pid_file()).is_some() {
-        if Instant::now() > deadline {
-            let within = humantime::format_duration(timeout);
-            match pid {
-                Some(pid) => bail!(
-                    "the daemon (pid {pid}) did not stop within {within}; it may still be \
-                     finishing requests (`ccd daemon logs`), or be stuck: `kill -9 {pid}` ends it"
-                ),
-                None => bail!("the daemon did not stop within {within} (see `ccd daemon logs`)"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(true)
-}
-
-/// SIGTERM the daemon that holds the pid lock; returns its pid.
-fn terminate_locked(home: &Home) -> anyhow::Result<u32> {
-    let pid = PidLock::probe(&home.pid_file())
-        .context("no daemon holds the lock")?
-        .context("a daemon holds the lock but its pid file is unreadable")?;
-    anyhow::ensure!(
-        pid > 1 && pid <= i32::MAX as u32,
-        "the pid file holds an implausible pid {pid}; not signalling it"
-    );
-    // SAFETY: kill(2) takes plain integers and shares no memory with us; the pid is positive
-    // (never a process group) and read from the pid file whose lock a live daemon holds.
-    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
-        bail!(
-            "signalling daemon pid {pid}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(pid)
-}
-
-/// Print the last `n` lines of the log, then with `follow` keep printing what is appended
-/// (across rotations) until interrupted.
-pub fn logs(home: &Home, n: usize, follow: bool) -> anyhow::Result<()> {
-    let path = home.log_file();
-    if !path.exists() && !follow {
-        bail!("no log yet at {}", path.display());
-    }
-    let mut out = std::io::stdout().lock();
-    // Following starts exactly where the tail ended, so nothing appended in between is lost.
-    let (lines, mut pos) = tail(&path, n, follow).unwrap_or_default();
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()?;
-    if !follow {
-        return Ok(());
-    }
-    let mut buf = Vec::new();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let Ok(mut file) = std::fs::File::open(&path) else {
-            continue;
-        };
-        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if len < pos {
-            pos = 0; // rotated: the file is new
-        }
-        if len == pos {
-            continue;
-        }
-        file.seek(SeekFrom::Start(pos))?;
-        buf.clear();
-        file.read_to_end(&mut buf)?;
-        pos += buf.len() as u64;
-        out.write_all(&buf)?;
-        out.flush()?;
-    }
-}
-
-/// The last `n` lines of a file (reads at most the last 4 MiB). Never fails on what the file
-/// holds: bytes that are not UTF-8 (a line cut off mid-character when the disk filled, or
-/// garbage) are shown as U+FFFD, a line without its end is shown as it is, and when the read
-/// starts inside the file its first, partial line is dropped.
-pub fn tail_lines(path: &std::path::Path, n: usize) -> anyhow::Result<Vec<String>> {
-    tail(path, n, false).map(|(lines, _)| lines)
-}
-
-/// [`tail_lines`], and the offset where following should go on. With `whole_lines`, a last
-/// line still being written is left for the follower (which prints it once, as it grows).
-fn tail(path: &std::path::Path, n: usize, whole_lines: bool) -> anyhow::Result<(Vec<String>, u64)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = file.metadata()?.len();
-    let start = len.saturating_sub(4 * 1024 * 1024);
-    file.seek(SeekFrom::Start(start))?;
-    let mut bytes = Vec::new();
-    BufReader::new(file).read_to_end(&mut bytes).ok();
-    if whole_lines {
-        let keep = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        bytes.truncate(keep);
-    }
-    let end = start + bytes.len() as u64;
-    Ok((last_lines(&bytes, n, start > 0), end))
-}
-
-/// The last `n` lines of `bytes`, read lossily; `mid_file`: `bytes` may begin inside a line,
-/// which is then left out.
-fn last_lines(bytes: &[u8], n: usize, mid_file: bool) -> Vec<String> {
-    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    if bytes.is_empty() || bytes.ends_with(b"\n") {
-        lines.pop();
-    }
-    if mid_file && !lines.is_empty() {
-        lines.remove(0);
-    }
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| String::from_utf8_lossy(l.strip_suffix(b"\r").unwrap_or(l)).into_owned())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::last_lines;
-
-    #[test]
-    fn a_cut_or_garbled_line_is_shown_not_fatal() {
-        let log = b"one\ntwo cut \xe2\x82 off\xff\xfethree\nfour\n";
-        assert_eq!(
-            last_lines(log, 10, false),
-            ["one", "two cut \u{fffd} off\u{fffd}\u{fffd}three", "four"]
-        );
-        assert_eq!(last_lines(log, 1, false), ["four"]);
-        // No newline at the end: the last line as it is.
-        assert_eq!(last_lines(b"a\nb", 5, false), ["a", "b"]);
-        // Read from inside the file: its first, partial line is dropped.
-        assert_eq!(last_lines(b"tail of a line\nb\n", 5, true), ["b"]);
-        assert!(last_lines(b"", 5, false).is_empty());
-    }
 }
