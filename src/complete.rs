@@ -37,6 +37,16 @@ pub fn answer_if_asked(command: fn() -> clap::Command) {
 
 /// `ccd completions SHELL`: the script that registers the completer with the shell.
 pub fn print_script(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let script = registration(shell)?;
+    std::io::stdout()
+        .lock()
+        .write_all(&script)
+        .context("writing the completion script")?;
+    Ok(())
+}
+
+/// The script that registers the completer with `shell`.
+pub fn registration(shell: clap_complete::Shell) -> anyhow::Result<Vec<u8>> {
     let completer: &dyn EnvCompleter = match shell {
         clap_complete::Shell::Bash => &clap_complete::env::Bash,
         clap_complete::Shell::Zsh => &clap_complete::env::Zsh,
@@ -45,23 +55,25 @@ pub fn print_script(shell: clap_complete::Shell) -> anyhow::Result<()> {
         clap_complete::Shell::PowerShell => &clap_complete::env::Powershell,
         other => anyhow::bail!("no completion for {other}"),
     };
-    // The script runs `ccd` as this one was run: by name on PATH, or by its absolute path.
-    let argv0 = std::env::args_os()
-        .next()
-        .unwrap_or_else(|| OsString::from("ccd"));
-    let mut program = std::path::PathBuf::from(argv0);
-    if program.components().count() > 1 {
-        program = std::path::absolute(&program).unwrap_or(program);
-    }
+    let program = self_program();
     let mut script = Vec::new();
     completer
         .write_registration(VAR, "ccd", "ccd", &program.to_string_lossy(), &mut script)
         .context("writing the completion script")?;
-    std::io::stdout()
-        .lock()
-        .write_all(&script)
-        .context("writing the completion script")?;
-    Ok(())
+    Ok(script)
+}
+
+/// How scripts should run `ccd`: as this one was run, by name on PATH or by its absolute path.
+pub fn self_program() -> std::path::PathBuf {
+    let argv0 = std::env::args_os()
+        .next()
+        .unwrap_or_else(|| OsString::from("ccd"));
+    let program = std::path::PathBuf::from(argv0);
+    if program.components().count() > 1 {
+        std::path::absolute(&program).unwrap_or(program)
+    } else {
+        program
+    }
 }
 
 fn home() -> Option<Home> {

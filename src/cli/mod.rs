@@ -30,6 +30,7 @@ mod project;
 mod query;
 mod session;
 mod setting;
+mod shell;
 mod stats;
 mod vfs;
 
@@ -154,6 +155,25 @@ enum Command {
     /// A live terminal dashboard: actor health, queries in flight, live events, cost and tokens
     /// today, breakers and limits.
     Tui,
+    /// Print the shell integration to `eval` in your shell's startup file: a `ccd` function with
+    /// which `ccd cd PROJECT` changes the shell's directory, and completions.
+    #[command(after_help = "Add to ~/.bashrc:       eval \"$(ccd init bash)\"\n\
+Add to ~/.zshrc:        eval \"$(ccd init zsh)\"   (after compinit, for completions)\n\
+Add to fish's config:   ccd init fish | source")]
+    Init {
+        /// bash, zsh or fish.
+        shell: shell::InitShell,
+    },
+    /// Print a project's directory; with the shell integration (`ccd init`), change to it.
+    /// Without a project: the directory of the most recent session.
+    #[command(
+        after_help = "Examples:\n  ccd cd web\n  ccd cd        (where the latest session ran)"
+    )]
+    Cd {
+        /// The project's name.
+        #[arg(add = crate::complete::projects())]
+        project: Option<String>,
+    },
 }
 
 /// Run one command: each group's module has its own function.
@@ -185,6 +205,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Events(args) => events::run(&home, args),
         Command::Stats(args) => stats::run(&home, args),
         Command::Tui => crate::tui::run(&home),
+        Command::Init { shell } => shell::init(shell),
+        Command::Cd { project } => shell::cd(&home, project),
     }
 }
 
