@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::cli::{DaemonOpts, Synchronous, Target};
 use crate::client::{Client, clip};
-use crate::interrupted;
+use crate::interrupt::interrupted;
 
 /// The daemon ping and upsert talk to: one ccd-bench started (and stops on drop), or one
 /// that was already running.
@@ -398,17 +398,6 @@ pub(crate) fn proc_status(pid: u32) -> Result<(u64, Option<u64>)> {
     Ok((rss, field("Threads:")))
 }
 
-pub(crate) fn sleep_interruptible(d: Duration) {
-    let end = Instant::now() + d;
-    while !interrupted() {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
 /// A private directory under the system temp dir, removed on drop unless kept.
 pub(crate) struct TempDir {
     pub(crate) path: PathBuf,
@@ -452,4 +441,18 @@ impl Drop for TempDir {
             );
         }
     }
+}
+
+/// Writes a new executable script (closed before any process is spawned from it: no ETXTBSY).
+pub(crate) fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing the stub agent {}", path.display()))
 }

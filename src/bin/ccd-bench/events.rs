@@ -14,16 +14,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::cli::{DaemonOpts, Limits};
-use crate::client::{Body, Client, clip, io_error, reply_body, reply_id, reply_object};
-use crate::daemon::{Daemon, sleep_interruptible, start_timeout};
-use crate::fmt::{fmt_ratio, group_thousands, lat_ratios, nanos};
+use crate::cli::{DaemonOpts, Driver, Limits, check_total};
+use crate::client::{Body, Client, Expect, clip, io_error, reply_body, reply_id, reply_object};
+use crate::daemon::{Daemon, start_timeout};
+use crate::fmt::{Out, fmt_lat, fmt_ratio, group_thousands, lat_ratios, nanos};
+use crate::interrupt::{check_interrupted, interrupted, sleep_interruptible};
 use crate::phase::{
-    Budget, Driver, Expect, Gate, GateState, Op, Phase, PhaseResult, WorkerOut, run_phase,
+    Budget, Gate, GateState, Op, Phase, PhaseResult, WorkerOut, run_phase, session_create_line,
     wait_ready,
 };
-use crate::query::fmt_lat;
-use crate::{Out, check_interrupted, check_total, interrupted};
 
 /// The event type every `session.create` publishes, and the only one the subscribers ask for.
 const EVENT_TYPE: &str = "session.created";
@@ -33,9 +32,6 @@ const DELIVERY_TARGET: f64 = 100_000.0;
 
 /// `events.subscriber_queue` when ccd-bench does not set it (the daemon's default).
 const DAEMON_SUBSCRIBER_QUEUE: u32 = 4096;
-
-/// Default of `--pipeline`: `session.create` requests in flight per publisher connection.
-pub(crate) const DEFAULT_PIPELINE: u32 = 16;
 
 /// Requests in flight per connection while filling a stalled subscriber's queue (unmeasured).
 const PREFILL_PIPELINE: u32 = 32;
@@ -85,11 +81,6 @@ impl EventsPlan {
             None => format!("subscriber queue {DAEMON_SUBSCRIBER_QUEUE} (the daemon's default)"),
         }
     }
-}
-
-/// The `session.create` request line (with its `\n`).
-pub(crate) fn session_create_line(id: u64) -> String {
-    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"session.create\",\"params\":{{}}}}\n")
 }
 
 /// Sends `n` `session.create` requests in one write, then reads their `n` replies in whatever
