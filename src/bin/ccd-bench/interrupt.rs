@@ -2,34 +2,25 @@
 //! still stopped and its temporary home removed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    // A second Ctrl-C gives up on cleaning up.
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: `_exit` is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
+/// Set by the first SIGINT or SIGTERM.
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
 /// Makes SIGINT/SIGTERM stop the measurement early so that a daemon ccd-bench started is
-/// still stopped and its temporary home removed.
+/// still stopped and its temporary home removed; a second one gives up on cleaning up and
+/// exits at once with status 130.
 pub(crate) fn install_interrupt_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_interrupt;
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic and `_exit`.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
+    for signal in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the signal before this one left it.
+        let _ = flag::register_conditional_shutdown(signal, 130, Arc::clone(&INTERRUPTED));
+        let _ = flag::register(signal, Arc::clone(&INTERRUPTED));
     }
 }
 
