@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -33,46 +32,25 @@ pub fn claude_bin() -> PathBuf {
     path
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "ccd-mock-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A directory removed on drop, named for what it holds.
+fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("ccd-mock-{tag}-"))
+        .tempdir()
+        .expect("create temp dir")
 }
 
 /// A HOME and a project directory for CLI runs; runs in the same `CliEnv` share sessions.
 pub struct CliEnv {
-    home: TempDir,
-    project: TempDir,
+    home: tempfile::TempDir,
+    project: tempfile::TempDir,
 }
 
 impl CliEnv {
     pub fn new() -> CliEnv {
         CliEnv {
-            home: TempDir::new("home"),
-            project: TempDir::new("proj"),
+            home: temp_dir("home"),
+            project: temp_dir("proj"),
         }
     }
 
