@@ -17,6 +17,9 @@
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `bench`       | `ccd-bench` smoke runs: every comparison runs, no request fails         |
 //! | `agent`       | the real Claude Code CLI through the daemon, against the mock API      |
+//! | `sessions`    | sessions with the real CLI: one query at a time, listing, paging, expiry |
+//! | `batch`       | `ccd batch`: JSONL output and its safety rules, resume, tags, Ctrl-C   |
+//! | `agent_process` | stub agents: arguments, environment, output, stderr, lingering children |
 //! | `events`      | the event bus: a query's events, filters, lagged subscribers, retention |
 //! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
@@ -28,7 +31,9 @@
 mod support;
 
 mod agent;
+mod agent_process;
 mod agents;
+mod batch;
 mod bench;
 mod cli;
 mod docs;
@@ -40,6 +45,7 @@ mod mock_api;
 mod protocol;
 mod resilience;
 mod service;
+mod sessions;
 mod supervision;
 mod tui;
 mod vfs;

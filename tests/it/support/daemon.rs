@@ -350,6 +350,13 @@ pub fn code(err: &Value) -> i64 {
         .unwrap_or_else(|| panic!("no code in {err}"))
 }
 
+/// The error class (`data.class`) of a JSON-RPC error from a query.
+pub fn class(e: &Value) -> &str {
+    e["data"]["class"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no class in {e}"))
+}
+
 /// Poll `cond` until it holds, failing the test after `limit` (which only bounds a hang; no
 /// assertion depends on how fast anything is).
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {

@@ -1,4 +1,7 @@
-//! Stand-ins for the Claude Code CLI: shell scripts for what the real CLI cannot be made to do.
+//! Stand-ins for the Claude Code CLI: shell scripts for what the real CLI cannot be made to do,
+//! and a daemon that runs one.
+
+use crate::support::daemon::Daemon;
 
 /// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
 /// `done` beside itself; its arguments, one per line, are in `args` beside it. For what the
@@ -32,4 +35,9 @@ pub fn script_agent(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, s
     .unwrap();
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     (dir, agent)
+}
+
+/// A daemon whose agent command is `agent`, with `config` as its config.toml.
+pub fn agent_at(agent: &std::path::Path, config: &str) -> Daemon {
+    Daemon::builder().agent(agent).config(config).start()
 }
