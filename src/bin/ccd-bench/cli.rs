@@ -1,4 +1,5 @@
-//! The command line: every subcommand's arguments, with the defaults `--help` shows.
+//! The command line: every subcommand's arguments, with the defaults `--help` shows, and the
+//! option types, defaults and limits the suites share. It imports no other module of ccd-bench.
 
 use std::path::PathBuf;
 use std::time::Duration;

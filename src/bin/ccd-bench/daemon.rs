@@ -1,4 +1,5 @@
-//! Starting, timing and stopping the daemons a benchmark measures, and their temporary homes.
+//! Starting, timing and stopping the daemons a benchmark measures, their temporary homes, and the
+//! stub agent scripts the suites write.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
