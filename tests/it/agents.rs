@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 const SECRET: &str = "zebra-quartz-7731 is the reviewer's secret instruction";
 

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::common::describe;
+use crate::support::daemon::describe;
 
 fn bench(args: &[&str]) -> String {
     let home = tempfile::tempdir().expect("temp dir");

@@ -2,7 +2,8 @@
 
 use serde_json::Value;
 
-use crate::common::*;
+use crate::support::daemon::*;
+use crate::support::stub_agents::*;
 
 #[test]
 fn writes_auto_start_the_daemon_unless_told_not_to() {

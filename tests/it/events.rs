@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::*;
-use crate::mock_api::{Behaviour, MockApi, claude_bin};
+use crate::support::claude::claude_bin;
+use crate::support::daemon::*;
+use crate::support::mock_api::{Behaviour, MockApi};
 
 fn subscribe(d: &Daemon, params: Value) -> Conn {
     let mut c = d.connect();

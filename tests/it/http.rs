@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 fn http_daemon(extra_config: &str) -> (Daemon, String) {
     let d = Daemon::builder()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 #[test]
 fn start_answers_and_double_start_says_so() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 /// Open-file limit the daemon is started with here: after the descriptors it keeps for itself
 /// (64 + 4 per executor; 4 executors), room for (200 - 80) / 2 = 60 connections.

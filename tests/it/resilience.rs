@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::*;
-use crate::mock_api::{Behaviour, MockApi, claude_bin};
+use crate::support::claude::claude_bin;
+use crate::support::daemon::*;
+use crate::support::mock_api::{Behaviour, MockApi};
+use crate::support::stub_agents::*;
 
 /// A stub agent: a script that counts its calls in `calls` and, by the word in `mode`, prints a
 /// real CLI transcript (`ok`), dies by SIGKILL (`fail`, a retryable failure) or prints the init

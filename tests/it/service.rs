@@ -10,7 +10,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 /// A `ccd` command of `d` with `HOME`, `XDG_CONFIG_HOME` and `PATH` of the test's choosing.
 fn ccd(d: &Daemon, config: &Path, path: &str, args: &[&str]) -> Output {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
+use crate::support::stub_agents::*;
 
 fn actor<'a>(health: &'a Value, name: &str) -> &'a Value {
     health["actors"]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

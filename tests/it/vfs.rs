@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 const SECRET: &str = "okapi-lantern-5519, the tester's secret instruction";
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::agent::agent_daemon;
-use crate::common::*;
-use crate::mock_api::{Behaviour, MockApi, claude_bin};
+use crate::support::agent_daemon::agent_daemon;
+use crate::support::claude::claude_bin;
+use crate::support::daemon::*;
+use crate::support::mock_api::{Behaviour, MockApi};
 
 /// The session id from the summary `ccd query` prints on stderr.
 fn session_of(out: &std::process::Output) -> String {

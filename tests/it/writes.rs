@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 
 use serde_json::{Value, json};
 
-use crate::common::*;
+use crate::support::daemon::*;
 
 #[test]
 fn concurrent_writers_lose_no_write() {

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cli::Driver;
 use crate::cli::{DaemonOpts, Limits};
+use crate::client::Expect;
 use crate::client::{Body, Client, clip};
-use crate::daemon::{Daemon, TempDir, start_timeout};
-use crate::fmt::{fmt_duration, fmt_ns, fmt_ratio, group_thousands, lat_ratios};
-use crate::phase::{Driver, Expect, Op, Phase, PhaseResult, Stage, run_phase};
-use crate::query::{fmt_lat, write_executable};
-use crate::{Out, check_interrupted};
+use crate::daemon::{Daemon, TempDir, start_timeout, write_executable};
+use crate::fmt::{Out, fmt_duration, fmt_lat, fmt_ns, fmt_ratio, group_thousands, lat_ratios};
+use crate::interrupt::check_interrupted;
+use crate::phase::{Op, Phase, PhaseResult, REFUSED_PROMPT, Stage, run_phase};
 
 /// Failures in a row that open the breaker of the breaker benchmark's daemon.
 const BREAKER_TRIP: u32 = 3;
@@ -29,9 +30,6 @@ const AGENT_FAILED: i64 = -32007;
 
 /// JSON-RPC error code of a query refused by an open circuit breaker.
 const CIRCUIT_OPEN: i64 = -32003;
-
-/// The prompt of every `query.run` of the breaker benchmark (plain ASCII: no escaping needed).
-pub(crate) const REFUSED_PROMPT: &str = "x";
 
 /// The target: an open breaker refuses a query in well under this many milliseconds (at p99).
 const BREAKER_TARGET_MS: f64 = 1.0;

@@ -1,20 +1,70 @@
-//! The command line: every subcommand's arguments, with the defaults `--help` shows.
+//! The command line: every subcommand's arguments, with the defaults `--help` shows, and the
+//! option types, defaults and limits the suites share. It imports no other module of ccd-bench.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::events::DEFAULT_PIPELINE;
-use crate::phase::Driver;
-use crate::vfs::VFS_PROMPT_BYTES;
 
 /// Upper bound on measured requests in one phase (all connections together).
 pub(crate) const MAX_TOTAL_REQUESTS: u64 = 10_000_000;
 
 /// The value written by every `setting.upsert` request and by the SQLite baseline.
 pub(crate) const UPSERT_VALUE: &str = "ccd-bench-value-0123456789abcdef";
+
+/// Default of `--pipeline`: `session.create` requests in flight per publisher connection.
+pub(crate) const DEFAULT_PIPELINE: u32 = 16;
+
+/// Default prompt size (1.4 MiB of base64-alphabet characters, 6 random bits each), which
+/// zstd can only squeeze to about 1 MiB, so `agents.sealed` comes out at about 1 MiB.
+pub(crate) const VFS_PROMPT_BYTES: u32 = 1_468_006;
+
+/// Refuses more than [`MAX_TOTAL_REQUESTS`] measured requests in one phase.
+pub(crate) fn check_total(connections: u32, requests: u32) -> Result<()> {
+    let total = u64::from(connections) * u64::from(requests);
+    ensure!(
+        total <= MAX_TOTAL_REQUESTS,
+        "{connections} connections × {requests} requests = {total} is more than the limit of \
+         {MAX_TOTAL_REQUESTS} measured requests per phase"
+    );
+    Ok(())
+}
+
+/// How the client side of a closed-loop phase drives its connections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Driver {
+    /// One blocking client thread per connection, one request in flight.
+    Threads,
+    /// `threads` client threads, each driving its share of the connections over non-blocking
+    /// sockets on a single-threaded tokio runtime (as wrk and redis-benchmark do), `depth`
+    /// requests in flight per connection.
+    Multiplexed { threads: u32, depth: u32 },
+}
+
+impl Driver {
+    /// How `connections` connections are driven, in words.
+    pub(crate) fn explain(self, connections: u32) -> String {
+        match self {
+            Driver::Threads => {
+                format!("{connections} blocking client thread(s), one per connection")
+            }
+            Driver::Multiplexed { threads, depth } => format!(
+                "{} client thread(s) multiplexing {connections} connection(s), {depth} request(s) \
+                 in flight per connection",
+                threads.clamp(1, connections.max(1))
+            ),
+        }
+    }
+
+    /// The same driver with one request in flight per connection.
+    pub(crate) fn one_at_a_time(self) -> Driver {
+        match self {
+            Driver::Threads => Driver::Threads,
+            Driver::Multiplexed { threads, .. } => Driver::Multiplexed { threads, depth: 1 },
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(

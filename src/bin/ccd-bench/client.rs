@@ -8,7 +8,21 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::phase::{Attempt, Expect};
+/// What counts as a successful reply.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect {
+    /// The request line itself, written back by the echo baseline.
+    Echo,
+    /// A JSON-RPC `result` (optionally equal to this string); an `error` is a failed request.
+    Result(Option<&'static str>),
+    /// A JSON-RPC `error` with this code; any other reply is a failed request.
+    ErrorCode(i64),
+}
+
+/// How one request went: `Ok(Ok(()))` a success, `Ok(Err(message))` a failed request (a
+/// JSON-RPC error reply or a wrong answer), `Err` a broken connection (or an agent that could
+/// not be run at all).
+pub(crate) type Attempt = Result<Result<(), String>>;
 
 /// One persistent NDJSON connection.
 pub(crate) struct Client {

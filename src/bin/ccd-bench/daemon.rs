@@ -1,23 +1,23 @@
-//! Starting, timing and stopping the daemons a benchmark measures, and their temporary homes.
+//! Starting, timing and stopping the daemons a benchmark measures, their temporary homes, and the
+//! stub agent scripts the suites write.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::cli::{DaemonOpts, Synchronous, Target};
 use crate::client::{Client, clip};
-use crate::interrupted;
+use crate::interrupt::interrupted;
 
 /// The daemon ping and upsert talk to: one ccd-bench started (and stops on drop), or one
 /// that was already running.
@@ -398,58 +398,59 @@ pub(crate) fn proc_status(pid: u32) -> Result<(u64, Option<u64>)> {
     Ok((rss, field("Threads:")))
 }
 
-pub(crate) fn sleep_interruptible(d: Duration) {
-    let end = Instant::now() + d;
-    while !interrupted() {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
-
-/// A private directory under the system temp dir, removed on drop unless kept.
+/// A private directory (mode 0700) under the system temp dir, removed on drop unless kept.
 pub(crate) struct TempDir {
     pub(crate) path: PathBuf,
+    dir: Option<tempfile::TempDir>,
     keep: bool,
 }
 
 impl TempDir {
     pub(crate) fn new(tag: &str, keep: bool) -> Result<TempDir> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let base = std::env::temp_dir();
-        for _ in 0..16 {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = base.join(format!(
-                "ccd-bench-{tag}-{}-{n}-{nanos:x}",
-                std::process::id()
-            ));
-            match fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(TempDir { path, keep }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-            }
-        }
-        bail!(
-            "could not create a unique temporary directory under {}",
-            base.display()
-        )
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ccd-bench-{tag}-"))
+            .permissions(fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .with_context(|| {
+                format!(
+                    "creating a temporary directory under {}",
+                    std::env::temp_dir().display()
+                )
+            })?;
+        Ok(TempDir {
+            path: dir.path().to_path_buf(),
+            dir: Some(dir),
+            keep,
+        })
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // Removed here rather than by tempfile's own drop, which would not say when it failed.
+        let Some(dir) = self.dir.take() else { return };
+        let path = dir.keep();
         if self.keep {
-            eprintln!("ccd-bench: kept {}", self.path.display());
-        } else if let Err(e) = fs::remove_dir_all(&self.path) {
+            eprintln!("ccd-bench: kept {}", path.display());
+        } else if let Err(e) = fs::remove_dir_all(&path) {
             eprintln!(
                 "ccd-bench: warning: could not remove {}: {e}",
-                self.path.display()
+                path.display()
             );
         }
     }
+}
+
+/// Writes a new executable script (closed before any process is spawned from it: no ETXTBSY).
+pub(crate) fn write_executable(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(path)
+        .and_then(|mut f| f.write_all(contents.as_bytes()))
+        .with_context(|| format!("writing the stub agent {}", path.display()))
 }

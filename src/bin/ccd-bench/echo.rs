@@ -9,9 +9,10 @@ use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, Result};
 
-use crate::cli::Limits;
+use crate::cli::{Driver, Limits};
+use crate::client::Expect;
 use crate::daemon::TempDir;
-use crate::phase::{Driver, Expect, Op, Phase, PhaseResult, run_phase};
+use crate::phase::{Op, Phase, PhaseResult, run_phase};
 
 /// An in-process Unix-socket NDJSON echo server: a thread per connection writes every line
 /// it reads back unchanged.

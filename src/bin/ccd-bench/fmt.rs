@@ -1,8 +1,9 @@
-//! Formatting of durations, sizes, ratios and counts for the reports.
+//! Formatting of durations, sizes, ratios and counts for the reports, and where progress lines
+//! go.
 
 use std::time::Duration;
 
-use crate::phase::Latency;
+use crate::latency::Latency;
 
 pub(crate) fn fmt_ns(ns: u64) -> String {
     let n = ns as f64;
@@ -60,4 +61,28 @@ pub(crate) fn group_thousands(x: f64) -> String {
         out.push(ch);
     }
     out
+}
+
+/// (p50, p99, max) of a latency, or dashes without samples.
+pub(crate) fn fmt_lat(l: Option<&Latency>) -> (String, String, String) {
+    l.map_or_else(
+        || ("–".to_string(), "–".to_string(), "–".to_string()),
+        |l| (fmt_ns(l.p50), fmt_ns(l.p99), fmt_ns(l.max)),
+    )
+}
+
+/// Where progress lines go: stdout for single modes, stderr for `all` (whose stdout is the
+/// markdown report).
+pub(crate) enum Out {
+    Stdout,
+    Stderr,
+}
+
+impl Out {
+    pub(crate) fn line(&mut self, s: &str) {
+        match self {
+            Out::Stdout => println!("{s}"),
+            Out::Stderr => eprintln!("{s}"),
+        }
+    }
 }

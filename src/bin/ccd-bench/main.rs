@@ -20,6 +20,8 @@ mod daemon;
 mod echo;
 mod events;
 mod fmt;
+mod interrupt;
+mod latency;
 mod phase;
 mod query;
 mod report;
@@ -30,25 +32,26 @@ mod vfs;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::Result;
 use clap::Parser;
 
 use crate::breaker::{BreakerPlan, BreakerSuite, breaker_suite, breaker_summary};
 use crate::cli::{
-    AllArgs, BreakerArgs, Cli, ClientOpts, Cmd, EchoArgs, EventsArgs, MAX_TOTAL_REQUESTS, PingArgs,
-    QueryArgs, StartupArgs, StreamArgs, UnreadArgs, UpsertArgs, VfsArgs,
+    AllArgs, BreakerArgs, Cli, ClientOpts, Cmd, EchoArgs, EventsArgs, PingArgs, QueryArgs,
+    StartupArgs, StreamArgs, UnreadArgs, UpsertArgs, VFS_PROMPT_BYTES, VfsArgs, check_total,
 };
 use crate::daemon::Daemon;
 use crate::echo::run_echo_phase;
 use crate::events::{EventsPlan, EventsSuite, events_suite};
+use crate::fmt::Out;
+use crate::interrupt::{install_interrupt_handler, interrupted};
 use crate::query::{QueryPlan, query_suite};
 use crate::report::{MarkdownInput, environment_line, markdown_report};
 use crate::stream::{StreamPlan, StreamSuite, stream_agent, stream_suite};
 use crate::suites::{UpsertPlan, ping_suite, startup_rows, startup_suite, upsert_suite};
-use crate::vfs::{VFS_PROMPT_BYTES, VfsPlan, VfsReport, vfs_suite};
+use crate::vfs::{VfsPlan, VfsReport, vfs_suite};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -104,43 +107,6 @@ impl Outcome {
             Outcome::Failures(n)
         }
     }
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_signal: libc::c_int) {
-    // A second Ctrl-C gives up on cleaning up.
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        // SAFETY: `_exit` is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Makes SIGINT/SIGTERM stop the measurement early so that a daemon ccd-bench started is
-/// still stopped and its temporary home removed.
-fn install_interrupt_handler() {
-    let handler: extern "C" fn(libc::c_int) = on_interrupt;
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler only touches an atomic and `_exit`.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
-}
-
-fn check_interrupted() -> Result<()> {
-    if interrupted() {
-        bail!("interrupted by signal");
-    }
-    Ok(())
 }
 
 fn cmd_ping(a: &PingArgs) -> Result<Outcome> {
@@ -457,30 +423,4 @@ fn cmd_all(a: &AllArgs) -> Result<Outcome> {
             _ => 0,
         };
     Ok(Outcome::from_failures(failures))
-}
-
-fn check_total(connections: u32, requests: u32) -> Result<()> {
-    let total = u64::from(connections) * u64::from(requests);
-    ensure!(
-        total <= MAX_TOTAL_REQUESTS,
-        "{connections} connections × {requests} requests = {total} is more than the limit of \
-         {MAX_TOTAL_REQUESTS} measured requests per phase"
-    );
-    Ok(())
-}
-
-/// Where progress lines go: stdout for single modes, stderr for `all` (whose stdout is the
-/// markdown report).
-enum Out {
-    Stdout,
-    Stderr,
-}
-
-impl Out {
-    fn line(&mut self, s: &str) {
-        match self {
-            Out::Stdout => println!("{s}"),
-            Out::Stderr => eprintln!("{s}"),
-        }
-    }
 }

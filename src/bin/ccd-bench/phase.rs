@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 
-use crate::breaker::REFUSED_PROMPT;
-use crate::cli::{Limits, UPSERT_VALUE};
-use crate::client::{Client, clip, judge, quick_success, reply_body, reply_id, reply_object};
-use crate::events::session_create_line;
+use crate::cli::{Driver, Limits, UPSERT_VALUE};
+use crate::client::{
+    Attempt, Client, Expect, clip, judge, quick_success, reply_body, reply_id, reply_object,
+};
 use crate::fmt::{fmt_ns, group_thousands, nanos};
-use crate::{check_interrupted, interrupted};
+use crate::interrupt::{check_interrupted, interrupted};
+use crate::latency::Latency;
+
+/// The prompt of every `query.run` of the breaker benchmark (plain ASCII: no escaping needed).
+pub(crate) const REFUSED_PROMPT: &str = "x";
 
 /// What a phase sends.
 #[derive(Clone, Debug)]
@@ -32,6 +36,11 @@ pub(crate) enum Op {
     SessionCreate,
     /// `query.run` with the prompt `x` and nothing else (refused while the breaker is open).
     QueryRun,
+}
+
+/// The `session.create` request line (with its `\n`).
+pub(crate) fn session_create_line(id: u64) -> String {
+    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"session.create\",\"params\":{{}}}}\n")
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,17 +74,6 @@ impl Op {
     }
 }
 
-/// What counts as a successful reply.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Expect {
-    /// The request line itself, written back by the echo baseline.
-    Echo,
-    /// A JSON-RPC `result` (optionally equal to this string); an `error` is a failed request.
-    Result(Option<&'static str>),
-    /// A JSON-RPC `error` with this code; any other reply is a failed request.
-    ErrorCode(i64),
-}
-
 pub(crate) struct Phase {
     pub(crate) label: String,
     pub(crate) socket: PathBuf,
@@ -85,71 +83,6 @@ pub(crate) struct Phase {
     pub(crate) requests: u32,
     pub(crate) limits: Limits,
     pub(crate) driver: Driver,
-}
-
-/// How the client side of a closed-loop phase drives its connections.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Driver {
-    /// One blocking client thread per connection, one request in flight.
-    Threads,
-    /// `threads` client threads, each driving its share of the connections over non-blocking
-    /// sockets on a single-threaded tokio runtime (as wrk and redis-benchmark do), `depth`
-    /// requests in flight per connection.
-    Multiplexed { threads: u32, depth: u32 },
-}
-
-impl Driver {
-    /// How `connections` connections are driven, in words.
-    pub(crate) fn explain(self, connections: u32) -> String {
-        match self {
-            Driver::Threads => {
-                format!("{connections} blocking client thread(s), one per connection")
-            }
-            Driver::Multiplexed { threads, depth } => format!(
-                "{} client thread(s) multiplexing {connections} connection(s), {depth} request(s) \
-                 in flight per connection",
-                threads.clamp(1, connections.max(1))
-            ),
-        }
-    }
-
-    /// The same driver with one request in flight per connection.
-    pub(crate) fn one_at_a_time(self) -> Driver {
-        match self {
-            Driver::Threads => Driver::Threads,
-            Driver::Multiplexed { threads, .. } => Driver::Multiplexed { threads, depth: 1 },
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub(crate) struct Latency {
-    pub(crate) p50: u64,
-    pub(crate) p99: u64,
-    pub(crate) max: u64,
-}
-
-impl Latency {
-    /// Exact percentiles of the samples (nanoseconds); `None` without samples.
-    pub(crate) fn from_samples(mut ns: Vec<u64>) -> Option<Latency> {
-        ns.sort_unstable();
-        Some(Latency {
-            p50: nearest_rank(&ns, 50)?,
-            p99: nearest_rank(&ns, 99)?,
-            max: *ns.last()?,
-        })
-    }
-}
-
-/// The nearest-rank percentile of sorted samples: the smallest sample with at least `pct`%
-/// of all samples at or below it.
-pub(crate) fn nearest_rank<T: Copy>(sorted: &[T], pct: u64) -> Option<T> {
-    let n = sorted.len() as u64;
-    if n == 0 {
-        return None;
-    }
-    let rank = (n * pct).div_ceil(100).clamp(1, n);
-    sorted.get(usize::try_from(rank - 1).ok()?).copied()
 }
 
 #[derive(Clone, Debug)]
@@ -288,11 +221,6 @@ impl PhaseResult {
         s
     }
 }
-
-/// How one request went: `Ok(Ok(()))` a success, `Ok(Err(message))` a failed request (a
-/// JSON-RPC error reply or a wrong answer), `Err` a broken connection (or an agent that could
-/// not be run at all).
-pub(crate) type Attempt = Result<Result<(), String>>;
 
 /// What one client thread measured.
 #[derive(Default)]

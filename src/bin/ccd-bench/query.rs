@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,11 +13,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::cli::DaemonOpts;
-use crate::client::{Body, Client, clip};
-use crate::daemon::{Daemon, TempDir, start_timeout};
-use crate::fmt::{fmt_ns, fmt_ratio, group_thousands, ratio};
-use crate::phase::{Attempt, Budget, Gate, Latency, PhaseResult, Stage, WorkerOut, run_clients};
-use crate::{Out, check_interrupted, interrupted};
+use crate::client::{Attempt, Body, Client, clip};
+use crate::daemon::{Daemon, TempDir, start_timeout, write_executable};
+use crate::fmt::{Out, fmt_lat, fmt_ratio, group_thousands, ratio};
+use crate::interrupt::{check_interrupted, interrupted};
+use crate::latency::Latency;
+use crate::phase::{Budget, Gate, PhaseResult, Stage, WorkerOut, run_clients};
 
 /// What the stub agent prints: a captured Claude Code `stream-json` run answering one prompt.
 const STUB_TRANSCRIPT: &str = include_str!("../../../protocol/fixtures/text.jsonl");
@@ -146,19 +147,6 @@ impl StubAgent {
             .to_str()
             .with_context(|| format!("the temporary path {} is not UTF-8", self.cwd.display()))
     }
-}
-
-/// Writes a new executable script (closed before any process is spawned from it: no ETXTBSY).
-pub(crate) fn write_executable(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .open(path)
-        .and_then(|mut f| f.write_all(contents.as_bytes()))
-        .with_context(|| format!("writing the stub agent {}", path.display()))
 }
 
 /// One `query.run` round trip. `Ok(Err)` is a JSON-RPC error or a wrong result; `Err` means
@@ -601,13 +589,6 @@ pub(crate) fn query_suite(
     };
     out.line(&query_summary(&suite));
     Ok(suite)
-}
-
-pub(crate) fn fmt_lat(l: Option<&Latency>) -> (String, String, String) {
-    l.map_or_else(
-        || ("–".to_string(), "–".to_string(), "–".to_string()),
-        |l| (fmt_ns(l.p50), fmt_ns(l.p99), fmt_ns(l.max)),
-    )
 }
 
 /// The plain-text tables printed at the end of a query run.

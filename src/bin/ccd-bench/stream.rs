@@ -20,11 +20,10 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::cli::{DaemonOpts, StreamAgentArgs};
-use crate::daemon::{Daemon, TempDir, start_timeout};
-use crate::fmt::fmt_ns;
-use crate::phase::nearest_rank;
-use crate::query::write_executable;
-use crate::{Out, check_interrupted, interrupted};
+use crate::daemon::{Daemon, TempDir, start_timeout, write_executable};
+use crate::fmt::{Out, fmt_ns};
+use crate::interrupt::{check_interrupted, interrupted};
+use crate::latency::nearest_rank;
 
 /// The target: a delta printed by `ccd query` within this long of the agent writing it, at p50.
 const STREAM_TARGET_MS: f64 = 2.0;

@@ -6,12 +6,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::cli::{DaemonOpts, Limits, StartupOpts, Synchronous, UPSERT_VALUE};
-use crate::daemon::{Daemon, TempDir, proc_status, sleep_interruptible};
+use crate::cli::{DaemonOpts, Driver, Limits, StartupOpts, Synchronous, UPSERT_VALUE};
+use crate::client::Expect;
+use crate::daemon::{Daemon, TempDir, proc_status};
 use crate::echo::run_echo_phase;
-use crate::fmt::{fmt_duration, fmt_kib, fmt_ratio, lat_ratios, nanos, ratio};
-use crate::phase::{Driver, Expect, Latency, Op, Phase, PhaseResult, nearest_rank, run_phase};
-use crate::{Out, check_interrupted, interrupted};
+use crate::fmt::{Out, fmt_duration, fmt_kib, fmt_ratio, lat_ratios, nanos, ratio};
+use crate::interrupt::{check_interrupted, interrupted, sleep_interruptible};
+use crate::latency::{Latency, nearest_rank};
+use crate::phase::{Op, Phase, PhaseResult, run_phase};
 
 pub(crate) struct PingSuite {
     pub(crate) daemon: PhaseResult,

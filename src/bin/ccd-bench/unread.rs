@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::Out;
 use crate::cli::DaemonOpts;
 use crate::client::{Body, Client};
 use crate::daemon::{Daemon, start_timeout};
-use crate::fmt::{fmt_duration, fmt_kib, fmt_ns, nanos};
-use crate::interrupted;
-use crate::phase::Latency;
+use crate::fmt::{Out, fmt_duration, fmt_kib, fmt_ns, nanos};
+use crate::interrupt::interrupted;
+use crate::latency::Latency;
 
 const DISCOVER: &str = r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#;
 const PING_TARGET: Duration = Duration::from_millis(50);

@@ -14,20 +14,15 @@ use serde_json::{Value, json};
 use crate::cli::DaemonOpts;
 use crate::client::{Client, clip};
 use crate::daemon::{Daemon, TempDir, start_timeout};
-use crate::fmt::{fmt_ns, fmt_ratio, group_thousands, lat_ratios, nanos};
-use crate::phase::Latency;
-use crate::query::fmt_lat;
-use crate::{Out, check_interrupted, interrupted};
+use crate::fmt::{Out, fmt_lat, fmt_ns, fmt_ratio, group_thousands, lat_ratios, nanos};
+use crate::interrupt::{check_interrupted, interrupted};
+use crate::latency::Latency;
 
 /// Target for the p50 of reading `health` from the mount.
 const VFS_HEALTH_TARGET_MS: f64 = 1.0;
 
 /// Target for the p50 of reading the ~1 MiB `agents.sealed` from the mount.
 const VFS_BIG_TARGET_MS: f64 = 5.0;
-
-/// Default prompt size (1.4 MiB of base64-alphabet characters, 6 random bits each), which
-/// zstd can only squeeze to about 1 MiB, so `agents.sealed` comes out at about 1 MiB.
-pub(crate) const VFS_PROMPT_BYTES: u32 = 1_468_006;
 
 /// What `health` holds while the daemon is fine.
 const VFS_HEALTH_OK: &[u8] = b"OK\n";

@@ -350,6 +350,13 @@ pub fn code(err: &Value) -> i64 {
         .unwrap_or_else(|| panic!("no code in {err}"))
 }
 
+/// The error class (`data.class`) of a JSON-RPC error from a query.
+pub fn class(e: &Value) -> &str {
+    e["data"]["class"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no class in {e}"))
+}
+
 /// Poll `cond` until it holds, failing the test after `limit` (which only bounds a hang; no
 /// assertion depends on how fast anything is).
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -368,40 +375,6 @@ pub fn describe(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// A stand-in for the CLI that prints `transcript` (after reading the prompt), then creates
-/// `done` beside itself; its arguments, one per line, are in `args` beside it. For what the
-/// real CLI cannot be made to print: floods, garbage and oversized lines. Lives as long as the
-/// returned directory.
-pub fn stub_agent(transcript: &str) -> (tempfile::TempDir, std::path::PathBuf) {
-    script_agent(
-        "printf '%s\\n' \"$@\" > \"$here/args\"\n\
-         cat > /dev/null\ncat \"$here/transcript.jsonl\"\ntouch \"$here/done\"",
-        &[("transcript.jsonl", transcript)],
-    )
-}
-
-/// A stand-in for the CLI that answers `--version`, then runs the shell script `body` with
-/// `$here` set to its own directory (where `files` are written first). Lives as long as the
-/// returned directory.
-pub fn script_agent(body: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, contents) in files {
-        std::fs::write(dir.path().join(name), contents).unwrap();
-    }
-    let agent = dir.path().join("agent");
-    std::fs::write(
-        &agent,
-        format!(
-            "#!/bin/sh\nhere=\"$(dirname \"$0\")\"\n\
-             if [ \"$1\" = \"--version\" ]; then env > \"$here/version.env\"; echo \"0.0.0 (stub agent)\"; exit 0; fi\n\
-             {body}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (dir, agent)
 }
 
 /// The element of the array `list` whose `name` is `name`.
