@@ -24,6 +24,7 @@
 //! | `http`        | the HTTP API: health, Prometheus metrics, stats, SSE events, token   |
 //! | `resilience`  | breaker, retries with backoff, rate limits, permits across restarts   |
 //! | `service`     | `daemon install/uninstall`: the systemd user unit, the no-systemd fallback |
+//! | `shell`       | `ccd init` in bash, zsh and fish: `ccd cd PROJECT`, completions      |
 //! | `mock_api`    | the mock Messages API's own checks, then the CLI alone against it      |
 //! | `tui`         | `ccd tui` in tmux: panels, live events, daemon down and back, keys    |
 //! | `workflow`    | the daily query workflow through the CLI with the real Claude Code CLI |
@@ -46,6 +47,7 @@ mod protocol;
 mod resilience;
 mod service;
 mod sessions;
+mod shell;
 mod supervision;
 mod tui;
 mod vfs;
