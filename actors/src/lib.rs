@@ -13,6 +13,8 @@
 //! Architecture invariants: only the WriterActor opens a write connection; only [`server`]
 //! touches the socket; actors never call each other's methods directly, only send messages.
 
+#![forbid(unsafe_code)]
+
 pub mod agents;
 pub mod config;
 pub mod error;

@@ -168,8 +168,7 @@ pub async fn serve(
 }
 
 fn current_euid() -> u32 {
-    // SAFETY: geteuid has no preconditions, touches no memory of ours and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 fn check_peer(stream: &Stream, uid: u32) -> Result<(), String> {

@@ -18,7 +18,9 @@
 //!
 //! fusermount3's `auto_unmount` is not used: it needs `allow_other` (its setuid-root helper could
 //! not otherwise look into the mount; fuser refuses the combination). An [`UnmountWatchdog`]
-//! takes its place.
+//! takes its place. Whoever mounts, cleans or unmounts at the mount point holds the home's
+//! `vfs.lock` while doing so (see [`mount`]), so that a daemon that died, its watchdog and the
+//! next daemon never act on the mount point at once.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -228,8 +230,6 @@ struct CcdFs {
     snapshot: SharedSnapshot,
     uid: u32,
     gid: u32,
-    /// Lives as long as the session: dropped (and stopped) when the filesystem is.
-    _watchdog: Option<UnmountWatchdog>,
 }
 
 const TTL: Duration = Duration::ZERO;
@@ -360,64 +360,194 @@ impl Filesystem for CcdFs {
     }
 }
 
-/// If `path` is a FUSE mount left by a daemon that died, lazily unmount it.
-fn clean_stale_mount(path: &Path) {
-    let stale =
-        matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-    if stale {
-        tracing::warn!("cleaning up a stale mount at {}", path.display());
-        let _ = crate::executor::process::child_command("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(path)
-            .status();
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone, PartialEq)]
+struct MountEntry {
+    /// The mount ID, unique among the mounts that exist at one time.
+    id: String,
+    parent: String,
+    /// `major:minor` of the mounted filesystem.
+    dev: String,
+    /// The mount point as mountinfo writes it (space, tab, newline and backslash escaped).
+    point: String,
+    fstype: String,
+    source: String,
+}
+
+impl MountEntry {
+    fn parse(line: &str) -> Option<MountEntry> {
+        let (left, right) = line.split_once(" - ")?;
+        let mut l = left.split(' ');
+        let (id, parent, dev, _root, point) =
+            (l.next()?, l.next()?, l.next()?, l.next()?, l.next()?);
+        let mut r = right.split(' ');
+        let (fstype, source) = (r.next()?, r.next()?);
+        Some(MountEntry {
+            id: id.into(),
+            parent: parent.into(),
+            dev: dev.into(),
+            point: point.into(),
+            fstype: fstype.into(),
+            source: source.into(),
+        })
     }
+
+    /// An agent filesystem (`FSName` "ccd"; `fuse`, or `fuse.ccd` where the subtype shows).
+    fn is_ccd(&self) -> bool {
+        self.source == "ccd" && (self.fstype == "fuse" || self.fstype.starts_with("fuse."))
+    }
+}
+
+/// `path` as /proc/self/mountinfo writes mount points (read as UTF-8, lossily, like mountinfo).
+fn mountinfo_escape(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    let mut raw = Vec::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\\' => raw.extend(format!("\\{b:03o}").into_bytes()),
+            _ => raw.push(b),
+        }
+    }
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// The mounts at `path`, in the order mountinfo lists them.
+fn mounts_at(path: &Path) -> Vec<MountEntry> {
+    let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let point = mountinfo_escape(path);
+    String::from_utf8_lossy(&info)
+        .lines()
+        .filter_map(MountEntry::parse)
+        .filter(|m| m.point == point)
+        .collect()
+}
+
+/// The mount that `path` leads to: of the mounts at `path`, the one no other is mounted on.
+fn top_mount(path: &Path) -> Option<MountEntry> {
+    top_of(mounts_at(path))
+}
+
+fn top_of(here: Vec<MountEntry>) -> Option<MountEntry> {
+    here.iter()
+        .find(|m| !here.iter().any(|o| o.parent == m.id))
+        .cloned()
 }
 
 /// Whether `path` is a mount point now (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(target.as_ref()))
+    !mounts_at(path).is_empty()
 }
 
-/// Unmount: end the session, then make sure the kernel mount is gone.
-pub fn unmount(mountpoint: &Path, session: fuser::BackgroundSession) {
+/// `fusermount3 -u -z path`: detach whatever `path` leads to.
+fn lazy_unmount(path: &Path) -> std::io::Result<std::process::ExitStatus> {
+    crate::executor::process::child_command("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .status()
+}
+
+/// Unmount what a daemon that died left at `path`: an agent filesystem (no daemon of this home
+/// serves one while we hold its lock: see [`mount`]) or a dead FUSE mount (one that cannot even
+/// be stat'ed: ENOTCONN), top first, until neither is left. A live mount of anything else is
+/// left alone. An agent filesystem is recognised from mountinfo alone, without touching it: a
+/// request to a mount whose server is still dying could wait.
+fn clean_stale_mounts(path: &Path) {
+    for _ in 0..8 {
+        let ours = top_mount(path).is_some_and(|m| m.is_ccd());
+        let dead = !ours
+            && matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+        if !ours && !dead {
+            return;
+        }
+        tracing::warn!("cleaning up a stale mount at {}", path.display());
+        match lazy_unmount(path) {
+            Ok(st) if st.success() => {}
+            Ok(st) => {
+                tracing::warn!("fusermount3 -u -z {}: {st}", path.display());
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("running fusermount3 to unmount {}: {e}", path.display());
+                return;
+            }
+        }
+    }
+}
+
+/// The agent filesystem while it is mounted: the FUSE session, the unmount watchdog, and the
+/// lock on the mount point. [`unmount`] takes it down.
+pub struct Mount {
+    session: fuser::BackgroundSession,
+    watchdog: Option<UnmountWatchdog>,
+    lock: std::fs::File,
+}
+
+/// Unmount: end the session, make sure the kernel mount is gone, then stop the watchdog and
+/// release the lock (in that order: a new daemon waits for the lock before it touches the
+/// mount point).
+pub fn unmount(mountpoint: &Path, mount: Mount) {
+    let Mount {
+        session,
+        watchdog,
+        lock,
+    } = mount;
     drop(session);
+    let mut gone = false;
     for _ in 0..50 {
         if !is_mounted(mountpoint) {
-            return;
+            gone = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    tracing::warn!(
-        "{} still mounted; unmounting it with fusermount3",
-        mountpoint.display()
-    );
-    let _ = crate::executor::process::child_command("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(mountpoint)
-        .status();
+    if !gone {
+        tracing::warn!(
+            "{} still mounted; unmounting it with fusermount3",
+            mountpoint.display()
+        );
+        if let Err(e) = lazy_unmount(mountpoint) {
+            tracing::warn!(
+                "running fusermount3 to unmount {}: {e}",
+                mountpoint.display()
+            );
+        }
+    }
+    drop(watchdog);
+    drop(lock);
 }
 
 /// What `auto_unmount` would do, for an owner-only mount: a small shell process, with the
 /// daemon's own ids, that waits for the end of a pipe the daemon holds (its write end is
 /// close-on-exec, so agent processes do not inherit it). When the daemon dies, however it dies,
-/// the pipe closes; if the mount is then dead (it cannot even be stat'ed: ENOTCONN), the helper
-/// unmounts it with `fusermount3 -u -z`. A live mount (say a new daemon's) is left alone.
-/// fusermount3's own `auto_unmount` cannot do this without `allow_other`: its helper runs as
-/// setuid root, and the kernel answers EACCES, not ENOTCONN, to a process whose ids are not all
-/// the owner's. In its own process group, so a signal to the daemon's group does not reach it.
+/// the pipe closes, and the helper unmounts the mount it was made for with `fusermount3 -u -z`:
+/// only if that mount (its mount ID and device, recorded from /proc/self/mountinfo right after
+/// mounting) is still the one the mount point leads to. It holds the daemon's lock on the mount
+/// point (a copy of the locked file on its stdout) until it has finished, so a new daemon,
+/// which takes that lock before it cleans up and mounts, can neither be unmounted by it nor
+/// race it. fusermount3's own `auto_unmount` cannot do this without `allow_other`: its helper
+/// runs as setuid root, and the kernel answers EACCES, not ENOTCONN, to a process whose ids are
+/// not all the owner's. In its own process group, so a signal to the daemon's group does not
+/// reach it.
 struct UnmountWatchdog(std::process::Child);
 
-const WATCHDOG_SCRIPT: &str = r#"read -r _ ; [ -e "$1" ] || exec fusermount3 -u -z -- "$1""#;
+/// `$1` the mount point, `$2`/`$3` the mount's ID and device, `$4` the mount point as
+/// mountinfo writes it. Its stdout is the lock: nothing is written there.
+const WATCHDOG_SCRIPT: &str = r#"read -r _
+ours= over=
+while read -r id parent dev _ point _; do
+  [ "$point" = "$4" ] || continue
+  [ "$id" = "$2" ] && [ "$dev" = "$3" ] && ours=1
+  [ "$parent" = "$2" ] && over=1
+done </proc/self/mountinfo
+if [ -n "$ours" ] && [ -z "$over" ]; then fusermount3 -u -z -- "$1" >/dev/null; fi"#;
 
 impl UnmountWatchdog {
-    fn spawn(mountpoint: &Path) -> std::io::Result<Self> {
+    fn spawn(mountpoint: &Path, mount: &MountEntry, lock: &std::fs::File) -> std::io::Result<Self> {
         use std::os::unix::process::CommandExt as _;
         use std::process::Stdio;
         crate::executor::process::child_command("/bin/sh")
@@ -425,8 +555,11 @@ impl UnmountWatchdog {
             .arg(WATCHDOG_SCRIPT)
             .arg("ccd-vfs-unmount-watchdog")
             .arg(mountpoint)
+            .arg(&mount.id)
+            .arg(&mount.dev)
+            .arg(&mount.point)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(lock.try_clone()?))
             .stderr(Stdio::null())
             .current_dir("/")
             .process_group(0)
@@ -443,35 +576,59 @@ impl Drop for UnmountWatchdog {
     }
 }
 
+/// How long [`mount`] waits for the mount point's lock: its holder is a daemon that died
+/// (its last moments) or its watchdog unmounting, which take milliseconds.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Take the exclusive lock on `path` (the home's `vfs.lock`), waiting up to [`LOCK_WAIT`].
+fn lock_mountpoint(path: &Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{} is still locked after {}: by the unmount watchdog of a daemon that died, \
+                 or by another daemon using this mount point",
+                path.display(),
+                humantime::format_duration(LOCK_WAIT)
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+    }
+}
+
 /// Mount the filesystem; [`unmount`] takes it down (and an [`UnmountWatchdog`] does, if the
-/// daemon dies).
-pub fn mount(
-    mountpoint: &Path,
-    snapshot: SharedSnapshot,
-) -> anyhow::Result<fuser::BackgroundSession> {
+/// daemon dies). `lock` is the home's `vfs.lock`: held from before the clean-up of what a dead
+/// daemon left until the unmount, by the daemon and its watchdog, so that the clean-up and the
+/// mount wait for a dead daemon's watchdog to finish.
+pub fn mount(mountpoint: &Path, lock: &Path, snapshot: SharedSnapshot) -> anyhow::Result<Mount> {
     use anyhow::Context as _;
     anyhow::ensure!(
         Path::new("/dev/fuse").exists(),
         "FUSE is not available: /dev/fuse does not exist (load the fuse module, or run where FUSE is allowed)"
     );
-    clean_stale_mount(mountpoint);
+    let lock = lock_mountpoint(lock)?;
+    clean_stale_mounts(mountpoint);
     std::fs::create_dir_all(mountpoint)
         .with_context(|| format!("creating the mount point {}", mountpoint.display()))?;
-    let watchdog = UnmountWatchdog::spawn(mountpoint)
-        .inspect_err(|e| {
-            tracing::warn!(
-                "no unmount watchdog ({e}): if the daemon dies, its mount stays until the next start"
-            )
-        })
-        .ok();
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = CcdFs {
-        snapshot,
-        uid,
-        gid,
-        _watchdog: watchdog,
-    };
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
+    let fs = CcdFs { snapshot, uid, gid };
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         MountOption::RO,
@@ -486,7 +643,7 @@ pub fn mount(
     // included, and no `user_allow_other` is needed in /etc/fuse.conf.
     cfg.acl = fuser::SessionACL::Owner;
     let root = uid == 0;
-    fuser::spawn_mount(fs, mountpoint, &cfg).with_context(|| {
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg).with_context(|| {
         let needs = if root {
             "root mounts with mount(2): it needs /dev/fuse and, in a container, CAP_SYS_ADMIN"
         } else {
@@ -497,6 +654,36 @@ pub fn mount(
             "mounting the agent filesystem at {} ({needs}; or set vfs.enabled = false)",
             mountpoint.display()
         )
+    })?;
+    let watchdog = match top_mount(mountpoint).filter(MountEntry::is_ccd) {
+        Some(entry) => UnmountWatchdog::spawn(mountpoint, &entry, &lock)
+            .inspect(|w| {
+                tracing::info!(
+                    pid = w.0.id(),
+                    mount_id = %entry.id,
+                    dev = %entry.dev,
+                    "unmount watchdog started"
+                )
+            })
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "no unmount watchdog ({e}): if the daemon dies, its mount stays until the next start"
+                )
+            })
+            .ok(),
+        None => {
+            tracing::warn!(
+                "no unmount watchdog: the new mount is not in /proc/self/mountinfo at {}; if \
+                 the daemon dies, its mount stays until the next start",
+                mountpoint.display()
+            );
+            None
+        }
+    };
+    Ok(Mount {
+        session,
+        watchdog,
+        lock,
     })
 }
 
@@ -619,5 +806,39 @@ impl Handle<Unseal> for VfsActor {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_and_the_top_of_stacked_mounts() {
+        let line = "45 27 0:40 / /tmp/a\\040b/vfs ro,nosuid,nodev,noexec,relatime shared:1 - fuse ccd \
+                    ro,user_id=0,group_id=0,default_permissions";
+        let m = MountEntry::parse(line).unwrap();
+        assert_eq!(
+            (
+                m.id.as_str(),
+                m.parent.as_str(),
+                m.dev.as_str(),
+                m.point.as_str()
+            ),
+            ("45", "27", "0:40", "/tmp/a\\040b/vfs")
+        );
+        assert!(m.is_ccd());
+        assert_eq!(mountinfo_escape(Path::new("/tmp/a b/vfs")), m.point);
+        assert_eq!(mountinfo_escape(Path::new("/x\\y\tz")), "/x\\134y\\011z");
+        let other = MountEntry::parse("50 27 0:41 / /mnt rw - tmpfs tmpfs rw").unwrap();
+        assert!(!other.is_ccd());
+        let sub = MountEntry::parse("60 27 0:42 / /p rw - fuse.ccd ccd rw").unwrap();
+        assert!(sub.is_ccd());
+        // Mounted on top of the first: its parent is the first's ID.
+        let over = MountEntry::parse(&line.replacen("45 27 0:40", "61 45 0:43", 1)).unwrap();
+        assert_eq!(top_of(vec![over.clone(), m.clone()]), Some(over.clone()));
+        assert_eq!(top_of(vec![m.clone(), over.clone()]), Some(over));
+        assert_eq!(top_of(vec![m.clone()]), Some(m));
+        assert_eq!(top_of(Vec::new()), None);
     }
 }

@@ -7,6 +7,7 @@
 use schemars::{JsonSchema, generate::SchemaSettings};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use crate::error::{ErrorCode, RpcError};
 use crate::types::{self, ErrorCodeInfo, MethodInfo, ParamInfo};
@@ -163,15 +164,91 @@ fn generator() -> schemars::SchemaGenerator {
         .into_generator()
 }
 
-/// The JSON schema of `T`, as every schema of this protocol is generated (subschemas inline).
+/// The JSON schema of `T` as this protocol publishes it (subschemas inline, accepted by strict
+/// validators: see [`published`]).
 pub fn schema_of<T: JsonSchema>() -> Value {
-    generator().into_root_schema_for::<T>().to_value()
+    published(generator().into_root_schema_for::<T>().to_value()).0
+}
+
+/// Semantic hints by JSON Pointer into a schema (`/properties/http` → `url`).
+pub type Hints = BTreeMap<String, String>;
+
+/// A schema as generated, made what strict validators (Ajv in its default strict mode) accept,
+/// with its hints taken out: schemars' integer widths (`format: uint32`, `int64`, `uint`...)
+/// become `minimum`/`maximum`, float widths (`double`, `float`) are dropped (a JSON number has
+/// no width), and each `x-hint` is removed from the schema and returned by where it was, to be
+/// published beside it. Values that are data, not schemas (`enum`, `const`, `default`,
+/// `examples`), are left as they are.
+pub fn published(mut schema: Value) -> (Value, Hints) {
+    fn walk(v: &mut Value, at: &mut String, hints: &mut Hints) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(hint)) = m.remove("x-hint") {
+                    hints.insert(at.clone(), hint);
+                }
+                let format = m.get("format").and_then(Value::as_str).map(str::to_owned);
+                match format.as_deref() {
+                    Some("double" | "float") => {
+                        m.remove("format");
+                    }
+                    Some(f) => {
+                        if let Some((min, max)) = integer_bounds(f) {
+                            m.remove("format");
+                            m.entry("minimum").or_insert(min);
+                            m.entry("maximum").or_insert(max);
+                        }
+                    }
+                    None => {}
+                }
+                for (key, sub) in m.iter_mut() {
+                    if matches!(key.as_str(), "enum" | "const" | "default" | "examples") {
+                        continue;
+                    }
+                    let len = at.len();
+                    at.push('/');
+                    at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    walk(sub, at, hints);
+                    at.truncate(len);
+                }
+            }
+            Value::Array(items) => {
+                for (i, sub) in items.iter_mut().enumerate() {
+                    let len = at.len();
+                    at.push_str(&format!("/{i}"));
+                    walk(sub, at, hints);
+                    at.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut hints = Hints::new();
+    walk(&mut schema, &mut String::new(), &mut hints);
+    (schema, hints)
+}
+
+/// The range of one of schemars' integer formats (`uint8` ... `int64`, `uint`/`int` for
+/// usize/isize, 64 bits wide on the targets ccd builds for).
+fn integer_bounds(format: &str) -> Option<(Value, Value)> {
+    Some(match format {
+        "uint8" => (json!(0), json!(u8::MAX)),
+        "uint16" => (json!(0), json!(u16::MAX)),
+        "uint32" => (json!(0), json!(u32::MAX)),
+        "uint64" | "uint" => (json!(0), json!(u64::MAX)),
+        "int8" => (json!(i8::MIN), json!(i8::MAX)),
+        "int16" => (json!(i16::MIN), json!(i16::MAX)),
+        "int32" => (json!(i32::MIN), json!(i32::MAX)),
+        "int64" | "int" => (json!(i64::MIN), json!(i64::MAX)),
+        _ => return None,
+    })
 }
 
 /// Build the description of one method from its marker.
 pub fn method_info<M: Method>() -> MethodInfo {
     let params_schema = M::params_schema().clone();
-    let result_schema = schema_of::<M::Result>();
+    let (_, params_hints) = published(generator().into_root_schema_for::<M::Params>().to_value());
+    let (result_schema, result_hints) =
+        published(generator().into_root_schema_for::<M::Result>().to_value());
     let required: Vec<&str> = params_schema
         .get("required")
         .and_then(Value::as_array)
@@ -191,10 +268,7 @@ pub fn method_info<M: Method>() -> MethodInfo {
                         .get("description")
                         .and_then(Value::as_str)
                         .map(String::from),
-                    hint: schema
-                        .get("x-hint")
-                        .and_then(Value::as_str)
-                        .map(String::from),
+                    hint: params_hints.get(&property_pointer(name)).cloned(),
                 })
                 .collect()
         })
@@ -207,7 +281,14 @@ pub fn method_info<M: Method>() -> MethodInfo {
         params,
         params_schema,
         result_schema,
+        params_hints,
+        result_hints,
     }
+}
+
+/// Where the schema of the top-level property `name` is in an object's schema.
+fn property_pointer(name: &str) -> String {
+    format!("/properties/{}", name.replace('~', "~0").replace('/', "~1"))
 }
 
 fn type_name(schema: &Value) -> String {
@@ -423,18 +504,37 @@ pub fn openrpc_document(methods: &[MethodInfo], version: &str) -> Value {
                             if let Some(desc) = schema.get("description") {
                                 d["description"] = desc.clone();
                             }
+                            // This param's hints, by where they are in its own schema.
+                            let at = property_pointer(name);
+                            let hints: Hints = m
+                                .params_hints
+                                .iter()
+                                .filter_map(|(ptr, hint)| {
+                                    let rest = ptr.strip_prefix(&at)?;
+                                    (rest.is_empty() || rest.starts_with('/'))
+                                        .then(|| (rest.to_string(), hint.clone()))
+                                })
+                                .collect();
+                            if !hints.is_empty() {
+                                d["x-hints"] = json!(hints);
+                            }
                             d
                         })
                         .collect()
                 })
                 .unwrap_or_default();
+            let mut result =
+                json!({ "name": format!("{}.result", m.name), "schema": m.result_schema });
+            if !m.result_hints.is_empty() {
+                result["x-hints"] = json!(m.result_hints);
+            }
             json!({
                 "name": m.name,
                 "summary": m.description,
                 "tags": [{ "name": m.namespace }],
                 "paramStructure": "by-name",
                 "params": params,
-                "result": { "name": format!("{}.result", m.name), "schema": m.result_schema },
+                "result": result,
             })
         })
         .collect();
@@ -600,29 +700,108 @@ mod tests {
 
     #[test]
     fn url_valued_fields_carry_the_url_hint() {
-        let health = method_info::<SystemHealth>().result_schema;
-        let http = &health["properties"]["http"];
-        assert_eq!(http["x-hint"], "url", "{http}");
-        // Every hint in any schema is one of the documented ones, and each is used.
-        fn hints(v: &Value, out: &mut std::collections::BTreeSet<String>) {
-            match v {
-                Value::Object(m) => {
-                    if let Some(h) = m.get("x-hint") {
-                        out.insert(h.as_str().unwrap().to_string());
-                    }
-                    m.values().for_each(|v| hints(v, out));
-                }
-                Value::Array(a) => a.iter().for_each(|v| hints(v, out)),
-                _ => {}
-            }
-        }
+        let health = method_info::<SystemHealth>();
+        assert_eq!(health.result_hints["/properties/http"], "url");
+        assert_eq!(
+            health.result_schema["properties"]["http"]["type"],
+            json!(["string", "null"])
+        );
+        // Every hint is one of the documented ones, each is used, and each names a schema.
         let mut seen = std::collections::BTreeSet::new();
         for m in registry(true) {
-            hints(&m.params_schema, &mut seen);
-            hints(&m.result_schema, &mut seen);
+            for (schema, hints) in [
+                (&m.params_schema, &m.params_hints),
+                (&m.result_schema, &m.result_hints),
+            ] {
+                for (at, hint) in hints {
+                    assert!(
+                        schema.pointer(at).is_some_and(Value::is_object),
+                        "{}: {at}",
+                        m.name
+                    );
+                    seen.insert(hint.clone());
+                }
+            }
+            for p in &m.params {
+                assert_eq!(
+                    p.hint.as_ref(),
+                    m.params_hints.get(&property_pointer(&p.name))
+                );
+            }
         }
         let documented = ["datetime", "path", "text", "url"];
         assert_eq!(seen, documented.map(String::from).into_iter().collect());
+    }
+
+    /// What Ajv's strict mode refuses, none of which a published schema may hold (the
+    /// integration test `protocol::every_published_schema_passes_a_strict_validator` runs Ajv
+    /// itself): keywords it does not know (`x-hint`) and formats it does not know.
+    #[test]
+    fn published_schemas_hold_no_hint_and_no_format() {
+        fn check(v: &Value, at: &str, name: &str) {
+            match v {
+                Value::Object(m) => {
+                    assert!(!m.contains_key("x-hint"), "{name}: x-hint at {at}");
+                    assert!(
+                        !m.contains_key("format"),
+                        "{name}: format {:?} at {at}",
+                        m["format"]
+                    );
+                    for (k, sub) in m {
+                        if !matches!(k.as_str(), "enum" | "const" | "default" | "examples") {
+                            check(sub, &format!("{at}/{k}"), name);
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|s| check(s, at, name)),
+                _ => {}
+            }
+        }
+        for m in registry(true) {
+            check(&m.params_schema, "", &m.name);
+            check(&m.result_schema, "", &m.name);
+        }
+        let doc = openrpc_document(&registry(true), "0.0.0");
+        for m in doc["methods"].as_array().unwrap() {
+            let name = m["name"].as_str().unwrap();
+            check(&m["result"]["schema"], "", name);
+            for p in m["params"].as_array().unwrap() {
+                check(&p["schema"], "", name);
+            }
+        }
+    }
+
+    #[test]
+    fn integer_widths_become_bounds() {
+        #[derive(JsonSchema)]
+        #[allow(dead_code)]
+        struct Widths {
+            a: u32,
+            b: u64,
+            c: i64,
+            d: usize,
+            e: f64,
+            #[schemars(extend("x-hint" = "path"))]
+            f: Option<String>,
+        }
+        let (schema, hints) = published(generator().into_root_schema_for::<Widths>().to_value());
+        let p = &schema["properties"];
+        assert_eq!(
+            (&p["a"]["minimum"], &p["a"]["maximum"]),
+            (&json!(0), &json!(u32::MAX))
+        );
+        assert_eq!(p["b"]["maximum"], json!(u64::MAX));
+        assert_eq!(
+            (&p["c"]["minimum"], &p["c"]["maximum"]),
+            (&json!(i64::MIN), &json!(i64::MAX))
+        );
+        assert_eq!(p["d"]["maximum"], json!(u64::MAX));
+        assert_eq!(p["e"], json!({"type": "number"}));
+        assert_eq!(
+            hints,
+            Hints::from([("/properties/f".into(), "path".into())])
+        );
+        assert!(p["f"].get("x-hint").is_none());
     }
 
     #[test]
@@ -638,5 +817,20 @@ mod tests {
                 assert!(p["name"].is_string() && p["schema"].is_object());
             }
         }
+        // Hints travel beside the schemas, as OpenRPC specification extensions.
+        let named = |n: &str| methods.iter().find(|m| m["name"] == n).unwrap().clone();
+        assert_eq!(
+            named("system.health")["result"]["x-hints"]["/properties/http"],
+            "url"
+        );
+        let create = named("project.create");
+        let path = create["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "path")
+            .unwrap()
+            .clone();
+        assert_eq!(path["x-hints"][""], "path", "{path}");
     }
 }

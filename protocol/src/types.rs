@@ -2,8 +2,10 @@
 //! and `JsonSchema`, documented field by field, since their docs become the schemas that
 //! `system.describe` and `rpc.discover` publish.
 //!
-//! Params reject unknown fields. A field's semantic hint (datetime, path, url, text) is carried
-//! in its schema as `x-hint`.
+//! Params reject unknown fields. A field's semantic hint (datetime, path, url, text) is declared
+//! here as `x-hint` in its schema; the published schemas carry it beside them instead
+//! ([`MethodInfo::params_hints`], [`MethodInfo::result_hints`]), so that strict validators
+//! accept them (`methods::published`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -172,6 +174,13 @@ pub struct MethodInfo {
     pub params_schema: serde_json::Value,
     /// JSON Schema of the result.
     pub result_schema: serde_json::Value,
+    /// Semantic hints (datetime, path, url, text) of fields of the params, by where their
+    /// schema is in `params_schema` (a JSON Pointer, e.g. `/properties/path`); absent when none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params_hints: std::collections::BTreeMap<String, String>,
+    /// The same for `result_schema` (e.g. `/properties/http`: `url`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub result_hints: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

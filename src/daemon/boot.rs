@@ -326,7 +326,7 @@ async fn serve(
     };
     // Held until the daemon stops: dropping it unmounts.
     let vfs_session = if config.vfs.enabled {
-        match vfs::mount(&mountpoint, snapshot.clone()) {
+        match vfs::mount(&mountpoint, &home.root.join("vfs.lock"), snapshot.clone()) {
             Ok(session) => {
                 vfs_status.mounted = true;
                 tracing::info!(mountpoint = %mountpoint.display(), "agent filesystem mounted");

@@ -739,3 +739,128 @@ fn a_damaged_definition_is_named_and_the_others_are_still_served() {
     assert_eq!(health["vfs"]["damaged"], json!(["broken"]));
     assert!(d.ccd_ok(&["vfs", "status"]).contains("broken"));
 }
+
+/// kill -9 under a write storm, followed at once by `ccd daemon start`, many times over: after
+/// each start, once the killed daemon's unmount watchdog has finished, the new daemon's mount
+/// is the one at the mount point, live and listed once. The watchdog's `fusermount3 -u` is
+/// slowed (a wrapper first on the daemon's PATH sleeps before the real one, except when a
+/// daemon itself calls it), which holds open the window in which a watchdog that unmounted
+/// whatever was mounted at its path by then took the new daemon's mount away (issue 20).
+#[test]
+fn kill_9_and_an_immediate_start_under_load_always_leave_the_new_mount_live() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(real) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("fusermount3"))
+        .find(|p| p.is_file())
+    else {
+        eprintln!("skipped: no fusermount3 on PATH");
+        return;
+    };
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("fusermount3");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             case \" $* \" in *' -u '*)\n\
+             \x20 case \"$(readlink /proc/$PPID/exe)\" in */ccd) ;; *) sleep 0.4 ;; esac ;;\n\
+             esac\n\
+             exec '{}' \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let d = Daemon::builder()
+        .env("CCD_VFS_ENABLED", "true")
+        .env("PATH", &path)
+        .start();
+    let st = d.call("vfs.status", json!({})).unwrap();
+    assert_eq!(st["mounted"], true, "{st}");
+    let mount = PathBuf::from(st["mountpoint"].as_str().unwrap());
+    let target = mount.to_str().unwrap().to_string();
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // The write storm: writers that reconnect whenever the daemon goes away.
+        for w in 0..3 {
+            let (d, stop) = (&d, &stop);
+            s.spawn(move || {
+                use std::io::{BufRead as _, Write as _};
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(stream) = std::os::unix::net::UnixStream::connect(d.socket()) else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut reader = std::io::BufReader::new(&stream);
+                    let mut line = String::new();
+                    // Until the daemon goes away: then connect to the next one.
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let request = json!({"jsonrpc": "2.0", "id": i, "method": "setting.upsert",
+                            "params": {"key": format!("w{w}.k{}", i % 500), "value": i.to_string()}});
+                        line.clear();
+                        let answered = (&stream)
+                            .write_all(format!("{request}\n").as_bytes())
+                            .and_then(|()| reader.read_line(&mut line))
+                            .is_ok_and(|n| n > 0);
+                        if !answered {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            });
+        }
+        let rounds = 12;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for round in 1..=rounds {
+                // The running daemon's watchdog, the one that acts after the kill. Waited for:
+                // the daemon goes on once its exec has begun, and until the kernel has set up
+                // the new program's arguments, /proc shows an empty command line.
+                let mut old = Vec::new();
+                wait_until(
+                    &format!("round {round}: one unmount watchdog for {target}"),
+                    Duration::from_secs(10),
+                    || {
+                        old = watchdogs(&target);
+                        old.len() == 1
+                    },
+                );
+                d.kill9();
+                let out = d.command(&["daemon", "start"]).output().unwrap();
+                assert!(out.status.success(), "round {round}: {}", describe(&out));
+                wait_until(
+                    "the killed daemon's watchdog to finish",
+                    Duration::from_secs(10),
+                    || old.iter().all(|pid| is_zombie(pid.parse().unwrap())),
+                );
+                let listed = std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.split_whitespace().nth(4) == Some(target.as_str()))
+                    .count();
+                assert_eq!(listed, 1, "round {round}: mounts listed at {target}");
+                assert_eq!(
+                    std::fs::read_to_string(mount.join("health"))
+                        .unwrap_or_else(|e| panic!("round {round}: reading health: {e}")),
+                    "OK\n",
+                    "round {round}"
+                );
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}

@@ -119,7 +119,7 @@ impl Drop for ExecutorActor {
         // The daemon is going away: its agents go with it.
         let pid = self.running.replace(0);
         if pid != 0 {
-            process::signal_group(pid, libc::SIGKILL);
+            process::signal_group(pid, rustix::process::Signal::KILL);
         }
     }
 }
@@ -137,7 +137,7 @@ impl Supervise for ExecutorActor {
                 pid,
                 "killing the agent of a restarting executor"
             );
-            process::signal_group(pid, libc::SIGKILL);
+            process::signal_group(pid, rustix::process::Signal::KILL);
         }
         Ok(())
     }

@@ -424,7 +424,7 @@ pub async fn run_agent(
                         // with no other task run in between, so the group's id cannot have been
                         // taken by another process yet. What it printed is in the pipe, and its
                         // end comes once the group is gone.
-                        signal_group(pid, libc::SIGKILL);
+                        signal_group(pid, rustix::process::Signal::KILL);
                         Some(status)
                     }
                     Err(e) => {
@@ -697,31 +697,30 @@ async fn terminate(
     pid: u32,
     grace: Duration,
 ) -> Option<std::process::ExitStatus> {
-    signal_group(pid, libc::SIGTERM);
+    signal_group(pid, rustix::process::Signal::TERM);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(Ok(status)) => {
             // The leader is gone; make sure nothing it started outlives it.
-            signal_group(pid, libc::SIGKILL);
+            signal_group(pid, rustix::process::Signal::KILL);
             Some(status)
         }
         _ => {
-            signal_group(pid, libc::SIGKILL);
+            signal_group(pid, rustix::process::Signal::KILL);
             child.wait().await.ok()
         }
     }
 }
 
 /// Send `signal` to the process group led by `pid` (the agent was started as its leader).
-pub fn signal_group(pid: u32, signal: libc::c_int) {
-    if pid == 0 || pid > i32::MAX as u32 {
+/// ESRCH, when the group is already gone, is harmless and ignored.
+pub fn signal_group(pid: u32, signal: rustix::process::Signal) {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return;
-    }
-    // SAFETY: kill(2) takes plain integers and shares no memory with us. The negative pid
-    // names the process group that our child leads (spawned with process_group(0)); ESRCH when
-    // it is already gone is harmless and ignored.
-    unsafe {
-        libc::kill(-(pid as libc::pid_t), signal);
-    }
+    };
+    let _ = rustix::process::kill_process_group(pid, signal);
 }
 
 #[cfg(test)]
