@@ -580,12 +580,7 @@ fn a_stale_mount_found_at_start_is_cleaned_up() {
     }
     let (d, mount) = vfs_daemon();
     // Kill the unmount watchdog first, then the daemon: the mount is left behind, dead.
-    let helpers = watchdogs(mount.to_str().unwrap());
-    assert!(
-        !helpers.is_empty(),
-        "no unmount watchdog found for {}",
-        mount.display()
-    );
+    let helpers = started_watchdogs(mount.to_str().unwrap());
     for pid in &helpers {
         std::process::Command::new("kill")
             .args(["-9", pid])
@@ -628,7 +623,7 @@ fn the_unmount_watchdog_does_not_inherit_the_daemons_secrets() {
     let st = d.call("vfs.status", json!({})).unwrap();
     assert_eq!(st["mounted"], true, "{st}");
     let mount = st["mountpoint"].as_str().unwrap().to_string();
-    let environs: Vec<Vec<u8>> = watchdogs(&mount)
+    let environs: Vec<Vec<u8>> = started_watchdogs(&mount)
         .iter()
         .filter_map(|pid| std::fs::read(format!("/proc/{pid}/environ")).ok())
         .collect();
@@ -645,6 +640,22 @@ fn the_unmount_watchdog_does_not_inherit_the_daemons_secrets() {
         "{names:?}"
     );
     assert!(names.iter().any(|n| n == "PATH"), "{names:?}");
+}
+
+/// The pids of the unmount watchdogs of `mount`, once there is one. A watchdog is started
+/// just after the mount, and right after its fork its command line can still be empty (the
+/// kernel has not set up the new program's arguments yet): look until one shows.
+fn started_watchdogs(mount: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    wait_until(
+        &format!("an unmount watchdog for {mount}"),
+        Duration::from_secs(30),
+        || {
+            found = watchdogs(mount);
+            !found.is_empty()
+        },
+    );
+    found
 }
 
 /// The pids of the unmount watchdogs of `mount`.
