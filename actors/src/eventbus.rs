@@ -657,7 +657,7 @@ mod tests {
         let writer = crate::writer::WriterActor::new(
             health.register("writer"),
             db.clone(),
-            crate::config::WriterConfig {
+            crate::store::WriterConfig {
                 busy_timeout_ms: 60_000,
                 ..Default::default()
             },

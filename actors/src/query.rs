@@ -20,9 +20,9 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ExecutorConfig;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
+use crate::executor::ExecutorConfig;
 use crate::executor::{
     AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage,
     PoolStatus, Run, RunResult, SharedProbe, Submit, Transcript, agent_args,

@@ -28,9 +28,31 @@ use std::time::{Duration, Instant};
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use ccd_protocol::types::{ActorHealth, ActorState, EventKind};
+use serde::{Deserialize, Serialize};
 
-use crate::config::SupervisorConfig;
 use crate::error::ActorError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// More than this many restarts within `window_ms` marks an actor failed.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// First delay before a failed actor is tried again; doubles on each failure in a row.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: 5,
+            window_ms: 10_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
 
 /// A request an actor serves through the supervision guard.
 pub trait Request: Send + 'static {
