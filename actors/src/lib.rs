@@ -15,12 +15,14 @@
 
 pub mod agents;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod eventbus;
 pub mod executor;
 pub mod files;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod outbound;
 pub mod procstat;
 pub mod query;
@@ -30,6 +32,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod validate;
 pub mod vfs;
 pub mod writer;
 

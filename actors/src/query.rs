@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::ConnCtx;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::ExecutorConfig;
@@ -27,7 +28,6 @@ use crate::executor::{
     AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage,
     PoolStatus, Run, RunResult, SharedProbe, Submit, Transcript, agent_args,
 };
-use crate::gateway::{ConnCtx, validate};
 use crate::reader::Reader;
 use crate::resilience::breaker::Outcome;
 use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
@@ -36,6 +36,7 @@ use crate::resilience::{
 };
 use crate::store::{self, WriteOp};
 use crate::supervise::Call;
+use crate::validate;
 use crate::writer::{Write, WriterActor};
 use ccd_protocol::agent::{AgentMessage, ContentBlock};
 
