@@ -17,11 +17,12 @@ use ccd_protocol::RpcError;
 use ccd_protocol::types::AgentDef;
 use serde_json::Value;
 
+use crate::blocking::try_off_loop;
 use crate::error::ActorError;
 use crate::reader::Reader;
 use crate::seal::{self, MasterKey};
 use crate::store;
-use crate::supervise::Call;
+use crate::supervise::ask;
 use crate::writer::{Write, WriterActor};
 
 /// A definition parsed from a file, with where it came from (`file:line`).
@@ -761,10 +762,7 @@ impl AgentService {
     }
 
     async fn write<O: store::WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
-        self.writer
-            .send(Call(Write(op)))
-            .await
-            .unwrap_or_else(|_| Err(ActorError::internal("writer", "mailbox closed")))
+        ask(&self.writer, "writer", Write(op)).await
     }
 
     /// `agent.import`.
@@ -783,7 +781,7 @@ impl AgentService {
         // too (compressing and encrypting up to 16 MiB a definition).
         let at = p.to_path_buf();
         let key = self.key.clone();
-        let (names, items) = off_loop("importing agent definitions", move || {
+        let (names, items) = try_off_loop("importing agent definitions", move || {
             let parsed = load(&at).map_err(|e| {
                 ActorError::Rpc(RpcError::invalid_params(format!(
                     "agent.import refused, nothing stored: {e}"
@@ -817,7 +815,7 @@ impl AgentService {
             })
             .await?;
         let key = self.key.clone();
-        let (defs, damaged) = off_loop("opening agent definitions", move || {
+        let (defs, damaged) = try_off_loop("opening agent definitions", move || {
             let mut defs = Vec::new();
             let mut damaged = Vec::new();
             for (file, blob) in &rows {
@@ -856,7 +854,7 @@ impl AgentService {
             .await?
             .ok_or_else(|| ActorError::NotFound(format!("no agent named `{name}`")))?;
         let key = self.key.clone();
-        off_loop("opening an agent definition", move || {
+        try_off_loop("opening an agent definition", move || {
             let def: AgentDef = open_json(&key, &file, &blob)?;
             Ok(ccd_protocol::types::AgentDetail {
                 markdown: to_markdown(&def),
@@ -885,7 +883,7 @@ impl AgentService {
     /// Set a sealed JSON document (rules or hooks).
     pub async fn set_doc(self, file: &'static str, value: Value) -> Result<Value, ActorError> {
         let key = self.key.clone();
-        let (value, blob) = off_loop("sealing a document", move || {
+        let (value, blob) = try_off_loop("sealing a document", move || {
             let blob = seal_json(&key, file, &value)?;
             Ok((value, blob))
         })
@@ -906,21 +904,10 @@ impl AgentService {
             .await?;
         let key = self.key.clone();
         match blob {
-            Some(b) => off_loop("opening a document", move || open_json(&key, file, &b)).await,
+            Some(b) => try_off_loop("opening a document", move || open_json(&key, file, &b)).await,
             None => Ok(Value::Null),
         }
     }
-}
-
-/// CPU-heavy work (sealing or opening definitions of up to 16 MiB: zstd and XChaCha20) on the
-/// blocking pool, never on the daemon's event loop.
-pub(crate) async fn off_loop<T: Send + 'static>(
-    what: &'static str,
-    work: impl FnOnce() -> Result<T, ActorError> + Send + 'static,
-) -> Result<T, ActorError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ActorError::internal(what, e))?
 }
 
 fn seal_json(

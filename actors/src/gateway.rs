@@ -19,6 +19,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking::{off_loop, try_off_loop};
 use crate::conn::ConnCtx;
 use crate::error::ActorError;
 use crate::executor::{Member, PoolStatus, SharedProbe};
@@ -29,8 +30,8 @@ use crate::resilience::{
 };
 use crate::store::{self, WriteOp};
 use crate::supervise::{
-    Call, Crash, Handle, HealthRegistry, Pending, Reply, Request, Supervise, Supervision,
-    supervised,
+    Call, Crash, Handle, HealthRegistry, Pending, Reply, Request, Supervise, Supervision, ask,
+    mailbox_closed, supervised,
 };
 use crate::validate;
 use crate::writer::{Write, WriterActor};
@@ -102,11 +103,7 @@ pub fn route(
                 }),
         ),
         Ok(Err(e)) => Either::Left(ready(Err(e))),
-        Err(e) => Either::Left(ready(Err(ActorError::Unavailable {
-            actor: "gateway".into(),
-            state: ActorState::Failed,
-            reason: format!("the gateway's mailbox is closed: {e}"),
-        }))),
+        Err(_) => Either::Left(ready(Err(mailbox_closed("gateway")))),
     })
 }
 
@@ -189,12 +186,7 @@ impl GatewayActor {
         op: O,
     ) -> impl Future<Output = Result<O::Output, ActorError>> + 'static {
         let writer = self.writer.clone();
-        async move {
-            writer
-                .send(Call(Write(op)))
-                .await
-                .unwrap_or_else(|_| Err(mailbox_closed("writer")))
-        }
+        async move { ask(&writer, "writer", Write(op)).await }
     }
 
     /// The agent filesystem's state, with the definitions it leaves out for being damaged.
@@ -211,8 +203,8 @@ impl GatewayActor {
         let info = self.info.clone();
         let pool = self.query.pool().clone();
         async move {
-            let executor = match pool.send(Call(PoolStatus)).await {
-                Ok(Ok(p)) => types::ExecutorHealth {
+            let executor = match ask(&pool, "executor", PoolStatus).await {
+                Ok(p) => types::ExecutorHealth {
                     size: p.size,
                     busy: p.busy,
                     queued: p.queued,
@@ -312,9 +304,7 @@ impl GatewayActor {
             A: Handle<Crash> + actix::Handler<Call<Crash>>,
             A::Context: actix::dev::ToEnvelope<A, Call<Crash>>,
         {
-            addr.send(Call(Crash))
-                .await
-                .unwrap_or_else(|_| Err(mailbox_closed(&name)))?;
+            ask(&addr, name, Crash).await?;
             to_answer(())
         }
         match actor {
@@ -341,12 +331,7 @@ impl GatewayActor {
                         let pool = self.query.pool().clone();
                         let name = other.to_string();
                         Reply::later(async move {
-                            let addr = pool
-                                .send(Call(Member(n - 1)))
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                                .flatten();
+                            let addr = ask(&pool, "executor", Member(n - 1)).await.ok().flatten();
                             let addr = addr.ok_or_else(|| unknown_actor(&name))?;
                             crash(addr, name).await
                         })
@@ -438,7 +423,7 @@ impl GatewayActor {
                     Reply::later(async move {
                         // Checking the destination touches the file system, and the copy is
                         // long: both on the blocking pool.
-                        let (dest, size) = tokio::task::spawn_blocking(move || {
+                        let (dest, size) = try_off_loop("backup task", move || {
                             let named = params.path.is_some();
                             let first = backup_destination(&home, params.path.as_deref())?;
                             let mut dest = first.clone();
@@ -470,16 +455,12 @@ impl GatewayActor {
                                 dest.display()
                             )))
                         })
-                        .await
-                        .map_err(|e| ActorError::internal("backup task", e))??;
+                        .await?;
                         let op = store::RecordBackup {
                             path: dest.to_string_lossy().into_owned(),
                             size_bytes: size,
                         };
-                        let backup = record
-                            .send(Call(Write(op)))
-                            .await
-                            .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                        let backup = ask(&record, "writer", Write(op)).await?;
                         to_answer(backup)
                     })
                 }
@@ -499,7 +480,8 @@ impl GatewayActor {
                         let backup = fut.await?;
                         let path = backup.path.clone();
                         let removed =
-                            tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                            off_loop("removing a backup file", move || std::fs::remove_file(path))
+                                .await;
                         match removed {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -550,12 +532,14 @@ impl GatewayActor {
                     ))))
                 }
                 (Ok(params), Some(vfs)) => Reply::later(async move {
-                    let unsealed = vfs
-                        .send(Call(crate::vfs::Unseal {
+                    let unsealed = ask(
+                        &vfs,
+                        "vfs",
+                        crate::vfs::Unseal {
                             path: params.file.into(),
-                        }))
-                        .await
-                        .unwrap_or_else(|_| Err(mailbox_closed("vfs")))?;
+                        },
+                    )
+                    .await?;
                     to_answer(unsealed)
                 }),
                 (Ok(_), None) => Reply::err(ActorError::Unavailable {
@@ -764,10 +748,7 @@ impl GatewayActor {
         let breaker = self.query.breaker().clone();
         Some(match method {
             m::LimiterStatus::NAME => later::<m::LimiterStatus, _>(p, move |_| async move {
-                let (limits, keys) = limiter
-                    .send(Call(LimiterStatusMsg))
-                    .await
-                    .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                let (limits, keys) = ask(&limiter, "limiter", LimiterStatusMsg).await?;
                 Ok(status(limits, keys))
             }),
             m::LimiterConfigure::NAME => {
@@ -781,34 +762,27 @@ impl GatewayActor {
                     Ok(c)
                 }) {
                     Ok(c) => Reply::later(async move {
-                        limiter
-                            .send(Call(Configure {
+                        ask(
+                            &limiter,
+                            "limiter",
+                            Configure {
                                 scope: c.scope,
                                 spec: c.limits,
-                            }))
-                            .await
-                            .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
-                        let (limits, keys) = limiter
-                            .send(Call(LimiterStatusMsg))
-                            .await
-                            .unwrap_or_else(|_| Err(mailbox_closed("limiter")))?;
+                            },
+                        )
+                        .await?;
+                        let (limits, keys) = ask(&limiter, "limiter", LimiterStatusMsg).await?;
                         to_answer(status(limits, keys))
                     }),
                     Err(e) => Reply::err(e),
                 }
             }
             m::BreakerStatus::NAME => later::<m::BreakerStatus, _>(p, move |_| async move {
-                let breakers = breaker
-                    .send(Call(BreakerStatuses))
-                    .await
-                    .unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                let breakers = ask(&breaker, "breaker", BreakerStatuses).await?;
                 Ok(types::BreakerList { breakers })
             }),
             m::BreakerReset::NAME => later::<m::BreakerReset, _>(p, move |p| async move {
-                let n = breaker
-                    .send(Call(Reset { key: p.key }))
-                    .await
-                    .unwrap_or_else(|_| Err(mailbox_closed("breaker")))?;
+                let n = ask(&breaker, "breaker", Reset { key: p.key }).await?;
                 Ok(types::BreakerResetResult { reset: n as u64 })
             }),
             _ => return None,
@@ -850,13 +824,8 @@ impl GatewayActor {
             Ok(params) => {
                 let writer = self.writer.clone();
                 Reply::later(async move {
-                    let op = tokio::task::spawn_blocking(move || op(params))
-                        .await
-                        .map_err(|e| ActorError::internal("checking the params", e))??;
-                    let out = writer
-                        .send(Call(Write(op)))
-                        .await
-                        .unwrap_or_else(|_| Err(mailbox_closed("writer")))?;
+                    let op = off_loop("checking the params", move || op(params)).await??;
+                    let out = ask(&writer, "writer", Write(op)).await?;
                     to_answer(out)
                 })
             }
@@ -986,14 +955,6 @@ fn unknown_actor(name: &str) -> ActorError {
 
 fn to_answer<T: serde::Serialize>(v: T) -> Result<Answer, ActorError> {
     serde_json::value::to_raw_value(&v).map_err(|e| ActorError::internal("encoding the result", e))
-}
-
-fn mailbox_closed(actor: &str) -> ActorError {
-    ActorError::Unavailable {
-        actor: actor.into(),
-        state: ActorState::Failed,
-        reason: format!("the {actor}'s mailbox is closed"),
-    }
 }
 
 /// A method answered synchronously by the gateway itself.

@@ -20,6 +20,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::blocking::off_loop;
 use crate::conn::ConnCtx;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
@@ -35,7 +36,7 @@ use crate::resilience::{
     Allow, BreakerActor, LimiterActor, Peek, RecordOutcome, RetryConfig, TryAcquire,
 };
 use crate::store::{self, WriteOp};
-use crate::supervise::Call;
+use crate::supervise::{Call, ask, mailbox_closed};
 use crate::validate;
 use crate::writer::{Write, WriterActor};
 use ccd_protocol::agent::{AgentMessage, ContentBlock};
@@ -208,10 +209,7 @@ impl QueryService {
     }
 
     async fn write<O: WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
-        self.writer
-            .send(Call(Write(op)))
-            .await
-            .unwrap_or_else(|_| Err(ActorError::internal("writer", "mailbox closed")))
+        ask(&self.writer, "writer", Write(op)).await
     }
 
     /// `query.run`.
@@ -329,9 +327,10 @@ impl QueryService {
         let (env_remove, env) = self.agent_env(p.env.as_ref(), env);
         let program = {
             let probe = self.agent.clone();
-            tokio::task::spawn_blocking(move || crate::executor::agent_program(&probe))
-                .await
-                .map_err(|e| ActorError::internal("resolving the agent command", e))?
+            off_loop("resolving the agent command", move || {
+                crate::executor::agent_program(&probe)
+            })
+            .await?
         };
 
         // An open breaker refuses the query before it costs anything: no session to wait for, no
@@ -345,12 +344,14 @@ impl QueryService {
             self.cfg.command,
             model.as_deref().unwrap_or("default")
         );
-        if let Ok(Ok(Some(retry_after))) = self
-            .breaker
-            .send(Call(Peek {
+        if let Ok(Some(retry_after)) = ask(
+            &self.breaker,
+            "breaker",
+            Peek {
                 key: breaker_key.clone(),
-            }))
-            .await
+            },
+        )
+        .await
         {
             let error = ActorError::CircuitOpen {
                 key: breaker_key,
@@ -754,15 +755,17 @@ impl QueryService {
                     };
                 }
             };
-            match self
-                .breaker
-                .send(Call(Allow {
+            match ask(
+                &self.breaker,
+                "breaker",
+                Allow {
                     key: g.breaker_key.clone(),
-                }))
-                .await
+                },
+            )
+            .await
             {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(retry_after))) => {
+                Ok(Ok(())) => {}
+                Ok(Err(retry_after)) => {
                     let error = ActorError::CircuitOpen {
                         key: g.breaker_key.clone(),
                         retry_after_ms: crate::resilience::ceil_millis(retry_after),
@@ -773,16 +776,9 @@ impl QueryService {
                         spent,
                     };
                 }
-                Ok(Err(e)) => {
-                    return Attempts::Refused {
-                        error: e,
-                        attempts: attempt - 1,
-                        spent,
-                    };
-                }
                 Err(e) => {
                     return Attempts::Refused {
-                        error: ActorError::internal("the breaker", e),
+                        error: e,
                         attempts: attempt - 1,
                         spent,
                     };
@@ -790,8 +786,8 @@ impl QueryService {
             }
             // Queued when every executor is busy (a notice tells a waiting client so).
             let full = matches!(
-                self.pool.send(Call(PoolStatus)).await,
-                Ok(Ok(p)) if p.busy >= p.size
+                ask(&self.pool, "executor", PoolStatus).await,
+                Ok(p) if p.busy >= p.size
             );
             g.stage.store(
                 if full { STAGE_QUEUED } else { STAGE_STARTING },
@@ -818,9 +814,10 @@ impl QueryService {
                         spent,
                     };
                 }
-                Err(e) => {
+                // A closed mailbox records no outcome: the run never reached an executor.
+                Err(_) => {
                     return Attempts::Refused {
-                        error: ActorError::internal("the executor pool", e),
+                        error: mailbox_closed("executor"),
                         attempts: attempt - 1,
                         spent,
                     };
@@ -926,11 +923,9 @@ impl QueryService {
                 wait: waiting.is_none() && !g.no_wait,
                 again: waiting.is_some(),
             };
-            let (throttled, guard) = match self.limiter.send(Call(request)).await {
-                Ok(Ok(Ok(permit))) => return Ok(permit),
-                Ok(Ok(Err(refused))) => refused,
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(ActorError::internal("the limiter", e)),
+            let (throttled, guard) = match ask(&self.limiter, "limiter", request).await? {
+                Ok(permit) => return Ok(permit),
+                Err(refused) => refused,
             };
             let now = tokio::time::Instant::now();
             let refused = ActorError::RateLimited {
@@ -1337,9 +1332,8 @@ struct Placement {
 /// A client's directory parameter, checked and made canonical (off the event loop: it may be
 /// on a slow mount).
 async fn checked_dir(param: &'static str, dir: String) -> Result<String, ActorError> {
-    tokio::task::spawn_blocking(move || validate::dir(param, &dir))
-        .await
-        .map_err(|e| ActorError::internal("checking a directory", e))?
+    off_loop("checking a directory", move || validate::dir(param, &dir))
+        .await?
         .map_err(ActorError::Rpc)
 }
 
@@ -1348,9 +1342,7 @@ async fn checked_dir(param: &'static str, dir: String) -> Result<String, ActorEr
 async fn existing_dir(dir: &str, what: &str, fix: &str) -> Result<PathBuf, ActorError> {
     let path = PathBuf::from(dir);
     let probe = path.clone();
-    let is_dir = tokio::task::spawn_blocking(move || probe.is_dir())
-        .await
-        .map_err(|e| ActorError::internal("checking a directory", e))?;
+    let is_dir = off_loop("checking a directory", move || probe.is_dir()).await?;
     if is_dir {
         Ok(path)
     } else {
@@ -1449,9 +1441,9 @@ fn wait_notices(
                     json!({"type": "ccd", "subtype": "waiting", "for": "rate_limiter", "retry_after_ms": left})
                 }
                 STAGE_QUEUED => {
-                    let (busy, queued) = match pool.send(Call(PoolStatus)).await {
-                        Ok(Ok(p)) => (p.busy, p.queued),
-                        _ => (0, 0),
+                    let (busy, queued) = match ask(&pool, "executor", PoolStatus).await {
+                        Ok(p) => (p.busy, p.queued),
+                        Err(_) => (0, 0),
                     };
                     json!({"type": "ccd", "subtype": "waiting", "for": "executor", "busy": busy, "queued": queued})
                 }

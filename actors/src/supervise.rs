@@ -71,6 +71,38 @@ impl<M: Request> Message for Call<M> {
     type Result = Result<M::Output, ActorError>;
 }
 
+/// The one way to call a supervised actor: send `msg` to `addr` and wait for the reply. A
+/// mailbox that closed (the actor is gone for good) answers as a failed actor does:
+/// `Unavailable` naming `actor` (-32001 with `data.actor`, as docs/protocol.md promises).
+pub fn ask<A, M, N>(
+    addr: &Addr<A>,
+    actor: N,
+    msg: M,
+) -> impl Future<Output = Result<M::Output, ActorError>> + Send + use<A, M, N>
+where
+    A: Handler<Call<M>>,
+    A::Context: actix::dev::ToEnvelope<A, Call<M>>,
+    M: Request,
+    N: AsRef<str> + Send,
+{
+    // Sent when first polled, as an `async` block that sends would be.
+    let addr = addr.clone();
+    async move {
+        addr.send(Call(msg))
+            .await
+            .unwrap_or_else(|_| Err(mailbox_closed(actor.as_ref())))
+    }
+}
+
+/// What a call to `actor` answers when its mailbox is closed.
+pub fn mailbox_closed(actor: &str) -> ActorError {
+    ActorError::Unavailable {
+        actor: actor.into(),
+        state: ActorState::Failed,
+        reason: format!("the {actor}'s mailbox is closed"),
+    }
+}
+
 /// A reply still to come, which a caller may await itself.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T, ActorError>> + Send>>;
 

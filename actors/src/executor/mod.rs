@@ -549,9 +549,11 @@ pub fn agent_program(probe: &SharedProbe) -> PathBuf {
 pub async fn probe_agent(probe: SharedProbe) {
     let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
     let resolving = probe.clone();
-    let program = tokio::task::spawn_blocking(move || agent_program(&resolving))
-        .await
-        .unwrap_or_else(|_| PathBuf::from(&command));
+    let program = crate::blocking::off_loop("resolving the agent command", move || {
+        agent_program(&resolving)
+    })
+    .await
+    .unwrap_or_else(|_| PathBuf::from(&command));
     let outcome = async {
         let mut cmd = tokio::process::Command::new(&program);
         process::remove_daemon_env(cmd.as_std_mut());
