@@ -14,6 +14,7 @@
 //! touches the socket; actors never call each other's methods directly, only send messages.
 
 pub mod agents;
+pub mod backup;
 pub mod blocking;
 pub mod config;
 pub mod conn;
