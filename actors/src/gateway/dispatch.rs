@@ -29,6 +29,14 @@ pub type Answer = Box<RawValue>;
 
 type Handler = Box<dyn Fn(&Services, Option<Value>, &ConnCtx) -> Reply<Answer> + Send + Sync>;
 
+/// A handler that answers `M` at once.
+type SyncHandler<M> =
+    fn(&Services, <M as Method>::Params, &ConnCtx) -> Result<<M as Method>::Result, ActorError>;
+
+/// A handler that answers `M` now or later as it sees fit.
+type ReplyHandler<M> =
+    fn(&Services, <M as Method>::Params, &ConnCtx) -> Reply<<M as Method>::Result>;
+
 /// Every method the gateway serves, by name.
 #[derive(Default)]
 pub struct Dispatcher {
@@ -71,10 +79,7 @@ impl Dispatcher {
     }
 
     /// `M`, answered by the gateway at once.
-    pub fn sync<M: Method>(
-        &mut self,
-        handler: fn(&Services, M::Params, &ConnCtx) -> Result<M::Result, ActorError>,
-    ) -> &mut Self {
+    pub fn sync<M: Method>(&mut self, handler: SyncHandler<M>) -> &mut Self {
         self.bind::<M>(move |services, params, conn| {
             Reply::Ready(handler(services, params, conn).and_then(to_answer))
         })
@@ -96,10 +101,7 @@ impl Dispatcher {
     }
 
     /// `M`, whose handler answers now or later as it sees fit.
-    pub fn reply<M: Method>(
-        &mut self,
-        handler: fn(&Services, M::Params, &ConnCtx) -> Reply<M::Result>,
-    ) -> &mut Self {
+    pub fn reply<M: Method>(&mut self, handler: ReplyHandler<M>) -> &mut Self {
         self.bind::<M>(move |services, params, conn| answer(handler(services, params, conn)))
     }
 
