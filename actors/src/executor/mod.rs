@@ -29,7 +29,7 @@ pub use process::{
 
 use crate::error::ActorError;
 use crate::supervise::{
-    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
+    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, ask, supervised,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,17 +327,12 @@ impl ExecutorPool {
         let pool = ctx.address();
         let Pending { run, tx } = pending;
         actix_rt::spawn(async move {
-            let result = match member.send(Call(run)).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(e)) => Err(failure(
-                    FailureKind::Agent,
-                    ErrorClass::Retryable,
-                    e.to_string(),
-                )),
+            let result = match ask(&member, format!("executor-{}", idx + 1), run).await {
+                Ok(result) => result,
                 Err(e) => Err(failure(
                     FailureKind::Agent,
                     ErrorClass::Retryable,
-                    format!("executor-{}: {e}", idx + 1),
+                    e.to_string(),
                 )),
             };
             let _ = tx.send(result);
