@@ -2,7 +2,32 @@
 //! executor pool, retried with backoff while the error is retryable; and what a streaming
 //! client is told meanwhile (`query.event` notifications, waiting notices).
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use ccd_protocol::agent::{AgentMessage, ContentBlock};
+use ccd_protocol::types::{EventKind, QueryEvent};
+use ccd_protocol::{ErrorCode, Notification, to_line};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    QueryService, STAGE_QUEUED, STAGE_RUNNING, STAGE_STARTING, STAGE_WAITING, WAIT_NOTICE_AFTER,
+};
+use crate::conn::ConnCtx;
+use crate::error::ActorError;
+use crate::eventbus::Bus;
+use crate::executor::{
+    AgentFailure, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage, PoolStatus, Run,
+    RunResult, Submit, Transcript,
+};
+use crate::resilience::breaker::Outcome;
+use crate::resilience::limiter::{Permit, WaitingGuard};
+use crate::resilience::{Allow, RecordOutcome, TryAcquire};
+use crate::store;
+use crate::supervise::{Call, ask, mailbox_closed};
 
 impl QueryService {
     /// Attempts of one query: limiter → breaker → run → record → retry while the error is

@@ -8,48 +8,33 @@
 //! This module holds the service and its registry of running queries (`query.list`,
 //! `query.cancel`); `run` is `query.run` step by step, `place` decides where and how the agent
 //! runs, `attempts` runs it under the limiter and the breaker with retries, and `sessions`
-//! serves `session.*`. The submodules share this module's imports (`use super::*`).
+//! serves `session.*`.
 
 mod attempts;
 mod place;
 mod run;
 mod sessions;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use ccd_protocol::types::{
-    EventKind, QueryCancelled, QueryEvent, QueryResult, QueryRun, Session, SessionCleanupResult,
-    SessionCreate, SessionDetail, SessionList, SessionListParams,
-};
-use ccd_protocol::{ErrorCode, Notification, RpcError, to_line};
-use serde_json::json;
-use tokio::sync::mpsc;
+use ccd_protocol::RpcError;
+use ccd_protocol::types::QueryCancelled;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocking::off_loop;
-use crate::conn::ConnCtx;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::ExecutorConfig;
-use crate::executor::{
-    AgentFailure, AgentOptions, AgentSpec, ErrorClass, ExecutorPool, FailureKind, OnMessage,
-    PoolStatus, Run, RunResult, SharedProbe, Submit, Transcript, agent_args,
-};
+use crate::executor::{ExecutorPool, SharedProbe};
 use crate::reader::Reader;
-use crate::resilience::breaker::Outcome;
-use crate::resilience::limiter::{LimiterCore, Permit, WaitingGuard};
-use crate::resilience::{
-    Allow, BreakerActor, LimiterActor, Peek, RecordOutcome, RetryConfig, TryAcquire,
-};
+use crate::resilience::limiter::LimiterCore;
+use crate::resilience::{BreakerActor, LimiterActor, RetryConfig};
 use crate::store::{self, WriteOp};
-use crate::supervise::{Call, ask, mailbox_closed};
-use crate::validate;
+use crate::supervise::ask;
 use crate::writer::{Write, WriterActor};
-use ccd_protocol::agent::{AgentMessage, ContentBlock};
 
 /// What runs the agent: its configuration, the resolved command, where queries without a
 /// place run.

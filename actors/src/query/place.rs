@@ -1,7 +1,15 @@
 //! Where and how a query's agent runs: its directory (project, cwd, session, default), its
 //! environment, its program, and the checks of what becomes its arguments.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use ccd_protocol::types::{QueryRun, Session};
+
+use super::{QueryService, invalid};
+use crate::blocking::off_loop;
+use crate::error::ActorError;
+use crate::{store, validate};
 
 /// Linux's limit on one argument to a program (MAX_ARG_STRLEN, 32 pages), less its NUL.
 const MAX_ARG_BYTES: usize = 128 * 1024 - 1;

@@ -1,9 +1,22 @@
 //! `query.run`, as named steps: check, claim the session, place, refuse if the breaker is
 //! open, open the session, build the spec, run, record the turn, publish, reply.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccd_protocol::types::{EventKind, QueryResult, QueryRun, Session};
+use ccd_protocol::{ErrorCode, RpcError};
+use serde_json::json;
+
 use super::attempts::{Attempts, Failure, Guarded, Spent, wait_notices};
 use super::place::{AgentPlace, agent_args_fit, checked_dir};
-use super::*;
+use super::{QueryService, REFUSAL_BACKLOG_BYTES, Running, STAGE_WAITING, SessionBusy, invalid};
+use crate::conn::ConnCtx;
+use crate::error::ActorError;
+use crate::executor::{AgentFailure, AgentOptions, AgentSpec, FailureKind, Transcript, agent_args};
+use crate::resilience::Peek;
+use crate::store;
+use crate::supervise::ask;
 
 /// Longest accepted per-query deadline (24 hours).
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;

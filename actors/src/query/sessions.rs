@@ -1,7 +1,14 @@
 //! The `session.*` methods (ids by unique prefix).
 
+use ccd_protocol::types::{
+    EventKind, Session, SessionCleanupResult, SessionCreate, SessionDetail, SessionList,
+    SessionListParams,
+};
+
 use super::place::{agent_args_fit, checked_dir};
-use super::*;
+use super::{QueryService, SessionBusy, invalid};
+use crate::error::ActorError;
+use crate::{store, validate};
 
 impl QueryService {
     pub async fn create_session(self, p: SessionCreate) -> Result<Session, ActorError> {
