@@ -1,5 +1,11 @@
-//! The daemon's typed configuration, layered as contract.md says: built-in defaults, then
-//! `$CCD_HOME/config.toml`, then `CCD_<SECTION>_<KEY>` environment variables.
+//! The daemon's typed configuration, layered as docs/operations.md describes: built-in
+//! defaults, then `$CCD_HOME/config.toml`, then `CCD_<SECTION>_<KEY>` environment variables.
+//!
+//! Each section lives with the module that owns it (the writer's in [`crate::store`], the
+//! supervisor's in [`crate::supervise`], ...); this module only composes them into [`Config`],
+//! loads and validates it, and explains where each value came from. Only the daemon's wiring
+//! takes the whole `Config`; each subsystem takes its own section. The sections of the daemon
+//! itself (`daemon`, `session`) and of the socket (`ipc`) are declared here.
 //!
 //! Unknown keys and wrong types are errors that name the key and where it came from; the daemon
 //! refuses to start on them rather than guessing.
@@ -12,6 +18,15 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
 };
 use serde::{Deserialize, Serialize};
+
+pub use crate::eventbus::EventsConfig;
+pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorConfig};
+pub use crate::http::HttpConfig;
+pub use crate::resilience::breaker::BreakerSpec;
+pub use crate::resilience::{LimiterConfig, RetryConfig};
+pub use crate::store::{Synchronous, WriterConfig};
+pub use crate::supervise::SupervisorConfig;
+pub use crate::vfs::VfsConfig;
 
 /// Environment variables with a `CCD_` prefix that are not config values.
 const NOT_CONFIG: &[&str] = &[
@@ -32,95 +47,12 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub executor: ExecutorConfig,
     pub session: SessionConfig,
-    pub limiter: crate::resilience::LimiterConfig,
-    pub breaker: crate::resilience::breaker::BreakerSpec,
-    pub retry: crate::resilience::RetryConfig,
-    pub events: crate::eventbus::EventsConfig,
-    pub http: crate::http::HttpConfig,
-    pub vfs: crate::vfs::VfsConfig,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ExecutorConfig {
-    /// How many agent processes may run at once (one per ExecutorActor).
-    pub pool_size: usize,
-    /// Queries waiting for a free executor; past it, -32009.
-    pub queue_size: usize,
-    /// The agent CLI: a name looked up on PATH, or a path. `CCD_AGENT_CMD` overrides it.
-    pub command: String,
-    /// Default per-query deadline.
-    pub timeout_ms: u64,
-    /// After SIGTERM to the agent's process group, how long before SIGKILL.
-    pub kill_grace_ms: u64,
-    /// Longest accepted stdout line from the agent; a longer one fails the query.
-    pub max_line_bytes: usize,
-    /// The CLI retries rate limits and overload on its own for minutes; ccd stops it after
-    /// this many `api_retry` messages and fails the query as retryable (ccd's own retry,
-    /// with limiter and breaker, takes over). 0 stops it at the first.
-    pub cli_retry_limit: u32,
-    /// The variables a query takes from its caller's environment instead of the daemon's:
-    /// names, or prefixes ending in `*`. `CCD_*` never passes.
-    pub pass_env: Vec<String>,
-}
-
-/// The default `executor.pass_env`: what Claude Code reads for its API, credentials, cloud
-/// providers (Bedrock, Vertex), proxies and certificates, and `PATH` for the tools it runs.
-pub const DEFAULT_PASS_ENV: &[&str] = &[
-    "ANTHROPIC_*",
-    "CLAUDE_*",
-    "DISABLE_*",
-    "MAX_THINKING_TOKENS",
-    "MCP_*",
-    "AWS_*",
-    "GOOGLE_*",
-    "GCLOUD_*",
-    "CLOUDSDK_*",
-    "CLOUD_ML_REGION",
-    "VERTEX_*",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-    "all_proxy",
-    "NODE_EXTRA_CA_CERTS",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "PATH",
-];
-
-impl ExecutorConfig {
-    /// Whether `executor.pass_env` takes `name` from the caller.
-    pub fn passes_env(&self, name: &str) -> bool {
-        !name
-            .get(..4)
-            .is_some_and(|p| p.eq_ignore_ascii_case("CCD_"))
-            && self
-                .pass_env
-                .iter()
-                .any(|pattern| match pattern.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
-                    None => name == pattern,
-                })
-    }
-}
-
-impl Default for ExecutorConfig {
-    fn default() -> Self {
-        ExecutorConfig {
-            pool_size: 4,
-            queue_size: 256,
-            command: "claude".into(),
-            timeout_ms: 600_000,
-            kill_grace_ms: 3_000,
-            max_line_bytes: 8 * 1024 * 1024,
-            cli_retry_limit: 2,
-            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
-        }
-    }
+    pub limiter: LimiterConfig,
+    pub breaker: BreakerSpec,
+    pub retry: RetryConfig,
+    pub events: EventsConfig,
+    pub http: HttpConfig,
+    pub vfs: VfsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,70 +103,6 @@ impl Default for IpcConfig {
             max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
             write_timeout_ms: 30_000,
             max_pending_reply_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
-
-/// SQLite's `synchronous` setting for the writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    Off,
-    Normal,
-    Full,
-    Extra,
-}
-
-impl Synchronous {
-    pub fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Off => "OFF",
-            Synchronous::Normal => "NORMAL",
-            Synchronous::Full => "FULL",
-            Synchronous::Extra => "EXTRA",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WriterConfig {
-    /// NORMAL (default): an acknowledged write survives a crash of the daemon process;
-    /// FULL: it also survives power loss.
-    pub synchronous: Synchronous,
-    pub busy_timeout_ms: u64,
-    /// Most writes committed in one group transaction.
-    pub max_batch: usize,
-}
-
-impl Default for WriterConfig {
-    fn default() -> Self {
-        WriterConfig {
-            synchronous: Synchronous::Normal,
-            busy_timeout_ms: 5_000,
-            max_batch: 1_024,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisorConfig {
-    /// More than this many restarts within `window_ms` marks an actor failed.
-    pub max_restarts: u32,
-    pub window_ms: u64,
-    /// First delay before a failed actor is tried again; doubles on each failure in a row.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
-}
-
-impl Default for SupervisorConfig {
-    fn default() -> Self {
-        SupervisorConfig {
-            max_restarts: 5,
-            window_ms: 10_000,
-            backoff_initial_ms: 1_000,
-            backoff_max_ms: 30_000,
         }
     }
 }

@@ -18,8 +18,6 @@ pub enum ActorError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    InvalidParams(String),
-    #[error("{0}")]
     Internal(String),
     /// Refused by the rate limiter: by `key`'s rate or window, for `retry_after_ms`, or
     /// (`concurrency`) by its limit on queries at once, until one of them finishes.
@@ -65,7 +63,6 @@ impl From<ActorError> for RpcError {
                 .with_data(json!({ "actor": actor, "state": state, "reason": reason })),
             ActorError::NotFound(m) => RpcError::quoting(ErrorCode::NotFound, m),
             ActorError::Conflict(m) => RpcError::quoting(ErrorCode::Conflict, m),
-            ActorError::InvalidParams(m) => RpcError::new(ErrorCode::InvalidParams, m),
             ActorError::Internal(m) => RpcError::new(ErrorCode::InternalError, m),
             ActorError::Overloaded(m) => RpcError::new(ErrorCode::Overloaded, m),
             ActorError::RateLimited {

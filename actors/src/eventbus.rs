@@ -24,7 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::store;
-use crate::supervise::{Call, Handle, Reply, Supervise, Supervision, supervised};
+use crate::supervise::{Handle, Reply, Supervise, Supervision, ask, supervised};
 use crate::writer::{Write, WriterActor};
 
 /// Most events kept for persistence while the writer is unavailable; older ones are dropped.
@@ -390,13 +390,14 @@ impl Bus {
         // The writer consumes its op; the batch is shared with it rather than copied, so that
         // a failed write can put it back as it was.
         let batch = Arc::new(batch);
-        let written = writer
-            .send(Call(Write(store::InsertEvents {
+        let written = ask(
+            writer,
+            "writer",
+            Write(store::InsertEvents {
                 events: batch.clone(),
-            })))
-            .await
-            .map_err(|e| crate::ActorError::internal("sending events to the writer", e))
-            .and_then(|r| r);
+            }),
+        )
+        .await;
         match written {
             Ok(()) => Ok(true),
             Err(e) => {
@@ -469,13 +470,15 @@ impl EventBusActor {
         let cutoff = store::now_ms() - (self.cfg.retention_days.min(100_000) * 86_400_000) as i64;
         let writer = self.writer.clone();
         actix_rt::spawn(async move {
-            match writer
-                .send(Call(Write(store::PruneEvents { before_ms: cutoff })))
-                .await
+            match ask(
+                &writer,
+                "writer",
+                Write(store::PruneEvents { before_ms: cutoff }),
+            )
+            .await
             {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!("pruned {n} events past the retention"),
-                Ok(Err(e)) => tracing::warn!("pruning events: {e}"),
+                Ok(0) => {}
+                Ok(n) => tracing::info!("pruned {n} events past the retention"),
                 Err(e) => tracing::warn!("pruning events: {e}"),
             }
         });
@@ -657,7 +660,7 @@ mod tests {
         let writer = crate::writer::WriterActor::new(
             health.register("writer"),
             db.clone(),
-            crate::config::WriterConfig {
+            crate::store::WriterConfig {
                 busy_timeout_ms: 60_000,
                 ..Default::default()
             },
@@ -688,7 +691,7 @@ mod tests {
         })
         .await;
         actor
-            .send(Call(crate::supervise::Crash))
+            .send(crate::supervise::Call(crate::supervise::Crash))
             .await
             .unwrap()
             .unwrap_err();

@@ -16,7 +16,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod backup;
+pub mod blocking;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod eventbus;
 pub mod executor;
@@ -24,6 +27,7 @@ pub mod files;
 pub mod fingerprint;
 pub mod gateway;
 pub mod http;
+pub mod metrics;
 pub mod outbound;
 pub mod procstat;
 pub mod query;
@@ -34,6 +38,7 @@ pub mod seal;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod validate;
 pub mod vfs;
 pub mod writer;
 

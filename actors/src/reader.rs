@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use rusqlite::Connection;
 
+use crate::blocking::off_loop;
 use crate::error::ActorError;
 use crate::store;
 
@@ -55,21 +56,15 @@ impl Reader {
             )));
         };
         let this = self.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        off_loop(what, move || {
             let _turn = turn;
             let conn = this.take()?;
             let result = f(&conn);
             this.put(conn);
             result
         })
-        .await;
-        match joined {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ActorError::Internal(format!("{what}: {e:#}"))),
-            Err(e) => Err(ActorError::Internal(format!(
-                "{what}: the read task failed: {e}"
-            ))),
-        }
+        .await?
+        .map_err(|e| ActorError::Internal(format!("{what}: {e:#}")))
     }
 
     fn open(&self) -> anyhow::Result<Connection> {

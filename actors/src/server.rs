@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::IpcConfig;
-use crate::gateway::{ConnCtx, GatewayActor, Route};
+use crate::conn::ConnCtx;
+use crate::gateway::{GatewayActor, Route};
 use crate::outbound::{Held, LARGE_LINE, Meter, Outbound, ReplyBudget, footprint};
 
 /// Replies are written in chunks of up to this many bytes when several are queued.
@@ -74,7 +75,7 @@ pub async fn serve(
     cfg: IpcConfig,
     shutdown: CancellationToken,
     drain: Drain,
-    metrics: Option<Arc<crate::http::Metrics>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let uid = current_euid();
     let requests = TaskTracker::new();
@@ -249,7 +250,7 @@ impl ConnTable {
 
 struct Connection {
     id: u64,
-    metrics: Option<Arc<crate::http::Metrics>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     gateway: Addr<GatewayActor>,
     cfg: IpcConfig,
     state: Rc<ConnState>,
@@ -359,7 +360,7 @@ impl Connection {
         let max_inflight = self.cfg.max_inflight_per_connection.max(1);
         let limit = self.cfg.max_message_bytes;
         let meter = out.meter();
-        let ctx = ConnCtx::new(crate::gateway::ConnInfo {
+        let ctx = ConnCtx::new(crate::conn::ConnInfo {
             id: self.id,
             outbound: out.clone(),
             closed: self.state.closed.clone(),
@@ -715,7 +716,7 @@ fn answer<'a>(
     gateway: &Addr<GatewayActor>,
     req: RpcRequest,
     conn: ConnCtx,
-    metrics: Option<&'a crate::http::Metrics>,
+    metrics: Option<&'a crate::metrics::Metrics>,
 ) -> impl Future<Output = Option<Reply>> + use<'a> {
     let started = Instant::now();
     let RpcRequest {

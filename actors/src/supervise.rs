@@ -28,9 +28,31 @@ use std::time::{Duration, Instant};
 use actix::dev::{MessageResponse, OneshotSender};
 use actix::prelude::*;
 use ccd_protocol::types::{ActorHealth, ActorState, EventKind};
+use serde::{Deserialize, Serialize};
 
-use crate::config::SupervisorConfig;
 use crate::error::ActorError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// More than this many restarts within `window_ms` marks an actor failed.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// First delay before a failed actor is tried again; doubles on each failure in a row.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig {
+            max_restarts: 5,
+            window_ms: 10_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
 
 /// A request an actor serves through the supervision guard.
 pub trait Request: Send + 'static {
@@ -47,6 +69,38 @@ pub struct Call<M>(pub M);
 
 impl<M: Request> Message for Call<M> {
     type Result = Result<M::Output, ActorError>;
+}
+
+/// The one way to call a supervised actor: send `msg` to `addr` and wait for the reply. A
+/// mailbox that closed (the actor is gone for good) answers as a failed actor does:
+/// `Unavailable` naming `actor` (-32001 with `data.actor`, as docs/protocol.md promises).
+pub fn ask<A, M, N>(
+    addr: &Addr<A>,
+    actor: N,
+    msg: M,
+) -> impl Future<Output = Result<M::Output, ActorError>> + Send + use<A, M, N>
+where
+    A: Handler<Call<M>>,
+    A::Context: actix::dev::ToEnvelope<A, Call<M>>,
+    M: Request,
+    N: AsRef<str> + Send,
+{
+    // Sent when first polled, as an `async` block that sends would be.
+    let addr = addr.clone();
+    async move {
+        addr.send(Call(msg))
+            .await
+            .unwrap_or_else(|_| Err(mailbox_closed(actor.as_ref())))
+    }
+}
+
+/// What a call to `actor` answers when its mailbox is closed.
+pub fn mailbox_closed(actor: &str) -> ActorError {
+    ActorError::Unavailable {
+        actor: actor.into(),
+        state: ActorState::Failed,
+        reason: format!("the {actor}'s mailbox is closed"),
+    }
 }
 
 /// A reply still to come, which a caller may await itself.

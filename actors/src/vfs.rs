@@ -150,9 +150,11 @@ pub async fn build(agents: &AgentService, boot_key: &Arc<MasterKey>) -> Snapshot
     }
     .await;
     let key = boot_key.clone();
-    let assembled = tokio::task::spawn_blocking(move || assemble(fetched, &key))
-        .await
-        .map_err(|e| format!("building the agent filesystem: {e}"));
+    let assembled = crate::blocking::off_loop("building the agent filesystem", move || {
+        assemble(fetched, &key)
+    })
+    .await
+    .map_err(|e| e.to_string());
     assembled.unwrap_or_else(|e| assemble(Err(e), boot_key))
 }
 
@@ -785,7 +787,7 @@ impl Handle<Unseal> for VfsActor {
         Reply::later(async move {
             let path = msg.path.clone();
             // Read, then opened (decrypted, decompressed, parsed: up to 64 MiB), off the loop.
-            crate::agents::off_loop("opening the sealed file", move || {
+            crate::blocking::try_off_loop("opening the sealed file", move || {
                 let blob = crate::files::read_regular(&path, MAX_UNSEAL_BYTES)
                     .map_err(|e| bad(format!("{}: {e}", msg.path.display())))?;
                 if !SEALED_FILES.contains(&name.as_str()) {

@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use actix::prelude::*;
 use rusqlite::Connection;
 
-use crate::config::WriterConfig;
 use crate::error::ActorError;
+use crate::store::WriterConfig;
 use crate::store::{self, ExecCached, WriteOp};
 use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ccd_protocol::agent::Parsed;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -28,8 +29,91 @@ pub use process::{
 
 use crate::error::ActorError;
 use crate::supervise::{
-    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, supervised,
+    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, ask, supervised,
 };
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// How many agent processes may run at once (one per ExecutorActor).
+    pub pool_size: usize,
+    /// Queries waiting for a free executor; past it, -32009.
+    pub queue_size: usize,
+    /// The agent CLI: a name looked up on PATH, or a path. `CCD_AGENT_CMD` overrides it.
+    pub command: String,
+    /// Default per-query deadline.
+    pub timeout_ms: u64,
+    /// After SIGTERM to the agent's process group, how long before SIGKILL.
+    pub kill_grace_ms: u64,
+    /// Longest accepted stdout line from the agent; a longer one fails the query.
+    pub max_line_bytes: usize,
+    /// The CLI retries rate limits and overload on its own for minutes; ccd stops it after
+    /// this many `api_retry` messages and fails the query as retryable (ccd's own retry,
+    /// with limiter and breaker, takes over). 0 stops it at the first.
+    pub cli_retry_limit: u32,
+    /// The variables a query takes from its caller's environment instead of the daemon's:
+    /// names, or prefixes ending in `*`. `CCD_*` never passes.
+    pub pass_env: Vec<String>,
+}
+
+/// The default `executor.pass_env`: what Claude Code reads for its API, credentials, cloud
+/// providers (Bedrock, Vertex), proxies and certificates, and `PATH` for the tools it runs.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "ANTHROPIC_*",
+    "CLAUDE_*",
+    "DISABLE_*",
+    "MAX_THINKING_TOKENS",
+    "MCP_*",
+    "AWS_*",
+    "GOOGLE_*",
+    "GCLOUD_*",
+    "CLOUDSDK_*",
+    "CLOUD_ML_REGION",
+    "VERTEX_*",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "PATH",
+];
+
+impl ExecutorConfig {
+    /// Whether `executor.pass_env` takes `name` from the caller.
+    pub fn passes_env(&self, name: &str) -> bool {
+        !name
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("CCD_"))
+            && self
+                .pass_env
+                .iter()
+                .any(|pattern| match pattern.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == pattern,
+                })
+    }
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig {
+            pool_size: 4,
+            queue_size: 256,
+            command: "claude".into(),
+            timeout_ms: 600_000,
+            kill_grace_ms: 3_000,
+            max_line_bytes: 8 * 1024 * 1024,
+            cli_retry_limit: 2,
+            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
 
 /// Sees every parsed message of a run as it is read; must not block.
 pub type OnMessage = Box<dyn FnMut(&Parsed) + Send>;
@@ -243,17 +327,12 @@ impl ExecutorPool {
         let pool = ctx.address();
         let Pending { run, tx } = pending;
         actix_rt::spawn(async move {
-            let result = match member.send(Call(run)).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(e)) => Err(failure(
-                    FailureKind::Agent,
-                    ErrorClass::Retryable,
-                    e.to_string(),
-                )),
+            let result = match ask(&member, format!("executor-{}", idx + 1), run).await {
+                Ok(result) => result,
                 Err(e) => Err(failure(
                     FailureKind::Agent,
                     ErrorClass::Retryable,
-                    format!("executor-{}: {e}", idx + 1),
+                    e.to_string(),
                 )),
             };
             let _ = tx.send(result);
@@ -465,9 +544,11 @@ pub fn agent_program(probe: &SharedProbe) -> PathBuf {
 pub async fn probe_agent(probe: SharedProbe) {
     let command = probe.lock().map(|p| p.command.clone()).unwrap_or_default();
     let resolving = probe.clone();
-    let program = tokio::task::spawn_blocking(move || agent_program(&resolving))
-        .await
-        .unwrap_or_else(|_| PathBuf::from(&command));
+    let program = crate::blocking::off_loop("resolving the agent command", move || {
+        agent_program(&resolving)
+    })
+    .await
+    .unwrap_or_else(|_| PathBuf::from(&command));
     let outcome = async {
         let mut cmd = tokio::process::Command::new(&program);
         process::remove_daemon_env(cmd.as_std_mut());

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use ccd_protocol::types::{Backup, ColumnInfo, DescribeModels, Project, Setting, TableInfo};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
+use serde::{Deserialize, Serialize};
 
-use crate::config::WriterConfig;
 use crate::error::ActorError;
 
 mod events;
@@ -24,6 +24,48 @@ mod sessions;
 pub use events::*;
 pub use sealed::*;
 pub use sessions::*;
+
+/// SQLite's `synchronous` setting for the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Off,
+    Normal,
+    Full,
+    Extra,
+}
+
+impl Synchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// NORMAL (default): an acknowledged write survives a crash of the daemon process;
+    /// FULL: it also survives power loss.
+    pub synchronous: Synchronous,
+    pub busy_timeout_ms: u64,
+    /// Most writes committed in one group transaction.
+    pub max_batch: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            synchronous: Synchronous::Normal,
+            busy_timeout_ms: 5_000,
+            max_batch: 1_024,
+        }
+    }
+}
 
 /// Versioned migrations; `PRAGMA user_version` holds how many have run. Append only.
 const MIGRATIONS: &[M<'static>] = &[

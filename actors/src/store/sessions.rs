@@ -431,7 +431,7 @@ pub fn stats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WriterConfig;
+    use crate::store::WriterConfig;
     use crate::store::{db_path, open_writer};
 
     fn turn(session_id: &str, tokens: u64) -> RecordTurn {
