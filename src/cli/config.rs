@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::args::{SET_HELP, parse_set};
 use crate::client::Client;
-use crate::exit::{self, UsageError};
+use crate::exit;
 use crate::home::Home;
 use crate::table::{Table, print_json};
 
@@ -28,16 +28,7 @@ pub enum ConfigCmd {
 pub fn run(home: &Home, cmd: ConfigCmd) -> anyhow::Result<u8> {
     match cmd {
         ConfigCmd::Show { json, set } => {
-            let rows = match ccd_actors::Config::explain(&home.root, &set) {
-                Ok(rows) => rows,
-                // A bad --set is a usage error (exit 2); a bad file or variable is not.
-                Err(e)
-                    if !set.is_empty() && ccd_actors::Config::explain(&home.root, &[]).is_ok() =>
-                {
-                    return Err(UsageError(format!("{e:#}")).into());
-                }
-                Err(e) => return Err(e),
-            };
+            let rows = ccd_actors::Config::explain(&home.root, &set)?;
             // A running daemon read its configuration when it started: say where it differs
             // from what a start now would use (never starting one to find out).
             let running: Option<(u32, Vec<types::ConfigValue>)> = Client::connect(home)
