@@ -342,8 +342,9 @@ fn first_number(s: &str) -> Option<u32> {
 fn ccd_binary(flag: Option<&Path>) -> Result<PathBuf> {
     let path = match flag {
         // Absolute: the stream suite runs `ccd query` from its stub agent's directory.
-        Some(p) => std::path::absolute(p)
-            .with_context(|| format!("resolving --ccd {}", p.display()))?,
+        Some(p) => {
+            std::path::absolute(p).with_context(|| format!("resolving --ccd {}", p.display()))?
+        }
         None => std::env::current_exe()
             .context("locating the ccd-bench executable")?
             .with_file_name("ccd"),
