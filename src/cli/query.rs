@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use ccd_actors::store;
 use ccd_protocol::agent::{self, AgentMessage, ContentBlock};
 use ccd_protocol::methods as m;
-use ccd_protocol::types::{self, PermissionMode, QueryResult};
+use ccd_protocol::types::{self, PermissionMode, QueryResult, SessionStatus};
 use ccd_protocol::{ErrorCode, Method, Notification, RpcError};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -115,7 +115,7 @@ fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
         store::sessions(
             c,
             store::SessionFilter {
-                status: Some("open"),
+                status: Some(SessionStatus::Open),
                 project: project.as_deref(),
                 cwd: cwd.as_deref(),
                 limit: Some(1),

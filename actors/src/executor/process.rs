@@ -156,23 +156,9 @@ pub struct AgentSpec {
     pub cli_retry_limit: u32,
 }
 
-/// The error classes of contract.md, used by retries and the breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    Retryable,
-    NonRetryable,
-    Unavailable,
-}
-
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Retryable => "retryable",
-            ErrorClass::NonRetryable => "non_retryable",
-            ErrorClass::Unavailable => "unavailable",
-        }
-    }
-}
+/// The agent error classes, used by retries and the breaker: the protocol's, since they go on
+/// the wire (a turn's `error_class`, -32007's `data.class`, as docs/protocol.md lists them).
+pub use ccd_protocol::types::ErrorClass;
 
 /// Why a run did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -267,7 +267,7 @@ impl QueryService {
                     return Err(ActorError::Agent {
                         code: ErrorCode::Cancelled,
                         message: "query cancelled while waiting for the rate limiter".into(),
-                        data: json!({ "class": "non_retryable", "detail": "cancelled" }),
+                        data: json!({ "class": ErrorClass::NonRetryable, "detail": "cancelled" }),
                     });
                 }
             }
