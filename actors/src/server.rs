@@ -42,7 +42,6 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::IpcConfig;
 use crate::conn::ConnCtx;
 use crate::gateway::{GatewayActor, Route};
 use crate::outbound::{Held, LARGE_LINE, Meter, Outbound, ReplyBudget, footprint};
@@ -54,6 +53,41 @@ const WRITE_CHUNK: usize = 64 * 1024;
 const WRITE_DIRECT: usize = LARGE_LINE;
 /// A connection's read buffer is shrunk back to this after a longer line.
 const READ_KEEP: usize = 8 * 1024;
+
+/// The `[ipc]` section of the configuration: the socket's limits.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpcConfig {
+    /// Largest accepted message (one line), in bytes.
+    pub max_message_bytes: usize,
+    /// Most connections open at once; past it, idle connections are closed to make room, and
+    /// when none is idle the new one is refused with -32009.
+    pub max_connections: usize,
+    /// Most requests in flight on one connection; past it the daemon stops reading from that
+    /// connection until replies go out (backpressure).
+    pub max_inflight_per_connection: usize,
+    /// Most requests in one batch; a longer batch is refused whole with -32600.
+    pub max_batch_requests: usize,
+    /// A reply that cannot be written for this long closes the connection.
+    pub write_timeout_ms: u64,
+    /// Daemon-wide budget for replies waiting to be written (all connections together, batch
+    /// replies as they are built included); past it the daemon stops reading from connections
+    /// that have replies waiting.
+    pub max_pending_reply_bytes: usize,
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        IpcConfig {
+            max_message_bytes: ccd_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: 1024,
+            max_inflight_per_connection: 64,
+            max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
+            write_timeout_ms: 30_000,
+            max_pending_reply_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
 
 /// How a stop ends the requests in flight.
 pub struct Drain {

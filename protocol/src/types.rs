@@ -122,7 +122,8 @@ impl ActorState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ActorHealth {
-    /// The actor's name, as in contract.md (`gateway`, `writer`, ...).
+    /// The actor's name (`gateway`, `writer`, ...: docs/protocol.md lists them under
+    /// `system.health`).
     pub name: String,
     pub state: ActorState,
     /// Restarts since the daemon started.
