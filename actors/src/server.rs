@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use ccd_protocol::{
-    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, RawResponse, Request as RpcRequest, Response,
-    RpcError, parse_incoming, to_line,
+    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, RawResponse, Request, Response, RpcError,
+    parse_incoming, to_line,
 };
 use futures_util::StreamExt;
 use futures_util::future::{Either, FutureExt as _, ready};
@@ -90,7 +90,7 @@ impl Default for IpcConfig {
 }
 
 /// How a stop ends the requests in flight.
-pub struct Drain {
+pub struct GracefulStop {
     /// How long they may take to finish on their own.
     pub timeout: Duration,
     /// Then called to cancel the work that still runs (agent runs), which then ends as
@@ -108,7 +108,7 @@ pub async fn serve(
     gateway: Addr<GatewayActor>,
     cfg: IpcConfig,
     shutdown: CancellationToken,
-    drain: Drain,
+    drain: GracefulStop,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let uid = current_euid();
@@ -316,7 +316,7 @@ impl Estimates {
 
     /// The reply bytes to reserve for `req` (none for a notification), and where to learn its
     /// real size.
-    fn of(&self, req: &RpcRequest) -> (usize, Option<&Cell<usize>>) {
+    fn of(&self, req: &Request) -> (usize, Option<&Cell<usize>>) {
         if req.id.is_none() {
             return (0, None);
         }
@@ -329,8 +329,8 @@ impl Estimates {
 
 /// Learn a method's reply size from a successful reply (errors are short and say nothing about
 /// the next result).
-fn learn(estimate: Option<&Cell<usize>>, reply: &Reply, len: usize) {
-    if let (Some(cell), Reply::Result(_)) = (estimate, reply) {
+fn learn(estimate: Option<&Cell<usize>>, reply: &WireReply, len: usize) {
+    if let (Some(cell), WireReply::Result(_)) = (estimate, reply) {
         let old = cell.get();
         cell.set(footprint(len).max(old - old / 8));
     }
@@ -582,7 +582,7 @@ impl Connection {
     /// `parsed` counts the parsed requests (see [`batch_bytes`]) until they have all been run.
     async fn answer_batch(
         &self,
-        items: Vec<Result<RpcRequest, Response>>,
+        items: Vec<Result<Request, Response>>,
         slots: usize,
         parsed: Held,
         ctx: ConnCtx,
@@ -607,7 +607,7 @@ impl Connection {
             let req = match item {
                 Ok(req) => req,
                 Err(invalid) => {
-                    let part = part(&Reply::Other(invalid), Held::new(&meter, 0));
+                    let part = part(&WireReply::Other(invalid), Held::new(&meter, 0));
                     running.push_back(Either::Left(ready(Some(part))));
                     continue;
                 }
@@ -633,7 +633,7 @@ impl Connection {
                         format!("not run: the batch's replies would pass `{key}`"),
                     )
                     .with_data(serde_json::json!({ "limit": key }));
-                    let reply = Reply::Other(Response::error(id, err));
+                    let reply = WireReply::Other(Response::error(id, err));
                     let part = part(&reply, Held::new(&meter, 0));
                     // Joined at once unless earlier replies are still to come (invalid items):
                     // a thousand refusals must not wait as a thousand buffers.
@@ -680,7 +680,7 @@ impl Connection {
 
 /// What a batch's parsed requests take while it runs (a thousand of them, about 150 kB, for as
 /// long as the batch runs), counted against the reply budgets with its replies.
-fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
+fn batch_bytes(items: &[Result<Request, Response>]) -> usize {
     let heap: usize = items
         .iter()
         .map(|item| item.as_ref().map_or(64, |req| req.method.len() + 64))
@@ -689,7 +689,7 @@ fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
 }
 
 /// One reply of a batch as JSON text, with `held` counting its bytes until it joins the line.
-fn part(reply: &Reply, mut held: Held) -> (Vec<u8>, Held) {
+fn part(reply: &WireReply, mut held: Held) -> (Vec<u8>, Held) {
     let text = serde_json::to_vec(reply).unwrap_or_else(|e| {
         format!(
             r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"could not encode reply: {e}"}},"id":null}}"#
@@ -730,7 +730,7 @@ async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
 /// One request's reply: a result as the JSON text the gateway made, or an error.
 #[derive(serde::Serialize)]
 #[serde(untagged)]
-enum Reply {
+enum WireReply {
     Result(RawResponse),
     Other(Response),
 }
@@ -739,8 +739,8 @@ enum Work<'a> {
     /// An error reply already made (an invalid line).
     Invalid(Bytes),
     /// A request (and where to learn its method's reply size), or an error reply.
-    Single(Result<RpcRequest, Response>, Option<&'a Cell<usize>>),
-    Batch(Vec<Result<RpcRequest, Response>>),
+    Single(Result<Request, Response>, Option<&'a Cell<usize>>),
+    Batch(Vec<Result<Request, Response>>),
 }
 
 /// Route one request through the gateway; `None` for a notification.
@@ -748,12 +748,12 @@ enum Work<'a> {
 /// Made of combinators, like [`Connection::serve`], to keep every request's future small.
 fn answer<'a>(
     gateway: &Addr<GatewayActor>,
-    req: RpcRequest,
+    req: Request,
     conn: ConnCtx,
     metrics: Option<&'a crate::metrics::Metrics>,
-) -> impl Future<Output = Option<Reply>> + use<'a> {
+) -> impl Future<Output = Option<WireReply>> + use<'a> {
     let started = Instant::now();
-    let RpcRequest {
+    let Request {
         id, method, params, ..
     } = req;
     let method_name = metrics.map(|_| method.clone());
@@ -768,8 +768,8 @@ fn answer<'a>(
         }
         let id = id?;
         Some(match result {
-            Ok(v) => Reply::Result(RawResponse::new(id, v)),
-            Err(e) => Reply::Other(Response::error(id, RpcError::from(e))),
+            Ok(v) => WireReply::Result(RawResponse::new(id, v)),
+            Err(e) => WireReply::Other(Response::error(id, RpcError::from(e))),
         })
     })
 }

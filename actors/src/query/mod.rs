@@ -34,7 +34,7 @@ use crate::resilience::limiter::LimiterCore;
 use crate::resilience::{BreakerActor, LimiterActor, RetryConfig};
 use crate::store::{self, WriteOp};
 use crate::supervise::ask;
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// What runs the agent: its configuration, the resolved command, where queries without a
 /// place run.
@@ -196,7 +196,7 @@ impl QueryService {
     }
 
     async fn write<O: WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
-        ask(&self.writer, "writer", Write(op)).await
+        ask(&self.writer, "writer", Commit(op)).await
     }
 
     /// `query.cancel`: true when the query was running (or queued) and is now being stopped.
