@@ -459,7 +459,7 @@ pub struct BackupList {
 // ---------------------------------------------------------------------------------------------
 // query
 
-pub use crate::agent::Usage;
+pub use crate::stream_json::Usage;
 
 /// Claude Code's permission modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

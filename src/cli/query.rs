@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ccd_actors::store;
-use ccd_protocol::agent::{self, AgentMessage, ContentBlock};
 use ccd_protocol::methods as m;
+use ccd_protocol::stream_json::{self, AgentMessage, ContentBlock};
 use ccd_protocol::types::{self, PermissionMode, QueryResult, SessionStatus};
 use ccd_protocol::{ErrorCode, Method, Notification, RpcError};
 use clap::{Args, ValueEnum};
@@ -289,7 +289,7 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 }
                 return;
             }
-            let Ok(parsed) = agent::parse_line(event.to_string().as_bytes()) else {
+            let Ok(parsed) = stream_json::parse_line(event.to_string().as_bytes()) else {
                 return;
             };
             match parsed.message {

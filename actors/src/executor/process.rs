@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use ccd_protocol::agent::{self, AgentMessage, ContentBlock, Init, Parsed, ResultMessage};
+use ccd_protocol::stream_json::{self, AgentMessage, ContentBlock, Init, Parsed, ResultMessage};
 use ccd_protocol::types::{PermissionMode, Usage};
 use ccd_protocol::{FrameError, NdjsonCodec};
 use futures_util::StreamExt;
@@ -454,7 +454,7 @@ pub async fn run_agent(
                 ));
             }
         };
-        let parsed = match agent::parse_line(&line) {
+        let parsed = match stream_json::parse_line(&line) {
             Ok(p) => p,
             Err(e) => {
                 let shown: String = String::from_utf8_lossy(&line).chars().take(200).collect();
