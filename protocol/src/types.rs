@@ -577,6 +577,16 @@ pub struct QueryCancelled {
     pub cancelled: bool,
 }
 
+wire_words! {
+    /// Where a query in flight is: `waiting` (for the rate limiter, or to retry), `queued` (for
+    /// a free executor, or the agent starting up), `running` (the agent has spoken).
+    pub enum QueryState ("query state") {
+        Waiting = "waiting",
+        Queued = "queued",
+        Running = "running",
+    }
+}
+
 /// One query in flight, as `query.list` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunningQuery {
@@ -586,7 +596,7 @@ pub struct RunningQuery {
     pub model: Option<String>,
     /// `waiting` (for the rate limiter, or to retry), `queued` (for a free executor, or the
     /// agent starting up), `running` (the agent has spoken).
-    pub state: String,
+    pub state: QueryState,
     #[schemars(extend("x-hint" = "datetime"))]
     pub started_at: String,
     pub elapsed_ms: u64,
@@ -1478,6 +1488,7 @@ mod wire_words_tests {
         check::<TurnStatus>(&["ok", "error", "timeout", "cancelled", "refused"]);
         check::<ErrorClass>(&["retryable", "non_retryable", "unavailable"]);
         check::<SessionErrorClass>(&["retryable", "non_retryable", "unavailable", "refused"]);
+        check::<QueryState>(&["waiting", "queued", "running"]);
         assert_eq!(HealthStatus::ALL.len(), 2);
         assert_eq!(SessionStatus::ALL.len(), 3);
         assert_eq!(TurnStatus::ALL.len(), 5);

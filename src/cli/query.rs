@@ -468,7 +468,7 @@ pub fn ps(home: &Home, json: bool) -> anyhow::Result<u8> {
             q.project.unwrap_or_else(|| "-".into()),
             q.model.unwrap_or_else(|| "-".into()),
             format!("{:.1}s", q.elapsed_ms as f64 / 1000.0),
-            q.state,
+            q.state.to_string(),
         ]);
     }
     t.print_or_empty(&mut std::io::stdout().lock(), "no queries running")?;
