@@ -100,7 +100,7 @@ pub fn sessions() -> ArgValueCandidates {
             store::sessions(
                 c,
                 store::SessionFilter {
-                    status: Some("open"),
+                    status: Some(ccd_protocol::types::SessionStatus::Open),
                     limit: Some(SESSIONS),
                     ..Default::default()
                 },

@@ -12,7 +12,7 @@ use crate::blocking::{off_loop, try_off_loop};
 use crate::error::ActorError;
 use crate::store;
 use crate::supervise::ask;
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// Makes and removes backups of the database of `$CCD_HOME`.
 #[derive(Clone)]
@@ -64,13 +64,13 @@ impl BackupService {
             path: dest.to_string_lossy().into_owned(),
             size_bytes: size,
         };
-        ask(&self.writer, "writer", Write(op)).await
+        ask(&self.writer, "writer", Commit(op)).await
     }
 
     /// `backup.delete`: forget backup `id` and remove its file (already gone is fine; a file
     /// that cannot be removed is logged, the record is gone either way).
     pub async fn delete(self, id: i64) -> Result<Backup, ActorError> {
-        let backup = ask(&self.writer, "writer", Write(store::DeleteBackup { id })).await?;
+        let backup = ask(&self.writer, "writer", Commit(store::DeleteBackup { id })).await?;
         let path = backup.path.clone();
         let removed = off_loop("removing a backup file", move || std::fs::remove_file(path)).await;
         match removed {

@@ -24,6 +24,7 @@ pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorConfig};
 pub use crate::http::HttpConfig;
 pub use crate::resilience::breaker::BreakerSpec;
 pub use crate::resilience::{LimiterConfig, RetryConfig};
+pub use crate::server::IpcConfig;
 pub use crate::store::{Synchronous, WriterConfig};
 pub use crate::supervise::SupervisorConfig;
 pub use crate::vfs::VfsConfig;
@@ -69,40 +70,6 @@ impl Default for SessionConfig {
         SessionConfig {
             ttl_s: 7 * 24 * 3600,
             sweep_interval_s: 60,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IpcConfig {
-    /// Largest accepted message (one line), in bytes.
-    pub max_message_bytes: usize,
-    /// Most connections open at once; past it, idle connections are closed to make room, and
-    /// when none is idle the new one is refused with -32009.
-    pub max_connections: usize,
-    /// Most requests in flight on one connection; past it the daemon stops reading from that
-    /// connection until replies go out (backpressure).
-    pub max_inflight_per_connection: usize,
-    /// Most requests in one batch; a longer batch is refused whole with -32600.
-    pub max_batch_requests: usize,
-    /// A reply that cannot be written for this long closes the connection.
-    pub write_timeout_ms: u64,
-    /// Daemon-wide budget for replies waiting to be written (all connections together, batch
-    /// replies as they are built included); past it the daemon stops reading from connections
-    /// that have replies waiting.
-    pub max_pending_reply_bytes: usize,
-}
-
-impl Default for IpcConfig {
-    fn default() -> Self {
-        IpcConfig {
-            max_message_bytes: ccd_protocol::DEFAULT_MAX_MESSAGE_BYTES,
-            max_connections: 1024,
-            max_inflight_per_connection: 64,
-            max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
-            write_timeout_ms: 30_000,
-            max_pending_reply_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store;
 use crate::supervise::{Handle, Reply, Supervise, Supervision, ask, supervised};
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// Most events kept for persistence while the writer is unavailable; older ones are dropped.
 const MAX_PENDING: usize = 100_000;
@@ -393,7 +393,7 @@ impl Bus {
         let written = ask(
             writer,
             "writer",
-            Write(store::InsertEvents {
+            Commit(store::InsertEvents {
                 events: batch.clone(),
             }),
         )
@@ -473,7 +473,7 @@ impl EventBusActor {
             match ask(
                 &writer,
                 "writer",
-                Write(store::PruneEvents { before_ms: cutoff }),
+                Commit(store::PruneEvents { before_ms: cutoff }),
             )
             .await
             {
@@ -512,7 +512,7 @@ impl Supervise for EventBusActor {
 /// Write everything published so far now (used at stop).
 pub struct FlushEvents;
 
-impl crate::supervise::Request for FlushEvents {
+impl crate::supervise::ActorRequest for FlushEvents {
     type Output = ();
 }
 

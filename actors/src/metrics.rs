@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use ccd_protocol::types::{EventFilter, EventKind};
+use ccd_protocol::types::{EventFilter, EventKind, SessionErrorClass, TurnStatus};
 
 use crate::eventbus::Bus;
 
@@ -17,8 +17,8 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct MetricsInner {
-    queries: BTreeMap<String, u64>,
-    errors: BTreeMap<String, u64>,
+    queries: BTreeMap<TurnStatus, u64>,
+    errors: BTreeMap<SessionErrorClass, u64>,
     tokens: BTreeMap<&'static str, u64>,
     cost_usd: f64,
     limiter_waits: u64,
@@ -124,12 +124,10 @@ impl Metrics {
                 duration_ms,
                 ..
             } => {
-                *m.queries.entry(status.clone()).or_default() += 1;
+                *m.queries.entry(*status).or_default() += 1;
                 m.query_seconds.observe(*duration_ms as f64 / 1000.0);
             }
-            EventKind::SessionError { class, .. } => {
-                *m.errors.entry(class.clone()).or_default() += 1
-            }
+            EventKind::SessionError { class, .. } => *m.errors.entry(*class).or_default() += 1,
             EventKind::TokensUsed { usage, .. } => {
                 for (kind, n) in [
                     ("input", usage.input_tokens),
@@ -172,12 +170,12 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         let m = self.lock();
         out.push_str("# HELP ccd_queries_total Agent queries finished, by status.\n# TYPE ccd_queries_total counter\n");
-        for status in ["ok", "error", "timeout", "cancelled", "refused"] {
+        for status in TurnStatus::ALL {
             let n = m.queries.get(status).copied().unwrap_or(0);
             out.push_str(&format!("ccd_queries_total{{status=\"{status}\"}} {n}\n"));
         }
         out.push_str("# HELP ccd_query_errors_total Failed or refused queries, by error class.\n# TYPE ccd_query_errors_total counter\n");
-        for class in ["retryable", "non_retryable", "unavailable", "refused"] {
+        for class in SessionErrorClass::ALL {
             let n = m.errors.get(class).copied().unwrap_or(0);
             out.push_str(&format!(
                 "ccd_query_errors_total{{class=\"{class}\"}} {n}\n"

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::{Bytes, BytesMut};
 use ccd_protocol::{
-    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, RawResponse, Request as RpcRequest, Response,
-    RpcError, parse_incoming, to_line,
+    ErrorCode, FrameError, Id, Incoming, NdjsonCodec, RawResponse, Request, Response, RpcError,
+    parse_incoming, to_line,
 };
 use futures_util::StreamExt;
 use futures_util::future::{Either, FutureExt as _, ready};
@@ -42,7 +42,6 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::IpcConfig;
 use crate::conn::ConnCtx;
 use crate::gateway::{GatewayActor, Route};
 use crate::outbound::{Held, LARGE_LINE, Meter, Outbound, ReplyBudget, footprint};
@@ -55,8 +54,43 @@ const WRITE_DIRECT: usize = LARGE_LINE;
 /// A connection's read buffer is shrunk back to this after a longer line.
 const READ_KEEP: usize = 8 * 1024;
 
+/// The `[ipc]` section of the configuration: the socket's limits.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpcConfig {
+    /// Largest accepted message (one line), in bytes.
+    pub max_message_bytes: usize,
+    /// Most connections open at once; past it, idle connections are closed to make room, and
+    /// when none is idle the new one is refused with -32009.
+    pub max_connections: usize,
+    /// Most requests in flight on one connection; past it the daemon stops reading from that
+    /// connection until replies go out (backpressure).
+    pub max_inflight_per_connection: usize,
+    /// Most requests in one batch; a longer batch is refused whole with -32600.
+    pub max_batch_requests: usize,
+    /// A reply that cannot be written for this long closes the connection.
+    pub write_timeout_ms: u64,
+    /// Daemon-wide budget for replies waiting to be written (all connections together, batch
+    /// replies as they are built included); past it the daemon stops reading from connections
+    /// that have replies waiting.
+    pub max_pending_reply_bytes: usize,
+}
+
+impl Default for IpcConfig {
+    fn default() -> Self {
+        IpcConfig {
+            max_message_bytes: ccd_protocol::DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: 1024,
+            max_inflight_per_connection: 64,
+            max_batch_requests: ccd_protocol::DEFAULT_MAX_BATCH,
+            write_timeout_ms: 30_000,
+            max_pending_reply_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// How a stop ends the requests in flight.
-pub struct Drain {
+pub struct GracefulStop {
     /// How long they may take to finish on their own.
     pub timeout: Duration,
     /// Then called to cancel the work that still runs (agent runs), which then ends as
@@ -74,7 +108,7 @@ pub async fn serve(
     gateway: Addr<GatewayActor>,
     cfg: IpcConfig,
     shutdown: CancellationToken,
-    drain: Drain,
+    drain: GracefulStop,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let uid = current_euid();
@@ -282,7 +316,7 @@ impl Estimates {
 
     /// The reply bytes to reserve for `req` (none for a notification), and where to learn its
     /// real size.
-    fn of(&self, req: &RpcRequest) -> (usize, Option<&Cell<usize>>) {
+    fn of(&self, req: &Request) -> (usize, Option<&Cell<usize>>) {
         if req.id.is_none() {
             return (0, None);
         }
@@ -295,8 +329,8 @@ impl Estimates {
 
 /// Learn a method's reply size from a successful reply (errors are short and say nothing about
 /// the next result).
-fn learn(estimate: Option<&Cell<usize>>, reply: &Reply, len: usize) {
-    if let (Some(cell), Reply::Result(_)) = (estimate, reply) {
+fn learn(estimate: Option<&Cell<usize>>, reply: &WireReply, len: usize) {
+    if let (Some(cell), WireReply::Result(_)) = (estimate, reply) {
         let old = cell.get();
         cell.set(footprint(len).max(old - old / 8));
     }
@@ -548,7 +582,7 @@ impl Connection {
     /// `parsed` counts the parsed requests (see [`batch_bytes`]) until they have all been run.
     async fn answer_batch(
         &self,
-        items: Vec<Result<RpcRequest, Response>>,
+        items: Vec<Result<Request, Response>>,
         slots: usize,
         parsed: Held,
         ctx: ConnCtx,
@@ -573,7 +607,7 @@ impl Connection {
             let req = match item {
                 Ok(req) => req,
                 Err(invalid) => {
-                    let part = part(&Reply::Other(invalid), Held::new(&meter, 0));
+                    let part = part(&WireReply::Other(invalid), Held::new(&meter, 0));
                     running.push_back(Either::Left(ready(Some(part))));
                     continue;
                 }
@@ -599,7 +633,7 @@ impl Connection {
                         format!("not run: the batch's replies would pass `{key}`"),
                     )
                     .with_data(serde_json::json!({ "limit": key }));
-                    let reply = Reply::Other(Response::error(id, err));
+                    let reply = WireReply::Other(Response::error(id, err));
                     let part = part(&reply, Held::new(&meter, 0));
                     // Joined at once unless earlier replies are still to come (invalid items):
                     // a thousand refusals must not wait as a thousand buffers.
@@ -646,7 +680,7 @@ impl Connection {
 
 /// What a batch's parsed requests take while it runs (a thousand of them, about 150 kB, for as
 /// long as the batch runs), counted against the reply budgets with its replies.
-fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
+fn batch_bytes(items: &[Result<Request, Response>]) -> usize {
     let heap: usize = items
         .iter()
         .map(|item| item.as_ref().map_or(64, |req| req.method.len() + 64))
@@ -655,7 +689,7 @@ fn batch_bytes(items: &[Result<RpcRequest, Response>]) -> usize {
 }
 
 /// One reply of a batch as JSON text, with `held` counting its bytes until it joins the line.
-fn part(reply: &Reply, mut held: Held) -> (Vec<u8>, Held) {
+fn part(reply: &WireReply, mut held: Held) -> (Vec<u8>, Held) {
     let text = serde_json::to_vec(reply).unwrap_or_else(|e| {
         format!(
             r#"{{"jsonrpc":"2.0","error":{{"code":-32603,"message":"could not encode reply: {e}"}},"id":null}}"#
@@ -696,7 +730,7 @@ async fn watch_hangup(fd: std::os::fd::OwnedFd, closed: CancellationToken) {
 /// One request's reply: a result as the JSON text the gateway made, or an error.
 #[derive(serde::Serialize)]
 #[serde(untagged)]
-enum Reply {
+enum WireReply {
     Result(RawResponse),
     Other(Response),
 }
@@ -705,8 +739,8 @@ enum Work<'a> {
     /// An error reply already made (an invalid line).
     Invalid(Bytes),
     /// A request (and where to learn its method's reply size), or an error reply.
-    Single(Result<RpcRequest, Response>, Option<&'a Cell<usize>>),
-    Batch(Vec<Result<RpcRequest, Response>>),
+    Single(Result<Request, Response>, Option<&'a Cell<usize>>),
+    Batch(Vec<Result<Request, Response>>),
 }
 
 /// Route one request through the gateway; `None` for a notification.
@@ -714,12 +748,12 @@ enum Work<'a> {
 /// Made of combinators, like [`Connection::serve`], to keep every request's future small.
 fn answer<'a>(
     gateway: &Addr<GatewayActor>,
-    req: RpcRequest,
+    req: Request,
     conn: ConnCtx,
     metrics: Option<&'a crate::metrics::Metrics>,
-) -> impl Future<Output = Option<Reply>> + use<'a> {
+) -> impl Future<Output = Option<WireReply>> + use<'a> {
     let started = Instant::now();
-    let RpcRequest {
+    let Request {
         id, method, params, ..
     } = req;
     let method_name = metrics.map(|_| method.clone());
@@ -734,8 +768,8 @@ fn answer<'a>(
         }
         let id = id?;
         Some(match result {
-            Ok(v) => Reply::Result(RawResponse::new(id, v)),
-            Err(e) => Reply::Other(Response::error(id, RpcError::from(e))),
+            Ok(v) => WireReply::Result(RawResponse::new(id, v)),
+            Err(e) => WireReply::Other(Response::error(id, RpcError::from(e))),
         })
     })
 }

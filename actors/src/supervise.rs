@@ -7,7 +7,7 @@
 //! [`guard`], which:
 //!
 //! 1. refuses at once with `Unavailable` while the actor is marked failed (except the actor's
-//!    own bookkeeping, [`Request::WHILE_FAILED`]);
+//!    own bookkeeping, [`ActorRequest::WHILE_FAILED`]);
 //! 2. runs the handler under `catch_unwind`; on a panic it answers the in-flight request with
 //!    `Unavailable` (naming the actor), records the restart in the [`HealthRegistry`], and stops
 //!    the actor's context. actix's `Supervisor` then restarts the same actor on the same
@@ -55,7 +55,7 @@ impl Default for SupervisorConfig {
 }
 
 /// A request an actor serves through the supervision guard.
-pub trait Request: Send + 'static {
+pub trait ActorRequest: Send + 'static {
     type Output: Send + 'static;
     /// Whether the actor is handed this message even while it is failed. For an actor's own
     /// bookkeeping, never for a request from outside: refusing it would lose state the actor
@@ -67,7 +67,7 @@ pub trait Request: Send + 'static {
 /// The envelope every supervised actor receives.
 pub struct Call<M>(pub M);
 
-impl<M: Request> Message for Call<M> {
+impl<M: ActorRequest> Message for Call<M> {
     type Result = Result<M::Output, ActorError>;
 }
 
@@ -82,7 +82,7 @@ pub fn ask<A, M, N>(
 where
     A: Handler<Call<M>>,
     A::Context: actix::dev::ToEnvelope<A, Call<M>>,
-    M: Request,
+    M: ActorRequest,
     N: AsRef<str> + Send,
 {
     // Sent when first polled, as an `async` block that sends would be.
@@ -253,14 +253,14 @@ pub trait Supervise: Actor<Context = Context<Self>> {
 }
 
 /// A supervised actor's handler for request `M`, run inside [`guard`].
-pub trait Handle<M: Request>: Supervise {
+pub trait Handle<M: ActorRequest>: Supervise {
     fn handle(&mut self, msg: M, ctx: &mut Context<Self>) -> Reply<M::Output>;
 }
 
 /// `debug.crash`: panic inside the actor's own handler (fault injection).
 pub struct Crash;
 
-impl Request for Crash {
+impl ActorRequest for Crash {
     type Output = ();
 }
 
@@ -279,7 +279,8 @@ macro_rules! supervised {
                 $crate::supervise::restarting(self, ctx)
             }
         }
-        impl<M: $crate::supervise::Request> ::actix::Handler<$crate::supervise::Call<M>> for $actor
+        impl<M: $crate::supervise::ActorRequest> ::actix::Handler<$crate::supervise::Call<M>>
+            for $actor
         where
             $actor: $crate::supervise::Handle<M>,
         {
@@ -312,7 +313,7 @@ pub(crate) use supervised;
 pub fn guard<A, M>(act: &mut A, ctx: &mut Context<A>, msg: M) -> Reply<M::Output>
 where
     A: Handle<M>,
-    M: Request,
+    M: ActorRequest,
 {
     let sup = act.supervision().clone();
     if !M::WHILE_FAILED
@@ -681,7 +682,7 @@ mod tests {
     }
 
     struct Incr;
-    impl Request for Incr {
+    impl ActorRequest for Incr {
         type Output = u32;
     }
 

@@ -39,9 +39,7 @@ use sha2::Digest;
 
 use crate::agents::{AgentService, HOOKS_FILE, RULES_FILE};
 use crate::seal::{self, MasterKey};
-use crate::supervise::{
-    Handle, Reply, Request as ActorRequest, Supervise, Supervision, supervised,
-};
+use crate::supervise::{ActorRequest, Handle, Reply, Supervise, Supervision, supervised};
 
 /// `[vfs]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! The WriterActor: the single owner of the SQLite write connection, with group commit.
 //!
-//! It runs on an Arbiter (thread) of its own. Writes arrive as `Call<Write<Op>>`; each handler
+//! It runs on an Arbiter (thread) of its own. Writes arrive as `Call<Commit<Op>>`; each handler
 //! only queues the write and, if none is scheduled, schedules a flush. actix drains the whole
 //! mailbox before it runs scheduled items, so every write that queued up while the previous
 //! transaction ran is committed in the next single transaction: one `BEGIN`, one savepoint per
@@ -20,25 +20,25 @@ use rusqlite::Connection;
 use crate::error::ActorError;
 use crate::store::WriterConfig;
 use crate::store::{self, ExecCached, WriteOp};
-use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
+use crate::supervise::{ActorRequest, Handle, Reply, Supervise, Supervision, supervised};
 
 /// A write to commit: any [`WriteOp`].
-pub struct Write<O>(pub O);
+pub struct Commit<O>(pub O);
 
-impl<O: WriteOp> Request for Write<O> {
+impl<O: WriteOp> ActorRequest for Commit<O> {
     type Output = O::Output;
 }
 
 /// Commit everything queued before this message, then answer (used by a graceful stop).
 pub struct Drain;
 
-impl Request for Drain {
+impl ActorRequest for Drain {
     type Output = ();
 }
 
 struct Flush;
 
-impl Request for Flush {
+impl ActorRequest for Flush {
     type Output = ();
 }
 
@@ -211,8 +211,8 @@ impl Supervise for WriterActor {
     }
 }
 
-impl<O: WriteOp> Handle<Write<O>> for WriterActor {
-    fn handle(&mut self, msg: Write<O>, ctx: &mut Context<Self>) -> Reply<O::Output> {
+impl<O: WriteOp> Handle<Commit<O>> for WriterActor {
+    fn handle(&mut self, msg: Commit<O>, ctx: &mut Context<Self>) -> Reply<O::Output> {
         // Answered straight from the commit (no task per write waits for it); a write dropped
         // unanswered (its group was being committed when the writer panicked) says so.
         let (reply, responder) = Reply::deferred(|| ActorError::Unavailable {
@@ -317,13 +317,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, db) = start_for_test(dir.path());
         let upsert = |key: &str| {
-            writer.send(Call(Write(store::UpsertSetting {
+            writer.send(Call(Commit(store::UpsertSetting {
                 key: key.into(),
                 value: "v".into(),
             })))
         };
         let before = upsert("before");
-        let failing = writer.send(Call(Write(failing)));
+        let failing = writer.send(Call(Commit(failing)));
         let after = upsert("after");
         let (before, failing, after) = futures_util::join!(before, failing, after);
         let err = before.unwrap().unwrap_err().to_string();
@@ -352,13 +352,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (writer, db) = start_for_test(dir.path());
         let upsert = |key: &str| {
-            writer.send(Call(Write(store::UpsertSetting {
+            writer.send(Call(Commit(store::UpsertSetting {
                 key: key.into(),
                 value: "v".into(),
             })))
         };
         let before = upsert("before");
-        let breaking = writer.send(Call(Write(BreakTheSavepoint)));
+        let breaking = writer.send(Call(Commit(BreakTheSavepoint)));
         let after = upsert("after");
         let (before, breaking, after) = futures_util::join!(before, breaking, after);
         for (name, r) in [

@@ -14,7 +14,7 @@
 //! - [`agent`]: [`parse_line`], one line of the agent CLI's stream-json output.
 
 use bytes::BytesMut;
-use ccd_protocol::agent::{AgentMessage, Parsed, parse_line};
+use ccd_protocol::stream_json::{AgentMessage, Parsed, parse_line};
 use ccd_protocol::{
     FrameError, Id, Incoming, NdjsonCodec, Payload, RawNumber, Request, Response, parse_incoming,
 };

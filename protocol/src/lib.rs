@@ -10,7 +10,7 @@
 //!   `system.describe` and `rpc.discover` publish;
 //! - [`types`]: the params and results of those methods;
 //! - [`routing`]: routing rules and decisions (which agent takes a task);
-//! - [`agent`]: the agent CLI's stream-json messages, parsed defensively.
+//! - [`stream_json`]: the agent CLI's stream-json messages, parsed defensively.
 //!
 //! Architecture invariant: this crate knows nothing about actix, SQLite or sockets. Its types
 //! are the API boundary; the daemon's internal messages are plain Rust types converted at
@@ -24,12 +24,12 @@
 
 #![forbid(unsafe_code)]
 
-pub mod agent;
 pub mod codec;
 pub mod error;
 pub mod jsonrpc;
 pub mod methods;
 pub mod routing;
+pub mod stream_json;
 pub mod types;
 
 pub use codec::{DEFAULT_MAX_MESSAGE_BYTES, FrameError, NdjsonCodec, to_line};

@@ -10,6 +10,79 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// A closed set of words on the wire: a serde enum whose variants serialize as the given
+/// strings, with `as_str` (the same strings, for text and SQL), `ALL`, `Display` and
+/// `FromStr` (an [`UnknownValue`] error naming what was expected).
+macro_rules! wire_words {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) { $($variant:ident = $text:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// As on the wire (and in the database).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownValue {
+                        what: $what,
+                        value: s.to_string(),
+                        expected: &[$($text),+],
+                    })
+            }
+        }
+    };
+}
+
+/// A word that is not one of a `wire_words!` enum's values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownValue {
+    /// What the word should have been, e.g. `session status`.
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static [&'static str],
+}
+
+impl std::fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown {} `{}` (expected one of: {})",
+            self.what,
+            self.value,
+            self.expected.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownValue {}
+
 /// No params: `{}`, `[]`, null or absent.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -49,7 +122,8 @@ impl ActorState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ActorHealth {
-    /// The actor's name, as in contract.md (`gateway`, `writer`, ...).
+    /// The actor's name (`gateway`, `writer`, ...: docs/protocol.md lists them under
+    /// `system.health`).
     pub name: String,
     pub state: ActorState,
     /// Restarts since the daemon started.
@@ -62,10 +136,18 @@ pub struct ActorHealth {
     pub uptime_ms: u64,
 }
 
+wire_words! {
+    /// The daemon's health as a whole.
+    pub enum HealthStatus ("health status") {
+        Ok = "ok",
+        Degraded = "degraded",
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     /// `ok` when every actor runs, `degraded` otherwise.
-    pub status: String,
+    pub status: HealthStatus,
     pub pid: u32,
     pub version: String,
     /// When the daemon started.
@@ -377,7 +459,7 @@ pub struct BackupList {
 // ---------------------------------------------------------------------------------------------
 // query
 
-pub use crate::agent::Usage;
+pub use crate::stream_json::Usage;
 
 /// Claude Code's permission modes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -495,6 +577,16 @@ pub struct QueryCancelled {
     pub cancelled: bool,
 }
 
+wire_words! {
+    /// Where a query in flight is: `waiting` (for the rate limiter, or to retry), `queued` (for
+    /// a free executor, or the agent starting up), `running` (the agent has spoken).
+    pub enum QueryState ("query state") {
+        Waiting = "waiting",
+        Queued = "queued",
+        Running = "running",
+    }
+}
+
 /// One query in flight, as `query.list` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunningQuery {
@@ -504,7 +596,7 @@ pub struct RunningQuery {
     pub model: Option<String>,
     /// `waiting` (for the rate limiter, or to retry), `queued` (for a free executor, or the
     /// agent starting up), `running` (the agent has spoken).
-    pub state: String,
+    pub state: QueryState,
     #[schemars(extend("x-hint" = "datetime"))]
     pub started_at: String,
     pub elapsed_ms: u64,
@@ -544,6 +636,59 @@ pub struct SessionCreate {
     pub model: Option<String>,
 }
 
+wire_words! {
+    /// A session's state: open until closed (`session.close`) or expired (the TTL sweep).
+    pub enum SessionStatus ("session status") {
+        Open = "open",
+        Closed = "closed",
+        Expired = "expired",
+    }
+}
+
+wire_words! {
+    /// How a turn (one query) ended: ok, an agent error, out of time, stopped, or refused
+    /// before it ran (rate limited, circuit open).
+    pub enum TurnStatus ("turn status") {
+        Ok = "ok",
+        Error = "error",
+        Timeout = "timeout",
+        Cancelled = "cancelled",
+        Refused = "refused",
+    }
+}
+
+wire_words! {
+    /// The class of an agent error, which decides retries and the breaker: `retryable`
+    /// (retried; a breaker failure), `non_retryable` (not retried; not the dependency's fault,
+    /// ignored by the breaker), `unavailable` (the agent could not be run; a breaker failure).
+    pub enum ErrorClass ("error class") {
+        Retryable = "retryable",
+        NonRetryable = "non_retryable",
+        Unavailable = "unavailable",
+    }
+}
+
+wire_words! {
+    /// Why a query failed, as `session.error` tells it: its agent error's class, or
+    /// `refused` (rate limited, circuit open) when it never ran.
+    pub enum SessionErrorClass ("session error class") {
+        Retryable = "retryable",
+        NonRetryable = "non_retryable",
+        Unavailable = "unavailable",
+        Refused = "refused",
+    }
+}
+
+impl From<ErrorClass> for SessionErrorClass {
+    fn from(c: ErrorClass) -> Self {
+        match c {
+            ErrorClass::Retryable => SessionErrorClass::Retryable,
+            ErrorClass::NonRetryable => SessionErrorClass::NonRetryable,
+            ErrorClass::Unavailable => SessionErrorClass::Unavailable,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Session {
     /// UUID v4.
@@ -553,7 +698,7 @@ pub struct Session {
     pub model: Option<String>,
     pub agent_session_id: Option<String>,
     /// open, closed or expired.
-    pub status: String,
+    pub status: SessionStatus,
     #[schemars(extend("x-hint" = "datetime"))]
     pub created_at: String,
     #[schemars(extend("x-hint" = "datetime"))]
@@ -577,8 +722,9 @@ pub struct Turn {
     #[schemars(extend("x-hint" = "text"))]
     pub result: Option<String>,
     /// ok, error, timeout, cancelled or refused.
-    pub status: String,
-    pub error_class: Option<String>,
+    pub status: TurnStatus,
+    /// The agent error's class, when `status` is error, timeout or cancelled.
+    pub error_class: Option<ErrorClass>,
     pub error: Option<String>,
     pub usage: Usage,
     pub cost_usd: f64,
@@ -607,7 +753,7 @@ pub struct SessionId {
 pub struct SessionListParams {
     /// open, closed or expired.
     #[serde(default)]
-    pub status: Option<String>,
+    pub status: Option<SessionStatus>,
     #[serde(default)]
     pub tag: Option<String>,
     #[serde(default)]
@@ -846,7 +992,7 @@ pub enum EventKind {
         session_id: String,
         query_id: String,
         project: Option<String>,
-        class: String,
+        class: SessionErrorClass,
         detail: String,
     },
     #[serde(rename = "turn.started")]
@@ -863,7 +1009,7 @@ pub enum EventKind {
         project: Option<String>,
         model: Option<String>,
         /// ok, error, timeout, cancelled or refused.
-        status: String,
+        status: TurnStatus,
         duration_ms: u64,
         attempts: u32,
     },
@@ -1306,5 +1452,68 @@ mod breaker_state_tests {
         ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
+    }
+}
+
+#[cfg(test)]
+mod wire_words_tests {
+    use super::*;
+
+    /// Each value serializes to exactly the word it always had, `as_str` and `FromStr` agree,
+    /// and an unknown word is refused by name.
+    fn check<T>(expected: &[&str])
+    where
+        T: Copy + Serialize + serde::de::DeserializeOwned + std::fmt::Debug + PartialEq,
+        T: std::str::FromStr<Err = UnknownValue> + std::fmt::Display,
+    {
+        let all: Vec<T> = expected.iter().map(|w| w.parse().unwrap()).collect();
+        for (v, w) in all.iter().zip(expected) {
+            assert_eq!(serde_json::to_string(v).unwrap(), format!("\"{w}\""));
+            assert_eq!(
+                serde_json::from_value::<T>(serde_json::json!(w)).unwrap(),
+                *v
+            );
+            assert_eq!(v.to_string(), *w);
+        }
+        let e = "nope".parse::<T>().unwrap_err();
+        assert_eq!(e.value, "nope");
+        assert_eq!(e.expected, expected);
+        assert!(serde_json::from_value::<T>(serde_json::json!("nope")).is_err());
+    }
+
+    #[test]
+    fn statuses_and_classes_are_todays_words() {
+        check::<HealthStatus>(&["ok", "degraded"]);
+        check::<SessionStatus>(&["open", "closed", "expired"]);
+        check::<TurnStatus>(&["ok", "error", "timeout", "cancelled", "refused"]);
+        check::<ErrorClass>(&["retryable", "non_retryable", "unavailable"]);
+        check::<SessionErrorClass>(&["retryable", "non_retryable", "unavailable", "refused"]);
+        check::<QueryState>(&["waiting", "queued", "running"]);
+        assert_eq!(HealthStatus::ALL.len(), 2);
+        assert_eq!(SessionStatus::ALL.len(), 3);
+        assert_eq!(TurnStatus::ALL.len(), 5);
+        assert_eq!(ErrorClass::ALL.len(), 3);
+        assert_eq!(SessionErrorClass::ALL.len(), 4);
+        for c in ErrorClass::ALL {
+            assert_eq!(SessionErrorClass::from(*c).as_str(), c.as_str());
+        }
+    }
+
+    #[test]
+    fn the_schema_lists_the_words() {
+        let s = crate::methods::schema_of::<TurnStatus>();
+        assert_eq!(
+            s["enum"],
+            serde_json::json!(["ok", "error", "timeout", "cancelled", "refused"])
+        );
+        assert_eq!(s["type"], "string");
+    }
+
+    #[test]
+    fn an_unknown_word_says_what_was_expected() {
+        assert_eq!(
+            "weird".parse::<SessionStatus>().unwrap_err().to_string(),
+            "unknown session status `weird` (expected one of: open, closed, expired)"
+        );
     }
 }

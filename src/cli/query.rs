@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ccd_actors::store;
-use ccd_protocol::agent::{self, AgentMessage, ContentBlock};
 use ccd_protocol::methods as m;
-use ccd_protocol::types::{self, PermissionMode, QueryResult};
+use ccd_protocol::stream_json::{self, AgentMessage, ContentBlock};
+use ccd_protocol::types::{self, PermissionMode, QueryResult, SessionStatus};
 use ccd_protocol::{ErrorCode, Method, Notification, RpcError};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -115,7 +115,7 @@ fn latest_session(home: &Home, opts: &QueryOpts) -> anyhow::Result<String> {
         store::sessions(
             c,
             store::SessionFilter {
-                status: Some("open"),
+                status: Some(SessionStatus::Open),
                 project: project.as_deref(),
                 cwd: cwd.as_deref(),
                 limit: Some(1),
@@ -289,7 +289,7 @@ pub fn query(home: &Home, autostart: bool, args: QueryArgs) -> anyhow::Result<u8
                 }
                 return;
             }
-            let Ok(parsed) = agent::parse_line(event.to_string().as_bytes()) else {
+            let Ok(parsed) = stream_json::parse_line(event.to_string().as_bytes()) else {
                 return;
             };
             match parsed.message {
@@ -468,7 +468,7 @@ pub fn ps(home: &Home, json: bool) -> anyhow::Result<u8> {
             q.project.unwrap_or_else(|| "-".into()),
             q.model.unwrap_or_else(|| "-".into()),
             format!("{:.1}s", q.elapsed_ms as f64 / 1000.0),
-            q.state,
+            q.state.to_string(),
         ]);
     }
     t.print_or_empty(&mut std::io::stdout().lock(), "no queries running")?;

@@ -16,6 +16,13 @@ use crate::table::{Table, count, print_json};
 use super::args::{absolute, parse_duration};
 use crate::table::dollars;
 
+/// `--status`: one of the session statuses (which clap lists in help and completion).
+fn session_status() -> impl clap::builder::TypedValueParser<Value = types::SessionStatus> {
+    use clap::builder::TypedValueParser as _;
+    let words = types::SessionStatus::ALL.iter().map(|s| s.as_str());
+    clap::builder::PossibleValuesParser::new(words).try_map(|s| s.parse::<types::SessionStatus>())
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SessionCmd {
     /// Create an empty session and print its id.
@@ -36,8 +43,8 @@ pub enum SessionCmd {
     /// List sessions (reads the database directly).
     List {
         /// Only sessions in this state.
-        #[arg(long, value_parser = ["open", "closed", "expired"])]
-        status: Option<String>,
+        #[arg(long, value_parser = session_status())]
+        status: Option<types::SessionStatus>,
         /// Only sessions with this tag.
         #[arg(long)]
         tag: Option<String>,
@@ -128,7 +135,7 @@ pub fn run(home: &Home, autostart: bool, cmd: SessionCmd) -> anyhow::Result<u8> 
         } => {
             let (sessions, more) = read(home, move |c| {
                 let filter = store::SessionFilter {
-                    status: status.as_deref(),
+                    status,
                     tag: tag.as_deref(),
                     project: project.as_deref(),
                     limit: (!all).then_some(limit),
@@ -195,7 +202,7 @@ fn print_list(
         let status = if s.turns > 0 && s.agent_session_id.is_none() {
             format!("{} (nothing to resume)", s.status)
         } else {
-            s.status
+            s.status.to_string()
         };
         t.row([
             s.id,

@@ -25,7 +25,7 @@ use ccd_actors::resilience::{BreakerActor, LimiterActor, SharedLimits};
 use ccd_actors::store::ExpireSessions;
 use ccd_actors::supervise::HealthRegistry;
 use ccd_actors::vfs;
-use ccd_actors::writer::{Drain, Write as DbWrite, WriterActor};
+use ccd_actors::writer::{Commit, Drain, WriterActor};
 use ccd_actors::{Call, Config};
 use ccd_protocol::types::EventKind;
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -382,7 +382,7 @@ async fn serve(
         gateway,
         config.ipc.clone(),
         shutdown,
-        ccd_actors::server::Drain {
+        ccd_actors::server::GracefulStop {
             timeout: drain,
             cancel: Box::new({
                 let query = query.clone();
@@ -492,7 +492,7 @@ async fn expire_sessions(writer: Addr<WriterActor>, cfg: SessionConfig) {
         let cutoff = ccd_actors::store::now_ms()
             .saturating_sub((cfg.ttl_s.min(i64::MAX as u64 / 1000) * 1000) as i64);
         match writer
-            .send(Call(DbWrite(ExpireSessions {
+            .send(Call(Commit(ExpireSessions {
                 idle_before_ms: cutoff,
             })))
             .await

@@ -1,6 +1,6 @@
 //! Drawing the dashboard: one `render_*` per panel, from the `App`'s state.
 
-use ccd_protocol::types::{ActorState, BreakerState};
+use ccd_protocol::types::{ActorState, BreakerState, HealthStatus};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -97,10 +97,10 @@ impl App {
             }
             Link::Up(view) => match &view.health {
                 Ok(h) => {
-                    let status = if h.status == "ok" {
+                    let status = if h.status == HealthStatus::Ok {
                         Span::styled("ok", Style::new().fg(Color::Green))
                     } else {
-                        Span::styled(h.status.clone(), Style::new().fg(Color::Yellow))
+                        Span::styled(h.status.as_str(), Style::new().fg(Color::Yellow))
                     };
                     Line::from(vec![
                         Span::styled(" ccd ", bold),

@@ -1,7 +1,7 @@
 //! The words and numbers the dashboard shows: an event on one line, durations, counts,
 //! breaker keys and limits in a few words.
 
-use ccd_protocol::types::{Event, EventKind, LimitSpec};
+use ccd_protocol::types::{Event, EventKind, LimitSpec, TurnStatus};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 
@@ -84,7 +84,7 @@ pub(super) fn describe(kind: &EventKind) -> (Style, String) {
             attempts,
             ..
         } => (
-            if status == "ok" { good } else { bad },
+            if *status == TurnStatus::Ok { good } else { bad },
             format!(
                 "query={} status={status} in {}{}{}{}",
                 short(query_id),

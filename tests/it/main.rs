@@ -12,11 +12,11 @@
 //! | `writes`      | concurrent writers, group commit isolation, backups, direct reads     |
 //! | `supervision` | panics injected into each actor, restart intensity, kill -9 recovery  |
 //! | `vfs`         | the agent filesystem mounted with FUSE, unsealing, launch            |
-//! | `agents`      | agent definitions: import, sealing at rest, wrong key                |
+//! | `agent_defs`  | agent definitions: import, sealing at rest, wrong key                |
 //! | `cli`         | the CLI's commands, output and exit codes                             |
 //! | `docs`        | docs/protocol.md against `system.describe`; OpenRPC                   |
 //! | `bench`       | `ccd-bench` smoke runs: every comparison runs, no request fails         |
-//! | `agent`       | the real Claude Code CLI through the daemon, against the mock API      |
+//! | `claude_cli`  | the real Claude Code CLI through the daemon, against the mock API      |
 //! | `sessions`    | sessions with the real CLI: one query at a time, listing, paging, expiry |
 //! | `batch`       | `ccd batch`: JSONL output and its safety rules, resume, tags, Ctrl-C   |
 //! | `agent_process` | stub agents: arguments, environment, output, stderr, lingering children |
@@ -31,11 +31,11 @@
 
 mod support;
 
-mod agent;
+mod agent_defs;
 mod agent_process;
-mod agents;
 mod batch;
 mod bench;
+mod claude_cli;
 mod cli;
 mod docs;
 mod events;

@@ -23,7 +23,7 @@ use crate::reader::Reader;
 use crate::seal::{self, MasterKey};
 use crate::store;
 use crate::supervise::ask;
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// Names under which things are sealed: also the associated data of each blob.
 fn agent_file(name: &str) -> String {
@@ -125,7 +125,7 @@ impl AgentService {
     }
 
     async fn write<O: store::WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
-        ask(&self.writer, "writer", Write(op)).await
+        ask(&self.writer, "writer", Commit(op)).await
     }
 
     /// `agent.import`.

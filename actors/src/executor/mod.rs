@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use ccd_protocol::agent::Parsed;
+use ccd_protocol::stream_json::Parsed;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ pub use process::{
 
 use crate::error::ActorError;
 use crate::supervise::{
-    Call, Handle, HealthRegistry, Reply, Request, Supervise, Supervision, ask, supervised,
+    ActorRequest, Call, Handle, HealthRegistry, Reply, Supervise, Supervision, ask, supervised,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,21 +126,21 @@ pub struct Run {
     pub on_message: OnMessage,
 }
 
-impl Request for Run {
+impl ActorRequest for Run {
     type Output = RunResult;
 }
 
 /// Run through the pool: dispatched to an idle executor, or queued.
 pub struct Submit(pub Run);
 
-impl Request for Submit {
+impl ActorRequest for Submit {
     type Output = RunResult;
 }
 
 /// The pool's occupancy, for `system.health`.
 pub struct PoolStatus;
 
-impl Request for PoolStatus {
+impl ActorRequest for PoolStatus {
     type Output = PoolInfo;
 }
 
@@ -155,7 +155,7 @@ pub struct PoolInfo {
 /// is failed: refused, the member would never be handed work again.
 struct Finished(usize);
 
-impl Request for Finished {
+impl ActorRequest for Finished {
     type Output = ();
     const WHILE_FAILED: bool = true;
 }
@@ -164,7 +164,7 @@ impl Request for Finished {
 /// Handled even while the pool is failed, so that the query is answered at once.
 struct Prune;
 
-impl Request for Prune {
+impl ActorRequest for Prune {
     type Output = ();
     const WHILE_FAILED: bool = true;
 }
@@ -462,7 +462,7 @@ impl Handle<PoolStatus> for ExecutorPool {
 /// A member, for `debug.crash executor-N`.
 pub struct Member(pub usize);
 
-impl Request for Member {
+impl ActorRequest for Member {
     type Output = Option<Addr<ExecutorActor>>;
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use ccd_protocol::agent::{self, AgentMessage, ContentBlock, Init, Parsed, ResultMessage};
+use ccd_protocol::stream_json::{self, AgentMessage, ContentBlock, Init, Parsed, ResultMessage};
 use ccd_protocol::types::{PermissionMode, Usage};
 use ccd_protocol::{FrameError, NdjsonCodec};
 use futures_util::StreamExt;
@@ -156,23 +156,9 @@ pub struct AgentSpec {
     pub cli_retry_limit: u32,
 }
 
-/// The error classes of contract.md, used by retries and the breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    Retryable,
-    NonRetryable,
-    Unavailable,
-}
-
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Retryable => "retryable",
-            ErrorClass::NonRetryable => "non_retryable",
-            ErrorClass::Unavailable => "unavailable",
-        }
-    }
-}
+/// The agent error classes, used by retries and the breaker: the protocol's, since they go on
+/// the wire (a turn's `error_class`, -32007's `data.class`, as docs/protocol.md lists them).
+pub use ccd_protocol::types::ErrorClass;
 
 /// Why a run did not succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -468,7 +454,7 @@ pub async fn run_agent(
                 ));
             }
         };
-        let parsed = match agent::parse_line(&line) {
+        let parsed = match stream_json::parse_line(&line) {
             Ok(p) => p,
             Err(e) => {
                 let shown: String = String::from_utf8_lossy(&line).chars().take(200).collect();

@@ -19,7 +19,7 @@ use crate::reader::Reader;
 use crate::store::WriteOp;
 use crate::supervise::{HealthRegistry, ask};
 use crate::vfs::VfsActor;
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// Facts about the running daemon that the gateway reports and acts on.
 pub struct DaemonInfo {
@@ -64,7 +64,7 @@ impl Services {
         &self,
         op: O,
     ) -> impl Future<Output = Result<O::Output, ActorError>> + 'static + use<O> {
-        ask(&self.writer, "writer", Write(op))
+        ask(&self.writer, "writer", Commit(op))
     }
 
     /// The agent filesystem's state, with the definitions it leaves out for being damaged.

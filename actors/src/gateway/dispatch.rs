@@ -22,7 +22,7 @@ use crate::conn::ConnCtx;
 use crate::error::ActorError;
 use crate::store::WriteOp;
 use crate::supervise::{Reply, ask, mailbox_closed};
-use crate::writer::Write;
+use crate::writer::Commit;
 
 /// A method's result, serialized once, as the JSON text that goes into the reply.
 pub type Answer = Box<RawValue>;
@@ -140,7 +140,7 @@ impl Dispatcher {
             let writer = services.writer.clone();
             Reply::later(async move {
                 let op = off_loop("checking the params", move || op(params)).await??;
-                let out = ask(&writer, "writer", Write(op)).await?;
+                let out = ask(&writer, "writer", Commit(op)).await?;
                 to_answer(out)
             })
         })

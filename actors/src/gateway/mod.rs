@@ -43,7 +43,7 @@ use crate::executor::SharedProbe;
 use crate::query::QueryService;
 use crate::reader::Reader;
 use crate::supervise::{
-    Call, Handle, Pending, Reply, Request, Supervise, Supervision, mailbox_closed, supervised,
+    ActorRequest, Call, Handle, Pending, Reply, Supervise, Supervision, mailbox_closed, supervised,
 };
 use crate::writer::WriterActor;
 
@@ -54,7 +54,7 @@ pub struct Route {
     pub conn: ConnCtx,
 }
 
-impl Request for Route {
+impl ActorRequest for Route {
     type Output = Routed;
 }
 

@@ -4,7 +4,7 @@
 use std::time::UNIX_EPOCH;
 
 use ccd_protocol::methods as m;
-use ccd_protocol::types::{self, ActorState};
+use ccd_protocol::types::{self, ActorState, HealthStatus};
 
 use super::context::Services;
 use super::dispatch::Dispatcher;
@@ -96,7 +96,11 @@ pub fn health(
         let ok =
             actors.iter().all(|a| a.state == ActorState::Running) && agent.available != Some(false);
         Ok(types::Health {
-            status: if ok { "ok" } else { "degraded" }.into(),
+            status: if ok {
+                HealthStatus::Ok
+            } else {
+                HealthStatus::Degraded
+            },
             pid: info.pid,
             version: info.version.into(),
             started_at: store::rfc3339(

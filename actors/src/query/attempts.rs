@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use ccd_protocol::agent::{AgentMessage, ContentBlock};
+use ccd_protocol::stream_json::{AgentMessage, ContentBlock};
 use ccd_protocol::types::{EventKind, QueryEvent};
 use ccd_protocol::{ErrorCode, Notification, to_line};
 use serde_json::json;
@@ -267,7 +267,7 @@ impl QueryService {
                     return Err(ActorError::Agent {
                         code: ErrorCode::Cancelled,
                         message: "query cancelled while waiting for the rate limiter".into(),
-                        data: json!({ "class": "non_retryable", "detail": "cancelled" }),
+                        data: json!({ "class": ErrorClass::NonRetryable, "detail": "cancelled" }),
                     });
                 }
             }
@@ -432,7 +432,7 @@ fn streamer(
     } else {
         (None, None)
     };
-    let callback = Box::new(move |parsed: &ccd_protocol::agent::Parsed| {
+    let callback = Box::new(move |parsed: &ccd_protocol::stream_json::Parsed| {
         stage.store(STAGE_RUNNING, std::sync::atomic::Ordering::Relaxed);
         // Tool calls and their results go to the bus whatever the client asked.
         match &parsed.message {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use ccd_protocol::RpcError;
-use ccd_protocol::types::QueryCancelled;
+use ccd_protocol::types::{QueryCancelled, QueryState};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ActorError;
@@ -34,7 +34,7 @@ use crate::resilience::limiter::LimiterCore;
 use crate::resilience::{BreakerActor, LimiterActor, RetryConfig};
 use crate::store::{self, WriteOp};
 use crate::supervise::ask;
-use crate::writer::{Write, WriterActor};
+use crate::writer::{Commit, WriterActor};
 
 /// What runs the agent: its configuration, the resolved command, where queries without a
 /// place run.
@@ -99,11 +99,11 @@ const STAGE_RUNNING: u8 = 2;
 /// Handed to a free executor, the agent not yet heard from (shown as `queued`).
 const STAGE_STARTING: u8 = 3;
 
-fn stage_name(stage: u8) -> &'static str {
+fn stage_name(stage: u8) -> QueryState {
     match stage {
-        STAGE_WAITING => "waiting",
-        STAGE_QUEUED | STAGE_STARTING => "queued",
-        _ => "running",
+        STAGE_WAITING => QueryState::Waiting,
+        STAGE_QUEUED | STAGE_STARTING => QueryState::Queued,
+        _ => QueryState::Running,
     }
 }
 
@@ -196,7 +196,7 @@ impl QueryService {
     }
 
     async fn write<O: WriteOp>(&self, op: O) -> Result<O::Output, ActorError> {
-        ask(&self.writer, "writer", Write(op)).await
+        ask(&self.writer, "writer", Commit(op)).await
     }
 
     /// `query.cancel`: true when the query was running (or queued) and is now being stopped.
@@ -248,7 +248,7 @@ impl QueryService {
                 session_id: r.session_id.clone(),
                 project: r.project.clone(),
                 model: r.model.clone(),
-                state: stage_name(r.stage.load(std::sync::atomic::Ordering::Relaxed)).into(),
+                state: stage_name(r.stage.load(std::sync::atomic::Ordering::Relaxed)),
                 started_at: store::rfc3339(r.started_at_ms),
                 elapsed_ms: r.started.elapsed().as_millis() as u64,
             })

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccd_protocol::types::{EventKind, QueryResult, QueryRun, Session};
+use ccd_protocol::types::{
+    EventKind, QueryResult, QueryRun, Session, SessionErrorClass, SessionStatus, TurnStatus,
+};
 use ccd_protocol::{ErrorCode, RpcError};
 use serde_json::json;
 
@@ -177,7 +179,7 @@ impl QueryService {
                     .read("reading the session", move |c| store::session(c, &lookup))
                     .await?
                     .ok_or_else(|| ActorError::NotFound(format!("no session `{id}`")))?;
-                if s.status != "open" {
+                if s.status != SessionStatus::Open {
                     return Err(ActorError::Conflict(format!(
                         "session `{id}` is {}; start a new one",
                         s.status
@@ -433,17 +435,17 @@ impl QueryService {
         } = ran;
         let result = transcript.result.clone();
         let (status, error_class, error) = match failure {
-            None => ("ok", None, None),
+            None => (TurnStatus::Ok, None, None),
             Some(Failure::Agent(f)) => (
                 match f.kind {
-                    FailureKind::Agent => "error",
-                    FailureKind::Timeout => "timeout",
-                    FailureKind::Cancelled => "cancelled",
+                    FailureKind::Agent => TurnStatus::Error,
+                    FailureKind::Timeout => TurnStatus::Timeout,
+                    FailureKind::Cancelled => TurnStatus::Cancelled,
                 },
-                Some(f.class.as_str().to_string()),
+                Some(f.class),
                 Some(f.detail.clone()),
             ),
-            Some(Failure::Refused(e)) => ("refused", None, Some(e.to_string())),
+            Some(Failure::Refused(e)) => (TurnStatus::Refused, None, Some(e.to_string())),
         };
         let turn = store::RecordTurn {
             session_id: session.id.clone(),
@@ -509,8 +511,8 @@ impl QueryService {
         }
         if let Some(f) = &ran.failure {
             let (class, detail) = match f {
-                Failure::Agent(f) => (f.class.as_str().to_string(), f.detail.clone()),
-                Failure::Refused(e) => ("refused".to_string(), e.to_string()),
+                Failure::Agent(f) => (f.class.into(), f.detail.clone()),
+                Failure::Refused(e) => (SessionErrorClass::Refused, e.to_string()),
             };
             self.bus.publish(EventKind::SessionError {
                 session_id: sid.clone(),
@@ -525,7 +527,7 @@ impl QueryService {
             query_id: qid,
             project: project.clone(),
             model: model_used,
-            status: recorded.status.to_string(),
+            status: recorded.status,
             duration_ms: ran.duration_ms,
             attempts: ran.attempts,
         });
@@ -569,7 +571,7 @@ impl QueryService {
             query_id: query_id.clone(),
             prompt,
             result: None,
-            status: "refused",
+            status: TurnStatus::Refused,
             error_class: None,
             error: Some(error.clone()),
             usage: Default::default(),
@@ -589,7 +591,7 @@ impl QueryService {
             session_id: session_id.clone(),
             query_id: query_id.clone(),
             project: project.clone(),
-            class: "refused".into(),
+            class: SessionErrorClass::Refused,
             detail: error,
         });
         self.bus.publish(EventKind::TurnCompleted {
@@ -597,7 +599,7 @@ impl QueryService {
             query_id,
             project,
             model,
-            status: "refused".into(),
+            status: TurnStatus::Refused,
             duration_ms: 0,
             attempts: 0,
         });
@@ -634,7 +636,7 @@ struct Ran {
 
 /// A query's turn as recorded.
 struct Recorded {
-    status: &'static str,
+    status: TurnStatus,
     /// The model it ran with: the agent's own word, else the one asked for.
     model: Option<String>,
     turn: Result<ccd_protocol::types::Turn, ActorError>,
@@ -731,7 +733,7 @@ fn agent_error(
             format!("{what}: {}", f.detail)
         },
         data: json!({
-            "class": f.class.as_str(),
+            "class": f.class,
             "detail": f.detail,
             "query_id": query_id,
             "session_id": session_id,

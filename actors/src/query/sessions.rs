@@ -70,14 +70,6 @@ impl QueryService {
     }
 
     pub async fn list_sessions(self, p: SessionListParams) -> Result<SessionList, ActorError> {
-        if let Some(s) = &p.status
-            && !["open", "closed", "expired"].contains(&s.as_str())
-        {
-            return Err(invalid(
-                "session.list",
-                "`status`: must be open, closed or expired",
-            ));
-        }
         let limit = validate::page_limit("session.list", p.limit)?;
         let (sessions, more) = self
             .reader
@@ -85,7 +77,7 @@ impl QueryService {
                 store::sessions(
                     c,
                     store::SessionFilter {
-                        status: p.status.as_deref(),
+                        status: p.status,
                         tag: p.tag.as_deref(),
                         project: p.project.as_deref(),
                         cwd: None,

@@ -16,7 +16,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::eventbus::Bus;
-use crate::supervise::{Handle, Reply, Request, Supervise, Supervision, supervised};
+use crate::supervise::{ActorRequest, Handle, Reply, Supervise, Supervision, supervised};
 use breaker::{BreakerCore, BreakerSpec, BreakerStatus, Outcome, Transition};
 use ccd_protocol::types::EventKind;
 use limiter::{KeyStatus, LimitSpec, LimiterCore, Permit, Throttled, WaitingGuard};
@@ -260,7 +260,7 @@ pub struct TryAcquire {
     pub again: bool,
 }
 
-impl Request for TryAcquire {
+impl ActorRequest for TryAcquire {
     type Output = Result<Permit, (Throttled, Option<WaitingGuard>)>;
 }
 
@@ -300,7 +300,7 @@ impl Handle<TryAcquire> for LimiterActor {
 
 pub struct LimiterStatus;
 
-impl Request for LimiterStatus {
+impl ActorRequest for LimiterStatus {
     type Output = (LimiterConfig, Vec<KeyStatus>);
 }
 
@@ -320,7 +320,7 @@ pub struct Configure {
     pub spec: LimitSpec,
 }
 
-impl Request for Configure {
+impl ActorRequest for Configure {
     type Output = LimiterConfig;
 }
 
@@ -385,7 +385,7 @@ pub struct Peek {
     pub key: String,
 }
 
-impl Request for Peek {
+impl ActorRequest for Peek {
     type Output = Option<Duration>;
 }
 
@@ -400,7 +400,7 @@ pub struct Allow {
     pub key: String,
 }
 
-impl Request for Allow {
+impl ActorRequest for Allow {
     type Output = Result<(), Duration>;
 }
 
@@ -421,7 +421,7 @@ pub struct RecordOutcome {
     pub duration: Duration,
 }
 
-impl Request for RecordOutcome {
+impl ActorRequest for RecordOutcome {
     type Output = ();
 }
 
@@ -444,7 +444,7 @@ impl Handle<RecordOutcome> for BreakerActor {
 
 pub struct BreakerStatuses;
 
-impl Request for BreakerStatuses {
+impl ActorRequest for BreakerStatuses {
     type Output = Vec<BreakerStatus>;
 }
 
@@ -458,7 +458,7 @@ pub struct Reset {
     pub key: Option<String>,
 }
 
-impl Request for Reset {
+impl ActorRequest for Reset {
     type Output = usize;
 }
 

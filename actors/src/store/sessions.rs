@@ -1,6 +1,6 @@
 //! Sessions and their turns: reads, and the writes the query path and the TTL sweep make.
 
-use ccd_protocol::types::{Session, Turn, Usage};
+use ccd_protocol::types::{ErrorClass, Session, SessionStatus, Turn, TurnStatus, Usage};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ExecCached, WriteOp, db_err, now_ms, rfc3339};
@@ -8,6 +8,29 @@ use crate::error::ActorError;
 
 const SESSION_COLUMNS: &str = "id, project, tags, model, agent_session_id, status, created_at, last_used_at, turns, \
      input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens, cost_usd, cwd";
+
+/// Column `i` of a row as one of a protocol enum's words (stored as its `as_str`): a stored
+/// word it does not know is a conversion error naming it, not a panic.
+fn word<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = ccd_protocol::types::UnknownValue>,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// As [`word`], for a column that may be NULL.
+fn optional_word<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<T>>
+where
+    T: std::str::FromStr<Err = ccd_protocol::types::UnknownValue>,
+{
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => word(r, i).map(Some),
+    }
+}
 
 fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
     let tags: String = r.get(2)?;
@@ -17,7 +40,7 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
         tags: serde_json::from_str(&tags).unwrap_or_default(),
         model: r.get(3)?,
         agent_session_id: r.get(4)?,
-        status: r.get(5)?,
+        status: word(r, 5)?,
         created_at: rfc3339(r.get(6)?),
         last_used_at: rfc3339(r.get(7)?),
         turns: r.get::<_, i64>(8)?.max(0) as u64,
@@ -41,8 +64,8 @@ fn turn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Turn> {
         query_id: r.get(1)?,
         prompt: r.get(2)?,
         result: r.get(3)?,
-        status: r.get(4)?,
-        error_class: r.get(5)?,
+        status: word(r, 4)?,
+        error_class: optional_word(r, 5)?,
         error: r.get(6)?,
         usage: Usage {
             input_tokens: r.get::<_, i64>(7)?.max(0) as u64,
@@ -72,7 +95,7 @@ pub fn session(conn: &Connection, id: &str) -> anyhow::Result<Option<Session>> {
 /// Which sessions to list, and which page of them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SessionFilter<'a> {
-    pub status: Option<&'a str>,
+    pub status: Option<SessionStatus>,
     pub tag: Option<&'a str>,
     pub project: Option<&'a str>,
     /// Only sessions whose conversation is in this directory.
@@ -98,7 +121,14 @@ pub fn sessions(conn: &Connection, f: SessionFilter<'_>) -> anyhow::Result<(Vec<
     let offset = i64::try_from(f.offset).unwrap_or(i64::MAX);
     let mut rows: Vec<Session> = st
         .query_map(
-            params![f.status, f.tag, f.project, limit, offset, f.cwd],
+            params![
+                f.status.map(SessionStatus::as_str),
+                f.tag,
+                f.project,
+                limit,
+                offset,
+                f.cwd
+            ],
             session_row,
         )?
         .collect::<Result<_, _>>()?;
@@ -227,8 +257,8 @@ pub struct RecordTurn {
     pub query_id: String,
     pub prompt: String,
     pub result: Option<String>,
-    pub status: &'static str,
-    pub error_class: Option<String>,
+    pub status: TurnStatus,
+    pub error_class: Option<ErrorClass>,
     pub error: Option<String>,
     pub usage: Usage,
     pub cost_usd: f64,
@@ -297,8 +327,8 @@ impl WriteOp for RecordTurn {
                 self.query_id,
                 self.prompt,
                 self.result,
-                self.status,
-                self.error_class,
+                self.status.as_str(),
+                self.error_class.map(ErrorClass::as_str),
                 self.error,
                 count(u.input_tokens),
                 count(u.output_tokens),
@@ -440,7 +470,7 @@ mod tests {
             query_id: "q".into(),
             prompt: "p".into(),
             result: Some("r".into()),
-            status: "ok",
+            status: TurnStatus::Ok,
             error_class: None,
             error: None,
             usage: Usage {
@@ -472,7 +502,7 @@ mod tests {
         }
         .apply(&conn)
         .unwrap();
-        assert_eq!((s.status.as_str(), s.turns), ("open", 0));
+        assert_eq!((s.status, s.turns), (SessionStatus::Open, 0));
         turn("s1", 10).apply(&conn).unwrap();
         turn("s1", 5).apply(&conn).unwrap();
         let s = session(&conn, "s1").unwrap().unwrap();
@@ -498,9 +528,9 @@ mod tests {
         };
         assert_eq!(count(None, Some("a")), 1);
         assert_eq!(count(None, Some("b")), 0);
-        assert_eq!(count(Some("closed"), None), 0);
+        assert_eq!(count(Some(SessionStatus::Closed), None), 0);
         CloseSession { id: "s1".into() }.apply(&conn).unwrap();
-        assert_eq!(count(Some("closed"), None), 1);
+        assert_eq!(count(Some(SessionStatus::Closed), None), 1);
 
         assert_eq!(
             CleanupSessions {
@@ -561,8 +591,14 @@ mod tests {
             .unwrap(),
             1
         );
-        assert_eq!(session(&conn, "a").unwrap().unwrap().status, "expired");
-        assert_eq!(session(&conn, "b").unwrap().unwrap().status, "closed");
+        assert_eq!(
+            session(&conn, "a").unwrap().unwrap().status,
+            SessionStatus::Expired
+        );
+        assert_eq!(
+            session(&conn, "b").unwrap().unwrap().status,
+            SessionStatus::Closed
+        );
     }
 
     #[test]
@@ -602,5 +638,45 @@ mod tests {
             resolve_session_id(&conn, "a%"),
             Err(ActorError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn stored_words_are_read_as_enums_and_an_unknown_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
+        CreateSession {
+            id: "s".into(),
+            project: None,
+            cwd: None,
+            tags: vec![],
+            model: None,
+        }
+        .apply(&conn)
+        .unwrap();
+        let mut failed = turn("s", 1);
+        failed.status = TurnStatus::Error;
+        failed.error_class = Some(ErrorClass::NonRetryable);
+        failed.apply(&conn).unwrap();
+        // Stored as the same words as ever.
+        let stored: (String, String) = conn
+            .query_row("SELECT status, error_class FROM turns", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(stored, ("error".to_string(), "non_retryable".to_string()));
+        let t = &turns(&conn, "s").unwrap()[0];
+        assert_eq!(
+            (t.status, t.error_class),
+            (TurnStatus::Error, Some(ErrorClass::NonRetryable))
+        );
+
+        conn.execute("UPDATE sessions SET status = 'paused'", [])
+            .unwrap();
+        let err = session(&conn, "s").unwrap_err().to_string();
+        assert!(err.contains("unknown session status `paused`"), "{err}");
+        conn.execute("UPDATE turns SET error_class = 'odd'", [])
+            .unwrap();
+        let err = turns(&conn, "s").unwrap_err().to_string();
+        assert!(err.contains("unknown error class `odd`"), "{err}");
     }
 }
