@@ -571,7 +571,7 @@ pub fn start(
     })
     .workers(1)
     // Per worker, and there is one: the API's descriptors stay within what the daemon keeps
-    // for it (`reserved_fds` in src/daemon.rs).
+    // for it (`reserved_fds` in src/daemon/boot.rs).
     .max_connections(cfg.max_connections)
     .disable_signals()
     .shutdown_timeout(1)

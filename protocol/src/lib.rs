@@ -13,8 +13,10 @@
 //! - [`stream_json`]: the agent CLI's stream-json messages, parsed defensively.
 //!
 //! Architecture invariant: this crate knows nothing about actix, SQLite or sockets. Its types
-//! are the API boundary; the daemon's internal messages are plain Rust types converted at
-//! the edge.
+//! are the API boundary, and the daemon also uses them as its own records (the store returns
+//! `Session` and `Turn`, the event bus carries `EventKind`) so that what is kept and what is
+//! answered cannot drift apart; the daemon's actor messages are its own types, and its errors
+//! become `RpcError` in one place (`ActorError` in ccd-actors).
 //!
 //! ```
 //! use ccd_protocol::{Method, methods::SystemPing, parse_params};
