@@ -19,6 +19,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::agents::AgentsConfig;
 pub use crate::eventbus::EventsConfig;
 pub use crate::executor::{DEFAULT_PASS_ENV, ExecutorConfig};
 pub use crate::http::HttpConfig;
@@ -54,6 +55,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub http: HttpConfig,
     pub vfs: VfsConfig,
+    pub agents: AgentsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -260,6 +260,10 @@ async fn serve(
         path: None,
         version: None,
     }));
+    // The agent definitions: served to the gateway, and offered to every run as subagents.
+    let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
+        .context("loading the master key")?;
+    let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key));
     let query = QueryService::new(
         writer.clone(),
         reader.clone(),
@@ -270,6 +274,8 @@ async fn serve(
             cfg: config.executor.clone(),
             probe: agent.clone(),
             default_cwd,
+            definitions: agents.clone(),
+            expose: config.agents.expose.clone(),
         },
     );
     let eventbus = EventBusActor::new(
@@ -281,9 +287,6 @@ async fn serve(
     let eventbus = Supervisor::start(move |_| eventbus);
     let http_info = info.clone();
     let reader_for_http = reader.clone();
-    let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
-        .context("loading the master key")?;
-    let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key));
     // The agent filesystem: its view is rebuilt by the VfsActor, served by fuser's thread.
     let snapshot: vfs::SharedSnapshot = Arc::default();
     let boot_key = Arc::new(ccd_actors::seal::MasterKey::generate());

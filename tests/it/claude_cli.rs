@@ -778,3 +778,121 @@ fn runs_leak_no_file_descriptors() {
         "file descriptors leaked by agent runs: {before} before, {after} after"
     );
 }
+
+/// Write `reviewer.md` and `tester.md` subagent files into a new directory.
+fn two_definitions() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviewer.md"),
+        "---\nname: reviewer\ndescription: Reviews Rust code for soundness\ntools: Read, Grep\n---\nYou review code.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("tester.md"),
+        "---\nname: tester\ndescription: Writes property tests first\n---\nYou write tests.\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Everything the mock received in the conversation's turns, as JSON text.
+fn turns_text(d: &AgentDaemon) -> String {
+    d.mock
+        .requests()
+        .iter()
+        .map(|r| r.messages.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn imported_agents_are_offered_to_claude_code_in_every_run() {
+    let d = agent_daemon(Behaviour::Text("done".into()), "");
+    let _dir = d.project();
+    let defs = two_definitions();
+    d.ccd_ok(&["agent", "import", defs.path().to_str().unwrap()]);
+    let mut c = d.connect();
+    c.call(
+        "query.run",
+        json!({"prompt": "review the code", "project": "proj"}),
+    )
+    .unwrap();
+    // The real CLI lists custom subagents (name, description, tools) in the request it sends.
+    let sent = turns_text(&d);
+    for want in [
+        "reviewer",
+        "Reviews Rust code for soundness",
+        "tester",
+        "Writes property tests first",
+    ] {
+        assert!(sent.contains(want), "`{want}` not offered:\n{sent}");
+    }
+    // Never in plain text on disk: not in the database, the log or anywhere under the home.
+    let mut plain = Vec::new();
+    for entry in walk(d.path()) {
+        if std::fs::read(&entry).is_ok_and(|b| {
+            b.windows(16)
+                .any(|w| w == b"You review code."[..16].as_ref())
+        }) {
+            plain.push(entry);
+        }
+    }
+    assert!(plain.is_empty(), "a prompt body in plain text: {plain:?}");
+}
+
+#[test]
+fn agents_expose_chooses_which_definitions_runs_are_offered() {
+    for (config, offered, withheld) in [
+        (
+            "[agents]\nexpose = \"none\"\n",
+            &[][..],
+            &["reviewer", "tester"][..],
+        ),
+        (
+            "[agents]\nexpose = [\"tester\"]\n",
+            &["tester"][..],
+            &["reviewer"][..],
+        ),
+    ] {
+        let d = agent_daemon(Behaviour::Text("done".into()), config);
+        let _dir = d.project();
+        let defs = two_definitions();
+        d.ccd_ok(&["agent", "import", defs.path().to_str().unwrap()]);
+        d.call(
+            "query.run",
+            json!({"prompt": "write the tests", "project": "proj"}),
+        )
+        .unwrap();
+        let sent = turns_text(&d);
+        let description = |name: &str| match name {
+            "reviewer" => "Reviews Rust code for soundness",
+            _ => "Writes property tests first",
+        };
+        for name in offered {
+            assert!(
+                sent.contains(description(name)),
+                "{config}: {name} not offered:\n{sent}"
+            );
+        }
+        for name in withheld {
+            assert!(
+                !sent.contains(description(name)),
+                "{config}: {name} offered:\n{sent}"
+            );
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -6,8 +6,10 @@
 //! [`AgentService`] seals and opens on the blocking pool.
 
 mod definitions;
+mod expose;
 
 pub use definitions::{Parsed, load, parse_markdown, to_markdown};
+pub use expose::{AgentsConfig, Expose, ExposeMode, cli_agents_json};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -201,6 +203,15 @@ impl AgentService {
             *d = damaged;
         }
         Ok(defs)
+    }
+
+    /// The `--agents` JSON offering the definitions `expose` selects (opened in memory, never
+    /// written anywhere); `None` when it selects none or there are none.
+    pub async fn cli_agents(&self, expose: &Expose) -> Result<Option<String>, ActorError> {
+        if expose.is_none() {
+            return Ok(None);
+        }
+        Ok(cli_agents_json(&self.all().await?, expose))
     }
 
     /// The definitions the last [`AgentService::all`] found damaged, by name.

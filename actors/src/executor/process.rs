@@ -89,6 +89,8 @@ pub struct AgentOptions {
     pub disallowed_tools: Vec<String>,
     pub mcp_config: Option<String>,
     pub add_dirs: Vec<String>,
+    /// Claude Code subagents as `--agents` takes them (a JSON object by name).
+    pub agents: Option<String>,
 }
 
 /// The argument list, never a shell string. Each option only when set, and each as one
@@ -133,6 +135,7 @@ pub fn agent_args(o: &AgentOptions) -> Vec<String> {
     for dir in &o.add_dirs {
         opt("--add-dir", Some(dir.clone()));
     }
+    opt("--agents", o.agents.clone());
     args
 }
 

@@ -242,6 +242,11 @@ mod tests {
             retry: Default::default(),
         };
         let probe = Arc::new(std::sync::Mutex::new(crate::executor::AgentProbe::default()));
+        let agents = crate::agents::AgentService::new(
+            writer.clone(),
+            reader.clone(),
+            Arc::new(crate::seal::MasterKey::generate()),
+        );
         let query = QueryService::new(
             writer.clone(),
             reader.clone(),
@@ -252,12 +257,9 @@ mod tests {
                 cfg: Default::default(),
                 probe: probe.clone(),
                 default_cwd: dir.path().into(),
+                definitions: agents.clone(),
+                expose: Default::default(),
             },
-        );
-        let agents = crate::agents::AgentService::new(
-            writer.clone(),
-            reader.clone(),
-            Arc::new(crate::seal::MasterKey::generate()),
         );
         let gw = GatewayActor::new(
             health.register("gateway"),

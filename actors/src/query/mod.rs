@@ -25,6 +25,7 @@ use ccd_protocol::RpcError;
 use ccd_protocol::types::{QueryCancelled, QueryState};
 use tokio_util::sync::CancellationToken;
 
+use crate::agents::{AgentService, Expose};
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::ExecutorConfig;
@@ -42,6 +43,9 @@ pub struct AgentSetup {
     pub cfg: ExecutorConfig,
     pub probe: SharedProbe,
     pub default_cwd: PathBuf,
+    /// The imported definitions, and which of them every run is offered as subagents.
+    pub definitions: AgentService,
+    pub expose: Expose,
 }
 
 /// What guards every agent run.
@@ -69,6 +73,8 @@ pub struct QueryService {
     agent: SharedProbe,
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
+    definitions: AgentService,
+    expose: Expose,
     running: Arc<Mutex<HashMap<String, Running>>>,
     /// Sessions with a query running (see [`SessionBusy`]).
     busy_sessions: Arc<Mutex<HashSet<String>>>,
@@ -159,6 +165,8 @@ impl QueryService {
             cfg,
             probe: agent,
             default_cwd,
+            definitions,
+            expose,
         } = agent;
         QueryService {
             writer,
@@ -172,6 +180,8 @@ impl QueryService {
             cfg,
             agent,
             default_cwd,
+            definitions,
+            expose,
             running: Default::default(),
             busy_sessions: Default::default(),
             refusal_backlog: Arc::new(tokio::sync::Semaphore::new(REFUSAL_BACKLOG_BYTES as usize)),

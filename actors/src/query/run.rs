@@ -25,7 +25,8 @@ const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 
 impl QueryService {
     /// `query.run`, step by step: check the params, claim the session it continues, place it,
-    /// refuse it if the breaker is open, open its session, build the agent's spec, run it
+    /// refuse it if the breaker is open, open the imported definitions it is offered as
+    /// subagents (`agents.expose`), open its session, build the agent's spec, run it
     /// (each attempt under the limiter and the breaker), record the turn, publish what happened,
     /// and reply.
     pub async fn run(self, mut p: QueryRun, conn: ConnCtx) -> Result<QueryResult, ActorError> {
@@ -45,10 +46,11 @@ impl QueryService {
         if let Some(error) = self.refusal_if_open(&breaker_key).await {
             return Err(self.refuse(error, p, existing, &place, model).await);
         }
+        let subagents = self.definitions.cli_agents(&self.expose).await?;
         let session = self.open_session(existing, &p, &place, &mut _busy).await?;
         let project = place.placement.project.clone();
         let turn_cwd = place.placement.cwd.to_string_lossy().into_owned();
-        let spec = self.build_spec(&p, &session, model.clone(), place, &limits);
+        let spec = self.build_spec(&p, &session, model.clone(), subagents, place, &limits);
         let ran = self
             .run_guarded(
                 &p,
@@ -283,10 +285,12 @@ impl QueryService {
         p: &QueryRun,
         session: &Session,
         model: Option<String>,
+        subagents: Option<String>,
         place: AgentPlace,
         limits: &Limits,
     ) -> AgentSpec {
         let options = AgentOptions {
+            agents: subagents,
             resume: session.agent_session_id.clone(),
             model,
             max_turns: p.max_turns,
