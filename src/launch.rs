@@ -39,6 +39,16 @@ pub fn run(home: &Home, autostart: bool, args: Vec<String>) -> anyhow::Result<u8
     let config = ccd_actors::Config::load(&home.root)?;
     let command = config.executor.command;
     let mut cmd = std::process::Command::new(&command);
+    // The imported definitions as subagents (`agents.expose`), unless the caller gives its own.
+    let own_agents = args
+        .iter()
+        .any(|a| a == "--agents" || a.starts_with("--agents="));
+    if !own_agents {
+        let exposed = client.call::<m::AgentExposed>(&NoParams {})?;
+        if let Some(agents) = exposed.agents {
+            cmd.arg(format!("--agents={agents}"));
+        }
+    }
     cmd.args(&args)
         .env("ORCHESTRATOR_ENABLED", "true")
         .env("ORCHESTRATOR_VFS_MOUNT", mount)

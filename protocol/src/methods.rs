@@ -141,6 +141,8 @@ methods! {
     AgentGet = "agent.get", types::AgentName => types::AgentDetail;
     /// Remove an agent definition.
     AgentDelete = "agent.delete", types::AgentName => types::AgentDeleted;
+    /// The definitions agent runs are offered (agents.expose), as Claude Code's --agents takes them.
+    AgentExposed = "agent.exposed", types::NoParams => types::AgentsExposed;
     /// Set the orchestration rules (sealed at rest).
     OrchestratorSetRules = "orchestrator.set_rules", types::RulesSet => types::Rules;
     /// The orchestration rules (null when never set).

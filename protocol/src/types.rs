@@ -1394,6 +1394,14 @@ pub struct AgentList {
     pub damaged: Vec<String>,
 }
 
+/// `agent.exposed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentsExposed {
+    /// `{"name": {"description", "prompt", "tools"?, "model"?}}`, as Claude Code's `--agents`
+    /// takes it; null when `agents.expose` offers none.
+    pub agents: Option<serde_json::Value>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentName {

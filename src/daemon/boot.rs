@@ -263,7 +263,8 @@ async fn serve(
     // The agent definitions: served to the gateway, and offered to every run as subagents.
     let key = ccd_actors::seal::MasterKey::load_or_create(&home.root)
         .context("loading the master key")?;
-    let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key));
+    let agents = AgentService::new(writer.clone(), reader.clone(), Arc::new(key))
+        .with_expose(config.agents.expose.clone());
     let query = QueryService::new(
         writer.clone(),
         reader.clone(),
@@ -275,7 +276,6 @@ async fn serve(
             probe: agent.clone(),
             default_cwd,
             definitions: agents.clone(),
-            expose: config.agents.expose.clone(),
         },
     );
     let eventbus = EventBusActor::new(

@@ -504,6 +504,25 @@ fn launch_runs_the_agent_with_the_orchestrator_environment() {
     );
     assert!(text.contains("ORCHESTRATOR_RULES="), "{text}");
 
+    // Imported definitions are offered to the launched agent (as to every run), unless the
+    // caller gives its own --agents.
+    let defs = dir.path().join("reviewer.md");
+    std::fs::write(
+        &defs,
+        "---\nname: reviewer\ndescription: Reviews code\ntools: Read\n---\nYou review.\n",
+    )
+    .unwrap();
+    d.ccd_ok(&["agent", "import", defs.to_str().unwrap()]);
+    let text = d.ccd_ok(&["launch", "--", "--model", "sonnet"]);
+    let args = text
+        .lines()
+        .find(|l| l.starts_with("args:"))
+        .unwrap_or_default();
+    let offered = r#"--agents={"reviewer":{"description":"Reviews code","prompt":"You review.","tools":["Read"]}} --model sonnet"#;
+    assert_eq!(args, format!("args:{offered}"), "{text}");
+    let text = d.ccd_ok(&["launch", "--", "--agents", "{}"]);
+    assert!(text.contains("args:--agents {}\n"), "{text}");
+
     // Without the filesystem, launch says what is wrong.
     let d2 = Daemon::builder().agent(agent).start();
     let out = d2.ccd(&["launch"]);

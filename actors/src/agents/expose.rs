@@ -54,7 +54,7 @@ impl Expose {
 
 /// The value of Claude Code's `--agents` for `defs` as `expose` selects them:
 /// `{"name": {"description", "prompt", "tools"?, "model"?}}`; `None` when it selects none.
-pub fn cli_agents_json(defs: &[AgentDef], expose: &Expose) -> Option<String> {
+pub fn cli_agents_json(defs: &[AgentDef], expose: &Expose) -> Option<serde_json::Value> {
     let offered: serde_json::Map<String, serde_json::Value> = defs
         .iter()
         .filter(|d| expose.offers(&d.name))
@@ -72,7 +72,7 @@ pub fn cli_agents_json(defs: &[AgentDef], expose: &Expose) -> Option<String> {
             (d.name.clone(), agent)
         })
         .collect();
-    (!offered.is_empty()).then(|| serde_json::Value::Object(offered).to_string())
+    (!offered.is_empty()).then_some(serde_json::Value::Object(offered))
 }
 
 #[cfg(test)]
@@ -97,9 +97,8 @@ mod tests {
             def("writer", &[], None),
         ];
         let all = cli_agents_json(&defs, &AgentsConfig::default().expose).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&all).unwrap();
         assert_eq!(
-            v,
+            all,
             serde_json::json!({
                 "reviewer": {"description": "reviewer does things", "prompt": "You are reviewer.",
                              "tools": ["Read", "Grep"], "model": "sonnet"},
@@ -107,10 +106,8 @@ mod tests {
             })
         );
         let only = cli_agents_json(&defs, &Expose::Only(vec!["writer".into()])).unwrap();
-        assert!(
-            only.contains("writer") && !only.contains("reviewer"),
-            "{only}"
-        );
+        assert_eq!(only.as_object().map(|o| o.len()), Some(1), "{only}");
+        assert!(only.get("writer").is_some(), "{only}");
         assert_eq!(
             cli_agents_json(&defs, &Expose::Mode(ExposeMode::None)),
             None

@@ -45,6 +45,8 @@ pub struct AgentService {
     changed: Arc<Changes>,
     /// Definitions that did not open when last read (see [`AgentService::all`]).
     damaged: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Which definitions agent runs are offered (`agents.expose`).
+    expose: Expose,
 }
 
 /// Changes of definitions, rules or hooks, counted: the writer of a change asks for a view of
@@ -112,6 +114,7 @@ impl AgentService {
             key,
             changed: Default::default(),
             damaged: Default::default(),
+            expose: Expose::default(),
         }
     }
 
@@ -205,13 +208,19 @@ impl AgentService {
         Ok(defs)
     }
 
-    /// The `--agents` JSON offering the definitions `expose` selects (opened in memory, never
-    /// written anywhere); `None` when it selects none or there are none.
-    pub async fn cli_agents(&self, expose: &Expose) -> Result<Option<String>, ActorError> {
-        if expose.is_none() {
+    /// Offer agent runs the definitions `expose` selects (default: all).
+    pub fn with_expose(mut self, expose: Expose) -> Self {
+        self.expose = expose;
+        self
+    }
+
+    /// The `--agents` JSON offering the definitions `agents.expose` selects (opened in memory,
+    /// never written anywhere); `None` when it selects none or there are none.
+    pub async fn cli_agents(&self) -> Result<Option<Value>, ActorError> {
+        if self.expose.is_none() {
             return Ok(None);
         }
-        Ok(cli_agents_json(&self.all().await?, expose))
+        Ok(cli_agents_json(&self.all().await?, &self.expose))
     }
 
     /// The definitions the last [`AgentService::all`] found damaged, by name.

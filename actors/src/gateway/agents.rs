@@ -30,6 +30,14 @@ pub fn register(d: &mut Dispatcher) {
             }
         })
         .future::<m::AgentGet, _>(|s, p, _| s.agents.clone().get(p.name))
+        .future::<m::AgentExposed, _>(|s, _, _| {
+            let agents = s.agents.clone();
+            async move {
+                Ok(types::AgentsExposed {
+                    agents: agents.cli_agents().await?,
+                })
+            }
+        })
         .future::<m::AgentDelete, _>(|s, p, _| s.agents.clone().delete(p.name))
         .future::<m::OrchestratorSetRules, _>(|s, p, _| {
             let a = s.agents.clone();

@@ -258,7 +258,6 @@ mod tests {
                 probe: probe.clone(),
                 default_cwd: dir.path().into(),
                 definitions: agents.clone(),
-                expose: Default::default(),
             },
         );
         let gw = GatewayActor::new(

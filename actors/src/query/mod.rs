@@ -25,7 +25,7 @@ use ccd_protocol::RpcError;
 use ccd_protocol::types::{QueryCancelled, QueryState};
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::{AgentService, Expose};
+use crate::agents::AgentService;
 use crate::error::ActorError;
 use crate::eventbus::Bus;
 use crate::executor::ExecutorConfig;
@@ -43,9 +43,9 @@ pub struct AgentSetup {
     pub cfg: ExecutorConfig,
     pub probe: SharedProbe,
     pub default_cwd: PathBuf,
-    /// The imported definitions, and which of them every run is offered as subagents.
+    /// The imported definitions, which every run is offered as subagents (as many as their
+    /// `agents.expose` says).
     pub definitions: AgentService,
-    pub expose: Expose,
 }
 
 /// What guards every agent run.
@@ -74,7 +74,6 @@ pub struct QueryService {
     /// Where queries without a project or cwd run.
     default_cwd: PathBuf,
     definitions: AgentService,
-    expose: Expose,
     running: Arc<Mutex<HashMap<String, Running>>>,
     /// Sessions with a query running (see [`SessionBusy`]).
     busy_sessions: Arc<Mutex<HashSet<String>>>,
@@ -166,7 +165,6 @@ impl QueryService {
             probe: agent,
             default_cwd,
             definitions,
-            expose,
         } = agent;
         QueryService {
             writer,
@@ -181,7 +179,6 @@ impl QueryService {
             agent,
             default_cwd,
             definitions,
-            expose,
             running: Default::default(),
             busy_sessions: Default::default(),
             refusal_backlog: Arc::new(tokio::sync::Semaphore::new(REFUSAL_BACKLOG_BYTES as usize)),

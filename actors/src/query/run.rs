@@ -46,7 +46,7 @@ impl QueryService {
         if let Some(error) = self.refusal_if_open(&breaker_key).await {
             return Err(self.refuse(error, p, existing, &place, model).await);
         }
-        let subagents = self.definitions.cli_agents(&self.expose).await?;
+        let subagents = self.definitions.cli_agents().await?.map(|v| v.to_string());
         let session = self.open_session(existing, &p, &place, &mut _busy).await?;
         let project = place.placement.project.clone();
         let turn_cwd = place.placement.cwd.to_string_lossy().into_owned();
