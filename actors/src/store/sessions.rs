@@ -464,6 +464,19 @@ mod tests {
     use crate::store::WriterConfig;
     use crate::store::{db_path, open_writer};
 
+    /// A session with nothing but its id.
+    fn create(conn: &Connection, id: &str) {
+        CreateSession {
+            id: id.into(),
+            project: None,
+            cwd: None,
+            tags: vec![],
+            model: None,
+        }
+        .apply(conn)
+        .unwrap();
+    }
+
     fn turn(session_id: &str, tokens: u64) -> RecordTurn {
         RecordTurn {
             session_id: session_id.into(),
@@ -547,15 +560,7 @@ mod tests {
     fn absurd_token_counts_saturate_instead_of_failing_the_turn() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
-        CreateSession {
-            id: "s".into(),
-            project: None,
-            cwd: None,
-            tags: vec![],
-            model: None,
-        }
-        .apply(&conn)
-        .unwrap();
+        create(&conn, "s");
         let t = turn("s", u64::MAX).apply(&conn).unwrap();
         assert_eq!(t.usage.input_tokens, i64::MAX as u64);
         turn("s", u64::MAX).apply(&conn).unwrap();
@@ -572,15 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
         for id in ["a", "b"] {
-            CreateSession {
-                id: id.into(),
-                project: None,
-                cwd: None,
-                tags: vec![],
-                model: None,
-            }
-            .apply(&conn)
-            .unwrap();
+            create(&conn, id);
         }
         CloseSession { id: "b".into() }.apply(&conn).unwrap();
         assert_eq!(
@@ -606,15 +603,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
         for id in ["abc1", "abc2", "abd", "ab"] {
-            CreateSession {
-                id: id.into(),
-                project: None,
-                cwd: None,
-                tags: vec![],
-                model: None,
-            }
-            .apply(&conn)
-            .unwrap();
+            create(&conn, id);
         }
         assert_eq!(resolve_session_id(&conn, "abd").unwrap(), "abd");
         assert_eq!(resolve_session_id(&conn, "abc1").unwrap(), "abc1");
@@ -644,15 +633,7 @@ mod tests {
     fn stored_words_are_read_as_enums_and_an_unknown_one_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&db_path(dir.path()), &WriterConfig::default()).unwrap();
-        CreateSession {
-            id: "s".into(),
-            project: None,
-            cwd: None,
-            tags: vec![],
-            model: None,
-        }
-        .apply(&conn)
-        .unwrap();
+        create(&conn, "s");
         let mut failed = turn("s", 1);
         failed.status = TurnStatus::Error;
         failed.error_class = Some(ErrorClass::NonRetryable);
