@@ -71,8 +71,9 @@ fn is_work_tree(cwd: &Path) -> bool {
         .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"true"))
 }
 
-/// Run git with `args`, feeding what it prints into `h` as one section.
-fn hash_git(cwd: &Path, args: &[&str], h: &mut Sha256) -> anyhow::Result<Vec<u8>> {
+/// Run git with `args`, feeding what it prints into `h` as one section; with `keep`, also
+/// return what it printed (a diff is only hashed: it can be large).
+fn hash_git(cwd: &Path, args: &[&str], keep: bool, h: &mut Sha256) -> anyhow::Result<Vec<u8>> {
     let what = || format!("running `git {}` in {}", args.join(" "), cwd.display());
     let mut child = git(cwd)
         .args(args)
@@ -91,8 +92,7 @@ fn hash_git(cwd: &Path, args: &[&str], h: &mut Sha256) -> anyhow::Result<Vec<u8>
         }
         h.update(&buf[..n]);
         n_total += n as u64;
-        // The status is kept to find untracked files; a diff is only hashed.
-        if args.first() == Some(&"status") {
+        if keep {
             kept.extend_from_slice(&buf[..n]);
         }
     }
@@ -117,9 +117,11 @@ fn git_state(cwd: &Path, h: &mut Sha256) -> anyhow::Result<()> {
     // An unborn branch (no commit yet) has no HEAD: the section is then empty.
     h.update(&head.stdout);
     h.update(b"\0");
+    // The status is kept to find the untracked files.
     let status = hash_git(
         cwd,
         &["status", "--porcelain=v1", "-z", "--untracked-files=all"],
+        true,
         h,
     )?;
     for args in [
@@ -132,7 +134,7 @@ fn git_state(cwd: &Path, h: &mut Sha256) -> anyhow::Result<()> {
             "--no-textconv",
         ][..],
     ] {
-        hash_git(cwd, args, h)?;
+        hash_git(cwd, args, false, h)?;
     }
     // Untracked files: their contents (git diff does not show them).
     let top = git(cwd)
